@@ -1,0 +1,1 @@
+"""Built-in passes of sqc, one per file, named after the pass."""

@@ -1,0 +1,69 @@
+"""Helpers shared by the built-in passes: layer selection and per-layer before/after statistics."""
+
+from __future__ import annotations
+
+import torch
+
+from sqc.errors import PipelineError
+from sqc.ir import CompressedModel, TensorState, matches
+from sqc.pass_base import LayerMap, Stat
+
+
+def selected(model: CompressedModel, pattern: str, pass_name: str) -> list[TensorState]:
+    """The weight tensors a pass acts on; a pattern that selects nothing is an error, not a no-op."""
+    states = list(model.weights(pattern))
+    if not states:
+        names = ", ".join(s.layer for s in model.weights()) or "none"
+        raise PipelineError(f"{pass_name}: layers={pattern!r} matches no weight tensor (layers: {names})")
+    return states
+
+
+def override(state: TensorState, table: LayerMap, default: float) -> float:
+    """The per-layer value for ``state``: the last matching glob in ``table`` wins, else ``default``."""
+    value = default
+    for pattern, number in table:
+        if matches(state, pattern):
+            value = number
+    return value
+
+
+def is_overridden(state: TensorState, table: LayerMap) -> bool:
+    return any(matches(state, pattern) for pattern, _ in table)
+
+
+def unused_overrides(model: CompressedModel, table: LayerMap) -> list[str]:
+    """Diagnostics for override globs that match no tensor: almost always a typo."""
+    states = list(model.weights())
+    return [
+        f"per_layer entry {pattern!r} matches no weight tensor"
+        for pattern, _ in table
+        if not any(matches(s, pattern) for s in states)
+    ]
+
+
+def encoded_bytes(state: TensorState) -> int:
+    """Bytes the container writes for this tensor right now (the real encoder, not an estimate)."""
+    from sqc.formats.container import encode_tensor
+
+    return len(encode_tensor(state)[1])
+
+
+def change_stats(state: TensorState, before: torch.Tensor, bytes_before: int) -> dict[str, Stat]:
+    """Per-layer statistics every weight-changing pass reports."""
+    after = state.decode()
+    return {
+        "density": round(state.density, 6),
+        "bits_per_weight": state.bits_per_weight(),
+        "bytes_before": bytes_before,
+        "bytes_after": encoded_bytes(state),
+        "max_abs_error": float((after - before).abs().max()) if after.numel() else 0.0,
+    }
+
+
+def totals(layers: dict[str, dict[str, Stat]]) -> dict[str, Stat]:
+    """Whole-model sums of the per-layer byte counts and the worst error."""
+    out: dict[str, Stat] = {}
+    for key in ("bytes_before", "bytes_after"):
+        out[key] = int(sum(int(v[key]) for v in layers.values()))
+    out["max_abs_error"] = max((float(v["max_abs_error"]) for v in layers.values()), default=0.0)
+    return out

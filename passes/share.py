@@ -1,0 +1,110 @@
+"""``share``: per-layer k-means weight sharing (Deep Compression, step 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from sqc.ir import CompressedModel, TensorState
+from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, check_range
+from sqc.passes._common import change_stats, encoded_bytes, override, selected, totals, unused_overrides
+
+
+@dataclass(frozen=True)
+class Share(Pass):
+    """Cluster each layer's kept weights into 2^bits shared values (one float codebook per layer).
+
+    Exact 1-D Lloyd iterations: the kept weights are sorted once; with sorted centroids every cluster
+    is a contiguous run between two midpoints, found by binary search, and its mean comes from a
+    prefix sum — O(K log n) per iteration, no per-weight Python loop and no sklearn. ``init=linear``
+    (centroids evenly spaced between min and max) is Deep Compression's best: it keeps the rare large
+    weights that matter. ``init=density`` spaces them by quantiles instead. Pruned weights stay zero
+    and are not clustered.
+    """
+
+    name = "share"
+    summary = "per-layer k-means weight sharing with linear initialisation (exact 1-D Lloyd)"
+    conflicts = {
+        "fixed-point": "share clusters float weights: run it before quant (quant then rounds the codebook)",
+        "entropy-coded": "huffman must come after every pass that changes weights",
+    }
+    establishes = frozenset({"codes", "shared"})
+
+    bits: int = 5
+    per_layer: LayerMap = ()
+    init: Literal["linear", "density"] = "linear"
+    iterations: int = 50
+    layers: str = "*"
+
+    def __post_init__(self) -> None:
+        check_range("bits", self.bits, 1, 16)
+        check_range("iterations", self.iterations, 0, 10_000)
+        for layer, value in self.per_layer:
+            check_range(f"per_layer[{layer}]", value, 1, 16)
+            if value != int(value):
+                raise OptionError(f"per_layer[{layer}]", f"{value} is not a whole number of bits")
+
+    def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
+        states = selected(model, self.layers, self.name)
+        layers = {}
+        for state in states:
+            before = state.decode()
+            size = encoded_bytes(state)
+            bits = int(override(state, self.per_layer, self.bits))
+            ctx.note(f"share: {state.name} ({state.numel:,} weights, {bits} bits)")
+            codebook, codes = kmeans_1d(before.flatten()[_kept(state)], 1 << bits, self.init, self.iterations)
+            full = torch.zeros(state.numel, dtype=torch.int64)
+            full[_kept(state)] = codes
+            mask = state.mask
+            state.dense = None
+            state.codebook, state.codes, state.fmt = codebook, full.reshape(state.shape), None
+            state.set_mask(mask)
+            layers[state.name] = {**change_stats(state, before, size), "centroids": int(codebook.numel())}
+        model.sync([s.name for s in states])
+        return PassResult(True, {"bits": self.bits, **totals(layers)}, layers, unused_overrides(model, self.per_layer))
+
+
+def _kept(state: TensorState) -> torch.Tensor:
+    """Flat indices of the weights that carry a code (all of them when there is no mask)."""
+    if state.mask is None:
+        return torch.arange(state.numel)
+    return torch.flatnonzero(state.mask.flatten())
+
+
+def kmeans_1d(values: torch.Tensor, k: int, init: str = "linear", iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact Lloyd's algorithm in one dimension. Returns (float32 centroids sorted ascending, codes).
+
+    Assignment rule (stated because decoders never re-derive it, but tests do): a value exactly on
+    the midpoint between two centroids goes to the lower one. Empty clusters keep their centroid.
+    """
+    if values.numel() == 0:
+        return torch.zeros(1, dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
+    ordered = torch.sort(values.to(torch.float64)).values
+    low, high = float(ordered[0]), float(ordered[-1])
+    distinct = torch.unique_consecutive(ordered)
+    if distinct.numel() <= k:  # fewer distinct values than centroids: the codebook is exact
+        centroids = distinct
+    elif init == "density":
+        centroids = torch.quantile(ordered[:: max(1, ordered.numel() // 100_000)], torch.linspace(0, 1, k, dtype=torch.float64))
+    else:
+        centroids = torch.linspace(low, high, k, dtype=torch.float64)
+    prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(ordered, 0)])
+    bounds = None
+    for _ in range(iterations if distinct.numel() > k else 0):
+        midpoints = (centroids[1:] + centroids[:-1]) / 2
+        new_bounds = torch.searchsorted(ordered, midpoints, right=True)
+        if bounds is not None and torch.equal(new_bounds, bounds):
+            break
+        bounds = new_bounds
+        edges = torch.cat([torch.zeros(1, dtype=torch.int64), bounds, torch.tensor([ordered.numel()])])
+        counts = (edges[1:] - edges[:-1]).to(torch.float64)
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
+        centroids, _ = torch.sort(centroids)
+    codebook = centroids.to(torch.float32)
+    codebook, _ = torch.sort(torch.unique(codebook))
+    midpoints = (codebook[1:].to(torch.float64) + codebook[:-1].to(torch.float64)) / 2
+    codes = torch.searchsorted(midpoints, values.to(torch.float64), right=False)
+    return codebook, codes.to(torch.int64)

@@ -1,0 +1,494 @@
+"""From a user's model to the canonical IR: tracing, canonicalisation, shape propagation.
+
+Two graph sources are accepted: ``torch.fx.symbolic_trace`` of an ``nn.Module`` (non-tensor forward
+arguments with defaults are specialised through ``concrete_args``), and the ATen graph of a
+``torch.export`` program. Both are rewritten into one canonical form made of the op vocabulary in
+:mod:`sqc.ops`: modules become functional calls on ``get_attr`` parameters, synonyms collapse to one
+name, dropout and other inference no-ops disappear. Anything outside the vocabulary is refused with
+the node, the op and the source line, instead of being carried along half-understood.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import fx
+from torch.fx.node import Argument, map_arg
+
+from sqc.errors import ModelLoadError, TraceError
+from sqc.ir import CompressedModel, InputSpec, TensorState
+from sqc.ops import FUNCTIONS, IDENTITY_FUNCTIONS, IDENTITY_METHODS, METHOD_FUNCTIONS, METHODS, function_name
+
+_INTERNAL_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
+
+
+# ---------------------------------------------------------------------------------------------
+# tracing
+
+
+class _Tracer(fx.Tracer):
+    """An fx tracer that remembers which module it is inside, for error messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_stack_traces = True
+        self.sqc_path: list[str] = []
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        self.sqc_path.append(self.path_of_module(m) or type(m).__name__)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.sqc_path.pop()
+
+
+def _user_frame(exc: BaseException) -> str:
+    """``file:line `source``` of the deepest frame outside torch, or '' when there is none."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_INTERNAL_DIRS)]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" at {frame.filename}:{frame.lineno} `{(frame.line or '').strip()}`"
+
+
+def _tensor_arguments(module: nn.Module) -> tuple[list[str], dict[str, Any]]:
+    """Forward parameters without defaults are tensor inputs; those with defaults are specialised."""
+    signature = inspect.signature(module.forward)
+    tensors: list[str] = []
+    concrete: dict[str, Any] = {}
+    for name, param in signature.parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise TraceError(f"{type(module).__name__}.forward takes *{name}: sqc needs named tensor arguments")
+        if param.default is inspect.Parameter.empty:
+            tensors.append(name)
+        else:
+            concrete[name] = param.default
+    return tensors, concrete
+
+
+def symbolic_trace(module: nn.Module) -> tuple[fx.GraphModule, list[str]]:
+    """fx-trace ``module``; a failure names the module being traced, the source line and the reason."""
+    tensor_args, concrete = _tensor_arguments(module)
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(module, concrete_args=concrete or None)
+    except Exception as exc:
+        where = tracer.sqc_path[-1] if tracer.sqc_path else f"{type(module).__name__} (top level)"
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TraceError(f"cannot trace module {where}{_user_frame(exc)}: {reason}") from None
+    return fx.GraphModule(tracer.root, graph), tensor_args
+
+
+# ---------------------------------------------------------------------------------------------
+# canonicalisation
+
+
+def _where(node: fx.Node) -> str:
+    """Source line a node came from, as recorded by the tracer."""
+    trace = (node.stack_trace or "").strip().splitlines()
+    files = [i for i, line in enumerate(trace) if line.strip().startswith("File ")]
+    if not files:
+        return ""
+    i = files[-1]
+    location = trace[i].strip().replace('File "', "").replace('", line ', ":").split(",")[0]
+    code = trace[i + 1].strip() if i + 1 < len(trace) else ""
+    return f" at {location} `{code}`"
+
+
+class _Builder:
+    """Builds the canonical graph node by node from a traced or exported graph."""
+
+    def __init__(self, source: fx.GraphModule) -> None:
+        self.source = source
+        self.graph = fx.Graph()
+        self.env: dict[fx.Node, Argument] = {}
+        self.attrs: dict[str, fx.Node] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def attr(self, qualified: str) -> fx.Node | None:
+        """A get_attr node for a parameter/buffer of the source module (None for a missing bias)."""
+        if qualified in self.attrs:
+            return self.attrs[qualified]
+        value = _fetch(self.source, qualified)
+        if value is None:
+            return None
+        if not isinstance(value, torch.Tensor):
+            raise TraceError(f"attribute {qualified} is a {type(value).__name__}, not a tensor")
+        self.tensors[qualified] = value
+        node = self.graph.get_attr(qualified)
+        self.attrs[qualified] = node
+        return node
+
+    def arg(self, value: Argument) -> Argument:
+        return map_arg(value, lambda n: self.env[n])
+
+    def call(self, name: str, args: tuple[Argument, ...], kwargs: dict[str, Argument], like: fx.Node) -> fx.Node:
+        node = self.graph.call_function(FUNCTIONS[name], args, kwargs)
+        node.name = self.graph._graph_namespace.create_name(like.name, node)  # keep the traced name
+        return node
+
+
+def _fetch(module: nn.Module, qualified: str) -> Any:
+    obj: Any = module
+    for part in qualified.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _unsupported(node: fx.Node, what: str) -> TraceError:
+    return TraceError(f"unsupported op in node {node.name}: {what}{_where(node)}")
+
+
+def _module_call(b: _Builder, node: fx.Node, mod: nn.Module) -> Argument:
+    """Rewrite ``call_module`` of a standard layer as its functional form on get_attr parameters."""
+    path = str(node.target)
+    x = b.arg(node.args[0]) if node.args else None
+    if node.kwargs or len(node.args) != 1:
+        raise _unsupported(node, f"{type(mod).__name__} called with extra arguments")
+
+    def p(name: str) -> fx.Node | None:
+        return b.attr(f"{path}.{name}")
+
+    if isinstance(mod, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity)):
+        return x
+    if isinstance(mod, (nn.Conv1d, nn.Conv2d)):
+        op = "conv1d" if isinstance(mod, nn.Conv1d) else "conv2d"
+        padding: Any = mod.padding
+        if mod.padding_mode != "zeros":
+            x = b.call("pad", (x, tuple(mod._reversed_padding_repeated_twice)), {"mode": mod.padding_mode}, node)
+            padding = 0
+        return b.call(op, (x, p("weight"), p("bias"), mod.stride, padding, mod.dilation, mod.groups), {}, node)
+    if isinstance(mod, nn.Linear):
+        return b.call("linear", (x, p("weight"), p("bias")), {}, node)
+    if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if mod.running_mean is None or mod.running_var is None:
+            raise _unsupported(node, f"{type(mod).__name__} without running statistics")
+        args = (x, p("running_mean"), p("running_var"), p("weight"), p("bias"), False, 0.0, mod.eps)
+        return b.call("batch_norm", args, {}, node)
+    if isinstance(mod, nn.PReLU):
+        return b.call("prelu", (x, p("weight")), {}, node)
+    simple: dict[type[nn.Module], tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
+        nn.ReLU: ("relu", lambda m: ()),
+        nn.ReLU6: ("relu6", lambda m: ()),
+        nn.Sigmoid: ("sigmoid", lambda m: ()),
+        nn.Tanh: ("tanh", lambda m: ()),
+        nn.SiLU: ("silu", lambda m: ()),
+        nn.LeakyReLU: ("leaky_relu", lambda m: (m.negative_slope,)),
+        nn.Hardtanh: ("hardtanh", lambda m: (m.min_val, m.max_val)),
+        nn.Softmax: ("softmax", lambda m: (m.dim,)),
+        nn.LogSoftmax: ("log_softmax", lambda m: (m.dim,)),
+        nn.Flatten: ("flatten", lambda m: (m.start_dim, m.end_dim)),
+        nn.AdaptiveAvgPool1d: ("adaptive_avg_pool1d", lambda m: (m.output_size,)),
+        nn.AdaptiveAvgPool2d: ("adaptive_avg_pool2d", lambda m: (m.output_size,)),
+        nn.AvgPool1d: ("avg_pool1d", lambda m: (m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)),
+        nn.AvgPool2d: (
+            "avg_pool2d",
+            lambda m: (m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override),
+        ),
+    }
+    if type(mod) in simple:
+        op, extra = simple[type(mod)]
+        return b.call(op, (x, *extra(mod)), {}, node)
+    if isinstance(mod, nn.GELU):
+        return b.call("gelu", (x,), {"approximate": mod.approximate}, node)
+    if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d)):
+        if mod.return_indices:
+            raise _unsupported(node, f"{type(mod).__name__} with return_indices")
+        op = "max_pool1d" if isinstance(mod, nn.MaxPool1d) else "max_pool2d"
+        return b.call(op, (x, mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode), {}, node)
+    if isinstance(mod, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)):
+        if mod.return_indices:
+            raise _unsupported(node, f"{type(mod).__name__} with return_indices")
+        op = "adaptive_max_pool1d" if isinstance(mod, nn.AdaptiveMaxPool1d) else "adaptive_max_pool2d"
+        return b.call(op, (x, mod.output_size), {}, node)
+    raise _unsupported(node, f"module {path} of type {type(mod).__name__}")
+
+
+def _method_call(b: _Builder, node: fx.Node) -> Argument:
+    name = str(node.target)
+    args = b.arg(node.args)
+    kwargs = b.arg(node.kwargs)
+    if name in IDENTITY_METHODS:
+        return args[0]
+    if name in METHODS:
+        new = b.graph.call_method(name, args, kwargs)
+        new.name = b.graph._graph_namespace.create_name(node.name, new)
+        return new
+    if name in METHOD_FUNCTIONS:
+        op, packing = METHOD_FUNCTIONS[name]
+        if packing == "shape" and not (len(args) == 2 and isinstance(args[1], (tuple, list))):
+            args = (args[0], tuple(args[1:]))  # x.view(a, b) -> reshape(x, (a, b))
+        return b.call(op, tuple(args), dict(kwargs), node)
+    raise _unsupported(node, f"tensor method .{name}()")
+
+
+def _function_call(b: _Builder, node: fx.Node) -> Argument:
+    target = node.target
+    args = b.arg(node.args)
+    kwargs = b.arg(node.kwargs)
+    constant = not any(isinstance(a, fx.Node) for a in (*args, *kwargs.values()))
+    if target is torch._assert and constant:
+        if not args[0]:
+            raise TraceError(f"node {node.name}: a specialised argument fails its check: {args[1]}")
+        return None
+    if constant and getattr(target, "__module__", None) == "_operator":
+        return target(*args, **kwargs)  # type: ignore[operator]  # fold guards on specialised arguments
+    if target in IDENTITY_FUNCTIONS:
+        return args[0] if args else kwargs["input"]
+    if target is torch.add and "alpha" not in kwargs:
+        return b.call("add", tuple(args), {}, node)
+    name = function_name(target)  # type: ignore[arg-type]
+    if name is None:
+        label = getattr(target, "__qualname__", None) or str(target)
+        module = getattr(target, "__module__", "") or ""
+        raise _unsupported(node, f"function {module + '.' if module else ''}{label}")
+    return b.call(name, tuple(args), dict(kwargs), node)
+
+
+# ATen ops of a torch.export program -> (vocabulary name, argument adapter).
+def _aten_table() -> dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], tuple[str, tuple[Any, ...], dict]]]:
+    aten = torch.ops.aten
+
+    def same(name: str) -> Callable[[tuple[Any, ...], dict[str, Any]], tuple[str, tuple[Any, ...], dict]]:
+        return lambda a, k: (name, a, k)
+
+    def batch_norm(a: tuple[Any, ...], k: dict[str, Any]) -> tuple[str, tuple[Any, ...], dict]:
+        x, w, bias, mean, var, _training, momentum, eps = a[:8]
+        return "batch_norm", (x, mean, var, w, bias, False, momentum, eps), {}
+
+    def add(a: tuple[Any, ...], k: dict[str, Any]) -> tuple[str, tuple[Any, ...], dict]:
+        if k.get("alpha", 1) != 1:
+            raise ValueError("add with alpha")
+        return "add", a[:2], {}
+
+    table: dict[Any, Any] = {
+        aten.conv1d.default: same("conv1d"),
+        aten.conv2d.default: same("conv2d"),
+        aten.linear.default: same("linear"),
+        aten.batch_norm.default: batch_norm,
+        aten.prelu.default: same("prelu"),
+        aten.relu.default: same("relu"),
+        aten.relu_.default: same("relu"),
+        aten.hardtanh.default: same("hardtanh"),
+        aten.leaky_relu.default: same("leaky_relu"),
+        aten.gelu.default: same("gelu"),
+        aten.silu.default: same("silu"),
+        aten.sigmoid.default: same("sigmoid"),
+        aten.tanh.default: same("tanh"),
+        aten.softmax.int: lambda a, k: ("softmax", a[:2], {}),
+        aten.log_softmax.int: lambda a, k: ("log_softmax", a[:2], {}),
+        aten.max_pool1d.default: same("max_pool1d"),
+        aten.max_pool2d.default: same("max_pool2d"),
+        aten.avg_pool1d.default: same("avg_pool1d"),
+        aten.avg_pool2d.default: same("avg_pool2d"),
+        aten.adaptive_avg_pool1d.default: same("adaptive_avg_pool1d"),
+        aten.adaptive_avg_pool2d.default: same("adaptive_avg_pool2d"),
+        aten.flatten.using_ints: same("flatten"),
+        aten.view.default: same("reshape"),
+        aten.reshape.default: same("reshape"),
+        aten.permute.default: same("permute"),
+        aten.transpose.int: same("transpose"),
+        aten.squeeze.dim: same("squeeze"),
+        aten.unsqueeze.default: same("unsqueeze"),
+        aten.pad.default: same("pad"),
+        aten.constant_pad_nd.default: lambda a, k: ("pad", (a[0], a[1], "constant", a[2] if len(a) > 2 else 0.0), {}),
+        aten.cat.default: same("cat"),
+        aten.add.Tensor: add,
+        aten.sub.Tensor: lambda a, k: ("sub", a[:2], {}),
+        aten.mul.Tensor: same("mul"),
+        aten.div.Tensor: same("truediv"),
+        aten.neg.default: same("neg"),
+        aten.matmul.default: same("matmul"),
+        aten.mean.dim: same("mean"),
+        aten.sum.dim_IntList: same("sum"),
+    }
+    return table
+
+
+_ATEN_IDENTITY = {"aten.dropout.default", "aten.clone.default", "aten.contiguous.default", "aten.detach.default"}
+_ATEN_DROPPED = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default"}
+
+
+def _aten_call(b: _Builder, node: fx.Node, table: dict[Any, Any]) -> Argument:
+    target = node.target
+    args = b.arg(node.args)
+    kwargs = b.arg(node.kwargs)
+    label = str(target)
+    if label in _ATEN_IDENTITY:
+        return args[0]
+    if label in _ATEN_DROPPED:
+        return None
+    if label == "aten.sym_size.int":
+        new = b.graph.call_method("size", tuple(args), {})
+        new.name = b.graph._graph_namespace.create_name(node.name, new)
+        return new
+    adapter = table.get(target)
+    if adapter is None:
+        raise _unsupported(node, f"ATen op {label}")
+    try:
+        name, new_args, new_kwargs = adapter(tuple(args), dict(kwargs))
+    except (ValueError, IndexError) as exc:
+        raise _unsupported(node, f"ATen op {label} ({exc})") from None
+    return b.call(name, tuple(new_args), new_kwargs, node)
+
+
+def canonicalize(source: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
+    """Rewrite a traced or exported graph into the vocabulary of :mod:`sqc.ops`."""
+    b = _Builder(source)
+    modules = dict(source.named_modules())
+    aten = None
+    for node in source.graph.nodes:
+        if node.op == "placeholder":
+            # a placeholder with a default is a non-tensor argument that fx specialised (concrete_args)
+            b.env[node] = node.args[0] if node.args else b.graph.placeholder(node.name)
+        elif node.op == "get_attr":
+            b.env[node] = b.attr(str(node.target))
+        elif node.op == "call_module":
+            if str(node.target) == "_guards_fn":  # export's input guards: shapes are checked by sqc
+                continue
+            b.env[node] = _module_call(b, node, modules[str(node.target)])
+        elif node.op == "call_method":
+            b.env[node] = _method_call(b, node)
+        elif node.op == "call_function":
+            if isinstance(node.target, torch._ops.OpOverload):
+                aten = aten if aten is not None else _aten_table()
+                b.env[node] = _aten_call(b, node, aten)
+            else:
+                b.env[node] = _function_call(b, node)
+        elif node.op == "output":
+            result = b.arg(node.args[0])
+            if isinstance(result, (tuple, list)) and len(result) == 1 and hasattr(source, "_out_spec"):
+                result = result[0]  # an exported single-tensor output, flattened by export
+            b.graph.output(result)
+    b.graph.eliminate_dead_code()
+    used = {str(n.target) for n in b.graph.nodes if n.op == "get_attr"}
+    tensors = {name: value for name, value in b.tensors.items() if name in used}
+    for node in list(b.graph.nodes):
+        if node.op == "get_attr" and str(node.target) not in used:
+            b.graph.erase_node(node)
+    root = nn.Module()
+    for name, value in tensors.items():
+        if not value.is_floating_point():
+            raise TraceError(f"tensor {name} has dtype {value.dtype}; sqc stores floating-point tensors only")
+        _install(root, name, value.detach().to(torch.float32).clone(), is_param=isinstance(value, nn.Parameter))
+    return fx.GraphModule(root, b.graph, class_name="SqcModel"), tensors
+
+
+def _install(root: nn.Module, qualified: str, value: torch.Tensor, *, is_param: bool) -> None:
+    *path, leaf = qualified.split(".")
+    owner = root
+    for part in path:
+        if not hasattr(owner, part):
+            owner.add_module(part, nn.Module())
+        owner = getattr(owner, part)
+    if is_param:
+        owner.register_parameter(leaf, nn.Parameter(value, requires_grad=value.is_floating_point()))
+    else:
+        owner.register_buffer(leaf, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes and the IR
+
+
+class _ShapeProp(fx.Interpreter):
+    """Records output shapes in ``node.meta["shape"]``; an error names the node and its source line."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"the example input does not fit node {n.name}{_where(n)}: {first}") from None
+        if isinstance(result, torch.Tensor):
+            n.meta["shape"] = tuple(result.shape)
+        return result
+
+
+def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    with torch.no_grad():
+        _ShapeProp(gm).run(*inputs)
+
+
+def example_inputs(specs: list[InputSpec], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Deterministic example tensors for tracing and shape propagation."""
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(spec.shape, generator=generator) for spec in specs)
+
+
+def build_ir(source: fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> CompressedModel:
+    """Canonicalise ``source``, check its weights, propagate shapes and create one record per tensor."""
+    gm, _ = canonicalize(source)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(input_shapes):
+        raise ModelLoadError(
+            f"the model takes {len(placeholders)} tensor input(s) "
+            f"({', '.join(p.name for p in placeholders)}) but {len(input_shapes)} input shape(s) were given"
+        )
+    specs = [InputSpec(p.name, tuple(shape)) for p, shape in zip(placeholders, input_shapes, strict=True)]
+    params = dict(gm.named_parameters())
+    tensors: dict[str, TensorState] = {}
+    for node in gm.graph.nodes:
+        if node.op != "get_attr":
+            continue
+        name = str(node.target)
+        value = params.get(name)
+        role = "buffer" if value is None else ("weight" if value.dim() >= 2 else "param")
+        value = value if value is not None else gm.get_buffer(name)
+        if not bool(torch.isfinite(value).all()):
+            raise ModelLoadError(f"tensor {name} contains NaN or Inf; sqc refuses to compress a broken model")
+        state = TensorState(name=name, shape=tuple(value.shape), role=role)  # type: ignore[arg-type]
+        state.set_dense(value.detach())
+        tensors[name] = state
+    propagate_shapes(gm, example_inputs(specs))
+    return CompressedModel(graph_module=gm, tensors=tensors, inputs=specs)
+
+
+def trace(model: nn.Module, input_shapes: list[tuple[int, ...]] | None = None) -> CompressedModel:
+    """Trace an ``nn.Module`` (or take an exported GraphModule as is) into the IR."""
+    try:
+        model = model.eval()
+    except NotImplementedError:  # an exported program's module is already in inference form
+        pass
+    if isinstance(model, fx.GraphModule) and any(
+        isinstance(n.target, torch._ops.OpOverload) for n in model.graph.nodes
+    ):
+        source = model
+    else:
+        source, _tensor_args = symbolic_trace(model)
+    if input_shapes is None:
+        input_shapes = guess_input_shapes(model, source)
+    return build_ir(source, input_shapes)
+
+
+def guess_input_shapes(model: nn.Module, source: fx.GraphModule) -> list[tuple[int, ...]]:
+    """Input shapes when the user gave none: a model's ``example_input_shape`` attribute, or the input
+    width of a first Linear layer (possibly behind a flatten); anything else must be told."""
+    declared = getattr(model, "example_input_shape", None)
+    if declared is not None:
+        shapes = declared if isinstance(declared[0], (tuple, list)) else [declared]
+        return [tuple(int(d) for d in s) for s in shapes]
+    placeholders = [n for n in source.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) == 1:
+        node = placeholders[0]
+        while len(node.users) == 1:
+            (user,) = node.users
+            if user.op == "call_module" and isinstance(source.get_submodule(str(user.target)), nn.Linear):
+                linear = source.get_submodule(str(user.target))
+                return [(1, linear.in_features)]
+            if user.target in (torch.flatten, "flatten", "view", "reshape") or (
+                user.op == "call_module" and isinstance(source.get_submodule(str(user.target)), nn.Flatten)
+            ):
+                node = user
+                continue
+            if user.target is F.linear:
+                break
+            break
+    raise ModelLoadError("cannot tell the model's input shape: pass --input-shape, e.g. --input-shape 1,3,224,224")

@@ -1,0 +1,151 @@
+"""Loading a user's model file safely: state_dict + architecture, trusted pickle, or torch.export program.
+
+Loading a pickle runs code from the file, so whole pickled modules are refused unless the user says
+``--trust-pickle``; everything else goes through ``torch.load(weights_only=True)``, which only
+rebuilds tensors and plain containers. A ``.pt2`` export needs no Python code at all.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import sys
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from sqc.errors import ModelLoadError
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to trace, and the input shapes its file declared (a ``.pt2`` declares them)."""
+
+    module: nn.Module
+    input_shapes: list[tuple[int, ...]] | None
+    source: str
+
+
+def resolve_factory(spec: str) -> Any:
+    """``pkg.module:attr`` -> the object; the current directory is importable, as for ``python -m``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelLoadError(f"--arch {spec!r}: expected pkg.module:factory")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelLoadError(f"--arch {spec!r}: cannot import {module_name} ({exc})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelLoadError(f"--arch {spec!r}: {module_name} has no attribute {attr}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelLoadError(f"--arch {spec!r}: {attr} is not callable")
+    return obj
+
+
+def _is_export_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("serialized_exported_program.json") or "/models/" in name for name in archive.namelist())
+
+
+def _state_dict_of(obj: Any) -> Mapping[str, torch.Tensor] | None:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    return None
+
+
+def _fit(path: Path, arch: str, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """load_state_dict, with the first mismatch as one line instead of torch's multi-line report."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{' …' if len(unexpected) > 3 else ''}")
+        raise ModelLoadError(f"{path}: state_dict does not fit --arch {arch}: {'; '.join(parts)}")
+    for key, value in state.items():
+        if tuple(own[key].shape) != tuple(value.shape):
+            raise ModelLoadError(
+                f"{path}: state_dict does not fit --arch {arch}: {key} has shape {tuple(value.shape)}, "
+                f"the architecture expects {tuple(own[key].shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(path: Path, arch: str | None = None, *, trust_pickle: bool = False) -> LoadedModel:
+    """Load ``path`` as a state_dict (with ``arch``), a torch.export program, or a trusted pickle."""
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, not a model file")
+    if _is_export_archive(path):
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: not a loadable torch.export program ({_first_line(exc)})") from None
+        shapes = [
+            tuple(n.meta["val"].shape)
+            for n in program.graph.nodes
+            if n.op == "placeholder" and n.name in _user_inputs(program)
+        ]
+        return LoadedModel(program.module(), shapes, f"{path} (torch.export)")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise ModelLoadError(
+                f"{path}: holds pickled Python objects, and loading them would run code from the file; "
+                "pass --trust-pickle if you trust its origin, or save a state_dict or a torch.export program"
+            ) from None
+        obj = _load_trusted(path, exc)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelLoadError(f"{path}: not a PyTorch model file ({_first_line(exc)})") from None
+    if isinstance(obj, nn.Module):
+        return LoadedModel(obj, None, f"{path} (pickled module)")
+    state = _state_dict_of(obj)
+    if state is None:
+        raise ModelLoadError(f"{path}: holds a {type(obj).__name__}, not a state_dict, module or export program")
+    if arch is None:
+        raise ModelLoadError(f"{path}: is a state_dict; say which architecture it fits with --arch pkg.module:factory")
+    model = resolve_factory(arch)()
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"--arch {arch}: returned a {type(model).__name__}, not an nn.Module")
+    _fit(path, arch, model, state)
+    return LoadedModel(model, None, f"{path} (state_dict + {arch})")
+
+
+def _load_trusted(path: Path, first_error: Exception) -> Any:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: cannot unpickle ({_first_line(exc)})") from None
+    if not isinstance(obj, nn.Module) and _state_dict_of(obj) is None:
+        raise ModelLoadError(f"{path}: the pickle holds a {type(obj).__name__}, not an nn.Module")
+    return obj
+
+
+def _user_inputs(program: torch.export.ExportedProgram) -> set[str]:
+    return set(program.graph_signature.user_inputs)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

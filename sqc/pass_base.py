@@ -1,0 +1,222 @@
+"""What a pass is: a small frozen dataclass whose fields are its typed options.
+
+Modelled on xDSL's ``ModulePass`` and MLIR's pass options: the class-level ``name`` is the short name
+used in pipeline text, every dataclass field is an option (type from the annotation, default from
+the field, help from ``field(metadata={"help": ...})``), ``__post_init__`` validates, and ``run``
+returns a :class:`PassResult`. A pass keeps no mutable state, so one instance can run twice.
+
+Passes also declare the IR properties they need and establish (``requires``/``establishes``) and the
+ones that must not hold yet (``conflicts``), so that the pass manager rejects an impossible order such
+as ``huffman,share`` before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, get_args, get_origin
+
+import torch
+
+from sqc.errors import PipelineError
+from sqc.ir import CompressedModel
+
+Stat = float | int | str
+
+# A per-layer override table written ``fc1:0.92;fc3:0.74`` in pipeline text (glob -> value).
+LayerMap = tuple[tuple[str, float], ...]
+
+
+class OptionError(PipelineError):
+    """An option value is invalid; the parser adds where it was written."""
+
+    def __init__(self, option: str, message: str) -> None:
+        self.option = option
+        super().__init__(f"option {option}: {message}")
+
+
+@dataclass
+class PassResult:
+    """What a pass did: whether it changed the IR, declared statistics, per-layer stats, diagnostics."""
+
+    changed: bool
+    stats: dict[str, Stat] = field(default_factory=dict)
+    layers: dict[str, dict[str, Stat]] = field(default_factory=dict)
+    diagnostics: list[str] = field(default_factory=list)
+
+
+class PassContext:
+    """State that lives for one pipeline run: example inputs, cached analyses, progress reporting.
+
+    Analyses are computed on first request and dropped whenever a pass reports ``changed``, unless that
+    pass lists the analysis in its ``preserves``.
+    """
+
+    def __init__(
+        self,
+        example_inputs: tuple[torch.Tensor, ...] = (),
+        progress: Callable[[str], None] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.example_inputs = example_inputs
+        self.seed = seed
+        self._progress = progress
+        self._analyses: dict[str, Any] = {}
+
+    def note(self, message: str) -> None:
+        """Report progress of long work to the user (a no-op when nobody listens)."""
+        if self._progress is not None:
+            self._progress(message)
+
+    def analysis(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self._analyses:
+            self._analyses[key] = compute()
+        return self._analyses[key]
+
+    def invalidate(self, keep: frozenset[str] = frozenset()) -> None:
+        self._analyses = {k: v for k, v in self._analyses.items() if k in keep}
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Base class of every pass. Subclasses are ``@dataclass(frozen=True)`` with typed option fields."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    requires: ClassVar[dict[str, str]] = {}
+    """IR property -> hint shown when it does not hold (``{"codes": "put share or quant before it"}``)."""
+    conflicts: ClassVar[dict[str, str]] = {}
+    """IR property -> why this pass cannot run once it holds."""
+    establishes: ClassVar[frozenset[str]] = frozenset()
+    preserves: ClassVar[frozenset[str]] = frozenset()
+
+    def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
+        raise NotImplementedError
+
+    @classmethod
+    def options(cls) -> list[dataclasses.Field[Any]]:
+        return [f for f in dataclasses.fields(cls) if f.init]
+
+    @classmethod
+    def option_types(cls) -> dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in cls.options()}
+
+    @classmethod
+    def from_options(cls, raw: dict[str, Any]) -> Pass:
+        """Build the pass from ``{option: text-or-value}``; unknown names and bad values are errors."""
+        types_ = cls.option_types()
+        unknown = sorted(set(raw) - set(types_))
+        if unknown:
+            valid = ", ".join(types_) or "none"
+            raise OptionError(unknown[0], f"unknown option of pass {cls.name} (valid: {valid})")
+        values = {key: coerce(types_[key], value, key) for key, value in raw.items()}
+        try:
+            return cls(**values)
+        except OptionError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise PipelineError(f"pass {cls.name}: {exc}") from None
+
+    def spec(self) -> str:
+        """The canonical text of this pass with every option spelt out; parses back to an equal pass."""
+        opts = self.options()
+        if not opts:
+            return self.name
+        body = " ".join(f"{f.name}={format_value(getattr(self, f.name))}" for f in opts)
+        return f"{self.name}{{{body}}}"
+
+    def __str__(self) -> str:
+        return self.spec()
+
+
+def coerce(annotation: Any, value: Any, option: str) -> Any:
+    """Turn pipeline text (or a TOML value) into the option's declared type."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        choices = get_args(annotation)
+        text = str(value)
+        if text not in choices:
+            raise OptionError(option, f"{value!r} is not one of {', '.join(map(str, choices))}")
+        return text
+    if origin in (types.UnionType, typing.Union):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
+            return None
+        return coerce(members[0], value, option)
+    if annotation == LayerMap:
+        return parse_layer_map(value, option)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise OptionError(option, f"{value!r} is not a boolean (true/false)")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise OptionError(option, f"{value!r} is not an integer")
+        try:
+            return int(str(value), 0) if isinstance(value, str) else int(value)
+        except ValueError:
+            raise OptionError(option, f"{value!r} is not an integer") from None
+    if annotation is float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise OptionError(option, f"{value!r} is not a number") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise OptionError(option, f"{value!r} is not a finite number")
+        return number
+    if annotation is str:
+        return str(value)
+    raise OptionError(option, f"unsupported option type {annotation!r}")
+
+
+def parse_layer_map(value: Any, option: str) -> LayerMap:
+    """``fc1:0.92;fc3:0.74`` (or a TOML table) -> ``(("fc1", 0.92), ("fc3", 0.74))``."""
+    if isinstance(value, dict):
+        items = list(value.items())
+    else:
+        items = []
+        for part in filter(None, (p.strip() for p in str(value).split(";"))):
+            key, sep, number = part.rpartition(":")
+            if not sep or not key:
+                raise OptionError(option, f"{part!r} is not layer:value")
+            items.append((key.strip(), number))
+    out = []
+    for key, number in items:
+        try:
+            out.append((str(key), float(number)))
+        except ValueError:
+            raise OptionError(option, f"{number!r} for layer {key} is not a number") from None
+    return tuple(out)
+
+
+def format_value(value: Any) -> str:
+    """Print an option value so that :func:`coerce` reads it back unchanged."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, tuple):
+        text = ";".join(f"{k}:{v!r}" for k, v in value)
+        return text if text else '""'
+    text = str(value)
+    if text == "" or any(c in text for c in ' ,{}"='):
+        return '"' + text.replace('"', "") + '"'
+    return text
+
+
+def check_range(option: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
+    """Validate a numeric option in ``__post_init__`` with a message naming the option."""
+    if value < low or value > high or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise OptionError(option, f"{value} is outside {bracket}{low}, {high}]")
