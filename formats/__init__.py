@@ -1,0 +1,1 @@
+"""Byte-level codecs of the ``.sqc`` bitstream: bit packing, canonical Huffman, sparse indices."""
