@@ -70,7 +70,7 @@ def _kept(state: TensorState) -> torch.Tensor:
     """Flat indices of the weights that carry a code (all of them when there is no mask)."""
     if state.mask is None:
         return torch.arange(state.numel)
-    return torch.flatnonzero(state.mask.flatten())
+    return state.mask.flatten().nonzero().flatten()
 
 
 def kmeans_1d(values: torch.Tensor, k: int, init: str = "linear", iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,17 @@ The Python API (the CLI is a thin layer over it)::
     table = sqc.inspect("model.sqc")     # where every byte goes
 """
 
-from sqc.api import Artifact, compress, inspect, load
-from sqc.errors import SqcError, SqcFormatError
+import os as _os
+
+# In a source checkout the subpackages sqc.passes, sqc.formats and sqc.targets live beside this
+# directory (the repository's top-level passes/, formats/, targets/; the installed wheel maps them
+# inside sqc/). Let `python` started from the repository root import the checkout the same way.
+_here = _os.path.dirname(__file__)
+if not _os.path.isdir(_os.path.join(_here, "formats")) and _os.path.isdir(_os.path.join(_here, "..", "formats")):
+    __path__.append(_os.path.normpath(_os.path.join(_here, "..")))  # noqa: F821 - the package's own __path__
+
+from sqc.api import Artifact, compress, inspect, load  # noqa: E402
+from sqc.errors import SqcError, SqcFormatError  # noqa: E402
 
 __all__ = ["Artifact", "SqcError", "SqcFormatError", "compress", "inspect", "load"]
 __version__ = "0.1.0"

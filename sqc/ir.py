@@ -139,7 +139,7 @@ class TensorState:
 
     def set_dense(self, values: torch.Tensor) -> None:
         """Replace the value by float32 ``values``, dropping codes and codebook."""
-        self.dense = values.detach().to(torch.float32).reshape(self.shape).contiguous()
+        self.dense = values.detach().to(torch.float32).reshape(self.shape).clone()
         self.codes = self.codebook = self.fmt = None
 
     def set_mask(self, mask: torch.Tensor | None) -> None:

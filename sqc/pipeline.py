@@ -42,7 +42,7 @@ class PassText:
 
 
 def _error(text: str, column: int, message: str) -> PipelineError:
-    return PipelineError(f"pipeline column {column + 1}: {message}\n  {text}\n  {' ' * column}^")
+    return PipelineError(f"pipeline column {column + 1}: {message} (in {text!r})")
 
 
 def tokenize(text: str) -> list[PassText]:
@@ -199,7 +199,7 @@ class Pipeline:
                     model.verify()
             except SqcError as exc:
                 prefix = ",".join(p.spec() for p in self.passes[: index + 1])
-                raise type(exc)(f"pass {pass_.name} failed: {exc} [reproduce with --passes '{prefix}']") from None
+                raise SqcError(f"pass {pass_.name} failed: {exc} [reproduce with --passes '{prefix}']") from None
             elapsed = time.perf_counter() - started
             model.report.append(
                 PassRecord(pass_.spec(), result.changed, result.stats, result.layers, result.diagnostics)

@@ -1,0 +1,293 @@
+"""The ``sqc`` command line: a thin typer layer over :mod:`sqc.api`.
+
+Expected failures (:class:`~sqc.errors.SqcError`, bad usage) become one line on stderr and exit code 1,
+never a traceback. Tables are drawn with rich on a terminal and printed plain otherwise; every command
+that prints a table can print ``--json`` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from sqc.errors import SqcError
+
+app = typer.Typer(
+    name="sqc",
+    help="sqc — compress PyTorch models into a compact .sqc bitstream, inspect it, and lower it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError:
+        raise SqcError(f"--input-shape {text!r}: expected comma-separated integers, e.g. 1,1,28,28") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise SqcError(f"--input-shape {text!r}: dimensions must be positive integers")
+    return shape
+
+
+def _table(title: str, columns: list[str]) -> Table:
+    interactive = out.is_terminal
+    table = Table(
+        title=title if interactive else None,
+        box=box.SIMPLE_HEAVY if interactive else None,
+        show_edge=interactive,
+        pad_edge=False,
+        title_justify="left",
+    )
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=True)
+    return table
+
+
+def _print_table(table: Table, title: str) -> None:
+    if not out.is_terminal:
+        out.print(title)
+    out.print(table, width=max(out.width, 200) if not out.is_terminal else None)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+ModelArg = Annotated[Path, typer.Argument(help="model file: state_dict (.pt) with --arch, pickled module, or .pt2")]
+ArchOpt = Annotated[str | None, typer.Option("--arch", help="pkg.module:factory that builds the architecture")]
+ShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--input-shape", help="example input shape, e.g. 1,1,28,28 (repeat for several inputs)"),
+]
+TrustOpt = Annotated[
+    bool, typer.Option("--trust-pickle", help="allow loading a pickled module (runs code from the file)")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="replace the output file if it exists")]
+
+
+@app.command()
+def compress(
+    model: ModelArg,
+    output: Annotated[Path, typer.Option("-o", "--output", help="the .sqc file to write")],
+    passes: Annotated[
+        str | None, typer.Option("--passes", "-p", help="pipeline text, e.g. 'prune{sparsity=0.9},share{bits=5},huffman'")
+    ] = None,
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="TOML recipe with [[pass]] tables")] = None,
+    arch: ArchOpt = None,
+    input_shape: ShapeOpt = None,
+    trust_pickle: TrustOpt = False,
+    force: ForceOpt = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the IR verifier between passes")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Trace MODEL, run the pass pipeline, and write a .sqc file."""
+    from sqc.api import DEFAULT_PIPELINE, compress as run
+    from sqc.pipeline import Pipeline
+
+    if passes is not None and recipe is not None:
+        raise SqcError("give either --passes or --recipe, not both")
+    pipeline = Pipeline.from_recipe(recipe) if recipe is not None else Pipeline.parse(passes or DEFAULT_PIPELINE)
+    if output.exists() and not force:
+        raise SqcError(f"{output}: already exists (use --force to replace it)")
+    shapes = [_parse_shape(s) for s in input_shape] if input_shape else None
+    rows: list[dict[str, Any]] = []
+
+    def on_pass(index: int, pass_: Any, result: Any, seconds: float) -> None:
+        rows.append({"pass": pass_.name, "changed": result.changed, "seconds": round(seconds, 3), **result.stats})
+        if not as_json:
+            err.print(f"[{index + 1}/{len(pipeline.passes)}] {pass_.name}: {_summary(result.stats)} ({seconds:.2f} s)")
+            for line in result.diagnostics:
+                err.print(f"  warning: {line}")
+
+    with err.status("compressing…", spinner="dots") if err.is_terminal and not as_json else _null():
+        artifact = run(
+            model, shapes, pipeline, arch=arch, trust_pickle=trust_pickle, verify=not no_verify,
+            progress=(lambda m: None), on_pass=on_pass,
+        )
+        size = artifact.save(output, force=force)
+    fp32 = 4 * sum(s.numel for s in artifact.model.tensors.values())
+    summary = {"output": str(output), "bytes": size, "fp32_bytes": fp32, "ratio_vs_fp32": fp32 / size,
+               "pipeline": artifact.pipeline, "passes": rows}
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        out.print(f"wrote {output}: {size:,} bytes ({_human(size)}), {fp32 / size:.1f}x smaller than fp32 ({_human(fp32)})")
+        out.print(f"pipeline: {artifact.pipeline}")
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _summary(stats: dict[str, Any]) -> str:
+    parts = []
+    for key in ("sparsity", "bits", "bytes_before", "bytes_after", "max_abs_error"):
+        if key in stats:
+            value = stats[key]
+            parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    return ", ".join(parts) or "done"
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="a .sqc file, or a model file (with --arch for a state_dict)")],
+    arch: ArchOpt = None,
+    input_shape: ShapeOpt = None,
+    trust_pickle: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show where every byte goes (per layer and component), or a model's params, bytes and FLOPs."""
+    from sqc.api import inspect as run
+
+    if not path.exists():
+        raise SqcError(f"{path}: no such file")
+    shapes = [_parse_shape(s) for s in input_shape] if input_shape else None
+    info = run(path, arch=arch, input_shapes=shapes, trust_pickle=trust_pickle)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    if info["kind"] == "model":
+        _render_model(info)
+    else:
+        _render_container(info)
+
+
+def _render_model(info: dict[str, Any]) -> None:
+    table = _table(f"{info['file']}", ["layer", "params", "bytes (fp32)", "FLOPs", "share"])
+    total = info["totals"]
+    for row in info["layers"]:
+        table.add_row(row["layer"], f"{row['params']:,}", f"{row['bytes']:,}", f"{row['flops']:,}",
+                      f"{row['bytes'] / total['bytes']:.1%}")
+    table.add_row("total", f"{total['params']:,}", f"{total['bytes']:,}", f"{total['flops']:,}", "100.0%",
+                  style="bold")
+    _print_table(table, f"{info['file']}: uncompressed model, input {info['inputs']}")
+
+
+def _render_container(info: dict[str, Any]) -> None:
+    columns = ["layer", "params", "density", "bits/w", "index bits/w", "codebook B", "header B", "total B",
+               "share", "vs fp32"]
+    table = _table(f"{info['file']} — {info['size']:,} bytes", columns)
+    for row in info["layers"]:
+        table.add_row(
+            row["layer"], f"{row['params']:,}", f"{row['density']:.1%}", f"{row['bits_per_weight']:.2f}",
+            f"{row['index_bits_per_weight']:.2f}", f"{row['codebook_bytes']:,}", f"{row['header_bytes']:,}",
+            f"{row['total_bytes']:,}", f"{row['share']:.1%}", f"{row['ratio_vs_fp32']:.1f}x",
+        )
+    comps = info["components"]
+    for label, key in (("(file header)", "file_header"), ("(graph)", "graph"), ("(pass report)", "report"),
+                       ("(section table: graph, report)", "section_table_graph_report")):
+        table.add_row(label, "", "", "", "", "", f"{comps[key]:,}", f"{comps[key]:,}",
+                      f"{comps[key] / info['size']:.1%}", "")
+    totals = info["totals"]
+    table.add_row("total", f"{totals['params']:,}", "", f"{totals['bits_per_param']:.2f}", "", "", "",
+                  f"{totals['file_bytes']:,}", "100.0%", f"{totals['ratio_vs_fp32']:.1f}x", style="bold")
+    _print_table(table, f"{info['file']}: {info['size']:,} bytes, format {info['version']}")
+    out.print(f"pipeline: {info['pipeline']}")
+
+
+@app.command()
+def decompress(
+    path: Annotated[Path, typer.Argument(help="the .sqc file")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="restored model: .pt (module) or .pt2 (export)")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="module | state_dict | export (default: from the suffix)")
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Rebuild a runnable PyTorch model from a .sqc file — no original Python code needed."""
+    from sqc.targets.pytorch import write_model
+
+    kind = fmt or ("export" if output.suffix == ".pt2" else "module")
+    size = write_model(path, output, kind, force=force)
+    out.print(f"wrote {output}: {size:,} bytes ({kind})")
+
+
+@app.command("passes")
+def list_passes(as_json: JsonOpt = False) -> None:
+    """List built-in and plugin passes with their options."""
+    from sqc.registry import entries, load_pass
+
+    rows = []
+    for name, entry in entries("sqc.passes").items():
+        cls = load_pass(name)
+        options = []
+        for f, annotation in zip(cls.options(), cls.option_types().values(), strict=True):
+            options.append({"name": f.name, "type": _type_name(annotation), "default": _default(f)})
+        doc = (cls.__doc__ or "").strip().splitlines()
+        rows.append({"name": name, "package": entry.package, "summary": cls.summary or (doc[0] if doc else ""),
+                     "options": options, "requires": sorted(cls.requires), "default_spec": cls().spec()})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = _table("passes", ["pass", "from", "options (defaults)", "what it does"])
+    for row in rows:
+        opts = " ".join(f"{o['name']}={o['default']}" for o in row["options"]) or "-"
+        table.add_row(row["name"], row["package"], opts, row["summary"])
+    for column in table.columns[2:]:
+        column.no_wrap = False
+        column.justify = "left"
+    _print_table(table, "passes")
+
+
+def _type_name(annotation: Any) -> str:
+    from sqc.pass_base import LayerMap
+
+    if annotation == LayerMap:
+        return "layer:value;…"
+    args = getattr(annotation, "__args__", None)
+    if args and all(isinstance(a, str) for a in args):
+        return "|".join(args)
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default(f: Any) -> str:
+    from dataclasses import MISSING
+
+    from sqc.pass_base import format_value
+
+    return format_value(f.default) if f.default is not MISSING else "required"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app; turn expected errors into one line and exit code 1."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv if argv is not None else sys.argv[1:], prog_name="sqc", standalone_mode=False)
+    except SqcError as exc:
+        err.print(f"sqc: error: {' '.join(str(exc).split())}", markup=False, highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        err.print("sqc: interrupted", markup=False)
+        return 130
+    except Exception as exc:
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click/typer usage errors
+            message = " ".join(str(exc.format_message()).split())
+            err.print(f"sqc: error: {message}", markup=False, highlight=False, soft_wrap=True)
+            return 1 if exc.exit_code else 0
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

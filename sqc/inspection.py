@@ -1,0 +1,156 @@
+"""``inspect``: where every byte of a ``.sqc`` goes, or what an uncompressed model costs.
+
+Both produce plain data (JSON-ready dicts); the CLI renders them as tables or prints the JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from torch import fx
+
+from sqc.errors import SqcError, SqcFormatError
+from sqc.formats.container import ENTRY_SIZE, HEADER_SIZE, read_layout
+from sqc.formats.tensor_codec import CODEC_NAMES
+from sqc.ir import CompressedModel
+
+
+def flops(gm: fx.GraphModule) -> dict[str, int]:
+    """FLOPs (2 x multiply-accumulates for conv/linear; one per element for the rest) per layer,
+    from the shapes recorded at tracing. The layer of a node is the module its weight belongs to."""
+    out: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or "shape" not in node.meta:
+            continue
+        numel = math.prod(node.meta["shape"])
+        weight = node.args[1] if len(node.args) > 1 else None
+        name = getattr(node.target, "__name__", "")
+        if isinstance(weight, fx.Node) and weight.op == "get_attr" and name in ("conv1d", "conv2d", "linear"):
+            shape = gm.get_parameter(str(weight.target)).shape
+            per_output = math.prod(shape[1:])
+            count = 2 * numel * per_output
+            layer = str(weight.target).rpartition(".")[0]
+        else:
+            count = numel
+            layer = "(other ops)"
+        out[layer] = out.get(layer, 0) + count
+    return out
+
+
+def inspect_container(data: bytes, where: str) -> dict[str, Any]:
+    """Per-layer and per-component byte accounting of a ``.sqc`` file."""
+    try:
+        layout = read_layout(data)
+    except SqcFormatError as exc:
+        raise SqcFormatError(f"{where}: {exc}") from None
+    size = layout.size
+    sections = layout.sections
+    tensors = []
+    layers: dict[str, dict[str, Any]] = {}
+    for name, (state, info, section) in layout.tensors.items():
+        numel = state.numel
+        total = section.length + ENTRY_SIZE
+        kept = info.kept if info.layout == "sparse" else int((state.decode() != 0).sum())
+        row = {
+            "tensor": name,
+            "layer": state.layer,
+            "role": state.role,
+            "shape": list(state.shape),
+            "params": numel,
+            "kept": kept,
+            "density": kept / numel if numel else 1.0,
+            "codec": CODEC_NAMES[section.codec],
+            "layout": info.layout,
+            "streams": info.streams,
+            "values_bytes": info.values,
+            "index_bytes": info.index,
+            "codebook_bytes": info.codebook,
+            "header_bytes": info.header + ENTRY_SIZE,
+            "total_bytes": total,
+            "bits_per_weight": 8 * info.values / max(1, info.kept if info.layout == "sparse" else numel),
+            "index_bits_per_weight": 8 * info.index / max(1, info.kept) if info.layout == "sparse" else 0.0,
+            "centroids": int(state.codebook.numel()) if state.codebook is not None else None,
+            "fixed_point": {"bits": state.fmt.bits, "frac": list(state.fmt.frac)} if state.fmt else None,
+        }
+        tensors.append(row)
+        layer = layers.setdefault(
+            state.layer,
+            {"layer": state.layer, "params": 0, "weights": 0, "kept": 0, "values_bytes": 0, "index_bytes": 0,
+             "codebook_bytes": 0, "header_bytes": 0, "total_bytes": 0},
+        )
+        for key in ("params", "values_bytes", "index_bytes", "codebook_bytes", "header_bytes", "total_bytes"):
+            layer[key] += row[key]
+        if state.role == "weight":
+            layer["weights"] += numel
+            layer["kept"] += kept
+    for layer in layers.values():
+        weights = layer["weights"] or layer["params"]
+        layer["density"] = layer["kept"] / weights if layer["weights"] else 1.0
+        layer["bits_per_weight"] = 8 * layer["values_bytes"] / max(1, layer["kept"] or weights)
+        layer["index_bits_per_weight"] = 8 * layer["index_bytes"] / max(1, layer["kept"] or weights)
+        layer["share"] = layer["total_bytes"] / size
+        layer["ratio_vs_fp32"] = 4 * layer["params"] / max(1, layer["total_bytes"])
+    components = {
+        "file_header": HEADER_SIZE,
+        "section_table_graph_report": 2 * ENTRY_SIZE,
+        "graph": sections[0].length,
+        "report": sections[-1].length,
+        "tensors": sum(t["total_bytes"] for t in tensors),
+    }
+    params = sum(t["params"] for t in tensors)
+    return {
+        "kind": "sqc",
+        "file": where,
+        "version": "%d.%d" % layout.version,
+        "size": size,
+        "pipeline": layout.meta["pipeline"],
+        "inputs": layout.meta["inputs"],
+        "layers": list(layers.values()),
+        "tensors": tensors,
+        "components": components,
+        "totals": {
+            "params": params,
+            "fp32_bytes": 4 * params,
+            "file_bytes": size,
+            "ratio_vs_fp32": 4 * params / size,
+            "bits_per_param": 8 * size / max(1, params),
+        },
+        "passes": [r.to_json() for r in layout.report],
+    }
+
+
+def inspect_model(path: Path, arch: str | None = None, input_shapes: list[tuple[int, ...]] | None = None,
+                  trust_pickle: bool = False) -> dict[str, Any]:
+    """Parameters, fp32 bytes and FLOPs per layer of an uncompressed model file."""
+    from sqc.frontend import trace
+    from sqc.loading import load_model
+
+    loaded = load_model(path, arch, trust_pickle=trust_pickle)
+    ir = trace(loaded.module, input_shapes or loaded.input_shapes)
+    return describe_ir(ir, str(path))
+
+
+def describe_ir(ir: CompressedModel, where: str) -> dict[str, Any]:
+    counted = flops(ir.graph_module)
+    layers: dict[str, dict[str, Any]] = {}
+    for state in ir.tensors.values():
+        layer = layers.setdefault(state.layer, {"layer": state.layer, "params": 0, "bytes": 0, "flops": 0})
+        layer["params"] += state.numel
+        layer["bytes"] += 4 * state.numel
+    for layer_name, count in counted.items():
+        if layer_name in layers:
+            layers[layer_name]["flops"] += count
+        else:
+            layers.setdefault(layer_name, {"layer": layer_name, "params": 0, "bytes": 0, "flops": 0})["flops"] += count
+    params = sum(s.numel for s in ir.tensors.values())
+    if params == 0:
+        raise SqcError(f"{where}: the model has no parameters")
+    return {
+        "kind": "model",
+        "file": where,
+        "inputs": [[s.name, list(s.shape), s.dtype] for s in ir.inputs],
+        "layers": list(layers.values()),
+        "totals": {"params": params, "bytes": 4 * params, "flops": sum(counted.values())},
+    }

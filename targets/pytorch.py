@@ -1,0 +1,55 @@
+"""The PyTorch target: a runnable module rebuilt from the ``.sqc`` file alone.
+
+Three forms: ``module`` (``torch.save`` of the fx GraphModule: loading it needs torch only, through
+``torch.load(weights_only=False)`` because the module's code is generated Python), ``state_dict``
+(decoded tensors, loadable with ``weights_only=True``), and ``export`` (a ``torch.export`` program,
+``.pt2``, that needs no Python code at all). All three hold exactly the decoded weights.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+
+from sqc.errors import SqcError
+from sqc.formats.container import read, write_atomic
+from sqc.frontend import example_inputs
+
+KINDS = ("module", "state_dict", "export")
+
+
+def write_model(source: Path, output: Path, kind: str = "module", *, force: bool = False) -> int:
+    """Decode ``source`` and write it as ``kind`` to ``output`` atomically; returns the byte count."""
+    if kind not in KINDS:
+        raise SqcError(f"--format {kind!r}: expected one of {', '.join(KINDS)}")
+    if output.exists() and not force:
+        raise SqcError(f"{output}: already exists (use --force to replace it)")
+    model = read(source)
+    module = model.graph_module.eval()
+    buffer = io.BytesIO()
+    if kind == "module":
+        torch.save(module, buffer)
+    elif kind == "state_dict":
+        torch.save({k: v.detach().clone() for k, v in module.state_dict().items()}, buffer)
+    else:
+        try:
+            program = torch.export.export(module, example_inputs(model.inputs))
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SqcError(f"{source}: torch.export failed on the restored graph ({first})") from None
+        torch.export.save(program, buffer)
+    data = buffer.getvalue()
+    write_atomic(output, data, force=force)
+    return len(data)
+
+
+class PyTorchTarget:
+    """Registered as target ``pytorch``: lowering writes a runnable module."""
+
+    name = "pytorch"
+
+    @staticmethod
+    def lower(source: Path, output: Path, *, force: bool = False) -> int:
+        return write_model(source, output, "export" if output.suffix == ".pt2" else "module", force=force)
