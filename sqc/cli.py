@@ -27,7 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-out = Console(highlight=False, soft_wrap=True)
+# Off a terminal, print plain text at a width that never truncates a column.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -58,7 +59,7 @@ def _table(title: str, columns: list[str]) -> Table:
 def _print_table(table: Table, title: str) -> None:
     if not out.is_terminal:
         out.print(title)
-    out.print(table, width=max(out.width, 200) if not out.is_terminal else None)
+    out.print(table)
 
 
 def _human(n: float) -> str:

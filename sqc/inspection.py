@@ -48,12 +48,13 @@ def inspect_container(data: bytes, where: str) -> dict[str, Any]:
     size = layout.size
     sections = layout.sections
     tensors = []
-    layers: dict[str, dict[str, Any]] = {}
     for name, (state, info, section) in layout.tensors.items():
         numel = state.numel
-        total = section.length + ENTRY_SIZE
-        kept = info.kept if info.layout == "sparse" else int((state.decode() != 0).sum())
-        row = {
+        if info.layout == "sparse":
+            kept = info.kept
+        else:  # a dense layout stores every value; for a kernel, density still counts the non-zeros
+            kept = int((state.decode() != 0).sum()) if state.role == "weight" else numel
+        tensors.append({
             "tensor": name,
             "layer": state.layer,
             "role": state.role,
@@ -68,30 +69,33 @@ def inspect_container(data: bytes, where: str) -> dict[str, Any]:
             "index_bytes": info.index,
             "codebook_bytes": info.codebook,
             "header_bytes": info.header + ENTRY_SIZE,
-            "total_bytes": total,
-            "bits_per_weight": 8 * info.values / max(1, info.kept if info.layout == "sparse" else numel),
-            "index_bits_per_weight": 8 * info.index / max(1, info.kept) if info.layout == "sparse" else 0.0,
+            "total_bytes": section.length + ENTRY_SIZE,
+            "bits_per_weight": 8 * info.values / max(1, kept if info.layout == "sparse" else numel),
+            "index_bits_per_weight": 8 * info.index / max(1, kept) if info.layout == "sparse" else 0.0,
             "centroids": int(state.codebook.numel()) if state.codebook is not None else None,
             "fixed_point": {"bits": state.fmt.bits, "frac": list(state.fmt.frac)} if state.fmt else None,
-        }
-        tensors.append(row)
-        layer = layers.setdefault(
-            state.layer,
-            {"layer": state.layer, "params": 0, "weights": 0, "kept": 0, "values_bytes": 0, "index_bytes": 0,
-             "codebook_bytes": 0, "header_bytes": 0, "total_bytes": 0},
-        )
-        for key in ("params", "values_bytes", "index_bytes", "codebook_bytes", "header_bytes", "total_bytes"):
-            layer[key] += row[key]
-        if state.role == "weight":
-            layer["weights"] += numel
-            layer["kept"] += kept
-    for layer in layers.values():
-        weights = layer["weights"] or layer["params"]
-        layer["density"] = layer["kept"] / weights if layer["weights"] else 1.0
-        layer["bits_per_weight"] = 8 * layer["values_bytes"] / max(1, layer["kept"] or weights)
-        layer["index_bits_per_weight"] = 8 * layer["index_bytes"] / max(1, layer["kept"] or weights)
-        layer["share"] = layer["total_bytes"] / size
-        layer["ratio_vs_fp32"] = 4 * layer["params"] / max(1, layer["total_bytes"])
+        })
+    by_layer: dict[str, list[dict[str, Any]]] = {}
+    for row in tensors:
+        by_layer.setdefault(row["layer"], []).append(row)
+    layers = []
+    for layer_name, rows in by_layer.items():
+        # bits per weight describe the layer's kernel; a layer without one (a BatchNorm) by all its tensors
+        kernels = [r for r in rows if r["role"] == "weight"] or rows
+        kept = sum(r["kept"] for r in kernels)
+        sums = {key: sum(r[key] for r in rows) for key in
+                ("params", "values_bytes", "index_bytes", "codebook_bytes", "header_bytes", "total_bytes")}
+        layers.append({
+            "layer": layer_name,
+            **sums,
+            "weights": sum(r["params"] for r in kernels),
+            "kept": kept,
+            "density": kept / max(1, sum(r["params"] for r in kernels)),
+            "bits_per_weight": 8 * sum(r["values_bytes"] for r in kernels) / max(1, kept),
+            "index_bits_per_weight": 8 * sum(r["index_bytes"] for r in kernels) / max(1, kept),
+            "share": sums["total_bytes"] / size,
+            "ratio_vs_fp32": 4 * sums["params"] / max(1, sums["total_bytes"]),
+        })
     components = {
         "file_header": HEADER_SIZE,
         "section_table_graph_report": 2 * ENTRY_SIZE,
@@ -107,7 +111,7 @@ def inspect_container(data: bytes, where: str) -> dict[str, Any]:
         "size": size,
         "pipeline": layout.meta["pipeline"],
         "inputs": layout.meta["inputs"],
-        "layers": list(layers.values()),
+        "layers": layers,
         "tensors": tensors,
         "components": components,
         "totals": {
