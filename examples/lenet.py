@@ -27,6 +27,8 @@ class LeNet300(nn.Module):
     checkpoint serves both image-shaped demo data and flat benchmark inputs.
     """
 
+    example_input_shape = (1, 1, 28, 28)  # read by sqc when no --input-shape is given
+
     def __init__(self) -> None:
         super().__init__()
         self.fc1 = nn.Linear(784, 300)
@@ -48,6 +50,8 @@ class LeNet5(nn.Module):
     fc2 (500->10). As in Caffe's ``lenet_train_test.prototxt`` there is no non-linearity after the
     convolutions; adding one would change the model the paper's numbers refer to.
     """
+
+    example_input_shape = (1, 1, 28, 28)  # read by sqc when no --input-shape is given
 
     def __init__(self) -> None:
         super().__init__()

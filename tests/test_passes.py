@@ -1,0 +1,225 @@
+"""Built-in passes on small traced models: what each does to the IR records, and what it reports."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sqc.errors import PipelineError, SqcError
+from sqc.frontend import trace
+from sqc.ir import FixedPoint
+from sqc.pass_base import PassContext
+from sqc.passes.quant import best_format
+from sqc.passes.share import kmeans_1d
+from sqc.pipeline import Pipeline
+
+
+def run(model, text, shape=(1, 64)):
+    ir = trace(model, [shape])
+    Pipeline.parse(text).run(ir, PassContext())
+    return ir
+
+
+def test_prune_per_layer_hits_the_target(mlp):
+    ir = run(mlp, "prune{sparsity=0.75}")
+    for state in ir.weights():
+        assert state.mask is not None
+        assert state.density == pytest.approx(0.25, abs=1 / state.numel)
+        kept = state.decode()[state.mask].abs()
+        dropped = state.decode()  # pruned weights are exact zeros ...
+        assert bool((dropped[~state.mask] == 0).all())
+        original = dict(mlp.named_parameters())[state.name].detach().abs()
+        assert original[~state.mask].max() <= original[state.mask].min()  # ... and were the smallest
+        assert torch.equal(kept, original[state.mask])
+    ir.verify()
+
+
+def test_prune_global_ranks_all_layers_together(mlp):
+    ir = run(mlp, "prune{sparsity=0.5 scope=global}")
+    weights = list(ir.weights())
+    kept = sum(s.kept for s in weights)
+    total = sum(s.numel for s in weights)
+    assert kept / total == pytest.approx(0.5, abs=2 / total)
+    threshold = max(
+        float(dict(mlp.named_parameters())[s.name].detach().abs()[~s.mask].max()) for s in weights
+    )
+    for s in weights:
+        original = dict(mlp.named_parameters())[s.name].detach().abs()
+        assert float(original[s.mask].min()) >= threshold
+
+
+def test_prune_overrides_and_cumulative(mlp):
+    ir = run(mlp, "prune{sparsity=0.5 per_layer=fc2:0.9},prune{sparsity=0.3}")
+    densities = {s.layer: s.density for s in ir.weights()}
+    assert densities["fc1"] == pytest.approx(0.5, abs=0.01)  # already past 30%: unchanged
+    assert densities["fc2"] == pytest.approx(0.1, abs=0.01)
+    record = ir.report[0]
+    assert record.stats["sparsity"] == pytest.approx(1 - (0.5 * 64 * 48 + 0.1 * 480) / (64 * 48 + 480), abs=0.01)
+    assert record.layers["fc1.weight"]["bytes_after"] < record.layers["fc1.weight"]["bytes_before"]
+    assert not ir.report[1].changed
+
+
+def test_prune_warns_about_unused_override(mlp):
+    ir = run(mlp, "prune{per_layer=fc9:0.5}")
+    assert any("fc9" in d for d in ir.report[0].diagnostics)
+
+
+def test_layer_pattern_matching_nothing_is_an_error(mlp):
+    with pytest.raises(SqcError, match="matches no weight tensor"):
+        run(mlp, "prune{layers=conv*}")
+
+
+def test_share_limits_distinct_values_and_keeps_pruned_zeros(mlp):
+    ir = run(mlp, "prune{sparsity=0.8},share{bits=3}")
+    for state in ir.weights():
+        values = state.decode()
+        assert state.codebook is not None and state.codebook.numel() <= 8
+        assert len(torch.unique(values[state.mask])) <= 8
+        assert bool((values[~state.mask] == 0).all())
+        assert bool((state.codes[~state.mask] == 0).all())
+        # every kept weight sits on its nearest centroid
+        original = dict(mlp.named_parameters())[state.name].detach()[state.mask]
+        distances = (original.unsqueeze(1) - state.codebook.unsqueeze(0)).abs()
+        nearest = state.codebook[distances.argmin(1)]
+        assert torch.allclose((original - values[state.mask]).abs(), (original - nearest).abs(), atol=1e-7)
+    ir.verify()
+
+
+def test_share_per_layer_bits(mlp):
+    ir = run(mlp, "share{bits=2 per_layer=fc1:5}")
+    sizes = {s.layer: s.codebook.numel() for s in ir.weights()}
+    assert sizes == {"fc1": 32, "fc2": 4}
+
+
+def brute_lloyd(values: torch.Tensor, centroids: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Textbook Lloyd iterations, O(n k) per step, as the reference for the 1-D shortcut."""
+    c = centroids.clone()
+    for _ in range(iterations):
+        assign = (values.unsqueeze(1) - c.unsqueeze(0)).abs().argmin(1)
+        for k in range(c.numel()):
+            members = values[assign == k]
+            if members.numel():
+                c[k] = members.mean()
+    return c
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.lists(st.floats(-4, 4, allow_nan=False, width=32), min_size=20, max_size=300),
+    bits=st.integers(1, 4),
+)
+def test_kmeans_1d_matches_textbook_lloyd(data, bits):
+    values = torch.tensor(data, dtype=torch.float64)
+    k = 1 << bits
+    codebook, codes = kmeans_1d(values, k, "linear", iterations=200)
+    assert codes.min() >= 0 and codes.max() < codebook.numel()
+    assert bool((codebook[1:] > codebook[:-1]).all())
+    distinct = torch.unique(values)
+    if distinct.numel() <= k:
+        assert torch.equal(codebook.to(torch.float64)[codes], values.to(torch.float32).to(torch.float64))
+        return
+    reference = brute_lloyd(values, torch.linspace(float(values.min()), float(values.max()), k, dtype=torch.float64), 200)
+    ours = ((codebook.to(torch.float64)[codes] - values) ** 2).sum()
+    theirs = ((values.unsqueeze(1) - reference.unsqueeze(0)).abs().min(1).values ** 2).sum()
+    assert float(ours) <= float(theirs) * (1 + 1e-5) + 1e-9
+
+
+def test_kmeans_linear_init_keeps_the_extremes():
+    values = torch.cat([torch.randn(10_000) * 0.01, torch.tensor([1.0, -1.0])])
+    codebook, _ = kmeans_1d(values, 16, "linear")
+    assert float(codebook.max()) == pytest.approx(1.0, abs=0.05)
+    assert float(codebook.min()) == pytest.approx(-1.0, abs=0.05)
+
+
+def test_quant_codes_and_error_bound(mlp):
+    ir = run(mlp, "quant{bits=6}")
+    for state in ir.weights():
+        assert state.kind == "fixed" and state.fmt is not None and state.fmt.bits == 6
+        assert int(state.codes.min()) >= -32 and int(state.codes.max()) <= 31
+        original = dict(mlp.named_parameters())[state.name].detach()
+        step = 2.0 ** -state.fmt.frac[0]
+        inside = original.abs() <= 31 * step
+        assert float((state.decode() - original)[inside].abs().max()) <= step / 2 + 1e-9
+        stats = ir.report[0].layers[state.name]
+        assert stats["max_abs_error"] == pytest.approx(float((state.decode() - original).abs().max()))
+
+
+def test_quant_per_channel_formats(mlp):
+    with torch.no_grad():
+        mlp.fc1.weight[0] *= 100  # one loud channel must not coarsen the others
+    ir = run(mlp, "quant{bits=8 granularity=channel}")
+    state = ir.tensors["fc1.weight"]
+    assert state.fmt.per_channel and len(state.fmt.frac) == 48
+    assert state.fmt.frac[0] < state.fmt.frac[1]
+    ir.verify()
+
+
+def test_quant_after_share_rounds_the_codebook(mlp):
+    ir = run(mlp, "prune{sparsity=0.5},share{bits=4},quant{bits=6}")
+    for state in ir.weights():
+        assert state.kind == "shared" and state.fmt is not None
+        assert torch.equal(state.fmt.dequantize(state.fmt.quantize(state.codebook)), state.codebook)
+    ir.verify()
+
+
+def test_best_format_prefers_least_error():
+    values = torch.tensor([0.1, -0.2, 0.3, 5.0])
+    fmt = best_format(values, 8, per_channel=False)
+    error = ((fmt.dequantize(fmt.quantize(values)) - values) ** 2).sum()
+    for frac in range(-2, 12):
+        other = FixedPoint(8, (frac,))
+        assert float(error) <= float(((other.dequantize(other.quantize(values)) - values) ** 2).sum()) + 1e-12
+
+
+def test_fixed_point_rounding_rule_is_half_to_even_then_saturate():
+    fmt = FixedPoint(4, (1,))  # step 0.5, codes -8..7
+    values = torch.tensor([0.25, 0.75, -0.25, 100.0, -100.0])
+    assert fmt.quantize(values).tolist() == [0, 2, 0, 7, -8]
+
+
+def test_huffman_changes_bytes_not_values(mlp):
+    plain = run(mlp, "prune{sparsity=0.9},share{bits=5}")
+    coded = run(mlp, "prune{sparsity=0.9},share{bits=5},huffman")
+    for name, state in coded.tensors.items():
+        assert torch.equal(state.decode(), plain.tensors[name].decode())
+    stats = coded.report[-1].stats
+    assert stats["bytes_after"] <= stats["bytes_before"]
+    assert all(s.coder == "huffman" for s in coded.weights())
+
+
+def test_compressed_module_computes_with_the_records(mlp):
+    ir = run(mlp, "prune{sparsity=0.5},quant{bits=8}")
+    x = torch.randn(3, 64)
+    expected = torch.nn.functional.linear(
+        torch.relu(torch.nn.functional.linear(x, ir.tensors["fc1.weight"].decode(), ir.tensors["fc1.bias"].decode())),
+        ir.tensors["fc2.weight"].decode(),
+        ir.tensors["fc2.bias"].decode(),
+    )
+    assert torch.equal(ir.forward(x), expected)
+
+
+def test_passes_are_reusable_and_frozen():
+    pipeline = Pipeline.parse("prune{sparsity=0.5}")
+    with pytest.raises(AttributeError):
+        pipeline.passes[0].sparsity = 0.1  # type: ignore[misc]
+    assert math.isclose(pipeline.passes[0].sparsity, 0.5)
+
+
+def test_failing_pass_names_itself_and_the_reproducer(mlp):
+    with pytest.raises(SqcError) as info:
+        run(mlp, "prune,share{layers=nothing*}")
+    assert "pass share failed" in str(info.value)
+    assert "--passes 'prune{sparsity=0.9" in str(info.value)
+
+
+def test_verifier_catches_a_bad_record(mlp):
+    ir = run(mlp, "share{bits=2}")
+    ir.tensors["fc1.weight"].codes[0, 0] = 99
+    with pytest.raises(SqcError, match="codes outside the codebook"):
+        ir.verify()
+    with pytest.raises(PipelineError):
+        Pipeline.parse("huffman,prune")

@@ -1,0 +1,155 @@
+"""Pipeline text: parsing, canonical printing, errors with columns, ordering checks, recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sqc.errors import PipelineError
+from sqc.pipeline import Pipeline, tokenize
+
+
+def test_defaults_print_every_option():
+    text = str(Pipeline.parse("prune,quant,huffman"))
+    assert text == (
+        'prune{sparsity=0.9 scope=layer per_layer="" layers=*},'
+        'quant{bits=8 granularity=tensor per_layer="" layers=*},huffman{layers=*}'
+    )
+
+
+def test_canonical_text_round_trips():
+    first = Pipeline.parse("prune{sparsity=0.8, scope=global per_layer=fc1:0.92;fc3:0.5},share{bits=4},huffman")
+    again = Pipeline.parse(str(first))
+    assert again == first
+    assert str(again) == str(first)
+    assert first.passes[0].per_layer == (("fc1", 0.92), ("fc3", 0.5))
+
+
+@given(
+    sparsity=st.floats(min_value=0.0, max_value=0.9999, allow_nan=False),
+    bits=st.integers(min_value=1, max_value=16),
+    scope=st.sampled_from(["layer", "global"]),
+    layers=st.sampled_from(["*", "fc*", "conv1.weight"]),
+)
+def test_round_trip_property(sparsity, bits, scope, layers):
+    text = f"prune{{sparsity={sparsity!r} scope={scope} layers={layers}}},share{{bits={bits}}},huffman"
+    pipeline = Pipeline.parse(text)
+    assert Pipeline.parse(str(pipeline)) == pipeline
+    assert pipeline.passes[0].sparsity == sparsity
+
+
+def test_tokenize_keeps_columns():
+    (p,) = tokenize("  prune{ sparsity = 0.5 }")
+    assert p.name == "prune" and p.column == 2 and p.options == {"sparsity": "0.5"}
+    assert p.option_columns["sparsity"] == 9
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "empty pipeline"),
+        ("prune,", "column 7: expected a pass name"),
+        ("prune{sparsity}", "column 15: expected '=' after option sparsity"),
+        ("prune{sparsity=0.5", "column 19"),
+        ("prune quant", "expected ',' between passes"),
+        ('prune{layers="fc1}', "unterminated quoted value"),
+        ("prune{sparsity=0.5 sparsity=0.6}", "given twice"),
+    ],
+)
+def test_syntax_errors_point_at_the_column(text, fragment):
+    with pytest.raises(PipelineError, match="column|empty") as info:
+        Pipeline.parse(text)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_pass_lists_the_known_ones():
+    with pytest.raises(PipelineError) as info:
+        Pipeline.parse("prune,squeeze")
+    message = str(info.value)
+    assert "column 7" in message and "unknown pass 'squeeze'" in message
+    for name in ("prune", "share", "quant", "huffman"):
+        assert name in message
+
+
+def test_unknown_option_lists_the_valid_ones():
+    with pytest.raises(PipelineError) as info:
+        Pipeline.parse("prune{sparsty=0.5}")
+    assert "column 7" in str(info.value)
+    assert "sparsity, scope, per_layer, layers" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("prune{sparsity=1.5}", "sparsity: 1.5 is outside [0.0, 0.9999]"),
+        ("prune{sparsity=abc}", "'abc' is not a number"),
+        ("prune{sparsity=nan}", "not a finite number"),
+        ("prune{scope=everything}", "not one of layer, global"),
+        ("share{bits=0}", "bits: 0 is outside"),
+        ("share{bits=4.5}", "'4.5' is not an integer"),
+        ("quant{bits=1}", "bits: 1 is outside"),
+        ("prune{per_layer=fc1}", "'fc1' is not layer:value"),
+        ("prune{per_layer=fc1:2}", "outside"),
+        ("share{per_layer=fc1:4.5}", "not a whole number of bits"),
+    ],
+)
+def test_bad_option_values(text, fragment):
+    with pytest.raises(PipelineError) as info:
+        Pipeline.parse(text)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("huffman", "huffman needs codes"),
+        ("prune,huffman", "put share or quant before it"),
+        ("quant,share", "share clusters float weights: run it before quant"),
+        ("quant,huffman,prune", "huffman must come after every pass that changes weights"),
+    ],
+)
+def test_impossible_orders_are_refused_before_running(text, fragment):
+    with pytest.raises(PipelineError) as info:
+        Pipeline.parse(text)
+    assert fragment in str(info.value)
+
+
+def test_share_then_quant_is_allowed():
+    assert [p.name for p in Pipeline.parse("prune,share,quant{bits=6},huffman").passes] == [
+        "prune", "share", "quant", "huffman"
+    ]
+
+
+def test_recipe_gives_the_same_pipeline(tmp_path: Path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        '[[pass]]\nname = "prune"\nsparsity = 0.9\nper_layer = { fc1 = 0.92, fc3 = 0.74 }\n'
+        '[[pass]]\nname = "share"\nbits = 6\n'
+        '[[pass]]\nname = "huffman"\n'
+    )
+    assert Pipeline.from_recipe(recipe) == Pipeline.parse(
+        "prune{sparsity=0.9 per_layer=fc1:0.92;fc3:0.74},share{bits=6},huffman"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("name = 'prune'", "needs one or more [[pass]] tables"),
+        ("[[pass]]\nsparsity = 0.5", "#1 has no name"),
+        ("[[pass]]\nname = 'nope'", "unknown pass 'nope'"),
+        ("[[pass]]\nname = 'prune'\nsparsity = 2.0", "outside"),
+        ("[[pass]\nname = 'prune'", "not a valid TOML recipe"),
+        ("[[pass]]\nname = 'huffman'", "huffman needs codes"),
+    ],
+)
+def test_recipe_errors_name_the_file(tmp_path: Path, body, fragment):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(body)
+    with pytest.raises(PipelineError) as info:
+        Pipeline.from_recipe(recipe)
+    assert str(recipe) in str(info.value) and fragment in str(info.value)
