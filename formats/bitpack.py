@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from sqc.errors import SqcFormatError
 
-__all__ = ["MAX_BITS", "pack", "packed_size", "unpack"]
+__all__ = ["MAX_BITS", "as_byte_view", "pack", "packed_size", "unpack", "value_range"]
 
 MAX_BITS = 32
 """Widest field supported; wider values should not be bit-packed (they are not "compressed" any more)."""
