@@ -78,8 +78,7 @@ def _index_bits_for(mask_flat: np.ndarray, allow_huffman: bool) -> int:
         top = (1 << bits) - 1
         counts = np.bincount(gaps % top, minlength=top + 1).astype(np.int64)
         counts[top] += int((gaps // top).sum())
-        lengths = huffman.code_lengths(counts)
-        cost = float((counts * lengths.astype(np.int64)).sum()) + 4 * np.count_nonzero(lengths)
+        cost = huffman.encoded_size_from_counts(counts)
         if cost < best_cost:
             best_bits, best_cost = bits, cost
     return best_bits

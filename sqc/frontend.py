@@ -91,9 +91,13 @@ def symbolic_trace(module: nn.Module) -> tuple[fx.GraphModule, list[str]]:
 
 
 def _where(node: fx.Node) -> str:
-    """Source line a node came from, as recorded by the tracer."""
+    """Source line (in the user's code, not torch's or ours) a node came from, as the tracer recorded."""
     trace = (node.stack_trace or "").strip().splitlines()
-    files = [i for i, line in enumerate(trace) if line.strip().startswith("File ")]
+    files = [
+        i
+        for i, line in enumerate(trace)
+        if line.strip().startswith("File ") and not any(d in line for d in _INTERNAL_DIRS)
+    ]
     if not files:
         return ""
     i = files[-1]
@@ -130,9 +134,11 @@ class _Builder:
         return map_arg(value, lambda n: self.env[n])
 
     def call(self, name: str, args: tuple[Argument, ...], kwargs: dict[str, Argument], like: fx.Node) -> fx.Node:
-        node = self.graph.call_function(FUNCTIONS[name], args, kwargs)
-        node.name = self.graph._graph_namespace.create_name(like.name, node)  # keep the traced name
-        return node
+        """A vocabulary call named after the traced node it replaces (``fc1``, not ``linear_3``)."""
+        return self.graph.create_node("call_function", FUNCTIONS[name], args, kwargs, name=like.name)
+
+    def method(self, name: str, args: tuple[Argument, ...], kwargs: dict[str, Argument], like: fx.Node) -> fx.Node:
+        return self.graph.create_node("call_method", name, args, kwargs, name=like.name)
 
 
 def _fetch(module: nn.Module, qualified: str) -> Any:
@@ -218,9 +224,7 @@ def _method_call(b: _Builder, node: fx.Node) -> Argument:
     if name in IDENTITY_METHODS:
         return args[0]
     if name in METHODS:
-        new = b.graph.call_method(name, args, kwargs)
-        new.name = b.graph._graph_namespace.create_name(node.name, new)
-        return new
+        return b.method(name, tuple(args), dict(kwargs), node)
     if name in METHOD_FUNCTIONS:
         op, packing = METHOD_FUNCTIONS[name]
         if packing == "shape" and not (len(args) == 2 and isinstance(args[1], (tuple, list))):
@@ -290,6 +294,9 @@ def _aten_table() -> dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], tuple
         aten.avg_pool2d.default: same("avg_pool2d"),
         aten.adaptive_avg_pool1d.default: same("adaptive_avg_pool1d"),
         aten.adaptive_avg_pool2d.default: same("adaptive_avg_pool2d"),
+        # ATen's adaptive max pooling returns (values, indices); a getitem follows
+        aten.adaptive_max_pool1d.default: lambda a, k: ("adaptive_max_pool1d", a, {"return_indices": True}),
+        aten.adaptive_max_pool2d.default: lambda a, k: ("adaptive_max_pool2d", a, {"return_indices": True}),
         aten.flatten.using_ints: same("flatten"),
         aten.view.default: same("reshape"),
         aten.reshape.default: same("reshape"),
@@ -326,9 +333,7 @@ def _aten_call(b: _Builder, node: fx.Node, table: dict[Any, Any]) -> Argument:
     if label in _ATEN_DROPPED:
         return None
     if label == "aten.sym_size.int":
-        new = b.graph.call_method("size", tuple(args), {})
-        new.name = b.graph._graph_namespace.create_name(node.name, new)
-        return new
+        return b.method("size", tuple(args), {}, node)
     adapter = table.get(target)
     if adapter is None:
         raise _unsupported(node, f"ATen op {label}")
@@ -413,8 +418,11 @@ class _ShapeProp(fx.Interpreter):
 
 
 def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
-    with torch.no_grad():
-        _ShapeProp(gm).run(*inputs)
+    try:
+        with torch.no_grad():
+            _ShapeProp(gm).run(*inputs)
+    except ModelLoadError as exc:  # fx's Interpreter appends a multi-line graph dump: keep our line
+        raise ModelLoadError(str(exc).strip().splitlines()[0]) from None
 
 
 def example_inputs(specs: list[InputSpec], seed: int = 0) -> tuple[torch.Tensor, ...]:
