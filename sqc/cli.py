@@ -34,7 +34,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
         raise SqcError(f"--input-shape {text!r}: expected comma-separated integers, e.g. 1,1,28,28") from None
     if not shape or any(d <= 0 for d in shape):
