@@ -224,6 +224,23 @@ def decompress(
     out.print(f"wrote {output}: {size:,} bytes ({kind})")
 
 
+@app.command()
+def lower(
+    path: Annotated[Path, typer.Argument(help="the .sqc file")],
+    target: Annotated[str, typer.Option("--target", "-t", help="a registered target (sqc targets: pytorch)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="where the target writes")],
+    force: ForceOpt = False,
+) -> None:
+    """Lower a .sqc file for a target (built in: pytorch; plugins add theirs)."""
+    from sqc.registry import entries, lookup
+
+    entry = lookup("sqc.targets", target)
+    if entry is None:
+        raise SqcError(f"unknown target {target!r} (known: {', '.join(entries('sqc.targets'))})")
+    size = entry.load().lower(path, output, force=force)
+    out.print(f"wrote {output}: {size:,} bytes (target {target})")
+
+
 @app.command("passes")
 def list_passes(as_json: JsonOpt = False) -> None:
     """List built-in and plugin passes with their options."""

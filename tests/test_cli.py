@@ -180,3 +180,13 @@ def test_trace_failure_is_one_line(cli, workdir):
     torch.save(DataDependent().state_dict(), workdir / "dd.pt")
     _bad(cli, "compress", "dd.pt", "--arch", "sqc_test_models:DataDependent", "-o", "x.sqc",
          fragment="cannot trace module DataDependent")
+
+
+def test_lower_to_the_pytorch_target(cli, workdir):
+    assert cli("compress", "small.pt", *ARCH, "-o", "s.sqc").code == 0
+    result = cli("lower", "s.sqc", "--target", "pytorch", "-o", "s.pt2")
+    assert result.code == 0, result.err
+    program = torch.export.load(str(workdir / "s.pt2"))
+    x = torch.randn(1, 16)
+    assert torch.equal(program.module()(x), sqc.load(workdir / "s.sqc")(x))
+    _bad(cli, "lower", "s.sqc", "--target", "fpga9000", "-o", "x", fragment="unknown target 'fpga9000' (known: pytorch")
