@@ -42,8 +42,17 @@ def main() -> None:
     checkpoint = ROOT / "examples" / "lenet300.pt"
     target = out / "lenet300.sqc"
     restored = out / "lenet300_restored.pt"
-    run("compress", str(checkpoint.relative_to(ROOT)), "--arch", "examples.lenet:LeNet300", "--passes", PIPELINE,
-        "-o", str(target.relative_to(ROOT)), "--force")
+    run(
+        "compress",
+        str(checkpoint.relative_to(ROOT)),
+        "--arch",
+        "examples.lenet:LeNet300",
+        "--passes",
+        PIPELINE,
+        "-o",
+        str(target.relative_to(ROOT)),
+        "--force",
+    )
     run("inspect", str(target.relative_to(ROOT)))
     run("decompress", str(target.relative_to(ROOT)), "-o", str(restored.relative_to(ROOT)), "--force")
 

@@ -68,7 +68,9 @@ def serialize(model: CompressedModel) -> bytes:
         "pipeline": model.pipeline,
         "producer": "sqc 0.1",
     }
-    bodies: list[tuple[int, int, int, bytes]] = [(KIND_GRAPH, 0, NO_TENSOR, encode_graph(model.graph_module, index, meta))]
+    bodies: list[tuple[int, int, int, bytes]] = [
+        (KIND_GRAPH, 0, NO_TENSOR, encode_graph(model.graph_module, index, meta))
+    ]
     for i, name in enumerate(names):
         codec, payload, _ = encode_tensor(model.tensors[name])
         bodies.append((KIND_TENSOR, codec, i, payload))
@@ -156,7 +158,9 @@ def read_layout(data: bytes | memoryview, *, decode_tensors: bool = True) -> Lay
     total = r.u64()
     table_crc = r.u32()
     if total != len(view):
-        raise SqcFormatError(f"file is {len(view)} bytes but its header says {total} (truncated or padded)", 16)
+        raise SqcFormatError(
+            f"file is {len(view)} bytes but its header says {total} (truncated or padded)", 16
+        )
     if count < 2 or count > MAX_SECTIONS or HEADER_SIZE + count * ENTRY_SIZE > len(view):
         raise SqcFormatError(f"implausible section count {count}", 12)
     table = r.take(count * ENTRY_SIZE)
@@ -170,19 +174,31 @@ def read_layout(data: bytes | memoryview, *, decode_tensors: bool = True) -> Lay
         if reserved != 0 or kind not in (KIND_GRAPH, KIND_TENSOR, KIND_REPORT):
             raise SqcFormatError(f"section {len(sections)} has unknown kind {kind}", t.offset - ENTRY_SIZE)
         if length > len(view) - offset:
-            raise SqcFormatError(f"section {len(sections)} runs past the end of the file", t.offset - ENTRY_SIZE)
+            raise SqcFormatError(
+                f"section {len(sections)} runs past the end of the file", t.offset - ENTRY_SIZE
+            )
         sections.append(Section(kind, codec, tensor, crc, offset, length))
         offset += length
     if offset != len(view):
         raise SqcFormatError(f"{len(view) - offset} bytes after the last section", offset)
     for number, s in enumerate(sections):
         if zlib.crc32(view[s.offset : s.offset + s.length]) != s.crc:
-            raise SqcFormatError(f"section {number} ({_kind_name(s)}) checksum mismatch: the file is corrupt", s.offset)
+            raise SqcFormatError(
+                f"section {number} ({_kind_name(s)}) checksum mismatch: the file is corrupt", s.offset
+            )
     if sections[0].kind != KIND_GRAPH or sections[-1].kind != KIND_REPORT:
         raise SqcFormatError("sections out of order: the graph comes first and the report last", HEADER_SIZE)
-    graph_doc = inflate_json(view[sections[0].offset : sections[0].offset + sections[0].length], "graph section", sections[0].offset)
+    graph_doc = inflate_json(
+        view[sections[0].offset : sections[0].offset + sections[0].length],
+        "graph section",
+        sections[0].offset,
+    )
     meta = _check_meta(graph_doc, sections[0].offset)
-    report_doc = inflate_json(view[sections[-1].offset : sections[-1].offset + sections[-1].length], "report section", sections[-1].offset)
+    report_doc = inflate_json(
+        view[sections[-1].offset : sections[-1].offset + sections[-1].length],
+        "report section",
+        sections[-1].offset,
+    )
     try:
         report = [PassRecord.from_json(obj) for obj in report_doc]
     except (TypeError, KeyError, ValueError, AttributeError):
@@ -191,11 +207,14 @@ def read_layout(data: bytes | memoryview, *, decode_tensors: bool = True) -> Lay
     tensor_sections = sections[1:-1]
     if len(tensor_sections) != len(meta["tensors"]) or any(s.kind != KIND_TENSOR for s in tensor_sections):
         raise SqcFormatError(
-            f"{len(tensor_sections)} tensor sections for {len(meta['tensors'])} tensors in the graph", HEADER_SIZE
+            f"{len(tensor_sections)} tensor sections for {len(meta['tensors'])} tensors in the graph",
+            HEADER_SIZE,
         )
     for i, s in enumerate(tensor_sections):
         if s.tensor != i:
-            raise SqcFormatError(f"section {i + 1} claims tensor {s.tensor}, expected {i}", HEADER_SIZE + (i + 1) * ENTRY_SIZE)
+            raise SqcFormatError(
+                f"section {i + 1} claims tensor {s.tensor}, expected {i}", HEADER_SIZE + (i + 1) * ENTRY_SIZE
+            )
         name, shape, role = meta["tensors"][i]
         payload = view[s.offset : s.offset + s.length]
         if decode_tensors:
@@ -214,7 +233,11 @@ def _check_meta(doc: Any, offset: int) -> dict[str, Any]:
         raise bad("not an object")
     tensors = doc.get("tensors")
     inputs = doc.get("inputs")
-    if not isinstance(tensors, list) or not isinstance(inputs, list) or not isinstance(doc.get("pipeline"), str):
+    if (
+        not isinstance(tensors, list)
+        or not isinstance(inputs, list)
+        or not isinstance(doc.get("pipeline"), str)
+    ):
         raise bad("missing tensors, inputs or pipeline")
     seen = set()
     for entry in tensors:
@@ -236,7 +259,12 @@ def _check_meta(doc: Any, offset: int) -> dict[str, Any]:
             raise bad(f"tensor {entry[0]} claims {numel} elements")
         seen.add(entry[0])
     for entry in inputs:
-        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and isinstance(entry[1], list)):
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], list)
+        ):
             raise bad(f"malformed input entry {str(entry)[:60]}")
         if not all(isinstance(d, int) and 0 <= d < (1 << 31) for d in entry[1]):
             raise bad(f"malformed input shape {entry[1]}")

@@ -39,7 +39,13 @@ def _encode_arg(value: Any, index: dict[fx.Node, int]) -> Any:
     if isinstance(value, dict):
         return {"map": {str(k): _encode_arg(v, index) for k, v in value.items()}}
     if isinstance(value, slice):
-        return {"slice": [_encode_arg(value.start, index), _encode_arg(value.stop, index), _encode_arg(value.step, index)]}
+        return {
+            "slice": [
+                _encode_arg(value.start, index),
+                _encode_arg(value.stop, index),
+                _encode_arg(value.step, index),
+            ]
+        }
     if value is Ellipsis:
         return {"...": 0}
     if isinstance(value, torch.dtype):
@@ -52,9 +58,7 @@ def _encode_arg(value: Any, index: dict[fx.Node, int]) -> Any:
     raise ValueError(f"argument of type {type(value).__name__} cannot be stored")
 
 
-def encode_graph(
-    gm: fx.GraphModule, tensor_index: dict[str, int], extra: dict[str, Any]
-) -> bytes:
+def encode_graph(gm: fx.GraphModule, tensor_index: dict[str, int], extra: dict[str, Any]) -> bytes:
     """The graph section bytes: zlib(JSON) of the op list plus ``extra`` metadata."""
     index: dict[fx.Node, int] = {}
     nodes: list[list[Any]] = []
@@ -108,7 +112,11 @@ def decode_graph(doc: Any, tensors: list[str], offset: int) -> fx.Graph:
     def bad(message: str) -> SqcFormatError:
         return SqcFormatError(f"graph section: {message}", offset)
 
-    if not isinstance(doc, dict) or doc.get("schema") != GRAPH_SCHEMA or not isinstance(doc.get("nodes"), list):
+    if (
+        not isinstance(doc, dict)
+        or doc.get("schema") != GRAPH_SCHEMA
+        or not isinstance(doc.get("nodes"), list)
+    ):
         raise bad(f"unknown graph schema {doc.get('schema') if isinstance(doc, dict) else None!r}")
     graph = fx.Graph()
     built: list[fx.Node] = []
@@ -147,7 +155,12 @@ def decode_graph(doc: Any, tensors: list[str], offset: int) -> fx.Graph:
         try:
             if kind == "in" and len(entry) == 2 and isinstance(entry[1], str):
                 node = graph.placeholder(entry[1])
-            elif kind == "attr" and len(entry) == 3 and isinstance(entry[2], int) and 0 <= entry[2] < len(tensors):
+            elif (
+                kind == "attr"
+                and len(entry) == 3
+                and isinstance(entry[2], int)
+                and 0 <= entry[2] < len(tensors)
+            ):
                 node = graph.get_attr(tensors[entry[2]])
             elif kind in ("call", "method") and len(entry) == 6 and isinstance(entry[4], dict):
                 _, name, op, args, kwargs, shape = entry
@@ -156,7 +169,9 @@ def decode_graph(doc: Any, tensors: list[str], offset: int) -> fx.Graph:
                 if kind == "call":
                     if op not in FUNCTIONS:
                         raise bad(f"node #{position} ({name}): unknown op {op!r}")
-                    node = graph.call_function(FUNCTIONS[op], arg(args), {k: arg(v) for k, v in kwargs.items()})
+                    node = graph.call_function(
+                        FUNCTIONS[op], arg(args), {k: arg(v) for k, v in kwargs.items()}
+                    )
                 else:
                     if op not in METHODS:
                         raise bad(f"node #{position} ({name}): unknown method {op!r}")

@@ -49,9 +49,9 @@ import numpy as np
 import numpy.typing as npt
 from bitarray import bitarray, decodetree
 from bitarray.util import int2ba
-from sqc.formats import bitpack
 
 from sqc.errors import SqcFormatError
+from sqc.formats import bitpack
 
 __all__ = [
     "MAX_CODE_LENGTH",

@@ -133,7 +133,9 @@ def _dense_allowed(state: TensorState, codec: int) -> bool:
     return not (codec == CODEBOOK and state.mask is not None)
 
 
-def _values_stream(state: TensorState, codec: int, positions: np.ndarray | None, want: bool) -> tuple[bytes, bool]:
+def _values_stream(
+    state: TensorState, codec: int, positions: np.ndarray | None, want: bool
+) -> tuple[bytes, bool]:
     if codec == RAW_F32:
         assert state.dense is not None
         values = state.dense.flatten().numpy()
@@ -170,7 +172,10 @@ def _layout_sparse(state: TensorState, codec: int, want: bool, info: Breakdown) 
     out.sized(index)
     out.sized(values)
     info.index, info.values, info.index_bits = len(index), len(values), bits
-    info.streams = {"index": "huffman" if index_coded else "packed", "values": "huffman" if values_coded else "packed"}
+    info.streams = {
+        "index": "huffman" if index_coded else "packed",
+        "values": "huffman" if values_coded else "packed",
+    }
     return out.getvalue()
 
 
@@ -280,7 +285,9 @@ def decode_tensor(
         state.set_mask(torch.from_numpy(mask))
     r.expect_end()
     info.header += (r.pos - head) - info.index - info.values
-    info.streams = {"values": "huffman" if flags & VALUES_HUFFMAN else ("raw" if codec == RAW_F32 else "packed")}
+    info.streams = {
+        "values": "huffman" if flags & VALUES_HUFFMAN else ("raw" if codec == RAW_F32 else "packed")
+    }
     if positions is not None:
         info.streams["index"] = "huffman" if flags & INDEX_HUFFMAN else "packed"
     return state, info

@@ -9,7 +9,15 @@ import torch
 
 from sqc.ir import CompressedModel, TensorState
 from sqc.pass_base import LayerMap, Pass, PassContext, PassResult, check_range
-from sqc.passes._common import change_stats, encoded_bytes, is_overridden, override, selected, totals, unused_overrides
+from sqc.passes._common import (
+    change_stats,
+    encoded_bytes,
+    is_overridden,
+    override,
+    selected,
+    totals,
+    unused_overrides,
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ class Prune(Pass):
             return
         magnitudes = [values[s.name].abs().flatten() for s in states]
         everything = torch.cat(magnitudes) if len(magnitudes) > 1 else magnitudes[0]
-        drop = int(round(sparsity * everything.numel()))
+        drop = round(sparsity * everything.numel())
         if drop == 0:
             return
         threshold = torch.kthvalue(everything, drop).values

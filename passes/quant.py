@@ -52,14 +52,18 @@ class Quant(Pass):
                 state.fmt = fmt
             else:
                 values = before
-                fmt = best_format(values, bits, per_channel=self.granularity == "channel" and values.dim() > 1)
+                fmt = best_format(
+                    values, bits, per_channel=self.granularity == "channel" and values.dim() > 1
+                )
                 mask = state.mask
                 state.dense = None
                 state.codes, state.fmt = fmt.quantize(values), fmt
                 state.set_mask(mask)
             layers[state.name] = {**change_stats(state, before, size), "frac": ",".join(map(str, fmt.frac))}
         model.sync([s.name for s in states])
-        return PassResult(True, {"bits": self.bits, **totals(layers)}, layers, unused_overrides(model, self.per_layer))
+        return PassResult(
+            True, {"bits": self.bits, **totals(layers)}, layers, unused_overrides(model, self.per_layer)
+        )
 
 
 def best_format(values: torch.Tensor, bits: int, *, per_channel: bool) -> FixedPoint:

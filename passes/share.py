@@ -63,7 +63,9 @@ class Share(Pass):
             state.set_mask(mask)
             layers[state.name] = {**change_stats(state, before, size), "centroids": int(codebook.numel())}
         model.sync([s.name for s in states])
-        return PassResult(True, {"bits": self.bits, **totals(layers)}, layers, unused_overrides(model, self.per_layer))
+        return PassResult(
+            True, {"bits": self.bits, **totals(layers)}, layers, unused_overrides(model, self.per_layer)
+        )
 
 
 def _kept(state: TensorState) -> torch.Tensor:
@@ -73,7 +75,9 @@ def _kept(state: TensorState) -> torch.Tensor:
     return state.mask.flatten().nonzero().flatten()
 
 
-def kmeans_1d(values: torch.Tensor, k: int, init: str = "linear", iterations: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans_1d(
+    values: torch.Tensor, k: int, init: str = "linear", iterations: int = 50
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact Lloyd's algorithm in one dimension. Returns (float32 centroids sorted ascending, codes).
 
     Assignment rule (stated because decoders never re-derive it, but tests do): a value exactly on
@@ -87,7 +91,9 @@ def kmeans_1d(values: torch.Tensor, k: int, init: str = "linear", iterations: in
     if distinct.numel() <= k:  # fewer distinct values than centroids: the codebook is exact
         centroids = distinct
     elif init == "density":
-        centroids = torch.quantile(ordered[:: max(1, ordered.numel() // 100_000)], torch.linspace(0, 1, k, dtype=torch.float64))
+        centroids = torch.quantile(
+            ordered[:: max(1, ordered.numel() // 100_000)], torch.linspace(0, 1, k, dtype=torch.float64)
+        )
     else:
         centroids = torch.linspace(low, high, k, dtype=torch.float64)
     prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(ordered, 0)])

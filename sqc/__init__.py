@@ -15,8 +15,10 @@ import os as _os
 # directory (the repository's top-level passes/, formats/, targets/; the installed wheel maps them
 # inside sqc/). Let `python` started from the repository root import the checkout the same way.
 _here = _os.path.dirname(__file__)
-if not _os.path.isdir(_os.path.join(_here, "formats")) and _os.path.isdir(_os.path.join(_here, "..", "formats")):
-    __path__.append(_os.path.normpath(_os.path.join(_here, "..")))  # noqa: F821 - the package's own __path__
+if not _os.path.isdir(_os.path.join(_here, "formats")) and _os.path.isdir(
+    _os.path.join(_here, "..", "formats")
+):
+    __path__.append(_os.path.normpath(_os.path.join(_here, "..")))
 
 from sqc.api import Artifact, compress, inspect, load  # noqa: E402
 from sqc.errors import SqcError, SqcFormatError  # noqa: E402

@@ -70,8 +70,12 @@ def _human(n: float) -> str:
     return str(n)
 
 
-ModelArg = Annotated[Path, typer.Argument(help="model file: state_dict (.pt) with --arch, pickled module, or .pt2")]
-ArchOpt = Annotated[str | None, typer.Option("--arch", help="pkg.module:factory that builds the architecture")]
+ModelArg = Annotated[
+    Path, typer.Argument(help="model file: state_dict (.pt) with --arch, pickled module, or .pt2")
+]
+ArchOpt = Annotated[
+    str | None, typer.Option("--arch", help="pkg.module:factory that builds the architecture")
+]
 ShapeOpt = Annotated[
     list[str] | None,
     typer.Option("--input-shape", help="example input shape, e.g. 1,1,28,28 (repeat for several inputs)"),
@@ -88,48 +92,76 @@ def compress(
     model: ModelArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="the .sqc file to write")],
     passes: Annotated[
-        str | None, typer.Option("--passes", "-p", help="pipeline text, e.g. 'prune{sparsity=0.9},share{bits=5},huffman'")
+        str | None,
+        typer.Option(
+            "--passes", "-p", help="pipeline text, e.g. 'prune{sparsity=0.9},share{bits=5},huffman'"
+        ),
     ] = None,
     recipe: Annotated[Path | None, typer.Option("--recipe", help="TOML recipe with [[pass]] tables")] = None,
     arch: ArchOpt = None,
     input_shape: ShapeOpt = None,
     trust_pickle: TrustOpt = False,
     force: ForceOpt = False,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="skip the IR verifier between passes")] = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="skip the IR verifier between passes")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Trace MODEL, run the pass pipeline, and write a .sqc file."""
-    from sqc.api import DEFAULT_PIPELINE, compress as run
+    from sqc.api import DEFAULT_PIPELINE
+    from sqc.api import compress as run
     from sqc.pipeline import Pipeline
 
     if passes is not None and recipe is not None:
         raise SqcError("give either --passes or --recipe, not both")
-    pipeline = Pipeline.from_recipe(recipe) if recipe is not None else Pipeline.parse(passes or DEFAULT_PIPELINE)
+    pipeline = (
+        Pipeline.from_recipe(recipe) if recipe is not None else Pipeline.parse(passes or DEFAULT_PIPELINE)
+    )
     if output.exists() and not force:
         raise SqcError(f"{output}: already exists (use --force to replace it)")
     shapes = [_parse_shape(s) for s in input_shape] if input_shape else None
     rows: list[dict[str, Any]] = []
 
     def on_pass(index: int, pass_: Any, result: Any, seconds: float) -> None:
-        rows.append({"pass": pass_.name, "changed": result.changed, "seconds": round(seconds, 3), **result.stats})
+        rows.append(
+            {"pass": pass_.name, "changed": result.changed, "seconds": round(seconds, 3), **result.stats}
+        )
         if not as_json:
-            err.print(f"[{index + 1}/{len(pipeline.passes)}] {pass_.name}: {_summary(result.stats)} ({seconds:.2f} s)")
+            err.print(
+                f"[{index + 1}/{len(pipeline.passes)}] {pass_.name}: "
+                f"{_summary(result.stats)} ({seconds:.2f} s)"
+            )
             for line in result.diagnostics:
                 err.print(f"  warning: {line}")
 
     with err.status("compressing…", spinner="dots") if err.is_terminal and not as_json else _null():
         artifact = run(
-            model, shapes, pipeline, arch=arch, trust_pickle=trust_pickle, verify=not no_verify,
-            progress=(lambda m: None), on_pass=on_pass,
+            model,
+            shapes,
+            pipeline,
+            arch=arch,
+            trust_pickle=trust_pickle,
+            verify=not no_verify,
+            progress=(lambda m: None),
+            on_pass=on_pass,
         )
         size = artifact.save(output, force=force)
     fp32 = 4 * sum(s.numel for s in artifact.model.tensors.values())
-    summary = {"output": str(output), "bytes": size, "fp32_bytes": fp32, "ratio_vs_fp32": fp32 / size,
-               "pipeline": artifact.pipeline, "passes": rows}
+    summary = {
+        "output": str(output),
+        "bytes": size,
+        "fp32_bytes": fp32,
+        "ratio_vs_fp32": fp32 / size,
+        "pipeline": artifact.pipeline,
+        "passes": rows,
+    }
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
-        out.print(f"wrote {output}: {size:,} bytes ({_human(size)}), {fp32 / size:.1f}x smaller than fp32 ({_human(fp32)})")
+        out.print(
+            f"wrote {output}: {size:,} bytes ({_human(size)}), "
+            f"{fp32 / size:.1f}x smaller than fp32 ({_human(fp32)})"
+        )
         out.print(f"pipeline: {artifact.pipeline}")
 
 
@@ -178,31 +210,79 @@ def _render_model(info: dict[str, Any]) -> None:
     table = _table(f"{info['file']}", ["layer", "params", "bytes (fp32)", "FLOPs", "share"])
     total = info["totals"]
     for row in info["layers"]:
-        table.add_row(row["layer"], f"{row['params']:,}", f"{row['bytes']:,}", f"{row['flops']:,}",
-                      f"{row['bytes'] / total['bytes']:.1%}")
-    table.add_row("total", f"{total['params']:,}", f"{total['bytes']:,}", f"{total['flops']:,}", "100.0%",
-                  style="bold")
+        table.add_row(
+            row["layer"],
+            f"{row['params']:,}",
+            f"{row['bytes']:,}",
+            f"{row['flops']:,}",
+            f"{row['bytes'] / total['bytes']:.1%}",
+        )
+    table.add_row(
+        "total", f"{total['params']:,}", f"{total['bytes']:,}", f"{total['flops']:,}", "100.0%", style="bold"
+    )
     _print_table(table, f"{info['file']}: uncompressed model, input {info['inputs']}")
 
 
 def _render_container(info: dict[str, Any]) -> None:
-    columns = ["layer", "params", "density", "bits/w", "index bits/w", "codebook B", "header B", "total B",
-               "share", "vs fp32"]
+    columns = [
+        "layer",
+        "params",
+        "density",
+        "bits/w",
+        "index bits/w",
+        "codebook B",
+        "header B",
+        "total B",
+        "share",
+        "vs fp32",
+    ]
     table = _table(f"{info['file']} — {info['size']:,} bytes", columns)
     for row in info["layers"]:
         table.add_row(
-            row["layer"], f"{row['params']:,}", f"{row['density']:.1%}", f"{row['bits_per_weight']:.2f}",
-            f"{row['index_bits_per_weight']:.2f}", f"{row['codebook_bytes']:,}", f"{row['header_bytes']:,}",
-            f"{row['total_bytes']:,}", f"{row['share']:.1%}", f"{row['ratio_vs_fp32']:.1f}x",
+            row["layer"],
+            f"{row['params']:,}",
+            f"{row['density']:.1%}",
+            f"{row['bits_per_weight']:.2f}",
+            f"{row['index_bits_per_weight']:.2f}",
+            f"{row['codebook_bytes']:,}",
+            f"{row['header_bytes']:,}",
+            f"{row['total_bytes']:,}",
+            f"{row['share']:.1%}",
+            f"{row['ratio_vs_fp32']:.1f}x",
         )
     comps = info["components"]
-    for label, key in (("(file header)", "file_header"), ("(graph)", "graph"), ("(pass report)", "report"),
-                       ("(section table: graph, report)", "section_table_graph_report")):
-        table.add_row(label, "", "", "", "", "", f"{comps[key]:,}", f"{comps[key]:,}",
-                      f"{comps[key] / info['size']:.1%}", "")
+    for label, key in (
+        ("(file header)", "file_header"),
+        ("(graph)", "graph"),
+        ("(pass report)", "report"),
+        ("(section table: graph, report)", "section_table_graph_report"),
+    ):
+        table.add_row(
+            label,
+            "",
+            "",
+            "",
+            "",
+            "",
+            f"{comps[key]:,}",
+            f"{comps[key]:,}",
+            f"{comps[key] / info['size']:.1%}",
+            "",
+        )
     totals = info["totals"]
-    table.add_row("total", f"{totals['params']:,}", "", f"{totals['bits_per_param']:.2f}", "", "", "",
-                  f"{totals['file_bytes']:,}", "100.0%", f"{totals['ratio_vs_fp32']:.1f}x", style="bold")
+    table.add_row(
+        "total",
+        f"{totals['params']:,}",
+        "",
+        f"{totals['bits_per_param']:.2f}",
+        "",
+        "",
+        "",
+        f"{totals['file_bytes']:,}",
+        "100.0%",
+        f"{totals['ratio_vs_fp32']:.1f}x",
+        style="bold",
+    )
     _print_table(table, f"{info['file']}: {info['size']:,} bytes, format {info['version']}")
     out.print(f"pipeline: {info['pipeline']}")
 
@@ -210,7 +290,9 @@ def _render_container(info: dict[str, Any]) -> None:
 @app.command()
 def decompress(
     path: Annotated[Path, typer.Argument(help="the .sqc file")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="restored model: .pt (module) or .pt2 (export)")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="restored model: .pt (module) or .pt2 (export)")
+    ],
     fmt: Annotated[
         str | None, typer.Option("--format", help="module | state_dict | export (default: from the suffix)")
     ] = None,
@@ -253,8 +335,16 @@ def list_passes(as_json: JsonOpt = False) -> None:
         for f, annotation in zip(cls.options(), cls.option_types().values(), strict=True):
             options.append({"name": f.name, "type": _type_name(annotation), "default": _default(f)})
         doc = (cls.__doc__ or "").strip().splitlines()
-        rows.append({"name": name, "package": entry.package, "summary": cls.summary or (doc[0] if doc else ""),
-                     "options": options, "requires": sorted(cls.requires), "default_spec": cls().spec()})
+        rows.append(
+            {
+                "name": name,
+                "package": entry.package,
+                "summary": cls.summary or (doc[0] if doc else ""),
+                "options": options,
+                "requires": sorted(cls.requires),
+                "default_spec": cls().spec(),
+            }
+        )
     if as_json:
         print(json.dumps(rows, indent=2))
         return

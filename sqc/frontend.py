@@ -65,7 +65,9 @@ def _tensor_arguments(module: nn.Module) -> tuple[list[str], dict[str, Any]]:
     concrete: dict[str, Any] = {}
     for name, param in signature.parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            raise TraceError(f"{type(module).__name__}.forward takes *{name}: sqc needs named tensor arguments")
+            raise TraceError(
+                f"{type(module).__name__}.forward takes *{name}: sqc needs named tensor arguments"
+            )
         if param.default is inspect.Parameter.empty:
             tensors.append(name)
         else:
@@ -133,11 +135,15 @@ class _Builder:
     def arg(self, value: Argument) -> Argument:
         return map_arg(value, lambda n: self.env[n])
 
-    def call(self, name: str, args: tuple[Argument, ...], kwargs: dict[str, Argument], like: fx.Node) -> fx.Node:
+    def call(
+        self, name: str, args: tuple[Argument, ...], kwargs: dict[str, Argument], like: fx.Node
+    ) -> fx.Node:
         """A vocabulary call named after the traced node it replaces (``fc1``, not ``linear_3``)."""
         return self.graph.create_node("call_function", FUNCTIONS[name], args, kwargs, name=like.name)
 
-    def method(self, name: str, args: tuple[Argument, ...], kwargs: dict[str, Argument], like: fx.Node) -> fx.Node:
+    def method(
+        self, name: str, args: tuple[Argument, ...], kwargs: dict[str, Argument], like: fx.Node
+    ) -> fx.Node:
         return self.graph.create_node("call_method", name, args, kwargs, name=like.name)
 
 
@@ -168,9 +174,13 @@ def _module_call(b: _Builder, node: fx.Node, mod: nn.Module) -> Argument:
         op = "conv1d" if isinstance(mod, nn.Conv1d) else "conv2d"
         padding: Any = mod.padding
         if mod.padding_mode != "zeros":
-            x = b.call("pad", (x, tuple(mod._reversed_padding_repeated_twice)), {"mode": mod.padding_mode}, node)
+            x = b.call(
+                "pad", (x, tuple(mod._reversed_padding_repeated_twice)), {"mode": mod.padding_mode}, node
+            )
             padding = 0
-        return b.call(op, (x, p("weight"), p("bias"), mod.stride, padding, mod.dilation, mod.groups), {}, node)
+        return b.call(
+            op, (x, p("weight"), p("bias"), mod.stride, padding, mod.dilation, mod.groups), {}, node
+        )
     if isinstance(mod, nn.Linear):
         return b.call("linear", (x, p("weight"), p("bias")), {}, node)
     if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
@@ -193,10 +203,20 @@ def _module_call(b: _Builder, node: fx.Node, mod: nn.Module) -> Argument:
         nn.Flatten: ("flatten", lambda m: (m.start_dim, m.end_dim)),
         nn.AdaptiveAvgPool1d: ("adaptive_avg_pool1d", lambda m: (m.output_size,)),
         nn.AdaptiveAvgPool2d: ("adaptive_avg_pool2d", lambda m: (m.output_size,)),
-        nn.AvgPool1d: ("avg_pool1d", lambda m: (m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)),
+        nn.AvgPool1d: (
+            "avg_pool1d",
+            lambda m: (m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad),
+        ),
         nn.AvgPool2d: (
             "avg_pool2d",
-            lambda m: (m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override),
+            lambda m: (
+                m.kernel_size,
+                m.stride,
+                m.padding,
+                m.ceil_mode,
+                m.count_include_pad,
+                m.divisor_override,
+            ),
         ),
     }
     if type(mod) in simple:
@@ -208,7 +228,9 @@ def _module_call(b: _Builder, node: fx.Node, mod: nn.Module) -> Argument:
         if mod.return_indices:
             raise _unsupported(node, f"{type(mod).__name__} with return_indices")
         op = "max_pool1d" if isinstance(mod, nn.MaxPool1d) else "max_pool2d"
-        return b.call(op, (x, mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode), {}, node)
+        return b.call(
+            op, (x, mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode), {}, node
+        )
     if isinstance(mod, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)):
         if mod.return_indices:
             raise _unsupported(node, f"{type(mod).__name__} with return_indices")
@@ -257,7 +279,9 @@ def _function_call(b: _Builder, node: fx.Node) -> Argument:
 
 
 # ATen ops of a torch.export program -> (vocabulary name, argument adapter).
-def _aten_table() -> dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], tuple[str, tuple[Any, ...], dict]]]:
+def _aten_table() -> dict[
+    Any, Callable[[tuple[Any, ...], dict[str, Any]], tuple[str, tuple[Any, ...], dict]]
+]:
     aten = torch.ops.aten
 
     def same(name: str) -> Callable[[tuple[Any, ...], dict[str, Any]], tuple[str, tuple[Any, ...], dict]]:
@@ -305,7 +329,11 @@ def _aten_table() -> dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], tuple
         aten.squeeze.dim: same("squeeze"),
         aten.unsqueeze.default: same("unsqueeze"),
         aten.pad.default: same("pad"),
-        aten.constant_pad_nd.default: lambda a, k: ("pad", (a[0], a[1], "constant", a[2] if len(a) > 2 else 0.0), {}),
+        aten.constant_pad_nd.default: lambda a, k: (
+            "pad",
+            (a[0], a[1], "constant", a[2] if len(a) > 2 else 0.0),
+            {},
+        ),
         aten.cat.default: same("cat"),
         aten.add.Tensor: add,
         aten.sub.Tensor: lambda a, k: ("sub", a[:2], {}),
@@ -319,7 +347,12 @@ def _aten_table() -> dict[Any, Callable[[tuple[Any, ...], dict[str, Any]], tuple
     return table
 
 
-_ATEN_IDENTITY = {"aten.dropout.default", "aten.clone.default", "aten.contiguous.default", "aten.detach.default"}
+_ATEN_IDENTITY = {
+    "aten.dropout.default",
+    "aten.clone.default",
+    "aten.contiguous.default",
+    "aten.detach.default",
+}
 _ATEN_DROPPED = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default"}
 
 
@@ -382,7 +415,9 @@ def canonicalize(source: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, torc
     for name, value in tensors.items():
         if not value.is_floating_point():
             raise TraceError(f"tensor {name} has dtype {value.dtype}; sqc stores floating-point tensors only")
-        _install(root, name, value.detach().to(torch.float32).clone(), is_param=isinstance(value, nn.Parameter))
+        _install(
+            root, name, value.detach().to(torch.float32).clone(), is_param=isinstance(value, nn.Parameter)
+        )
     return fx.GraphModule(root, b.graph, class_name="SqcModel"), tensors
 
 
@@ -411,7 +446,9 @@ class _ShapeProp(fx.Interpreter):
             result = super().run_node(n)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"the example input does not fit node {n.name}{_where(n)}: {first}") from None
+            raise ModelLoadError(
+                f"the example input does not fit node {n.name}{_where(n)}: {first}"
+            ) from None
         if isinstance(result, torch.Tensor):
             n.meta["shape"] = tuple(result.shape)
         return result
@@ -499,4 +536,6 @@ def guess_input_shapes(model: nn.Module, source: fx.GraphModule) -> list[tuple[i
             if user.target is F.linear:
                 break
             break
-    raise ModelLoadError("cannot tell the model's input shape: pass --input-shape, e.g. --input-shape 1,3,224,224")
+    raise ModelLoadError(
+        "cannot tell the model's input shape: pass --input-shape, e.g. --input-shape 1,3,224,224"
+    )

@@ -54,27 +54,29 @@ def inspect_container(data: bytes, where: str) -> dict[str, Any]:
             kept = info.kept
         else:  # a dense layout stores every value; for a kernel, density still counts the non-zeros
             kept = int((state.decode() != 0).sum()) if state.role == "weight" else numel
-        tensors.append({
-            "tensor": name,
-            "layer": state.layer,
-            "role": state.role,
-            "shape": list(state.shape),
-            "params": numel,
-            "kept": kept,
-            "density": kept / numel if numel else 1.0,
-            "codec": CODEC_NAMES[section.codec],
-            "layout": info.layout,
-            "streams": info.streams,
-            "values_bytes": info.values,
-            "index_bytes": info.index,
-            "codebook_bytes": info.codebook,
-            "header_bytes": info.header + ENTRY_SIZE,
-            "total_bytes": section.length + ENTRY_SIZE,
-            "bits_per_weight": 8 * info.values / max(1, kept if info.layout == "sparse" else numel),
-            "index_bits_per_weight": 8 * info.index / max(1, kept) if info.layout == "sparse" else 0.0,
-            "centroids": int(state.codebook.numel()) if state.codebook is not None else None,
-            "fixed_point": {"bits": state.fmt.bits, "frac": list(state.fmt.frac)} if state.fmt else None,
-        })
+        tensors.append(
+            {
+                "tensor": name,
+                "layer": state.layer,
+                "role": state.role,
+                "shape": list(state.shape),
+                "params": numel,
+                "kept": kept,
+                "density": kept / numel if numel else 1.0,
+                "codec": CODEC_NAMES[section.codec],
+                "layout": info.layout,
+                "streams": info.streams,
+                "values_bytes": info.values,
+                "index_bytes": info.index,
+                "codebook_bytes": info.codebook,
+                "header_bytes": info.header + ENTRY_SIZE,
+                "total_bytes": section.length + ENTRY_SIZE,
+                "bits_per_weight": 8 * info.values / max(1, kept if info.layout == "sparse" else numel),
+                "index_bits_per_weight": 8 * info.index / max(1, kept) if info.layout == "sparse" else 0.0,
+                "centroids": int(state.codebook.numel()) if state.codebook is not None else None,
+                "fixed_point": {"bits": state.fmt.bits, "frac": list(state.fmt.frac)} if state.fmt else None,
+            }
+        )
     by_layer: dict[str, list[dict[str, Any]]] = {}
     for row in tensors:
         by_layer.setdefault(row["layer"], []).append(row)
@@ -83,19 +85,30 @@ def inspect_container(data: bytes, where: str) -> dict[str, Any]:
         # bits per weight describe the layer's kernel; a layer without one (a BatchNorm) by all its tensors
         kernels = [r for r in rows if r["role"] == "weight"] or rows
         kept = sum(r["kept"] for r in kernels)
-        sums = {key: sum(r[key] for r in rows) for key in
-                ("params", "values_bytes", "index_bytes", "codebook_bytes", "header_bytes", "total_bytes")}
-        layers.append({
-            "layer": layer_name,
-            **sums,
-            "weights": sum(r["params"] for r in kernels),
-            "kept": kept,
-            "density": kept / max(1, sum(r["params"] for r in kernels)),
-            "bits_per_weight": 8 * sum(r["values_bytes"] for r in kernels) / max(1, kept),
-            "index_bits_per_weight": 8 * sum(r["index_bytes"] for r in kernels) / max(1, kept),
-            "share": sums["total_bytes"] / size,
-            "ratio_vs_fp32": 4 * sums["params"] / max(1, sums["total_bytes"]),
-        })
+        sums = {
+            key: sum(r[key] for r in rows)
+            for key in (
+                "params",
+                "values_bytes",
+                "index_bytes",
+                "codebook_bytes",
+                "header_bytes",
+                "total_bytes",
+            )
+        }
+        layers.append(
+            {
+                "layer": layer_name,
+                **sums,
+                "weights": sum(r["params"] for r in kernels),
+                "kept": kept,
+                "density": kept / max(1, sum(r["params"] for r in kernels)),
+                "bits_per_weight": 8 * sum(r["values_bytes"] for r in kernels) / max(1, kept),
+                "index_bits_per_weight": 8 * sum(r["index_bytes"] for r in kernels) / max(1, kept),
+                "share": sums["total_bytes"] / size,
+                "ratio_vs_fp32": 4 * sums["params"] / max(1, sums["total_bytes"]),
+            }
+        )
     components = {
         "file_header": HEADER_SIZE,
         "section_table_graph_report": 2 * ENTRY_SIZE,
@@ -107,7 +120,7 @@ def inspect_container(data: bytes, where: str) -> dict[str, Any]:
     return {
         "kind": "sqc",
         "file": where,
-        "version": "%d.%d" % layout.version,
+        "version": "{}.{}".format(*layout.version),
         "size": size,
         "pipeline": layout.meta["pipeline"],
         "inputs": layout.meta["inputs"],
@@ -125,8 +138,12 @@ def inspect_container(data: bytes, where: str) -> dict[str, Any]:
     }
 
 
-def inspect_model(path: Path, arch: str | None = None, input_shapes: list[tuple[int, ...]] | None = None,
-                  trust_pickle: bool = False) -> dict[str, Any]:
+def inspect_model(
+    path: Path,
+    arch: str | None = None,
+    input_shapes: list[tuple[int, ...]] | None = None,
+    trust_pickle: bool = False,
+) -> dict[str, Any]:
     """Parameters, fp32 bytes and FLOPs per layer of an uncompressed model file."""
     from sqc.frontend import trace
     from sqc.loading import load_model
@@ -147,7 +164,9 @@ def describe_ir(ir: CompressedModel, where: str) -> dict[str, Any]:
         if layer_name in layers:
             layers[layer_name]["flops"] += count
         else:
-            layers.setdefault(layer_name, {"layer": layer_name, "params": 0, "bytes": 0, "flops": 0})["flops"] += count
+            layers.setdefault(layer_name, {"layer": layer_name, "params": 0, "bytes": 0, "flops": 0})[
+                "flops"
+            ] += count
     params = sum(s.numel for s in ir.tensors.values())
     if params == 0:
         raise SqcError(f"{where}: the model has no parameters")

@@ -194,8 +194,12 @@ class TensorState:
             if self.fmt is None:
                 raise VerifyError(f"{where}: integer codes without a codebook or a fixed-point format")
             if self.fmt.per_channel and len(self.fmt.frac) != self.shape[0]:
-                raise VerifyError(f"{where}: {len(self.fmt.frac)} channel formats for {self.shape[0]} channels")
-            if self.numel and (int(self.codes.min()) < self.fmt.qmin or int(self.codes.max()) > self.fmt.qmax):
+                raise VerifyError(
+                    f"{where}: {len(self.fmt.frac)} channel formats for {self.shape[0]} channels"
+                )
+            if self.numel and (
+                int(self.codes.min()) < self.fmt.qmin or int(self.codes.max()) > self.fmt.qmax
+            ):
                 raise VerifyError(f"{where}: codes outside the {self.fmt.bits}-bit range")
 
     def bits_per_weight(self) -> float:

@@ -55,14 +55,21 @@ def _is_export_archive(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("serialized_exported_program.json") or "/models/" in name for name in archive.namelist())
+        return any(
+            name.endswith("serialized_exported_program.json") or "/models/" in name
+            for name in archive.namelist()
+        )
 
 
 def _state_dict_of(obj: Any) -> Mapping[str, torch.Tensor] | None:
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
             inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, torch.Tensor) for v in inner.values())
+            ):
                 return inner
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
             return obj
@@ -100,7 +107,9 @@ def load_model(path: Path, arch: str | None = None, *, trust_pickle: bool = Fals
         try:
             program = torch.export.load(str(path))
         except Exception as exc:
-            raise ModelLoadError(f"{path}: not a loadable torch.export program ({_first_line(exc)})") from None
+            raise ModelLoadError(
+                f"{path}: not a loadable torch.export program ({_first_line(exc)})"
+            ) from None
         shapes = [
             tuple(n.meta["val"].shape)
             for n in program.graph.nodes
@@ -122,9 +131,13 @@ def load_model(path: Path, arch: str | None = None, *, trust_pickle: bool = Fals
         return LoadedModel(obj, None, f"{path} (pickled module)")
     state = _state_dict_of(obj)
     if state is None:
-        raise ModelLoadError(f"{path}: holds a {type(obj).__name__}, not a state_dict, module or export program")
+        raise ModelLoadError(
+            f"{path}: holds a {type(obj).__name__}, not a state_dict, module or export program"
+        )
     if arch is None:
-        raise ModelLoadError(f"{path}: is a state_dict; say which architecture it fits with --arch pkg.module:factory")
+        raise ModelLoadError(
+            f"{path}: is a state_dict; say which architecture it fits with --arch pkg.module:factory"
+        )
     model = resolve_factory(arch)()
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"--arch {arch}: returned a {type(model).__name__}, not an nn.Module")

@@ -127,7 +127,9 @@ class Pipeline:
             try:
                 built.append(pass_cls.from_options(item.options))
             except OptionError as exc:
-                raise _error(text, item.option_columns.get(exc.option, item.column), f"{item.name}: {exc}") from None
+                raise _error(
+                    text, item.option_columns.get(exc.option, item.column), f"{item.name}: {exc}"
+                ) from None
             except PipelineError as exc:
                 raise _error(text, item.column, str(exc)) from None
         try:
@@ -199,7 +201,9 @@ class Pipeline:
                     model.verify()
             except SqcError as exc:
                 prefix = ",".join(p.spec() for p in self.passes[: index + 1])
-                raise SqcError(f"pass {pass_.name} failed: {exc} [reproduce with --passes '{prefix}']") from None
+                raise SqcError(
+                    f"pass {pass_.name} failed: {exc} [reproduce with --passes '{prefix}']"
+                ) from None
             elapsed = time.perf_counter() - started
             model.report.append(
                 PassRecord(pass_.spec(), result.changed, result.stats, result.layers, result.diagnostics)

@@ -50,7 +50,9 @@ class Entry:
             for part in attr.split("."):
                 obj = getattr(obj, part)
         except Exception as exc:  # a broken plugin must stop the run, with its name
-            raise SqcError(f"cannot load {self.name!r} from package {self.package} ({self.ref}): {exc}") from None
+            raise SqcError(
+                f"cannot load {self.name!r} from package {self.package} ({self.ref}): {exc}"
+            ) from None
         return obj
 
 

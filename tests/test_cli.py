@@ -27,14 +27,25 @@ ARCH = ("--arch", "sqc_test_models:Small")
 
 
 def test_compress_inspect_decompress(cli, workdir: Path):
-    result = cli("compress", "small.pt", *ARCH, "--passes", "prune{sparsity=0.5},share{bits=4},huffman", "-o", "s.sqc")
+    result = cli(
+        "compress", "small.pt", *ARCH, "--passes", "prune{sparsity=0.5},share{bits=4},huffman", "-o", "s.sqc"
+    )
     assert result.code == 0, result.err
     assert "wrote s.sqc" in result.out and "smaller than fp32" in result.out
     assert "[1/3] prune" in result.err and "[3/3] huffman" in result.err
 
     shown = cli("inspect", "s.sqc")
     assert shown.code == 0
-    for column in ("layer", "density", "bits/w", "index bits/w", "codebook B", "header B", "total B", "vs fp32"):
+    for column in (
+        "layer",
+        "density",
+        "bits/w",
+        "index bits/w",
+        "codebook B",
+        "header B",
+        "total B",
+        "vs fp32",
+    ):
         assert column in shown.out
     assert "fc1" in shown.out and "(graph)" in shown.out and "pipeline: prune{sparsity=0.5" in shown.out
 
@@ -68,7 +79,10 @@ def test_recipe_and_json_output(cli, workdir: Path):
     result = cli("compress", "small.pt", *ARCH, "--recipe", "r.toml", "-o", "r.sqc", "--json")
     assert result.code == 0, result.err
     summary = json.loads(result.out)
-    assert summary["pipeline"].startswith("quant{bits=6") and summary["bytes"] == (workdir / "r.sqc").stat().st_size
+    assert (
+        summary["pipeline"].startswith("quant{bits=6")
+        and summary["bytes"] == (workdir / "r.sqc").stat().st_size
+    )
     assert [p["pass"] for p in summary["passes"]] == ["quant", "huffman"]
 
 
@@ -109,8 +123,16 @@ def test_not_a_model(cli, workdir):
 
 
 def test_state_dict_that_does_not_fit_arch(cli, workdir):
-    _bad(cli, "compress", "small.pt", "--arch", "sqc_test_models:Wider", "-o", "x.sqc",
-         fragment="does not fit --arch sqc_test_models:Wider: fc1.weight has shape (32, 16)")
+    _bad(
+        cli,
+        "compress",
+        "small.pt",
+        "--arch",
+        "sqc_test_models:Wider",
+        "-o",
+        "x.sqc",
+        fragment="does not fit --arch sqc_test_models:Wider: fc1.weight has shape (32, 16)",
+    )
 
 
 def test_untrusted_pickle(cli, workdir):
@@ -126,13 +148,32 @@ def test_unknown_pass(cli, workdir):
 
 
 def test_bad_option_value(cli, workdir):
-    line = _bad(cli, "compress", "small.pt", *ARCH, "-p", "prune{sparsity=1.5}", "-o", "x.sqc",
-                fragment="sparsity: 1.5 is outside")
+    line = _bad(
+        cli,
+        "compress",
+        "small.pt",
+        *ARCH,
+        "-p",
+        "prune{sparsity=1.5}",
+        "-o",
+        "x.sqc",
+        fragment="sparsity: 1.5 is outside",
+    )
     assert "column 7" in line
 
 
 def test_impossible_order(cli, workdir):
-    _bad(cli, "compress", "small.pt", *ARCH, "-p", "huffman,quant", "-o", "x.sqc", fragment="huffman needs codes")
+    _bad(
+        cli,
+        "compress",
+        "small.pt",
+        *ARCH,
+        "-p",
+        "huffman,quant",
+        "-o",
+        "x.sqc",
+        fragment="huffman needs codes",
+    )
     assert not (workdir / "x.sqc").exists()
 
 
@@ -168,18 +209,47 @@ def test_existing_output_is_kept(cli, workdir):
 
 def test_bad_input_shape_and_usage(cli, workdir):
     _bad(cli, "compress", "small.pt", *ARCH, "--input-shape", "1,x", "-o", "x.sqc", fragment="--input-shape")
-    _bad(cli, "compress", "small.pt", *ARCH, "--input-shape", "1,17", "-o", "x.sqc", fragment="does not fit node fc1")
+    _bad(
+        cli,
+        "compress",
+        "small.pt",
+        *ARCH,
+        "--input-shape",
+        "1,17",
+        "-o",
+        "x.sqc",
+        fragment="does not fit node fc1",
+    )
     _bad(cli, "compress", "small.pt", "--bogus", fragment="No such option")
-    _bad(cli, "compress", "small.pt", *ARCH, "-p", "prune", "--recipe", "r.toml", "-o", "x.sqc",
-         fragment="either --passes or --recipe")
+    _bad(
+        cli,
+        "compress",
+        "small.pt",
+        *ARCH,
+        "-p",
+        "prune",
+        "--recipe",
+        "r.toml",
+        "-o",
+        "x.sqc",
+        fragment="either --passes or --recipe",
+    )
 
 
 def test_trace_failure_is_one_line(cli, workdir):
     from sqc_test_models import DataDependent
 
     torch.save(DataDependent().state_dict(), workdir / "dd.pt")
-    _bad(cli, "compress", "dd.pt", "--arch", "sqc_test_models:DataDependent", "-o", "x.sqc",
-         fragment="cannot trace module DataDependent")
+    _bad(
+        cli,
+        "compress",
+        "dd.pt",
+        "--arch",
+        "sqc_test_models:DataDependent",
+        "-o",
+        "x.sqc",
+        fragment="cannot trace module DataDependent",
+    )
 
 
 def test_lower_to_the_pytorch_target(cli, workdir):
@@ -189,4 +259,13 @@ def test_lower_to_the_pytorch_target(cli, workdir):
     program = torch.export.load(str(workdir / "s.pt2"))
     x = torch.randn(1, 16)
     assert torch.equal(program.module()(x), sqc.load(workdir / "s.sqc")(x))
-    _bad(cli, "lower", "s.sqc", "--target", "fpga9000", "-o", "x", fragment="unknown target 'fpga9000' (known: pytorch")
+    _bad(
+        cli,
+        "lower",
+        "s.sqc",
+        "--target",
+        "fpga9000",
+        "-o",
+        "x",
+        fragment="unknown target 'fpga9000' (known: pytorch",
+    )

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from sqc.formats import bitpack, huffman, sparse_index
 
 from sqc.errors import SqcFormatError
+from sqc.formats import bitpack, huffman, sparse_index
 
 SETTINGS = settings(deadline=None, max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 

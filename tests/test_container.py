@@ -80,7 +80,11 @@ def _state(draw_values, shape, kind, mask, coder, bits):
         codebook, codes = kmeans_1d(draw_values.flatten(), 1 << bits)
         fmt = FixedPoint(8, (6,))
         state.dense = None
-        state.codebook, state.codes, state.fmt = fmt.dequantize(fmt.quantize(codebook)), codes.reshape(shape), fmt
+        state.codebook, state.codes, state.fmt = (
+            fmt.dequantize(fmt.quantize(codebook)),
+            codes.reshape(shape),
+            fmt,
+        )
     if mask is not None:
         state.set_mask(mask)
     state.coder = coder if state.codes is not None else "raw"
@@ -108,7 +112,12 @@ def test_tensor_codec_round_trip_property(rows, cols, kind, density, coder, bits
     assert torch.equal(restored.decode(), state.decode())
     assert restored.coder == state.coder
     assert parsed.total == len(payload) == info.total
-    assert (parsed.header, parsed.codebook, parsed.index, parsed.values) == (info.header, info.codebook, info.index, info.values)
+    assert (parsed.header, parsed.codebook, parsed.index, parsed.values) == (
+        info.header,
+        info.codebook,
+        info.index,
+        info.values,
+    )
 
 
 def test_tensor_payload_truncated_anywhere_is_a_format_error():
@@ -187,7 +196,7 @@ def test_sections_swapped_are_refused(sqc_bytes):
 def test_wrong_version_and_magic(sqc_bytes):
     newer = bytearray(sqc_bytes)
     newer[8:10] = (2).to_bytes(2, "little")
-    with pytest.raises(SqcFormatError, match="unsupported .sqc version 2.0"):
+    with pytest.raises(SqcFormatError, match=r"unsupported \.sqc version 2\.0"):
         container.read_layout(bytes(newer))
     with pytest.raises(SqcFormatError, match="bad magic"):
         container.read_layout(b"PK\x03\x04" + sqc_bytes[4:])
@@ -196,10 +205,16 @@ def test_wrong_version_and_magic(sqc_bytes):
 def test_graph_section_cannot_name_arbitrary_code(firenet):
     from sqc.formats.graph_codec import decode_graph
 
-    doc = {"schema": 1, "nodes": [["in", "x"], ["call", "evil", "os.system", [{"%": 0}], {}, None], ["out", {"%": 1}]]}
-    with pytest.raises(SqcFormatError, match="unknown op 'os.system'"):
+    doc = {
+        "schema": 1,
+        "nodes": [["in", "x"], ["call", "evil", "os.system", [{"%": 0}], {}, None], ["out", {"%": 1}]],
+    }
+    with pytest.raises(SqcFormatError, match=r"unknown op 'os\.system'"):
         decode_graph(doc, [], 0)
-    doc = {"schema": 1, "nodes": [["in", "x"], ["call", "r", "relu", [{"%": 5}], {}, None], ["out", {"%": 1}]]}
+    doc = {
+        "schema": 1,
+        "nodes": [["in", "x"], ["call", "r", "relu", [{"%": 5}], {}, None], ["out", {"%": 1}]],
+    }
     with pytest.raises(SqcFormatError, match="not defined before use"):
         decode_graph(doc, [], 0)
 

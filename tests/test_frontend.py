@@ -97,7 +97,7 @@ def test_unsupported_function_names_the_line():
 def test_nan_weights_are_refused(mlp):
     with torch.no_grad():
         mlp.fc2.weight[0, 0] = float("nan")
-    with pytest.raises(ModelLoadError, match="fc2.weight contains NaN or Inf"):
+    with pytest.raises(ModelLoadError, match=r"fc2\.weight contains NaN or Inf"):
         trace(mlp, [(1, 64)])
 
 
@@ -127,7 +127,9 @@ def test_state_dict_in_a_checkpoint_dict(tmp_path: Path, small_state: Path):
 
 
 def test_state_dict_that_does_not_fit(small_state: Path):
-    with pytest.raises(ModelLoadError, match=r"fc1.weight has shape \(32, 16\), the architecture expects \(64, 16\)"):
+    with pytest.raises(
+        ModelLoadError, match=r"fc1.weight has shape \(32, 16\), the architecture expects \(64, 16\)"
+    ):
         load_model(small_state, "sqc_test_models:Wider")
 
 
@@ -138,7 +140,11 @@ def test_state_dict_without_arch(small_state: Path):
 
 @pytest.mark.parametrize(
     ("arch", "fragment"),
-    [("nocolon", "expected pkg.module:factory"), ("no_such_mod:X", "cannot import"), ("sqc_test_models:Nope", "no attribute")],
+    [
+        ("nocolon", "expected pkg.module:factory"),
+        ("no_such_mod:X", "cannot import"),
+        ("sqc_test_models:Nope", "no attribute"),
+    ],
 )
 def test_bad_arch(small_state: Path, arch: str, fragment: str):
     with pytest.raises(ModelLoadError, match=fragment):
@@ -171,7 +177,7 @@ def test_export_program_needs_no_code(tmp_path: Path, firenet):
 def test_not_a_model_file(tmp_path: Path, content: bytes):
     path = tmp_path / "junk.pt"
     path.write_bytes(content)
-    with pytest.raises(ModelLoadError, match="junk.pt"):
+    with pytest.raises(ModelLoadError, match=r"junk\.pt"):
         load_model(path)
 
 

@@ -58,7 +58,9 @@ def test_prune_overrides_and_cumulative(mlp):
     assert densities["fc1"] == pytest.approx(0.5, abs=0.01)  # already past 30%: unchanged
     assert densities["fc2"] == pytest.approx(0.1, abs=0.01)
     record = ir.report[0]
-    assert record.stats["sparsity"] == pytest.approx(1 - (0.5 * 64 * 48 + 0.1 * 480) / (64 * 48 + 480), abs=0.01)
+    assert record.stats["sparsity"] == pytest.approx(
+        1 - (0.5 * 64 * 48 + 0.1 * 480) / (64 * 48 + 480), abs=0.01
+    )
     assert record.layers["fc1.weight"]["bytes_after"] < record.layers["fc1.weight"]["bytes_before"]
     assert not ir.report[1].changed
 
@@ -122,7 +124,9 @@ def test_kmeans_1d_matches_textbook_lloyd(data, bits):
     if distinct.numel() <= k:
         assert torch.equal(codebook.to(torch.float64)[codes], values.to(torch.float32).to(torch.float64))
         return
-    reference = brute_lloyd(values, torch.linspace(float(values.min()), float(values.max()), k, dtype=torch.float64), 200)
+    reference = brute_lloyd(
+        values, torch.linspace(float(values.min()), float(values.max()), k, dtype=torch.float64), 200
+    )
     ours = ((codebook.to(torch.float64)[codes] - values) ** 2).sum()
     theirs = ((values.unsqueeze(1) - reference.unsqueeze(0)).abs().min(1).values ** 2).sum()
     assert float(ours) <= float(theirs) * (1 + 1e-5) + 1e-9
@@ -195,7 +199,9 @@ def test_compressed_module_computes_with_the_records(mlp):
     ir = run(mlp, "prune{sparsity=0.5},quant{bits=8}")
     x = torch.randn(3, 64)
     expected = torch.nn.functional.linear(
-        torch.relu(torch.nn.functional.linear(x, ir.tensors["fc1.weight"].decode(), ir.tensors["fc1.bias"].decode())),
+        torch.relu(
+            torch.nn.functional.linear(x, ir.tensors["fc1.weight"].decode(), ir.tensors["fc1.bias"].decode())
+        ),
         ir.tensors["fc2.weight"].decode(),
         ir.tensors["fc2.bias"].decode(),
     )

@@ -21,7 +21,9 @@ def test_defaults_print_every_option():
 
 
 def test_canonical_text_round_trips():
-    first = Pipeline.parse("prune{sparsity=0.8, scope=global per_layer=fc1:0.92;fc3:0.5},share{bits=4},huffman")
+    first = Pipeline.parse(
+        "prune{sparsity=0.8, scope=global per_layer=fc1:0.92;fc3:0.5},share{bits=4},huffman"
+    )
     again = Pipeline.parse(str(first))
     assert again == first
     assert str(again) == str(first)
@@ -60,7 +62,7 @@ def test_tokenize_keeps_columns():
     ],
 )
 def test_syntax_errors_point_at_the_column(text, fragment):
-    with pytest.raises(PipelineError, match="column|empty") as info:
+    with pytest.raises(PipelineError, match=r"column|empty") as info:
         Pipeline.parse(text)
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
@@ -120,7 +122,10 @@ def test_impossible_orders_are_refused_before_running(text, fragment):
 
 def test_share_then_quant_is_allowed():
     assert [p.name for p in Pipeline.parse("prune,share,quant{bits=6},huffman").passes] == [
-        "prune", "share", "quant", "huffman"
+        "prune",
+        "share",
+        "quant",
+        "huffman",
     ]
 
 
