@@ -217,6 +217,6 @@ def format_value(value: Any) -> str:
 
 def check_range(option: str, value: float, low: float, high: float, *, low_open: bool = False) -> None:
     """Validate a numeric option in ``__post_init__`` with a message naming the option."""
-    if value < low or value > high or (low_open and value == low):
+    if not low <= value <= high or (low_open and value == low):  # written so that NaN fails too
         bracket = "(" if low_open else "["
         raise OptionError(option, f"{value} is outside {bracket}{low}, {high}]")

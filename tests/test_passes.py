@@ -229,3 +229,10 @@ def test_verifier_catches_a_bad_record(mlp):
         ir.verify()
     with pytest.raises(PipelineError):
         Pipeline.parse("huffman,prune")
+
+
+def test_options_built_in_python_are_validated_too():
+    from sqc.passes.prune import Prune
+
+    with pytest.raises(PipelineError, match="sparsity"):
+        Prune(sparsity=float("nan"))
