@@ -32,6 +32,7 @@ class Huffman(Pass):
         for state in selected(model, self.layers, self.name):
             if state.codes is None:
                 continue
+            ctx.note(f"huffman: {state.name} ({state.numel:,} weights)")
             before = encoded_bytes(state)
             state.coder = "huffman"
             after = encoded_bytes(state)

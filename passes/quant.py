@@ -46,6 +46,7 @@ class Quant(Pass):
             before = state.decode()
             size = encoded_bytes(state)
             bits = int(override(state, self.per_layer, self.bits))
+            ctx.note(f"quant: {state.name} ({state.numel:,} weights, {bits} bits)")
             if state.codebook is not None:
                 fmt = best_format(state.codebook, bits, per_channel=False)
                 state.codebook = fmt.dequantize(fmt.quantize(state.codebook))

@@ -7,6 +7,7 @@ that prints a table can print ``--json`` instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -134,7 +135,8 @@ def compress(
             for line in result.diagnostics:
                 err.print(f"  warning: {line}")
 
-    with err.status("compressing…", spinner="dots") if err.is_terminal and not as_json else _null():
+    status = err.status("compressing…", spinner="dots") if err.is_terminal and not as_json else None
+    with status if status is not None else contextlib.nullcontext():
         artifact = run(
             model,
             shapes,
@@ -142,7 +144,7 @@ def compress(
             arch=arch,
             trust_pickle=trust_pickle,
             verify=not no_verify,
-            progress=(lambda m: None),
+            progress=status.update if status is not None else None,
             on_pass=on_pass,
         )
         size = artifact.save(output, force=force)
@@ -163,14 +165,6 @@ def compress(
             f"{fp32 / size:.1f}x smaller than fp32 ({_human(fp32)})"
         )
         out.print(f"pipeline: {artifact.pipeline}")
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _summary(stats: dict[str, Any]) -> str:

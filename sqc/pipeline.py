@@ -193,6 +193,7 @@ class Pipeline:
             model.verify()
         for index, pass_ in enumerate(self.passes):
             started = time.perf_counter()
+            ctx.note(f"[{index + 1}/{len(self.passes)}] {pass_.name}…")
             try:
                 result = pass_.run(model, ctx)
                 if result.changed:
