@@ -52,6 +52,8 @@ from bitarray.util import int2ba
 
 from sqc.errors import SqcFormatError
 from sqc.formats import bitpack
+from sqc.formats.binio import Reader
+from sqc.formats.binio import varint as _varint
 
 __all__ = [
     "MAX_CODE_LENGTH",
@@ -414,31 +416,8 @@ def _write_codes(
     return words[:nwords].astype(">u4").tobytes()[: (nbits + 7) // 8]
 
 
-def _varint(value: int) -> bytes:
-    """Unsigned LEB128."""
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _read_varint(raw: memoryview, pos: int) -> tuple[int, int]:
     """Read a minimal unsigned LEB128 below 2^63 at ``pos``; return ``(value, next position)``."""
-    value = 0
-    for i in range(10):
-        if pos + i >= len(raw):
-            raise SqcFormatError("Huffman stream truncated inside a varint", offset=pos)
-        byte = raw[pos + i]
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            if i and byte == 0:
-                raise SqcFormatError("non-minimal varint in Huffman stream", offset=pos)
-            if value >= 1 << 63:
-                raise SqcFormatError("varint out of range in Huffman stream", offset=pos)
-            return value, pos + i + 1
-    raise SqcFormatError("varint longer than 10 bytes in Huffman stream", offset=pos)
+    reader = Reader(raw[pos:], pos, "Huffman stream")
+    value = reader.varint((1 << 63) - 1)
+    return value, pos + reader.pos
