@@ -8,6 +8,7 @@ every length and offset, and a CRC32 per section before anything is decoded.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import zlib
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 from torch import fx
 
@@ -33,7 +33,7 @@ KIND_GRAPH, KIND_TENSOR, KIND_REPORT = 1, 2, 3
 NO_TENSOR = 0xFFFFFFFF
 MAX_SECTIONS = 1 << 20
 
-__all__ = ["SqcFormat", "decode_tensor", "encode_tensor", "read", "read_layout", "save", "serialize"]
+__all__ = ["SqcFormat", "read", "read_layout", "save", "serialize", "write_atomic"]
 
 
 @dataclass
@@ -97,8 +97,6 @@ def serialize(model: CompressedModel) -> bytes:
 
 
 def _deflate_json(obj: Any) -> bytes:
-    import json
-
     return zlib.compress(json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8"), 9)
 
 
@@ -338,8 +336,3 @@ class SqcFormat:
     @staticmethod
     def load(path: Path) -> CompressedModel:
         return read(path)
-
-
-def decoded_weights(model: CompressedModel) -> dict[str, torch.Tensor]:
-    """Name -> decoded float tensor, as every target must reproduce."""
-    return {name: state.decode() for name, state in model.tensors.items()}

@@ -43,7 +43,7 @@ def unused_overrides(model: CompressedModel, table: LayerMap) -> list[str]:
 
 def encoded_bytes(state: TensorState) -> int:
     """Bytes the container writes for this tensor right now (the real encoder, not an estimate)."""
-    from sqc.formats.container import encode_tensor
+    from sqc.formats.tensor_codec import encode_tensor
 
     return len(encode_tensor(state)[1])
 
