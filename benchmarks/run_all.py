@@ -1,0 +1,90 @@
+"""Run every sqc benchmark in sequence (``make bench`` calls this).
+
+1. ``bench_huffman.py``: Huffman encode/decode throughput (symbols/s);
+2. ``bench_lenet.py``:   Deep Compression on LeNet-300-100 and LeNet-5 vs xz/zstd; writes results/lenet.json;
+3. ``bench_scale.py``:   prune,share,huffman on VGG-16 shapes (138M params), time and peak memory;
+                         writes results/scale.json.
+
+Each runs in its own process with this interpreter, one after the other (the machine has two cores;
+running them side by side would spoil every timing). Output streams through; a failing benchmark is
+reported and the rest still run; the exit code is non-zero if any failed.
+
+Run: ``python benchmarks/run_all.py [--quick] [--only lenet,scale] [--profile]``
+``--quick`` uses fewer repetitions (one run each, a smaller Huffman stream) for a smoke test;
+``--profile`` passes ``--profile`` to bench_scale (one more cProfile'd run, results/scale_profile.txt).
+The full run takes about 15-20 minutes on the 2-core reference machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ("huffman", "lenet", "scale")
+
+
+def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
+    py = sys.executable
+    return {
+        "huffman": [
+            py,
+            str(HERE / "bench_huffman.py"),
+            *(["--count", "1000000", "--runs", "3"] if quick else []),
+        ],
+        "lenet": [py, str(HERE / "bench_lenet.py"), "--runs", "1" if quick else "5"],
+        "scale": [
+            py,
+            str(HERE / "bench_scale.py"),
+            "--runs",
+            "1" if quick else "3",
+            *(["--profile"] if profile else []),
+        ],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one repetition each (smoke test)")
+    parser.add_argument(
+        "--only", default=",".join(BENCHMARKS), help="comma-separated subset of " + ",".join(BENCHMARKS)
+    )
+    parser.add_argument("--profile", action="store_true", help="also profile the VGG-16-scale run")
+    args = parser.parse_args()
+    chosen = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = sorted(set(chosen) - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    missing = [tool for tool in ("xz", "zstd") if shutil.which(tool) is None]
+    if missing and "lenet" in chosen:
+        print(
+            f"note: {', '.join(missing)} not on PATH; bench_lenet skips those baselines (apt-get install -y "
+            f"xz-utils zstd)"
+        )
+    cmds = commands(args.quick, args.profile)
+    failed: list[str] = []
+    timings: list[tuple[str, float, int]] = []
+    for name in chosen:
+        cmd = cmds[name]
+        print(
+            f"\n===== {name}: {' '.join(Path(c).name if c.endswith('.py') else c for c in cmd[1:])}",
+            flush=True,
+        )
+        started = time.perf_counter()
+        code = subprocess.call(cmd, cwd=HERE.parent)
+        elapsed = time.perf_counter() - started
+        timings.append((name, elapsed, code))
+        if code != 0:
+            failed.append(name)
+    print("\n===== summary")
+    for name, elapsed, code in timings:
+        print(f"  {name:<8} {'ok' if code == 0 else f'FAILED ({code})':<12} {elapsed:7.1f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
