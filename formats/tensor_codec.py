@@ -67,18 +67,30 @@ def _choose_stream(symbols: np.ndarray, alphabet: int, width: int, allow_huffman
     return (coded, True) if len(coded) < len(packed) else (packed, False)
 
 
-def _index_bits_for(mask_flat: np.ndarray, allow_huffman: bool) -> int:
-    """Width of relative-index entries: least packed size, or least Huffman-coded size."""
-    if not allow_huffman:
-        return int(sparse_index.best_index_bits(mask_flat, INDEX_BITS))
-    positions = np.flatnonzero(mask_flat)
+def _index_bits_for(positions: np.ndarray, allow_huffman: bool) -> int:
+    """Width of relative-index entries: least packed size, or least Huffman-coded size.
+
+    Works on the histogram of gap lengths, computed once: a gap ``g`` becomes ``g // M`` fillers and
+    one entry ``g % M``, so every candidate width costs O(longest gap), not O(weights).
+    """
     gaps = np.diff(positions, prepend=-1) - 1
+    if gaps.size == 0:
+        return 1
+    histogram = np.bincount(gaps).astype(np.int64)
+    lengths = np.arange(histogram.size)
     best_bits, best_cost = 1, math.inf
     for bits in INDEX_BITS:
         top = (1 << bits) - 1
-        counts = np.bincount(gaps % top, minlength=top + 1).astype(np.int64)
-        counts[top] += int((gaps // top).sum())
-        cost = huffman.encoded_size_from_counts(counts)
+        fillers = int((histogram * (lengths // top)).sum())
+        if allow_huffman:
+            padded = np.zeros(-(-histogram.size // top) * top, dtype=np.int64)
+            padded[: histogram.size] = histogram
+            counts = np.zeros(top + 1, dtype=np.int64)
+            counts[:top] = padded.reshape(-1, top).sum(axis=0)
+            counts[top] = fillers
+            cost = float(huffman.encoded_size_from_counts(counts))
+        else:
+            cost = (gaps.size + fillers) * bits / 8
         if cost < best_cost:
             best_bits, best_cost = bits, cost
     return best_bits
@@ -158,9 +170,9 @@ def _layout_dense(state: TensorState, codec: int, want: bool, info: Breakdown) -
 def _layout_sparse(state: TensorState, codec: int, want: bool, info: Breakdown) -> bytes:
     assert state.mask is not None
     mask_flat = state.mask.flatten().numpy()
-    bits = _index_bits_for(mask_flat, want and codec != RAW_F32)
-    entries = sparse_index.encode_gaps(mask_flat, bits)
     positions = np.flatnonzero(mask_flat)
+    bits = _index_bits_for(positions, want and codec != RAW_F32)
+    entries = sparse_index.encode_gaps(mask_flat, bits)
     index, index_coded = _choose_stream(entries, 1 << bits, bits, want)
     values, values_coded = _values_stream(state, codec, positions, want)
     flags = SPARSE | (VALUES_HUFFMAN if values_coded else 0) | (INDEX_HUFFMAN if index_coded else 0)
@@ -276,7 +288,7 @@ def decode_tensor(
     else:
         symbols = _read_symbols(values, count, alphabet, width, bool(flags & VALUES_HUFFMAN))
         codes = symbols if codec == CODEBOOK else symbols + state.fmt.qmin  # type: ignore[union-attr]
-        full = np.zeros(numel, dtype=np.int64)
+        full = np.zeros(numel, dtype=np.int32)
         full[positions if positions is not None else slice(None)] = codes
         state.codes = torch.from_numpy(full).reshape(shape)
     if positions is not None:

@@ -56,7 +56,7 @@ def change_stats(state: TensorState, before: torch.Tensor, bytes_before: int) ->
         "bits_per_weight": state.bits_per_weight(),
         "bytes_before": bytes_before,
         "bytes_after": encoded_bytes(state),
-        "max_abs_error": float((after - before).abs().max()) if after.numel() else 0.0,
+        "max_abs_error": float(torch.sub(after, before).abs_().max()) if after.numel() else 0.0,
     }
 
 

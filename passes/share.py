@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 
-from sqc.ir import CompressedModel, TensorState
+from sqc.ir import CODE_DTYPE, CompressedModel, TensorState
 from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, check_range
 from sqc.passes._common import change_stats, encoded_bytes, override, selected, totals, unused_overrides
 
@@ -55,7 +55,7 @@ class Share(Pass):
             bits = int(override(state, self.per_layer, self.bits))
             ctx.note(f"share: {state.name} ({state.numel:,} weights, {bits} bits)")
             codebook, codes = kmeans_1d(before.flatten()[_kept(state)], 1 << bits, self.init, self.iterations)
-            full = torch.zeros(state.numel, dtype=torch.int64)
+            full = torch.zeros(state.numel, dtype=CODE_DTYPE)
             full[_kept(state)] = codes
             mask = state.mask
             state.dense = None
@@ -84,7 +84,7 @@ def kmeans_1d(
     the midpoint between two centroids goes to the lower one. Empty clusters keep their centroid.
     """
     if values.numel() == 0:
-        return torch.zeros(1, dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
+        return torch.zeros(1, dtype=torch.float32), torch.zeros(0, dtype=CODE_DTYPE)
     ordered = torch.sort(values.to(torch.float64)).values
     low, high = float(ordered[0]), float(ordered[-1])
     distinct = torch.unique_consecutive(ordered)
@@ -113,4 +113,4 @@ def kmeans_1d(
     codebook, _ = torch.sort(torch.unique(codebook))
     midpoints = (codebook[1:].to(torch.float64) + codebook[:-1].to(torch.float64)) / 2
     codes = torch.searchsorted(midpoints, values.to(torch.float64), right=False)
-    return codebook, codes.to(torch.int64)
+    return codebook, codes.to(CODE_DTYPE)

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqc.errors import PipelineError, SqcError
 from sqc.ir import CompressedModel, PassRecord
-from sqc.pass_base import OptionError, Pass, PassContext, PassResult
+from sqc.pass_base import OptionError, Pass, PassContext, PassResult, Stat
 from sqc.registry import entries, load_pass
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
@@ -206,13 +206,19 @@ class Pipeline:
                     f"pass {pass_.name} failed: {exc} [reproduce with --passes '{prefix}']"
                 ) from None
             elapsed = time.perf_counter() - started
+            layers = {name: _rounded(stats) for name, stats in result.layers.items()}
             model.report.append(
-                PassRecord(pass_.spec(), result.changed, result.stats, result.layers, result.diagnostics)
+                PassRecord(pass_.spec(), result.changed, _rounded(result.stats), layers, result.diagnostics)
             )
             if on_pass is not None:
                 on_pass(index, pass_, result, elapsed)
         model.pipeline = ",".join(filter(None, [model.pipeline, str(self)]))
         return model
+
+
+def _rounded(stats: dict[str, Stat]) -> dict[str, Stat]:
+    """Statistics as stored in every file: floats to 6 significant digits (the rest is noise, and bytes)."""
+    return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in stats.items()}
 
 
 def check_order(passes: list[Pass]) -> None:
