@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from sqc.ir import CompressedModel, TensorState
 from sqc.pass_base import LayerMap, Pass, PassContext, PassResult, check_range
 from sqc.passes._common import (
-    change_stats,
     encoded_bytes,
     is_overridden,
+    layer_stats,
     override,
     selected,
     totals,
@@ -47,39 +48,54 @@ class Prune(Pass):
 
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
         states = selected(model, self.layers, self.name)
-        before = {s.name: s.decode() for s in states}
-        sizes = {s.name: encoded_bytes(s) for s in states}
-        overridden = [s for s in states if is_overridden(s, self.per_layer)]
-        if self.scope == "global":
-            pool = [s for s in states if s not in overridden]
-            self._prune_together(pool, before, self.sparsity)
-        else:
-            for state in states:
-                if state not in overridden:
-                    self._prune_together([state], before, self.sparsity)
-        for state in overridden:
-            self._prune_together([state], before, override(state, self.per_layer, self.sparsity))
-        model.sync([s.name for s in states])
-        layers = {s.name: change_stats(s, before[s.name], sizes[s.name]) for s in states}
+        thresholds = self._thresholds(states)
+        layers = {}
+        changed = False
+        for state in states:  # one layer at a time: at most one layer's temporaries are alive
+            size = encoded_bytes(state)
+            magnitude = state.decode().abs()
+            keep = magnitude > thresholds[state.name]
+            if state.mask is not None:
+                keep &= state.mask
+            dropped = magnitude.masked_fill_(keep, 0.0)  # the magnitudes this pass removes
+            error = float(dropped.max()) if dropped.numel() else 0.0
+            del magnitude, dropped
+            removes = not bool(keep.all()) if state.mask is None else not torch.equal(keep, state.mask)
+            if removes:
+                state.set_mask(keep)
+                model.sync([state.name])
+                changed = True
+            layers[state.name] = layer_stats(state, size, error)
         kept = sum(s.kept for s in states)
         total = sum(s.numel for s in states)
         stats = {"sparsity": round(1 - kept / total, 6) if total else 0.0, "kept": kept, **totals(layers)}
-        changed = any(not torch.equal(before[s.name], s.decode()) for s in states)
         return PassResult(changed, stats, layers, unused_overrides(model, self.per_layer))
 
-    @staticmethod
-    def _prune_together(states: list[TensorState], values: dict[str, torch.Tensor], sparsity: float) -> None:
-        """Prune ``states`` jointly to ``sparsity`` by one magnitude threshold."""
-        if not states:
-            return
-        magnitudes = [values[s.name].abs().flatten() for s in states]
-        everything = torch.cat(magnitudes) if len(magnitudes) > 1 else magnitudes[0]
-        drop = round(sparsity * everything.numel())
-        if drop == 0:
-            return
-        threshold = torch.kthvalue(everything, drop).values
-        for state, magnitude in zip(states, magnitudes, strict=True):
-            keep = (magnitude > threshold).reshape(state.shape)
-            if state.mask is not None:
-                keep &= state.mask
-            state.set_mask(keep)
+    def _thresholds(self, states: list[TensorState]) -> dict[str, float]:
+        """The magnitude at or below which each tensor's weights go: per layer, or one for a global pool.
+
+        Weights already pruned count as magnitude 0, so pruning is cumulative. Ties at the threshold
+        are pruned together.
+        """
+        groups: list[tuple[list[TensorState], float]] = []
+        pool = []
+        for state in states:
+            if is_overridden(state, self.per_layer):
+                groups.append(([state], override(state, self.per_layer, self.sparsity)))
+            elif self.scope == "global":
+                pool.append(state)
+            else:
+                groups.append(([state], self.sparsity))
+        if pool:
+            groups.append((pool, self.sparsity))
+        thresholds = {}
+        for group, sparsity in groups:
+            parts = [s.decode().abs().flatten() for s in group]
+            magnitudes = (torch.cat(parts) if len(parts) > 1 else parts[0]).numpy()
+            del parts
+            drop = round(sparsity * magnitudes.size)
+            # selection in place on our own copy: O(n) and no index tensor (kthvalue needs both)
+            threshold = float(np.partition(magnitudes, drop - 1)[drop - 1]) if drop else -1.0
+            del magnitudes
+            thresholds.update({s.name: threshold for s in group})
+        return thresholds

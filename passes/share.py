@@ -9,7 +9,7 @@ import torch
 
 from sqc.ir import CODE_DTYPE, CompressedModel, TensorState
 from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, check_range
-from sqc.passes._common import change_stats, encoded_bytes, override, selected, totals, unused_overrides
+from sqc.passes._common import encoded_bytes, layer_stats, override, selected, totals, unused_overrides
 
 
 @dataclass(frozen=True)
@@ -50,19 +50,23 @@ class Share(Pass):
         states = selected(model, self.layers, self.name)
         layers = {}
         for state in states:
-            before = state.decode()
             size = encoded_bytes(state)
             bits = int(override(state, self.per_layer, self.bits))
             ctx.note(f"share: {state.name} ({state.numel:,} weights, {bits} bits)")
-            codebook, codes = kmeans_1d(before.flatten()[_kept(state)], 1 << bits, self.init, self.iterations)
-            full = torch.zeros(state.numel, dtype=CODE_DTYPE)
-            full[_kept(state)] = codes
-            mask = state.mask
-            state.dense = None
+            kept = _kept(state)
+            values = state.decode().flatten()[kept]
+            state.dense = None  # from here on the record is rebuilt from ``values``
+            model.release(state.name)
+            codebook, codes = kmeans_1d(values, 1 << bits, self.init, self.iterations)
+            # pruned positions are zero before and after: the error lives on the kept weights
+            error = float((codebook[codes] - values).abs_().max()) if values.numel() else 0.0
+            full = torch.zeros(state.numel, dtype=CODE_DTYPE)  # pruned positions keep code 0
+            full[kept] = codes
+            del values, codes, kept
             state.codebook, state.codes, state.fmt = codebook, full.reshape(state.shape), None
-            state.set_mask(mask)
-            layers[state.name] = {**change_stats(state, before, size), "centroids": int(codebook.numel())}
-        model.sync([s.name for s in states])
+            del full
+            model.sync([state.name])
+            layers[state.name] = {**layer_stats(state, size, error), "centroids": int(codebook.numel())}
         return PassResult(
             True, {"bits": self.bits, **totals(layers)}, layers, unused_overrides(model, self.per_layer)
         )

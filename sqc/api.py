@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,12 +86,13 @@ def compress(
     """
     passes = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
     shapes = _shapes(example_inputs)
-    if isinstance(model, (str, Path)):
+    if isinstance(model, (str, Path)):  # loaded here: nobody else holds it, so the IR may take its weights
         loaded = load_model(Path(model), arch, trust_pickle=trust_pickle)
-        module, shapes = loaded.module, shapes or loaded.input_shapes
+        ir = trace(loaded.module, shapes or loaded.input_shapes, copy_weights=False)
+        del loaded
+        gc.collect()  # the traced module sits in reference cycles; free its weights before passes run
     else:
-        module = model
-    ir = trace(module, shapes)
+        ir = trace(model, shapes)
     ctx = PassContext(progress=progress)
     passes.run(ir, ctx, verify=verify, on_pass=on_pass)
     return Artifact(ir)

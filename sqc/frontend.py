@@ -377,7 +377,9 @@ def _aten_call(b: _Builder, node: fx.Node, table: dict[Any, Any]) -> Argument:
     return b.call(name, tuple(new_args), new_kwargs, node)
 
 
-def canonicalize(source: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
+def canonicalize(
+    source: fx.GraphModule, *, copy_weights: bool = True
+) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
     """Rewrite a traced or exported graph into the vocabulary of :mod:`sqc.ops`."""
     b = _Builder(source)
     modules = dict(source.named_modules())
@@ -415,9 +417,10 @@ def canonicalize(source: fx.GraphModule) -> tuple[fx.GraphModule, dict[str, torc
     for name, value in tensors.items():
         if not value.is_floating_point():
             raise TraceError(f"tensor {name} has dtype {value.dtype}; sqc stores floating-point tensors only")
-        _install(
-            root, name, value.detach().to(torch.float32).clone(), is_param=isinstance(value, nn.Parameter)
-        )
+        # a copy, unless the caller owns the model (loaded from a file): then sharing saves a whole model
+        owned = value.detach().to(torch.float32)
+        owned = owned.clone() if copy_weights else owned
+        _install(root, name, owned, is_param=isinstance(value, nn.Parameter))
     return fx.GraphModule(root, b.graph, class_name="SqcModel"), tensors
 
 
@@ -468,9 +471,11 @@ def example_inputs(specs: list[InputSpec], seed: int = 0) -> tuple[torch.Tensor,
     return tuple(torch.randn(spec.shape, generator=generator) for spec in specs)
 
 
-def build_ir(source: fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> CompressedModel:
+def build_ir(
+    source: fx.GraphModule, input_shapes: list[tuple[int, ...]], *, copy_weights: bool = True
+) -> CompressedModel:
     """Canonicalise ``source``, check its weights, propagate shapes and create one record per tensor."""
-    gm, _ = canonicalize(source)
+    gm, _ = canonicalize(source, copy_weights=copy_weights)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(input_shapes):
         raise ModelLoadError(
@@ -496,8 +501,14 @@ def build_ir(source: fx.GraphModule, input_shapes: list[tuple[int, ...]]) -> Com
     return CompressedModel(graph_module=gm, tensors=tensors, inputs=specs)
 
 
-def trace(model: nn.Module, input_shapes: list[tuple[int, ...]] | None = None) -> CompressedModel:
-    """Trace an ``nn.Module`` (or take an exported GraphModule as is) into the IR."""
+def trace(
+    model: nn.Module, input_shapes: list[tuple[int, ...]] | None = None, *, copy_weights: bool = True
+) -> CompressedModel:
+    """Trace an ``nn.Module`` (or take an exported GraphModule as is) into the IR.
+
+    The IR copies the weights, so that later changes to ``model`` cannot reach it; pass
+    ``copy_weights=False`` when the model is yours to give away (sqc never writes to it in place).
+    """
     try:
         model = model.eval()
     except NotImplementedError:  # an exported program's module is already in inference form
@@ -510,7 +521,7 @@ def trace(model: nn.Module, input_shapes: list[tuple[int, ...]] | None = None) -
         source, _tensor_args = symbolic_trace(model)
     if input_shapes is None:
         input_shapes = guess_input_shapes(model, source)
-    return build_ir(source, input_shapes)
+    return build_ir(source, input_shapes, copy_weights=copy_weights)
 
 
 def guess_input_shapes(model: nn.Module, source: fx.GraphModule) -> list[tuple[int, ...]]:

@@ -133,7 +133,7 @@ class TensorState:
         in place (passes never do; they build new tensors and store those).
         """
         if self.codebook is not None and self.codes is not None:
-            values = self.codebook[self.codes]
+            values = _gather(self.codebook, self.codes)
             if self.mask is not None:  # code 0 is a centroid: pruned positions need the mask
                 values = values.masked_fill_(~self.mask, 0.0)
         elif self.codes is not None and self.fmt is not None:
@@ -223,6 +223,20 @@ class TensorState:
         return 32.0
 
 
+_GATHER_CHUNK = 1 << 22
+
+
+def _gather(codebook: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``codebook[codes]`` in chunks: indexing converts the int32 codes to int64 first, which for a
+    100M-weight layer would be an 800 MB temporary; chunks keep it at 32 MB."""
+    flat = codes.reshape(-1)
+    out = torch.empty(flat.numel(), dtype=codebook.dtype)
+    for start in range(0, flat.numel(), _GATHER_CHUNK):
+        stop = start + _GATHER_CHUNK
+        out[start:stop] = codebook[flat[start:stop].long()]
+    return out.reshape(codes.shape)
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """A graph input as seen by the example the model was traced with."""
@@ -284,9 +298,17 @@ class CompressedModel:
         parameter share one storage, and snapshots a pass took before changing a record stay valid."""
         for name in names if names is not None else list(self.tensors):
             state = self.tensors[name]
+            self.release(name)  # let go of the old values before the new ones are built
             module = self.graph_module
             held = module.get_parameter(name) if state.role != "buffer" else module.get_buffer(name)
             held.data = state.decode()
+
+    def release(self, name: str) -> None:
+        """Drop the module's copy of a tensor while a pass rebuilds its record; the pass syncs it after."""
+        module = self.graph_module
+        state = self.tensors[name]
+        held = module.get_parameter(name) if state.role != "buffer" else module.get_buffer(name)
+        held.data = torch.empty(0)
 
     def verify(self) -> None:
         """Check every record and that the module holds exactly what the records decode to."""
