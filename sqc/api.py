@@ -12,11 +12,12 @@ import torch
 import torch.nn as nn
 from torch import fx
 
+from sqc.data import Dataset, Evaluator, FineTuner, check_labels, cross_entropy_finetuner, load_data, top1
 from sqc.errors import SqcError
 from sqc.frontend import trace
 from sqc.ir import CompressedModel, PassRecord
 from sqc.loading import load_model
-from sqc.pass_base import Pass, PassContext, PassResult
+from sqc.pass_base import Pass, PassContext, PassResult, TrainFn
 from sqc.pipeline import Pipeline
 
 DEFAULT_PIPELINE = "prune,quant,huffman"
@@ -78,11 +79,19 @@ def compress(
     verify: bool = True,
     progress: Callable[[str], None] | None = None,
     on_pass: Callable[[int, Pass, PassResult, float], None] | None = None,
+    data: str | Path | Dataset | None = None,
+    evaluate: Evaluator | None = None,
+    finetune: FineTuner | None = None,
+    tolerance: float = 0.0,
 ) -> Artifact:
     """Trace ``model`` (a module or a model file), run the pipeline, return the :class:`Artifact`.
 
     ``example_inputs`` are tensors or shapes (one per forward tensor argument); a ``.pt2`` file
     carries its own. ``pipeline`` is pipeline text or a :class:`Pipeline`.
+
+    Accuracy-aware passes use ``data`` (a data file or :class:`~sqc.data.Dataset`: top-1 accuracy and
+    cross-entropy training), or ``evaluate(model) -> float`` (higher is better) and
+    ``finetune(model, epochs)``, which take precedence; ``tolerance`` is the metric drop they may spend.
     """
     passes = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
     shapes = _shapes(example_inputs)
@@ -93,9 +102,33 @@ def compress(
         gc.collect()  # the traced module sits in reference cycles; free its weights before passes run
     else:
         ir = trace(model, shapes)
-    ctx = PassContext(progress=progress)
+    ctx = make_context(ir, data, evaluate, finetune, tolerance, progress)
     passes.run(ir, ctx, verify=verify, on_pass=on_pass)
     return Artifact(ir)
+
+
+def make_context(
+    ir: CompressedModel,
+    data: str | Path | Dataset | None,
+    evaluate: Evaluator | None,
+    finetune: FineTuner | None,
+    tolerance: float,
+    progress: Callable[[str], None] | None,
+) -> PassContext:
+    """The pass context: built-in evaluator/fine-tuner from ``data`` unless the user gave callables."""
+    dataset = load_data(Path(data)) if isinstance(data, (str, Path)) else data
+    if dataset is not None:
+        check_labels(dataset, ir.graph_module)
+    evaluator: Evaluator | None = evaluate or (top1(dataset) if dataset is not None else None)
+    trainer: TrainFn | None = None
+    if finetune is not None:
+        user = finetune
+        trainer = lambda module, epochs, lr: user(module, epochs)  # noqa: E731 - the user's loop has its own lr
+    elif dataset is not None and dataset.x_train is not None:
+        trainer = lambda module, epochs, lr: cross_entropy_finetuner(dataset, lr=lr)(module, epochs)  # noqa: E731
+    if tolerance < 0 or tolerance != tolerance:
+        raise SqcError(f"--tolerance {tolerance}: must be a non-negative number")
+    return PassContext(progress=progress, evaluate=evaluator, finetune=trainer, tolerance=tolerance)
 
 
 def read(path: str | Path) -> CompressedModel:

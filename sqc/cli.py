@@ -106,11 +106,25 @@ def compress(
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="skip the IR verifier between passes")
     ] = False,
+    data: Annotated[
+        Path | None, typer.Option("--data", help=".npz/.pt with x_val, y_val (and x_train, y_train)")
+    ] = None,
+    eval_fn: Annotated[
+        str | None, typer.Option("--eval", help="pkg.module:fn, fn(model) -> float, higher is better")
+    ] = None,
+    finetune_fn: Annotated[
+        str | None, typer.Option("--finetune", help="pkg.module:fn, fn(model, epochs) trains in place")
+    ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option("--tolerance", help="metric drop accuracy-aware passes may spend (0.001 = 0.1 pt)"),
+    ] = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Trace MODEL, run the pass pipeline, and write a .sqc file."""
     from sqc.api import DEFAULT_PIPELINE
     from sqc.api import compress as run
+    from sqc.data import resolve_callable
     from sqc.pipeline import Pipeline
 
     if passes is not None and recipe is not None:
@@ -146,6 +160,10 @@ def compress(
             verify=not no_verify,
             progress=status.update if status is not None else None,
             on_pass=on_pass,
+            data=data,
+            evaluate=resolve_callable(eval_fn, "--eval") if eval_fn else None,  # type: ignore[arg-type]
+            finetune=resolve_callable(finetune_fn, "--finetune") if finetune_fn else None,  # type: ignore[arg-type]
+            tolerance=tolerance,
         )
         size = artifact.save(output, force=force)
     fp32 = 4 * sum(s.numel for s in artifact.model.tensors.values())

@@ -48,8 +48,13 @@ class PassResult:
     diagnostics: list[str] = field(default_factory=list)
 
 
+TrainFn = Callable[[torch.nn.Module, int, float], None]
+"""``fn(module, epochs, lr)``: trains in place (a user's ``fn(model, epochs)`` ignores ``lr``)."""
+
+
 class PassContext:
-    """State that lives for one pipeline run: example inputs, cached analyses, progress reporting.
+    """State that lives for one pipeline run: example inputs, the evaluation and fine-tuning
+    callables, the accuracy budget, cached analyses, progress reporting.
 
     Analyses are computed on first request and dropped whenever a pass reports ``changed``, unless that
     pass lists the analysis in its ``preserves``.
@@ -60,11 +65,41 @@ class PassContext:
         example_inputs: tuple[torch.Tensor, ...] = (),
         progress: Callable[[str], None] | None = None,
         seed: int = 0,
+        *,
+        evaluate: Callable[[torch.nn.Module], float] | None = None,
+        finetune: TrainFn | None = None,
+        tolerance: float = 0.0,
     ) -> None:
         self.example_inputs = example_inputs
         self.seed = seed
+        self.tolerance = tolerance
+        self._evaluate = evaluate
+        self._finetune = finetune
         self._progress = progress
         self._analyses: dict[str, Any] = {}
+
+    @property
+    def can_evaluate(self) -> bool:
+        return self._evaluate is not None
+
+    @property
+    def can_finetune(self) -> bool:
+        return self._finetune is not None
+
+    def evaluate(self, model: CompressedModel) -> float:
+        """The metric (higher is better) of the model as the records say it is."""
+        if self._evaluate is None:
+            raise PipelineError("this pass needs an evaluation: give --data (or --eval pkg.module:fn)")
+        return float(self._evaluate(model.graph_module))
+
+    def finetune(self, model: CompressedModel, epochs: int, lr: float) -> None:
+        """Train the model in place while its masks and shared weights stay intact."""
+        from sqc.training import Constraints
+
+        if self._finetune is None:
+            raise PipelineError("this pass needs training: give --data with x_train/y_train (or --finetune)")
+        with Constraints(model):
+            self._finetune(model.graph_module, epochs, lr)
 
     def note(self, message: str) -> None:
         """Report progress of long work to the user (a no-op when nobody listens)."""
@@ -92,9 +127,15 @@ class Pass:
     """IR property -> why this pass cannot run once it holds."""
     establishes: ClassVar[frozenset[str]] = frozenset()
     preserves: ClassVar[frozenset[str]] = frozenset()
+    needs: ClassVar[frozenset[str]] = frozenset()
+    """What the run must provide: ``evaluate`` (--data or --eval) and/or ``finetune``; checked up front."""
 
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
         raise NotImplementedError
+
+    def context_needs(self) -> frozenset[str]:
+        """What this configured pass needs from the run (options may add to the class's ``needs``)."""
+        return self.needs
 
     @classmethod
     def options(cls) -> list[dataclasses.Field[Any]]:

@@ -189,6 +189,13 @@ class Pipeline:
         A failing pass stops the pipeline; its error names the pass and gives the reproducer (the
         canonical pipeline text up to and including the failing pass).
         """
+        for index, pass_ in enumerate(self.passes, 1):
+            needs = pass_.context_needs()
+            if "evaluate" in needs and not ctx.can_evaluate:
+                raise PipelineError(f"pass #{index} {pass_.name} needs an evaluation: give --data or --eval")
+            if "finetune" in needs and not ctx.can_finetune:
+                hint = "give --data with x_train/y_train, or --finetune"
+                raise PipelineError(f"pass #{index} {pass_.name} needs training: {hint}")
         if verify:
             model.verify()
         for index, pass_ in enumerate(self.passes):

@@ -22,6 +22,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "share": "sqc.passes.share:Share",
     "quant": "sqc.passes.quant:Quant",
     "huffman": "sqc.passes.huffman:Huffman",
+    "finetune": "sqc.passes.finetune:Finetune",
 }
 
 BUILTIN_TARGETS: dict[str, str] = {

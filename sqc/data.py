@@ -1,0 +1,174 @@
+"""Data and evaluation contracts: a validation set (and optionally a training set) from a file, the
+built-in top-1 evaluator and cross-entropy fine-tuner, and user-supplied callables.
+
+A data file is a ``.npz`` (read with ``allow_pickle=False``) or a ``.pt`` (read with
+``weights_only=True``) holding ``x_val``/``y_val`` and optionally ``x_train``/``y_train``; loading it
+never executes code from it. A user's evaluation is ``fn(model) -> float`` (higher is better, in the
+metric's own units); a user's fine-tuner is ``fn(model, epochs)`` and trains in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sqc.errors import SqcError
+
+Evaluator = Callable[[nn.Module], float]
+FineTuner = Callable[[nn.Module, int], None]
+
+
+class DataError(SqcError):
+    """A data file is missing, unreadable, or does not hold what the contract says."""
+
+
+@dataclass
+class Dataset:
+    """Tensors of a data file: float inputs and int64 class labels."""
+
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_train: torch.Tensor | None = None
+    y_train: torch.Tensor | None = None
+
+    @property
+    def classes(self) -> int:
+        labels = [self.y_val] + ([self.y_train] if self.y_train is not None else [])
+        return int(max(int(y.max()) for y in labels)) + 1 if self.y_val.numel() else 0
+
+
+def load_data(path: Path) -> Dataset:
+    """Read and validate a data file; every problem is a :class:`DataError` naming the file and key."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such data file")
+    arrays: dict[str, torch.Tensor] = {}
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                for key in archive.files:
+                    arrays[key] = torch.from_numpy(np.ascontiguousarray(archive[key]))
+        else:
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+            if not isinstance(loaded, dict):
+                raise DataError(f"{path}: holds a {type(loaded).__name__}, expected a dict of tensors")
+            for key, value in loaded.items():
+                if not isinstance(value, torch.Tensor):
+                    raise DataError(f"{path}: {key} is a {type(value).__name__}, expected a tensor")
+                arrays[str(key)] = value
+    except DataError:
+        raise
+    except ValueError as exc:  # numpy refuses object arrays (pickles) with allow_pickle=False
+        raise DataError(f"{path}: not a plain array file ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: cannot read data ({first})") from None
+    return _validate(path, arrays)
+
+
+def _validate(path: Path, arrays: dict[str, torch.Tensor]) -> Dataset:
+    for key in ("x_val", "y_val"):
+        if key not in arrays:
+            raise DataError(f"{path}: missing {key} (found: {', '.join(sorted(arrays)) or 'nothing'})")
+    pairs = [("x_val", "y_val")]
+    if "x_train" in arrays or "y_train" in arrays:
+        if "x_train" not in arrays or "y_train" not in arrays:
+            raise DataError(f"{path}: x_train and y_train must be given together")
+        pairs.append(("x_train", "y_train"))
+    out: dict[str, torch.Tensor] = {}
+    for xk, yk in pairs:
+        x, y = arrays[xk], arrays[yk]
+        if not (x.is_floating_point() or x.dtype == torch.uint8):
+            raise DataError(f"{path}: {xk} has dtype {x.dtype}, expected floating point")
+        if x.dim() < 2 or x.shape[0] == 0:
+            shape = tuple(x.shape)
+            raise DataError(f"{path}: {xk} has shape {shape}, expected (samples, ...) with samples > 0")
+        if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+            got = f"{y.dtype} {tuple(y.shape)}"
+            raise DataError(f"{path}: {yk} must be a 1-D integer label vector, got {got}")
+        if y.shape[0] != x.shape[0]:
+            raise DataError(f"{path}: {xk} has {x.shape[0]} samples but {yk} has {y.shape[0]}")
+        if int(y.min()) < 0:
+            raise DataError(f"{path}: {yk} holds a negative label ({int(y.min())})")
+        xf = x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
+        if not bool(torch.isfinite(xf).all()):
+            raise DataError(f"{path}: {xk} contains NaN or Inf")
+        out[xk], out[yk] = xf, y.to(torch.int64)
+    return Dataset(out["x_val"], out["y_val"], out.get("x_train"), out.get("y_train"))
+
+
+def check_labels(data: Dataset, model: nn.Module) -> None:
+    """Labels must index the model's outputs: a label >= the number of classes is an error."""
+    with torch.no_grad():
+        width = model(data.x_val[:1]).shape[-1]
+    if data.classes > width:
+        raise DataError(f"labels go up to {data.classes - 1} but the model has {width} outputs")
+
+
+def top1(data: Dataset, samples: int | None = None, batch_size: int = 1000) -> Evaluator:
+    """The built-in evaluator: top-1 accuracy in [0, 1] on the validation set (or its first ``samples``)."""
+    x, y = data.x_val, data.y_val
+    if samples is not None:
+        x, y = x[:samples], y[:samples]
+
+    def evaluate(model: nn.Module) -> float:
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                logits = model(x[start : start + batch_size])
+                correct += int((logits.argmax(-1) == y[start : start + batch_size]).sum())
+        return correct / x.shape[0]
+
+    return evaluate
+
+
+def cross_entropy_finetuner(
+    data: Dataset,
+    lr: float = 0.01,
+    batch_size: int = 64,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+) -> FineTuner:
+    """The built-in fine-tuner: SGD with momentum on cross-entropy over the training set (or, when the
+    file has none, the validation set — say so, because that overfits the metric)."""
+    x = data.x_train if data.x_train is not None else data.x_val
+    y = data.y_train if data.y_train is not None else data.y_val
+
+    def finetune(model: nn.Module, epochs: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        params = [p for p in model.parameters() if p.requires_grad and p.numel()]
+        optimiser = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        steps = max(1, epochs * ((x.shape[0] + batch_size - 1) // batch_size))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(x.shape[0], generator=generator)
+            for start in range(0, x.shape[0], batch_size):
+                index = order[start : start + batch_size]
+                optimiser.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x[index]), y[index])
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+        model.eval()
+
+    return finetune
+
+
+def resolve_callable(spec: str, what: str) -> Callable[..., object]:
+    """``pkg.module:fn`` for ``--eval``/``--finetune`` (the current directory is importable)."""
+    from sqc.errors import ModelLoadError
+    from sqc.loading import resolve_factory
+
+    try:
+        return resolve_factory(spec)
+    except ModelLoadError as exc:
+        raise SqcError(str(exc).replace("--arch", what)) from None

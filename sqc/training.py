@@ -1,0 +1,162 @@
+"""Training a compressed model without undoing its compression.
+
+:class:`Constraints` wraps any training loop — sqc's built-in fine-tuner or a user's ``--finetune``
+function — around the IR's GraphModule:
+
+* gradients of pruned weights are zeroed, and for k-means-shared layers each weight's gradient is
+  replaced by the sum of the gradients of its cluster (Deep Compression's trained quantization: the
+  centroid gradient is that sum), so every optimiser moves a cluster as one;
+* after every optimiser step (a hook on all optimisers), masks are re-applied and shared weights are
+  snapped to their cluster's mean, so no optimiser quirk (weight decay, Adam's epsilon) can drift them;
+* on exit, the trained values go back into the records: dense weights as they are (masked), the new
+  centroids into the codebook (re-rounded to its fixed-point format when it has one), fixed-point
+  weights re-quantized in their format; codes, masks and formats never change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from sqc.ir import CompressedModel, TensorState
+
+
+@dataclass
+class _Tied:
+    """One constrained parameter: its record, and the flat kept codes for cluster arithmetic."""
+
+    state: TensorState
+    param: torch.nn.Parameter
+    keep: torch.Tensor | None  # bool mask, flat
+    codes: torch.Tensor | None  # int64 codes of kept weights (shared layers)
+    clusters: int
+
+
+def _cluster_sum(values: torch.Tensor, codes: torch.Tensor, clusters: int) -> torch.Tensor:
+    return torch.zeros(clusters, dtype=values.dtype).index_add_(0, codes, values)
+
+
+class Constraints:
+    """Context manager keeping masks and weight sharing intact while ``model.graph_module`` trains."""
+
+    def __init__(self, model: CompressedModel) -> None:
+        self.model = model
+        self.tied: list[_Tied] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> Constraints:
+        gm = self.model.graph_module
+        params = dict(gm.named_parameters())
+        buffers = dict(gm.named_buffers())
+        for name, state in self.model.tensors.items():
+            # train copies (BatchNorm statistics included): the records change only on a clean exit
+            (params[name] if name in params else buffers[name]).data = state.decode().clone()
+            if name not in params:
+                continue
+            param = params[name]
+            param.requires_grad_(True)
+            keep = state.mask.flatten() if state.mask is not None else None
+            codes = None
+            clusters = 0
+            if state.codebook is not None and state.codes is not None:
+                flat = state.codes.flatten().long()
+                codes = flat[keep] if keep is not None else flat
+                clusters = state.codebook.numel()
+            if keep is None and codes is None:
+                continue
+            tied = _Tied(state, param, keep, codes, clusters)
+            self.tied.append(tied)
+            self._handles.append(param.register_hook(lambda grad, t=tied: self._project_grad(t, grad)))
+        owned = {id(t.param) for t in self.tied}
+        self._handles.append(
+            register_optimizer_step_post_hook(
+                lambda optimiser, args, kwargs: self._after_step(optimiser, owned)
+            )
+        )
+        return self
+
+    def _project_grad(self, tied: _Tied, grad: torch.Tensor) -> torch.Tensor:
+        flat = grad.flatten().clone()
+        if tied.codes is not None:
+            kept = flat[tied.keep] if tied.keep is not None else flat
+            summed = _cluster_sum(kept, tied.codes, tied.clusters)[tied.codes]
+            if tied.keep is not None:
+                flat.zero_()
+                flat[tied.keep] = summed
+            else:
+                flat = summed
+        elif tied.keep is not None:
+            flat.masked_fill_(~tied.keep, 0.0)
+        return flat.reshape(grad.shape)
+
+    def _after_step(self, optimiser: torch.optim.Optimizer, owned: set[int]) -> None:
+        touched = {id(p) for group in optimiser.param_groups for p in group["params"]}
+        if touched & owned:
+            self.enforce()
+
+    def centroids(self, tied: _Tied) -> torch.Tensor:
+        """Each cluster's mean of the current weights (an empty cluster keeps its centroid)."""
+        assert tied.codes is not None and tied.state.codebook is not None
+        flat = tied.param.detach().flatten()
+        kept = flat[tied.keep] if tied.keep is not None else flat
+        sums = _cluster_sum(kept.double(), tied.codes, tied.clusters)
+        counts = torch.bincount(tied.codes, minlength=tied.clusters).double()
+        book = tied.state.codebook.double()
+        return torch.where(counts > 0, sums / counts.clamp(min=1), book).float()
+
+    def enforce(self) -> None:
+        """Snap every constrained parameter back onto its mask and codebook."""
+        with torch.no_grad():
+            for tied in self.tied:
+                flat = tied.param.data.view(-1)
+                if tied.codes is not None:
+                    book = self.centroids(tied)
+                    if tied.keep is not None:
+                        flat.zero_()
+                        flat[tied.keep] = book[tied.codes]
+                    else:
+                        flat.copy_(book[tied.codes])
+                elif tied.keep is not None:
+                    flat.masked_fill_(~tied.keep, 0.0)
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if exc[0] is not None:  # a failed training run leaves the records as they were
+            self.model.sync()
+            return
+        self.enforce()
+        self.write_back()
+
+    def write_back(self) -> None:
+        """Trained module values -> records (codes, masks and formats unchanged)."""
+        gm = self.model.graph_module
+        params = dict(gm.named_parameters())
+        buffers = dict(gm.named_buffers())
+        tied = {t.state.name: t for t in self.tied}
+        for name, state in self.model.tensors.items():
+            value = (params.get(name) if name in params else buffers.get(name)).detach()
+            if name in tied and tied[name].codes is not None:
+                book = self.centroids(tied[name])
+                if state.fmt is not None:
+                    book = state.fmt.dequantize(state.fmt.quantize(book))
+                state.codebook = book
+            elif state.codes is not None and state.fmt is not None:
+                state.codes = state.fmt.quantize(value)
+                if state.mask is not None:
+                    state.set_mask(state.mask)
+            else:
+                state.set_dense(value.clone())
+        self.model.sync()
+
+
+@contextmanager
+def training(model: CompressedModel) -> Iterator[torch.nn.Module]:
+    """``with training(ir) as module: user_loop(module)`` — compression survives the loop."""
+    with Constraints(model):
+        yield model.graph_module
