@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -29,6 +29,10 @@ class Prune(Pass):
     ``per_layer=fc1:0.92;fc3:0.74``); ``scope=global`` ranks all selected weights together, so layers
     with many small weights lose more. Pruning is cumulative: weights already pruned count towards
     the target and stay pruned. Ties at the threshold are pruned together.
+
+    ``schedule=agp`` prunes in ``steps`` stages along the automated gradual pruning curve
+    ``s_t = s (1 - (1 - t/steps)^3)`` (Zhu & Gupta 2017), fine-tuning ``epochs`` at ``lr`` after each
+    stage with masks held (needs ``--data`` with training data, or ``--finetune``).
     """
 
     name = "prune"
@@ -40,13 +44,47 @@ class Prune(Pass):
     scope: Literal["layer", "global"] = "layer"
     per_layer: LayerMap = ()
     layers: str = "*"
+    schedule: Literal["oneshot", "agp"] = "oneshot"
+    steps: int = 4
+    epochs: int = 1
+    lr: float = 0.01
 
     def __post_init__(self) -> None:
         check_range("sparsity", self.sparsity, 0.0, 0.9999)
         for layer, value in self.per_layer:
             check_range(f"per_layer[{layer}]", value, 0.0, 0.9999)
+        check_range("steps", self.steps, 1, 1000)
+        check_range("epochs", self.epochs, 0, 10_000)
+        check_range("lr", self.lr, 0.0, 10.0, low_open=True)
+
+    def context_needs(self) -> frozenset[str]:
+        return frozenset({"finetune"}) if self.schedule == "agp" and self.epochs else frozenset()
 
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
+        if self.schedule == "oneshot":
+            return self._prune(model)
+        first = {s.name: s.density for s in selected(model, self.layers, self.name)}
+        result = PassResult(False)
+        for step in range(1, self.steps + 1):
+            scale = 1 - (1 - step / self.steps) ** 3
+            stage = replace(
+                self,
+                schedule="oneshot",
+                sparsity=self.sparsity * scale,
+                per_layer=tuple((glob, value * scale) for glob, value in self.per_layer),
+            )
+            ctx.note(f"prune: agp stage {step}/{self.steps}, sparsity {stage.sparsity:.3f}")
+            staged = stage._prune(model)
+            if self.epochs:
+                ctx.finetune(model, self.epochs, self.lr)
+            result = PassResult(
+                result.changed or staged.changed, staged.stats, staged.layers, staged.diagnostics
+            )
+        result.stats["stages"] = self.steps
+        result.stats["density_before"] = round(sum(first.values()) / max(1, len(first)), 6)
+        return result
+
+    def _prune(self, model: CompressedModel) -> PassResult:
         states = selected(model, self.layers, self.name)
         thresholds = self._thresholds(states)
         layers = {}

@@ -90,7 +90,16 @@ def test_passes_lists_builtins_with_options(cli):
     listing = json.loads(cli("passes", "--json").out)
     by_name = {p["name"]: p for p in listing}
     assert {"prune", "share", "quant", "huffman"} <= set(by_name)
-    assert {o["name"] for o in by_name["prune"]["options"]} == {"sparsity", "scope", "per_layer", "layers"}
+    assert {o["name"] for o in by_name["prune"]["options"]} == {
+        "sparsity",
+        "scope",
+        "per_layer",
+        "layers",
+        "schedule",
+        "steps",
+        "epochs",
+        "lr",
+    }
     assert by_name["huffman"]["requires"] == ["codes"]
     assert "sparsity=0.9" in cli("passes").out
 

@@ -15,7 +15,7 @@ from sqc.pipeline import Pipeline, tokenize
 def test_defaults_print_every_option():
     text = str(Pipeline.parse("prune,quant,huffman"))
     assert text == (
-        'prune{sparsity=0.9 scope=layer per_layer="" layers=*},'
+        'prune{sparsity=0.9 scope=layer per_layer="" layers=* schedule=oneshot steps=4 epochs=1 lr=0.01},'
         'quant{bits=8 granularity=tensor per_layer="" layers=*},huffman{layers=*}'
     )
 
@@ -81,7 +81,7 @@ def test_unknown_option_lists_the_valid_ones():
     with pytest.raises(PipelineError) as info:
         Pipeline.parse("prune{sparsty=0.5}")
     assert "column 7" in str(info.value)
-    assert "sparsity, scope, per_layer, layers" in str(info.value)
+    assert "sparsity, scope, per_layer, layers, schedule" in str(info.value)
 
 
 @pytest.mark.parametrize(
