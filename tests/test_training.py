@@ -1,0 +1,303 @@
+"""Data contracts, training under constraints, the finetune pass and the agp schedule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import sqc
+from sqc.data import DataError, Dataset, load_data, top1
+from sqc.frontend import trace
+from sqc.pipeline import Pipeline
+from sqc.training import Constraints
+
+
+def blobs(n: int = 256, seed: int = 0) -> Dataset:
+    """Four separable Gaussian blobs in 64 dimensions: a task an MLP learns in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(4, 64, generator=g) * 3
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = centres[y] + torch.randn(n, 64, generator=g)
+    return Dataset(x[: n // 2], y[: n // 2], x[n // 2 :], y[n // 2 :])
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 32)
+        self.fc2 = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+@pytest.fixture
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return Net().eval()
+
+
+def test_finetune_keeps_masks_and_codebooks_exactly(net):
+    data = blobs()
+    artifact = sqc.compress(
+        net, [(1, 64)], "prune{sparsity=0.8},share{bits=3},finetune{epochs=3 lr=0.05}", data=data
+    )
+    model = artifact.model
+    shared = sqc.compress(net, [(1, 64)], "prune{sparsity=0.8},share{bits=3}")
+    for state in model.weights():
+        reference = shared.model.tensors[state.name]
+        assert torch.equal(state.mask, reference.mask)  # the same weights are pruned
+        assert torch.equal(state.codes, reference.codes)  # the same cluster assignments
+        assert not torch.equal(state.codebook, reference.codebook)  # the centroids were trained
+        values = state.decode()
+        assert bool((values[~state.mask] == 0).all())
+        assert len(torch.unique(values[state.mask])) <= 8
+    model.verify()
+    stats = model.report[-1].stats
+    assert stats["metric_after"] >= stats["metric_before"]
+
+
+def test_constraints_hold_against_a_users_own_loop(net):
+    ir = trace(net, [(1, 64)])
+    Pipeline.parse("prune{sparsity=0.7},share{bits=2}").run(ir, sqc.pass_base.PassContext())
+    before = {s.name: (s.mask.clone(), s.codes.clone()) for s in ir.weights()}
+    data = blobs()
+    with Constraints(ir):
+        module = ir.graph_module
+        optimiser = torch.optim.Adam(module.parameters(), lr=0.05, weight_decay=0.1)
+        for _ in range(5):
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(module(data.x_train), data.y_train).backward()
+            optimiser.step()
+            for name, (mask, _codes) in before.items():  # after every step, not only at the end
+                weight = module.get_parameter(name).detach()
+                assert bool((weight[~mask] == 0).all())
+                assert len(torch.unique(weight[mask])) <= 4
+    for state in ir.weights():
+        mask, codes = before[state.name]
+        assert torch.equal(state.mask, mask) and torch.equal(state.codes, codes)
+    ir.verify()
+
+
+def test_quantized_weights_are_requantized_after_training(net):
+    data = blobs()
+    artifact = sqc.compress(net, [(1, 64)], "quant{bits=6},finetune{epochs=1}", data=data)
+    for state in artifact.model.weights():
+        assert state.kind == "fixed" and state.fmt.bits == 6
+    artifact.model.verify()
+
+
+def test_dsd_lifts_the_masks(net):
+    artifact = sqc.compress(
+        net, [(1, 64)], "prune{sparsity=0.5},finetune{epochs=1 schedule=dsd}", data=blobs()
+    )
+    assert all(state.mask is None for state in artifact.model.weights())
+    with pytest.raises(sqc.SqcError, match="schedule=dsd retrains dense float weights"):
+        sqc.compress(net, [(1, 64)], "quant,finetune{schedule=dsd}", data=blobs())
+
+
+def test_agp_reaches_the_target_in_stages(net):
+    artifact = sqc.compress(net, [(1, 64)], "prune{sparsity=0.9 schedule=agp steps=3 epochs=1}", data=blobs())
+    for state in artifact.model.weights():
+        assert state.density == pytest.approx(0.1, abs=0.02)
+    assert artifact.report[0].stats["stages"] == 3
+
+
+def test_training_passes_need_data_before_anything_runs(net):
+    with pytest.raises(sqc.SqcError, match="needs training"):
+        sqc.compress(net, [(1, 64)], "prune,finetune")
+    with pytest.raises(sqc.SqcError, match="needs training"):
+        sqc.compress(net, [(1, 64)], "prune{schedule=agp}")
+    only_val = blobs()
+    only_val.x_train = only_val.y_train = None
+    with pytest.raises(sqc.SqcError, match="needs training"):
+        sqc.compress(net, [(1, 64)], "finetune", data=only_val)
+
+
+def test_user_callables_are_called_as_documented(net):
+    calls = []
+
+    def evaluate(model: nn.Module) -> float:
+        calls.append("eval")
+        return 0.5
+
+    def finetune(model: nn.Module, epochs: int) -> None:
+        calls.append(("finetune", epochs))
+        optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+        optimiser.zero_grad()
+        model(torch.randn(8, 64)).sum().backward()
+        optimiser.step()
+
+    artifact = sqc.compress(
+        net, [(1, 64)], "prune{sparsity=0.6},finetune{epochs=4}", evaluate=evaluate, finetune=finetune
+    )
+    assert calls == ["eval", ("finetune", 4), "eval"]
+    for state in artifact.model.weights():
+        assert bool((state.decode()[~state.mask] == 0).all())
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def test_data_file_round_trip(tmp_path: Path):
+    data = blobs()
+    path = write_npz(
+        tmp_path / "d.npz",
+        x_val=data.x_val.numpy(),
+        y_val=data.y_val.numpy(),
+        x_train=data.x_train.numpy(),
+        y_train=data.y_train.numpy(),
+    )
+    loaded = load_data(path)
+    assert torch.equal(loaded.x_val, data.x_val) and torch.equal(loaded.y_train, data.y_train)
+    pt = tmp_path / "d.pt"
+    torch.save({"x_val": data.x_val, "y_val": data.y_val}, pt)
+    assert load_data(pt).x_train is None
+
+
+def test_uint8_images_are_scaled(tmp_path: Path):
+    path = write_npz(
+        tmp_path / "u.npz", x_val=np.full((3, 1, 2, 2), 255, np.uint8), y_val=np.zeros(3, np.int64)
+    )
+    assert float(load_data(path).x_val.max()) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("arrays", "fragment"),
+    [
+        ({"x_val": np.zeros((4, 3), np.float32)}, "missing y_val"),
+        (
+            {"x_val": np.zeros((4, 3), np.float32), "y_val": np.zeros(5, np.int64)},
+            "4 samples but y_val has 5",
+        ),
+        ({"x_val": np.zeros((4, 3), np.float32), "y_val": np.zeros((4, 2), np.int64)}, "1-D integer label"),
+        ({"x_val": np.zeros((4, 3), np.float32), "y_val": -np.ones(4, np.int64)}, "negative label"),
+        ({"x_val": np.zeros(4, np.float32), "y_val": np.zeros(4, np.int64)}, "expected (samples, ...)"),
+        (
+            {
+                "x_val": np.zeros((4, 3), np.float32),
+                "y_val": np.zeros(4, np.int64),
+                "x_train": np.zeros((2, 3)),
+            },
+            "x_train and y_train must be given together",
+        ),
+        ({"x_val": np.full((2, 3), np.nan, np.float32), "y_val": np.zeros(2, np.int64)}, "NaN or Inf"),
+    ],
+)
+def test_bad_data_files(tmp_path: Path, arrays, fragment):
+    path = write_npz(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError) as info:
+        load_data(path)
+    assert fragment in str(info.value) and "bad.npz" in str(info.value)
+
+
+def test_pickled_data_is_refused(tmp_path: Path):
+    path = tmp_path / "obj.npz"
+    np.savez(path, x_val=np.array([{"a": 1}], dtype=object), y_val=np.zeros(1, np.int64))
+    with pytest.raises(DataError, match="not a plain array file"):
+        load_data(path)
+
+
+def test_labels_beyond_the_model_outputs(tmp_path: Path, net):
+    path = write_npz(tmp_path / "d.npz", x_val=np.zeros((2, 64), np.float32), y_val=np.array([0, 9]))
+    with pytest.raises(DataError, match="labels go up to 9 but the model has 4 outputs"):
+        sqc.compress(net, [(1, 64)], "prune,finetune", data=path)
+
+
+def test_top1_is_a_fraction(net):
+    data = blobs()
+    assert 0.0 <= top1(data)(net) <= 1.0
+
+
+def test_cli_with_data_eval_and_finetune_plugins(cli, tmp_path: Path, monkeypatch, net):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "hooks_mod.py").write_text(
+        "import json, torch\n"
+        "def evaluate(model):\n"
+        "    open('calls.log', 'a').write('eval\\n'); return 0.25\n"
+        "def finetune(model, epochs):\n"
+        "    open('calls.log', 'a').write(f'finetune {epochs}\\n')\n"
+    )
+    (tmp_path / "net_mod.py").write_text(
+        "import torch.nn as nn, torch\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.fc1 = nn.Linear(64, 32); self.fc2 = nn.Linear(32, 4)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc2(torch.relu(self.fc1(x)))\n"
+    )
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    result = cli(
+        "compress",
+        "net.pt",
+        "--arch",
+        "net_mod:Net",
+        "-p",
+        "prune,finetune{epochs=2},quant,huffman",
+        "--eval",
+        "hooks_mod:evaluate",
+        "--finetune",
+        "hooks_mod:finetune",
+        "-o",
+        "n.sqc",
+        "--json",
+    )
+    assert result.code == 0, result.err
+    assert (tmp_path / "calls.log").read_text().split("\n")[:3] == ["eval", "finetune 2", "eval"]
+    summary = json.loads(result.out)
+    assert summary["passes"][1]["metric_after"] == 0.25
+    data = blobs()
+    np.savez(
+        tmp_path / "d.npz",
+        x_val=data.x_val.numpy(),
+        y_val=data.y_val.numpy(),
+        x_train=data.x_train.numpy(),
+        y_train=data.y_train.numpy(),
+    )
+    result = cli(
+        "compress",
+        "net.pt",
+        "--arch",
+        "net_mod:Net",
+        "-p",
+        "prune{sparsity=0.5},finetune",
+        "--data",
+        "d.npz",
+        "-o",
+        "d.sqc",
+    )
+    assert result.code == 0, result.err
+    bad = cli(
+        "compress",
+        "net.pt",
+        "--arch",
+        "net_mod:Net",
+        "-p",
+        "finetune",
+        "--data",
+        "missing.npz",
+        "-o",
+        "x.sqc",
+    )
+    assert bad.code == 1 and "missing.npz: no such data file" in bad.err
+    bad = cli(
+        "compress",
+        "net.pt",
+        "--arch",
+        "net_mod:Net",
+        "-p",
+        "finetune",
+        "--eval",
+        "hooks_mod:nope",
+        "-o",
+        "x.sqc",
+    )
+    assert bad.code == 1 and "--eval" in bad.err
