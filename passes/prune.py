@@ -8,9 +8,11 @@ from typing import Literal
 import numpy as np
 import torch
 
+from sqc.errors import PipelineError
 from sqc.ir import CompressedModel, TensorState
-from sqc.pass_base import LayerMap, Pass, PassContext, PassResult, check_range
+from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, check_range
 from sqc.passes._common import (
+    change_stats,
     encoded_bytes,
     is_overridden,
     layer_stats,
@@ -30,13 +32,22 @@ class Prune(Pass):
     with many small weights lose more. Pruning is cumulative: weights already pruned count towards
     the target and stay pruned. Ties at the threshold are pruned together.
 
+    ``target=auto`` chooses each layer's sparsity instead (``sparsity`` is then unused): from the
+    ``sensitivity`` analysis (run now if no earlier pass left it), the allocator picks the
+    sparsities that minimise the coded bytes while the predicted metric drop stays within the
+    budget, applies them, measures, and steps the least rewarding layers back until the measured
+    drop is within it too. The budget is what is left of ``--tolerance`` (counted from the metric
+    the first accuracy-aware pass found), or ``budget`` when given: the drop this pass alone may
+    spend, e.g. before fine-tuning wins it back. ``per_layer`` layers keep their given sparsity.
+
     ``schedule=agp`` prunes in ``steps`` stages along the automated gradual pruning curve
     ``s_t = s (1 - (1 - t/steps)^3)`` (Zhu & Gupta 2017), fine-tuning ``epochs`` at ``lr`` after each
-    stage with masks held (needs ``--data`` with training data, or ``--finetune``).
+    stage with masks held (needs ``--data`` with training data, or ``--finetune``). With
+    ``target=auto`` the stages lead to the chosen sparsities.
     """
 
     name = "prune"
-    summary = "unstructured magnitude pruning, per layer or global, with per-layer overrides"
+    summary = "magnitude pruning, per layer or global, per-layer overrides, target=auto from sensitivity"
     conflicts = {"entropy-coded": "huffman must come after every pass that changes weights"}
     establishes = frozenset({"pruned"})
 
@@ -48,6 +59,8 @@ class Prune(Pass):
     steps: int = 4
     epochs: int = 1
     lr: float = 0.01
+    target: Literal["fixed", "auto"] = "fixed"
+    budget: float | None = None
 
     def __post_init__(self) -> None:
         check_range("sparsity", self.sparsity, 0.0, 0.9999)
@@ -56,13 +69,29 @@ class Prune(Pass):
         check_range("steps", self.steps, 1, 1000)
         check_range("epochs", self.epochs, 0, 10_000)
         check_range("lr", self.lr, 0.0, 10.0, low_open=True)
+        if self.budget is not None:
+            check_range("budget", self.budget, 0.0, float("inf"))
+            if self.target != "auto":
+                raise OptionError("budget", "only applies with target=auto")
+        if self.target == "auto" and self.scope == "global":
+            raise OptionError(
+                "scope", "target=auto chooses a sparsity per layer; scope=global does not apply"
+            )
 
     def context_needs(self) -> frozenset[str]:
-        return frozenset({"finetune"}) if self.schedule == "agp" and self.epochs else frozenset()
+        needs = {"evaluate"} if self.target == "auto" else set()
+        if self.schedule == "agp" and self.epochs:
+            needs.add("finetune")
+        return frozenset(needs)
 
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
+        if self.target == "auto":
+            return self._auto(model, ctx)
         if self.schedule == "oneshot":
             return self._prune(model)
+        return self._agp(model, ctx)
+
+    def _agp(self, model: CompressedModel, ctx: PassContext) -> PassResult:
         first = {s.name: s.density for s in selected(model, self.layers, self.name)}
         result = PassResult(False)
         for step in range(1, self.steps + 1):
@@ -70,6 +99,8 @@ class Prune(Pass):
             stage = replace(
                 self,
                 schedule="oneshot",
+                target="fixed",
+                budget=None,
                 sparsity=self.sparsity * scale,
                 per_layer=tuple((glob, value * scale) for glob, value in self.per_layer),
             )
@@ -84,6 +115,57 @@ class Prune(Pass):
         result.stats["density_before"] = round(sum(first.values()) / max(1, len(first)), 6)
         return result
 
+    def _auto(self, model: CompressedModel, ctx: PassContext) -> PassResult:
+        from sqc.passes.sensitivity import auto_allocate, restore
+
+        states = selected(model, self.layers, self.name)
+        fixed = {s.name: override(s, self.per_layer, 0.0) for s in states if is_overridden(s, self.per_layer)}
+        auto = [s for s in states if s.name not in fixed]
+        if not auto:
+            raise PipelineError(
+                "target=auto: per_layer fixes every selected layer, nothing is left to choose"
+            )
+
+        def apply(state: TensorState, sparsity: float) -> None:
+            prune_layer(state, sparsity)
+            model.sync([state.name])
+
+        outcome = auto_allocate(model, ctx, "prune", states, fixed, self.budget, apply)
+        chosen = {**fixed, **outcome.values}
+        if self.schedule == "agp":  # the stages lead to the sparsities chosen (and verified) in one shot
+            restore(model, outcome.snapshot)
+            staged = replace(self, target="fixed", budget=None, per_layer=tuple(chosen.items()))._agp(
+                model, ctx
+            )
+            after = outcome.stats["metric_after"] = ctx.evaluate(model)
+            outcome.stats["stages"] = self.steps
+            spent = float(outcome.stats["metric_before"]) - after
+            if spent > float(outcome.stats["budget"]) + 1e-12:
+                outcome.diagnostics.append(
+                    f"after the agp stages the metric dropped {spent:.6g}, more than the budget "
+                    f"{float(outcome.stats['budget']):.6g} the one-shot allocation was verified against"
+                )
+            changed = staged.changed
+        else:
+            changed = outcome.changed
+        layers = {}
+        for state in states:
+            before, size = outcome.before[state.name]
+            layers[state.name] = {**change_stats(state, before, size), "target": round(chosen[state.name], 6)}
+            if state.name in outcome.predicted:
+                layers[state.name]["predicted_drop"] = outcome.predicted[state.name]
+        kept = sum(s.kept for s in states)
+        total = sum(s.numel for s in states)
+        stats = {
+            "sparsity": round(1 - kept / total, 6) if total else 0.0,
+            "kept": kept,
+            **totals(layers),
+            **outcome.stats,
+        }
+        return PassResult(
+            changed, stats, layers, unused_overrides(model, self.per_layer) + outcome.diagnostics
+        )
+
     def _prune(self, model: CompressedModel) -> PassResult:
         states = selected(model, self.layers, self.name)
         thresholds = self._thresholds(states)
@@ -91,16 +173,8 @@ class Prune(Pass):
         changed = False
         for state in states:  # one layer at a time: at most one layer's temporaries are alive
             size = encoded_bytes(state)
-            magnitude = state.decode().abs()
-            keep = magnitude > thresholds[state.name]
-            if state.mask is not None:
-                keep &= state.mask
-            dropped = magnitude.masked_fill_(keep, 0.0)  # the magnitudes this pass removes
-            error = float(dropped.max()) if dropped.numel() else 0.0
-            del magnitude, dropped
-            removes = not bool(keep.all()) if state.mask is None else not torch.equal(keep, state.mask)
+            removes, error = apply_threshold(state, thresholds[state.name])
             if removes:
-                state.set_mask(keep)
                 model.sync([state.name])
                 changed = True
             layers[state.name] = layer_stats(state, size, error)
@@ -110,11 +184,7 @@ class Prune(Pass):
         return PassResult(changed, stats, layers, unused_overrides(model, self.per_layer))
 
     def _thresholds(self, states: list[TensorState]) -> dict[str, float]:
-        """The magnitude at or below which each tensor's weights go: per layer, or one for a global pool.
-
-        Weights already pruned count as magnitude 0, so pruning is cumulative. Ties at the threshold
-        are pruned together.
-        """
+        """The magnitude at or below which each tensor's weights go: per layer, or one for a global pool."""
         groups: list[tuple[list[TensorState], float]] = []
         pool = []
         for state in states:
@@ -128,12 +198,45 @@ class Prune(Pass):
             groups.append((pool, self.sparsity))
         thresholds = {}
         for group, sparsity in groups:
-            parts = [s.decode().abs().flatten() for s in group]
-            magnitudes = (torch.cat(parts) if len(parts) > 1 else parts[0]).numpy()
-            del parts
-            drop = round(sparsity * magnitudes.size)
-            # selection in place on our own copy: O(n) and no index tensor (kthvalue needs both)
-            threshold = float(np.partition(magnitudes, drop - 1)[drop - 1]) if drop else -1.0
-            del magnitudes
+            threshold = magnitude_threshold(group, sparsity)
             thresholds.update({s.name: threshold for s in group})
         return thresholds
+
+
+def magnitude_threshold(group: list[TensorState], sparsity: float) -> float:
+    """The magnitude at or below which weights go so that ``sparsity`` of the group is pruned.
+
+    Weights already pruned count as magnitude 0, so pruning is cumulative. Ties at the threshold
+    are pruned together.
+    """
+    parts = [s.decode().abs().flatten() for s in group]
+    magnitudes = (torch.cat(parts) if len(parts) > 1 else parts[0]).numpy()
+    del parts
+    drop = round(sparsity * magnitudes.size)
+    # selection in place on our own copy: O(n) and no index tensor (kthvalue needs both)
+    threshold = float(np.partition(magnitudes, drop - 1)[drop - 1]) if drop else -1.0
+    del magnitudes
+    return threshold
+
+
+def apply_threshold(state: TensorState, threshold: float) -> tuple[bool, float]:
+    """Prune the record's weights of magnitude <= ``threshold`` (the caller syncs the module).
+
+    Returns whether the mask changed and the largest magnitude removed.
+    """
+    magnitude = state.decode().abs()
+    keep = magnitude > threshold
+    if state.mask is not None:
+        keep &= state.mask
+    dropped = magnitude.masked_fill_(keep, 0.0)  # the magnitudes this pass removes
+    error = float(dropped.max()) if dropped.numel() else 0.0
+    del magnitude, dropped
+    removes = not bool(keep.all()) if state.mask is None else not torch.equal(keep, state.mask)
+    if removes:
+        state.set_mask(keep)
+    return removes, error
+
+
+def prune_layer(state: TensorState, sparsity: float) -> bool:
+    """Prune one record to ``sparsity`` on its own (the caller syncs the module); True if it changed."""
+    return apply_threshold(state, magnitude_threshold([state], sparsity))[0]

@@ -7,9 +7,19 @@ from typing import Literal
 
 import torch
 
+from sqc.errors import PipelineError
 from sqc.ir import CODE_DTYPE, CompressedModel, TensorState
 from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, check_range
-from sqc.passes._common import encoded_bytes, layer_stats, override, selected, totals, unused_overrides
+from sqc.passes._common import (
+    change_stats,
+    encoded_bytes,
+    is_overridden,
+    layer_stats,
+    override,
+    selected,
+    totals,
+    unused_overrides,
+)
 
 
 @dataclass(frozen=True)
@@ -22,54 +32,110 @@ class Share(Pass):
     (centroids evenly spaced between min and max) is Deep Compression's best: it keeps the rare large
     weights that matter. ``init=density`` spaces them by quantiles instead. Pruned weights stay zero
     and are not clustered.
+
+    ``bits=auto`` chooses each layer's bits from the ``sensitivity`` analysis of the model as it is
+    now (run if absent): the fewest coded bytes whose predicted metric drop fits the budget, then
+    measured and backed off like ``prune{target=auto}`` (same ``budget`` rule). ``per_layer`` layers
+    keep their given bits.
     """
 
     name = "share"
-    summary = "per-layer k-means weight sharing with linear initialisation (exact 1-D Lloyd)"
+    summary = "per-layer k-means weight sharing (exact 1-D Lloyd), bits=auto from sensitivity"
     conflicts = {
         "fixed-point": "share clusters float weights: run it before quant (quant then rounds the codebook)",
         "entropy-coded": "huffman must come after every pass that changes weights",
     }
     establishes = frozenset({"codes", "shared"})
 
-    bits: int = 5
+    bits: int | Literal["auto"] = 5
     per_layer: LayerMap = ()
     init: Literal["linear", "density"] = "linear"
     iterations: int = 50
     layers: str = "*"
+    budget: float | None = None
 
     def __post_init__(self) -> None:
-        check_range("bits", self.bits, 1, 16)
+        if self.bits != "auto":
+            check_range("bits", self.bits, 1, 16)
         check_range("iterations", self.iterations, 0, 10_000)
         for layer, value in self.per_layer:
             check_range(f"per_layer[{layer}]", value, 1, 16)
             if value != int(value):
                 raise OptionError(f"per_layer[{layer}]", f"{value} is not a whole number of bits")
+        if self.budget is not None:
+            check_range("budget", self.budget, 0.0, float("inf"))
+            if self.bits != "auto":
+                raise OptionError("budget", "only applies with bits=auto")
+
+    def context_needs(self) -> frozenset[str]:
+        return frozenset({"evaluate"}) if self.bits == "auto" else frozenset()
 
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
+        if self.bits == "auto":
+            return self._auto(model, ctx)
         states = selected(model, self.layers, self.name)
         layers = {}
         for state in states:
             size = encoded_bytes(state)
             bits = int(override(state, self.per_layer, self.bits))
             ctx.note(f"share: {state.name} ({state.numel:,} weights, {bits} bits)")
-            kept = _kept(state)
-            values = state.decode().flatten()[kept]
-            state.dense = None  # from here on the record is rebuilt from ``values``
             model.release(state.name)
-            codebook, codes = kmeans_1d(values, 1 << bits, self.init, self.iterations)
-            # pruned positions are zero before and after: the error lives on the kept weights
-            error = float((codebook[codes] - values).abs_().max()) if values.numel() else 0.0
-            full = torch.zeros(state.numel, dtype=CODE_DTYPE)  # pruned positions keep code 0
-            full[kept] = codes
-            del values, codes, kept
-            state.codebook, state.codes, state.fmt = codebook, full.reshape(state.shape), None
-            del full
+            error = share_record(state, bits, self.init, self.iterations)
             model.sync([state.name])
-            layers[state.name] = {**layer_stats(state, size, error), "centroids": int(codebook.numel())}
+            layers[state.name] = {**layer_stats(state, size, error), "centroids": _centroids(state)}
         return PassResult(
             True, {"bits": self.bits, **totals(layers)}, layers, unused_overrides(model, self.per_layer)
         )
+
+    def _auto(self, model: CompressedModel, ctx: PassContext) -> PassResult:
+        from sqc.passes.sensitivity import auto_allocate
+
+        states = selected(model, self.layers, self.name)
+        fixed = {s.name: override(s, self.per_layer, 0) for s in states if is_overridden(s, self.per_layer)}
+        if len(fixed) == len(states):
+            raise PipelineError("bits=auto: per_layer fixes every selected layer, nothing is left to choose")
+
+        def apply(state: TensorState, bits: float) -> None:
+            model.release(state.name)
+            share_record(state, int(bits), self.init, self.iterations)
+            model.sync([state.name])
+
+        outcome = auto_allocate(model, ctx, "share", states, fixed, self.budget, apply)
+        chosen = {**fixed, **outcome.values}
+        layers = {}
+        for state in states:
+            if state.codes is None:  # a layer left as it was must still be shared: share establishes codes
+                apply(state, chosen[state.name])
+            before, size = outcome.before[state.name]
+            layers[state.name] = {
+                **change_stats(state, before, size),
+                "centroids": _centroids(state),
+                "target": int(chosen[state.name]),
+            }
+            if state.name in outcome.predicted:
+                layers[state.name]["predicted_drop"] = outcome.predicted[state.name]
+        stats = {"bits": "auto", **totals(layers), **outcome.stats}
+        return PassResult(True, stats, layers, unused_overrides(model, self.per_layer) + outcome.diagnostics)
+
+
+def _centroids(state: TensorState) -> int:
+    return int(state.codebook.numel()) if state.codebook is not None else 0
+
+
+def share_record(state: TensorState, bits: int, init: str = "linear", iterations: int = 50) -> float:
+    """Cluster one record's kept weights into ``2**bits`` centroids in place (the caller syncs the
+    module). Returns the largest change of a kept weight."""
+    kept = _kept(state)
+    values = state.decode().flatten()[kept]
+    state.dense = None  # from here on the record is rebuilt from ``values``
+    codebook, codes = kmeans_1d(values, 1 << bits, init, iterations)
+    # pruned positions are zero before and after: the error lives on the kept weights
+    error = float((codebook[codes] - values).abs_().max()) if values.numel() else 0.0
+    full = torch.zeros(state.numel, dtype=CODE_DTYPE)  # pruned positions keep code 0
+    full[kept] = codes
+    del values, codes, kept
+    state.codebook, state.codes, state.fmt = codebook, full.reshape(state.shape), None
+    return error
 
 
 def _kept(state: TensorState) -> torch.Tensor:

@@ -69,11 +69,14 @@ class PassContext:
         evaluate: Callable[[torch.nn.Module], float] | None = None,
         finetune: TrainFn | None = None,
         tolerance: float = 0.0,
+        evaluate_subset: Callable[[int], Callable[[torch.nn.Module], float]] | None = None,
     ) -> None:
         self.example_inputs = example_inputs
         self.seed = seed
         self.tolerance = tolerance
         self._evaluate = evaluate
+        self._evaluate_subset = evaluate_subset
+        self._subsets: dict[int, Callable[[torch.nn.Module], float]] = {}
         self._finetune = finetune
         self._progress = progress
         self._analyses: dict[str, Any] = {}
@@ -86,10 +89,20 @@ class PassContext:
     def can_finetune(self) -> bool:
         return self._finetune is not None
 
-    def evaluate(self, model: CompressedModel) -> float:
-        """The metric (higher is better) of the model as the records say it is."""
+    @property
+    def can_evaluate_subset(self) -> bool:
+        """Whether ``evaluate(model, samples=n)`` can use fewer samples (the built-in evaluator can)."""
+        return self._evaluate_subset is not None
+
+    def evaluate(self, model: CompressedModel, samples: int | None = None) -> float:
+        """The metric (higher is better) of the model as the records say it is; with ``samples`` (and
+        an evaluator that supports it) on the first ``samples`` validation samples only."""
         if self._evaluate is None:
             raise PipelineError("this pass needs an evaluation: give --data (or --eval pkg.module:fn)")
+        if samples and self._evaluate_subset is not None:
+            if samples not in self._subsets:
+                self._subsets[samples] = self._evaluate_subset(samples)
+            return float(self._subsets[samples](model.graph_module))
         return float(self._evaluate(model.graph_module))
 
     def finetune(self, model: CompressedModel, epochs: int, lr: float) -> None:
@@ -184,10 +197,20 @@ def coerce(annotation: Any, value: Any, option: str) -> Any:
             raise OptionError(option, f"{value!r} is not one of {', '.join(map(str, choices))}")
         return text
     if origin in (types.UnionType, typing.Union):
-        members = [a for a in get_args(annotation) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
+        # ``int | Literal["auto"]``, ``float | None``: the first member that accepts the value wins
+        args = get_args(annotation)
+        members = [a for a in args if a is not type(None)]
+        if type(None) in args and (
+            value is None or (isinstance(value, str) and value.lower() in ("none", ""))
+        ):
             return None
-        return coerce(members[0], value, option)
+        failures = []
+        for member in members:
+            try:
+                return coerce(member, value, option)
+            except OptionError as exc:
+                failures.append(str(exc).removeprefix(f"option {option}: "))
+        raise OptionError(option, " and ".join(dict.fromkeys(failures)))
     if annotation == LayerMap:
         return parse_layer_map(value, option)
     if annotation is bool:

@@ -23,6 +23,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "quant": "sqc.passes.quant:Quant",
     "huffman": "sqc.passes.huffman:Huffman",
     "finetune": "sqc.passes.finetune:Finetune",
+    "sensitivity": "sqc.passes.sensitivity:Sensitivity",
 }
 
 BUILTIN_TARGETS: dict[str, str] = {

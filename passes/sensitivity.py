@@ -1,0 +1,541 @@
+"""``sensitivity``: per-layer rate-distortion curves (Deep Compression's sensitivity analysis, with bytes).
+
+For every selected weight layer on its own — all other layers as they are — the pass prunes the layer
+to each sparsity of a sweep, and separately shares it at each number of bits, measures the metric and
+the bytes the container actually writes for that layer at that point (the real encoder, Huffman
+coded), and puts the layer back exactly. The result is an analysis: cached in the pass context for
+``prune{target=auto}`` / ``share{bits=auto}``, stored in the report, and readable again later
+(``reuse=`` a ``.sqc`` whose report holds it, or the JSON of ``sqc sensitivity --json``).
+
+Bytes of a pruning point are counted as the layer would be written after ``share{bits=rate_bits}``
+and ``huffman`` (``rate_bits=0``: as the layer is coded now), so that pruning is chosen for what it
+saves in the final file rather than in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from sqc.allocation import Choice, allocate
+from sqc.errors import PipelineError
+from sqc.ir import CompressedModel, PassRecord, TensorState
+from sqc.pass_base import OptionError, Pass, PassContext, PassResult, Stat, check_range
+from sqc.passes._common import encoded_bytes, selected
+
+Kind = Literal["prune", "share"]
+DEFAULT_SPARSITIES = "0.5;0.6;0.7;0.8;0.9;0.95;0.97"
+DEFAULT_BITS = "8;6;5;4;3;2"
+JSON_FORMAT = "sqc-sensitivity/1"
+ANALYSIS = "sensitivity"
+"""The key of the analysis in the pass context (passes that keep the weights list it in ``preserves``)."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured point: ``value`` is a sparsity (pruning curve) or a number of bits (sharing curve)."""
+
+    value: float
+    metric: float
+    bytes: int
+
+
+@dataclass
+class Analysis:
+    """Per-layer curves and the baseline metric they are measured against.
+
+    A pruning curve starts with the layer as it is (its current sparsity, the baseline metric); a
+    sharing curve goes from most to fewest bits. ``source`` names the file a reused analysis came from.
+    """
+
+    metric: float | None = None
+    samples: int = 0
+    rate_bits: int = 5
+    prune: dict[str, list[Point]] = field(default_factory=dict)
+    share: dict[str, list[Point]] = field(default_factory=dict)
+    numel: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+    evaluations: int = 0
+
+    def curves(self, kind: Kind) -> dict[str, list[Point]]:
+        return self.prune if kind == "prune" else self.share
+
+    def reset(self, samples: int, rate_bits: int) -> None:
+        """Forget every curve (the cached object is shared with the context, so it is emptied in place)."""
+        self.adopt(Analysis(samples=samples, rate_bits=rate_bits))
+
+    def adopt(self, other: Analysis) -> None:
+        """Become ``other`` in place."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(other, f.name))
+
+    # -- JSON (``sqc sensitivity --json``) ---------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        layers: dict[str, Any] = {}
+        for name in sorted(set(self.prune) | set(self.share)):
+            layers[name] = {
+                "numel": self.numel.get(name, 0),
+                "prune": [
+                    {"sparsity": p.value, "metric": p.metric, "bytes": p.bytes}
+                    for p in self.prune.get(name, [])
+                ],
+                "share": [
+                    {"bits": int(p.value), "metric": p.metric, "bytes": p.bytes}
+                    for p in self.share.get(name, [])
+                ],
+            }
+        return {
+            "format": JSON_FORMAT,
+            "metric": self.metric,
+            "samples": self.samples,
+            "rate_bits": self.rate_bits,
+            "layers": layers,
+        }
+
+    @staticmethod
+    def from_json(doc: Any, where: str) -> Analysis:
+        try:
+            if doc.get("format") != JSON_FORMAT:
+                raise ValueError(f"format is {doc.get('format')!r}, expected {JSON_FORMAT!r}")
+            out = Analysis(float(doc["metric"]), int(doc["samples"]), int(doc["rate_bits"]), source=where)
+            for name, layer in doc["layers"].items():
+                out.numel[name] = int(layer["numel"])
+                if layer.get("prune"):
+                    out.prune[name] = [
+                        Point(float(p["sparsity"]), float(p["metric"]), int(p["bytes"]))
+                        for p in layer["prune"]
+                    ]
+                if layer.get("share"):
+                    out.share[name] = [
+                        Point(float(p["bits"]), float(p["metric"]), int(p["bytes"])) for p in layer["share"]
+                    ]
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise PipelineError(f"{where}: not a sensitivity analysis ({exc})") from None
+        return out
+
+    # -- the report (flat statistics: ``metric@s0.9``, ``bytes@b5``) -------------------------------
+
+    def report_layers(self, names: list[str]) -> dict[str, dict[str, Stat]]:
+        layers: dict[str, dict[str, Stat]] = {}
+        for name in names:
+            row: dict[str, Stat] = {"numel": self.numel.get(name, 0)}
+            for tag, points in (("s", self.prune.get(name, [])), ("b", self.share.get(name, []))):
+                for p in points:
+                    key = f"{p.value:g}" if tag == "s" else f"{int(p.value)}"
+                    row[f"metric@{tag}{key}"] = p.metric
+                    row[f"bytes@{tag}{key}"] = p.bytes
+            layers[name] = row
+        return layers
+
+    def report_stats(self) -> dict[str, Stat]:
+        stats: dict[str, Stat] = {
+            "metric": self.metric if self.metric is not None else float("nan"),
+            "samples": self.samples,
+            "rate_bits": self.rate_bits,
+            "layers": len(set(self.prune) | set(self.share)),
+            "evaluations": self.evaluations,
+        }
+        if self.source:
+            stats["source"] = self.source
+        return stats
+
+    @staticmethod
+    def from_report(record: PassRecord, where: str) -> Analysis:
+        key = re.compile(r"^(metric|bytes)@([sb])(.+)$")
+        try:
+            out = Analysis(
+                float(record.stats["metric"]),
+                int(record.stats["samples"]),
+                int(record.stats["rate_bits"]),
+                source=where,
+            )
+            for name, row in record.layers.items():
+                out.numel[name] = int(row["numel"])
+                found: dict[tuple[str, float], dict[str, float]] = {}
+                for text, number in row.items():
+                    m = key.match(text)
+                    if m:
+                        found.setdefault((m.group(2), float(m.group(3))), {})[m.group(1)] = float(number)
+                prune = sorted((v, d) for (t, v), d in found.items() if t == "s")
+                share = sorted(((v, d) for (t, v), d in found.items() if t == "b"), reverse=True)
+                if prune:
+                    out.prune[name] = [Point(v, d["metric"], int(d["bytes"])) for v, d in prune]
+                if share:
+                    out.share[name] = [Point(v, d["metric"], int(d["bytes"])) for v, d in share]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PipelineError(f"{where}: the sensitivity record is malformed ({exc})") from None
+        return out
+
+
+def load_analysis(path: Path) -> Analysis:
+    """A sensitivity analysis from ``sqc sensitivity --json`` output or a ``.sqc`` file's report."""
+    from sqc.errors import SqcError
+    from sqc.formats.container import MAGIC, read_layout
+
+    if not path.is_file():
+        raise PipelineError(f"reuse={path}: no such file")
+    data = path.read_bytes()
+    if data.startswith(MAGIC):
+        try:
+            report = read_layout(data, decode_tensors=False).report
+        except SqcError as exc:
+            raise PipelineError(f"reuse={path}: {exc}") from None
+        records = [r for r in report if r.spec.split("{")[0] == "sensitivity"]
+        if not records:
+            passes = ", ".join(r.spec.split("{")[0] for r in report) or "none"
+            raise PipelineError(f"reuse={path}: its report holds no sensitivity record (passes: {passes})")
+        return Analysis.from_report(records[-1], str(path))
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise PipelineError(f"reuse={path}: neither a .sqc file nor sensitivity JSON") from None
+    return Analysis.from_json(doc, str(path))
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+
+Fields = tuple[Any, ...]
+_FIELDS = ("dense", "mask", "codes", "codebook", "fmt", "coder")
+
+
+def snapshot(states: list[TensorState]) -> dict[str, Fields]:
+    """The records' value fields. Passes replace tensors and never write them in place, so holding
+    the references is an exact copy at no cost."""
+    return {s.name: tuple(getattr(s, f) for f in _FIELDS) for s in states}
+
+
+def restore(model: CompressedModel, saved: dict[str, Fields], names: list[str] | None = None) -> None:
+    """Put the snapshotted records back exactly and make the module compute them again."""
+    names = list(saved) if names is None else names
+    for name in names:
+        state = model.tensors[name]
+        for attr, value in zip(_FIELDS, saved[name], strict=True):
+            setattr(state, attr, value)
+    model.sync(names)
+
+
+def coded_bytes(state: TensorState, rate_bits: int) -> int:
+    """Bytes the container writes for ``state`` once it holds codes and is Huffman coded: a float
+    record is first shared to ``rate_bits`` on a scratch copy (``0``: counted as it is coded now)."""
+    from sqc.passes.share import share_record
+
+    scratch = TensorState(
+        state.name, state.shape, state.role, state.dense, state.mask, state.codes, state.codebook, state.fmt
+    )
+    if scratch.codes is None:
+        if not rate_bits:
+            return encoded_bytes(scratch)
+        share_record(scratch, rate_bits)
+    scratch.coder = "huffman"
+    return encoded_bytes(scratch)
+
+
+def parse_sweep(text: str, option: str, *, whole: bool, low: float, high: float) -> tuple[float, ...]:
+    """``0.5;0.9`` -> ``(0.5, 0.9)``; empty text is an empty sweep."""
+    values = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        try:
+            number = float(part)
+        except ValueError:
+            raise OptionError(option, f"{part!r} is not a number (separate values with ';')") from None
+        if whole and number != int(number):
+            raise OptionError(option, f"{part} is not a whole number of bits")
+        check_range(option, number, low, high)
+        values.append(number)
+    if len(set(values)) != len(values):
+        raise OptionError(option, f"{text!r} repeats a value")
+    return tuple(values)
+
+
+class Sweeper:
+    """Measures curves into an :class:`Analysis` (only the layers and kinds it lacks)."""
+
+    def __init__(self, model: CompressedModel, ctx: PassContext, analysis: Analysis) -> None:
+        self.model, self.ctx, self.analysis = model, ctx, analysis
+
+    def evaluate(self) -> float:
+        self.analysis.evaluations += 1
+        return self.ctx.evaluate(self.model, self.analysis.samples or None)
+
+    def ensure(self, kind: Kind, states: list[TensorState], values: tuple[float, ...], *, redo: bool) -> None:
+        """Measure ``kind`` curves over ``values`` for the states without one (every state if ``redo``)."""
+        curves = self.analysis.curves(kind)
+        todo = [s for s in states if redo or s.name not in curves]
+        if kind == "share":
+            todo = [s for s in todo if not (s.codes is not None and s.codebook is None)]  # fixed point
+        if not todo or not values:
+            return
+        if self.analysis.metric is None:
+            self.ctx.note("sensitivity: baseline")
+            self.analysis.metric = self.evaluate()
+        for number, state in enumerate(todo, 1):
+            where = f"sensitivity: {state.name} [{number}/{len(todo)}]"
+            self.analysis.numel[state.name] = state.numel
+            curves[state.name] = (
+                self._prune(state, values, where) if kind == "prune" else self._share(state, values, where)
+            )
+
+    def _prune(self, state: TensorState, sparsities: tuple[float, ...], where: str) -> list[Point]:
+        from sqc.passes.prune import prune_layer
+
+        assert self.analysis.metric is not None
+        saved = snapshot([state])
+        points = [
+            Point(current_sparsity(state), self.analysis.metric, coded_bytes(state, self.analysis.rate_bits))
+        ]
+        for sparsity in beyond(state, sparsities):
+            self.ctx.note(f"{where} sparsity {sparsity:g}")
+            try:
+                prune_layer(state, sparsity)
+                self.model.sync([state.name])
+                points.append(Point(sparsity, self.evaluate(), coded_bytes(state, self.analysis.rate_bits)))
+            finally:
+                restore(self.model, saved)
+        return points
+
+    def _share(self, state: TensorState, bits: tuple[float, ...], where: str) -> list[Point]:
+        from sqc.passes.share import share_record
+
+        saved = snapshot([state])
+        points = []
+        for b in sorted({int(b) for b in bits}, reverse=True):
+            self.ctx.note(f"{where} {b} bits")
+            try:
+                self.model.release(state.name)
+                share_record(state, b)
+                self.model.sync([state.name])
+                points.append(Point(float(b), self.evaluate(), coded_bytes(state, 0)))
+            finally:
+                restore(self.model, saved)
+        return points
+
+
+def cached_analysis(ctx: PassContext) -> Analysis:
+    """The context's sensitivity analysis (an empty one, to be measured into, if nobody made it yet)."""
+    analysis = ctx.analysis(ANALYSIS, Analysis)
+    assert isinstance(analysis, Analysis)
+    return analysis
+
+
+# -- the pass ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sensitivity(Pass):
+    """Measure, for each layer alone, the metric and the coded bytes at each sparsity and bit width.
+
+    ``sparsities`` and ``bits`` are the sweeps (``;``-separated; empty skips that sweep). Each point
+    is measured with the other layers as they are, and the layer is restored exactly afterwards, so
+    the model leaves the pass unchanged. ``samples=N`` evaluates on the first N validation samples
+    (the built-in evaluator from ``--data``; a user's ``--eval`` function always sees its own data).
+    Bytes of a pruning point are those of the layer after ``share{bits=rate_bits},huffman``
+    (``rate_bits=0``: as coded now). ``reuse=FILE`` reads the curves instead of measuring them: the
+    JSON of ``sqc sensitivity --json`` or a ``.sqc`` whose report holds a sensitivity record
+    (``reuse`` because ``from`` is a Python keyword). The curves go into the report, and stay in the
+    context for ``prune{target=auto}`` and ``share{bits=auto}`` until a pass changes the weights.
+    """
+
+    name = "sensitivity"
+    summary = "per-layer metric and coded bytes vs sparsity and bits, each layer alone (an analysis)"
+    preserves = frozenset({ANALYSIS})
+
+    sparsities: str = DEFAULT_SPARSITIES
+    bits: str = DEFAULT_BITS
+    samples: int = 0
+    rate_bits: int = 5
+    layers: str = "*"
+    reuse: str = ""
+
+    def __post_init__(self) -> None:
+        parse_sweep(self.sparsities, "sparsities", whole=False, low=0.0, high=0.9999)
+        parse_sweep(self.bits, "bits", whole=True, low=1, high=16)
+        check_range("samples", self.samples, 0, 1 << 40)
+        check_range("rate_bits", self.rate_bits, 0, 16)
+
+    def context_needs(self) -> frozenset[str]:
+        return frozenset() if self.reuse else frozenset({"evaluate"})
+
+    def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
+        states = selected(model, self.layers, self.name)
+        analysis = cached_analysis(ctx)
+        diagnostics = []
+        if self.reuse:
+            loaded = load_analysis(Path(self.reuse))
+            check_matches(loaded, states)
+            analysis.adopt(loaded)
+            ctx.note(f"sensitivity: curves read from {self.reuse}")
+        else:
+            redo = bool(analysis.source) or (analysis.samples, analysis.rate_bits) != (
+                self.samples,
+                self.rate_bits,
+            )
+            if redo:
+                analysis.reset(self.samples, self.rate_bits)
+            if self.samples and not ctx.can_evaluate_subset:
+                diagnostics.append(
+                    f"samples={self.samples} not applied: a user's evaluation function sees its own data"
+                )
+            sweeper = Sweeper(model, ctx, analysis)
+            sparsities = parse_sweep(self.sparsities, "sparsities", whole=False, low=0.0, high=0.9999)
+            bits = parse_sweep(self.bits, "bits", whole=True, low=1, high=16)
+            sweeper.ensure(
+                "prune", states, sparsities, redo=not same_sweep(analysis.prune, states, sparsities, "prune")
+            )
+            sweeper.ensure("share", states, bits, redo=not same_sweep(analysis.share, states, bits, "share"))
+        names = [s.name for s in states if s.name in analysis.prune or s.name in analysis.share]
+        return PassResult(False, analysis.report_stats(), analysis.report_layers(names), diagnostics)
+
+
+def same_sweep(
+    curves: dict[str, list[Point]], states: list[TensorState], values: tuple[float, ...], kind: Kind
+) -> bool:
+    """Whether every state's cached curve covers exactly ``values`` (so nothing needs measuring again)."""
+    for state in states:
+        if state.name not in curves:
+            continue
+        have = [p.value for p in curves[state.name]]
+        if kind == "prune":
+            want = [current_sparsity(state), *beyond(state, values)]
+        else:
+            want = sorted({float(int(v)) for v in values}, reverse=True)
+        if have != want:
+            return False
+    return True
+
+
+def current_sparsity(state: TensorState) -> float:
+    return round(1.0 - state.density, 6)
+
+
+def beyond(state: TensorState, sparsities: tuple[float, ...]) -> list[float]:
+    """The sweep's sparsities that would prune more of ``state`` than is pruned now, ascending."""
+    pruned = state.numel - state.kept
+    return sorted(s for s in sparsities if round(s * state.numel) > pruned)
+
+
+def check_matches(analysis: Analysis, states: list[TensorState]) -> None:
+    """A reused analysis must describe this model: same layer names, same sizes."""
+    for state in states:
+        numel = analysis.numel.get(state.name)
+        if numel is not None and numel != state.numel:
+            raise PipelineError(
+                f"{analysis.source}: layer {state.name} has {numel:,} weights there but {state.numel:,} here "
+                "(the curves were measured on another model)"
+            )
+
+
+# -- target=auto / bits=auto -------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What an automatic allocation did, for the calling pass to report."""
+
+    values: dict[str, float]
+    predicted: dict[str, float]
+    before: dict[str, tuple[torch.Tensor, int]]
+    snapshot: dict[str, Fields]
+    stats: dict[str, Stat]
+    diagnostics: list[str]
+    changed: bool
+
+
+def reference_metric(model: CompressedModel) -> float | None:
+    """The metric the first accuracy-aware pass of this model found (the tolerance counts from it)."""
+    for record in model.report:
+        value = record.stats.get("metric_reference")
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+def auto_allocate(
+    model: CompressedModel,
+    ctx: PassContext,
+    kind: Kind,
+    states: list[TensorState],
+    fixed: dict[str, float],
+    budget: float | None,
+    apply: Callable[[TensorState, float], None],
+) -> Outcome:
+    """Choose, apply and verify per-layer points for ``prune{target=auto}`` / ``share{bits=auto}``.
+
+    ``fixed`` layers get their given value; the others one point of their sensitivity curve, chosen
+    by :func:`sqc.allocation.allocate` under the budget and verified with the full evaluation. The
+    model is left holding the result.
+    """
+    entry = ctx.evaluate(model)
+    recorded = reference_metric(model)
+    reference = entry if recorded is None else recorded
+    spend = budget if budget is not None else max(0.0, ctx.tolerance - (reference - entry))
+    analysis = cached_analysis(ctx)
+    auto = [s for s in states if s.name not in fixed]
+    missing = [s.name for s in auto if s.name not in analysis.curves(kind)]
+    if missing and analysis.source:
+        raise PipelineError(
+            f"the sensitivity curves from {analysis.source} have no {kind} curve for {missing[0]}: "
+            "measure them (drop reuse=) or select fewer layers"
+        )
+    if missing:
+        if kind == "prune":
+            values = parse_sweep(DEFAULT_SPARSITIES, "sparsities", whole=False, low=0.0, high=0.9999)
+        else:
+            values = parse_sweep(DEFAULT_BITS, "bits", whole=True, low=1, high=16)
+        Sweeper(model, ctx, analysis).ensure(kind, auto, values, redo=False)
+    unmeasurable = [s.name for s in auto if not analysis.curves(kind).get(s.name)]
+    if unmeasurable:
+        raise PipelineError(f"no {kind} curve can be measured for {unmeasurable[0]}")
+    assert analysis.metric is not None
+    curves = {
+        s.name: [Choice(p.value, analysis.metric - p.metric, p.bytes) for p in analysis.curves(kind)[s.name]]
+        for s in auto
+    }
+    saved = snapshot(states)
+    before = {s.name: (s.decode(), encoded_bytes(s)) for s in states}
+    by_name = {s.name: s for s in states}
+    for name, value in fixed.items():
+        apply(by_name[name], value)
+    applied: dict[str, int] = {}
+    evaluations = 0
+
+    def measure(choice: dict[str, int]) -> float:
+        nonlocal evaluations
+        for name, index in choice.items():
+            if applied.get(name) == index:
+                continue
+            restore(model, saved, [name])
+            if kind == "share" or index > 0:  # index 0 of a pruning curve is the layer as it is
+                apply(by_name[name], curves[name][index].value)
+            applied[name] = index
+        evaluations += 1
+        ctx.note(f"{kind}: verifying allocation ({evaluations})")
+        return entry - ctx.evaluate(model)
+
+    result = allocate(curves, spend, measure)
+    diagnostics = []
+    if analysis.source:
+        diagnostics.append(f"sensitivity curves reused from {analysis.source}")
+    if not result.within:
+        diagnostics.append(
+            f"budget {spend:.6g} not met: even the safest points measure a drop of {result.measured_drop:.6g}"
+        )
+    stats: dict[str, Stat] = {
+        "metric_reference": reference,
+        "metric_before": entry,
+        "budget": spend,
+        "metric_predicted": entry - result.predicted_drop,
+        "metric_after": entry - result.measured_drop,
+        "backoffs": result.backoffs,
+        "verifications": evaluations,
+    }
+    changed = any(
+        any(a is not b for a, b in zip(saved[s.name], snapshot([s])[s.name], strict=True)) for s in states
+    )
+    return Outcome(result.values, result.predicted, before, saved, stats, diagnostics, changed)

@@ -1,0 +1,288 @@
+"""``sqc sensitivity``: a model's per-layer sensitivity curves as a table, JSON, and a PNG.
+
+The command runs the ``sensitivity`` pass on the traced model: for each layer alone, the metric and
+the bytes the coder writes at each sparsity (and each number of bits), like Deep Compression's
+Figure 5 but with the rate beside the accuracy. ``--json`` prints what ``sensitivity{reuse=FILE}``
+reads back, so a later ``compress`` can allocate from it without measuring again.
+
+Registered on the main app by :func:`register`; it keeps its own option declarations so that it
+does not import :mod:`sqc.cli` before that module has finished loading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from sqc.errors import SqcError
+
+if TYPE_CHECKING:
+    from sqc.passes.sensitivity import Analysis
+
+EXTRA_HINT = "pip install 'sqc[plot]' (or pip install matplotlib)"
+
+
+def sensitivity_command(
+    model: Annotated[
+        Path, typer.Argument(help="model file: state_dict (.pt) with --arch, pickled module, or .pt2")
+    ],
+    data: Annotated[
+        Path | None, typer.Option("--data", help=".npz/.pt with x_val, y_val: top-1 accuracy is measured")
+    ] = None,
+    eval_fn: Annotated[
+        str | None, typer.Option("--eval", help="pkg.module:fn, fn(model) -> float, higher is better")
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="pkg.module:factory that builds the architecture")
+    ] = None,
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option("--input-shape", help="example input shape, e.g. 1,1,28,28 (repeat for several inputs)"),
+    ] = None,
+    trust_pickle: Annotated[
+        bool, typer.Option("--trust-pickle", help="allow loading a pickled module (runs code from the file)")
+    ] = False,
+    samples: Annotated[
+        int, typer.Option("--samples", help="evaluate on the first N validation samples (0: all)", min=0)
+    ] = 0,
+    sparsities: Annotated[
+        str, typer.Option("--sparsities", help="sparsities to sweep, e.g. 0.5,0.8,0.9 (empty: none)")
+    ] = "0.5,0.6,0.7,0.8,0.9,0.95,0.97",
+    bits: Annotated[str, typer.Option("--bits", help="bit widths to sweep, e.g. 8,5,3 (empty: none)")] = (
+        "8,6,5,4,3,2"
+    ),
+    rate_bits: Annotated[
+        int,
+        typer.Option(
+            "--rate-bits", help="count pruning points as shared to this many bits (0: float)", min=0
+        ),
+    ] = 5,
+    layers: Annotated[str, typer.Option("--layers", help="glob of the layers to analyse")] = "*",
+    png: Annotated[
+        Path | None, typer.Option("--png", help="where to draw the curves (default: MODEL.sensitivity.png)")
+    ] = None,
+    no_png: Annotated[bool, typer.Option("--no-png", help="draw no picture")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="print JSON (what sensitivity{reuse=FILE} reads) instead of a table"),
+    ] = False,
+) -> None:
+    """Per-layer metric and coded bytes vs sparsity and bits, each layer alone (a table and a PNG)."""
+    from sqc.cli import _parse_shape, err
+
+    analysis = measure(
+        model,
+        data=data,
+        eval_fn=eval_fn,
+        arch=arch,
+        shapes=[_parse_shape(s) for s in input_shape] if input_shape else None,
+        trust_pickle=trust_pickle,
+        samples=samples,
+        sparsities=sparsities,
+        bits=bits,
+        rate_bits=rate_bits,
+        layers=layers,
+        quiet=as_json,
+    )
+    picture = None if no_png else (png or Path(f"{model.stem}.sensitivity.png"))
+    if picture is not None:
+        try:
+            write_png(analysis, picture, title=model.name)
+        except SqcError:
+            if png is not None:
+                raise
+            err.print(f"no picture drawn: matplotlib is not installed ({EXTRA_HINT})", markup=False)
+            picture = None
+    if as_json:
+        print(json.dumps({**analysis.to_json(), "model": str(model)}, indent=2))
+        return
+    render(analysis, str(model))
+    if picture is not None:
+        from sqc.cli import out
+
+        out.print(f"wrote {picture}")
+
+
+def measure(
+    model_path: Path,
+    *,
+    data: Path | None,
+    eval_fn: str | None,
+    arch: str | None,
+    shapes: list[tuple[int, ...]] | None,
+    trust_pickle: bool,
+    samples: int,
+    sparsities: str,
+    bits: str,
+    rate_bits: int,
+    layers: str,
+    quiet: bool,
+) -> Analysis:
+    """Load and trace the model, build the evaluation, run the ``sensitivity`` pass; the curves."""
+    import gc
+
+    from sqc.cli import err
+    from sqc.data import check_labels, load_data, resolve_callable, top1
+    from sqc.frontend import trace
+    from sqc.loading import load_model
+    from sqc.pass_base import PassContext
+    from sqc.passes.sensitivity import Sensitivity, cached_analysis
+
+    if data is None and eval_fn is None:
+        raise SqcError("sqc sensitivity measures a metric: give --data (or --eval pkg.module:fn)")
+    if samples and eval_fn is not None:
+        raise SqcError(
+            "--samples subsets the built-in evaluator's --data; an --eval function uses its own data"
+        )
+    sensitivity = Sensitivity(
+        sparsities=sparsities.replace(",", ";"),
+        bits=bits.replace(",", ";"),
+        samples=samples,
+        rate_bits=rate_bits,
+        layers=layers,
+    )
+    loaded = load_model(model_path, arch, trust_pickle=trust_pickle)
+    ir = trace(loaded.module, shapes or loaded.input_shapes, copy_weights=False)
+    del loaded
+    gc.collect()
+    if eval_fn is not None:
+        evaluate = resolve_callable(eval_fn, "--eval")
+        subset = None
+    else:
+        assert data is not None
+        dataset = load_data(data)
+        check_labels(dataset, ir.graph_module)
+        evaluate = top1(dataset)
+        subset = lambda n: top1(dataset, n)  # noqa: E731
+    status = err.status("measuring…", spinner="dots") if err.is_terminal and not quiet else None
+    with status if status is not None else contextlib.nullcontext():
+        ctx = PassContext(
+            progress=status.update if status is not None else None,
+            evaluate=evaluate,  # type: ignore[arg-type]
+            evaluate_subset=subset,
+        )
+        result = sensitivity.run(ir, ctx)
+    for line in result.diagnostics:
+        err.print(f"warning: {line}", markup=False)
+    return cached_analysis(ctx)
+
+
+def render(analysis: Analysis, where: str) -> None:
+    """Two tables: metric and coded bytes at each sparsity, then at each number of bits."""
+    from sqc.cli import _print_table, _table
+
+    subset = f", first {analysis.samples} samples" if analysis.samples else ""
+    base = f"{where}: baseline metric {analysis.metric:.6g}{subset}"
+    for kind, points_of, label in (
+        ("prune", analysis.prune, "sparsity"),
+        ("share", analysis.share, "bits"),
+    ):
+        if not points_of:
+            continue
+        values = sorted({p.value for points in points_of.values() for p in points}, reverse=kind == "share")
+        heads = [f"{v:g}" if kind == "prune" else f"{int(v)} bits" for v in values]
+        rate = f" (bytes after share{{bits={analysis.rate_bits}}},huffman)" if kind == "prune" else ""
+        title = f"{base} — metric / coded bytes vs {label}{rate}"
+        table = _table(title, ["layer", "params", *heads])
+        for name in sorted(points_of):
+            at = {p.value: p for p in points_of[name]}
+            cells = [f"{at[v].metric:.4g} / {at[v].bytes:,}" if v in at else "" for v in values]
+            table.add_row(name, f"{analysis.numel.get(name, 0):,}", *cells)
+        _print_table(table, title)
+
+
+def allocations(passes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The automatic allocations recorded in a report (``inspect``'s ``passes``): for every
+    ``prune{target=auto}`` / ``share{bits=auto}`` record, its metrics and per-layer choices."""
+    found = []
+    for record in passes:
+        stats = record.get("stats", {})
+        if "metric_reference" not in stats:
+            continue
+        layers = [
+            {
+                "layer": name,
+                "target": row["target"],
+                "predicted_drop": row.get("predicted_drop"),
+                "bytes_after": row.get("bytes_after"),
+            }
+            for name, row in record.get("layers", {}).items()
+            if "target" in row
+        ]
+        found.append({"pass": str(record.get("spec", "")).split("{")[0], "stats": stats, "layers": layers})
+    return found
+
+
+def render_allocations(passes: list[dict[str, Any]]) -> None:
+    """Print what ``prune{target=auto}`` / ``share{bits=auto}`` chose (for ``sqc inspect``)."""
+    from sqc.cli import _print_table, _table
+
+    for found in allocations(passes):
+        s = found["stats"]
+        what = "sparsity" if found["pass"] == "prune" else "bits"
+        title = (
+            f"{found['pass']}: allocation within budget {s.get('budget', 0):.6g} — metric "
+            f"{s.get('metric_before', 0):.6g} → predicted {s.get('metric_predicted', 0):.6g}, "
+            f"measured {s.get('metric_after', 0):.6g} (reference {s['metric_reference']:.6g}, "
+            f"{s.get('backoffs', 0)} backoff(s))"
+        )
+        table = _table(title, ["layer", what, "predicted drop", "bytes after"])
+        for row in found["layers"]:
+            drop = row["predicted_drop"]
+            table.add_row(
+                row["layer"],
+                f"{row['target']:g}",
+                "fixed" if drop is None else f"{drop:.6g}",
+                "" if row["bytes_after"] is None else f"{row['bytes_after']:,}",
+            )
+        _print_table(table, title)
+
+
+def write_png(analysis: Analysis, path: Path, *, title: str = "") -> None:
+    """Draw the curves: metric and coded bytes vs sparsity (and vs bits), one line per layer."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise SqcError(f"--png needs matplotlib: {EXTRA_HINT}") from None
+    rows = [
+        (kind, curves) for kind, curves in (("prune", analysis.prune), ("share", analysis.share)) if curves
+    ]
+    if not rows:
+        raise SqcError("no curves to draw: both sweeps are empty")
+    figure = Figure(figsize=(11, 4 * len(rows)), layout="constrained")
+    axes = figure.subplots(len(rows), 2, squeeze=False)
+    for (kind, curves), (left, right) in zip(rows, axes, strict=True):
+        label = "sparsity (fraction of weights pruned)" if kind == "prune" else "bits per weight (shared)"
+        for name in sorted(curves):
+            points = sorted(curves[name], key=lambda p: p.value)
+            xs = [p.value for p in points]
+            left.plot(xs, [p.metric for p in points], marker="o", markersize=3, label=name)
+            right.plot(xs, [p.bytes for p in points], marker="o", markersize=3, label=name)
+        if analysis.metric is not None:
+            left.axhline(analysis.metric, color="grey", linewidth=0.8, linestyle="--")
+        left.set_xlabel(label)
+        left.set_ylabel("metric (each layer alone)")
+        right.set_xlabel(label)
+        right.set_ylabel("coded bytes of the layer")
+        right.set_yscale("log")
+        if kind == "share":
+            left.invert_xaxis()
+            right.invert_xaxis()
+        for axis in (left, right):
+            axis.grid(True, alpha=0.3)
+        left.legend(fontsize="small")
+    if title:
+        figure.suptitle(f"sensitivity of {title}")
+    try:
+        figure.savefig(path, dpi=110, metadata={"Software": None})
+    except OSError as exc:
+        raise SqcError(f"{path}: cannot write the picture ({exc.strerror or exc})") from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``sqc sensitivity`` to the command-line app."""
+    app.command("sensitivity")(sensitivity_command)
