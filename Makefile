@@ -18,7 +18,7 @@ $(VENV)/.torch: $(BIN)/python
 
 # The project is installed (not editable) so tests run against what users get.
 $(STAMP): $(VENV)/.torch $(SOURCES)
-	$(BIN)/pip install -q ".[test]"
+	$(BIN)/pip install -q ".[test,plot]"
 	$(BIN)/pip install -q --force-reinstall --no-deps .
 	$(BIN)/pip install -q --force-reinstall --no-deps ./tests/plugin_example
 	touch $@

@@ -128,7 +128,10 @@ def make_context(
         trainer = lambda module, epochs, lr: cross_entropy_finetuner(dataset, lr=lr)(module, epochs)  # noqa: E731
     if tolerance < 0 or tolerance != tolerance:
         raise SqcError(f"--tolerance {tolerance}: must be a non-negative number")
-    return PassContext(progress=progress, evaluate=evaluator, finetune=trainer, tolerance=tolerance)
+    subset = (lambda n: top1(dataset, n)) if evaluate is None and dataset is not None else None
+    return PassContext(
+        progress=progress, evaluate=evaluator, finetune=trainer, tolerance=tolerance, evaluate_subset=subset
+    )
 
 
 def read(path: str | Path) -> CompressedModel:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sqc.errors import SqcError
+from sqc.sensitivity_cli import register as register_sensitivity
 
 app = typer.Typer(
     name="sqc",
@@ -297,6 +300,9 @@ def _render_container(info: dict[str, Any]) -> None:
     )
     _print_table(table, f"{info['file']}: {info['size']:,} bytes, format {info['version']}")
     out.print(f"pipeline: {info['pipeline']}")
+    from sqc.sensitivity_cli import render_allocations
+
+    render_allocations(info["passes"])
 
 
 @app.command()
@@ -373,6 +379,8 @@ def list_passes(as_json: JsonOpt = False) -> None:
 def _type_name(annotation: Any) -> str:
     from sqc.pass_base import LayerMap
 
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union):
+        return "|".join("none" if a is type(None) else _type_name(a) for a in typing.get_args(annotation))
     if annotation == LayerMap:
         return "layer:value;…"
     args = getattr(annotation, "__args__", None)
@@ -387,6 +395,9 @@ def _default(f: Any) -> str:
     from sqc.pass_base import format_value
 
     return format_value(f.default) if f.default is not MISSING else "required"
+
+
+register_sensitivity(app)
 
 
 def main(argv: list[str] | None = None) -> int:

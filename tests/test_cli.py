@@ -99,6 +99,8 @@ def test_passes_lists_builtins_with_options(cli):
         "steps",
         "epochs",
         "lr",
+        "target",
+        "budget",
     }
     assert by_name["huffman"]["requires"] == ["codes"]
     assert "sparsity=0.9" in cli("passes").out

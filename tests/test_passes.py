@@ -97,39 +97,29 @@ def test_share_per_layer_bits(mlp):
     assert sizes == {"fc1": 32, "fc2": 4}
 
 
-def brute_lloyd(values: torch.Tensor, centroids: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Textbook Lloyd iterations, O(n k) per step, as the reference for the 1-D shortcut."""
-    c = centroids.clone()
-    for _ in range(iterations):
-        assign = (values.unsqueeze(1) - c.unsqueeze(0)).abs().argmin(1)
-        for k in range(c.numel()):
-            members = values[assign == k]
-            if members.numel():
-                c[k] = members.mean()
-    return c
-
-
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     data=st.lists(st.floats(-4, 4, allow_nan=False, width=32), min_size=20, max_size=300),
     bits=st.integers(1, 4),
 )
-def test_kmeans_1d_matches_textbook_lloyd(data, bits):
+def test_kmeans_1d_converges_to_a_lloyd_fixed_point(data, bits):
+    """What exact Lloyd iterations guarantee: every value sits on its nearest centroid, and every
+    non-empty cluster's centroid is the mean of its values (up to float32 rounding of the codebook).
+    Which local optimum is reached depends on tie-breaking, so no other implementation is the oracle."""
     values = torch.tensor(data, dtype=torch.float64)
     k = 1 << bits
-    codebook, codes = kmeans_1d(values, k, "linear", iterations=200)
-    assert codes.min() >= 0 and codes.max() < codebook.numel()
+    codebook, codes = kmeans_1d(values, k, "linear", iterations=500)
+    assert codes.min() >= 0 and codes.max() < codebook.numel() <= k
     assert bool((codebook[1:] > codebook[:-1]).all())
-    distinct = torch.unique(values)
-    if distinct.numel() <= k:
-        assert torch.equal(codebook.to(torch.float64)[codes], values.to(torch.float32).to(torch.float64))
+    book = codebook.to(torch.float64)
+    if torch.unique(values).numel() <= k:
+        assert torch.equal(book[codes.long()], values.to(torch.float32).to(torch.float64))
         return
-    reference = brute_lloyd(
-        values, torch.linspace(float(values.min()), float(values.max()), k, dtype=torch.float64), 200
-    )
-    ours = ((codebook.to(torch.float64)[codes] - values) ** 2).sum()
-    theirs = ((values.unsqueeze(1) - reference.unsqueeze(0)).abs().min(1).values ** 2).sum()
-    assert float(ours) <= float(theirs) * (1 + 1e-5) + 1e-9
+    nearest = (values.unsqueeze(1) - book.unsqueeze(0)).abs().min(1).values
+    assert torch.allclose((book[codes.long()] - values).abs(), nearest, atol=1e-12)
+    for cluster in torch.unique(codes):
+        members = values[codes == cluster]
+        assert float(book[cluster]) == pytest.approx(float(members.mean()), rel=1e-6, abs=1e-6)
 
 
 def test_kmeans_linear_init_keeps_the_extremes():
