@@ -2,14 +2,21 @@
 
 Writing is deterministic (same IR -> same bytes) and atomic (temp file in the target directory, fsync,
 rename; an existing file is only replaced with ``force``). Reading validates the magic, the version,
-every length and offset, and a CRC32 per section before anything is decoded.
+every length and offset, and a CRC32 per section before anything is decoded; the header bytes the
+table CRC does not cover (magic, version, section count) are covered by a CRC stored in the graph
+section, so every single-bit flip anywhere in a file is detected. The reader's memory and time are
+linear in the file size: a file may not declare more tensor elements than :func:`element_budget`
+allows for its size, and JSON sections may not inflate (or hold more graph nodes) than their size
+warrants.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import struct
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -21,19 +28,46 @@ from torch import fx
 
 from sqc.errors import SqcError, SqcFormatError
 from sqc.formats.binio import Reader, Writer
-from sqc.formats.graph_codec import decode_graph, encode_graph, inflate_json
+from sqc.formats.graph_codec import (
+    BYTES_PER_NODE,
+    DTYPE_NAMES,
+    NODE_BASE,
+    brief,
+    decode_graph,
+    encode_graph,
+    inflate_json,
+)
 from sqc.formats.tensor_codec import CODEC_NAMES, Breakdown, decode_tensor, encode_tensor
 from sqc.ir import CompressedModel, InputSpec, PassRecord, TensorState
 
 MAGIC = b"\x89SQC\r\n\x1a\n"
-VERSION = (1, 0)
+VERSION = (1, 1)
 HEADER_SIZE = 28
 ENTRY_SIZE = 20
 KIND_GRAPH, KIND_TENSOR, KIND_REPORT = 1, 2, 3
 NO_TENSOR = 0xFFFFFFFF
 MAX_SECTIONS = 1 << 20
+MAX_ELEMENTS_BASE = 1 << 20
+ELEMENTS_PER_BYTE = 1 << 12
+"""A file of ``n`` bytes may declare at most ``MAX_ELEMENTS_BASE + ELEMENTS_PER_BYTE * n`` tensor
+elements in total (see :func:`element_budget`): decoding costs 10-35 bytes per element, so a small file
+cannot make the reader allocate gigabytes. Real files stay far below it: dense codes cost at least a
+bit per element, a 99.9 %-pruned Huffman-coded layer about a byte per 400 elements, and biases and
+BatchNorm parameters are stored whole. Only a file with almost nothing left in it (99.99 % pruning of
+a model without biases) could exceed it; :func:`serialize` refuses to write such a file."""
+MAX_NAME, MAX_NAME_PARTS = 1024, 64
 
-__all__ = ["SqcFormat", "read", "read_layout", "save", "serialize", "write_atomic"]
+__all__ = [
+    "SqcFormat",
+    "assemble",
+    "element_budget",
+    "header_crc",
+    "read",
+    "read_layout",
+    "save",
+    "serialize",
+    "write_atomic",
+]
 
 
 @dataclass
@@ -57,16 +91,39 @@ class Layout:
     report: list[PassRecord]
     tensors: dict[str, tuple[TensorState, Breakdown, Section]] = field(default_factory=dict)
 
+    @property
+    def seed(self) -> int:
+        """The random seed the pipeline ran with (0 for files written before format 1.1)."""
+        return int(self.meta.get("seed", 0))
+
+
+def header_crc(count: int, version: tuple[int, int] = VERSION) -> int:
+    """CRC-32 of the header bytes 0..15 (magic, version, section count): the ``header_crc32`` of the
+    graph section. The size field is checked against the real size and the table CRC against the
+    table, so with this every header bit is covered."""
+    return zlib.crc32(MAGIC + struct.pack("<HHI", version[0], version[1], count))
+
+
+def element_budget(size: int) -> int:
+    """The most tensor elements (summed over all tensors) a file of ``size`` bytes may declare."""
+    return MAX_ELEMENTS_BASE + ELEMENTS_PER_BYTE * size
+
 
 def serialize(model: CompressedModel) -> bytes:
     """The whole file as bytes (deterministic)."""
     names = list(model.tensors)
+    for name in names:
+        problem = _name_problem(name)
+        if problem:
+            raise SqcError(f"tensor name {name!r} cannot be stored: {problem}")
     index = {name: i for i, name in enumerate(names)}
     meta = {
         "inputs": [[s.name, list(s.shape), s.dtype] for s in model.inputs],
         "tensors": [[name, list(model.tensors[name].shape), model.tensors[name].role] for name in names],
         "pipeline": model.pipeline,
         "producer": "sqc 0.1",
+        "seed": int(getattr(model, "seed", 0)),
+        "header_crc32": header_crc(len(names) + 2),
     }
     bodies: list[tuple[int, int, int, bytes]] = [
         (KIND_GRAPH, 0, NO_TENSOR, encode_graph(model.graph_module, index, meta))
@@ -75,7 +132,24 @@ def serialize(model: CompressedModel) -> bytes:
         codec, payload, _ = encode_tensor(model.tensors[name])
         bodies.append((KIND_TENSOR, codec, i, payload))
     report = [r.to_json() for r in model.report]
-    bodies.append((KIND_REPORT, 0, NO_TENSOR, _deflate_json(report)))
+    bodies.append((KIND_REPORT, 0, NO_TENSOR, deflate_json(report)))
+    data = assemble(bodies)
+    elements = sum(model.tensors[name].numel for name in names)
+    if elements > element_budget(len(data)):
+        raise SqcError(
+            f"the model has {elements:,} tensor elements but compresses to {len(data):,} bytes, more "
+            f"than {ELEMENTS_PER_BYTE:,} elements per byte: readers refuse such a file as a decompression "
+            "bomb (is most of the model pruned away?)"
+        )
+    return data
+
+
+def assemble(bodies: list[tuple[int, int, int, bytes]], version: tuple[int, int] = VERSION) -> bytes:
+    """Header + section table + payloads for ``(kind, codec, tensor, payload)`` sections, in order.
+
+    This only frames the payloads (lengths, CRCs, size); :func:`serialize` builds a valid file with it,
+    and tests and the fuzzer use it to build files with any content.
+    """
     table = Writer()
     for kind, codec, tensor, payload in bodies:
         table.u8(kind)
@@ -88,15 +162,16 @@ def serialize(model: CompressedModel) -> bytes:
     total = HEADER_SIZE + len(table_bytes) + sum(len(b[3]) for b in bodies)
     head = Writer()
     head.raw(MAGIC)
-    head.u16(VERSION[0])
-    head.u16(VERSION[1])
+    head.u16(version[0])
+    head.u16(version[1])
     head.u32(len(bodies))
     head.u64(total)
     head.u32(zlib.crc32(table_bytes))
     return head.getvalue() + table_bytes + b"".join(b[3] for b in bodies)
 
 
-def _deflate_json(obj: Any) -> bytes:
+def deflate_json(obj: Any) -> bytes:
+    """The report section's encoding (and, with the node list, the graph section's)."""
     return zlib.compress(json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8"), 9)
 
 
@@ -142,14 +217,28 @@ def _read_bytes(path: Path) -> bytes:
         raise SqcError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def read_layout(data: bytes | memoryview, *, decode_tensors: bool = True) -> Layout:
-    """Validate the whole file and parse every section (decoding tensors unless asked not to)."""
+def read_layout(
+    data: bytes | memoryview, *, decode_tensors: bool = True, max_elements: int | None = None
+) -> Layout:
+    """Validate the whole file and parse every section (decoding tensors unless asked not to).
+
+    ``max_elements`` replaces :func:`element_budget` as the limit on the tensor elements the file may
+    declare (for a trusted file that compresses better than that).
+    """
     view = memoryview(data)
     r = Reader(view, 0, "header")
+    if len(view) == 0:
+        raise SqcFormatError("not an .sqc file (empty)", 0)
     if len(view) < len(MAGIC) or bytes(view[: len(MAGIC)]) != MAGIC:
         raise SqcFormatError("not an .sqc file (bad magic)", 0)
     r.take(len(MAGIC))
     major, minor = r.u16(), r.u16()
+    if major > VERSION[0]:
+        raise SqcFormatError(
+            f"written by a newer sqc (format {major}.{minor}); upgrade sqc to read it "
+            f"(this sqc reads format {VERSION[0]}.x)",
+            8,
+        )
     if major != VERSION[0]:
         raise SqcFormatError(f"unsupported .sqc version {major}.{minor} (this sqc reads {VERSION[0]}.x)", 8)
     count = r.u32()
@@ -171,6 +260,11 @@ def read_layout(data: bytes | memoryview, *, decode_tensors: bool = True) -> Lay
         kind, codec, reserved, tensor, crc, length = t.u8(), t.u8(), t.u16(), t.u32(), t.u32(), t.u64()
         if reserved != 0 or kind not in (KIND_GRAPH, KIND_TENSOR, KIND_REPORT):
             raise SqcFormatError(f"section {len(sections)} has unknown kind {kind}", t.offset - ENTRY_SIZE)
+        if kind != KIND_TENSOR and (codec != 0 or tensor != NO_TENSOR):
+            raise SqcFormatError(
+                f"section {len(sections)} ({_KINDS[kind]}) has a codec or tensor number",
+                t.offset - ENTRY_SIZE,
+            )
         if length > len(view) - offset:
             raise SqcFormatError(
                 f"section {len(sections)} runs past the end of the file", t.offset - ENTRY_SIZE
@@ -192,15 +286,21 @@ def read_layout(data: bytes | memoryview, *, decode_tensors: bool = True) -> Lay
         sections[0].offset,
     )
     meta = _check_meta(graph_doc, sections[0].offset)
+    _check_header_crc(meta, count, (major, minor))
+    elements = sum(math.prod(entry[1]) for entry in meta["tensors"])
+    limit = element_budget(len(view)) if max_elements is None else max_elements
+    if elements > limit:
+        raise SqcFormatError(
+            f"graph section: the tensors declare {elements:,} elements, more than a file of "
+            f"{len(view):,} bytes may ({limit:,}): a decompression bomb?",
+            sections[0].offset,
+        )
     report_doc = inflate_json(
         view[sections[-1].offset : sections[-1].offset + sections[-1].length],
         "report section",
         sections[-1].offset,
     )
-    try:
-        report = [PassRecord.from_json(obj) for obj in report_doc]
-    except (TypeError, KeyError, ValueError, AttributeError):
-        raise SqcFormatError("report section is malformed", sections[-1].offset) from None
+    report = _check_report(report_doc, sections[-1].offset)
     layout = Layout(len(view), (major, minor), sections, meta, report)
     tensor_sections = sections[1:-1]
     if len(tensor_sections) != len(meta["tensors"]) or any(s.kind != KIND_TENSOR for s in tensor_sections):
@@ -223,6 +323,26 @@ def read_layout(data: bytes | memoryview, *, decode_tensors: bool = True) -> Lay
     return layout
 
 
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value < high
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a tensor name, or None. fx quotes a name part that is not an identifier
+    inside ``getattr(self, "...")`` in generated source, so a quote, a backslash or a control character
+    would let a file inject code; an empty part is not a module attribute."""
+    if not 0 < len(name) <= MAX_NAME:
+        return f"length {len(name)} outside 1..{MAX_NAME}"
+    parts = name.split(".")
+    if len(parts) > MAX_NAME_PARTS:
+        return f"more than {MAX_NAME_PARTS} components"
+    if any(not part for part in parts):
+        return "an empty component"
+    if not name.isprintable() or '"' in name or "\\" in name:
+        return "a quote, backslash or control character"
+    return None
+
+
 def _check_meta(doc: Any, offset: int) -> dict[str, Any]:
     def bad(message: str) -> SqcFormatError:
         return SqcFormatError(f"graph section: {message}", offset)
@@ -237,6 +357,8 @@ def _check_meta(doc: Any, offset: int) -> dict[str, Any]:
         or not isinstance(doc.get("pipeline"), str)
     ):
         raise bad("missing tensors, inputs or pipeline")
+    if "seed" in doc and not _is_int(doc["seed"], 0, 1 << 64):
+        raise bad(f"malformed seed {brief(doc['seed'])}")
     seen = set()
     for entry in tensors:
         ok = (
@@ -245,16 +367,17 @@ def _check_meta(doc: Any, offset: int) -> dict[str, Any]:
             and isinstance(entry[0], str)
             and isinstance(entry[1], list)
             and len(entry[1]) <= 8
-            and all(isinstance(d, int) and 0 <= d < (1 << 40) for d in entry[1])
+            and all(_is_int(d, 0, 1 << 40) for d in entry[1])
             and entry[2] in ("weight", "param", "buffer")
         )
         if not ok or entry[0] in seen:
-            raise bad(f"malformed tensor entry {str(entry)[:60]}")
-        numel = 1
-        for d in entry[1]:
-            numel *= d
+            raise bad(f"malformed tensor entry {brief(entry)}")
+        problem = _name_problem(entry[0])
+        if problem:
+            raise bad(f"tensor name {brief(entry[0])} has {problem}")
+        numel = math.prod(entry[1])
         if numel > (1 << 34):
-            raise bad(f"tensor {entry[0]} claims {numel} elements")
+            raise bad(f"tensor {brief(entry[0])} claims {numel} elements")
         seen.add(entry[0])
     for entry in inputs:
         if not (
@@ -262,17 +385,54 @@ def _check_meta(doc: Any, offset: int) -> dict[str, Any]:
             and len(entry) == 3
             and isinstance(entry[0], str)
             and isinstance(entry[1], list)
+            and len(entry[1]) <= 8
+            and isinstance(entry[2], str)
+            and entry[2] in DTYPE_NAMES
         ):
-            raise bad(f"malformed input entry {str(entry)[:60]}")
-        if not all(isinstance(d, int) and 0 <= d < (1 << 31) for d in entry[1]):
-            raise bad(f"malformed input shape {entry[1]}")
+            raise bad(f"malformed input entry {brief(entry)}")
+        if not all(_is_int(d, 0, 1 << 31) for d in entry[1]):
+            raise bad(f"malformed input shape {brief(entry[1])}")
     return doc
+
+
+def _check_header_crc(meta: dict[str, Any], count: int, version: tuple[int, int]) -> None:
+    """The header bytes outside the table CRC (magic, version, count) against the graph's copy of
+    their CRC. Format 1.0 files have none; a 1.0 file whose minor version was damaged reads as >= 1.1
+    and is caught because the CRC is then missing."""
+    stored = meta.get("header_crc32")
+    if stored is None and version[1] == 0:
+        return
+    if stored is None:
+        raise SqcFormatError(f"header checksum missing from a format {version[0]}.{version[1]} file", 0)
+    if stored != header_crc(count, version):
+        raise SqcFormatError("header checksum mismatch: the version or section count bytes are corrupt", 0)
+
+
+def _check_report(doc: Any, offset: int) -> list[PassRecord]:
+    def ok(obj: Any) -> bool:
+        return (
+            isinstance(obj, dict)
+            and isinstance(obj.get("spec"), str)
+            and isinstance(obj.get("changed"), bool)
+            and isinstance(obj.get("stats", {}), dict)
+            and isinstance(obj.get("layers", {}), dict)
+            and all(isinstance(v, dict) for v in obj.get("layers", {}).values())
+            and isinstance(obj.get("diagnostics", []), list)
+            and all(isinstance(v, str) for v in obj.get("diagnostics", []))
+        )
+
+    if not isinstance(doc, list) or not all(ok(obj) for obj in doc):
+        raise SqcFormatError("report section is malformed", offset)
+    return [PassRecord.from_json(obj) for obj in doc]
+
+
+_KINDS = {KIND_GRAPH: "graph", KIND_TENSOR: "tensor", KIND_REPORT: "report"}
 
 
 def _kind_name(s: Section) -> str:
     if s.kind == KIND_TENSOR:
         return f"tensor #{s.tensor}, {CODEC_NAMES.get(s.codec, '?')}"
-    return {KIND_GRAPH: "graph", KIND_REPORT: "report"}[s.kind]
+    return _KINDS[s.kind]
 
 
 def read(path: Path) -> CompressedModel:
@@ -281,23 +441,37 @@ def read(path: Path) -> CompressedModel:
     try:
         layout = read_layout(data)
     except SqcFormatError as exc:
-        raise SqcFormatError(f"{path}: {exc}") from None
+        raise _located(exc, str(path)) from None
     return model_from_layout(layout, str(path))
 
 
+def _located(exc: SqcFormatError, where: str) -> SqcFormatError:
+    """``exc`` prefixed with the file name, keeping its offset."""
+    located = SqcFormatError(f"{where}: {exc}")
+    located.offset = exc.offset
+    return located
+
+
 def model_from_layout(layout: Layout, where: str) -> CompressedModel:
+    """The IR from a validated layout (read with ``decode_tensors``): builds the graph and the module."""
     meta = layout.meta
     names = [t[0] for t in meta["tensors"]]
+    graph_section = layout.sections[0]
+
+    def bad(message: str) -> SqcFormatError:
+        return SqcFormatError(f"{where}: graph section: {message}", graph_section.offset)
+
     try:
-        graph = decode_graph(meta, names, layout.sections[0].offset)
+        graph = decode_graph(
+            meta, names, graph_section.offset, NODE_BASE + graph_section.length // BYTES_PER_NODE
+        )
     except SqcFormatError as exc:
-        raise SqcFormatError(f"{where}: {exc}") from None
+        raise _located(exc, where) from None
     root = nn.Module()
     records: dict[str, TensorState] = {}
     for name in names:
         state = layout.tensors[name][0]
         records[name] = state
-        value = state.decode()
         *path, leaf = name.split(".")
         owner = root
         for part in path:
@@ -305,9 +479,10 @@ def model_from_layout(layout: Layout, where: str) -> CompressedModel:
                 owner.add_module(part, nn.Module())
             owner = getattr(owner, part)
             if not isinstance(owner, nn.Module):
-                raise SqcFormatError(f"{where}: tensor name {name} clashes with another tensor")
+                raise bad(f"tensor name {brief(name)} clashes with another tensor")
         if hasattr(owner, leaf):
-            raise SqcFormatError(f"{where}: tensor name {name} is used twice")
+            raise bad(f"tensor name {brief(name)} is used twice or names a module attribute")
+        value = state.decode()
         if state.role == "buffer":
             owner.register_buffer(leaf, value)
         else:
@@ -315,11 +490,11 @@ def model_from_layout(layout: Layout, where: str) -> CompressedModel:
     try:
         gm = fx.GraphModule(root, graph, class_name="SqcModel")
     except Exception as exc:
-        raise SqcFormatError(f"{where}: graph section does not form a module ({exc})") from None
+        raise bad(f"does not form a module ({' '.join(str(exc).split())[:200]})") from None
     inputs = [InputSpec(n, tuple(s), d) for n, s, d in meta["inputs"]]
     placeholders = [n.name for n in graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
-        raise SqcFormatError(f"{where}: {len(placeholders)} graph inputs but {len(inputs)} input specs")
+        raise bad(f"{len(placeholders)} graph inputs but {len(inputs)} input specs")
     return CompressedModel(gm, records, inputs, meta["pipeline"], layout.report)
 
 

@@ -12,11 +12,19 @@ Arguments are JSON values; a reference to an earlier node is ``{"%": index}``, a
 ``{"slice": [start, stop, step]}``, Ellipsis ``{"...": 0}``, a dtype ``{"dtype": "float32"}``; lists and
 tuples both become lists and come back as tuples. The reader only accepts op names from the
 vocabulary and references to earlier nodes, so a file cannot name arbitrary code.
+
+torch.fx turns the graph into Python source, so everything from the file that reaches that source is
+checked first: node names must come back from fx's namespace unchanged (valid, unique identifiers),
+keyword-argument names must be identifiers, and tensor names (which fx quotes inside ``getattr``) are
+checked by the container. Work is linear in the section size: inflating is capped relative to the
+compressed size, and so is the number of nodes.
 """
 
 from __future__ import annotations
 
 import json
+import keyword
+import reprlib
 import zlib
 from typing import Any
 
@@ -28,7 +36,14 @@ from sqc.ops import FUNCTION_NAMES, FUNCTIONS, METHODS
 
 GRAPH_SCHEMA = 1
 MAX_JSON = 64 << 20  # inflate limit: a graph of a million nodes fits; a zip bomb does not
+JSON_BASE, JSON_RATIO = 16 << 10, 64
+"""A JSON section may inflate to at most ``JSON_BASE + JSON_RATIO x`` its compressed size (and never past
+``MAX_JSON``). sqc's own sections inflate 2-20x (level-9 zlib of repetitive JSON); a zip bomb is ~1000x."""
+NODE_BASE, BYTES_PER_NODE = 256, 2
+"""At most ``NODE_BASE + compressed graph bytes / BYTES_PER_NODE`` nodes; sqc's graphs cost 5-30 bytes per
+node. Each node costs ~9 KB once fx has built the module, so this bounds memory by the file size."""
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "int64": torch.int64}
+DTYPE_NAMES = frozenset(_DTYPES)
 
 
 def _encode_arg(value: Any, index: dict[fx.Node, int]) -> Any:
@@ -90,13 +105,29 @@ def encode_graph(gm: fx.GraphModule, tensor_index: dict[str, int], extra: dict[s
     return zlib.compress(text.encode("utf-8"), 9)
 
 
+def json_limit(compressed: int) -> int:
+    """The most bytes a JSON section of ``compressed`` bytes may inflate to."""
+    return min(MAX_JSON, JSON_BASE + JSON_RATIO * compressed)
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """A short repr for messages, safe for values from a file (huge or deeply nested)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 3, limit, limit
+    short.maxlist = short.maxtuple = short.maxdict = 4
+    return short.repr(value)[: 2 * limit]
+
+
 def inflate_json(data: bytes | memoryview, what: str, offset: int) -> Any:
-    """zlib + JSON with a size limit; any failure is a format error at ``offset``."""
+    """zlib + JSON with a size limit (:func:`json_limit`); any failure is a format error at ``offset``."""
+    limit = json_limit(len(data))
     try:
         inflater = zlib.decompressobj()
-        text = inflater.decompress(bytes(data), MAX_JSON)
+        text = inflater.decompress(data, limit)
         if inflater.unconsumed_tail:
-            raise SqcFormatError(f"{what} inflates to more than {MAX_JSON} bytes", offset)
+            raise SqcFormatError(
+                f"{what} inflates to more than {limit} bytes ({len(data)} compressed): a zip bomb?", offset
+            )
         if not inflater.eof or inflater.unused_data:
             raise SqcFormatError(f"{what}: truncated or trailing zlib data", offset)
         return json.loads(text.decode("utf-8"))
@@ -106,8 +137,13 @@ def inflate_json(data: bytes | memoryview, what: str, offset: int) -> Any:
         raise SqcFormatError(f"{what} is not valid zlib/JSON ({exc})", offset) from None
 
 
-def decode_graph(doc: Any, tensors: list[str], offset: int) -> fx.Graph:
-    """Rebuild the fx.Graph from the op list, accepting only vocabulary ops and backward references."""
+def decode_graph(doc: Any, tensors: list[str], offset: int, max_nodes: int | None = None) -> fx.Graph:
+    """Rebuild the fx.Graph from the op list, accepting only vocabulary ops and backward references.
+
+    Every node gets the name stored in the file; a name fx would change (not an identifier, a Python
+    keyword or builtin, or a duplicate) is refused, so the generated source only holds names that were
+    checked, and fx's name search never runs (it is quadratic on crafted names).
+    """
 
     def bad(message: str) -> SqcFormatError:
         return SqcFormatError(f"graph section: {message}", offset)
@@ -117,7 +153,9 @@ def decode_graph(doc: Any, tensors: list[str], offset: int) -> fx.Graph:
         or doc.get("schema") != GRAPH_SCHEMA
         or not isinstance(doc.get("nodes"), list)
     ):
-        raise bad(f"unknown graph schema {doc.get('schema') if isinstance(doc, dict) else None!r}")
+        raise bad(f"unknown graph schema {brief(doc.get('schema') if isinstance(doc, dict) else None)}")
+    if max_nodes is not None and len(doc["nodes"]) > max_nodes:
+        raise bad(f"{len(doc['nodes'])} nodes is more than a section of this size can describe ({max_nodes})")
     graph = fx.Graph()
     built: list[fx.Node] = []
 
@@ -128,11 +166,11 @@ def decode_graph(doc: Any, tensors: list[str], offset: int) -> fx.Graph:
             return tuple(arg(v, depth + 1) for v in value)
         if isinstance(value, dict):
             if len(value) != 1:
-                raise bad(f"malformed argument {value!r}")
+                raise bad(f"malformed argument {brief(value)}")
             ((key, inner),) = value.items()
             if key == "%":
-                if not isinstance(inner, int) or not 0 <= inner < len(built):
-                    raise bad(f"reference to node {inner!r} that is not defined before use")
+                if type(inner) is not int or not 0 <= inner < len(built):
+                    raise bad(f"reference to node {brief(inner)} that is not defined before use")
                 return built[inner]
             if key == "slice" and isinstance(inner, list) and len(inner) == 3:
                 return slice(*(arg(v, depth + 1) for v in inner))
@@ -142,55 +180,83 @@ def decode_graph(doc: Any, tensors: list[str], offset: int) -> fx.Graph:
                 return _DTYPES[inner]
             if key == "map" and isinstance(inner, dict):
                 return {k: arg(v, depth + 1) for k, v in inner.items()}
-            raise bad(f"malformed argument {value!r}")
+            raise bad(f"malformed argument {brief(value)}")
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
-        raise bad(f"malformed argument {value!r}")
+        raise bad(f"malformed argument {brief(value)}")
+
+    def keywords(kwargs: dict[str, Any], position: int) -> dict[str, Any]:
+        # fx writes ``key = value`` into the generated source: a key must be a plain identifier.
+        for key in kwargs:
+            if not key.isidentifier() or keyword.iskeyword(key):
+                raise bad(f"node #{position}: keyword argument name {brief(key)} is not an identifier")
+        return {k: arg(v) for k, v in kwargs.items()}
+
+    def named(node: fx.Node, name: str, position: int) -> fx.Node:
+        if node.name != name:
+            raise bad(f"node #{position}: name {brief(name)} is not a valid, unique node name")
+        return node
 
     outputs = 0
+    used = [False] * len(tensors)
     for position, entry in enumerate(doc["nodes"]):
         if not isinstance(entry, list) or not entry or not isinstance(entry[0], str):
             raise bad(f"node #{position} is malformed")
         kind = entry[0]
         try:
             if kind == "in" and len(entry) == 2 and isinstance(entry[1], str):
-                node = graph.placeholder(entry[1])
+                node = named(graph.placeholder(entry[1]), entry[1], position)
             elif (
                 kind == "attr"
                 and len(entry) == 3
-                and isinstance(entry[2], int)
+                and isinstance(entry[1], str)
+                and type(entry[2]) is int
                 and 0 <= entry[2] < len(tensors)
             ):
-                node = graph.get_attr(tensors[entry[2]])
+                node = named(
+                    graph.create_node("get_attr", tensors[entry[2]], name=entry[1]), entry[1], position
+                )
+                used[entry[2]] = True
             elif kind in ("call", "method") and len(entry) == 6 and isinstance(entry[4], dict):
                 _, name, op, args, kwargs, shape = entry
-                if not isinstance(args, list) or not isinstance(name, str):
+                if not isinstance(args, list) or not isinstance(name, str) or not isinstance(op, str):
                     raise bad(f"node #{position} is malformed")
                 if kind == "call":
                     if op not in FUNCTIONS:
-                        raise bad(f"node #{position} ({name}): unknown op {op!r}")
-                    node = graph.call_function(
-                        FUNCTIONS[op], arg(args), {k: arg(v) for k, v in kwargs.items()}
-                    )
+                        raise bad(f"node #{position} ({brief(name)}): unknown op {brief(op)}")
+                    target: Any = FUNCTIONS[op]
+                elif op not in METHODS:
+                    raise bad(f"node #{position} ({brief(name)}): unknown method {brief(op)}")
                 else:
-                    if op not in METHODS:
-                        raise bad(f"node #{position} ({name}): unknown method {op!r}")
-                    node = graph.call_method(op, arg(args), {k: arg(v) for k, v in kwargs.items()})
-                node.name = graph._graph_namespace.create_name(name, node)
+                    target = op
+                node = graph.create_node(
+                    "call_function" if kind == "call" else "call_method",
+                    target,
+                    arg(args),
+                    keywords(kwargs, position),
+                    name=name,
+                )
+                named(node, name, position)
                 if shape is not None:
-                    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-                        raise bad(f"node #{position} ({name}): malformed shape")
+                    if (
+                        not isinstance(shape, list)
+                        or len(shape) > 16
+                        or not all(type(d) is int and 0 <= d < (1 << 40) for d in shape)
+                    ):
+                        raise bad(f"node #{position} ({brief(name)}): malformed shape")
                     node.meta["shape"] = tuple(shape)
             elif kind == "out" and len(entry) == 2:
                 node = graph.output(arg(entry[1]))
                 outputs += 1
             else:
-                raise bad(f"node #{position} of kind {kind!r} is malformed")
+                raise bad(f"node #{position} of kind {brief(kind)} is malformed")
         except SqcFormatError:
             raise
         except Exception as exc:  # fx rejects an odd name or argument
-            raise bad(f"node #{position}: {exc}") from None
+            raise bad(f"node #{position}: {' '.join(str(exc).split())[:200]}") from None
         built.append(node)
     if outputs != 1 or built[-1].op != "output":
         raise bad("the graph must end with exactly one output")
+    if not all(used):
+        raise bad(f"tensor {brief(tensors[used.index(False)])} is not used by the graph")
     return graph

@@ -32,7 +32,8 @@ form; the symbol count is *not* stored (the container knows it from the tensor s
 
     Everything is canonical and checked on read: ``hdr`` must be the minimal ``lmin``/``w`` for the table,
     field ``H-1`` is non-zero, lengths are at most 24, the code is complete (or a single symbol of length
-    1, whose payload would be ``count`` zero bits and is therefore implied), varints are minimal,
+    1, whose payload would be ``count`` zero bits and is therefore implied), every listed symbol occurs
+    (at most ``count`` symbols, their lengths summing to at most ``nbits``), varints are minimal,
     padding bits are zero, exactly ``count`` symbols fill exactly ``nbits`` bits, and nothing follows the
     payload. A 64-symbol codebook with lengths spanning 8 values therefore costs 2 + 32 bytes of table.
 
@@ -262,24 +263,37 @@ def deserialize(buf: bytes | bytearray | memoryview, alphabet_size: int, count: 
     table_bytes = bitpack.packed_size(high, width)
     if len(raw) - pos < table_bytes:
         raise SqcFormatError("Huffman stream truncated in the length table", offset=pos)
-    fields = bitpack.unpack(raw[pos : pos + table_bytes], high, width, signed=False)
+    fields = _table_fields(raw[pos : pos + table_bytes], high, width)
     if (high * width) % 8 and raw[pos + table_bytes - 1] >> ((high * width) % 8):
         raise SqcFormatError("non-zero padding bits after the Huffman length table", offset=pos)
     if fields[-1] == 0 or int(fields.max()).bit_length() != width or not (fields == 1).any():
         raise SqcFormatError("Huffman length table is not in canonical form", offset=pos)
+    # The encoder gives a length only to symbols that occur, so a table listing more symbols than the
+    # stream holds is corrupt. Checked before anything is built per symbol, so that work and memory
+    # follow the symbol count, not a table that claims a huge alphabet.
+    n_used = int(np.count_nonzero(fields))
+    if n_used > max(1, count):
+        raise SqcFormatError(
+            f"Huffman table lists {n_used} symbols, more than the {count} symbols of the stream", offset=pos
+        )
+    used = np.flatnonzero(fields)
+    lengths = fields[used].astype(np.int64) + (lmin - 1)  # the lengths of the used symbols, in order
     pos += table_bytes
-    lengths = np.where(fields > 0, fields + (lmin - 1), 0)
     if int(lengths.max()) > MAX_CODE_LENGTH:
         raise SqcFormatError(f"Huffman code length above {MAX_CODE_LENGTH}", offset=pos - table_bytes)
-    used = np.flatnonzero(lengths)
     if used.size == 1:
-        if lengths[used[0]] != 1:
+        if lengths[0] != 1:
             raise SqcFormatError("a single-symbol Huffman code must have length 1", offset=pos - table_bytes)
         if pos != len(raw):
             raise SqcFormatError("trailing bytes after a single-symbol Huffman stream", offset=pos)
         return np.full(count, used[0], dtype=np.int64)
 
     nbits, pos = _read_varint(raw, pos)
+    if int(lengths.sum()) > nbits:  # every used symbol's codeword appears at least once
+        raise SqcFormatError(
+            f"Huffman table lists {used.size} symbols whose codewords do not all fit in {nbits} bits",
+            offset=pos,
+        )
     payload_bytes = (nbits + 7) // 8
     if len(raw) - pos != payload_bytes:
         raise SqcFormatError(
@@ -289,7 +303,8 @@ def deserialize(buf: bytes | bytearray | memoryview, alphabet_size: int, count: 
     if nbits % 8 and raw[-1] & (0xFF >> (nbits % 8)):
         raise SqcFormatError("non-zero padding bits after the Huffman payload", offset=len(raw) - 1)
     try:
-        return decode(lengths, raw[pos:], nbits, count)
+        # Canonical codes depend only on the order of (length, symbol), which the compacted table keeps.
+        return used[decode(lengths, raw[pos:], nbits, count)]
     except SqcFormatError as exc:
         if exc.offset is not None:
             raise
@@ -414,6 +429,16 @@ def _write_codes(
         words[first_word] += sums >> np.uint64(32)
         words[first_word + 1] += sums & np.uint64(0xFFFFFFFF)
     return words[:nwords].astype(">u4").tobytes()[: (nbits + 7) // 8]
+
+
+def _table_fields(raw: memoryview, high: int, width: int) -> npt.NDArray[np.uint8]:
+    """The ``high`` ``width``-bit fields of a length table as uint8 (about 10 bytes of memory per table
+    byte, where :func:`bitpack.unpack`'s int64 result would take 64)."""
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
+    fields = np.zeros(high, dtype=np.uint8)
+    for j in range(width):
+        fields |= bits[j : high * width : width] << np.uint8(j)
+    return fields
 
 
 def _read_varint(raw: memoryview, pos: int) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import pickle
 import sys
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from sqc.errors import ModelLoadError
+from sqc.formats.container import MAGIC
 
 
 @dataclass
@@ -71,9 +73,30 @@ def _state_dict_of(obj: Any) -> Mapping[str, torch.Tensor] | None:
                 and all(isinstance(v, torch.Tensor) for v in inner.values())
             ):
                 return inner
-        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        # An empty mapping is the state_dict of a model without parameters or buffers.
+        if all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
             return obj
     return None
+
+
+def _check_file(path: Path) -> None:
+    """Refuse, in one clear line, what is plainly not a model file: nothing, a directory, an empty file,
+    or a .sqc file (already compressed)."""
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, not a model file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror})") from None
+    if not head:
+        raise ModelLoadError(f"{path}: is empty (0 bytes), not a model file")
+    if head == MAGIC:
+        raise ModelLoadError(
+            f"{path}: is a .sqc file (already compressed); use sqc inspect or sqc decompress on it"
+        )
 
 
 def _fit(path: Path, arch: str, model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
@@ -98,11 +121,13 @@ def _fit(path: Path, arch: str, model: nn.Module, state: Mapping[str, torch.Tens
 
 
 def load_model(path: Path, arch: str | None = None, *, trust_pickle: bool = False) -> LoadedModel:
-    """Load ``path`` as a state_dict (with ``arch``), a torch.export program, or a trusted pickle."""
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory, not a model file")
+    """Load ``path`` as a state_dict (with ``arch``), a torch.export program, or a trusted pickle.
+
+    Nothing in the file runs unless ``trust_pickle``: ``torch.load`` is called with
+    ``weights_only=True``, which rebuilds tensors and plain containers only and refuses any other
+    pickled object (the file's own code is never imported or called).
+    """
+    _check_file(path)
     if _is_export_archive(path):
         try:
             program = torch.export.load(str(path))
@@ -117,7 +142,9 @@ def load_model(path: Path, arch: str | None = None, *, trust_pickle: bool = Fals
         ]
         return LoadedModel(program.module(), shapes, f"{path} (torch.export)")
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trust_pickle:
             raise ModelLoadError(
@@ -132,7 +159,8 @@ def load_model(path: Path, arch: str | None = None, *, trust_pickle: bool = Fals
     state = _state_dict_of(obj)
     if state is None:
         raise ModelLoadError(
-            f"{path}: holds a {type(obj).__name__}, not a state_dict, module or export program"
+            f"{path}: holds an object of type {type(obj).__name__}, "
+            "not a state_dict, module or export program"
         )
     if arch is None:
         raise ModelLoadError(
@@ -151,7 +179,9 @@ def _load_trusted(path: Path, first_error: Exception) -> Any:
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot unpickle ({_first_line(exc)})") from None
     if not isinstance(obj, nn.Module) and _state_dict_of(obj) is None:
-        raise ModelLoadError(f"{path}: the pickle holds a {type(obj).__name__}, not an nn.Module")
+        raise ModelLoadError(
+            f"{path}: the pickle holds an object of type {type(obj).__name__}, not an nn.Module"
+        )
     return obj
 
 

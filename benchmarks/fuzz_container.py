@@ -1,0 +1,260 @@
+"""Fuzz the ``.sqc`` reader: any outcome but a valid model or a located SqcFormatError is a bug.
+
+The target is what a user's ``sqc inspect`` / ``sqc.load`` does with a file's bytes:
+``read_layout`` (header, table, CRCs, JSON sections, every tensor decoded) then ``model_from_layout``
+(the fx graph and the module), then the IR verifier and ``inspect --json`` on the result. It must
+either return a model that verifies or raise :class:`SqcFormatError` with a byte offset; another
+exception, a hang (libFuzzer ``-timeout``) or a blow-up in memory (``-rss_limit_mb``) is a bug.
+
+Two engines share the target and the structure-aware mutator of ``tests/fuzz/mutate.py`` (which fixes
+up CRCs and lengths after changing a field, so the mutations reach the decoders behind the checksums):
+
+* ``--engine atheris`` (default): coverage-guided (libFuzzer) over the instrumented ``sqc`` package;
+* ``--engine random``: the same mutator driven by ``random`` (no coverage feedback, no atheris needed);
+  it keeps going after a failure and groups failures by where they were raised.
+
+Seeds are small valid files written by sqc itself (every codec, layout and stream coder), plus the
+regression corpus ``tests/fuzz/corpus/``; the suite replays that corpus (``tests/test_reliability.py``).
+
+    python benchmarks/fuzz_container.py --time 600                # 10 minutes, atheris
+    python benchmarks/fuzz_container.py --engine random --runs 200000 --seed 1
+    python benchmarks/fuzz_container.py --replay crash-*          # re-run saved inputs
+    python benchmarks/fuzz_container.py --write-seeds DIR         # just the seed files
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "tests" / "fuzz" / "corpus"
+sys.path.insert(0, str(ROOT / "tests" / "fuzz"))
+
+
+def _load_engine(engine: str) -> Callable[[], None]:
+    """Import sqc (instrumented under atheris) and return nothing; must run before sqc is imported."""
+    if engine == "atheris":
+        import atheris
+
+        with atheris.instrument_imports(include=["sqc"]):
+            import sqc.formats.container
+            import sqc.ir  # noqa: F401
+    return lambda: None
+
+
+def make_target() -> Callable[[bytes], None]:
+    import json
+
+    from sqc.errors import SqcFormatError
+    from sqc.formats import container
+    from sqc.inspection import inspect_container
+
+    def target(data: bytes) -> None:
+        try:
+            layout = container.read_layout(data)
+            model = container.model_from_layout(layout, "fuzz")
+        except SqcFormatError as exc:
+            if exc.offset is None:
+                raise AssertionError(f"SqcFormatError without a byte offset: {exc}") from exc
+            return
+        model.verify()  # whatever the reader accepts must be a consistent model
+        json.dumps(inspect_container(data, "fuzz"))  # and `sqc inspect --json` must describe it
+
+    return target
+
+
+def prepare_corpus(workdir: Path) -> Path:
+    corpus = workdir / "corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    from crafted import seed_files
+
+    for name, data in seed_files().items():
+        (corpus / name).write_bytes(data)
+    for path in sorted(CORPUS.glob("*.sqc")):
+        shutil.copy(path, corpus / path.name)
+    return corpus
+
+
+def run_atheris(args: argparse.Namespace, workdir: Path) -> None:
+    import atheris
+    from mutate import mutate
+
+    corpus = prepare_corpus(workdir)
+    target = make_target()
+
+    def mutator(data: bytes, max_size: int, seed: int) -> bytes:
+        return mutate(data, random.Random(seed), atheris.Mutate, max_size)
+
+    flags = [
+        sys.argv[0],
+        str(corpus),
+        f"-rss_limit_mb={args.rss_mb}",
+        f"-timeout={args.timeout}",
+        f"-artifact_prefix={workdir}/",
+        "-max_len=65536",
+        "-print_final_stats=1",
+        f"-seed={args.seed}",
+    ]
+    if args.time:
+        flags.append(f"-max_total_time={args.time}")
+    if args.runs:
+        flags.append(f"-runs={args.runs}")
+    print(f"atheris: corpus {corpus}, artifacts in {workdir}", flush=True)
+    atheris.Setup(flags, target, custom_mutator=mutator)
+    atheris.Fuzz()
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    last = frames[-1] if frames else None
+    return f"{type(exc).__name__} at {Path(last.filename).name}:{last.lineno}" if last else type(exc).__name__
+
+
+def run_random(args: argparse.Namespace, workdir: Path) -> int:
+    from mutate import mutate, random_bytes_mutation
+
+    corpus = prepare_corpus(workdir)
+    pool = [path.read_bytes() for path in sorted(corpus.glob("*"))]
+    target = make_target()
+    rng = random.Random(args.seed)
+    failures: dict[str, tuple[int, Path]] = {}
+    start = time.perf_counter()
+    slowest = (0.0, b"")
+    runs = 0
+    deadline = start + args.time if args.time else None
+    while (not args.runs or runs < args.runs) and (deadline is None or time.perf_counter() < deadline):
+        data = rng.choice(pool)
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            data = mutate(data, rng, lambda blob, size: random_bytes_mutation(blob, size, rng))
+        t0 = time.perf_counter()
+        try:
+            target(data)
+        except Exception as exc:
+            key = _where(exc)
+            count, path = failures.get(key, (0, workdir / f"crash-{len(failures):03d}.sqc"))
+            if not count:
+                path.write_bytes(data)
+                print(f"NEW FAILURE {key}: {exc!s:.200} -> {path}", flush=True)
+            failures[key] = (count + 1, path)
+        elapsed = time.perf_counter() - t0
+        if elapsed > slowest[0]:
+            slowest = (elapsed, data)
+        runs += 1
+        if runs % 20000 == 0:
+            rate = runs / (time.perf_counter() - start)
+            print(f"#{runs} {rate:.0f} exec/s, {len(failures)} distinct failures", flush=True)
+    seconds = time.perf_counter() - start
+    (workdir / "slowest.sqc").write_bytes(slowest[1])
+    print(
+        f"done: {runs} runs in {seconds:.0f} s ({runs / seconds:.0f} exec/s), "
+        f"{len(failures)} distinct failures, slowest input {slowest[0] * 1e3:.1f} ms "
+        f"({len(slowest[1])} bytes, saved as slowest.sqc)"
+    )
+    for key, (count, path) in failures.items():
+        print(f"  {count:6d} x {key} (first: {path})")
+    return 1 if failures else 0
+
+
+def replay(paths: list[str]) -> int:
+    target = make_target()
+    bad = 0
+    for name in paths:
+        data = Path(name).read_bytes()
+        t0 = time.perf_counter()
+        try:
+            target(data)
+            outcome = "ok"
+        except Exception as exc:
+            bad += 1
+            outcome = f"FAIL {_where(exc)}: {exc!s:.300}"
+        print(f"{name}: {outcome} ({(time.perf_counter() - t0) * 1e3:.1f} ms)")
+    return 1 if bad else 0
+
+
+def outcome(data: bytes) -> str:
+    """A label for what reading ``data`` does: "valid", or the error with its numbers blanked."""
+    import re
+
+    from sqc.errors import SqcFormatError
+    from sqc.formats import container
+
+    try:
+        container.model_from_layout(container.read_layout(data), "fuzz").verify()
+    except SqcFormatError as exc:
+        text = re.sub(r"'[^']*'|\d+", "#", str(exc).split(" (at byte offset")[0])
+        return text[:80]
+    return "valid"
+
+
+def select_corpus(campaign: Path, max_files: int, max_size: int = 4096) -> int:
+    """The smallest input per distinct outcome (error message shape), as ``cov-*.sqc`` regression
+    files: a few dozen small files that together reach the reader's checks the campaign reached."""
+    best: dict[str, bytes] = {}
+    for path in sorted(campaign.glob("*")):
+        data = path.read_bytes()
+        if len(data) > max_size:
+            continue
+        label = outcome(data)
+        if label not in best or len(data) < len(best[label]):
+            best[label] = data
+    chosen = sorted(best.items(), key=lambda item: len(item[1]))[:max_files]
+    for old in CORPUS.glob("cov-*.sqc"):
+        old.unlink()
+    for number, (label, data) in enumerate(sorted(chosen)):
+        (CORPUS / f"cov-{number:03d}.sqc").write_bytes(data)
+        print(f"cov-{number:03d}.sqc {len(data):5d} B  {label}")
+    print(f"{len(best)} distinct outcomes in {campaign}; kept {len(chosen)}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--engine", choices=("atheris", "random"), default="atheris")
+    parser.add_argument("--time", type=int, default=0, help="seconds to fuzz (0: no limit)")
+    parser.add_argument("--runs", type=int, default=0, help="executions (0: no limit)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "sqc-fuzz")
+    parser.add_argument("--rss-mb", type=int, default=2048, help="atheris: memory limit per input")
+    parser.add_argument("--timeout", type=int, default=10, help="atheris: seconds per input")
+    parser.add_argument("--replay", nargs="+", metavar="FILE", help="run these inputs and report")
+    parser.add_argument("--write-seeds", type=Path, metavar="DIR", help="write the seed files and exit")
+    parser.add_argument(
+        "--select-corpus",
+        type=Path,
+        metavar="DIR",
+        help="pick the smallest input per distinct outcome from a campaign's corpus into tests/fuzz/corpus",
+    )
+    parser.add_argument("--max-files", type=int, default=30, help="--select-corpus: at most this many")
+    args = parser.parse_args()
+    if not any((args.time, args.runs, args.replay, args.write_seeds, args.select_corpus)):
+        args.time = 60
+    fuzzing = args.engine == "atheris" and not (args.replay or args.select_corpus or args.write_seeds)
+    _load_engine("atheris" if fuzzing else "none")
+    if args.replay:
+        return replay(args.replay)
+    if args.select_corpus:
+        return select_corpus(args.select_corpus, args.max_files)
+    if args.write_seeds:
+        from crafted import seed_files
+
+        args.write_seeds.mkdir(parents=True, exist_ok=True)
+        for name, data in seed_files().items():
+            (args.write_seeds / name).write_bytes(data)
+        return 0
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.engine == "atheris":
+        run_atheris(args, args.workdir)
+        return 0
+    return run_random(args, args.workdir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
