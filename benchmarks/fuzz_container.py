@@ -19,6 +19,9 @@ regression corpus ``tests/fuzz/corpus/``; the suite replays that corpus (``tests
     python benchmarks/fuzz_container.py --time 600                # 10 minutes, atheris
     python benchmarks/fuzz_container.py --engine random --runs 200000 --seed 1
     python benchmarks/fuzz_container.py --replay crash-*          # re-run saved inputs
+    python benchmarks/fuzz_container.py --exhaustive              # every bit flip / cut of the valid corpus
+    python benchmarks/fuzz_container.py --bounds                  # memory and time on crafted hostile inputs
+    python benchmarks/fuzz_container.py --select-corpus DIR       # refresh tests/fuzz/corpus/cov-*
     python benchmarks/fuzz_container.py --write-seeds DIR         # just the seed files
 """
 
@@ -215,6 +218,72 @@ def select_corpus(campaign: Path, max_files: int, max_size: int = 4096) -> int:
     return 0
 
 
+def exhaustive(paths: list[Path]) -> int:
+    """Every single-bit flip and every truncation of each (valid) file: how many are detected."""
+    from sqc.errors import SqcFormatError
+    from sqc.formats import container
+
+    flips = caught = cuts = cut_caught = 0
+    start = time.perf_counter()
+    for path in paths:
+        data = path.read_bytes()
+        container.read_layout(data)  # the file itself must be valid
+        for bit in range(8 * len(data)):
+            damaged = bytearray(data)
+            damaged[bit // 8] ^= 1 << (bit % 8)
+            flips += 1
+            try:
+                container.read_layout(bytes(damaged))
+            except SqcFormatError as exc:
+                caught += exc.offset is not None
+        for cut in range(len(data)):
+            cuts += 1
+            try:
+                container.read_layout(data[:cut])
+            except SqcFormatError as exc:
+                cut_caught += exc.offset is not None
+    seconds = time.perf_counter() - start
+    print(
+        f"{len(paths)} files, {sum(p.stat().st_size for p in paths)} bytes: "
+        f"bit flips detected {caught}/{flips} ({100 * caught / flips:.2f} %), "
+        f"truncations detected {cut_caught}/{cuts} ({100 * cut_caught / cuts:.2f} %), {seconds:.1f} s"
+    )
+    return 0 if caught == flips and cut_caught == cuts else 1
+
+
+def bounds() -> int:
+    """Crafted hostile inputs: outcome, file size, peak traced (Python + numpy) memory, time."""
+    import tracemalloc
+
+    from crafted import craft, huffman_huge_table, quadratic_names, single_symbol_values, zip_bomb
+
+    from sqc.errors import SqcFormatError
+    from sqc.formats import container
+
+    cases = {path.name: path.read_bytes() for path in sorted(CORPUS.glob("bug-*.sqc"))}
+    cases["huffman table of 2^24 symbols (2 MB)"] = huffman_huge_table(24)
+    cases["zip bomb: 256 MB of JSON"] = craft([], [], graph_bytes=zip_bomb(256))
+    cases["24k crafted node names"] = quadratic_names(8000)
+    budget = container.MAX_ELEMENTS_BASE // 2
+    cases[f"{budget:,} elements from 0.3 KB (within the budget)"] = craft(
+        [["t0", [budget], "weight"]], [single_symbol_values()]
+    )
+    print(f"{'input':48} {'bytes':>9} {'peak MB':>8} {'x file':>7} {'ms':>7}  outcome")
+    for label, data in cases.items():
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        try:
+            container.model_from_layout(container.read_layout(data), "bounds").verify()
+            result = "read"
+        except SqcFormatError as exc:
+            result = str(exc).split(" (at byte offset")[0][:70]
+        ms = (time.perf_counter() - t0) * 1e3
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"{label[:48]:48} {len(data):9,} {peak / 1e6:8.2f} {peak / len(data):7.1f} {ms:7.1f}  {result}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--engine", choices=("atheris", "random"), default="atheris")
@@ -233,7 +302,19 @@ def main() -> int:
         help="pick the smallest input per distinct outcome from a campaign's corpus into tests/fuzz/corpus",
     )
     parser.add_argument("--max-files", type=int, default=30, help="--select-corpus: at most this many")
+    parser.add_argument(
+        "--exhaustive",
+        nargs="*",
+        type=Path,
+        metavar="FILE",
+        help="flip every bit, cut at every offset of these valid files (default: the corpus's valid-*)",
+    )
+    parser.add_argument("--bounds", action="store_true", help="memory and time on crafted hostile inputs")
     args = parser.parse_args()
+    if args.exhaustive is not None:
+        return exhaustive(args.exhaustive or sorted(CORPUS.glob("valid-*.sqc")))
+    if args.bounds:
+        return bounds()
     if not any((args.time, args.runs, args.replay, args.write_seeds, args.select_corpus)):
         args.time = 60
     fuzzing = args.engine == "atheris" and not (args.replay or args.select_corpus or args.write_seeds)

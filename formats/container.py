@@ -495,7 +495,10 @@ def model_from_layout(layout: Layout, where: str) -> CompressedModel:
     placeholders = [n.name for n in graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
         raise bad(f"{len(placeholders)} graph inputs but {len(inputs)} input specs")
-    return CompressedModel(gm, records, inputs, meta["pipeline"], layout.report)
+    model = CompressedModel(gm, records, inputs, meta["pipeline"], layout.report)
+    if hasattr(model, "seed"):  # once the IR records the seed, a file round-trips it
+        model.seed = layout.seed
+    return model
 
 
 class SqcFormat:
