@@ -592,8 +592,10 @@ def print_model(name: str, r: dict[str, Any]) -> None:
 
 
 def git_state() -> dict[str, Any]:
-    """The commit of the checkout and whether sqc's sources differ from it (the benchmark runs the
-    installed package; reinstall with ``pip install --no-deps --force-reinstall .`` after edits)."""
+    """The commit of the checkout, whether sqc's sources in the tree differ from it, and where the sqc
+    that ran was imported from (the installed package; reinstall after edits, or pin a copy with
+    ``pip install --no-deps --target DIR`` and ``PYTHONPATH=DIR`` so others' reinstalls cannot change it
+    mid-run)."""
 
     def git(*args: str) -> str:
         proc = subprocess.run(
@@ -602,7 +604,38 @@ def git_state() -> dict[str, Any]:
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
     dirty = git("status", "--porcelain", "--", "sqc", "passes", "formats", "targets", "pyproject.toml")
-    return {"commit": git("rev-parse", "--short", "HEAD"), "sources_modified": bool(dirty)}
+    import sqc
+
+    imported = Path(sqc.__file__).parent
+    repo = Path(__file__).resolve().parent.parent
+    tree = {
+        "": repo / "sqc",
+        "passes": repo / "passes",
+        "formats": repo / "formats",
+        "targets": repo / "targets",
+    }
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "tree_sources_modified": bool(dirty),
+        "sqc_imported_from": str(imported),
+        # True: the sqc that ran is exactly the tree's sources (so, if unmodified, exactly the commit)
+        "imported_sqc_matches_tree": _digest({k: imported / k for k in tree}) == _digest(tree),
+    }
+
+
+def _digest(dirs: dict[str, Path]) -> str:
+    """SHA-256 over the .py files of the package directories (relative name + content)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for prefix, root in sorted(dirs.items()):
+        files = sorted(root.glob("*.py")) if prefix == "" else sorted(root.rglob("*.py"))
+        for f in files:
+            if "__pycache__" in f.parts:
+                continue
+            h.update(f"{prefix}/{f.relative_to(root)}".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def main() -> None:
@@ -611,7 +644,9 @@ def main() -> None:
     parser.add_argument("--wait", type=float, default=3600, help="seconds to wait for the checkpoints")
     parser.add_argument("--out", type=Path, default=RESULTS / "lenet.json")
     args = parser.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # One thread: these models are tiny, and on a loaded 2-core machine two OpenMP threads make a LeNet
+    # compress ~12x slower (measured: 80 ms with one thread, ~1 s with two, load average 4).
+    torch.set_num_threads(1)
     for spec in MODELS.values():
         wait_for(spec["checkpoint"], args.wait)
     tools = tool_versions()
@@ -644,6 +679,7 @@ def main() -> None:
         "tools": tools,
         "git": git_state(),
         "mnist_test_images": int(x.shape[0]),
+        "loadavg_1min_at_end": os.getloadavg()[0],
         "notes": [
             "No retraining: accuracy after is what pruning + sharing alone give.",
             "Baselines: the byte map / split maps hold exactly the codes in the .sqc file; fp32 codebooks "

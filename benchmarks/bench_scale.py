@@ -234,6 +234,7 @@ def worker_compress(out: Path, pipeline: str, profile: Path | None) -> dict[str,
         p["pass_only_s"] = p["seconds"] - p["verify_s"]
     phase_peaks = {k: round(sampler.peaks[k] / 2**20) for k in sampler.order if k != "start"}
     result = {
+        "loadavg_1min_at_end": os.getloadavg()[0],
         "params": sum(s.numel for s in artifact.model.tensors.values()),
         "threads": torch.get_num_threads(),
         "build_s": build_s,
@@ -279,75 +280,100 @@ def worker_compress(out: Path, pipeline: str, profile: Path | None) -> dict[str,
 
 def worker_hotspots() -> dict[str, Any]:
     """Time and transient RSS of the IR/codec functions the profile points at, on VGG-16's largest layer
-    (classifier.0: 4096 x 25088, 10% kept, 32 centroids), next to a cheaper equivalent for each."""
+    (classifier.0: 4096 x 25088, 10% kept, 32 centroids): the installed sqc function, then reference
+    implementations of the same computation (the slower one sqc used at 7f38531, and a cheaper one)."""
+    import inspect
+
     import numpy as np
     import torch
 
-    from sqc.formats import tensor_codec
+    import sqc.ir
+    from sqc.formats import huffman, tensor_codec
     from sqc.ir import TensorState
 
+    code_dtype = getattr(sqc.ir, "CODE_DTYPE", torch.int64)
     shape = (4096, 25088)
     gen = torch.Generator().manual_seed(0)
     weights = torch.randn(shape, generator=gen)
     mask = weights.abs() > 1.6449  # ~10% kept, as prune{sparsity=0.9}
-    codes = torch.where(mask, torch.randint(0, 32, shape, generator=gen), torch.zeros((), dtype=torch.int64))
-    codebook = torch.linspace(-3, 3, 32)
     del weights
+    codes = torch.randint(0, 32, shape, generator=gen).to(code_dtype)
+    codes = torch.where(mask, codes, torch.zeros((), dtype=code_dtype))
+    codebook = torch.linspace(-3, 3, 32)
     state = TensorState("classifier.0.weight", shape, "weight", mask=mask, codes=codes, codebook=codebook)
     state.coder = "huffman"
     mask_np = mask.flatten().numpy()
+    positions = np.flatnonzero(mask_np)
 
-    def gap_histogram_widths() -> int:  # what _index_bits_for computes, from one histogram of the gaps
-        from sqc.formats import huffman
+    def huffman_cost(counts: np.ndarray) -> float:
+        lengths = huffman.code_lengths(counts)
+        return float((counts * lengths.astype(np.int64)).sum()) + 4 * np.count_nonzero(lengths)
 
-        positions = np.flatnonzero(mask_np)
-        hist = np.bincount(np.diff(positions, prepend=-1) - 1)
+    def widths_by_passes() -> int:  # 7f38531: for each width, two full passes over the gaps
+        gaps = np.diff(np.flatnonzero(mask_np), prepend=-1) - 1
+        costs = []
+        for bits in tensor_codec.INDEX_BITS:
+            top = (1 << bits) - 1
+            counts = np.bincount(gaps % top, minlength=top + 1).astype(np.int64)
+            counts[top] += int((gaps // top).sum())
+            costs.append(huffman_cost(counts))
+        return list(tensor_codec.INDEX_BITS)[int(np.argmin(costs))]
+
+    def widths_by_histogram() -> int:  # the same choice from one histogram of the gaps
+        hist = np.bincount(np.diff(np.flatnonzero(mask_np), prepend=-1) - 1)
         values = np.flatnonzero(hist)
         weight = hist[values]
-        best, best_cost = 1, float("inf")
+        costs = []
         for bits in tensor_codec.INDEX_BITS:
             top = (1 << bits) - 1
             counts = np.bincount(values % top, weights=weight, minlength=top + 1).astype(np.int64)
             counts[top] += int(((values // top) * weight).sum())
-            lengths = huffman.code_lengths(counts)
-            cost = float((counts * lengths.astype(np.int64)).sum()) + 4 * np.count_nonzero(lengths)
-            if cost < best_cost:
-                best, best_cost = bits, cost
-        return best
+            costs.append(huffman_cost(counts))
+        return list(tensor_codec.INDEX_BITS)[int(np.argmin(costs))]
+
+    first = next(iter(inspect.signature(tensor_codec._index_bits_for).parameters))
+    index_input = positions if first == "positions" else mask_np
 
     cases: list[tuple[str, str, Any]] = [
-        ("sqc/ir.py TensorState.kept", "int(mask.sum()): bool -> int64 copy", lambda: state.kept),
-        ("  cheaper", "torch.count_nonzero(mask)", lambda: int(torch.count_nonzero(mask))),
-        ("sqc/ir.py TensorState.verify", "whole record check", state.verify),
+        ("sqc/ir.py TensorState.kept", "installed sqc", lambda: state.kept),
+        ("  reference", "int(mask.sum()) (bool -> int64 copy)", lambda: int(mask.sum())),
+        ("  reference", "torch.count_nonzero(mask)", lambda: int(torch.count_nonzero(mask))),
+        ("sqc/ir.py TensorState.verify", "installed sqc", state.verify),
+        ("  reference", "(codes[~mask] != 0).any() (gather)", lambda: bool((codes[~mask] != 0).any())),
+        ("  reference", "((codes != 0) & ~mask).any()", lambda: bool(((codes != 0) & ~mask).any())),
+        ("sqc/ir.py TensorState.decode", "installed sqc", state.decode),
+        ("  reference", "codebook[codes] (the lookup alone)", lambda: codebook[codes]),
         (
-            "  its pruned-codes check",
-            "codes[~mask] != 0 (gathers ~92M int64)",
-            lambda: bool((codes[~mask] != 0).any()),
+            "  reference",
+            "index_select(codebook, 0, codes.flatten())",
+            lambda: torch.index_select(codebook, 0, codes.flatten()),
         ),
-        ("  cheaper", "((codes != 0) & ~mask).any()", lambda: bool(((codes != 0) & ~mask).any())),
-        ("sqc/ir.py TensorState.decode", "codebook[codes] then torch.where", state.decode),
         (
             "formats/tensor_codec.py _index_bits_for",
-            "16 widths x passes over 10M gaps",
-            lambda: tensor_codec._index_bits_for(mask_np, True),
+            "installed sqc",
+            lambda: tensor_codec._index_bits_for(index_input, True),
         ),
-        ("  cheaper", "same choice from one gap histogram", gap_histogram_widths),
+        ("  reference", "16 widths x 2 passes over 10M gaps", widths_by_passes),
+        ("  reference", "16 widths from one gap histogram", widths_by_histogram),
         (
             "formats/tensor_codec.py encode_tensor",
-            "huffman coder (as huffman pass / save)",
+            "installed sqc, huffman coder",
             lambda: tensor_codec.encode_tensor(state),
         ),
     ]
     out = []
     for where, what, fn in cases:
-        sampler = RssSampler(interval=0.002)
-        base = _rss_bytes()
-        sampler.start()
-        started = time.perf_counter()
-        value = fn()
-        seconds = time.perf_counter() - started
-        sampler.stop()
-        peak = max(sampler.peaks.values())
+        times, transients = [], []
+        for _ in range(3):  # median time, largest transient of three
+            sampler = RssSampler(interval=0.002)
+            base = _rss_bytes()
+            sampler.start()
+            started = time.perf_counter()
+            value = fn()
+            times.append(time.perf_counter() - started)
+            sampler.stop()
+            transients.append(max(sampler.peaks.values()) - base)
+        seconds, peak = statistics.median(times), max(transients) + base
         if isinstance(value, tuple):
             value = len(value[1])  # encode_tensor: payload bytes
         out.append(
@@ -359,25 +385,45 @@ def worker_hotspots() -> dict[str, Any]:
                 "result": value if isinstance(value, (int, bool)) else None,
             }
         )
-    if out[7]["result"] != out[6]["result"]:
-        raise SystemExit("gap-histogram index width differs from _index_bits_for")
+    widths = {c["result"] for c in out if "gap" in c["what"] or "_index_bits_for" in c["where"]}
+    if len(widths) != 1:
+        raise SystemExit(f"index widths disagree: {widths}")
     return {
         "layer": {"shape": list(shape), "kept": int(torch.count_nonzero(mask)), "centroids": 32},
-        "codes_int64_mb": round(codes.numel() * 8 / 2**20),
+        "code_dtype": str(code_dtype).removeprefix("torch."),
+        "codes_mb": round(codes.numel() * codes.element_size() / 2**20),
         "codes_uint8_would_be_mb": round(codes.numel() / 2**20),
         "cases": out,
     }
 
 
-def worker_decompress(path: Path) -> dict[str, Any]:
+def worker_decompress(path: Path, profile: Path | None = None) -> dict[str, Any]:
     import torch
 
     import sqc
 
     rss_import = _rss_bytes()
+    profiler = None
+    if profile is not None:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     started = time.perf_counter()
     module = sqc.load(path)
     load_s = time.perf_counter() - started
+    if profiler is not None:
+        import io
+        import pstats
+
+        assert profile is not None
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(20)
+        with open(profile, "a") as handle:
+            handle.write(
+                f"\n\ncProfile of sqc.load on the {path.stat().st_size:,}-byte file\n{text.getvalue()}"
+            )
     peak_load = _peak_bytes()
     # sanity, outside the timing: right size, about 10% non-zero, a forward pass runs
     params = sum(p.numel() for p in module.parameters())
@@ -402,9 +448,12 @@ def worker_decompress(path: Path) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- driver
 
 
-def run_worker(args: list[str], timeout: float) -> dict[str, Any]:
+def run_worker(args: list[str], timeout: float, pythonpath: str | None = None) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    env = None
+    if pythonpath is not None:
+        env = {**os.environ, "PYTHONPATH": pythonpath}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"worker {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -415,8 +464,10 @@ def median_of(rows: list[dict[str, Any]], key: str) -> float:
 
 
 def git_state() -> dict[str, Any]:
-    """The commit of the checkout and whether sqc's sources differ from it (the benchmark runs the
-    installed package; reinstall with ``pip install --no-deps --force-reinstall .`` after edits)."""
+    """The commit of the checkout, whether sqc's sources in the tree differ from it, and where the sqc
+    that ran was imported from (the installed package; reinstall after edits, or pin a copy with
+    ``pip install --no-deps --target DIR`` and ``PYTHONPATH=DIR`` so others' reinstalls cannot change it
+    mid-run)."""
 
     def git(*args: str) -> str:
         proc = subprocess.run(
@@ -425,7 +476,93 @@ def git_state() -> dict[str, Any]:
         return proc.stdout.strip() if proc.returncode == 0 else ""
 
     dirty = git("status", "--porcelain", "--", "sqc", "passes", "formats", "targets", "pyproject.toml")
-    return {"commit": git("rev-parse", "--short", "HEAD"), "sources_modified": bool(dirty)}
+    import sqc
+
+    imported = Path(sqc.__file__).parent
+    repo = Path(__file__).resolve().parent.parent
+    tree = {
+        "": repo / "sqc",
+        "passes": repo / "passes",
+        "formats": repo / "formats",
+        "targets": repo / "targets",
+    }
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "tree_sources_modified": bool(dirty),
+        "sqc_imported_from": str(imported),
+        # True: the sqc that ran is exactly the tree's sources (so, if unmodified, exactly the commit)
+        "imported_sqc_matches_tree": _digest({k: imported / k for k in tree}) == _digest(tree),
+    }
+
+
+def _digest(dirs: dict[str, Path]) -> str:
+    """SHA-256 over the .py files of the package directories (relative name + content)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for prefix, root in sorted(dirs.items()):
+        files = sorted(root.glob("*.py")) if prefix == "" else sorted(root.rglob("*.py"))
+        for f in files:
+            if "__pycache__" in f.parts:
+                continue
+            h.update(f"{prefix}/{f.relative_to(root)}".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def run_ab(args: argparse.Namespace) -> None:
+    """Interleaved A/B of two sqc copies: A, B, A, B, ... so both see the same background load."""
+    dirs = [d.strip() for d in args.ab.split(",")]
+    if len(dirs) != 2:
+        raise SystemExit("--ab takes two directories separated by a comma")
+    out = args.out if args.out != RESULTS / "scale.json" else RESULTS / "scale_ab.json"
+    runs: dict[str, list[dict[str, Any]]] = {d: [] for d in dirs}
+    with tempfile.TemporaryDirectory(prefix="sqc-scale-ab-") as tmp:
+        for run in range(args.runs):
+            for d in dirs:
+                path = Path(tmp) / f"{len(runs[d])}-{Path(d).name}.sqc"
+                c = run_worker(
+                    ["--worker", "compress", "--file", str(path), "--pipeline", args.pipeline],
+                    args.timeout,
+                    d,
+                )
+                runs[d].append(c)
+                print(
+                    f"  run {run + 1} {d}: compress+save {c['end_to_end_s']:.1f} s, peak RSS "
+                    f"{c['peak_rss_mb']} MiB, "
+                    f"load average {c['loadavg_1min_at_end']:.1f}",
+                    flush=True,
+                )
+    summary = {
+        d: {
+            "end_to_end_s": median_of(rows, "end_to_end_s"),
+            "peak_rss_mb": median_of(rows, "peak_rss_mb"),
+            "file_bytes": rows[0]["file_bytes"],
+        }
+        for d, rows in runs.items()
+    }
+    a, b = (summary[d] for d in dirs)
+    summary["time_ratio_b_over_a"] = b["end_to_end_s"] / a["end_to_end_s"]
+    summary["peak_ratio_b_over_a"] = b["peak_rss_mb"] / a["peak_rss_mb"]
+    result = {
+        "benchmark": "bench_scale --ab",
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(["python", "benchmarks/bench_scale.py", *sys.argv[1:]]),
+        "pipeline": args.pipeline,
+        "a": dirs[0],
+        "b": dirs[1],
+        "summary": summary,
+        "runs": runs,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    for d in dirs:
+        print(f"{d}: median {summary[d]['end_to_end_s']:.1f} s, peak RSS {summary[d]['peak_rss_mb']:.0f} MiB")
+    print(
+        f"B/A: time x{summary['time_ratio_b_over_a']:.2f}, peak memory "
+        f"x{summary['peak_ratio_b_over_a']:.2f}; "
+        f"wrote {out}"
+    )
 
 
 def main() -> None:
@@ -435,6 +572,13 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="one extra cProfile'd run with RSS stacks")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per worker")
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
+    parser.add_argument(
+        "--ab",
+        metavar="DIR_A,DIR_B",
+        help="A/B mode: alternate compress runs between two sqc copies (PYTHONPATH directories, e.g. "
+        "pip install --no-deps --target DIR of two commits) under the same machine load; writes "
+        "results/scale_ab.json unless --out is given",
+    )
     parser.add_argument("--worker", choices=["compress", "decompress", "hotspots"], help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
@@ -444,10 +588,13 @@ def main() -> None:
         print(json.dumps(worker_compress(args.file, args.pipeline, args.profile_out)))
         return
     if args.worker == "decompress":
-        print(json.dumps(worker_decompress(args.file)))
+        print(json.dumps(worker_decompress(args.file, args.profile_out)))
         return
     if args.worker == "hotspots":
         print(json.dumps(worker_hotspots()))
+        return
+    if args.ab:
+        run_ab(args)
         return
 
     import sqc
@@ -504,6 +651,11 @@ def main() -> None:
                 "phase_peak_rss_mb": p["phase_peak_rss_mb"],
                 "rss_highs": p["rss_highs"],
             }
+            q = run_worker(
+                ["--worker", "decompress", "--file", str(path), "--profile-out", str(profile_path)],
+                args.timeout,
+            )
+            profile_summary["load_s_under_profiler"] = q["load_s"]
             print("  measuring hot spots on the largest layer (fresh process)", flush=True)
             profile_summary["hotspots"] = run_worker(["--worker", "hotspots"], args.timeout)
             for case in profile_summary["hotspots"]["cases"]:
@@ -541,6 +693,7 @@ def main() -> None:
         "ratio_vs_fp32": compress_runs[0]["ratio_vs_fp32"],
         "load_s": median_of(decompress_runs, "load_s"),
         "peak_rss_load_mb": median_of(decompress_runs, "peak_rss_load_mb"),
+        "loadavg_1min_at_end_of_compress_runs": [r["loadavg_1min_at_end"] for r in compress_runs],
     }
     summary["meets_time_target"] = summary["end_to_end_s"] < TARGET_SECONDS
     summary["meets_memory_target"] = summary["peak_rss_mb"] * 2**20 < TARGET_BYTES
@@ -593,6 +746,11 @@ def main() -> None:
         f"GiB)"
     )
     print("peak RSS by phase (MiB, median): " + ", ".join(f"{k} {v:.0f}" for k, v in phase_peaks.items()))
+    loads = ", ".join(f"{x:.1f}" for x in s["loadavg_1min_at_end_of_compress_runs"])
+    print(
+        f"1-min load average at the end of each compress run: {loads} "
+        "(2 cores; above ~1.5 the times are inflated)"
+    )
     print(f"wrote {args.out}")
 
 
