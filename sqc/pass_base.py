@@ -271,7 +271,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, tuple):
-        text = ";".join(f"{k}:{v!r}" for k, v in value)
+        text = ";".join(f"{k}:{int(v) if float(v).is_integer() else repr(v)}" for k, v in value)
         return text if text else '""'
     text = str(value)
     if text == "" or any(c in text for c in ' ,{}"='):
