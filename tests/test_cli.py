@@ -280,3 +280,17 @@ def test_lower_to_the_pytorch_target(cli, workdir):
         "x",
         fragment="unknown target 'fpga9000' (known: pytorch",
     )
+
+
+def test_no_verify_skips_the_verifier(cli, workdir, monkeypatch):
+    from sqc.ir import CompressedModel
+
+    calls = []
+    original = CompressedModel.verify
+    monkeypatch.setattr(CompressedModel, "verify", lambda self: calls.append(1) or original(self))
+    assert cli("compress", "small.pt", *ARCH, "-p", "prune,quant", "-o", "v.sqc").code == 0
+    assert len(calls) == 3  # before the first pass and after each
+    calls.clear()
+    assert cli("compress", "small.pt", *ARCH, "-p", "prune,quant", "-o", "n.sqc", "--no-verify").code == 0
+    assert calls == []
+    assert (workdir / "v.sqc").read_bytes() == (workdir / "n.sqc").read_bytes()
