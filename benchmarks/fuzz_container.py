@@ -192,9 +192,14 @@ def outcome(data: bytes) -> str:
     try:
         container.model_from_layout(container.read_layout(data), "fuzz").verify()
     except SqcFormatError as exc:
-        text = re.sub(r"'[^']*'|\d+", "#", str(exc).split(" (at byte offset")[0])
-        return text[:80]
+        text = str(exc).split(" (at byte offset")[0].split(" (")[0].removeprefix("fuzz: ")
+        text = re.sub(r"^tensor \S+?( index)?:", r"tensor #\1:", text)
+        return re.sub(r"'[^']*'|\"[^\"]*\"|\[.*\]|\d+", "#", text)[:80]
     return "valid"
+
+
+# Deeper checks first: a corpus that keeps the tensor and graph decoders busy, not only the header.
+_DEPTH = ("valid", "tensor", "values", "sparse", "Huffman", "graph section: node", "graph section")
 
 
 def select_corpus(campaign: Path, max_files: int, max_size: int = 4096) -> int:
@@ -208,7 +213,16 @@ def select_corpus(campaign: Path, max_files: int, max_size: int = 4096) -> int:
         label = outcome(data)
         if label not in best or len(data) < len(best[label]):
             best[label] = data
-    chosen = sorted(best.items(), key=lambda item: len(item[1]))[:max_files]
+
+    groups: dict[int, list[tuple[str, bytes]]] = {}
+    for label, data in sorted(best.items(), key=lambda item: len(item[1])):
+        depth = next((i for i, word in enumerate(_DEPTH) if label.startswith(word)), len(_DEPTH))
+        groups.setdefault(depth, []).append((label, data))
+    chosen: list[tuple[str, bytes]] = []
+    while len(chosen) < max_files and any(groups.values()):  # round robin, deepest stage first
+        for depth in sorted(groups):
+            if groups[depth] and len(chosen) < max_files:
+                chosen.append(groups[depth].pop(0))
     for old in CORPUS.glob("cov-*.sqc"):
         old.unlink()
     for number, (label, data) in enumerate(sorted(chosen)):
