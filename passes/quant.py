@@ -69,6 +69,8 @@ class Quant(Pass):
 
 def best_format(values: torch.Tensor, bits: int, *, per_channel: bool) -> FixedPoint:
     """The fixed-point format with the least squared error (per tensor, or per slice along axis 0)."""
+    if values.numel() == 0:  # nothing to fit: any format represents an empty tensor exactly
+        return FixedPoint(bits, (0,))
     rows = values.reshape(values.shape[0], -1) if per_channel else values.reshape(1, -1)
     rows = rows.to(torch.float64)
     peak = rows.abs().amax(dim=1)
