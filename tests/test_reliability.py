@@ -685,7 +685,15 @@ ZERO_WARNING = "ignore:Initializing zero-element tensors is a no-op"
 
 
 @pytest.mark.filterwarnings(ZERO_WARNING)
-@pytest.mark.parametrize("pipeline", ["prune{sparsity=0.5}", "prune,share{bits=2},huffman"])
+@pytest.mark.parametrize(
+    "pipeline",
+    [
+        "prune{sparsity=0.5}",
+        "prune,share{bits=2},huffman",
+        "quant{bits=8},huffman",
+        "quant{bits=8 granularity=channel}",
+    ],
+)
 def test_zero_size_tensors(cli, workdir, zero_model, pipeline):
     result = cli("compress", *zero_model, "-p", pipeline, "-o", "z.sqc")
     assert result.code == 0, result.err
@@ -695,13 +703,6 @@ def test_zero_size_tensors(cli, workdir, zero_model, pipeline):
     fc = model.get_parameter("fc.weight"), model.get_parameter("fc.bias")
     assert torch.allclose(model(x), F.linear(x, *fc))
     assert cli("inspect", "z.sqc").code == 0 and cli("decompress", "z.sqc", "-o", "z.pt").code == 0
-
-
-@pytest.mark.filterwarnings(ZERO_WARNING)
-@pytest.mark.parametrize("pipeline", ["quant{bits=8}", "quant{bits=8 granularity=channel}"])
-def test_zero_size_tensors_quant(cli, workdir, zero_model, pipeline):
-    result = cli("compress", *zero_model, "-p", pipeline, "-o", "z.sqc")
-    assert result.code == 0, result.err
 
 
 def test_model_without_a_compressible_layer(cli, workdir, monkeypatch):
