@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SOURCES := $(shell find sqc passes formats targets -name '*.py' -o -name '*.md') pyproject.toml
 
-.PHONY: test demo bench lint install clean
+.PHONY: test demo bench fuzz lint install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+fuzz: $(STAMP)
+	$(BIN)/pip install -q atheris
+	$(BIN)/python benchmarks/fuzz_container.py --time 600
 
 lint: $(STAMP)
 	$(BIN)/ruff check sqc passes formats targets tests benchmarks examples
