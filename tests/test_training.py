@@ -301,3 +301,11 @@ def test_cli_with_data_eval_and_finetune_plugins(cli, tmp_path: Path, monkeypatc
         "x.sqc",
     )
     assert bad.code == 1 and "--eval" in bad.err
+
+
+@pytest.mark.parametrize("name", ["empty.npz", "empty.pt"])
+def test_empty_data_file(tmp_path: Path, name: str):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match=name.replace(".", r"\.") + ": cannot read data"):
+        load_data(path)
