@@ -83,6 +83,7 @@ def compress(
     evaluate: Evaluator | None = None,
     finetune: FineTuner | None = None,
     tolerance: float = 0.0,
+    seed: int = 0,
 ) -> Artifact:
     """Trace ``model`` (a module or a model file), run the pipeline, return the :class:`Artifact`.
 
@@ -92,7 +93,13 @@ def compress(
     Accuracy-aware passes use ``data`` (a data file or :class:`~sqc.data.Dataset`: top-1 accuracy and
     cross-entropy training), or ``evaluate(model) -> float`` (higher is better) and
     ``finetune(model, epochs)``, which take precedence; ``tolerance`` is the metric drop they may spend.
+
+    ``seed`` seeds everything random in the run — the built-in fine-tuner's batch order and torch's
+    global generator (dropout, a user's training loop) — and is stored in the file: the same model,
+    pipeline and seed give a byte-identical ``.sqc``. The caller's global RNG state is restored after.
     """
+    if not 0 <= seed < 2**63:
+        raise SqcError(f"--seed {seed}: must be in [0, 2^63)")
     passes = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
     shapes = _shapes(example_inputs)
     if isinstance(model, (str, Path)):  # loaded here: nobody else holds it, so the IR may take its weights
@@ -102,8 +109,11 @@ def compress(
         gc.collect()  # the traced module sits in reference cycles; free its weights before passes run
     else:
         ir = trace(model, shapes)
-    ctx = make_context(ir, data, evaluate, finetune, tolerance, progress)
-    passes.run(ir, ctx, verify=verify, on_pass=on_pass)
+    ir.seed = seed
+    ctx = make_context(ir, data, evaluate, finetune, tolerance, progress, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        passes.run(ir, ctx, verify=verify, on_pass=on_pass)
     return Artifact(ir)
 
 
@@ -114,6 +124,7 @@ def make_context(
     finetune: FineTuner | None,
     tolerance: float,
     progress: Callable[[str], None] | None,
+    seed: int = 0,
 ) -> PassContext:
     """The pass context: built-in evaluator/fine-tuner from ``data`` unless the user gave callables."""
     dataset = load_data(Path(data)) if isinstance(data, (str, Path)) else data
@@ -125,12 +136,21 @@ def make_context(
         user = finetune
         trainer = lambda module, epochs, lr: user(module, epochs)  # noqa: E731 - the user's loop has its own lr
     elif dataset is not None and dataset.x_train is not None:
-        trainer = lambda module, epochs, lr: cross_entropy_finetuner(dataset, lr=lr)(module, epochs)  # noqa: E731
+        built_in = dataset
+
+        def trainer(module: nn.Module, epochs: int, lr: float) -> None:
+            cross_entropy_finetuner(built_in, lr=lr, seed=seed)(module, epochs)
+
     if tolerance < 0 or tolerance != tolerance:
         raise SqcError(f"--tolerance {tolerance}: must be a non-negative number")
     subset = (lambda n: top1(dataset, n)) if evaluate is None and dataset is not None else None
     return PassContext(
-        progress=progress, evaluate=evaluator, finetune=trainer, tolerance=tolerance, evaluate_subset=subset
+        progress=progress,
+        seed=seed,
+        evaluate=evaluator,
+        finetune=trainer,
+        tolerance=tolerance,
+        evaluate_subset=subset,
     )
 
 

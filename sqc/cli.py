@@ -20,7 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from sqc.errors import SqcError
+from sqc.errors import PipelineError, SqcError
 from sqc.sensitivity_cli import register as register_sensitivity
 
 app = typer.Typer(
@@ -122,6 +122,12 @@ def compress(
         float,
         typer.Option("--tolerance", help="metric drop accuracy-aware passes may spend (0.001 = 0.1 pt)"),
     ] = 0.0,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed", min=0, max=2**63 - 1, help="seeds fine-tuning and sampling; stored in the file"
+        ),
+    ] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Trace MODEL, run the pass pipeline, and write a .sqc file."""
@@ -167,6 +173,7 @@ def compress(
             evaluate=resolve_callable(eval_fn, "--eval") if eval_fn else None,  # type: ignore[arg-type]
             finetune=resolve_callable(finetune_fn, "--finetune") if finetune_fn else None,  # type: ignore[arg-type]
             tolerance=tolerance,
+            seed=seed,
         )
         size = artifact.save(output, force=force)
     fp32 = 4 * sum(s.numel for s in artifact.model.tensors.values())
@@ -400,6 +407,14 @@ def _default(f: Any) -> str:
 register_sensitivity(app)
 
 
+def _print_caret(source: str, column: int) -> None:
+    """Show the pipeline text with a caret under the faulty column (after the one-line error)."""
+    if "\n" in source or len(source) > 400:
+        return
+    err.print(f"  {source}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"  {' ' * column}^", markup=False, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; turn expected errors into one line and exit code 1."""
     command = typer.main.get_command(app)
@@ -407,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         command.main(args=argv if argv is not None else sys.argv[1:], prog_name="sqc", standalone_mode=False)
     except SqcError as exc:
         err.print(f"sqc: error: {' '.join(str(exc).split())}", markup=False, highlight=False, soft_wrap=True)
+        if isinstance(exc, PipelineError) and exc.source is not None and exc.column is not None:
+            _print_caret(exc.source, exc.column)
         return 1
     except KeyboardInterrupt:
         err.print("sqc: interrupted", markup=False)

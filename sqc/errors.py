@@ -24,7 +24,16 @@ class SqcFormatError(SqcError):
 
 
 class PipelineError(SqcError):
-    """The pipeline text or recipe is malformed, names an unknown pass/option, or orders passes impossibly."""
+    """The pipeline text or recipe is malformed, names an unknown pass/option, or orders passes impossibly.
+
+    ``source`` and ``column`` (0-based), when set, locate the fault in the pipeline text: the CLI prints
+    the one-line message and then the text with a caret under that column.
+    """
+
+    def __init__(self, message: str, source: str | None = None, column: int | None = None) -> None:
+        self.source = source
+        self.column = column
+        super().__init__(message)
 
 
 class ModelLoadError(SqcError):

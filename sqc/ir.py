@@ -277,6 +277,8 @@ class CompressedModel:
     inputs: list[InputSpec]
     pipeline: str = ""
     report: list[PassRecord] = field(default_factory=list)
+    seed: int = 0
+    """The seed the pipeline ran with (``sqc.compress(seed=…)``); stored in the file's graph section."""
 
     def weights(self, pattern: str = "*") -> Iterator[TensorState]:
         """Compressible weight tensors (conv/linear kernels) whose name or layer matches the glob."""

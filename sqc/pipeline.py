@@ -14,6 +14,7 @@ reordered, never looped — after the manager has checked every pass's ``require
 
 from __future__ import annotations
 
+import difflib
 import re
 import time
 import tomllib
@@ -42,7 +43,7 @@ class PassText:
 
 
 def _error(text: str, column: int, message: str) -> PipelineError:
-    return PipelineError(f"pipeline column {column + 1}: {message} (in {text!r})")
+    return PipelineError(f"pipeline column {column + 1}: {message} (in {text!r})", text, column)
 
 
 def tokenize(text: str) -> list[PassText]:
@@ -121,8 +122,11 @@ class Pipeline:
         built: list[Pass] = []
         for item in tokenize(text):
             if item.name not in entries("sqc.passes"):
-                known = ", ".join(entries("sqc.passes"))
-                raise _error(text, item.column, f"unknown pass {item.name!r} (known: {known})")
+                known = list(entries("sqc.passes"))
+                close = difflib.get_close_matches(item.name, known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                message = f"unknown pass {item.name!r} ({hint}known: {', '.join(known)})"
+                raise _error(text, item.column, message)
             pass_cls = load_pass(item.name)
             try:
                 built.append(pass_cls.from_options(item.options))

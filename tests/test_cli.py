@@ -115,11 +115,28 @@ def test_same_input_gives_byte_identical_files(cli, workdir: Path):
 def _bad(cli, *argv, fragment: str):
     result = cli(*argv)
     assert result.code == 1, (result.out, result.err)
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sqc: error:"), result.err
+    lines = result.err.rstrip().splitlines()
+    assert lines[0].startswith("sqc: error:"), result.err
     assert "Traceback" not in result.err
     assert fragment in lines[0], lines[0]
+    # one line of error; a pipeline error may add the pipeline text with a caret under the column
+    assert len(lines) == 1 or (len(lines) == 3 and lines[2].strip() == "^"), result.err
     return lines[0]
+
+
+def test_pipeline_typo_draws_a_caret_under_the_column(cli, workdir):
+    text = "prune{sparsity=0.5},shrae{bits=4},huffman"
+    result = cli("compress", "small.pt", *ARCH, "-p", text, "-o", "x.sqc")
+    assert result.code == 1 and "Traceback" not in result.err
+    error, shown, caret = result.err.rstrip("\n").splitlines()
+    assert "column 21" in error and "unknown pass 'shrae'" in error and "did you mean 'share'?" in error
+    assert shown == f"  {text}"
+    assert caret.index("^") == shown.index("shrae")
+    assert not (workdir / "x.sqc").exists()
+
+    bad_value = cli("compress", "small.pt", *ARCH, "-p", "prune{sparsity=1.5}", "-o", "x.sqc")
+    _, shown, caret = bad_value.err.rstrip("\n").splitlines()
+    assert caret.index("^") == shown.index("sparsity")  # the option at fault
 
 
 def test_missing_file(cli, workdir):
