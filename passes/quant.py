@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from sqc.ir import CompressedModel, FixedPoint
-from sqc.pass_base import LayerMap, Pass, PassContext, PassResult, check_range
+from sqc.pass_base import LayerMap, Pass, PassContext, PassResult, Stat, check_range
 from sqc.passes._common import change_stats, encoded_bytes, override, selected, totals, unused_overrides
 
 
@@ -22,6 +22,11 @@ class Quant(Pass):
     least squared error — clipping a rare outlier sometimes buys a finer step for everyone else.
     Rounding is half to even, then saturation to the code range (see :class:`sqc.ir.FixedPoint`). After
     ``share`` the codebook is quantized instead (always per tensor), and the codes stay.
+
+    ``params=N`` also stores the other parameters — biases, BatchNorm affine, PReLU slopes — as
+    ``N``-bit fixed point, per tensor (0, the default, leaves them float32). On a small pruned network
+    they are a large share of the file: LeNet-300-100's 410 float32 biases are 1.6 KB next to ~22 KB of
+    coded weights.
     """
 
     name = "quant"
@@ -33,9 +38,12 @@ class Quant(Pass):
     granularity: Literal["tensor", "channel"] = "tensor"
     per_layer: LayerMap = ()
     layers: str = "*"
+    params: int = 0
 
     def __post_init__(self) -> None:
         check_range("bits", self.bits, 2, 16)
+        if self.params:
+            check_range("params", self.params, 2, 24)
         for layer, value in self.per_layer:
             check_range(f"per_layer[{layer}]", value, 2, 16)
 
@@ -61,10 +69,29 @@ class Quant(Pass):
                 state.codes, state.fmt = fmt.quantize(values), fmt
                 state.set_mask(mask)
             layers[state.name] = {**change_stats(state, before, size), "frac": ",".join(map(str, fmt.frac))}
+        if self.params:
+            others = quantize_params(model, self.params)
+            layers.update(others)
+            states += [model.tensors[name] for name in others]
         model.sync([s.name for s in states])
         return PassResult(
             True, {"bits": self.bits, **totals(layers)}, layers, unused_overrides(model, self.per_layer)
         )
+
+
+def quantize_params(model: CompressedModel, bits: int) -> dict[str, dict[str, Stat]]:
+    """Quantize every float parameter that is not a compressible weight (biases, norm affine, slopes)."""
+    layers: dict[str, dict[str, Stat]] = {}
+    for state in model.tensors.values():
+        if state.role != "param" or state.codes is not None or state.dense is None:
+            continue
+        before = state.decode()
+        size = encoded_bytes(state)
+        fmt = best_format(before, bits, per_channel=False)
+        state.dense = None
+        state.codes, state.fmt = fmt.quantize(before), fmt
+        layers[state.name] = {**change_stats(state, before, size), "frac": ",".join(map(str, fmt.frac))}
+    return layers
 
 
 def best_format(values: torch.Tensor, bits: int, *, per_channel: bool) -> FixedPoint:

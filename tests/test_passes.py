@@ -162,6 +162,29 @@ def test_quant_after_share_rounds_the_codebook(mlp):
     ir.verify()
 
 
+def test_quant_params_stores_biases_in_fixed_point(mlp, tmp_path):
+    import sqc
+
+    floats = sqc.compress(mlp, [(1, 64)], "prune{sparsity=0.5},share{bits=4},quant{bits=12},huffman")
+    fixed = sqc.compress(mlp, [(1, 64)], "prune{sparsity=0.5},share{bits=4},quant{bits=12 params=10},huffman")
+    bias = fixed.model.tensors["fc1.bias"]
+    assert bias.kind == "fixed" and bias.fmt is not None and bias.fmt.bits == 10
+    assert floats.model.tensors["fc1.bias"].kind == "dense"
+    true = mlp.fc1.bias.detach()
+    step = 2.0 ** -bias.fmt.frac[0]
+    assert float((bias.decode() - true).abs().max()) <= step / 2 + 1e-12  # rounding only, no clipping
+    tensor_bytes = [sqc.inspect(a)["components"]["tensors"] for a in (floats, fixed)]
+    assert tensor_bytes[1] <= tensor_bytes[0] - (48 + 10) * 2  # 32 -> 10 bits per bias, less headers
+    x = torch.randn(8, 64)
+    assert torch.allclose(fixed.model.forward(x), floats.model.forward(x), atol=0.05)
+    fixed.save(tmp_path / "f.sqc")
+    restored = sqc.load(tmp_path / "f.sqc")
+    assert torch.equal(restored.get_parameter("fc1.bias"), bias.decode())
+    assert torch.equal(restored(x), fixed.model.forward(x))
+    with pytest.raises(PipelineError, match="params"):
+        Pipeline.parse("quant{params=40}")
+
+
 def test_best_format_prefers_least_error():
     values = torch.tensor([0.1, -0.2, 0.3, 5.0])
     fmt = best_format(values, 8, per_channel=False)
