@@ -6,13 +6,15 @@ Both produce plain data (JSON-ready dicts); the CLI renders them as tables or pr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import fx
 
 from sqc.errors import SqcError, SqcFormatError
-from sqc.formats.container import ENTRY_SIZE, HEADER_SIZE, read_layout
+from sqc.formats.container import ENTRY_SIZE, HEADER_SIZE, Layout, read_layout
+from sqc.formats.graph_codec import BYTES_PER_NODE, NODE_BASE, decode_graph
 from sqc.formats.tensor_codec import CODEC_NAMES
 from sqc.ir import CompressedModel
 
@@ -20,23 +22,48 @@ from sqc.ir import CompressedModel
 def flops(gm: fx.GraphModule) -> dict[str, int]:
     """FLOPs (2 x multiply-accumulates for conv/linear; one per element for the rest) per layer,
     from the shapes recorded at tracing. The layer of a node is the module its weight belongs to."""
-    out: dict[str, int] = {}
-    for node in gm.graph.nodes:
+    return {
+        layer: counts[0]
+        for layer, counts in compute(gm.graph, lambda name: gm.get_parameter(name).shape).items()
+    }
+
+
+def compute(graph: fx.Graph, shape_of: Callable[[str], Sequence[int]]) -> dict[str, tuple[int, int]]:
+    """(FLOPs, MACs) per layer of a graph whose nodes carry ``meta["shape"]``; ``shape_of`` gives the
+    shape of a stored tensor. MACs count the multiply-accumulates of conv/linear layers only, the
+    figure that structured pruning reduces and latency follows."""
+    out: dict[str, tuple[int, int]] = {}
+    for node in graph.nodes:
         if node.op != "call_function" or "shape" not in node.meta:
             continue
         numel = math.prod(node.meta["shape"])
         weight = node.args[1] if len(node.args) > 1 else None
         name = getattr(node.target, "__name__", "")
+        macs = 0
         if isinstance(weight, fx.Node) and weight.op == "get_attr" and name in ("conv1d", "conv2d", "linear"):
-            shape = gm.get_parameter(str(weight.target)).shape
-            per_output = math.prod(shape[1:])
-            count = 2 * numel * per_output
+            macs = numel * math.prod(shape_of(str(weight.target))[1:])
+            count = 2 * macs
             layer = str(weight.target).rpartition(".")[0]
         else:
             count = numel
             layer = "(other ops)"
-        out[layer] = out.get(layer, 0) + count
+        before = out.get(layer, (0, 0))
+        out[layer] = (before[0] + count, before[1] + macs)
     return out
+
+
+def _container_compute(layout: Layout, where: str) -> dict[str, tuple[int, int]]:
+    """FLOPs and MACs per layer of a container's graph (decoded and checked as ``read`` does)."""
+    names = [entry[0] for entry in layout.meta["tensors"]]
+    shapes = {entry[0]: tuple(entry[1]) for entry in layout.meta["tensors"]}
+    graph_section = layout.sections[0]
+    try:
+        graph = decode_graph(
+            layout.meta, names, graph_section.offset, NODE_BASE + graph_section.length // BYTES_PER_NODE
+        )
+    except SqcFormatError as exc:
+        raise SqcFormatError(f"{where}: {exc}") from None
+    return compute(graph, shapes.__getitem__)
 
 
 def inspect_container(data: bytes, where: str) -> dict[str, Any]:
@@ -77,6 +104,7 @@ def inspect_container(data: bytes, where: str) -> dict[str, Any]:
                 "fixed_point": {"bits": state.fmt.bits, "frac": list(state.fmt.frac)} if state.fmt else None,
             }
         )
+    counted = _container_compute(layout, where)
     by_layer: dict[str, list[dict[str, Any]]] = {}
     for row in tensors:
         by_layer.setdefault(row["layer"], []).append(row)
@@ -107,6 +135,8 @@ def inspect_container(data: bytes, where: str) -> dict[str, Any]:
                 "index_bits_per_weight": 8 * sum(r["index_bytes"] for r in kernels) / max(1, kept),
                 "share": sums["total_bytes"] / size,
                 "ratio_vs_fp32": 4 * sums["params"] / max(1, sums["total_bytes"]),
+                "flops": counted.get(layer_name, (0, 0))[0],
+                "macs": counted.get(layer_name, (0, 0))[1],
             }
         )
     components = {
@@ -133,6 +163,8 @@ def inspect_container(data: bytes, where: str) -> dict[str, Any]:
             "file_bytes": size,
             "ratio_vs_fp32": 4 * params / size,
             "bits_per_param": 8 * size / max(1, params),
+            "flops": sum(c[0] for c in counted.values()),
+            "macs": sum(c[1] for c in counted.values()),
         },
         "passes": [r.to_json() for r in layout.report],
     }
@@ -154,19 +186,19 @@ def inspect_model(
 
 
 def describe_ir(ir: CompressedModel, where: str) -> dict[str, Any]:
-    counted = flops(ir.graph_module)
+    gm = ir.graph_module
+    counted = compute(gm.graph, lambda name: gm.get_parameter(name).shape)
     layers: dict[str, dict[str, Any]] = {}
+
+    def row(name: str) -> dict[str, Any]:
+        return layers.setdefault(name, {"layer": name, "params": 0, "bytes": 0, "flops": 0, "macs": 0})
+
     for state in ir.tensors.values():
-        layer = layers.setdefault(state.layer, {"layer": state.layer, "params": 0, "bytes": 0, "flops": 0})
-        layer["params"] += state.numel
-        layer["bytes"] += 4 * state.numel
-    for layer_name, count in counted.items():
-        if layer_name in layers:
-            layers[layer_name]["flops"] += count
-        else:
-            layers.setdefault(layer_name, {"layer": layer_name, "params": 0, "bytes": 0, "flops": 0})[
-                "flops"
-            ] += count
+        row(state.layer)["params"] += state.numel
+        row(state.layer)["bytes"] += 4 * state.numel
+    for layer_name, (count, macs) in counted.items():
+        row(layer_name)["flops"] += count
+        row(layer_name)["macs"] += macs
     params = sum(s.numel for s in ir.tensors.values())
     if params == 0:
         raise SqcError(f"{where}: the model has no parameters")
@@ -175,5 +207,10 @@ def describe_ir(ir: CompressedModel, where: str) -> dict[str, Any]:
         "file": where,
         "inputs": [[s.name, list(s.shape), s.dtype] for s in ir.inputs],
         "layers": list(layers.values()),
-        "totals": {"params": params, "bytes": 4 * params, "flops": sum(counted.values())},
+        "totals": {
+            "params": params,
+            "bytes": 4 * params,
+            "flops": sum(c[0] for c in counted.values()),
+            "macs": sum(c[1] for c in counted.values()),
+        },
     }
