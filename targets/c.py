@@ -1,0 +1,359 @@
+"""The C target: legalize a ``.sqc`` file into an integer program, then emit a self-contained C99 project.
+
+The writer only emits: every number it prints was decided by legalization (:mod:`sqc.targets.legalize`),
+and the kernels are the fixed text in ``c_templates/`` (copied verbatim). What it adds is layout: where
+each activation lives in one static buffer (first fit over the tensors' live ranges), where decoded
+weights go in the start-up arena, and how many bytes of ROM and RAM that makes.
+
+ROM holds the weights as the ``.sqc`` format stores them — codebook plus packed or Huffman-coded
+indices (or fixed-point codes), the relative sparse index — and ``sqc_init`` decodes them once into a
+static arena of one byte per kept weight (two for weights wider than 8 bits) and one byte per index
+entry, which the kernels walk directly, skipping pruned weights.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from sqc.errors import SqcError
+from sqc.targets.integer import (
+    Add,
+    Affine,
+    Cat,
+    Clamp,
+    Conv,
+    IntProgram,
+    Linear,
+    Lut,
+    Mul,
+    Pad,
+    Pool,
+    PRelu,
+    Requant,
+    Softmax,
+    Stream,
+    Weights,
+)
+
+STATIC_FILES = ("sqc_kernels.c", "sqc_kernels.h", "sqc_weights.inc", "main.c", "Makefile")
+_CTYPES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "sqc_act_t": 0}
+
+
+def template(name: str) -> str:
+    return resources.files("sqc.targets").joinpath("c_templates", name).read_text(encoding="utf-8")
+
+
+def _ident(name: str) -> str:
+    return "t_" + re.sub(r"[^0-9A-Za-z_]", "_", name)
+
+
+def plan_activations(program: IntProgram) -> tuple[dict[str, int], int]:
+    """Offsets of every activation slot in one buffer: first fit, a slot is free after its last reader."""
+    ops = program.ops
+    size: dict[str, int] = {}
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for t in program.tensors.values():
+        size[t.slot] = max(size.get(t.slot, 0), t.numel)
+    first[program.tensors[program.input].slot] = -1
+    for i, op in enumerate(ops):
+        first.setdefault(program.tensors[op.output].slot, i)
+        for name in op.inputs:
+            slot = program.tensors[name].slot
+            last[slot] = max(last.get(slot, -1), i)
+    last[program.tensors[program.output].slot] = len(ops)
+    offsets: dict[str, int] = {}
+    total = 0
+    for slot in sorted(first, key=lambda s: first[s]):
+        start = first[slot]
+        busy = sorted(
+            (offsets[s], offsets[s] + size[s])
+            for s in offsets
+            if last.get(s, first[s]) >= start  # still read at or after this slot is written
+        )
+        offset = 0
+        for lo, hi in busy:
+            if offset + size[slot] <= lo:
+                break
+            offset = max(offset, hi)
+        offsets[slot] = offset
+        total = max(total, offset + size[slot])
+    return offsets, total
+
+
+@dataclass
+class _Emitter:
+    program: IntProgram
+    rom: list[str] = field(default_factory=list)
+    init: list[str] = field(default_factory=list)
+    run: list[str] = field(default_factory=list)
+    rom_bytes: int = 0
+    rom_weights: int = 0
+    arena: dict[str, int] = field(default_factory=lambda: {"w8": 0, "w16": 0, "idx": 0})
+    acc: int = 1
+    huff: int = 1
+
+    def array(self, ctype: str, name: str, values: np.ndarray | bytes | list[int], weights: bool = False) -> str:
+        data = np.frombuffer(values, dtype=np.uint8) if isinstance(values, bytes) else np.asarray(values)
+        items = [int(v) for v in data.reshape(-1)] or [0]  # C has no empty arrays
+        width = _CTYPES[ctype] or (1 if self.program.act_bits == 8 else 2)
+        nbytes = width * int(data.size)
+        self.rom_bytes += nbytes
+        if weights:
+            self.rom_weights += nbytes
+        lines = [", ".join(str(v) for v in items[i : i + 20]) for i in range(0, len(items), 20)]
+        body = ",\n    ".join(lines)
+        self.rom.append(f"static const {ctype} {name}[{len(items)}] = {{\n    {body}\n}};")
+        return name
+
+    def stream(self, name: str, s: Stream) -> str:
+        self.array("uint8_t", f"{name}_data", s.data, weights=True)
+        kind = 1 if s.kind == "huffman" else 0
+        if kind:
+            self.huff = max(self.huff, s.alphabet)
+        self.rom.append(
+            f"static const sqc_stream_t {name} = {{{name}_data, {len(s.data)}u, {s.count}u, {kind}, {s.width}}};"
+        )
+        return name
+
+    def requant(self, name: str, rq: Requant) -> str:
+        if rq.bias.size and int(np.abs(rq.bias).max()) >= 1 << 31:
+            raise SqcError(f"node {name}: a bias does not fit 32 bits")
+        self.array("int32_t", f"{name}_bias", rq.bias)
+        self.array("int16_t", f"{name}_mult", rq.mult)
+        self.array("int8_t", f"{name}_shift", rq.shift)
+        self.rom.append(
+            f"static const sqc_requant_t {name}_rq = {{{name}_bias, {name}_mult, {name}_shift, {rq.lo}, {rq.hi}}};"
+        )
+        return f"&{name}_rq"
+
+    def weights(self, w: Weights) -> tuple[str, str, str, int, int]:
+        """ROM streams, arena space and start-up decoding of one kernel; returns the kernel's arguments."""
+        base = _ident(w.name)
+        wide = w.value_bits > 8
+        kind = "w16" if wide else "w8"
+        book8 = book16 = "0"
+        book_size = 0
+        if w.codebook is not None:
+            book = self.array("int16_t" if wide else "int8_t", f"{base}_book", w.codebook, weights=True)
+            book16, book8 = (book, "0") if wide else ("0", book)
+            book_size = int(w.codebook.size)
+        values = self.stream(f"{base}_sym", w.symbols)
+        offset = self.arena[kind]
+        self.arena[kind] += w.symbols.count
+        sink = f"sqc_{kind} + {offset}"
+        w8, w16 = ("0", sink) if wide else (sink, "0")
+        self.init.append(
+            f"    {{\n        const sqc_sink_t sink = {{0, {w8}, {w16}, {book8}, {book16}, {book_size}u, {w.offset}}};\n"
+            f"        if (sqc_decode(&{values}, &sink, sqc_huff, SQC_HUFF_SCRATCH) != 0) {{\n"
+            f"            return -1;\n        }}\n    }}\n"
+        )
+        idx, nidx, filler = "0", 0, 0
+        if w.sparse and w.index is not None:
+            index = self.stream(f"{base}_idx", w.index)
+            at = self.arena["idx"]
+            self.arena["idx"] += w.index.count
+            idx, nidx, filler = f"sqc_idx + {at}", w.index.count, (1 << w.index_bits) - 1
+            self.init.append(
+                f"    {{\n        const sqc_sink_t sink = {{sqc_idx + {at}, 0, 0, 0, 0, 0u, 0}};\n"
+                f"        if (sqc_decode(&{index}, &sink, sqc_huff, SQC_HUFF_SCRATCH) != 0) {{\n"
+                f"            return -1;\n        }}\n    }}\n"
+            )
+        return kind, f"sqc_{kind} + {offset}", idx, nidx, filler
+
+    def emit(self, offsets: dict[str, int]) -> None:
+        p = self.program
+
+        def at(name: str) -> str:
+            return f"sqc_act + {offsets[p.tensors[name].slot]}"
+
+        for op in p.ops:
+            name = _ident(op.name)
+            x, y = at(op.inputs[0]), at(op.output)
+            src, dst = p.tensors[op.inputs[0]], p.tensors[op.output]
+            self.run.append(f"    /* {op.name}: {type(op).__name__} */")
+            if isinstance(op, Conv):
+                kind, w, idx, nidx, filler = self.weights(op.weights)
+                rq = self.requant(name, op.requant)
+                cin, h, wd = _chw(src.shape)
+                cout, oh, ow = _chw(dst.shape)
+                kh, kw = (1, op.weights.shape[2]) if len(op.weights.shape) == 3 else op.weights.shape[2:4]
+                fields = [cin, h, wd, cout, oh, ow, kh, kw, *op.stride, *op.padding, *op.dilation, op.groups]
+                self.rom.append(f"static const sqc_conv_t {name}_conv = {{{', '.join(map(str, fields))}}};")
+                self.acc = max(self.acc, oh * ow)
+                self.run.append(f"    sqc_conv_{kind}({x}, {y}, {w}, {idx}, {nidx}u, {filler}u, &{name}_conv, {rq}, sqc_acc);")
+            elif isinstance(op, Linear):
+                kind, w, idx, nidx, filler = self.weights(op.weights)
+                rq = self.requant(name, op.requant)
+                self.run.append(
+                    f"    sqc_linear_{kind}({x}, {y}, {w}, {idx}, {nidx}u, {filler}u, {src.numel}, {dst.numel}, {rq});"
+                )
+            elif isinstance(op, Affine):
+                rq = self.requant(name, op.requant)
+                self.run.append(f"    sqc_affine({x}, {y}, {op.channels}, {op.inner}, {rq});")
+            elif isinstance(op, Clamp):
+                self.run.append(f"    sqc_clamp({x}, {y}, {src.numel}, {op.lo}, {op.hi});")
+            elif isinstance(op, PRelu):
+                mult = self.array("int16_t", f"{name}_mult", op.mult)
+                self.run.append(f"    sqc_prelu({x}, {y}, {op.channels}, {op.inner}, {mult}, {op.shift});")
+            elif isinstance(op, Pool):
+                tables = [self.array("int16_t", f"{name}_{k}", getattr(op, k)) for k in ("ys", "ye", "xs", "xe")]
+                div = "0" if op.divisor is None else self.array("int32_t", f"{name}_div", op.divisor)
+                args = [op.channels, *op.in_hw, *op.out_hw]
+                self.run.append(f"    sqc_pool({x}, {y}, {', '.join(map(str, args))}, {', '.join(tables)}, {div});")
+            elif isinstance(op, Add):
+                b = at(op.inputs[1])
+                self.run.append(
+                    f"    sqc_add({x}, {b}, {y}, {dst.numel}, {op.scale_a}, {op.scale_b}, {op.shift}, {int(op.subtract)});"
+                )
+            elif isinstance(op, Mul):
+                self.run.append(f"    sqc_mul({x}, {at(op.inputs[1])}, {y}, {dst.numel}, {op.shift});")
+            elif isinstance(op, Cat):
+                total, start = sum(op.inner), 0
+                for src_name, inner, shift in zip(op.inputs, op.inner, op.shifts, strict=True):
+                    self.run.append(
+                        f"    sqc_cat_part({at(src_name)}, {y}, {op.outer}, {inner}, {total}, {start}, {shift});"
+                    )
+                    start += inner
+            elif isinstance(op, Lut):
+                table = self.array("sqc_act_t", f"{name}_lut", op.table)
+                self.run.append(f"    sqc_lut({x}, {y}, {dst.numel}, {table});")
+            elif isinstance(op, Softmax):
+                table = self.array("int32_t", f"{name}_exp", op.exp_table)
+                self.run.append(f"    sqc_softmax({x}, {y}, {op.rows}, {op.cols}, {table}, {dst.fmt.frac});")
+            elif isinstance(op, Pad):
+                args = [op.channels, *op.in_hw, *op.pads, op.fill]
+                self.run.append(f"    sqc_pad({x}, {y}, {', '.join(map(str, args))});")
+            else:  # legalization only produces the ops above
+                raise SqcError(f"node {op.name}: the C writer has no kernel for {type(op).__name__}")
+
+
+def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(shape) == 1:
+        return shape[0], 1, 1
+    if len(shape) == 2:
+        return shape[0], 1, shape[1]
+    return shape[0], shape[1], shape[2]
+
+
+def write_project(program: IntProgram, out_dir: Path, *, model_name: str = "model", force: bool = False) -> dict:
+    """Write the C project for ``program`` into ``out_dir``; returns ROM/RAM figures."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SqcError(f"{out_dir}: exists and is not a directory")
+    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+        raise SqcError(f"{out_dir}: already exists and is not empty (use --force to replace its files)")
+    offsets, act_total = plan_activations(program)
+    em = _Emitter(program)
+    em.emit(offsets)
+    inp, outp = program.tensors[program.input], program.tensors[program.output]
+    act_bytes = 1 if program.act_bits == 8 else 2
+    ram_parts = {
+        "activations": act_total * act_bytes,
+        "weight_arena": em.arena["w8"] + 2 * em.arena["w16"] + em.arena["idx"],
+        "accumulator": 4 * em.acc,
+        "huffman_scratch": 2 * em.huff,
+    }
+    ram = sum(ram_parts.values())
+    ram_decls = [
+        f"static sqc_act_t sqc_act[{act_total}];",
+        f"static int8_t sqc_w8[{max(1, em.arena['w8'])}];",
+        f"static int16_t sqc_w16[{max(1, em.arena['w16'])}];",
+        f"static uint8_t sqc_idx[{max(1, em.arena['idx'])}];",
+        f"static int32_t sqc_acc[{em.acc}];",
+        f"#define SQC_HUFF_SCRATCH {em.huff}u",
+        f"static uint16_t sqc_huff[SQC_HUFF_SCRATCH];",
+    ]
+    run = [
+        f"    memcpy(sqc_act + {offsets[inp.slot]}, in, {inp.numel} * sizeof(sqc_act_t));",
+        *em.run,
+        f"    memcpy(out, sqc_act + {offsets[outp.slot]}, {outp.numel} * sizeof(sqc_act_t));",
+    ]
+    # arrays referenced only by ops that never run would warn; every array above is used by construction
+    if not any("sqc_w16 +" in line for line in em.init + em.run):
+        run.insert(0, "    (void)sqc_w16;")
+    if not any("sqc_w8 +" in line for line in em.init + em.run):
+        run.insert(0, "    (void)sqc_w8;")
+    if not any("sqc_idx +" in line for line in em.init + em.run):
+        run.insert(0, "    (void)sqc_idx;")
+    if not any("sqc_acc" in line for line in em.run):
+        run.insert(0, "    (void)sqc_acc;")
+    notes = "\n".join(f" * {line}" for line in [*program.notes, f"options: {program.options}"])
+    subst = {
+        "MODEL": model_name,
+        "ACT_TYPE": "int8_t" if program.act_bits == 8 else "int16_t",
+        "ACT_BITS": str(program.act_bits),
+        "INPUT_SIZE": str(inp.numel),
+        "OUTPUT_SIZE": str(outp.numel),
+        "INPUT_SHAPE": "x".join(map(str, inp.shape)),
+        "OUTPUT_SHAPE": "x".join(map(str, outp.shape)),
+        "INPUT_FRAC": str(inp.fmt.frac),
+        "OUTPUT_FRAC": str(outp.fmt.frac),
+        "ROM_BYTES": str(em.rom_bytes),
+        "RAM_BYTES": str(ram),
+        "NOTES": notes.replace("*/", "* /"),
+        "ROM": "\n".join(em.rom) + "\n",
+        "RAM": "\n".join(ram_decls) + "\n",
+        "INIT": "".join(em.init),
+        "RUN": "\n".join(run) + "\n",
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, tmpl in (("model.h", "model.h.tmpl"), ("model.c", "model.c.tmpl")):
+        text = template(tmpl)
+        for key, value in subst.items():
+            text = text.replace("{{" + key + "}}", value)
+        (out_dir / name).write_text(text, encoding="utf-8")
+    for name in STATIC_FILES:
+        with resources.as_file(resources.files("sqc.targets").joinpath("c_templates", name)) as src:
+            shutil.copyfile(src, out_dir / name)
+    return {
+        "rom_bytes": em.rom_bytes,
+        "rom_weight_bytes": em.rom_weights,
+        "ram_bytes": ram,
+        "ram": ram_parts,
+        "input": {"shape": list(inp.shape), "frac": inp.fmt.frac, "bits": program.act_bits},
+        "output": {"shape": list(outp.shape), "frac": outp.fmt.frac, "bits": program.act_bits},
+        "layers": [
+            {"tensor": w.name, "storage": w.origin, "rom_bytes": w.rom_bytes, "kept": w.kept}
+            for w in program.weights
+        ],
+    }
+
+
+class CTarget:
+    """Registered as target ``c``: ``sqc lower model.sqc --target c -o out/ --calib data.npz``."""
+
+    name = "c"
+    takes_options = True
+
+    @staticmethod
+    def lower(
+        source: Path, output: Path, *, force: bool = False, calib: Path | None = None,
+        options: list[str] | None = None,
+    ) -> dict:  # fmt: skip
+        from sqc.formats.container import read
+        from sqc.targets.legalize import LowerOptions, calibration_inputs, legalize
+        from sqc.targets.simulate import compare
+
+        opts, _ = LowerOptions.parse(options)
+        if calib is None:
+            raise SqcError("target c needs --calib FILE (a .npz/.pt with x_val): activation formats come from calibration")
+        model = read(Path(source))
+        program = legalize(model, calib, opts)
+        report = write_project(program, Path(output), model_name=Path(source).stem, force=force)
+        from sqc.data import load_data
+
+        x = calibration_inputs(model, Path(calib), opts.calib_samples)
+        labels = load_data(Path(calib)).y_val[: x.shape[0]]
+        report["accuracy"] = compare(program, model.graph_module.eval(), x, labels)
+        report["notes"] = program.notes
+        report["options"] = program.options
+        report["output_dir"] = str(output)
+        report["bytes"] = sum(f.stat().st_size for f in Path(output).iterdir() if f.is_file())
+        return report

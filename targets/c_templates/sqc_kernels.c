@@ -1,0 +1,403 @@
+/* sqc C reference kernels: the integer semantics of targets/INTEGER.md, in portable C99.
+ *
+ * Only well-defined C: no right shift of a negative value (floor shifts go through ~), no left shift
+ * of a signed value (exact multiplication by a power of two instead), products widened before they
+ * can overflow. Accumulators are int32: legalization proves they cannot overflow. */
+#include "sqc_kernels.h"
+
+/* floor(t / 2^s) for s in 0..62 */
+static int64_t sqc_floor_shift(int64_t t, int32_t s)
+{
+    return t >= 0 ? (t >> s) : ~((~t) >> s);
+}
+
+/* floor(a / b) for b > 0 (C99 division truncates toward zero) */
+static int64_t sqc_floor_div(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    if ((a % b) != 0 && a < 0) {
+        q -= 1;
+    }
+    return q;
+}
+
+int32_t sqc_requant(int64_t t, int32_t shift, int32_t lo, int32_t hi)
+{
+    if (shift > 0) {
+        t = sqc_floor_shift(t + ((int64_t)1 << (shift - 1)), shift); /* round half up */
+    } else if (shift < 0) {
+        /* saturating first is exact: a value beyond the range stays beyond it when scaled up */
+        if (t > SQC_ACT_MAX) {
+            t = SQC_ACT_MAX;
+        } else if (t < SQC_ACT_MIN) {
+            t = SQC_ACT_MIN;
+        }
+        t *= (int64_t)1 << (-shift);
+    }
+    if (t < lo) {
+        return lo;
+    }
+    if (t > hi) {
+        return hi;
+    }
+    return (int32_t)t;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* stream decoding (start-up only) */
+
+static int sqc_put(const sqc_sink_t *k, uint32_t i, uint32_t sym)
+{
+    int32_t v;
+    if (k->u8) {
+        if (sym > 255u) {
+            return -1;
+        }
+        k->u8[i] = (uint8_t)sym;
+        return 0;
+    }
+    if (k->book8 || k->book16) {
+        if (sym >= k->book_size) {
+            return -1;
+        }
+        v = k->book8 ? (int32_t)k->book8[sym] : (int32_t)k->book16[sym];
+    } else {
+        v = (int32_t)sym + k->offset;
+    }
+    if (k->w8) {
+        k->w8[i] = (int8_t)v;
+    } else {
+        k->w16[i] = (int16_t)v;
+    }
+    return 0;
+}
+
+/* width-bit field starting at stream bit `bit`, LSB first (formats/bitpack.py) */
+static uint32_t sqc_field(const uint8_t *d, uint64_t bit, uint32_t width)
+{
+    uint32_t v = 0, got = 0;
+    while (got < width) {
+        uint32_t byte = (uint32_t)(bit >> 3), sh = (uint32_t)(bit & 7u), take = 8u - sh;
+        if (take > width - got) {
+            take = width - got;
+        }
+        v |= (((uint32_t)d[byte] >> sh) & ((1u << take) - 1u)) << got;
+        got += take;
+        bit += take;
+    }
+    return v;
+}
+
+static int sqc_varint(const uint8_t *d, uint32_t size, uint32_t *pos, uint32_t *out)
+{
+    uint32_t v = 0, shift = 0;
+    while (*pos < size && shift < 32u) {
+        uint8_t b = d[(*pos)++];
+        v |= (uint32_t)(b & 0x7Fu) << shift;
+        if (!(b & 0x80u)) {
+            *out = v;
+            return 0;
+        }
+        shift += 7u;
+    }
+    return -1;
+}
+
+/* Canonical Huffman in sqc's layout: varint H, header byte, H length fields, varint nbits, payload
+ * (codewords MSB first). Codes are assigned DEFLATE-style: by (length, symbol). */
+static int sqc_huffman(const sqc_stream_t *s, const sqc_sink_t *sink, uint16_t *sorted, uint32_t scratch_size)
+{
+    uint32_t count_by_len[25];
+    uint32_t next[25];
+    uint32_t pos = 0, high = 0, nbits = 0, lmin, width, used = 0, sym, i, l;
+    uint64_t bit;
+    const uint8_t *d = s->data;
+    if (sqc_varint(d, s->size, &pos, &high) || high == 0 || pos >= s->size) {
+        return s->count == 0 && high == 0 ? 0 : -1;
+    }
+    lmin = (d[pos] & 31u) + 1u;
+    width = (uint32_t)(d[pos] >> 5) + 1u;
+    pos++;
+    if ((uint64_t)pos + ((uint64_t)high * width + 7u) / 8u > s->size) {
+        return -1;
+    }
+    for (l = 0; l < 25u; l++) {
+        count_by_len[l] = 0;
+    }
+    for (sym = 0; sym < high; sym++) {
+        uint32_t f = sqc_field(d + pos, (uint64_t)sym * width, width);
+        if (f) {
+            uint32_t len = f + lmin - 1u;
+            if (len > 24u) {
+                return -1;
+            }
+            count_by_len[len]++;
+            used++;
+        }
+    }
+    if (used > scratch_size) {
+        return -1;
+    }
+    next[0] = 0;
+    for (l = 1; l < 25u; l++) {
+        next[l] = next[l - 1] + count_by_len[l - 1];
+    }
+    for (sym = 0; sym < high; sym++) {
+        uint32_t f = sqc_field(d + pos, (uint64_t)sym * width, width);
+        if (f) {
+            sorted[next[f + lmin - 1u]++] = (uint16_t)sym;
+        }
+    }
+    pos += (uint32_t)(((uint64_t)high * width + 7u) / 8u);
+    if (used == 1) { /* a single symbol: no payload, every value is that symbol */
+        for (i = 0; i < s->count; i++) {
+            if (sqc_put(sink, i, sorted[0])) {
+                return -1;
+            }
+        }
+        return 0;
+    }
+    if (sqc_varint(d, s->size, &pos, &nbits) || (uint64_t)pos + (nbits + 7u) / 8u > s->size) {
+        return -1;
+    }
+    d += pos;
+    bit = 0;
+    for (i = 0; i < s->count; i++) {
+        uint32_t code = 0, first = 0, index = 0, len;
+        int found = 0;
+        for (len = 1; len <= 24u; len++) {
+            if (bit >= nbits) {
+                return -1;
+            }
+            code |= (uint32_t)(d[bit >> 3] >> (7u - (uint32_t)(bit & 7u))) & 1u;
+            bit++;
+            if (code - first < count_by_len[len]) {
+                if (sqc_put(sink, i, sorted[index + code - first])) {
+                    return -1;
+                }
+                found = 1;
+                break;
+            }
+            index += count_by_len[len];
+            first = (first + count_by_len[len]) << 1;
+            code <<= 1;
+        }
+        if (!found) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int sqc_decode(const sqc_stream_t *s, const sqc_sink_t *sink, uint16_t *scratch, uint32_t scratch_size)
+{
+    uint32_t i;
+    if (s->kind == 1) {
+        return sqc_huffman(s, sink, scratch, scratch_size);
+    }
+    if (s->width == 0 || s->width > 16u || ((uint64_t)s->count * s->width + 7u) / 8u > s->size) {
+        return -1;
+    }
+    for (i = 0; i < s->count; i++) {
+        if (sqc_put(sink, i, sqc_field(s->data, (uint64_t)i * s->width, s->width))) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* layers with weights */
+
+/* first output index o >= 0 whose input index o * stride + off is >= 0 */
+static int32_t sqc_first_out(int32_t off, int32_t stride)
+{
+    return off >= 0 ? 0 : (-off + stride - 1) / stride;
+}
+
+/* one past the last output index whose input index o * stride + off is < n, at most `outs` */
+static int32_t sqc_end_out(int32_t n, int32_t off, int32_t stride, int32_t outs)
+{
+    int32_t last = n - 1 - off;
+    int32_t end;
+    if (last < 0) {
+        return 0;
+    }
+    end = last / stride + 1;
+    return end < outs ? end : outs;
+}
+
+static void sqc_conv_flush(sqc_act_t *y, int32_t oc, int32_t plane, const sqc_requant_t *rq, int32_t *acc)
+{
+    sqc_act_t *out = y + (int64_t)oc * plane;
+    int32_t i;
+    for (i = 0; i < plane; i++) {
+        out[i] = (sqc_act_t)sqc_requant(((int64_t)acc[i] + rq->bias[oc]) * rq->mult[oc], rq->shift[oc], rq->lo,
+                                        rq->hi);
+        acc[i] = 0;
+    }
+}
+
+#define SQC_W int8_t
+#define SQC_FN(name) name##_w8
+#include "sqc_weights.inc"
+#undef SQC_W
+#undef SQC_FN
+
+#define SQC_W int16_t
+#define SQC_FN(name) name##_w16
+#include "sqc_weights.inc"
+#undef SQC_W
+#undef SQC_FN
+
+/* ---------------------------------------------------------------------------------------------- */
+/* element-wise, pooling, data movement */
+
+void sqc_affine(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t inner, const sqc_requant_t *rq)
+{
+    int32_t c, i;
+    for (c = 0; c < channels; c++) {
+        for (i = 0; i < inner; i++) {
+            int64_t v = (int64_t)x[(int64_t)c * inner + i];
+            y[(int64_t)c * inner + i] = (sqc_act_t)sqc_requant((v + rq->bias[c]) * rq->mult[c], rq->shift[c], rq->lo,
+                                                               rq->hi);
+        }
+    }
+}
+
+void sqc_clamp(const sqc_act_t *x, sqc_act_t *y, int32_t n, int32_t lo, int32_t hi)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        int32_t v = x[i];
+        y[i] = (sqc_act_t)(v < lo ? lo : (v > hi ? hi : v));
+    }
+}
+
+void sqc_prelu(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t inner, const int16_t *mult,
+               int32_t shift)
+{
+    int32_t c, i;
+    for (c = 0; c < channels; c++) {
+        for (i = 0; i < inner; i++) {
+            int64_t k = (int64_t)c * inner + i;
+            int32_t v = x[k];
+            y[k] = (sqc_act_t)(v >= 0 ? v : sqc_requant((int64_t)v * mult[c], shift, SQC_ACT_MIN, SQC_ACT_MAX));
+        }
+    }
+}
+
+void sqc_pool(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int32_t w, int32_t oh, int32_t ow,
+              const int16_t *ys, const int16_t *ye, const int16_t *xs, const int16_t *xe,
+              const int32_t *divisor)
+{
+    int32_t c, oy, ox, iy, ix;
+    for (c = 0; c < channels; c++) {
+        const sqc_act_t *plane = x + (int64_t)c * h * w;
+        for (oy = 0; oy < oh; oy++) {
+            for (ox = 0; ox < ow; ox++) {
+                sqc_act_t *out = y + ((int64_t)c * oh + oy) * ow + ox;
+                if (divisor == 0) {
+                    int32_t m = SQC_ACT_MIN;
+                    for (iy = ys[oy]; iy < ye[oy]; iy++) {
+                        for (ix = xs[ox]; ix < xe[ox]; ix++) {
+                            if (plane[iy * w + ix] > m) {
+                                m = plane[iy * w + ix];
+                            }
+                        }
+                    }
+                    *out = (sqc_act_t)m;
+                } else {
+                    int64_t sum = 0;
+                    int64_t n = divisor[oy * ow + ox];
+                    for (iy = ys[oy]; iy < ye[oy]; iy++) {
+                        for (ix = xs[ox]; ix < xe[ox]; ix++) {
+                            sum += plane[iy * w + ix];
+                        }
+                    }
+                    *out = (sqc_act_t)sqc_floor_div(2 * sum + n, 2 * n);
+                }
+            }
+        }
+    }
+}
+
+void sqc_add(const sqc_act_t *a, const sqc_act_t *b, sqc_act_t *y, int32_t n, int32_t scale_a,
+             int32_t scale_b, int32_t shift, int32_t subtract)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        int64_t va = (int64_t)a[i] * scale_a, vb = (int64_t)b[i] * scale_b;
+        y[i] = (sqc_act_t)sqc_requant(subtract ? va - vb : va + vb, shift, SQC_ACT_MIN, SQC_ACT_MAX);
+    }
+}
+
+void sqc_mul(const sqc_act_t *a, const sqc_act_t *b, sqc_act_t *y, int32_t n, int32_t shift)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        y[i] = (sqc_act_t)sqc_requant((int64_t)a[i] * b[i], shift, SQC_ACT_MIN, SQC_ACT_MAX);
+    }
+}
+
+void sqc_cat_part(const sqc_act_t *x, sqc_act_t *y, int32_t outer, int32_t inner, int32_t total,
+                  int32_t offset, int32_t shift)
+{
+    int32_t o, i;
+    for (o = 0; o < outer; o++) {
+        for (i = 0; i < inner; i++) {
+            y[(int64_t)o * total + offset + i] =
+                (sqc_act_t)sqc_requant(x[(int64_t)o * inner + i], shift, SQC_ACT_MIN, SQC_ACT_MAX);
+        }
+    }
+}
+
+void sqc_lut(const sqc_act_t *x, sqc_act_t *y, int32_t n, const sqc_act_t *table)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        y[i] = table[(int32_t)x[i] - SQC_ACT_MIN];
+    }
+}
+
+void sqc_softmax(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, const int32_t *exp_table,
+                 int32_t out_frac)
+{
+    int32_t r, i;
+    for (r = 0; r < rows; r++) {
+        const sqc_act_t *v = x + (int64_t)r * cols;
+        int32_t m = v[0];
+        int64_t s = 0;
+        for (i = 1; i < cols; i++) {
+            if (v[i] > m) {
+                m = v[i];
+            }
+        }
+        for (i = 0; i < cols; i++) {
+            s += exp_table[m - v[i]];
+        }
+        for (i = 0; i < cols; i++) {
+            int64_t q = ((int64_t)exp_table[m - v[i]] * ((int64_t)1 << (out_frac + 1)) + s) / (2 * s);
+            y[(int64_t)r * cols + i] = (sqc_act_t)(q > SQC_ACT_MAX ? SQC_ACT_MAX : q);
+        }
+    }
+}
+
+void sqc_pad(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int32_t w, int32_t top,
+             int32_t bottom, int32_t left, int32_t right, int32_t fill)
+{
+    int32_t oh = h + top + bottom, ow = w + left + right;
+    int32_t c, iy, ix;
+    for (c = 0; c < channels; c++) {
+        sqc_act_t *out = y + (int64_t)c * oh * ow;
+        const sqc_act_t *in = x + (int64_t)c * h * w;
+        for (iy = 0; iy < oh * ow; iy++) {
+            out[iy] = (sqc_act_t)fill;
+        }
+        for (iy = 0; iy < h; iy++) {
+            for (ix = 0; ix < w; ix++) {
+                out[(iy + top) * ow + ix + left] = in[iy * w + ix];
+            }
+        }
+    }
+}

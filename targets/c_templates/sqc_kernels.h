@@ -1,0 +1,77 @@
+/* sqc C reference kernels: the integer semantics of targets/INTEGER.md, in portable C99.
+ * Generated projects copy this file verbatim; model.c only calls it with constants. */
+#ifndef SQC_KERNELS_H
+#define SQC_KERNELS_H
+
+#include <stdint.h>
+#include "model.h"
+
+#define SQC_ACT_MIN (-(1L << (SQC_ACT_BITS - 1)))
+#define SQC_ACT_MAX ((1L << (SQC_ACT_BITS - 1)) - 1)
+
+/* A ROM stream of unsigned symbols: kind 0 = packed (width-bit fields, LSB first), 1 = canonical
+ * Huffman in sqc's layout (formats/huffman.py). */
+typedef struct {
+    const uint8_t *data;
+    uint32_t size;
+    uint32_t count;
+    uint8_t kind;
+    uint8_t width;
+} sqc_stream_t;
+
+/* Where decoded symbols go: index entries (u8), or weight values (codebook[symbol] or symbol + offset)
+ * as int8 (w8) or int16 (w16). */
+typedef struct {
+    uint8_t *u8;
+    int8_t *w8;
+    int16_t *w16;
+    const int8_t *book8;
+    const int16_t *book16;
+    uint32_t book_size;
+    int32_t offset;
+} sqc_sink_t;
+
+/* y = clamp(rshift_round((acc + bias[c]) * mult[c], shift[c]), lo, hi) */
+typedef struct {
+    const int32_t *bias;
+    const int16_t *mult;
+    const int8_t *shift;
+    int32_t lo, hi;
+} sqc_requant_t;
+
+typedef struct {
+    int32_t cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+} sqc_conv_t;
+
+int sqc_decode(const sqc_stream_t *s, const sqc_sink_t *sink, uint16_t *scratch, uint32_t scratch_size);
+
+int32_t sqc_requant(int64_t t, int32_t shift, int32_t lo, int32_t hi);
+
+void sqc_linear_w8(const sqc_act_t *x, sqc_act_t *y, const int8_t *w, const uint8_t *idx, uint32_t nidx,
+                   uint32_t filler, int32_t in, int32_t out, const sqc_requant_t *rq);
+void sqc_linear_w16(const sqc_act_t *x, sqc_act_t *y, const int16_t *w, const uint8_t *idx, uint32_t nidx,
+                    uint32_t filler, int32_t in, int32_t out, const sqc_requant_t *rq);
+void sqc_conv_w8(const sqc_act_t *x, sqc_act_t *y, const int8_t *w, const uint8_t *idx, uint32_t nidx,
+                 uint32_t filler, const sqc_conv_t *c, const sqc_requant_t *rq, int32_t *acc);
+void sqc_conv_w16(const sqc_act_t *x, sqc_act_t *y, const int16_t *w, const uint8_t *idx, uint32_t nidx,
+                  uint32_t filler, const sqc_conv_t *c, const sqc_requant_t *rq, int32_t *acc);
+
+void sqc_affine(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t inner, const sqc_requant_t *rq);
+void sqc_clamp(const sqc_act_t *x, sqc_act_t *y, int32_t n, int32_t lo, int32_t hi);
+void sqc_prelu(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t inner, const int16_t *mult,
+               int32_t shift);
+void sqc_pool(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int32_t w, int32_t oh, int32_t ow,
+              const int16_t *ys, const int16_t *ye, const int16_t *xs, const int16_t *xe,
+              const int32_t *divisor);
+void sqc_add(const sqc_act_t *a, const sqc_act_t *b, sqc_act_t *y, int32_t n, int32_t scale_a,
+             int32_t scale_b, int32_t shift, int32_t subtract);
+void sqc_mul(const sqc_act_t *a, const sqc_act_t *b, sqc_act_t *y, int32_t n, int32_t shift);
+void sqc_cat_part(const sqc_act_t *x, sqc_act_t *y, int32_t outer, int32_t inner, int32_t total,
+                  int32_t offset, int32_t shift);
+void sqc_lut(const sqc_act_t *x, sqc_act_t *y, int32_t n, const sqc_act_t *table);
+void sqc_softmax(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, const int32_t *exp_table,
+                 int32_t out_frac);
+void sqc_pad(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int32_t w, int32_t top,
+             int32_t bottom, int32_t left, int32_t right, int32_t fill);
+
+#endif

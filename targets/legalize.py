@@ -1,0 +1,826 @@
+"""Legalization: a ``.sqc`` model -> the :class:`~sqc.targets.integer.IntProgram` every backend emits.
+
+Steps, each stated in ``targets/INTEGER.md``: calibrate activation ranges on the user's data with the
+decoded float model; give every tensor a power-of-two format; turn each weight record into integer
+values plus its ROM streams (codebook indices or fixed-point codes, relative sparse index, packed or
+Huffman-coded as in the container); fold batch norm and ReLU-like clamps into the preceding conv/linear
+epilogue; compute every bias, multiplier, shift and table. Anything outside the supported op set is an
+:class:`LowerError` naming the node — never a program that computes something else.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from sqc.errors import SqcError
+from sqc.formats import bitpack, huffman, sparse_index
+from sqc.ir import CompressedModel, FixedPoint, TensorState
+from sqc.ops import function_name
+from sqc.targets.integer import (
+    ActFormat,
+    Add,
+    Affine,
+    Cat,
+    Clamp,
+    Conv,
+    IntProgram,
+    Linear,
+    Lut,
+    Mul,
+    Op,
+    Pad,
+    Pool,
+    PRelu,
+    Requant,
+    Softmax,
+    Stream,
+    Tensor,
+    Weights,
+    choose_frac,
+    multiplier,
+    round_half_even,
+)
+
+
+class LowerError(SqcError):
+    """A model, option or op the integer lowering cannot represent exactly."""
+
+
+@dataclass(frozen=True)
+class LowerOptions:
+    """Options of the integer targets (``--option key=value``).
+
+    act_bits: activation width (8 or 16). weight_bits: width given to float weights and float codebooks
+    that no pass quantized. sparse: ``auto`` stores a pruned layer sparse (relative index), ``never``
+    dense (pruned weights multiplied as zeros), ``always`` sparse even without a mask. calib_samples:
+    how many calibration inputs are run.
+    """
+
+    act_bits: int = 8
+    weight_bits: int = 8
+    sparse: Literal["auto", "always", "never"] = "auto"
+    calib_samples: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.act_bits not in (8, 16):
+            raise LowerError(f"--option act_bits={self.act_bits}: expected 8 or 16")
+        if not 2 <= self.weight_bits <= 16:
+            raise LowerError(f"--option weight_bits={self.weight_bits}: expected 2..16")
+        if self.sparse not in ("auto", "always", "never"):
+            raise LowerError(f"--option sparse={self.sparse}: expected auto, always or never")
+        if self.calib_samples < 1:
+            raise LowerError(f"--option calib_samples={self.calib_samples}: expected a positive count")
+
+    @staticmethod
+    def parse(pairs: list[str] | None, known_extra: tuple[str, ...] = ()) -> tuple[LowerOptions, dict[str, str]]:
+        """``key=value`` strings -> options; keys in ``known_extra`` are returned for the writer."""
+        values: dict[str, Any] = {}
+        extra: dict[str, str] = {}
+        names = {f.name: f for f in fields(LowerOptions)}
+        for pair in pairs or []:
+            key, sep, value = pair.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not key:
+                raise LowerError(f"--option {pair!r}: expected key=value")
+            if key in known_extra:
+                extra[key] = value
+            elif key in names:
+                if names[key].type in ("int", int):
+                    try:
+                        values[key] = int(value)
+                    except ValueError:
+                        raise LowerError(f"--option {key}={value}: expected an integer") from None
+                else:
+                    values[key] = value
+            else:
+                known = ", ".join([*names, *known_extra])
+                raise LowerError(f"--option {key}: unknown option (known: {known})")
+        return LowerOptions(**values), extra
+
+    def as_dict(self) -> dict[str, str]:
+        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+
+
+# ------------------------------------------------------------------------------------------------
+# calibration
+
+
+@dataclass
+class Calibration:
+    """Per node: the largest |value| seen and the per-sample output shape."""
+
+    max_abs: dict[str, float]
+    shapes: dict[str, tuple[int, ...]]
+    samples: int
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, calib: Calibration) -> None:
+        super().__init__(gm)
+        self.calib = calib
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor) and result.is_floating_point():
+            peak = float(result.detach().abs().max()) if result.numel() else 0.0
+            self.calib.max_abs[n.name] = max(self.calib.max_abs.get(n.name, 0.0), peak)
+            self.calib.shapes[n.name] = tuple(result.shape[1:])
+        return result
+
+
+def calibration_inputs(model: CompressedModel, path: Path, samples: int) -> torch.Tensor:
+    """The first ``samples`` validation inputs of a data file, shaped like the model's input."""
+    from sqc.data import load_data
+
+    if len(model.inputs) != 1:
+        raise LowerError(f"the integer targets take models with one input, this one has {len(model.inputs)}")
+    x = load_data(path).x_val[:samples]
+    want = model.inputs[0].shape[1:]
+    if tuple(x.shape[1:]) != tuple(want):
+        if math.prod(x.shape[1:]) != math.prod(want):
+            raise LowerError(f"{path}: x_val samples of shape {tuple(x.shape[1:])} do not fit input {want}")
+        x = x.reshape((x.shape[0], *want))
+    return x
+
+
+def calibrate(model: CompressedModel, x: torch.Tensor, batch: int = 250) -> Calibration:
+    calib = Calibration({}, {}, int(x.shape[0]))
+    gm = model.graph_module.eval()
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch):
+            _Recorder(gm, calib).run(x[start : start + batch])
+    return calib
+
+
+# ------------------------------------------------------------------------------------------------
+# weights
+
+
+def _stream(symbols: np.ndarray, alphabet: int, width: int, want_huffman: bool) -> Stream:
+    """Packed, or Huffman-coded when the tensor asked for it and it is smaller (the container's rule)."""
+    symbols = np.ascontiguousarray(symbols, dtype=np.int64)
+    packed = bitpack.pack(symbols, width, False)
+    if want_huffman and symbols.size:
+        coded = huffman.serialize(huffman.encode(symbols, alphabet))
+        if len(coded) < len(packed):
+            return Stream("huffman", width, int(symbols.size), alphabet, coded)
+    return Stream("packed", width, int(symbols.size), alphabet, packed)
+
+
+def _best_index(mask: np.ndarray, want_huffman: bool) -> tuple[int, Stream]:
+    """The relative-index width in 1..8 with the smallest stream (entries fit a byte in RAM)."""
+    best: tuple[int, Stream] | None = None
+    for bits in range(1, 9):
+        entries = sparse_index.encode_gaps(mask, bits)
+        stream = _stream(entries, 1 << bits, bits, want_huffman)
+        if best is None or len(stream.data) < len(best[1].data):
+            best = (bits, stream)
+    assert best is not None
+    return best
+
+
+def legalize_weights(state: TensorState, opts: LowerOptions, notes: list[str]) -> Weights:
+    """Integer values and ROM streams of one kernel; float parts get the stated default format."""
+    from sqc.passes.quant import best_format
+
+    shape = state.shape
+    channels = shape[0]
+    flat_mask = state.mask.reshape(-1).numpy() if state.mask is not None else None
+    want = state.coder == "huffman"
+    codebook: np.ndarray | None = None
+    offset = 0
+    if state.codebook is not None and state.codes is not None:
+        fmt = state.fmt
+        if fmt is None:
+            fmt = best_format(state.codebook, opts.weight_bits, per_channel=False)
+            error = float((fmt.dequantize(fmt.quantize(state.codebook)) - state.codebook).abs().max())
+            notes.append(
+                f"{state.name}: float codebook of {state.codebook.numel()} entries quantized to "
+                f"{fmt.bits}-bit fixed point (frac {fmt.frac[0]}, max error {error:.3g})"
+            )
+            origin = f"codebook {state.codebook.numel()}, quantized here to {fmt.bits} bits"
+        else:
+            origin = f"codebook {state.codebook.numel()} x {fmt.bits}-bit"
+        codebook = fmt.quantize(state.codebook).numpy().astype(np.int64)
+        symbols = state.codes.reshape(-1).numpy().astype(np.int64)
+        alphabet = codebook.size
+        values = codebook[symbols]
+        if flat_mask is not None:
+            values = np.where(flat_mask, values, 0)
+        value_bits = fmt.bits
+        frac = (fmt.frac[0],) * channels
+    else:
+        if state.codes is not None and state.fmt is not None:
+            fmt = state.fmt
+            codes = state.codes
+            origin = f"fixed {fmt.bits}-bit" + (" per channel" if fmt.per_channel else "")
+        else:
+            assert state.dense is not None
+            fmt = best_format(state.dense, opts.weight_bits, per_channel=False)
+            codes = fmt.quantize(state.dense)
+            error = float((fmt.dequantize(codes) - state.dense).abs().max())
+            notes.append(
+                f"{state.name}: float weights quantized to {fmt.bits}-bit fixed point "
+                f"(frac {fmt.frac[0]}, max error {error:.3g})"
+            )
+            origin = f"float, quantized here to {fmt.bits} bits"
+            want = False
+        values = codes.reshape(-1).numpy().astype(np.int64)
+        offset = FixedPoint(fmt.bits, (0,)).qmin
+        symbols = values - offset
+        alphabet = 1 << fmt.bits
+        value_bits = fmt.bits
+        frac = tuple(fmt.frac) if fmt.per_channel else (fmt.frac[0],) * channels
+    width = max(1, math.ceil(math.log2(alphabet))) if alphabet > 1 else 1
+    sparse = opts.sparse == "always" or (opts.sparse == "auto" and flat_mask is not None)
+    index: Stream | None = None
+    index_bits = 0
+    if sparse:
+        keep = flat_mask if flat_mask is not None else np.ones(values.size, dtype=bool)
+        index_bits, index = _best_index(keep, want)
+        kept_symbols = symbols[keep]
+        origin += f", sparse {keep.mean():.1%}"
+    else:
+        kept_symbols = symbols
+        if codebook is not None and flat_mask is not None:  # dense codebook layout: pruned -> a zero entry
+            zero = np.flatnonzero(codebook == 0)
+            if zero.size == 0:
+                codebook = np.append(codebook, 0)
+                alphabet = codebook.size
+                width = max(1, math.ceil(math.log2(alphabet)))
+                zero = np.array([alphabet - 1])
+            kept_symbols = np.where(flat_mask, symbols, int(zero[0]))
+        origin += ", dense"
+    stream = _stream(kept_symbols, alphabet, width, want)
+    return Weights(
+        name=state.name,
+        shape=shape,
+        values=values.reshape(shape),
+        frac=tuple(int(f) for f in frac),
+        value_bits=value_bits,
+        codebook=codebook,
+        offset=offset,
+        sparse=sparse,
+        index_bits=index_bits,
+        symbols=stream,
+        index=index,
+        origin=origin + (", huffman" if "huffman" in (stream.kind, index.kind if index else "") else ""),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# the graph walk
+
+# Positional parameter names (PyTorch's order) and defaults of the ops the walk reads arguments of.
+_SIGNATURES: dict[str, tuple[tuple[str, Any], ...]] = {
+    "conv1d": (("input", None), ("weight", None), ("bias", None), ("stride", 1), ("padding", 0),
+               ("dilation", 1), ("groups", 1)),
+    "linear": (("input", None), ("weight", None), ("bias", None)),
+    "batch_norm": (("input", None), ("running_mean", None), ("running_var", None), ("weight", None),
+                   ("bias", None), ("training", False), ("momentum", 0.1), ("eps", 1e-5)),
+    "prelu": (("input", None), ("weight", None)),
+    "relu": (("input", None), ("inplace", False)),
+    "relu6": (("input", None), ("inplace", False)),
+    "leaky_relu": (("input", None), ("negative_slope", 0.01), ("inplace", False)),
+    "hardtanh": (("input", None), ("min_val", -1.0), ("max_val", 1.0), ("inplace", False)),
+    "sigmoid": (("input", None),),
+    "tanh": (("input", None),),
+    "gelu": (("input", None), ("approximate", "none")),
+    "silu": (("input", None), ("inplace", False)),
+    "softmax": (("input", None), ("dim", None), ("_stacklevel", 3), ("dtype", None)),
+    "max_pool1d": (("input", None), ("kernel_size", None), ("stride", None), ("padding", 0),
+                   ("dilation", 1), ("ceil_mode", False), ("return_indices", False)),
+    "avg_pool1d": (("input", None), ("kernel_size", None), ("stride", None), ("padding", 0),
+                   ("ceil_mode", False), ("count_include_pad", True)),
+    "avg_pool2d": (("input", None), ("kernel_size", None), ("stride", None), ("padding", 0),
+                   ("ceil_mode", False), ("count_include_pad", True), ("divisor_override", None)),
+    "adaptive_avg_pool1d": (("input", None), ("output_size", None)),
+    "adaptive_max_pool1d": (("input", None), ("output_size", None), ("return_indices", False)),
+    "pad": (("input", None), ("pad", None), ("mode", "constant"), ("value", None)),
+    "cat": (("tensors", None), ("dim", 0)),
+    "mean": (("input", None), ("dim", None), ("keepdim", False), ("dtype", None)),
+}  # fmt: skip
+_SIGNATURES["conv2d"] = _SIGNATURES["conv1d"]
+_SIGNATURES["max_pool2d"] = _SIGNATURES["max_pool1d"]
+_SIGNATURES["adaptive_avg_pool2d"] = _SIGNATURES["adaptive_avg_pool1d"]
+_SIGNATURES["adaptive_max_pool2d"] = _SIGNATURES["adaptive_max_pool1d"]
+
+_ALIASES = {"flatten", "reshape", "squeeze", "unsqueeze"}
+_CLAMPS = {"relu", "relu6", "hardtanh"}
+_LUTS = {"sigmoid", "tanh", "gelu", "silu"}
+
+
+def _bind(node: fx.Node, op: str) -> dict[str, Any]:
+    sig = _SIGNATURES[op]
+    bound = {name: default for name, default in sig}
+    for (name, _), value in zip(sig, node.args, strict=False):
+        bound[name] = value
+    for key, value in node.kwargs.items():
+        bound[key] = value
+    return bound
+
+
+def _pair(value: Any, one_d: bool, height: int | None = 1) -> tuple[Any, Any]:
+    """A 2-D (height, width) parameter; a 1-D op's height gets ``height`` (1 for sizes, 0 for padding)."""
+    items = list(value) if isinstance(value, (tuple, list)) else [value]
+    items = [None if v is None else int(v) for v in items]
+    if one_d:
+        return height, items[-1]
+    return items[0], items[-1]
+
+
+def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A per-sample shape as (channels, height, width); 1-D data has height 1."""
+    if len(shape) == 1:
+        return shape[0], 1, 1
+    if len(shape) == 2:
+        return shape[0], 1, shape[1]
+    if len(shape) == 3:
+        return shape
+    raise ValueError(f"shape {shape}")
+
+
+class _Walk:
+    def __init__(self, model: CompressedModel, calib: Calibration, opts: LowerOptions) -> None:
+        self.model = model
+        self.calib = calib
+        self.opts = opts
+        self.bits = opts.act_bits
+        self.tensors: dict[str, Tensor] = {}
+        self.ops: list[Op] = []
+        self.notes: list[str] = []
+        self.value: dict[fx.Node, Any] = {}
+        self.fused: set[fx.Node] = set()
+
+    # helpers -----------------------------------------------------------------------------------
+    def fail(self, node: fx.Node, what: str) -> LowerError:
+        return LowerError(f"node {node.name} ({self.opname(node)}): {what}")
+
+    @staticmethod
+    def opname(node: fx.Node) -> str:
+        if node.op == "call_function":
+            return function_name(node.target) or str(node.target)  # type: ignore[arg-type]
+        return str(node.target)
+
+    def fmt(self, node: fx.Node) -> ActFormat:
+        return ActFormat(self.bits, choose_frac(self.calib.max_abs.get(node.name, 0.0), self.bits))
+
+    def new(self, node: fx.Node, fmt: ActFormat, slot: str | None = None) -> Tensor:
+        shape = self.calib.shapes.get(node.name)
+        if shape is None:
+            raise self.fail(node, "no tensor value seen during calibration")
+        tensor = Tensor(node.name, tuple(shape), fmt, slot or node.name)
+        self.tensors[tensor.name] = tensor
+        self.value[node] = tensor
+        return tensor
+
+    def tensor(self, node: fx.Node, arg: Any) -> Tensor:
+        if isinstance(arg, fx.Node) and isinstance(self.value.get(arg), Tensor):
+            return self.value[arg]  # type: ignore[no-any-return]
+        raise self.fail(node, f"expects an activation tensor, got {arg!r}")
+
+    def param(self, node: fx.Node, arg: Any) -> torch.Tensor | None:
+        if arg is None:
+            return None
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            return self.model.tensors[str(arg.target)].decode().to(torch.float64)
+        raise self.fail(node, f"expects a stored parameter, got {arg!r}")
+
+    def single_user(self, node: fx.Node, names: set[str]) -> fx.Node | None:
+        if len(node.users) != 1:
+            return None
+        (user,) = node.users
+        if user.op == "call_function" and self.opname(user) in names and user.args and user.args[0] is node:
+            return user
+        return None
+
+    def clamp_bounds(self, node: fx.Node, op: str, fmt: ActFormat) -> tuple[int, int]:
+        scale = 2.0**fmt.frac
+        if op == "relu":
+            return 0, fmt.qmax
+        if op == "relu6":
+            return 0, min(fmt.qmax, math.floor(6.0 * scale))
+        a = _bind(node, "hardtanh")
+        lo = max(fmt.qmin, math.ceil(float(a["min_val"]) * scale))
+        hi = min(fmt.qmax, math.floor(float(a["max_val"]) * scale))
+        if lo > hi:
+            raise self.fail(node, "hardtanh range is empty in the output format")
+        return lo, hi
+
+    # the walk ----------------------------------------------------------------------------------
+    def run(self) -> IntProgram:
+        gm = self.model.graph_module
+        first: Tensor | None = None
+        out: Tensor | None = None
+        for node in gm.graph.nodes:
+            if node in self.fused:
+                continue
+            if node.op == "placeholder":
+                first = self.new(node, self.fmt(node))
+            elif node.op == "get_attr":
+                self.value[node] = node
+            elif node.op == "call_method":
+                if node.target != "size":
+                    raise self.fail(node, f"method .{node.target}() is not supported")
+                self.value[node] = None  # only ever feeds reshape arguments, which are read from shapes
+            elif node.op == "call_function":
+                self.call(node)
+            elif node.op == "output":
+                out = self.tensor(node, node.args[0])
+        assert first is not None and out is not None
+        if not self.ops:
+            raise LowerError("the model computes nothing the integer targets can run")
+        return IntProgram(self.tensors, self.ops, first.name, out.name, self.bits, self.notes,
+                          self.opts.as_dict())  # fmt: skip
+
+    def call(self, node: fx.Node) -> None:
+        op = self.opname(node)
+        handler = getattr(self, f"op_{op}", None)
+        if handler is None:
+            raise self.fail(node, "op not supported by the integer targets")
+        handler(node, op)
+
+    # weighted layers ---------------------------------------------------------------------------
+    def _epilogue(
+        self, node: fx.Node, w: Weights, x: Tensor, bias: torch.Tensor | None
+    ) -> tuple[fx.Node, Requant]:
+        """Fold a following batch norm and ReLU-like clamp; return the last node folded and the epilogue."""
+        tail = node
+        channels = w.shape[0]
+        scale = torch.ones(channels, dtype=torch.float64)
+        shift_add = torch.zeros(channels, dtype=torch.float64) if bias is None else bias.clone()
+        bn = self.single_user(node, {"batch_norm"})
+        if bn is not None:
+            a = _bind(bn, "batch_norm")
+            mean, var = self.param(bn, a["running_mean"]), self.param(bn, a["running_var"])
+            gamma, beta = self.param(bn, a["weight"]), self.param(bn, a["bias"])
+            assert mean is not None and var is not None
+            scale = 1.0 / torch.sqrt(var + float(a["eps"]))
+            scale = scale * gamma if gamma is not None else scale
+            if bool((scale.abs() < 1e-12).any()):
+                raise self.fail(bn, "a batch-norm channel has a zero scale")
+            shift_add = shift_add - mean + (beta / scale if beta is not None else 0.0)
+            self.fused.add(bn)
+            tail = bn
+        lo, hi = None, None
+        act = self.single_user(tail, _CLAMPS)
+        if act is not None:
+            self.fused.add(act)
+            tail = act
+        fmt = self.fmt(tail)
+        if act is not None:
+            lo, hi = self.clamp_bounds(act, self.opname(act), fmt)
+        facc = np.array([x.fmt.frac + f for f in w.frac], dtype=np.int64)
+        bias_q = np.array([round_half_even(float(v) * 2.0 ** int(f)) for v, f in zip(shift_add, facc, strict=True)])
+        if bn is None:
+            mult = np.ones(channels, dtype=np.int64)
+            mfrac = np.zeros(channels, dtype=np.int64)
+        else:
+            pairs = [multiplier(float(s), f"node {bn.name}") for s in scale]
+            mult = np.array([p[0] for p in pairs], dtype=np.int64)
+            mfrac = np.array([p[1] for p in pairs], dtype=np.int64)
+        shift = facc + mfrac - fmt.frac
+        l1 = np.abs(w.values.reshape(channels, -1)).sum(axis=1) * (1 << (x.fmt.bits - 1))
+        bound = l1 + np.abs(bias_q)
+        if int(bound.max()) >= 1 << 31:
+            raise self.fail(node, f"the int32 accumulator could overflow (bound {int(bound.max()):,}); "
+                                  "try --option act_bits=8")  # fmt: skip
+        self._check_shifts(node, shift)
+        requant = Requant(bias_q.astype(np.int64), mult, shift.astype(np.int64),
+                          fmt.qmin if lo is None else lo, fmt.qmax if hi is None else hi)  # fmt: skip
+        self.new(tail, fmt)
+        return tail, requant
+
+    def _check_shifts(self, node: fx.Node, shift: np.ndarray) -> None:
+        if shift.size and (int(shift.min()) < -16 or int(shift.max()) > 62):
+            raise self.fail(node, f"requantization shift {int(shift.min())}..{int(shift.max())} outside -16..62")
+
+    def _weights(self, node: fx.Node, arg: Any) -> Weights:
+        if not (isinstance(arg, fx.Node) and arg.op == "get_attr"):
+            raise self.fail(node, "weights must be a stored tensor")
+        state = self.model.tensors[str(arg.target)]
+        return legalize_weights(state, self.opts, self.notes)
+
+    def op_conv2d(self, node: fx.Node, op: str) -> None:
+        a = _bind(node, op)
+        one_d = op == "conv1d"
+        x = self.tensor(node, a["input"])
+        if len(x.shape) != (2 if one_d else 3):
+            raise self.fail(node, f"input of per-sample shape {x.shape}")
+        w = self._weights(node, a["weight"])
+        padding = a["padding"]
+        if isinstance(padding, str):
+            if padding == "valid":
+                padding = 0
+            else:
+                raise self.fail(node, f"padding={padding!r} is not supported; give explicit padding")
+        tail, requant = self._epilogue(node, w, x, self.param(node, a["bias"]))
+        self.ops.append(
+            Conv(node.name, [x.name], tail.name, w, _pair(a["stride"], one_d), _pair(padding, one_d, 0),
+                 _pair(a["dilation"], one_d), int(a["groups"]), requant)  # fmt: skip
+        )
+
+    op_conv1d = op_conv2d
+
+    def op_linear(self, node: fx.Node, op: str) -> None:
+        a = _bind(node, op)
+        x = self.tensor(node, a["input"])
+        if len(x.shape) != 1:
+            raise self.fail(node, f"input of per-sample shape {x.shape}: only (N, features) is supported")
+        w = self._weights(node, a["weight"])
+        tail, requant = self._epilogue(node, w, x, self.param(node, a["bias"]))
+        self.ops.append(Linear(node.name, [x.name], tail.name, w, requant))
+
+    def op_batch_norm(self, node: fx.Node, op: str) -> None:
+        a = _bind(node, op)
+        x = self.tensor(node, a["input"])
+        mean, var = self.param(node, a["running_mean"]), self.param(node, a["running_var"])
+        gamma, beta = self.param(node, a["weight"]), self.param(node, a["bias"])
+        assert mean is not None and var is not None
+        scale = 1.0 / torch.sqrt(var + float(a["eps"]))
+        scale = scale * gamma if gamma is not None else scale
+        if bool((scale.abs() < 1e-12).any()):
+            raise self.fail(node, "a batch-norm channel has a zero scale")
+        add = -mean + (beta / scale if beta is not None else 0.0)
+        channels = x.shape[0]
+        self._affine(node, x, [float(s) for s in scale], [float(v) for v in add], channels)
+
+    def _affine(self, node: fx.Node, x: Tensor, scales: list[float], adds: list[float], channels: int) -> None:
+        """``y = (x + add) * scale`` per channel, as ``requant((x + B) * M, S)``."""
+        fmt = self.fmt(node)
+        pairs = [multiplier(s, f"node {node.name}") for s in scales]
+        bias = np.array([round_half_even(v * 2.0**x.fmt.frac) for v in adds], dtype=np.int64)
+        if bias.size and int(np.abs(bias).max()) + (1 << (x.fmt.bits - 1)) >= 1 << 31:
+            raise self.fail(node, "the added constant does not fit the int32 accumulator")
+        mult = np.array([p[0] for p in pairs], dtype=np.int64)
+        shift = np.array([x.fmt.frac + p[1] - fmt.frac for p in pairs], dtype=np.int64)
+        self._check_shifts(node, shift)
+        y = self.new(node, fmt)
+        inner = x.numel // channels
+        self.ops.append(Affine(node.name, [x.name], y.name, channels, inner,
+                               Requant(bias, mult, shift, fmt.qmin, fmt.qmax)))  # fmt: skip
+
+    # element-wise --------------------------------------------------------------------------------
+    def op_relu(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        lo, hi = self.clamp_bounds(node, op, x.fmt)
+        y = self.new(node, x.fmt)
+        self.ops.append(Clamp(node.name, [x.name], y.name, lo, hi))
+
+    op_relu6 = op_relu
+    op_hardtanh = op_relu
+
+    def op_leaky_relu(self, node: fx.Node, op: str) -> None:
+        a = _bind(node, op)
+        x = self.tensor(node, a["input"])
+        mult, frac = multiplier(float(a["negative_slope"]), f"node {node.name}")
+        y = self.new(node, x.fmt)
+        self.ops.append(PRelu(node.name, [x.name], y.name, 1, x.numel, np.array([mult]), frac))
+
+    def op_prelu(self, node: fx.Node, op: str) -> None:
+        a = _bind(node, op)
+        x = self.tensor(node, a["input"])
+        slope = self.param(node, a["weight"])
+        assert slope is not None
+        channels = slope.numel()
+        if channels not in (1, x.shape[0]):
+            raise self.fail(node, f"{channels} slopes for {x.shape[0]} channels")
+        pairs = [multiplier(float(s), f"node {node.name}") for s in slope.reshape(-1)]
+        frac = min(p[1] for p in pairs)
+        mult = np.array([round_half_even(float(s) * 2.0**frac) for s in slope.reshape(-1)], dtype=np.int64)
+        y = self.new(node, x.fmt)
+        self.ops.append(PRelu(node.name, [x.name], y.name, channels, x.numel // channels, mult, frac))
+
+    def op_sigmoid(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        if x.fmt.bits > 8:
+            raise self.fail(node, f"{op} is computed by a 2^bits-entry table: needs --option act_bits=8")
+        fmt = self.fmt(node)
+        codes = torch.arange(x.fmt.qmin, x.fmt.qmax + 1, dtype=torch.float64) * 2.0**-x.fmt.frac
+        fn = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu}.get(op)
+        if op == "gelu":
+            approximate = str(_bind(node, op)["approximate"])
+            values = F.gelu(codes, approximate=approximate)
+        else:
+            assert fn is not None
+            values = fn(codes)
+        table = torch.round(values * 2.0**fmt.frac).clamp(fmt.qmin, fmt.qmax).to(torch.int64).numpy()
+        y = self.new(node, fmt)
+        self.ops.append(Lut(node.name, [x.name], y.name, op, table))
+
+    op_tanh = op_sigmoid
+    op_gelu = op_sigmoid
+    op_silu = op_sigmoid
+
+    def op_softmax(self, node: fx.Node, op: str) -> None:
+        a = _bind(node, op)
+        x = self.tensor(node, a["input"])
+        dim = a["dim"]
+        if dim is None or int(dim) not in (-1, len(x.shape)):
+            raise self.fail(node, "softmax is supported over the last axis only")
+        if x.fmt.bits > 8:
+            raise self.fail(node, "softmax uses a 2^bits-entry exp table: needs --option act_bits=8")
+        fmt = ActFormat(self.bits, self.bits - 1)
+        diffs = torch.arange(0, 1 << x.fmt.bits, dtype=torch.float64) * 2.0**-x.fmt.frac
+        table = torch.round(torch.exp(-diffs) * 2.0**15).to(torch.int64).numpy()
+        y = self.new(node, fmt)
+        cols = x.shape[-1]
+        self.ops.append(Softmax(node.name, [x.name], y.name, x.numel // cols, cols, table))
+
+    def _binary(self, node: fx.Node, op: str) -> None:
+        lhs, rhs = node.args[0], node.args[1]
+        if isinstance(lhs, fx.Node) and isinstance(rhs, fx.Node):
+            a, b = self.tensor(node, lhs), self.tensor(node, rhs)
+            if a.shape != b.shape:
+                raise self.fail(node, f"broadcasting {a.shape} with {b.shape} is not supported")
+            fmt = self.fmt(node)
+            if op in ("add", "sub"):
+                common = max(a.fmt.frac, b.fmt.frac)
+                shift = common - fmt.frac
+                self._check_shifts(node, np.array([shift]))
+                y = self.new(node, fmt)
+                self.ops.append(Add(node.name, [a.name, b.name], y.name, 1 << (common - a.fmt.frac),
+                                    1 << (common - b.fmt.frac), shift, op == "sub"))  # fmt: skip
+            elif op == "mul":
+                shift = a.fmt.frac + b.fmt.frac - fmt.frac
+                self._check_shifts(node, np.array([shift]))
+                y = self.new(node, fmt)
+                self.ops.append(Mul(node.name, [a.name, b.name], y.name, shift))
+            else:
+                raise self.fail(node, "division of two tensors is not supported")
+            return
+        tensor_first = isinstance(lhs, fx.Node)
+        x = self.tensor(node, lhs if tensor_first else rhs)
+        const = rhs if tensor_first else lhs
+        if not isinstance(const, (int, float)) or isinstance(const, bool):
+            raise self.fail(node, f"constant operand {const!r} is not a number")
+        c = float(const)
+        if op == "add":
+            self._affine(node, x, [1.0], [c], 1)
+        elif op == "sub" and tensor_first:
+            self._affine(node, x, [1.0], [-c], 1)
+        elif op == "mul":
+            self._affine(node, x, [c], [0.0], 1)
+        elif op == "truediv" and tensor_first and c != 0:
+            self._affine(node, x, [1.0 / c], [0.0], 1)
+        else:
+            raise self.fail(node, "this form of constant arithmetic is not supported")
+
+    op_add = _binary
+    op_sub = _binary
+    op_mul = _binary
+    op_truediv = _binary
+
+    # data movement -----------------------------------------------------------------------------
+    def op_flatten(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        shape = self.calib.shapes.get(node.name)
+        if shape is None or math.prod(shape) != x.numel:
+            raise self.fail(node, "reshapes across the batch dimension are not supported")
+        self.new(node, x.fmt, slot=x.slot)
+
+    op_reshape = op_flatten
+    op_squeeze = op_flatten
+    op_unsqueeze = op_flatten
+
+    def op_cat(self, node: fx.Node, op: str) -> None:
+        a = _bind(node, op)
+        inputs = [self.tensor(node, t) for t in a["tensors"]]
+        rank = len(inputs[0].shape)
+        dim = int(a["dim"])
+        dim = dim + rank + 1 if dim < 0 else dim
+        if dim == 0:
+            raise self.fail(node, "concatenation along the batch axis is not supported")
+        axis = dim - 1
+        fmt = self.fmt(node)
+        outer = math.prod(inputs[0].shape[:axis])
+        inner = [math.prod(t.shape[axis:]) for t in inputs]
+        shifts = [t.fmt.frac - fmt.frac for t in inputs]
+        self._check_shifts(node, np.array(shifts))
+        y = self.new(node, fmt)
+        self.ops.append(Cat(node.name, [t.name for t in inputs], y.name, outer, inner, shifts))
+
+    def op_pad(self, node: fx.Node, op: str) -> None:
+        a = _bind(node, op)
+        x = self.tensor(node, a["input"])
+        pads = [int(p) for p in a["pad"]]
+        if a["mode"] != "constant" or len(pads) not in (2, 4) or min(pads) < 0 or len(x.shape) not in (2, 3):
+            raise self.fail(node, "only non-negative constant padding of the last one or two axes is supported")
+        left, right = pads[0], pads[1]
+        top, bottom = (pads[2], pads[3]) if len(pads) == 4 else (0, 0)
+        if len(x.shape) == 2 and len(pads) == 4:
+            raise self.fail(node, "padding the channel axis is not supported")
+        value = float(a["value"] or 0.0)
+        fill = max(x.fmt.qmin, min(x.fmt.qmax, round_half_even(value * 2.0**x.fmt.frac)))
+        c, h, w = _chw(x.shape)
+        y = self.new(node, x.fmt)
+        self.ops.append(Pad(node.name, [x.name], y.name, c, (h, w), (top, bottom, left, right), fill))
+
+    # pooling -----------------------------------------------------------------------------------
+    def _pool(self, node: fx.Node, x: Tensor, kind: Literal["max", "avg"],
+              rows: list[tuple[int, int]], cols: list[tuple[int, int]], divisor: np.ndarray | None) -> None:  # fmt: skip
+        c, h, w = _chw(x.shape)
+        y = self.new(node, x.fmt)
+        if y.numel != c * len(rows) * len(cols):
+            raise self.fail(node, f"pooling output {y.shape} does not match its windows")
+        self.ops.append(
+            Pool(node.name, [x.name], y.name, kind, c, (h, w), (len(rows), len(cols)),
+                 np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                 np.array([q[0] for q in cols]), np.array([q[1] for q in cols]), divisor)  # fmt: skip
+        )
+
+    def op_max_pool2d(self, node: fx.Node, op: str) -> None:
+        a = _bind(node, op)
+        one_d = op.endswith("1d")
+        x = self.tensor(node, a["input"])
+        kind: Literal["max", "avg"] = "max" if op.startswith("max") else "avg"
+        k = _pair(a["kernel_size"], one_d)
+        s = _pair(a["stride"] if a["stride"] not in (None, (), []) else a["kernel_size"], one_d)
+        p = _pair(a["padding"], one_d, 0)
+        if a["ceil_mode"]:
+            raise self.fail(node, "ceil_mode=True is not supported")
+        if kind == "max" and _pair(a["dilation"], one_d) != (1, 1):
+            raise self.fail(node, "dilated pooling is not supported")
+        _, h, w = _chw(x.shape)
+        oh, ow = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
+        rows = [(max(0, o * s[0] - p[0]), min(h, o * s[0] - p[0] + k[0])) for o in range(oh)]
+        cols = [(max(0, o * s[1] - p[1]), min(w, o * s[1] - p[1] + k[1])) for o in range(ow)]
+        divisor = None
+        if kind == "avg":
+            override = a.get("divisor_override")
+            if override:
+                counts = [int(override)] * (oh * ow)
+            elif a["count_include_pad"]:
+                counts = [k[0] * k[1]] * (oh * ow)
+            else:
+                counts = [(r[1] - r[0]) * (q[1] - q[0]) for r in rows for q in cols]
+            divisor = np.array(counts, dtype=np.int64)
+        self._pool(node, x, kind, rows, cols, divisor)
+
+    op_max_pool1d = op_max_pool2d
+    op_avg_pool1d = op_max_pool2d
+    op_avg_pool2d = op_max_pool2d
+
+    def op_adaptive_avg_pool2d(self, node: fx.Node, op: str) -> None:
+        a = _bind(node, op)
+        if op.startswith("adaptive_max") and a["return_indices"]:
+            raise self.fail(node, "return_indices is not supported")
+        one_d = op.endswith("1d")
+        x = self.tensor(node, a["input"])
+        _, h, w = _chw(x.shape)
+        size = a["output_size"]
+        oh, ow = _pair(size, one_d)
+        oh = h if oh is None else oh
+        ow = w if ow is None else ow
+
+        def windows(n: int, out: int) -> list[tuple[int, int]]:
+            return [((i * n) // out, -((-(i + 1) * n) // out)) for i in range(out)]
+
+        rows, cols = windows(h, oh), windows(w, ow)
+        kind: Literal["max", "avg"] = "max" if "max" in op else "avg"
+        divisor = None
+        if kind == "avg":
+            divisor = np.array([(r[1] - r[0]) * (q[1] - q[0]) for r in rows for q in cols], dtype=np.int64)
+        self._pool(node, x, kind, rows, cols, divisor)
+
+    op_adaptive_avg_pool1d = op_adaptive_avg_pool2d
+    op_adaptive_max_pool1d = op_adaptive_avg_pool2d
+    op_adaptive_max_pool2d = op_adaptive_avg_pool2d
+
+    def op_mean(self, node: fx.Node, op: str) -> None:
+        a = _bind(node, op)
+        x = self.tensor(node, a["input"])
+        dims = a["dim"] if isinstance(a["dim"], (tuple, list)) else [a["dim"]]
+        rank = len(x.shape) + 1
+        axes = sorted(int(d) % rank for d in dims if d is not None)
+        if len(x.shape) not in (2, 3) or axes != list(range(2, rank)):
+            raise self.fail(node, "mean is supported over all spatial axes only (global average pooling)")
+        _, h, w = _chw(x.shape)
+        self._pool(node, x, "avg", [(0, h)], [(0, w)], np.array([h * w], dtype=np.int64))
+
+
+def legalize(
+    source: Path | CompressedModel, calib_path: Path | None, opts: LowerOptions | None = None
+) -> IntProgram:
+    """Read a ``.sqc`` file (or take a model), calibrate on ``calib_path`` and build the integer program."""
+    from sqc.formats.container import read
+
+    opts = opts or LowerOptions()
+    model = read(Path(source)) if not isinstance(source, CompressedModel) else source
+    if calib_path is None:
+        raise LowerError(
+            "integer targets need --calib FILE (a .npz/.pt with x_val): activation formats come from calibration"
+        )
+    x = calibration_inputs(model, Path(calib_path), opts.calib_samples)
+    calib = calibrate(model, x)
+    program = _Walk(model, calib, opts).run()
+    program.notes.insert(0, f"calibrated on {calib.samples} inputs of {calib_path}")
+    return program

@@ -1,0 +1,190 @@
+"""The golden reference: an :class:`~sqc.targets.integer.IntProgram` executed with PyTorch on integers.
+
+Every op follows ``targets/INTEGER.md`` literally, on int64 tensors with a batch dimension. Convolutions
+and matrix products run in float64 on integer-valued tensors: legalization proves every accumulator
+stays below 2^31 in magnitude (partial sums included), far inside float64's exact-integer range of
+2^53, so the result is the exact integer sum whatever order the library adds in. The C target (and the
+HLS target after it) must reproduce these outputs bit for bit; any one-LSB difference is a bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sqc.targets.integer import (
+    Add,
+    Affine,
+    Cat,
+    Clamp,
+    Conv,
+    IntProgram,
+    Linear,
+    Lut,
+    Mul,
+    Op,
+    Pad,
+    Pool,
+    PRelu,
+    Requant,
+    Softmax,
+    Tensor,
+)
+
+
+def quantize_input(program: IntProgram, x: torch.Tensor) -> torch.Tensor:
+    """Float inputs -> input codes: round half to even, then saturate (``FixedPoint.quantize``'s rule)."""
+    fmt = program.tensors[program.input].fmt
+    scaled = x.to(torch.float64) * 2.0**fmt.frac
+    return torch.round(scaled).clamp(fmt.qmin, fmt.qmax).to(torch.int64)
+
+
+def dequantize_output(program: IntProgram, codes: torch.Tensor) -> torch.Tensor:
+    fmt = program.tensors[program.output].fmt
+    return codes.to(torch.float64) * 2.0**-fmt.frac
+
+
+def rshift_round(t: torch.Tensor, shift: torch.Tensor | int) -> torch.Tensor:
+    """Round half up of ``t * 2**-shift`` (``floor((t + 2**(s-1)) / 2**s)``); ``shift <= 0`` multiplies."""
+    s = torch.as_tensor(shift, dtype=torch.int64)
+    right = s.clamp(min=0)
+    left = (-s).clamp(min=0)
+    half = torch.where(s > 0, torch.bitwise_left_shift(torch.ones_like(s), (right - 1).clamp(min=0)), 0)
+    shifted = torch.bitwise_right_shift(t + half, right)  # arithmetic shift of int64: floor
+    return torch.where(s > 0, shifted, t * torch.bitwise_left_shift(torch.ones_like(s), left))
+
+
+def _channels(values: torch.Tensor, rank: int) -> torch.Tensor:
+    """A per-channel constant shaped to broadcast against (N, C, ...) of ``rank`` dims."""
+    return torch.as_tensor(values, dtype=torch.int64).reshape((1, -1) + (1,) * (rank - 2))
+
+
+def _epilogue(acc: torch.Tensor, rq: Requant) -> torch.Tensor:
+    rank = acc.dim()
+    t = (acc + _channels(rq.bias, rank)) * _channels(rq.mult, rank)
+    return rshift_round(t, _channels(rq.shift, rank)).clamp(rq.lo, rq.hi)
+
+
+def _view4(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) view of per-sample (C,), (C, L) or (C, H, W) data."""
+    if x.dim() == 2:
+        return x.reshape(x.shape[0], x.shape[1], 1, 1)
+    if x.dim() == 3:
+        return x.unsqueeze(2)
+    return x
+
+
+@dataclass
+class Simulator:
+    """Runs a program on batches of input codes; ``run`` returns the output codes (int64)."""
+
+    program: IntProgram
+
+    def run(self, codes: torch.Tensor) -> torch.Tensor:
+        p = self.program
+        slots: dict[str, torch.Tensor] = {p.tensors[p.input].slot: codes.to(torch.int64)}
+        n = codes.shape[0]
+
+        def read(name: str) -> torch.Tensor:
+            t = p.tensors[name]
+            return slots[t.slot].reshape((n, *t.shape))
+
+        for op in p.ops:
+            out = p.tensors[op.output]
+            y = self.step(op, [read(i) for i in op.inputs], out, n)
+            slots[out.slot] = y.reshape((n, *out.shape))
+        return read(p.output)
+
+    def step(self, op: Op, xs: list[torch.Tensor], out: Tensor, n: int) -> torch.Tensor:
+        fmt = out.fmt
+        x = xs[0]
+        if isinstance(op, Conv):
+            w = torch.from_numpy(op.weights.values).to(torch.float64)
+            x4 = _view4(x).to(torch.float64)
+            if w.dim() == 3:
+                w = w.unsqueeze(2)
+            acc = F.conv2d(x4, w, None, op.stride, op.padding, op.dilation, op.groups)
+            return _epilogue(torch.round(acc).to(torch.int64), op.requant)
+        if isinstance(op, Linear):
+            w = torch.from_numpy(op.weights.values).to(torch.float64)
+            acc = x.to(torch.float64) @ w.T
+            return _epilogue(torch.round(acc).to(torch.int64), op.requant)
+        if isinstance(op, Affine):
+            v = x.reshape(n, op.channels, op.inner)
+            return _epilogue(v, op.requant)
+        if isinstance(op, Clamp):
+            return x.clamp(op.lo, op.hi)
+        if isinstance(op, PRelu):
+            v = x.reshape(n, op.channels, op.inner)
+            neg = rshift_round(v * _channels(op.mult, 3), op.shift).clamp(fmt.qmin, fmt.qmax)
+            return torch.where(v >= 0, v, neg)
+        if isinstance(op, Pool):
+            return self.pool(op, x, n)
+        if isinstance(op, Add):
+            b = xs[1] * op.scale_b
+            t = x * op.scale_a - b if op.subtract else x * op.scale_a + b
+            return rshift_round(t, op.shift).clamp(fmt.qmin, fmt.qmax)
+        if isinstance(op, Mul):
+            return rshift_round(x * xs[1], op.shift).clamp(fmt.qmin, fmt.qmax)
+        if isinstance(op, Cat):
+            parts = [
+                rshift_round(v.reshape(n, op.outer, inner), s).clamp(fmt.qmin, fmt.qmax)
+                for v, inner, s in zip(xs, op.inner, op.shifts, strict=True)
+            ]
+            return torch.cat(parts, dim=2)
+        if isinstance(op, Lut):
+            src = self.program.tensors[op.inputs[0]].fmt
+            return torch.from_numpy(op.table)[x - src.qmin]
+        if isinstance(op, Softmax):
+            v = x.reshape(n, op.rows, op.cols)
+            d = v.amax(dim=-1, keepdim=True) - v
+            e = torch.from_numpy(op.exp_table)[d]
+            s = e.sum(dim=-1, keepdim=True)
+            y = torch.div(e * (1 << (fmt.frac + 1)) + s, 2 * s, rounding_mode="floor")
+            return y.clamp(fmt.qmin, fmt.qmax)
+        if isinstance(op, Pad):
+            top, bottom, left, right = op.pads
+            v = x.reshape(n, op.channels, *op.in_hw)
+            return F.pad(v, (left, right, top, bottom), value=op.fill)
+        raise TypeError(f"no simulation for {type(op).__name__}")
+
+    @staticmethod
+    def pool(op: Pool, x: torch.Tensor, n: int) -> torch.Tensor:
+        v = x.reshape(n, op.channels, *op.in_hw)
+        oh, ow = op.out_hw
+        out = torch.empty((n, op.channels, oh, ow), dtype=torch.int64)
+        for oy in range(oh):
+            for ox in range(ow):
+                window = v[:, :, int(op.ys[oy]) : int(op.ye[oy]), int(op.xs[ox]) : int(op.xe[ox])]
+                if op.kind == "max":
+                    out[:, :, oy, ox] = window.amax(dim=(-2, -1))
+                else:
+                    assert op.divisor is not None
+                    count = int(op.divisor[oy * ow + ox])
+                    total = window.sum(dim=(-2, -1))
+                    out[:, :, oy, ox] = torch.div(2 * total + count, 2 * count, rounding_mode="floor")
+        return out
+
+
+def simulate(program: IntProgram, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Output codes for float inputs ``x`` (quantized with the input format first)."""
+    sim = Simulator(program)
+    codes = quantize_input(program, x)
+    return torch.cat([sim.run(codes[i : i + batch]) for i in range(0, codes.shape[0], batch)])
+
+
+def compare(program: IntProgram, float_model: torch.nn.Module, x: torch.Tensor,
+            y: torch.Tensor | None = None) -> dict[str, float]:  # fmt: skip
+    """Top-1 of the integer model vs the float model (and vs labels when given) on ``x``."""
+    codes = simulate(program, x)
+    with torch.no_grad():
+        ref = float_model(x)
+    int_top = dequantize_output(program, codes).reshape(codes.shape[0], -1).argmax(-1)
+    float_top = ref.reshape(ref.shape[0], -1).argmax(-1)
+    report = {"samples": float(x.shape[0]), "top1_agreement": float((int_top == float_top).float().mean())}
+    if y is not None:
+        report["float_top1"] = float((float_top == y).float().mean())
+        report["int_top1"] = float((int_top == y).float().mean())
+    return report
