@@ -12,7 +12,16 @@ import torch
 import torch.nn as nn
 from torch import fx
 
-from sqc.data import Dataset, Evaluator, FineTuner, check_labels, cross_entropy_finetuner, load_data, top1
+from sqc.data import (
+    Dataset,
+    Evaluator,
+    FineTuner,
+    check_labels,
+    cross_entropy_finetuner,
+    load_data,
+    teacher_logits,
+    top1,
+)
 from sqc.errors import SqcError
 from sqc.frontend import trace
 from sqc.ir import CompressedModel, PassRecord
@@ -84,6 +93,7 @@ def compress(
     finetune: FineTuner | None = None,
     tolerance: float = 0.0,
     seed: int = 0,
+    distill: float = 0.0,
 ) -> Artifact:
     """Trace ``model`` (a module or a model file), run the pipeline, return the :class:`Artifact`.
 
@@ -97,6 +107,9 @@ def compress(
     ``seed`` seeds everything random in the run — the built-in fine-tuner's batch order and torch's
     global generator (dropout, a user's training loop) — and is stored in the file: the same model,
     pipeline and seed give a byte-identical ``.sqc``. The caller's global RNG state is restored after.
+
+    ``distill`` (α in [0, 1]) makes the built-in fine-tuner learn from the uncompressed model's logits
+    as well as the labels (knowledge distillation; see :func:`sqc.data.cross_entropy_finetuner`).
     """
     if not 0 <= seed < 2**63:
         raise SqcError(f"--seed {seed}: must be in [0, 2^63)")
@@ -110,7 +123,7 @@ def compress(
     else:
         ir = trace(model, shapes)
     ir.seed = seed
-    ctx = make_context(ir, data, evaluate, finetune, tolerance, progress, seed)
+    ctx = make_context(ir, data, evaluate, finetune, tolerance, progress, seed, distill)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         passes.run(ir, ctx, verify=verify, on_pass=on_pass)
@@ -125,6 +138,7 @@ def make_context(
     tolerance: float,
     progress: Callable[[str], None] | None,
     seed: int = 0,
+    distill: float = 0.0,
 ) -> PassContext:
     """The pass context: built-in evaluator/fine-tuner from ``data`` unless the user gave callables."""
     dataset = load_data(Path(data)) if isinstance(data, (str, Path)) else data
@@ -132,14 +146,23 @@ def make_context(
         check_labels(dataset, ir.graph_module)
     evaluator: Evaluator | None = evaluate or (top1(dataset) if dataset is not None else None)
     trainer: TrainFn | None = None
+    if distill and finetune is not None:
+        raise SqcError("--distill is for the built-in fine-tuner; a --finetune function trains its own way")
     if finetune is not None:
         user = finetune
         trainer = lambda module, epochs, lr: user(module, epochs)  # noqa: E731 - the user's loop has its own lr
     elif dataset is not None and dataset.x_train is not None:
         built_in = dataset
+        if not 0.0 <= distill <= 1.0:
+            raise SqcError(f"--distill {distill}: must be in [0, 1]")
+        teacher = teacher_logits(ir.graph_module, dataset) if distill else None  # before any pass runs
 
         def trainer(module: nn.Module, epochs: int, lr: float) -> None:
-            cross_entropy_finetuner(built_in, lr=lr, seed=seed)(module, epochs)
+            tune = cross_entropy_finetuner(built_in, lr=lr, seed=seed, teacher=teacher, distill=distill)
+            tune(module, epochs)
+
+    elif distill:
+        raise SqcError("--distill needs the built-in fine-tuner: a --data file with x_train/y_train")
 
     if tolerance < 0 or tolerance != tolerance:
         raise SqcError(f"--tolerance {tolerance}: must be a non-negative number")

@@ -119,28 +119,48 @@ def compress(
         str | None, typer.Option("--finetune", help="pkg.module:fn, fn(model, epochs) trains in place")
     ] = None,
     tolerance: Annotated[
-        float,
-        typer.Option("--tolerance", help="metric drop accuracy-aware passes may spend (0.001 = 0.1 pt)"),
-    ] = 0.0,
-    seed: Annotated[
-        int,
+        float | None,
         typer.Option(
-            "--seed", min=0, max=2**63 - 1, help="seeds fine-tuning and sampling; stored in the file"
+            "--tolerance",
+            help="metric drop accuracy-aware passes may spend (0.001 = 0.1 pt) [default: 0]",
+            show_default=False,
         ),
-    ] = 0,
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            min=0,
+            max=2**63 - 1,
+            help="seeds fine-tuning and sampling; stored in the file [default: 0]",
+            show_default=False,
+        ),
+    ] = None,
+    distill: Annotated[
+        float | None,
+        typer.Option(
+            "--distill",
+            help="weight of the fp32 model's logits in built-in fine-tuning (distillation) [default: 0]",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Trace MODEL, run the pass pipeline, and write a .sqc file."""
     from sqc.api import DEFAULT_PIPELINE
     from sqc.api import compress as run
     from sqc.data import resolve_callable
-    from sqc.pipeline import Pipeline
+    from sqc.pipeline import Pipeline, recipe_settings
 
     if passes is not None and recipe is not None:
         raise SqcError("give either --passes or --recipe, not both")
     pipeline = (
         Pipeline.from_recipe(recipe) if recipe is not None else Pipeline.parse(passes or DEFAULT_PIPELINE)
     )
+    # a recipe's [compress] table sets tolerance/seed/distill; an option given on the command line wins
+    given = {"tolerance": tolerance, "seed": seed, "distill": distill}
+    settings = {**(recipe_settings(recipe) if recipe is not None else {})}
+    settings.update({k: v for k, v in given.items() if v is not None})
     if output.exists() and not force:
         raise SqcError(f"{output}: already exists (use --force to replace it)")
     shapes = [_parse_shape(s) for s in input_shape] if input_shape else None
@@ -172,8 +192,7 @@ def compress(
             data=data,
             evaluate=resolve_callable(eval_fn, "--eval") if eval_fn else None,  # type: ignore[arg-type]
             finetune=resolve_callable(finetune_fn, "--finetune") if finetune_fn else None,  # type: ignore[arg-type]
-            tolerance=tolerance,
-            seed=seed,
+            **settings,
         )
         size = artifact.save(output, force=force)
     fp32 = 4 * sum(s.numel for s in artifact.model.tensors.values())

@@ -108,6 +108,39 @@ def tokenize(text: str) -> list[PassText]:
         i += 1
 
 
+RECIPE_SETTINGS: dict[str, type] = {"distill": float, "tolerance": float, "seed": int}
+"""Run settings a recipe may fix in its ``[compress]`` table (the CLI options of the same names)."""
+
+
+def recipe_settings(path: Path) -> dict[str, Any]:
+    """The ``[compress]`` table of a TOML recipe: settings of the run that belong with its passes
+    (``distill``, ``tolerance``, ``seed``), so a recipe file reproduces a result on its own."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: recipe file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: not a valid TOML recipe: {exc}") from None
+    table = data.get("compress", {})
+    if not isinstance(table, dict):
+        raise PipelineError(f"{path}: [compress] must be a table")
+    settings: dict[str, Any] = {}
+    for key, value in table.items():
+        kind = RECIPE_SETTINGS.get(key)
+        if kind is None:
+            raise PipelineError(
+                f"{path}: [compress] has unknown key {key!r} (known: {', '.join(RECIPE_SETTINGS)})"
+            )
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (kind is int and not isinstance(value, int))
+        ):
+            raise PipelineError(f"{path}: [compress] {key} = {value!r}: expected {kind.__name__}")
+        settings[key] = kind(value)
+    return settings
+
+
 class Pipeline:
     """An ordered list of configured passes."""
 

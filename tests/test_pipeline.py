@@ -17,7 +17,7 @@ def test_defaults_print_every_option():
     assert text == (
         'prune{sparsity=0.9 scope=layer per_layer="" layers=* schedule=oneshot steps=4 epochs=1 lr=0.01 '
         "target=fixed budget=none},"
-        'quant{bits=8 granularity=tensor per_layer="" layers=*},huffman{layers=*}'
+        'quant{bits=8 granularity=tensor per_layer="" layers=* params=0},huffman{layers=*}'
     )
 
 
@@ -159,3 +159,16 @@ def test_recipe_errors_name_the_file(tmp_path: Path, body, fragment):
     with pytest.raises(PipelineError) as info:
         Pipeline.from_recipe(recipe)
     assert str(recipe) in str(info.value) and fragment in str(info.value)
+
+
+def test_recipe_settings_are_typed(tmp_path: Path):
+    from sqc.pipeline import recipe_settings
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[compress]\ndistill = 0.5\nseed = 3\ntolerance = 0.001\n[[pass]]\nname = 'prune'\n")
+    assert recipe_settings(recipe) == {"distill": 0.5, "seed": 3, "tolerance": 0.001}
+    recipe.write_text("[compress]\nseed = 0.5\n[[pass]]\nname = 'prune'\n")
+    with pytest.raises(PipelineError, match=r"\[compress\] seed = 0.5: expected int"):
+        recipe_settings(recipe)
+    recipe.write_text("[[pass]]\nname = 'prune'\n")
+    assert recipe_settings(recipe) == {}

@@ -309,3 +309,87 @@ def test_empty_data_file(tmp_path: Path, name: str):
     path.write_bytes(b"")
     with pytest.raises(DataError, match=name.replace(".", r"\.") + ": cannot read data"):
         load_data(path)
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(net):
+    """With distill=1 the loss is only the KL to the teacher's softened logits: training a fresh
+    student must bring its outputs towards the teacher's, which labels alone do not ask for."""
+    from sqc.data import cross_entropy_finetuner, teacher_logits
+
+    data = blobs()
+    teacher = teacher_logits(net, data)
+    assert teacher.shape == (data.x_train.shape[0], 4)
+    torch.manual_seed(1)
+    student = Net()
+
+    def gap() -> float:
+        with torch.no_grad():
+            return float(
+                torch.nn.functional.kl_div(
+                    torch.log_softmax(student(data.x_train), -1),
+                    torch.log_softmax(teacher, -1),
+                    reduction="batchmean",
+                    log_target=True,
+                )
+            )
+
+    before = gap()
+    cross_entropy_finetuner(data, lr=0.05, teacher=teacher, distill=1.0)(student, 5)
+    assert gap() < 0.5 * before
+
+
+def test_distill_through_compress_and_its_errors(net):
+    data = blobs()
+    pipeline = "prune{sparsity=0.8},finetune{epochs=1 lr=0.05},share{bits=3},huffman"
+    plain = sqc.compress(net, [(1, 64)], pipeline, data=data).to_bytes()
+    distilled = sqc.compress(net, [(1, 64)], pipeline, data=data, distill=0.5).to_bytes()
+    assert plain != distilled  # the loss changed, so the trained centroids did
+    with pytest.raises(sqc.SqcError, match=r"--distill 1.5: must be in \[0, 1\]"):
+        sqc.compress(net, [(1, 64)], pipeline, data=data, distill=1.5)
+    with pytest.raises(sqc.SqcError, match="--distill needs the built-in fine-tuner"):
+        sqc.compress(net, [(1, 64)], "prune", evaluate=lambda m: 1.0, distill=0.5)
+    with pytest.raises(sqc.SqcError, match="a --finetune function trains its own way"):
+        sqc.compress(net, [(1, 64)], pipeline, data=data, finetune=lambda m, e: None, distill=0.5)
+
+
+def test_recipe_compress_table_sets_the_run(cli, tmp_path: Path, monkeypatch, net):
+    """A recipe's [compress] table (seed, distill, tolerance) applies; a command-line option wins."""
+    from sqc.formats.container import read_layout
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "net_mod2.py").write_text(
+        "import torch.nn as nn, torch\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.fc1 = nn.Linear(64, 32); self.fc2 = nn.Linear(32, 4)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc2(torch.relu(self.fc1(x)))\n"
+    )
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    data = blobs()
+    np.savez(
+        tmp_path / "d.npz",
+        x_val=data.x_val.numpy(),
+        y_val=data.y_val.numpy(),
+        x_train=data.x_train.numpy(),
+        y_train=data.y_train.numpy(),
+    )
+    (tmp_path / "r.toml").write_text(
+        "[compress]\nseed = 5\ndistill = 0.5\n\n"
+        "[[pass]]\nname = 'prune'\nsparsity = 0.8\n\n"
+        "[[pass]]\nname = 'finetune'\nepochs = 1\nlr = 0.05\n\n"
+        "[[pass]]\nname = 'share'\nbits = 3\n"
+    )
+    base = ("compress", "net.pt", "--arch", "net_mod2:Net", "--recipe", "r.toml", "--data", "d.npz")
+    assert cli(*base, "-o", "a.sqc").code == 0
+    assert cli(*base, "-o", "b.sqc", "--seed", "9").code == 0
+    assert read_layout((tmp_path / "a.sqc").read_bytes()).seed == 5
+    assert read_layout((tmp_path / "b.sqc").read_bytes()).seed == 9
+    api = sqc.compress(
+        net, [(1, 64)], Pipeline.from_recipe(tmp_path / "r.toml"), data=data, seed=5, distill=0.5
+    )
+    assert api.to_bytes() == (tmp_path / "a.sqc").read_bytes()  # the recipe alone reproduces the run
+    (tmp_path / "bad.toml").write_text("[compress]\nseeds = 1\n[[pass]]\nname = 'prune'\n")
+    result = cli("compress", "net.pt", "--arch", "net_mod2:Net", "--recipe", "bad.toml", "-o", "c.sqc")
+    assert result.code == 1 and "[compress] has unknown key 'seeds'" in result.err
