@@ -353,18 +353,53 @@ def decompress(
 @app.command()
 def lower(
     path: Annotated[Path, typer.Argument(help="the .sqc file")],
-    target: Annotated[str, typer.Option("--target", "-t", help="a registered target (sqc targets: pytorch)")],
+    target: Annotated[str, typer.Option("--target", "-t", help="a registered target (built in: pytorch, c)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="where the target writes")],
     force: ForceOpt = False,
+    calib: Annotated[
+        Path | None,
+        typer.Option("--calib", help="calibration data for integer targets (.npz/.pt with x_val, y_val)"),
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", help="target option key=value (repeatable), e.g. act_bits=16"),
+    ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Lower a .sqc file for a target (built in: pytorch; plugins add theirs)."""
+    """Lower a .sqc file for a target (built in: pytorch, c; plugins add theirs)."""
     from sqc.registry import entries, lookup
 
     entry = lookup("sqc.targets", target)
     if entry is None:
         raise SqcError(f"unknown target {target!r} (known: {', '.join(entries('sqc.targets'))})")
-    size = entry.load().lower(path, output, force=force)
-    out.print(f"wrote {output}: {size:,} bytes (target {target})")
+    lowering = entry.load()
+    extra: dict[str, Any] = {}
+    if calib is not None or option:
+        if not getattr(lowering, "takes_options", False):
+            raise SqcError(f"target {target} takes no --calib or --option")
+        extra = {"calib": calib, "options": option or []}
+    result = lowering.lower(path, output, force=force, **extra)
+    if not isinstance(result, dict):
+        result = {"output": str(output), "bytes": result}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    if "rom_bytes" not in result:
+        out.print(f"wrote {output}: {result['bytes']:,} bytes (target {target})")
+        return
+    ram = ", ".join(f"{k} {v:,}" for k, v in result["ram"].items())
+    out.print(f"wrote {output}/ (target {target})")
+    rom = f"ROM {result['rom_bytes']:,} bytes (weights {result['rom_weight_bytes']:,})"
+    out.print(f"{rom}; RAM {result['ram_bytes']:,} bytes ({ram})")
+    for line in result.get("notes", []):
+        out.print(f"note: {line}")
+    acc = result.get("accuracy")
+    if acc:
+        agree = acc["top1_agreement"]
+        line = f"integer vs float model on {int(acc['samples'])} inputs: top-1 agreement {agree:.2%}"
+        if "int_top1" in acc:
+            line += f"; top-1 float {acc['float_top1']:.2%}, integer {acc['int_top1']:.2%}"
+        out.print(line)
 
 
 @app.command("passes")

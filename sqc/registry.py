@@ -29,6 +29,7 @@ BUILTIN_PASSES: dict[str, str] = {
 
 BUILTIN_TARGETS: dict[str, str] = {
     "pytorch": "sqc.targets.pytorch:PyTorchTarget",
+    "c": "sqc.targets.c:CTarget",
 }
 
 BUILTIN_FORMATS: dict[str, str] = {
