@@ -44,7 +44,7 @@ from torch import fx
 from sqc.errors import PipelineError
 from sqc.ir import CompressedModel
 from sqc.ops import FUNCTION_NAMES
-from sqc.pass_base import LayerMap, Pass, PassContext, PassResult, Stat, check_range
+from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, Stat, check_range
 
 Unit = tuple[str, int]
 """A channel unit: (value node name, index of the unit along dim 1)."""
@@ -92,6 +92,7 @@ class Group:
     slices: list[Slice]
     sources: list[tuple[str, int]]  # (weight tensor, row)
     blocked: str = ""  # why the group cannot be removed (an op the pass does not follow), if so
+    score: float = 0.0  # the criterion's norm summed over the group's filters
 
     @property
     def space(self) -> tuple[str, ...]:
@@ -619,6 +620,12 @@ class PruneChannels(Pass):
     norm relative to their space's mean. ``layers`` limits which layers may lose filters. Graph
     inputs and outputs keep their channels. A channel that reaches an op the pass cannot follow is
     an error naming the node; ``unknown=keep`` keeps such channels instead.
+
+    ``target=auto`` chooses each space's ratio instead (needs --data or --eval): the metric is
+    measured with the weakest ``sweep`` fractions of one space's groups removed at a time, and the
+    allocator keeps the fewest parameters whose predicted drop stays within the budget (``budget``,
+    or what is left of ``--tolerance``), then measures the combination and backs off until it fits.
+    ``per_layer`` spaces keep their given ratio.
     """
 
     name = "prune-channels"
@@ -634,17 +641,35 @@ class PruneChannels(Pass):
     per_layer: LayerMap = ()
     layers: str = "*"
     unknown: Literal["error", "keep"] = "error"
+    target: Literal["fixed", "auto"] = "fixed"
+    budget: float | None = None
+    sweep: str = "0.25;0.5;0.75"
 
     def __post_init__(self) -> None:
+        from sqc.passes.sensitivity import parse_sweep
+
         check_range("ratio", self.ratio, 0.0, 0.99)
         for layer, value in self.per_layer:
             check_range(f"per_layer[{layer}]", value, 0.0, 0.99)
+        parse_sweep(self.sweep, "sweep", whole=False, low=0.0, high=0.99)
+        if self.budget is not None:
+            check_range("budget", self.budget, 0.0, float("inf"))
+            if self.target != "auto":
+                raise OptionError("budget", "only applies with target=auto")
+        if self.target == "auto" and self.scope == "global":
+            raise OptionError(
+                "scope", "target=auto chooses a ratio per channel space; scope=global does not apply"
+            )
 
-    def plan(self, model: CompressedModel) -> tuple[ChannelGraph, list[Group], list[str]]:
-        """The analysis, the groups this configuration removes, and diagnostics."""
+    def context_needs(self) -> frozenset[str]:
+        return frozenset({"evaluate"}) if self.target == "auto" else frozenset()
+
+    def analyse(self, model: CompressedModel) -> tuple[ChannelGraph, dict[Space, list[Group]], list[str]]:
+        """The analysis, the removable groups of each space ranked by score (weakest first), and
+        diagnostics; a blocked group of a selected space is an error unless ``unknown=keep``."""
         analysis = ChannelGraph(model)
         diagnostics = list(dict.fromkeys(analysis.pinned))
-        spaces: dict[tuple[str, ...], list[Group]] = defaultdict(list)
+        spaces: dict[Space, list[Group]] = defaultdict(list)
         for group in analysis.groups():
             if not all(_layer_matches(layer, self.layers) for layer in group.space):
                 continue
@@ -658,38 +683,124 @@ class PruneChannels(Pass):
                 continue
             spaces[group.space].append(group)
         norms = filter_norms(model, self.criterion)
-        scores = {
-            id(g): float(sum(norms[w][row] for w, row in g.sources)) for gs in spaces.values() for g in gs
-        }
+        for groups in spaces.values():
+            for group in groups:
+                group.score = float(sum(norms[w][row] for w, row in group.sources))
+            groups.sort(key=lambda g: g.score)  # stable: equal scores stay in graph order
+        return analysis, dict(spaces), diagnostics
+
+    def plan(self, model: CompressedModel) -> tuple[ChannelGraph, list[Group], list[str]]:
+        """The analysis, the groups this configuration removes (``target=fixed``), and diagnostics."""
+        analysis, spaces, diagnostics = self.analyse(model)
         chosen: list[Group] = []
         if self.scope == "layer":
-            for space, groups in spaces.items():
-                ratio = self._ratio(space)
-                count = min(math.floor(ratio * len(groups) + 1e-9), len(groups) - 1)
-                ranked = sorted(groups, key=lambda g: scores[id(g)])
-                chosen.extend(ranked[:count])
-        else:
-            pool = []
-            for space, groups in spaces.items():
-                mean = sum(scores[id(g)] for g in groups) / len(groups) or 1.0
-                pool.extend((scores[id(g)] / mean, space, g) for g in groups)
-            pool.sort(key=lambda item: item[0])
-            left = {space: len(groups) for space, groups in spaces.items()}
-            target = math.floor(self.ratio * len(pool) + 1e-9)
-            for _, space, group in pool:
-                if len(chosen) >= target:
-                    break
-                if left[space] > 1:
-                    left[space] -= 1
-                    chosen.append(group)
+            for space, ranked in spaces.items():
+                chosen.extend(ranked[: _count(self._ratio(space), len(ranked))])
+            return analysis, chosen, diagnostics
+        pool = []
+        for space, groups in spaces.items():
+            mean = sum(g.score for g in groups) / len(groups) or 1.0
+            pool.extend((g.score / mean, i, space, g) for i, g in enumerate(groups))
+        pool.sort(key=lambda item: item[:2])
+        left = {space: len(groups) for space, groups in spaces.items()}
+        target = math.floor(self.ratio * len(pool) + 1e-9)
+        for _, _, space, group in pool:
+            if len(chosen) >= target:
+                break
+            if left[space] > 1:
+                left[space] -= 1
+                chosen.append(group)
         return analysis, chosen, diagnostics
 
-    def _ratio(self, space: tuple[str, ...]) -> float:
+    def _ratio(self, space: Space) -> float:
         ratio = self.ratio
         for pattern, value in self.per_layer:
             if any(_layer_matches(layer, pattern) for layer in space):
                 ratio = value
         return ratio
+
+    def _overridden(self, space: Space) -> bool:
+        return any(_layer_matches(layer, pattern) for pattern, _ in self.per_layer for layer in space)
+
+    def _auto(
+        self, model: CompressedModel, ctx: PassContext, spaces: dict[Space, list[Group]]
+    ) -> tuple[list[Group], dict[str, Stat], list[str]]:
+        """Channel sensitivity and allocation: per space, the metric with the weakest ``sweep`` fractions
+        of its groups removed (the others as they are), then :func:`sqc.allocation.allocate` keeps the
+        fewest parameters within the budget and verifies the combination, backing off if needed.
+
+        Removal is measured without changing shapes: zeroing a group's filters and its consumers'
+        columns computes exactly what removing it computes (the tests check this), and the module is
+        put back from the records after every measurement."""
+        from sqc.allocation import Choice, allocate
+        from sqc.passes.sensitivity import parse_sweep, reference_metric
+
+        sweep = parse_sweep(self.sweep, "sweep", whole=False, low=0.0, high=0.99)
+        entry = ctx.evaluate(model)
+        recorded = reference_metric(model)
+        reference = entry if recorded is None else recorded
+        spend = self.budget if self.budget is not None else max(0.0, ctx.tolerance - (reference - entry))
+        fixed = [
+            g
+            for space, r in spaces.items()
+            if self._overridden(space)
+            for g in r[: _count(self._ratio(space), len(r))]
+        ]
+        auto = {",".join(space): ranked for space, ranked in spaces.items() if not self._overridden(space)}
+
+        def metric_without(groups: list[Group]) -> float:
+            names = _zero(model, groups)
+            try:
+                return ctx.evaluate(model)
+            finally:
+                model.sync(names)
+
+        curves: dict[str, list[Choice]] = {}
+        for key, ranked in auto.items():
+            ctx.note(f"prune-channels: sensitivity of {key}")
+            total = sum(_elements(model, g) for g in ranked)
+            points = [Choice(0.0, 0.0, total)]
+            for ratio in sweep:
+                count = _count(ratio, len(ranked))
+                if count > _count(points[-1].value, len(ranked)):
+                    drop = entry - metric_without(ranked[:count])
+                    points.append(
+                        Choice(ratio, drop, total - sum(_elements(model, g) for g in ranked[:count]))
+                    )
+            curves[key] = points
+        evaluations = 0
+
+        def chosen_of(choice: dict[str, int]) -> list[Group]:
+            picked = list(fixed)
+            for key, index in choice.items():
+                picked.extend(auto[key][: _count(curves[key][index].value, len(auto[key]))])
+            return picked
+
+        def measure(choice: dict[str, int]) -> float:
+            nonlocal evaluations
+            evaluations += 1
+            ctx.note(f"prune-channels: verifying allocation ({evaluations})")
+            return entry - metric_without(chosen_of(choice))
+
+        if curves:
+            result = allocate(curves, spend, measure)
+            chosen, measured = chosen_of(result.choice), result.measured_drop
+            ratios = {key: round(value, 6) for key, value in result.values.items()}
+        else:
+            chosen, measured, ratios = fixed, entry - metric_without(fixed), {}
+        diagnostics = [f"chosen ratio {ratio:g} for {key}" for key, ratio in ratios.items()]
+        if measured > spend + 1e-12:
+            diagnostics.append(
+                f"budget {spend:.6g} not met: even the safest points drop the metric {measured:.6g}"
+            )
+        stats: dict[str, Stat] = {
+            "metric_reference": reference,
+            "metric_before": entry,
+            "budget": spend,
+            "metric_after": entry - measured,
+            "verifications": evaluations,
+        }
+        return chosen, stats, diagnostics
 
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
         from sqc.inspection import flops
@@ -697,7 +808,13 @@ class PruneChannels(Pass):
         before = {s.name: s.shape[0] for s in model.weights()}
         params_before = sum(s.numel for s in model.tensors.values())
         flops_before = sum(flops(model.graph_module).values())
-        analysis, chosen, diagnostics = self.plan(model)
+        extra: dict[str, Stat] = {}
+        if self.target == "auto":
+            analysis, spaces, diagnostics = self.analyse(model)
+            chosen, extra, notes = self._auto(model, ctx, spaces)
+            diagnostics += notes
+        else:
+            analysis, chosen, diagnostics = self.plan(model)
         for pattern, _ in self.per_layer:
             if not any(_layer_matches(s.layer, pattern) for s in model.weights()):
                 diagnostics.append(f"per_layer entry {pattern!r} matches no layer")
@@ -717,8 +834,45 @@ class PruneChannels(Pass):
             "params_after": params_after,
             "flops_before": flops_before,
             "flops_after": flops_after,
+            **extra,
         }
         return PassResult(bool(chosen), stats, layers, diagnostics)
+
+
+Space = tuple[str, ...]
+
+
+def _count(ratio: float, groups: int) -> int:
+    """How many of a space's ``groups`` a ratio removes: rounded down, and one group always stays."""
+    return max(0, min(math.floor(ratio * groups + 1e-9), groups - 1))
+
+
+def _elements(model: CompressedModel, group: Group) -> int:
+    """Tensor elements that exist because of ``group`` (its slices; the cost allocation minimises)."""
+    total = 0
+    for s in group.slices:
+        shape = model.tensors[s.tensor].shape
+        total += (s.stop - s.start) * math.prod(shape) // shape[s.axis]
+    return total
+
+
+def _zero(model: CompressedModel, groups: list[Group]) -> list[str]:
+    """Zero the groups' filters and consumer columns in the module only (records untouched): the same
+    function as removing them. Returns the tensors to sync back."""
+    touched: dict[str, torch.Tensor] = {}
+    for group in groups:
+        for s in group.slices:
+            if s.role == "param":  # left as they are: the zeroed columns already discard the channel
+                continue
+            if s.tensor not in touched:
+                touched[s.tensor] = model.tensors[s.tensor].decode().clone()
+            touched[s.tensor].narrow(s.axis, s.start, s.stop - s.start).zero_()
+    module = model.graph_module
+    for name, values in touched.items():
+        state = model.tensors[name]
+        held = module.get_parameter(name) if state.role != "buffer" else module.get_buffer(name)
+        held.data = values
+    return list(touched)
 
 
 def _layer_matches(layer: str, pattern: str) -> bool:

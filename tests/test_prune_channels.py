@@ -10,6 +10,7 @@ compute the same function — in float64 up to summation order, in float32 withi
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import sqc
+import sqc.data
 from sqc.errors import SqcError
 from sqc.frontend import trace
 from sqc.inspection import describe_ir
@@ -254,3 +256,24 @@ def test_compressible_and_round_trips_with_inspect_showing_the_drop(tmp_path):
     assert size < before["file_bytes"]
     described = describe_ir(trace(model, [(1, 3, 32, 32)]), "model")["totals"]
     assert described["macs"] == before["macs"]  # the container and the model agree on the count
+
+
+def test_target_auto_keeps_the_metric_within_the_budget():
+    from sqc.models import lenet5
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    model = lenet5()
+    model.load_state_dict(torch.load(examples / "lenet5.pt", weights_only=True))
+    full = sqc.data.load_data(examples / "mnist_test_1k.npz")
+    data = sqc.data.Dataset(full.x_val[:250], full.y_val[:250])  # a few evaluations of 250 images
+    pipeline = "prune-channels{target=auto budget=0.01 sweep=0.5;0.75}"
+    artifact = sqc.compress(model, None, pipeline, data=data)
+    stats = artifact.report[0].stats
+    assert stats["metric_before"] - stats["metric_after"] <= 0.01 + 1e-9
+    assert stats["params_after"] < stats["params_before"]
+    # the metric measured by zeroing is the metric of the model with the channels removed
+    assert sqc.data.top1(data)(artifact.module()) == pytest.approx(stats["metric_after"], abs=1e-9)
+    with pytest.raises(SqcError, match="needs an evaluation"):
+        sqc.compress(model, None, "prune-channels{target=auto}")
+    with pytest.raises(SqcError, match="budget"):
+        Pipeline.parse("prune-channels{budget=0.1}")
