@@ -99,7 +99,9 @@ class _Emitter:
     acc: int = 1
     huff: int = 1
 
-    def array(self, ctype: str, name: str, values: np.ndarray | bytes | list[int], weights: bool = False) -> str:
+    def array(
+        self, ctype: str, name: str, values: np.ndarray | bytes | list[int], weights: bool = False
+    ) -> str:
         data = np.frombuffer(values, dtype=np.uint8) if isinstance(values, bytes) else np.asarray(values)
         items = [int(v) for v in data.reshape(-1)] or [0]  # C has no empty arrays
         width = _CTYPES[ctype] or (1 if self.program.act_bits == 8 else 2)
@@ -118,7 +120,8 @@ class _Emitter:
         if kind:
             self.huff = max(self.huff, s.alphabet)
         self.rom.append(
-            f"static const sqc_stream_t {name} = {{{name}_data, {len(s.data)}u, {s.count}u, {kind}, {s.width}}};"
+            f"static const sqc_stream_t {name} = "
+            f"{{{name}_data, {len(s.data)}u, {s.count}u, {kind}, {s.width}}};"
         )
         return name
 
@@ -129,7 +132,8 @@ class _Emitter:
         self.array("int16_t", f"{name}_mult", rq.mult)
         self.array("int8_t", f"{name}_shift", rq.shift)
         self.rom.append(
-            f"static const sqc_requant_t {name}_rq = {{{name}_bias, {name}_mult, {name}_shift, {rq.lo}, {rq.hi}}};"
+            f"static const sqc_requant_t {name}_rq = "
+            f"{{{name}_bias, {name}_mult, {name}_shift, {rq.lo}, {rq.hi}}};"
         )
         return f"&{name}_rq"
 
@@ -150,7 +154,8 @@ class _Emitter:
         sink = f"sqc_{kind} + {offset}"
         w8, w16 = ("0", sink) if wide else (sink, "0")
         self.init.append(
-            f"    {{\n        const sqc_sink_t sink = {{0, {w8}, {w16}, {book8}, {book16}, {book_size}u, {w.offset}}};\n"
+            f"    {{\n        const sqc_sink_t sink = "
+            f"{{0, {w8}, {w16}, {book8}, {book16}, {book_size}u, {w.offset}}};\n"
             f"        if (sqc_decode(&{values}, &sink, sqc_huff, SQC_HUFF_SCRATCH) != 0) {{\n"
             f"            return -1;\n        }}\n    }}\n"
         )
@@ -187,12 +192,27 @@ class _Emitter:
                 fields = [cin, h, wd, cout, oh, ow, kh, kw, *op.stride, *op.padding, *op.dilation, op.groups]
                 self.rom.append(f"static const sqc_conv_t {name}_conv = {{{', '.join(map(str, fields))}}};")
                 self.acc = max(self.acc, oh * ow)
-                self.run.append(f"    sqc_conv_{kind}({x}, {y}, {w}, {idx}, {nidx}u, {filler}u, &{name}_conv, {rq}, sqc_acc);")
+                self.run.append(
+                    _call(
+                        f"sqc_conv_{kind}",
+                        x,
+                        y,
+                        w,
+                        idx,
+                        f"{nidx}u",
+                        f"{filler}u",
+                        f"&{name}_conv",
+                        rq,
+                        "sqc_acc",
+                    )
+                )
             elif isinstance(op, Linear):
                 kind, w, idx, nidx, filler = self.weights(op.weights)
                 rq = self.requant(name, op.requant)
                 self.run.append(
-                    f"    sqc_linear_{kind}({x}, {y}, {w}, {idx}, {nidx}u, {filler}u, {src.numel}, {dst.numel}, {rq});"
+                    _call(
+                        f"sqc_linear_{kind}", x, y, w, idx, f"{nidx}u", f"{filler}u", src.numel, dst.numel, rq
+                    )
                 )
             elif isinstance(op, Affine):
                 rq = self.requant(name, op.requant)
@@ -203,14 +223,18 @@ class _Emitter:
                 mult = self.array("int16_t", f"{name}_mult", op.mult)
                 self.run.append(f"    sqc_prelu({x}, {y}, {op.channels}, {op.inner}, {mult}, {op.shift});")
             elif isinstance(op, Pool):
-                tables = [self.array("int16_t", f"{name}_{k}", getattr(op, k)) for k in ("ys", "ye", "xs", "xe")]
+                tables = [
+                    self.array("int16_t", f"{name}_{k}", getattr(op, k)) for k in ("ys", "ye", "xs", "xe")
+                ]
                 div = "0" if op.divisor is None else self.array("int32_t", f"{name}_div", op.divisor)
                 args = [op.channels, *op.in_hw, *op.out_hw]
-                self.run.append(f"    sqc_pool({x}, {y}, {', '.join(map(str, args))}, {', '.join(tables)}, {div});")
+                self.run.append(
+                    f"    sqc_pool({x}, {y}, {', '.join(map(str, args))}, {', '.join(tables)}, {div});"
+                )
             elif isinstance(op, Add):
                 b = at(op.inputs[1])
                 self.run.append(
-                    f"    sqc_add({x}, {b}, {y}, {dst.numel}, {op.scale_a}, {op.scale_b}, {op.shift}, {int(op.subtract)});"
+                    _call("sqc_add", x, b, y, dst.numel, op.scale_a, op.scale_b, op.shift, int(op.subtract))
                 )
             elif isinstance(op, Mul):
                 self.run.append(f"    sqc_mul({x}, {at(op.inputs[1])}, {y}, {dst.numel}, {op.shift});")
@@ -218,7 +242,7 @@ class _Emitter:
                 total, start = sum(op.inner), 0
                 for src_name, inner, shift in zip(op.inputs, op.inner, op.shifts, strict=True):
                     self.run.append(
-                        f"    sqc_cat_part({at(src_name)}, {y}, {op.outer}, {inner}, {total}, {start}, {shift});"
+                        _call("sqc_cat_part", at(src_name), y, op.outer, inner, total, start, shift)
                     )
                     start += inner
             elif isinstance(op, Lut):
@@ -234,6 +258,10 @@ class _Emitter:
                 raise SqcError(f"node {op.name}: the C writer has no kernel for {type(op).__name__}")
 
 
+def _call(function: str, *args: object) -> str:
+    return f"    {function}({', '.join(str(a) for a in args)});"
+
+
 def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     if len(shape) == 1:
         return shape[0], 1, 1
@@ -242,7 +270,9 @@ def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return shape[0], shape[1], shape[2]
 
 
-def write_project(program: IntProgram, out_dir: Path, *, model_name: str = "model", force: bool = False) -> dict:
+def write_project(
+    program: IntProgram, out_dir: Path, *, model_name: str = "model", force: bool = False
+) -> dict:
     """Write the C project for ``program`` into ``out_dir``; returns ROM/RAM figures."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -268,7 +298,7 @@ def write_project(program: IntProgram, out_dir: Path, *, model_name: str = "mode
         f"static uint8_t sqc_idx[{max(1, em.arena['idx'])}];",
         f"static int32_t sqc_acc[{em.acc}];",
         f"#define SQC_HUFF_SCRATCH {em.huff}u",
-        f"static uint16_t sqc_huff[SQC_HUFF_SCRATCH];",
+        "static uint16_t sqc_huff[SQC_HUFF_SCRATCH];",
     ]
     run = [
         f"    memcpy(sqc_act + {offsets[inp.slot]}, in, {inp.numel} * sizeof(sqc_act_t));",
@@ -334,16 +364,23 @@ class CTarget:
 
     @staticmethod
     def lower(
-        source: Path, output: Path, *, force: bool = False, calib: Path | None = None,
+        source: Path,
+        output: Path,
+        *,
+        force: bool = False,
+        calib: Path | None = None,
         options: list[str] | None = None,
-    ) -> dict:  # fmt: skip
+    ) -> dict:
         from sqc.formats.container import read
         from sqc.targets.legalize import LowerOptions, calibration_inputs, legalize
         from sqc.targets.simulate import compare
 
         opts, _ = LowerOptions.parse(options)
         if calib is None:
-            raise SqcError("target c needs --calib FILE (a .npz/.pt with x_val): activation formats come from calibration")
+            raise SqcError(
+                "target c needs --calib FILE (a .npz/.pt with x_val): activation formats come from "
+                "calibration"
+            )
         model = read(Path(source))
         program = legalize(model, calib, opts)
         report = write_project(program, Path(output), model_name=Path(source).stem, force=force)

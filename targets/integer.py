@@ -191,7 +191,7 @@ class Mul(Op):
 
 @dataclass
 class Cat(Op):
-    """Concatenation: ``outer`` blocks, each the inputs' ``inner[i]`` elements, requantized by ``shift[i]``."""
+    """Concatenation: ``outer`` blocks of each input's ``inner[i]`` elements, requantized by ``shift[i]``."""
 
     outer: int
     inner: list[int]

@@ -80,7 +80,9 @@ class LowerOptions:
             raise LowerError(f"--option calib_samples={self.calib_samples}: expected a positive count")
 
     @staticmethod
-    def parse(pairs: list[str] | None, known_extra: tuple[str, ...] = ()) -> tuple[LowerOptions, dict[str, str]]:
+    def parse(
+        pairs: list[str] | None, known_extra: tuple[str, ...] = ()
+    ) -> tuple[LowerOptions, dict[str, str]]:
         """``key=value`` strings -> options; keys in ``known_extra`` are returned for the writer."""
         values: dict[str, Any] = {}
         extra: dict[str, str] = {}
@@ -281,11 +283,26 @@ def legalize_weights(state: TensorState, opts: LowerOptions, notes: list[str]) -
 
 # Positional parameter names (PyTorch's order) and defaults of the ops the walk reads arguments of.
 _SIGNATURES: dict[str, tuple[tuple[str, Any], ...]] = {
-    "conv1d": (("input", None), ("weight", None), ("bias", None), ("stride", 1), ("padding", 0),
-               ("dilation", 1), ("groups", 1)),
+    "conv1d": (
+        ("input", None),
+        ("weight", None),
+        ("bias", None),
+        ("stride", 1),
+        ("padding", 0),
+        ("dilation", 1),
+        ("groups", 1),
+    ),
     "linear": (("input", None), ("weight", None), ("bias", None)),
-    "batch_norm": (("input", None), ("running_mean", None), ("running_var", None), ("weight", None),
-                   ("bias", None), ("training", False), ("momentum", 0.1), ("eps", 1e-5)),
+    "batch_norm": (
+        ("input", None),
+        ("running_mean", None),
+        ("running_var", None),
+        ("weight", None),
+        ("bias", None),
+        ("training", False),
+        ("momentum", 0.1),
+        ("eps", 1e-5),
+    ),
     "prelu": (("input", None), ("weight", None)),
     "relu": (("input", None), ("inplace", False)),
     "relu6": (("input", None), ("inplace", False)),
@@ -296,18 +313,38 @@ _SIGNATURES: dict[str, tuple[tuple[str, Any], ...]] = {
     "gelu": (("input", None), ("approximate", "none")),
     "silu": (("input", None), ("inplace", False)),
     "softmax": (("input", None), ("dim", None), ("_stacklevel", 3), ("dtype", None)),
-    "max_pool1d": (("input", None), ("kernel_size", None), ("stride", None), ("padding", 0),
-                   ("dilation", 1), ("ceil_mode", False), ("return_indices", False)),
-    "avg_pool1d": (("input", None), ("kernel_size", None), ("stride", None), ("padding", 0),
-                   ("ceil_mode", False), ("count_include_pad", True)),
-    "avg_pool2d": (("input", None), ("kernel_size", None), ("stride", None), ("padding", 0),
-                   ("ceil_mode", False), ("count_include_pad", True), ("divisor_override", None)),
+    "max_pool1d": (
+        ("input", None),
+        ("kernel_size", None),
+        ("stride", None),
+        ("padding", 0),
+        ("dilation", 1),
+        ("ceil_mode", False),
+        ("return_indices", False),
+    ),
+    "avg_pool1d": (
+        ("input", None),
+        ("kernel_size", None),
+        ("stride", None),
+        ("padding", 0),
+        ("ceil_mode", False),
+        ("count_include_pad", True),
+    ),
+    "avg_pool2d": (
+        ("input", None),
+        ("kernel_size", None),
+        ("stride", None),
+        ("padding", 0),
+        ("ceil_mode", False),
+        ("count_include_pad", True),
+        ("divisor_override", None),
+    ),
     "adaptive_avg_pool1d": (("input", None), ("output_size", None)),
     "adaptive_max_pool1d": (("input", None), ("output_size", None), ("return_indices", False)),
     "pad": (("input", None), ("pad", None), ("mode", "constant"), ("value", None)),
     "cat": (("tensors", None), ("dim", 0)),
     "mean": (("input", None), ("dim", None), ("keepdim", False), ("dtype", None)),
-}  # fmt: skip
+}
 _SIGNATURES["conv2d"] = _SIGNATURES["conv1d"]
 _SIGNATURES["max_pool2d"] = _SIGNATURES["max_pool1d"]
 _SIGNATURES["adaptive_avg_pool2d"] = _SIGNATURES["adaptive_avg_pool1d"]
@@ -438,8 +475,9 @@ class _Walk:
         assert first is not None and out is not None
         if not self.ops:
             raise LowerError("the model computes nothing the integer targets can run")
-        return IntProgram(self.tensors, self.ops, first.name, out.name, self.bits, self.notes,
-                          self.opts.as_dict())  # fmt: skip
+        return IntProgram(
+            self.tensors, self.ops, first.name, out.name, self.bits, self.notes, self.opts.as_dict()
+        )
 
     def call(self, node: fx.Node) -> None:
         op = self.opname(node)
@@ -479,7 +517,9 @@ class _Walk:
         if act is not None:
             lo, hi = self.clamp_bounds(act, self.opname(act), fmt)
         facc = np.array([x.fmt.frac + f for f in w.frac], dtype=np.int64)
-        bias_q = np.array([round_half_even(float(v) * 2.0 ** int(f)) for v, f in zip(shift_add, facc, strict=True)])
+        bias_q = np.array(
+            [round_half_even(float(v) * 2.0 ** int(f)) for v, f in zip(shift_add, facc, strict=True)]
+        )
         if bn is None:
             mult = np.ones(channels, dtype=np.int64)
             mfrac = np.zeros(channels, dtype=np.int64)
@@ -491,17 +531,26 @@ class _Walk:
         l1 = np.abs(w.values.reshape(channels, -1)).sum(axis=1) * (1 << (x.fmt.bits - 1))
         bound = l1 + np.abs(bias_q)
         if int(bound.max()) >= 1 << 31:
-            raise self.fail(node, f"the int32 accumulator could overflow (bound {int(bound.max()):,}); "
-                                  "try --option act_bits=8")  # fmt: skip
+            raise self.fail(
+                node,
+                f"the int32 accumulator could overflow (bound {int(bound.max()):,}); try --option act_bits=8",
+            )
         self._check_shifts(node, shift)
-        requant = Requant(bias_q.astype(np.int64), mult, shift.astype(np.int64),
-                          fmt.qmin if lo is None else lo, fmt.qmax if hi is None else hi)  # fmt: skip
+        requant = Requant(
+            bias_q.astype(np.int64),
+            mult,
+            shift.astype(np.int64),
+            fmt.qmin if lo is None else lo,
+            fmt.qmax if hi is None else hi,
+        )
         self.new(tail, fmt)
         return tail, requant
 
     def _check_shifts(self, node: fx.Node, shift: np.ndarray) -> None:
         if shift.size and (int(shift.min()) < -16 or int(shift.max()) > 62):
-            raise self.fail(node, f"requantization shift {int(shift.min())}..{int(shift.max())} outside -16..62")
+            raise self.fail(
+                node, f"requantization shift {int(shift.min())}..{int(shift.max())} outside -16..62"
+            )
 
     def _weights(self, node: fx.Node, arg: Any) -> Weights:
         if not (isinstance(arg, fx.Node) and arg.op == "get_attr"):
@@ -524,8 +573,17 @@ class _Walk:
                 raise self.fail(node, f"padding={padding!r} is not supported; give explicit padding")
         tail, requant = self._epilogue(node, w, x, self.param(node, a["bias"]))
         self.ops.append(
-            Conv(node.name, [x.name], tail.name, w, _pair(a["stride"], one_d), _pair(padding, one_d, 0),
-                 _pair(a["dilation"], one_d), int(a["groups"]), requant)  # fmt: skip
+            Conv(
+                node.name,
+                [x.name],
+                tail.name,
+                w,
+                _pair(a["stride"], one_d),
+                _pair(padding, one_d, 0),
+                _pair(a["dilation"], one_d),
+                int(a["groups"]),
+                requant,
+            )
         )
 
     op_conv1d = op_conv2d
@@ -553,7 +611,9 @@ class _Walk:
         channels = x.shape[0]
         self._affine(node, x, [float(s) for s in scale], [float(v) for v in add], channels)
 
-    def _affine(self, node: fx.Node, x: Tensor, scales: list[float], adds: list[float], channels: int) -> None:
+    def _affine(
+        self, node: fx.Node, x: Tensor, scales: list[float], adds: list[float], channels: int
+    ) -> None:
         """``y = (x + add) * scale`` per channel, as ``requant((x + B) * M, S)``."""
         fmt = self.fmt(node)
         pairs = [multiplier(s, f"node {node.name}") for s in scales]
@@ -565,8 +625,11 @@ class _Walk:
         self._check_shifts(node, shift)
         y = self.new(node, fmt)
         inner = x.numel // channels
-        self.ops.append(Affine(node.name, [x.name], y.name, channels, inner,
-                               Requant(bias, mult, shift, fmt.qmin, fmt.qmax)))  # fmt: skip
+        self.ops.append(
+            Affine(
+                node.name, [x.name], y.name, channels, inner, Requant(bias, mult, shift, fmt.qmin, fmt.qmax)
+            )
+        )
 
     # element-wise --------------------------------------------------------------------------------
     def op_relu(self, node: fx.Node, op: str) -> None:
@@ -647,8 +710,17 @@ class _Walk:
                 shift = common - fmt.frac
                 self._check_shifts(node, np.array([shift]))
                 y = self.new(node, fmt)
-                self.ops.append(Add(node.name, [a.name, b.name], y.name, 1 << (common - a.fmt.frac),
-                                    1 << (common - b.fmt.frac), shift, op == "sub"))  # fmt: skip
+                self.ops.append(
+                    Add(
+                        node.name,
+                        [a.name, b.name],
+                        y.name,
+                        1 << (common - a.fmt.frac),
+                        1 << (common - b.fmt.frac),
+                        shift,
+                        op == "sub",
+                    )
+                )
             elif op == "mul":
                 shift = a.fmt.frac + b.fmt.frac - fmt.frac
                 self._check_shifts(node, np.array([shift]))
@@ -713,7 +785,9 @@ class _Walk:
         x = self.tensor(node, a["input"])
         pads = [int(p) for p in a["pad"]]
         if a["mode"] != "constant" or len(pads) not in (2, 4) or min(pads) < 0 or len(x.shape) not in (2, 3):
-            raise self.fail(node, "only non-negative constant padding of the last one or two axes is supported")
+            raise self.fail(
+                node, "only non-negative constant padding of the last one or two axes is supported"
+            )
         left, right = pads[0], pads[1]
         top, bottom = (pads[2], pads[3]) if len(pads) == 4 else (0, 0)
         if len(x.shape) == 2 and len(pads) == 4:
@@ -725,16 +799,34 @@ class _Walk:
         self.ops.append(Pad(node.name, [x.name], y.name, c, (h, w), (top, bottom, left, right), fill))
 
     # pooling -----------------------------------------------------------------------------------
-    def _pool(self, node: fx.Node, x: Tensor, kind: Literal["max", "avg"],
-              rows: list[tuple[int, int]], cols: list[tuple[int, int]], divisor: np.ndarray | None) -> None:  # fmt: skip
+    def _pool(
+        self,
+        node: fx.Node,
+        x: Tensor,
+        kind: Literal["max", "avg"],
+        rows: list[tuple[int, int]],
+        cols: list[tuple[int, int]],
+        divisor: np.ndarray | None,
+    ) -> None:
         c, h, w = _chw(x.shape)
         y = self.new(node, x.fmt)
         if y.numel != c * len(rows) * len(cols):
             raise self.fail(node, f"pooling output {y.shape} does not match its windows")
         self.ops.append(
-            Pool(node.name, [x.name], y.name, kind, c, (h, w), (len(rows), len(cols)),
-                 np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
-                 np.array([q[0] for q in cols]), np.array([q[1] for q in cols]), divisor)  # fmt: skip
+            Pool(
+                node.name,
+                [x.name],
+                y.name,
+                kind,
+                c,
+                (h, w),
+                (len(rows), len(cols)),
+                np.array([r[0] for r in rows]),
+                np.array([r[1] for r in rows]),
+                np.array([q[0] for q in cols]),
+                np.array([q[1] for q in cols]),
+                divisor,
+            )
         )
 
     def op_max_pool2d(self, node: fx.Node, op: str) -> None:
@@ -817,7 +909,8 @@ def legalize(
     model = read(Path(source)) if not isinstance(source, CompressedModel) else source
     if calib_path is None:
         raise LowerError(
-            "integer targets need --calib FILE (a .npz/.pt with x_val): activation formats come from calibration"
+            "integer targets need --calib FILE (a .npz/.pt with x_val): activation formats come from "
+            "calibration"
         )
     x = calibration_inputs(model, Path(calib_path), opts.calib_samples)
     calib = calibrate(model, x)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -154,6 +155,18 @@ class Simulator:
     def pool(op: Pool, x: torch.Tensor, n: int) -> torch.Tensor:
         v = x.reshape(n, op.channels, *op.in_hw)
         oh, ow = op.out_hw
+        regular = _regular(op.ys, op.ye, op.in_hw[0]), _regular(op.xs, op.xe, op.in_hw[1])
+        if regular[0] is not None and regular[1] is not None:
+            # Equal windows without padding: torch pooling on float64 integers is exact (max, and
+            # sums of at most a few thousand values below 2^16).
+            (kh, sh), (kw, sw) = regular[0], regular[1]
+            f = v.to(torch.float64)
+            if op.kind == "max":
+                return F.max_pool2d(f, (kh, kw), (sh, sw)).to(torch.int64)
+            total = torch.round(F.avg_pool2d(f, (kh, kw), (sh, sw), divisor_override=1)).to(torch.int64)
+            assert op.divisor is not None
+            count = torch.from_numpy(op.divisor).reshape(1, 1, oh, ow)
+            return torch.div(2 * total + count, 2 * count, rounding_mode="floor")
         out = torch.empty((n, op.channels, oh, ow), dtype=torch.int64)
         for oy in range(oh):
             for ox in range(ow):
@@ -168,6 +181,20 @@ class Simulator:
         return out
 
 
+def _regular(starts: object, ends: object, size: int) -> tuple[int, int] | None:
+    """(kernel, stride) when windows ``[starts[i], ends[i])`` are ``[i*stride, i*stride + kernel)``."""
+
+    s, e = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+    kernel = int(e[0] - s[0])
+    stride = int(s[1] - s[0]) if s.size > 1 else kernel
+    if kernel <= 0 or stride <= 0 or int(e[-1]) > size:
+        return None
+    expected = np.arange(s.size) * stride
+    if not (np.array_equal(s, expected) and np.array_equal(e, expected + kernel)):
+        return None
+    return kernel, stride
+
+
 def simulate(program: IntProgram, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
     """Output codes for float inputs ``x`` (quantized with the input format first)."""
     sim = Simulator(program)
@@ -175,8 +202,9 @@ def simulate(program: IntProgram, x: torch.Tensor, batch: int = 500) -> torch.Te
     return torch.cat([sim.run(codes[i : i + batch]) for i in range(0, codes.shape[0], batch)])
 
 
-def compare(program: IntProgram, float_model: torch.nn.Module, x: torch.Tensor,
-            y: torch.Tensor | None = None) -> dict[str, float]:  # fmt: skip
+def compare(
+    program: IntProgram, float_model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
+) -> dict[str, float]:
     """Top-1 of the integer model vs the float model (and vs labels when given) on ``x``."""
     codes = simulate(program, x)
     with torch.no_grad():
