@@ -30,7 +30,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ import torch
 
 import sqc
 from sqc.data import Dataset
-from sqc.pipeline import Pipeline
+from sqc.pipeline import Pipeline, recipe_settings
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -50,6 +49,7 @@ RESULTS = HERE / "results"
 sys.path.append(str(REPO))  # for examples.lenet and benchmarks.*; appended so the installed sqc stays first
 
 from benchmarks.mnist import load_mnist  # noqa: E402
+from benchmarks.provenance import git_state  # noqa: E402
 from benchmarks.train_lenet import RECIPES as BASE_RECIPES  # noqa: E402
 from benchmarks.train_lenet import set_determinism, train  # noqa: E402
 from examples.lenet import LeNet5, LeNet300  # noqa: E402
@@ -144,6 +144,7 @@ def run_recipe(
     spec = NETWORKS[name]
     path = RECIPES / f"{recipe}.toml"
     pipeline = Pipeline.from_recipe(path)
+    settings = recipe_settings(path)
     fp32_error = error_pct(base, data.x_val, data.y_val)
     passes: list[dict[str, Any]] = []
 
@@ -156,7 +157,7 @@ def run_recipe(
     print(f"  {recipe}: {path.relative_to(REPO)}", flush=True)
     torch.manual_seed(SEED)
     started = time.perf_counter()
-    artifact = sqc.compress(base, [(1, 1, 28, 28)], pipeline, data=data, on_pass=on_pass)
+    artifact = sqc.compress(base, [(1, 1, 28, 28)], pipeline, data=data, on_pass=on_pass, **settings)
     compress_s = time.perf_counter() - started
     file = tmp / f"{recipe}.sqc"
     size = artifact.save(file, force=True)
@@ -191,6 +192,7 @@ def run_recipe(
         "network": spec["title"],
         "base_checkpoint": base_from,
         "pipeline": str(pipeline),
+        "settings": settings,
         "fp32_error_pct": round(fp32_error, 2),
         "error_pct": round(error, 2),
         "error_in_memory_pct": round(in_memory, 2),
@@ -206,6 +208,9 @@ def run_recipe(
         "passes": passes,
         "compress_seconds": round(compress_s, 1),
         "paper": spec["paper"],
+        "paper_layers": {
+            k: {"weights_pct": v[0], "code_bits": v[1]} for k, v in spec["paper_layers"].items()
+        },
     }
 
 
@@ -239,15 +244,6 @@ def print_result(r: dict[str, Any], where: str) -> None:
     )
 
 
-def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
-    dirty = git("status", "--porcelain", "--", "sqc", "passes", "formats", "targets", "pyproject.toml")
-    return {"commit": git("rev-parse", "--short", "HEAD"), "tree_sources_modified": bool(dirty)}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -260,7 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "sqc-dc-mnist", help="retrained bases"
     )
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a shared 2-core box, 2 threads run 8-20x slower "
+        "as soon as any other process is busy)",
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="results JSON (default: results/deep_compression_mnist.json)"
     )
