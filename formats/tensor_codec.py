@@ -3,9 +3,10 @@
 The layout is specified in ``FORMAT.md`` (section "Tensor sections"); in short: a codec byte in the
 section table (raw fp32, fixed-point codes, codebook + codes), a small codec header (format, fraction
 lengths, codebook), then the *layout*: dense, or Deep Compression's relative sparse index, each stream
-either bit-packed or canonical-Huffman coded, whichever is smaller when the tensor asks for Huffman.
-Decoding validates every field before use and gives back a record whose ``decode()`` is bit-identical
-to the encoded one's.
+either bit-packed or canonical-Huffman coded, whichever is smaller when the tensor asks for Huffman;
+or, when the tensor asks for ``rans``, the context-coded layout (:mod:`~sqc.formats.rans`: mask and
+codes in one context-adaptive binary rANS stream) if that is the smallest. Decoding validates every
+field before use and gives back a record whose ``decode()`` is bit-identical to the encoded one's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from sqc.errors import SqcFormatError
-from sqc.formats import bitpack, huffman, sparse_index
+from sqc.formats import bitpack, huffman, rans, sparse_index
 from sqc.formats.binio import Reader, Writer
 from sqc.ir import FixedPoint, Role, TensorState
 
@@ -25,7 +26,15 @@ RAW_F32, FIXED, CODEBOOK = 0, 1, 2
 CODEC_NAMES = {RAW_F32: "raw-f32", FIXED: "fixed", CODEBOOK: "codebook"}
 
 SPARSE, VALUES_HUFFMAN, INDEX_HUFFMAN, WANTS_HUFFMAN = 1, 2, 4, 8
+CONTEXT_CODED, WANTS_RANS = 16, 32
+"""Format 1.2: the context-coded layout, and "the tensor asked for rans" (a 1.1 reader rejects both
+as unknown layout flags)."""
+KNOWN_FLAGS = SPARSE | VALUES_HUFFMAN | INDEX_HUFFMAN | WANTS_HUFFMAN | CONTEXT_CODED | WANTS_RANS
 MAX_CODEBOOK = 1 << 16
+BOOK_DELTA = 1
+"""Codebook mode 1 (format 1.2): float32 centroids as deltas of order-preserving integer keys (see
+:func:`encode_float_deltas`). k-means centroids come out sorted, so neighbours are close: ~21 instead of
+32 bits each, which matters where a 256-entry codebook outweighs the codes of a small layer."""
 INDEX_BITS = range(1, 17)
 
 
@@ -100,7 +109,8 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
     """``(codec, payload, breakdown)`` of the tensor section for ``state``."""
     out = Writer()
     info = Breakdown()
-    want_huffman = state.coder == "huffman"
+    want_huffman = state.coder in ("huffman", "rans")  # rans falls back to Huffman where that is smaller
+    wants = {"huffman": WANTS_HUFFMAN, "rans": WANTS_RANS}.get(state.coder, 0)
     if state.codebook is not None:
         codec = CODEBOOK
         out.varint(state.codebook.numel() - 1)
@@ -110,8 +120,14 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
             out.i8(state.fmt.frac[0])
             out.raw(bitpack.pack(state.fmt.quantize(state.codebook).numpy(), state.fmt.bits, True))
         else:
-            out.u8(0)
-            out.raw(state.codebook.numpy().astype("<f4").tobytes())
+            book = state.codebook.numpy().astype("<f4")
+            packed = encode_float_deltas(book) if state.coder == "rans" else None
+            if packed is not None and len(packed) < 4 * book.size:
+                out.u8(BOOK_DELTA)
+                out.raw(packed)
+            else:
+                out.u8(0)
+                out.raw(book.tobytes())
         info.codebook = len(out.getvalue()) - head
         info.header = head
     elif state.codes is not None:
@@ -126,9 +142,15 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
         codec = RAW_F32
     prefix = out.getvalue()
     info.kept = state.kept
-    dense_body = _layout_dense(state, codec, want_huffman, info) if _dense_allowed(state, codec) else None
+    dense_body = (
+        _layout_dense(state, codec, want_huffman, wants, info) if _dense_allowed(state, codec) else None
+    )
     sparse_info = Breakdown()
-    sparse_body = _layout_sparse(state, codec, want_huffman, sparse_info) if state.mask is not None else None
+    sparse_body = (
+        _layout_sparse(state, codec, want_huffman, wants, sparse_info) if state.mask is not None else None
+    )
+    context_info = Breakdown()
+    context_body = _layout_context(state, codec, context_info) if state.coder == "rans" else None
     if sparse_body is not None and (dense_body is None or len(sparse_body) < len(dense_body)):
         body = sparse_body
         info.index, info.values, info.layout = sparse_info.index, sparse_info.values, "sparse"
@@ -136,6 +158,10 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
     else:
         assert dense_body is not None
         body = dense_body
+    if context_body is not None and len(context_body) < len(body):
+        body = context_body
+        info.index, info.values, info.layout = context_info.index, context_info.values, context_info.layout
+        info.index_bits, info.streams = 0, context_info.streams
     info.header += len(body) - info.index - info.values
     return codec, prefix + body, info
 
@@ -157,17 +183,17 @@ def _values_stream(
     return _choose_stream(symbols if positions is None else symbols[positions], alphabet, width, want)
 
 
-def _layout_dense(state: TensorState, codec: int, want: bool, info: Breakdown) -> bytes:
+def _layout_dense(state: TensorState, codec: int, want: bool, wants: int, info: Breakdown) -> bytes:
     values, coded = _values_stream(state, codec, None, want)
     out = Writer()
-    out.u8((VALUES_HUFFMAN if coded else 0) | (WANTS_HUFFMAN if want else 0))
+    out.u8((VALUES_HUFFMAN if coded else 0) | wants)
     out.sized(values)
     info.values = len(values)
     info.streams = {"values": "huffman" if coded else "packed"}
     return out.getvalue()
 
 
-def _layout_sparse(state: TensorState, codec: int, want: bool, info: Breakdown) -> bytes:
+def _layout_sparse(state: TensorState, codec: int, want: bool, wants: int, info: Breakdown) -> bytes:
     assert state.mask is not None
     mask_flat = state.mask.flatten().numpy()
     positions = np.flatnonzero(mask_flat)
@@ -177,7 +203,7 @@ def _layout_sparse(state: TensorState, codec: int, want: bool, info: Breakdown) 
     values, values_coded = _values_stream(state, codec, positions, want)
     flags = SPARSE | (VALUES_HUFFMAN if values_coded else 0) | (INDEX_HUFFMAN if index_coded else 0)
     out = Writer()
-    out.u8(flags | (WANTS_HUFFMAN if want else 0))
+    out.u8(flags | wants)
     out.u8(bits)
     out.varint(int(entries.size))
     out.varint(int(positions.size))
@@ -188,6 +214,29 @@ def _layout_sparse(state: TensorState, codec: int, want: bool, info: Breakdown) 
         "index": "huffman" if index_coded else "packed",
         "values": "huffman" if values_coded else "packed",
     }
+    return out.getvalue()
+
+
+def _layout_context(state: TensorState, codec: int, info: Breakdown) -> bytes | None:
+    """The context-coded layout, or None where it does not apply (float values, symbols wider than
+    :data:`rans.MAX_WIDTH`, or more positions per stream byte than a reader accepts)."""
+    if codec == RAW_F32:
+        return None
+    symbols, _, width = _symbols(state)
+    if width > rans.MAX_WIDTH:
+        return None
+    mask = None if state.mask is None else state.mask.flatten().numpy()
+    kept = symbols if mask is None else symbols[mask]
+    coded = rans.encode(mask, kept, state.shape, width)
+    if state.numel > rans.LANE_SPAN + rans.MAX_POSITIONS_PER_BYTE * len(coded.data):
+        return None
+    out = Writer()
+    out.u8(CONTEXT_CODED | WANTS_RANS | (SPARSE if mask is not None else 0))
+    out.u8(coded.value_mode)
+    out.sized(coded.data)
+    info.index, info.values = coded.index_bytes, coded.value_bytes
+    info.layout = "sparse" if mask is not None else "dense"
+    info.streams = {"values": "rans"} | ({"index": "rans"} if mask is not None else {})
     return out.getvalue()
 
 
@@ -224,6 +273,13 @@ def decode_tensor(
         if mode == 0:
             book = np.frombuffer(r.take(4 * k), dtype="<f4").astype(np.float32)
             state.codebook = torch.from_numpy(book.copy())
+        elif mode == BOOK_DELTA:
+            try:
+                book, used = decode_float_deltas(r.data[r.pos :], k)
+            except SqcFormatError as exc:
+                raise SqcFormatError(f"tensor {name} codebook: {exc}", r.offset) from None
+            r.take(used)
+            state.codebook = torch.from_numpy(book)
         elif 2 <= mode <= 24:
             frac = r.i8()
             fmt = _format(r, mode, (frac,))
@@ -250,12 +306,22 @@ def decode_tensor(
         raise r.fail(f"unknown tensor codec {codec}")
     head = r.pos
     flags = r.u8()
-    if flags & ~(SPARSE | VALUES_HUFFMAN | INDEX_HUFFMAN | WANTS_HUFFMAN):
+    if flags & ~KNOWN_FLAGS:
         raise r.fail(f"unknown layout flags {flags:#x}")
-    if codec == RAW_F32 and flags & (VALUES_HUFFMAN | INDEX_HUFFMAN | WANTS_HUFFMAN):
-        raise r.fail("raw float tensors cannot be Huffman coded")
-    state.coder = "huffman" if flags & WANTS_HUFFMAN else "raw"
+    if codec == RAW_F32 and flags & (
+        VALUES_HUFFMAN | INDEX_HUFFMAN | WANTS_HUFFMAN | CONTEXT_CODED | WANTS_RANS
+    ):
+        raise r.fail("raw float tensors cannot be entropy coded")
+    if flags & WANTS_HUFFMAN and flags & WANTS_RANS:
+        raise r.fail("a tensor cannot ask for both Huffman and rans")
+    state.coder = "huffman" if flags & WANTS_HUFFMAN else ("rans" if flags & WANTS_RANS else "raw")
     positions: np.ndarray | None = None
+    if flags & CONTEXT_CODED:
+        if flags & (VALUES_HUFFMAN | INDEX_HUFFMAN) or not flags & WANTS_RANS:
+            raise r.fail(f"inconsistent context-coded layout flags {flags:#x}")
+        _decode_context(r, state, flags, alphabet, width, info)
+        info.header += (r.pos - head) - info.index - info.values
+        return state, info
     if flags & SPARSE:
         bits = r.u8()
         if bits not in INDEX_BITS:
@@ -303,6 +369,95 @@ def decode_tensor(
     if positions is not None:
         info.streams["index"] = "huffman" if flags & INDEX_HUFFMAN else "packed"
     return state, info
+
+
+def _decode_context(
+    r: Reader, state: TensorState, flags: int, alphabet: int, width: int, info: Breakdown
+) -> None:
+    mode = r.u8()
+    stream = r.sized("rans stream")
+    r.expect_end()
+    try:
+        mask, symbols, index = rans.decode(
+            stream.data, state.shape, bool(flags & SPARSE), width, alphabet, mode
+        )
+    except SqcFormatError as exc:
+        raise SqcFormatError(f"{stream.what} of tensor {state.name}: {exc}", stream.base) from None
+    numel = state.numel
+    codes = symbols if state.codebook is not None else symbols + state.fmt.qmin  # type: ignore[union-attr]
+    full = np.zeros(numel, dtype=np.int32)
+    if mask is None:
+        full[:] = codes
+    else:
+        full[mask] = codes
+    state.codes = torch.from_numpy(full).reshape(state.shape)
+    if mask is not None:
+        state.set_mask(torch.from_numpy(mask))
+    info.index, info.values = index, len(stream.data) - index
+    info.kept = int(symbols.size)
+    info.layout = "sparse" if mask is not None else "dense"
+    info.streams = {"values": "rans"} | ({"index": "rans"} if mask is not None else {})
+
+
+def encode_float_deltas(values: np.ndarray) -> bytes | None:
+    """Float32 values as deltas of order-preserving keys, Elias-gamma style (None if there are none).
+
+    ``key = bits ^ 0xFFFFFFFF`` for a negative float, ``bits | 0x80000000`` otherwise, so keys sort like
+    the values. Layout: u32 first key; the remaining ``n-1`` deltas zigzag-mapped (``2d`` or ``-2d-1``),
+    their bit lengths (0..33) as a sized canonical-Huffman stream, then the bits below each delta's
+    leading one, LSB first, concatenated (field order, :mod:`bitpack` bit order), zero-padded to a byte.
+    """
+    if values.size == 0:
+        return None
+    bits = values.astype("<f4").view("<u4").astype(np.int64)
+    keys = np.where(bits >> 31, bits ^ 0xFFFFFFFF, bits | 0x80000000)
+    delta = np.diff(keys)
+    zig = np.where(delta >= 0, 2 * delta, -2 * delta - 1)
+    lengths = np.zeros(zig.size, dtype=np.int64)
+    for b in range(34):  # bit_length, vectorised
+        lengths += zig >> b > 0
+    out = Writer()
+    out.u32(int(keys[0]))
+    out.sized(huffman.serialize(huffman.encode(lengths, 34)) if zig.size else b"")
+    out.raw(_pack_tails(zig, lengths))
+    return out.getvalue()
+
+
+def _pack_tails(zig: np.ndarray, lengths: np.ndarray) -> bytes:
+    tail = np.maximum(lengths - 1, 0)
+    shifts = np.arange(33, dtype=np.int64)
+    keep = shifts[None, :] < tail[:, None]
+    field = ((zig[:, None] >> shifts[None, :]) & 1)[keep]
+    return np.packbits(field.astype(np.uint8), bitorder="little").tobytes()
+
+
+def decode_float_deltas(data: memoryview, count: int) -> tuple[np.ndarray, int]:
+    """``(float32 values, bytes used)`` from the start of ``data``; the inverse of
+    :func:`encode_float_deltas`, validating every field."""
+    r = Reader(data, 0, "delta-coded codebook")
+    first = r.u32()
+    table = r.sized("bit lengths")
+    lengths = huffman.deserialize(table.data, 34, count - 1) if count > 1 else np.zeros(0, dtype=np.int64)
+    if count <= 1 and len(table.data):
+        raise r.fail("bit lengths for a single value")
+    tail = np.maximum(lengths - 1, 0)
+    nbits = int(tail.sum())
+    raw = np.frombuffer(r.take((nbits + 7) // 8), dtype=np.uint8)
+    bits = np.unpackbits(raw, bitorder="little").astype(np.int64)
+    if bits[nbits:].any():
+        raise r.fail("non-zero padding bits")
+    ends = np.cumsum(tail)
+    owner = np.repeat(np.arange(tail.size), tail)
+    place = np.arange(nbits) - np.repeat(ends - tail, tail)
+    zig = np.zeros(tail.size, dtype=np.int64)
+    np.add.at(zig, owner, bits[:nbits] << place)
+    zig = np.where(lengths > 0, zig | (1 << np.maximum(lengths - 1, 0)), 0)
+    delta = np.where(zig & 1, -(zig + 1) // 2, zig // 2)
+    keys = first + np.concatenate(([0], np.cumsum(delta)))
+    if keys.size and (int(keys.min()) < 0 or int(keys.max()) > 0xFFFFFFFF):
+        raise r.fail("a delta leaves the 32-bit key range")
+    bits32 = np.where(keys >> 31, keys & 0x7FFFFFFF, keys ^ 0xFFFFFFFF)
+    return bits32.astype("<u4").view("<f4").astype(np.float32), r.pos
 
 
 def _format(r: Reader, bits: int, fracs: tuple[int, ...]) -> FixedPoint:

@@ -22,8 +22,8 @@ from torch import fx
 from sqc.errors import VerifyError
 
 Role = Literal["weight", "param", "buffer"]
-Coder = Literal["raw", "huffman"]
-CODERS: tuple[Coder, ...] = ("raw", "huffman")
+Coder = Literal["raw", "huffman", "rans"]
+CODERS: tuple[Coder, ...] = ("raw", "huffman", "rans")
 CODE_DTYPE = torch.int32
 """Integer codes are int32: codebook indices (< 2^16) and fixed-point codes (<= 24 bits) fit, at half
 the memory of int64 — on a 138M-weight model that is the difference between 0.55 and 1.1 GB."""

@@ -22,6 +22,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "share": "sqc.passes.share:Share",
     "quant": "sqc.passes.quant:Quant",
     "huffman": "sqc.passes.huffman:Huffman",
+    "rans": "sqc.passes.rans:Rans",
     "finetune": "sqc.passes.finetune:Finetune",
     "sensitivity": "sqc.passes.sensitivity:Sensitivity",
     "prune-channels": "sqc.passes.prune_channels:PruneChannels",

@@ -83,7 +83,8 @@ def as_format_1_0(data: bytes) -> bytes:
     assert parsed is not None
     doc = inflate(parsed.sections[0][3])
     del doc["seed"], doc["header_crc32"]
-    parsed.sections[0][3] = deflate(doc)
+    parsed.sections[0][1:4:2] = [container.JSON_ZLIB, deflate(doc)]  # 1.0 sections are plain zlib
+    parsed.sections[-1][1:4:2] = [container.JSON_ZLIB, deflate(inflate(parsed.sections[-1][3]))]
     parsed.version = (1, 0)
     return join(parsed, fix_header_crc=False)
 

@@ -123,20 +123,41 @@ def join(parsed: Parsed, fix_header_crc: bool = True) -> bytes:
         doc = inflate(sections[0][3])
         if isinstance(doc, dict) and "header_crc32" in doc:
             doc["header_crc32"] = container.header_crc(len(sections), parsed.version)
-            sections[0][3] = deflate(doc)
+            sections[0][3] = deflate(doc, sections[0][1])
     return container.assemble([tuple(s) for s in sections], parsed.version)  # type: ignore[misc]
 
 
 def inflate(payload: bytes) -> Any:
+    """The JSON of a graph or report section, zlib (format 1.0/1.1) or preset-dictionary DEFLATE (1.2)."""
     try:
         return json.loads(zlib.decompress(payload))
+    except Exception:
+        pass
+    try:
+        inflater = zlib.decompressobj(-15, zdict=container.PRESET_DICTIONARY)
+        return json.loads(inflater.decompress(payload) + inflater.flush())
     except Exception:
         return None
 
 
-def deflate(doc: Any) -> bytes:
-    text = json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=True)
-    return zlib.compress(text.encode("utf-8", "surrogatepass"), 9)
+def _json_text(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=True).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def deflate(doc: Any, codec: int = container.JSON_ZLIB) -> bytes:
+    """A graph or report section's bytes for ``doc`` in ``codec`` (the section table's codec byte)."""
+    return _pack(_json_text(doc), codec)
+
+
+def _pack(text: bytes, codec: int) -> bytes:
+    if codec == container.JSON_PRESET:
+        packer = zlib.compressobj(
+            9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=container.PRESET_DICTIONARY
+        )
+        return packer.compress(text) + packer.flush()
+    return zlib.compress(text, 9)
 
 
 def random_bytes_mutation(blob: bytes, max_size: int, rng: random.Random | None = None) -> bytes:
@@ -269,10 +290,11 @@ def mutate(data: bytes, rng: random.Random, mutate_bytes: ByteMutator, max_size:
     index = 0 if rng.random() < 0.8 or len(sections) < 2 else len(sections) - 1
     doc = inflate(sections[index][3])
     if doc is None or rng.random() < 0.15:
-        text = zlib.decompress(sections[index][3]) if doc is not None else sections[index][3]
-        sections[index][3] = zlib.compress(mutate_bytes(text, max(256, 2 * len(text))), 9)
+        text = _json_text(doc) if doc is not None else sections[index][3]
+        mutated = mutate_bytes(text, max(256, 2 * len(text)))
+        sections[index][3] = _pack(mutated, sections[index][1])
     else:
         for _ in range(rng.choice((1, 1, 1, 2, 3))):
             doc = mutate_json(doc, rng)
-        sections[index][3] = deflate(doc)
+        sections[index][3] = deflate(doc, sections[index][1])
     return join(parsed, rng.random() < 0.95)
