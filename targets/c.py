@@ -154,20 +154,23 @@ class _Emitter:
         sink = f"sqc_{kind} + {offset}"
         w8, w16 = ("0", sink) if wide else (sink, "0")
         self.init.append(
-            f"    {{\n        const sqc_sink_t sink = "
-            f"{{0, {w8}, {w16}, {book8}, {book16}, {book_size}u, {w.offset}}};\n"
+            f"    {{\n        sqc_sink_t sink = "
+            f"{{0, 0u, 0u, 0u, {w8}, {w16}, {book8}, {book16}, {book_size}u, {w.offset}}};\n"
             f"        if (sqc_decode(&{values}, &sink, sqc_huff, SQC_HUFF_SCRATCH) != 0) {{\n"
             f"            return -1;\n        }}\n    }}\n"
         )
         idx, nidx, filler = "0", 0, 0
-        if w.sparse and w.index is not None:
+        if w.sparse and w.index is not None and w.runtime_index is not None:
             index = self.stream(f"{base}_idx", w.index)
             at = self.arena["idx"]
-            self.arena["idx"] += w.index.count
-            idx, nidx, filler = f"sqc_idx + {at}", w.index.count, (1 << w.index_bits) - 1
+            count = int(w.runtime_index.size)
+            self.arena["idx"] += count
+            idx, nidx, filler = f"sqc_idx + {at}", count, 255
             self.init.append(
-                f"    {{\n        const sqc_sink_t sink = {{sqc_idx + {at}, 0, 0, 0, 0, 0u, 0}};\n"
-                f"        if (sqc_decode(&{index}, &sink, sqc_huff, SQC_HUFF_SCRATCH) != 0) {{\n"
+                f"    {{\n        sqc_sink_t sink = "
+                f"{{sqc_idx + {at}, {(1 << w.index_bits) - 1}u, 0u, 0u, 0, 0, 0, 0, 0u, 0}};\n"
+                f"        if (sqc_decode(&{index}, &sink, sqc_huff, SQC_HUFF_SCRATCH) != 0 "
+                f"|| sink.written != {count}u) {{\n"
                 f"            return -1;\n        }}\n    }}\n"
             )
         return kind, f"sqc_{kind} + {offset}", idx, nidx, filler

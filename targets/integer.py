@@ -70,7 +70,8 @@ class Weights:
     output channel ``c`` has fraction length ``frac[c]``. In ROM a weight is a *symbol*: an index into
     ``codebook`` (integers), or, without a codebook, ``symbol + offset`` (a fixed-point code). ``sparse``
     layers store only kept positions, walked by Deep Compression's relative index (``index``, entries
-    ``index_bits`` wide, ``2**index_bits - 1`` a filler that skips that many positions).
+    ``index_bits`` wide, ``2**index_bits - 1`` a filler that skips that many positions; the same walk
+    as 8-bit entries in ``runtime_index``).
     """
 
     name: str
@@ -85,6 +86,9 @@ class Weights:
     symbols: Stream
     index: Stream | None
     origin: str
+    runtime_index: np.ndarray | None = None
+    """The sparse positions as 8-bit relative entries (filler 255): what a start-up decoder re-gaps the
+    ROM index into, so that kernels meet as few fillers as possible whatever width ROM uses."""
 
     @property
     def kept(self) -> int:

@@ -244,10 +244,12 @@ def legalize_weights(state: TensorState, opts: LowerOptions, notes: list[str]) -
     width = max(1, math.ceil(math.log2(alphabet))) if alphabet > 1 else 1
     sparse = opts.sparse == "always" or (opts.sparse == "auto" and flat_mask is not None)
     index: Stream | None = None
+    runtime_index: np.ndarray | None = None
     index_bits = 0
     if sparse:
         keep = flat_mask if flat_mask is not None else np.ones(values.size, dtype=bool)
         index_bits, index = _best_index(keep, want)
+        runtime_index = sparse_index.encode_gaps(keep, 8).astype(np.uint8)
         kept_symbols = symbols[keep]
         origin += f", sparse {keep.mean():.1%}"
     else:
@@ -275,6 +277,7 @@ def legalize_weights(state: TensorState, opts: LowerOptions, notes: list[str]) -
         symbols=stream,
         index=index,
         origin=origin + (", huffman" if "huffman" in (stream.kind, index.kind if index else "") else ""),
+        runtime_index=runtime_index,
     )
 
 

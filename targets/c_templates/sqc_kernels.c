@@ -46,14 +46,25 @@ int32_t sqc_requant(int64_t t, int32_t shift, int32_t lo, int32_t hi)
 /* ---------------------------------------------------------------------------------------------- */
 /* stream decoding (start-up only) */
 
-static int sqc_put(const sqc_sink_t *k, uint32_t i, uint32_t sym)
+static int sqc_put(sqc_sink_t *k, uint32_t i, uint32_t sym)
 {
     int32_t v;
     if (k->u8) {
-        if (sym > 255u) {
+        uint32_t gap;
+        if (sym > k->filler_in) {
             return -1;
         }
-        k->u8[i] = (uint8_t)sym;
+        if (sym == k->filler_in) {
+            k->pending += sym;
+            return 0;
+        }
+        gap = k->pending + sym;
+        k->pending = 0;
+        while (gap >= 255u) {
+            k->u8[k->written++] = 255u;
+            gap -= 255u;
+        }
+        k->u8[k->written++] = (uint8_t)gap;
         return 0;
     }
     if (k->book8 || k->book16) {
@@ -105,7 +116,7 @@ static int sqc_varint(const uint8_t *d, uint32_t size, uint32_t *pos, uint32_t *
 
 /* Canonical Huffman in sqc's layout: varint H, header byte, H length fields, varint nbits, payload
  * (codewords MSB first). Codes are assigned DEFLATE-style: by (length, symbol). */
-static int sqc_huffman(const sqc_stream_t *s, const sqc_sink_t *sink, uint16_t *sorted, uint32_t scratch_size)
+static int sqc_huffman(const sqc_stream_t *s, sqc_sink_t *sink, uint16_t *sorted, uint32_t scratch_size)
 {
     uint32_t count_by_len[25];
     uint32_t next[25];
@@ -189,7 +200,7 @@ static int sqc_huffman(const sqc_stream_t *s, const sqc_sink_t *sink, uint16_t *
     return 0;
 }
 
-int sqc_decode(const sqc_stream_t *s, const sqc_sink_t *sink, uint16_t *scratch, uint32_t scratch_size)
+int sqc_decode(const sqc_stream_t *s, sqc_sink_t *sink, uint16_t *scratch, uint32_t scratch_size)
 {
     uint32_t i;
     if (s->kind == 1) {

@@ -19,10 +19,15 @@ typedef struct {
     uint8_t width;
 } sqc_stream_t;
 
-/* Where decoded symbols go: index entries (u8), or weight values (codebook[symbol] or symbol + offset)
- * as int8 (w8) or int16 (w16). */
+/* Where decoded symbols go: relative-index entries (u8), or weight values (codebook[symbol] or
+ * symbol + offset) as int8 (w8) or int16 (w16). Index entries of any width (filler `filler_in`) are
+ * re-gapped on the way into 8-bit entries (filler 255): fewer fillers, so the kernels branch less;
+ * `written` counts them. */
 typedef struct {
     uint8_t *u8;
+    uint32_t filler_in;
+    uint32_t pending;
+    uint32_t written;
     int8_t *w8;
     int16_t *w16;
     const int8_t *book8;
@@ -43,7 +48,7 @@ typedef struct {
     int32_t cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups;
 } sqc_conv_t;
 
-int sqc_decode(const sqc_stream_t *s, const sqc_sink_t *sink, uint16_t *scratch, uint32_t scratch_size);
+int sqc_decode(const sqc_stream_t *s, sqc_sink_t *sink, uint16_t *scratch, uint32_t scratch_size);
 
 int32_t sqc_requant(int64_t t, int32_t shift, int32_t lo, int32_t hi);
 
