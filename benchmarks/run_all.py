@@ -2,7 +2,9 @@
 
 1. ``bench_huffman.py``: Huffman encode/decode throughput (symbols/s);
 2. ``bench_lenet.py``:   Deep Compression on LeNet-300-100 and LeNet-5 vs xz/zstd; writes results/lenet.json;
-3. ``bench_scale.py``:   prune,share,huffman on VGG-16 shapes (138M params), time and peak memory;
+3. ``bench_coding.py``:  Huffman and rANS per tensor vs entropy, xz and zstd; coder throughput; writes
+                         results/coding.json;
+4. ``bench_scale.py``:   prune,share,huffman on VGG-16 shapes (138M params), time and peak memory;
                          writes results/scale.json.
 
 Each runs in its own process with this interpreter, one after the other (the machine has two cores;
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("huffman", "lenet", "scale")
+BENCHMARKS = ("huffman", "lenet", "coding", "scale")
 
 
 def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
@@ -37,6 +39,7 @@ def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
             *(["--count", "1000000", "--runs", "3"] if quick else []),
         ],
         "lenet": [py, str(HERE / "bench_lenet.py"), "--runs", "1" if quick else "5"],
+        "coding": [py, str(HERE / "bench_coding.py"), "--runs", "1" if quick else "3"],
         "scale": [
             py,
             str(HERE / "bench_scale.py"),
