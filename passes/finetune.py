@@ -26,7 +26,7 @@ class Finetune(Pass):
     name = "finetune"
     summary = "retrain with masks and shared weights held (trained quantization after share); dsd schedule"
     needs = frozenset({"finetune"})
-    conflicts = {"entropy-coded": "huffman must come after every pass that changes weights"}
+    conflicts = {"entropy-coded": "huffman or rans must come after every pass that changes weights"}
     preserves = frozenset()
 
     epochs: int = 2

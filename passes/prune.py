@@ -48,7 +48,7 @@ class Prune(Pass):
 
     name = "prune"
     summary = "magnitude pruning, per layer or global, per-layer overrides, target=auto from sensitivity"
-    conflicts = {"entropy-coded": "huffman must come after every pass that changes weights"}
+    conflicts = {"entropy-coded": "huffman or rans must come after every pass that changes weights"}
     establishes = frozenset({"pruned"})
 
     sparsity: float = 0.9

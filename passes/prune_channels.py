@@ -632,7 +632,7 @@ class PruneChannels(Pass):
     summary = "structured pruning: remove filters/channels through residual adds, concats, BN, flatten"
     conflicts = {
         "codes": "prune-channels slices float weights: run it before share/quant",
-        "entropy-coded": "huffman must come after every pass that changes weights",
+        "entropy-coded": "huffman or rans must come after every pass that changes weights",
     }
 
     ratio: float = 0.5

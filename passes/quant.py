@@ -31,7 +31,7 @@ class Quant(Pass):
 
     name = "quant"
     summary = "fixed-point quantization (per tensor or per channel); quantizes the codebook after share"
-    conflicts = {"entropy-coded": "huffman must come after every pass that changes weights"}
+    conflicts = {"entropy-coded": "huffman or rans must come after every pass that changes weights"}
     establishes = frozenset({"codes", "fixed-point"})
 
     bits: int = 8

@@ -43,7 +43,7 @@ class Share(Pass):
     summary = "per-layer k-means weight sharing (exact 1-D Lloyd), bits=auto from sensitivity"
     conflicts = {
         "fixed-point": "share clusters float weights: run it before quant (quant then rounds the codebook)",
-        "entropy-coded": "huffman must come after every pass that changes weights",
+        "entropy-coded": "huffman or rans must come after every pass that changes weights",
     }
     establishes = frozenset({"codes", "shared"})
 

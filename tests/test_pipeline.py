@@ -112,7 +112,7 @@ def test_bad_option_values(text, fragment):
         ("huffman", "huffman needs codes"),
         ("prune,huffman", "put share or quant before it"),
         ("quant,share", "share clusters float weights: run it before quant"),
-        ("quant,huffman,prune", "huffman must come after every pass that changes weights"),
+        ("quant,huffman,prune", "huffman or rans must come after every pass that changes weights"),
     ],
 )
 def test_impossible_orders_are_refused_before_running(text, fragment):
