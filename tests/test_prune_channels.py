@@ -277,3 +277,15 @@ def test_target_auto_keeps_the_metric_within_the_budget():
         sqc.compress(model, None, "prune-channels{target=auto}")
     with pytest.raises(SqcError, match="budget"):
         Pipeline.parse("prune-channels{budget=0.1}")
+
+
+def test_conftest_firenet_prunes_what_it_can_follow(firenet):
+    """Grouped conv, sigmoid gating, PReLU, a channel softmax, a 1-d conv over flattened maps."""
+    ir = trace(firenet, [(2, 3, 16, 16)])
+    prune = PruneChannels()
+    _, groups, _ = prune.plan(trace(firenet, [(2, 3, 16, 16)]))
+    Pipeline([prune]).run(ir, PassContext())
+    assert {g.space for g in groups} == {("squeeze",), ("seq",)}
+    x = torch.randn(2, 3, 16, 16)
+    expected = zero_groups(firenet, groups).double()(x.double())
+    assert torch.allclose(copy.deepcopy(ir.graph_module).double()(x.double()), expected, rtol=0, atol=1e-10)
