@@ -94,6 +94,7 @@ def compress(
     tolerance: float = 0.0,
     seed: int = 0,
     distill: float = 0.0,
+    weight_decay: float = 0.0,
 ) -> Artifact:
     """Trace ``model`` (a module or a model file), run the pipeline, return the :class:`Artifact`.
 
@@ -109,7 +110,8 @@ def compress(
     pipeline and seed give a byte-identical ``.sqc``. The caller's global RNG state is restored after.
 
     ``distill`` (α in [0, 1]) makes the built-in fine-tuner learn from the uncompressed model's logits
-    as well as the labels (knowledge distillation; see :func:`sqc.data.cross_entropy_finetuner`).
+    as well as the labels (knowledge distillation; see :func:`sqc.data.cross_entropy_finetuner`);
+    ``weight_decay`` is its L2 penalty (use the one the model was trained with).
     """
     if not 0 <= seed < 2**63:
         raise SqcError(f"--seed {seed}: must be in [0, 2^63)")
@@ -123,7 +125,7 @@ def compress(
     else:
         ir = trace(model, shapes)
     ir.seed = seed
-    ctx = make_context(ir, data, evaluate, finetune, tolerance, progress, seed, distill)
+    ctx = make_context(ir, data, evaluate, finetune, tolerance, progress, seed, distill, weight_decay)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         passes.run(ir, ctx, verify=verify, on_pass=on_pass)
@@ -139,6 +141,7 @@ def make_context(
     progress: Callable[[str], None] | None,
     seed: int = 0,
     distill: float = 0.0,
+    weight_decay: float = 0.0,
 ) -> PassContext:
     """The pass context: built-in evaluator/fine-tuner from ``data`` unless the user gave callables."""
     dataset = load_data(Path(data)) if isinstance(data, (str, Path)) else data
@@ -155,10 +158,14 @@ def make_context(
         built_in = dataset
         if not 0.0 <= distill <= 1.0:
             raise SqcError(f"--distill {distill}: must be in [0, 1]")
+        if not 0.0 <= weight_decay < 1.0:
+            raise SqcError(f"--weight-decay {weight_decay}: must be in [0, 1)")
         teacher = teacher_logits(ir.graph_module, dataset) if distill else None  # before any pass runs
 
         def trainer(module: nn.Module, epochs: int, lr: float) -> None:
-            tune = cross_entropy_finetuner(built_in, lr=lr, seed=seed, teacher=teacher, distill=distill)
+            tune = cross_entropy_finetuner(
+                built_in, lr=lr, seed=seed, teacher=teacher, distill=distill, weight_decay=weight_decay
+            )
             tune(module, epochs)
 
     elif distill:

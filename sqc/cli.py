@@ -144,6 +144,12 @@ def compress(
             show_default=False,
         ),
     ] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option(
+            "--weight-decay", help="L2 penalty of the built-in fine-tuner [default: 0]", show_default=False
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Trace MODEL, run the pass pipeline, and write a .sqc file."""
@@ -157,8 +163,8 @@ def compress(
     pipeline = (
         Pipeline.from_recipe(recipe) if recipe is not None else Pipeline.parse(passes or DEFAULT_PIPELINE)
     )
-    # a recipe's [compress] table sets tolerance/seed/distill; an option given on the command line wins
-    given = {"tolerance": tolerance, "seed": seed, "distill": distill}
+    # a recipe's [compress] table sets the run's settings; an option given on the command line wins
+    given = {"tolerance": tolerance, "seed": seed, "distill": distill, "weight_decay": weight_decay}
     settings = {**(recipe_settings(recipe) if recipe is not None else {})}
     settings.update({k: v for k, v in given.items() if v is not None})
     if output.exists() and not force:

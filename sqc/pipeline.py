@@ -108,13 +108,13 @@ def tokenize(text: str) -> list[PassText]:
         i += 1
 
 
-RECIPE_SETTINGS: dict[str, type] = {"distill": float, "tolerance": float, "seed": int}
+RECIPE_SETTINGS: dict[str, type] = {"distill": float, "weight_decay": float, "tolerance": float, "seed": int}
 """Run settings a recipe may fix in its ``[compress]`` table (the CLI options of the same names)."""
 
 
 def recipe_settings(path: Path) -> dict[str, Any]:
     """The ``[compress]`` table of a TOML recipe: settings of the run that belong with its passes
-    (``distill``, ``tolerance``, ``seed``), so a recipe file reproduces a result on its own."""
+    (``distill``, ``weight_decay``, ``tolerance``, ``seed``), so a recipe file reproduces a result alone."""
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:

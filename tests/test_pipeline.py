@@ -165,8 +165,11 @@ def test_recipe_settings_are_typed(tmp_path: Path):
     from sqc.pipeline import recipe_settings
 
     recipe = tmp_path / "r.toml"
-    recipe.write_text("[compress]\ndistill = 0.5\nseed = 3\ntolerance = 0.001\n[[pass]]\nname = 'prune'\n")
-    assert recipe_settings(recipe) == {"distill": 0.5, "seed": 3, "tolerance": 0.001}
+    recipe.write_text(
+        "[compress]\ndistill = 0.5\nseed = 3\ntolerance = 0.001\nweight_decay = 1e-4\n"
+        "[[pass]]\nname = 'prune'\n"
+    )
+    assert recipe_settings(recipe) == {"distill": 0.5, "seed": 3, "tolerance": 0.001, "weight_decay": 1e-4}
     recipe.write_text("[compress]\nseed = 0.5\n[[pass]]\nname = 'prune'\n")
     with pytest.raises(PipelineError, match=r"\[compress\] seed = 0.5: expected int"):
         recipe_settings(recipe)
