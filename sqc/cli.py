@@ -274,6 +274,7 @@ def _render_container(info: dict[str, Any]) -> None:
     columns = [
         "layer",
         "params",
+        "MACs",
         "density",
         "bits/w",
         "index bits/w",
@@ -288,6 +289,7 @@ def _render_container(info: dict[str, Any]) -> None:
         table.add_row(
             row["layer"],
             f"{row['params']:,}",
+            f"{row['macs']:,}" if "macs" in row else "",
             f"{row['density']:.1%}",
             f"{row['bits_per_weight']:.2f}",
             f"{row['index_bits_per_weight']:.2f}",
@@ -311,6 +313,7 @@ def _render_container(info: dict[str, Any]) -> None:
             "",
             "",
             "",
+            "",
             f"{comps[key]:,}",
             f"{comps[key]:,}",
             f"{comps[key] / info['size']:.1%}",
@@ -320,6 +323,7 @@ def _render_container(info: dict[str, Any]) -> None:
     table.add_row(
         "total",
         f"{totals['params']:,}",
+        f"{totals['macs']:,}" if "macs" in totals else "",
         "",
         f"{totals['bits_per_param']:.2f}",
         "",
