@@ -87,6 +87,63 @@ def plan_activations(program: IntProgram) -> tuple[dict[str, int], int]:
     return offsets, total
 
 
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What the C convolution kernel reads instead of dividing per weight: per tap ``(ky, kx)`` the
+    input offset of its first valid output, that output's accumulator offset, and the valid rows and
+    columns (``taps``, four int32 each); the accumulator row stride and how many accumulators are used.
+
+    ``wide`` > 0 when the stride is 1 and no tap is clipped by padding: the accumulator plane then takes
+    the input's row stride, so every tap covers one contiguous run of ``wide`` accumulators (rounded up
+    to a multiple of 16 so that the vector loop needs no scalar tail); the columns past the output width
+    receive products that are never read. Each accumulator still receives at most one product per
+    weight, so legalization's overflow bound holds for them too. The rounding reads up to ``overread``
+    activations past the end of a plane, which the activation buffer provides as slack.
+    """
+
+    taps: np.ndarray
+    row_stride: int
+    span: int
+    wide: int
+    overread: int
+
+
+def conv_taps(
+    hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> ConvGeometry:
+    (h, w), (oh, ow), (kh, kw) = hw, out_hw, kernel
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+
+    def valid(n: int, outs: int, off: int, s: int) -> tuple[int, int]:
+        first = 0 if off >= 0 else -(off // s)  # ceil(-off / s)
+        end = min(outs, (n - 1 - off) // s + 1) if n - 1 - off >= 0 else 0
+        return first, max(first, end)
+
+    ranges = []
+    for ky in range(kh):
+        for kx in range(kw):
+            offy, offx = ky * dh - ph, kx * dw - pw
+            ranges.append((offy, offx, *valid(h, oh, offy, sh), *valid(w, ow, offx, sw)))
+    full = all(y0 == 0 and y1 == oh and x0 == 0 and x1 == ow for _, _, y0, y1, x0, x1 in ranges)
+    if sh == 1 and sw == 1 and full and oh > 0 and ow > 0:
+        run = (oh - 1) * w + ow
+        wide = -(-run // 16) * 16
+        taps = [(offy * w + offx, 0, 1, wide) for offy, offx, *_ in ranges]
+        return ConvGeometry(np.array(taps, dtype=np.int64), w, max(oh * w, wide), wide, wide - run)
+    taps = []
+    for offy, offx, y0, y1, x0, x1 in ranges:
+        if y1 <= y0 or x1 <= x0:
+            taps.append((0, 0, 0, 0))
+        else:
+            taps.append(((y0 * sh + offy) * w + x0 * sw + offx, y0 * ow + x0, y1 - y0, x1 - x0))
+    return ConvGeometry(np.array(taps, dtype=np.int64), ow, max(1, oh * ow), 0, 0)
+
+
 @dataclass
 class _Emitter:
     program: IntProgram
@@ -98,6 +155,7 @@ class _Emitter:
     arena: dict[str, int] = field(default_factory=lambda: {"w8": 0, "w16": 0, "idx": 0})
     acc: int = 1
     huff: int = 1
+    slack: int = 0
 
     def array(
         self, ctype: str, name: str, values: np.ndarray | bytes | list[int], weights: bool = False
@@ -192,9 +250,13 @@ class _Emitter:
                 cin, h, wd = _chw(src.shape)
                 cout, oh, ow = _chw(dst.shape)
                 kh, kw = (1, op.weights.shape[2]) if len(op.weights.shape) == 3 else op.weights.shape[2:4]
+                geo = conv_taps((h, wd), (oh, ow), (kh, kw), op.stride, op.padding, op.dilation)
+                taps = self.array("int32_t", f"{name}_taps", geo.taps)
                 fields = [cin, h, wd, cout, oh, ow, kh, kw, *op.stride, *op.padding, *op.dilation, op.groups]
+                fields += [geo.row_stride, geo.span, geo.wide, taps]
                 self.rom.append(f"static const sqc_conv_t {name}_conv = {{{', '.join(map(str, fields))}}};")
-                self.acc = max(self.acc, oh * ow)
+                self.acc = max(self.acc, geo.span)
+                self.slack = max(self.slack, geo.overread)
                 self.run.append(
                     _call(
                         f"sqc_conv_{kind}",
@@ -287,6 +349,7 @@ def write_project(
     em.emit(offsets)
     inp, outp = program.tensors[program.input], program.tensors[program.output]
     act_bytes = 1 if program.act_bits == 8 else 2
+    act_total += em.slack  # the wide convolution's vector loop reads up to 15 codes past a plane
     ram_parts = {
         "activations": act_total * act_bytes,
         "weight_arena": em.arena["w8"] + 2 * em.arena["w16"] + em.arena["idx"],

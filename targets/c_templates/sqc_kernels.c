@@ -220,41 +220,40 @@ int sqc_decode(const sqc_stream_t *s, sqc_sink_t *sink, uint16_t *scratch, uint3
 /* ---------------------------------------------------------------------------------------------- */
 /* layers with weights */
 
-/* first output index o >= 0 whose input index o * stride + off is >= 0 */
-static int32_t sqc_first_out(int32_t off, int32_t stride)
+/* Requantize one output channel's accumulator plane (row stride c->as) and clear it for the next. */
+static void sqc_conv_flush(sqc_act_t *y, int32_t oc, const sqc_conv_t *c, const sqc_requant_t *rq, int32_t *acc)
 {
-    return off >= 0 ? 0 : (-off + stride - 1) / stride;
-}
-
-/* one past the last output index whose input index o * stride + off is < n, at most `outs` */
-static int32_t sqc_end_out(int32_t n, int32_t off, int32_t stride, int32_t outs)
-{
-    int32_t last = n - 1 - off;
-    int32_t end;
-    if (last < 0) {
-        return 0;
+    sqc_act_t *out = y + (int64_t)oc * c->oh * c->ow;
+    int64_t bias = rq->bias[oc];
+    int32_t mult = rq->mult[oc], shift = rq->shift[oc];
+    int32_t oy, ox;
+    for (oy = 0; oy < c->oh; oy++) {
+        const int32_t *a = acc + (int64_t)oy * c->as;
+        for (ox = 0; ox < c->ow; ox++) {
+            out[ox] = (sqc_act_t)sqc_requant(((int64_t)a[ox] + bias) * mult, shift, rq->lo, rq->hi);
+        }
+        out += c->ow;
     }
-    end = last / stride + 1;
-    return end < outs ? end : outs;
-}
-
-static void sqc_conv_flush(sqc_act_t *y, int32_t oc, int32_t plane, const sqc_requant_t *rq, int32_t *acc)
-{
-    sqc_act_t *out = y + (int64_t)oc * plane;
-    int32_t i;
-    for (i = 0; i < plane; i++) {
-        out[i] = (sqc_act_t)sqc_requant(((int64_t)acc[i] + rq->bias[oc]) * rq->mult[oc], rq->shift[oc], rq->lo,
-                                        rq->hi);
-        acc[i] = 0;
+    for (ox = 0; ox < c->span; ox++) {
+        acc[ox] = 0;
     }
 }
 
+/* SQC_P: the type a single product w * x fits in. 8-bit weights times 8-bit activations fit int16
+ * (|w * x| <= 2^14), which lets the vectorizer multiply eight at a time; the sum is still int32. */
+#if SQC_ACT_BITS == 8
+#define SQC_P int16_t
+#else
+#define SQC_P int32_t
+#endif
 #define SQC_W int8_t
 #define SQC_FN(name) name##_w8
 #include "sqc_weights.inc"
 #undef SQC_W
 #undef SQC_FN
+#undef SQC_P
 
+#define SQC_P int32_t
 #define SQC_W int16_t
 #define SQC_FN(name) name##_w16
 #include "sqc_weights.inc"
