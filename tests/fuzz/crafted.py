@@ -77,6 +77,40 @@ def seed_files() -> dict[str, bytes]:
     return out
 
 
+RANS_PIPELINES = [
+    "prune{sparsity=0.8},share{bits=3},rans",
+    "prune{sparsity=0.6},quant{bits=5 params=8},rans",
+]
+
+
+def rans_files() -> dict[str, bytes]:
+    """Valid format-1.2 files whose kernels really use the context-coded rANS layout (a model big
+    enough that it beats Huffman; on the tiny models the container falls back to Huffman)."""
+    import torch
+    import torch.nn as nn
+
+    from sqc.frontend import trace
+    from sqc.pass_base import PassContext
+    from sqc.pipeline import Pipeline
+
+    class Wide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(64, 48)
+            self.fc2 = nn.Linear(48, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    out = {}
+    for number, text in enumerate(RANS_PIPELINES):
+        torch.manual_seed(number)
+        ir = trace(Wide().eval(), [(1, 64)])
+        Pipeline.parse(text).run(ir, PassContext())
+        out[f"valid-rans-{number}.sqc"] = container.serialize(ir)
+    return out
+
+
 def as_format_1_0(data: bytes) -> bytes:
     """The same file as sqc 1.0 wrote it: no seed, no header_crc32, version 1.0."""
     parsed = split(data)
@@ -221,6 +255,7 @@ def main() -> int:
     seeds = seed_files()
     valid = {f"valid-{name.removeprefix('seed-')}": data for name, data in seeds.items() if "tiny" in name}
     valid["valid-format-1.0.sqc"] = as_format_1_0(seeds["seed-mlp-6.sqc"])
+    valid.update(rans_files())
     files = {**valid, **{name: make() for name, make in bug_files(seeds["seed-mlp-6.sqc"]).items()}}
     for name, data in files.items():
         (CORPUS / name).write_bytes(data)
