@@ -15,6 +15,7 @@ saves in the final file rather than in float32.
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -25,6 +26,7 @@ import torch
 
 from sqc.allocation import Choice, allocate
 from sqc.errors import PipelineError
+from sqc.executors import Executor, Stopwatch, callable_name, local_workers, run_tasks, unpicklable
 from sqc.ir import CompressedModel, PassRecord, TensorState
 from sqc.pass_base import OptionError, Pass, PassContext, PassResult, Stat, check_range
 from sqc.passes._common import encoded_bytes, selected
@@ -254,67 +256,176 @@ def parse_sweep(text: str, option: str, *, whole: bool, low: float, high: float)
     return tuple(values)
 
 
+@dataclass(frozen=True)
+class Task:
+    """One sweep point: prune layer ``name`` to sparsity ``value`` (or share it to ``value`` bits),
+    evaluate, count its coded bytes (``rate_bits`` as in :func:`coded_bytes`), put it back."""
+
+    kind: Kind
+    name: str
+    value: float
+    rate_bits: int
+
+
+def measure_point(model: CompressedModel, evaluate: Callable[[], float], task: Task) -> Point:
+    """Measure one point on ``model`` and restore the layer exactly. The serial sweep and every worker
+    of a parallel one run this same function, so their results are the same numbers."""
+    from sqc.passes.prune import prune_layer
+    from sqc.passes.share import share_record
+
+    state = model.tensors[task.name]
+    saved = snapshot([state])
+    try:
+        if task.kind == "prune":
+            prune_layer(state, task.value)
+        else:
+            model.release(state.name)
+            share_record(state, int(task.value))
+        model.sync([state.name])
+        return Point(task.value, evaluate(), coded_bytes(state, task.rate_bits))
+    finally:
+        restore(model, saved)
+
+
+Payload = tuple[Any, dict[str, TensorState], Callable[[torch.nn.Module], float]]
+
+
+def ship(model: CompressedModel, evaluator: Callable[[torch.nn.Module], float]) -> bytes:
+    """The pickled ``(graph module, records, evaluator)`` a worker rebuilds the model from.
+
+    The module is pickled with its tensors released (the worker re-syncs them from the records), so
+    the weights travel once rather than twice (plain pickle does not share storage between a record
+    and its parameter); records are fresh copies without their cached encoded sizes (weak references).
+    """
+    held = {}
+    for name, state in model.tensors.items():
+        module = model.graph_module
+        tensor = module.get_parameter(name) if state.role != "buffer" else module.get_buffer(name)
+        held[name] = (tensor, tensor.data)
+        model.release(name)
+    try:
+        records = {
+            name: TensorState(s.name, s.shape, s.role, s.dense, s.mask, s.codes, s.codebook, s.fmt, s.coder)
+            for name, s in model.tensors.items()
+        }
+        return pickle.dumps((model.graph_module, records, evaluator), protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        for tensor, data in held.values():
+            tensor.data = data
+
+
+def _worker_setup(payload: Payload) -> tuple[CompressedModel, Callable[[torch.nn.Module], float]]:
+    module, records, evaluator = payload
+    model = CompressedModel(module, records, [])
+    model.sync()
+    return model, evaluator
+
+
+def _worker_measure(state: tuple[CompressedModel, Callable[[torch.nn.Module], float]], task: Task) -> Point:
+    model, evaluator = state
+    return measure_point(model, lambda: float(evaluator(model.graph_module)), task)
+
+
 class Sweeper:
-    """Measures curves into an :class:`Analysis` (only the layers and kinds it lacks)."""
+    """Measures curves into an :class:`Analysis` (only the layers and kinds it lacks), on the context's
+    executor: the points are independent, so they may run anywhere and are assembled in sweep order."""
 
     def __init__(self, model: CompressedModel, ctx: PassContext, analysis: Analysis) -> None:
         self.model, self.ctx, self.analysis = model, ctx, analysis
+        self.diagnostics: list[str] = []
+        self.clock = Stopwatch()
 
     def evaluate(self) -> float:
         self.analysis.evaluations += 1
-        return self.ctx.evaluate(self.model, self.analysis.samples or None)
+        return self.clock.time(lambda: self.ctx.evaluate(self.model, self.analysis.samples or None))
 
     def ensure(self, kind: Kind, states: list[TensorState], values: tuple[float, ...], *, redo: bool) -> None:
         """Measure ``kind`` curves over ``values`` for the states without one (every state if ``redo``)."""
-        curves = self.analysis.curves(kind)
-        todo = [s for s in states if redo or s.name not in curves]
-        if kind == "share":
-            todo = [s for s in todo if not (s.codes is not None and s.codebook is None)]  # fixed point
-        if not todo or not values:
+        self.ensure_all([(kind, states, values, redo)])
+
+    def ensure_all(self, requests: list[tuple[Kind, list[TensorState], tuple[float, ...], bool]]) -> None:
+        """:meth:`ensure` for several sweeps at once, so that a parallel executor starts its workers once."""
+        jobs: list[tuple[Kind, TensorState, list[Task]]] = []
+        for kind, states, values, redo in requests:
+            curves = self.analysis.curves(kind)
+            todo = [s for s in states if redo or s.name not in curves]
+            if kind == "share":
+                todo = [s for s in todo if not (s.codes is not None and s.codebook is None)]  # fixed point
+            if not todo or not values:
+                continue
+            rate = self.analysis.rate_bits
+            for state in todo:
+                if kind == "prune":
+                    tasks = [Task(kind, state.name, v, rate) for v in beyond(state, values)]
+                else:
+                    tasks = [
+                        Task(kind, state.name, float(b), 0) for b in sorted({int(b) for b in values})[::-1]
+                    ]
+                jobs.append((kind, state, tasks))
+        if not jobs:
             return
         if self.analysis.metric is None:
             self.ctx.note("sensitivity: baseline")
             self.analysis.metric = self.evaluate()
-        for number, state in enumerate(todo, 1):
-            where = f"sensitivity: {state.name} [{number}/{len(todo)}]"
+        tasks = [task for _, _, batch in jobs for task in batch]
+        results = iter(self._measure(tasks))
+        for kind, state, batch in jobs:
             self.analysis.numel[state.name] = state.numel
-            curves[state.name] = (
-                self._prune(state, values, where) if kind == "prune" else self._share(state, values, where)
+            points = []
+            if kind == "prune":
+                first = Point(current_sparsity(state), self.analysis.metric, coded_bytes(state, rate))
+                points.append(first)
+            points.extend(next(results) for _ in batch)
+            self.analysis.curves(kind)[state.name] = points
+
+    def _measure(self, tasks: list[Task]) -> list[Point]:
+        executor = self._choose(len(tasks))
+        if executor.kind == "serial":
+            points = []
+            for number, task in enumerate(tasks, 1):
+                what = f"sparsity {task.value:g}" if task.kind == "prune" else f"{int(task.value)} bits"
+                self.ctx.note(f"sensitivity: {task.name} {what} [{number}/{len(tasks)}]")
+                points.append(measure_point(self.model, self.evaluate, task))
+            return points
+        self.ctx.note(f"sensitivity: {len(tasks)} points on {executor.describe()}")
+        payload = ship(self.model, self.ctx.evaluator(self.analysis.samples or None))
+        points = run_tasks(
+            executor,
+            payload,
+            _worker_setup,
+            _worker_measure,
+            tasks,
+            lambda done, total: self.ctx.note(f"sensitivity: {done}/{total} points ({executor.kind})"),
+        )
+        self.analysis.evaluations += len(tasks)
+        return points
+
+    def _choose(self, points: int) -> Executor:
+        """The context's executor, or serial where a pool cannot help or cannot be used."""
+        executor = self.ctx.executor
+        if executor.kind == "serial" or points < 2:
+            return Executor("serial")
+        if executor.kind == "process":
+            if local_workers(executor.workers, points) < 2:
+                return Executor("serial")
+            each = self.clock.mean
+            if executor.workers == 0 and each is not None and each * points < executor.min_seconds:
+                return Executor("serial")  # finishes before the workers would have imported torch
+        evaluator = self.ctx.evaluator(self.analysis.samples or None)
+        why = unpicklable(evaluator)
+        if why is None:
+            return executor
+        name = callable_name(evaluator)
+        if executor.kind == "ray":
+            raise PipelineError(
+                f"--executor ray ships the evaluation to Ray workers, but {name} cannot be pickled ({why}): "
+                "make it a module-level function or a picklable object, or use --executor serial"
             )
-
-    def _prune(self, state: TensorState, sparsities: tuple[float, ...], where: str) -> list[Point]:
-        from sqc.passes.prune import prune_layer
-
-        assert self.analysis.metric is not None
-        saved = snapshot([state])
-        points = [
-            Point(current_sparsity(state), self.analysis.metric, coded_bytes(state, self.analysis.rate_bits))
-        ]
-        for sparsity in beyond(state, sparsities):
-            self.ctx.note(f"{where} sparsity {sparsity:g}")
-            try:
-                prune_layer(state, sparsity)
-                self.model.sync([state.name])
-                points.append(Point(sparsity, self.evaluate(), coded_bytes(state, self.analysis.rate_bits)))
-            finally:
-                restore(self.model, saved)
-        return points
-
-    def _share(self, state: TensorState, bits: tuple[float, ...], where: str) -> list[Point]:
-        from sqc.passes.share import share_record
-
-        saved = snapshot([state])
-        points = []
-        for b in sorted({int(b) for b in bits}, reverse=True):
-            self.ctx.note(f"{where} {b} bits")
-            try:
-                self.model.release(state.name)
-                share_record(state, b)
-                self.model.sync([state.name])
-                points.append(Point(float(b), self.evaluate(), coded_bytes(state, 0)))
-            finally:
-                restore(self.model, saved)
-        return points
+        self.diagnostics.append(
+            f"sweep ran serially: the evaluation {name} cannot be pickled for the process pool ({why}); "
+            "make it a module-level function (or pass --executor serial to silence this)"
+        )
+        return Executor("serial")
 
 
 def cached_analysis(ctx: PassContext) -> Analysis:
@@ -385,10 +496,18 @@ class Sensitivity(Pass):
             sweeper = Sweeper(model, ctx, analysis)
             sparsities = parse_sweep(self.sparsities, "sparsities", whole=False, low=0.0, high=0.9999)
             bits = parse_sweep(self.bits, "bits", whole=True, low=1, high=16)
-            sweeper.ensure(
-                "prune", states, sparsities, redo=not same_sweep(analysis.prune, states, sparsities, "prune")
+            sweeper.ensure_all(
+                [
+                    (
+                        "prune",
+                        states,
+                        sparsities,
+                        not same_sweep(analysis.prune, states, sparsities, "prune"),
+                    ),
+                    ("share", states, bits, not same_sweep(analysis.share, states, bits, "share")),
+                ]
             )
-            sweeper.ensure("share", states, bits, redo=not same_sweep(analysis.share, states, bits, "share"))
+            diagnostics.extend(sweeper.diagnostics)
         names = [s.name for s in states if s.name in analysis.prune or s.name in analysis.share]
         return PassResult(False, analysis.report_stats(), analysis.report_layers(names), diagnostics)
 
@@ -488,7 +607,11 @@ def auto_allocate(
             values = parse_sweep(DEFAULT_SPARSITIES, "sparsities", whole=False, low=0.0, high=0.9999)
         else:
             values = parse_sweep(DEFAULT_BITS, "bits", whole=True, low=1, high=16)
-        Sweeper(model, ctx, analysis).ensure(kind, auto, values, redo=False)
+        sweeper = Sweeper(model, ctx, analysis)
+        sweeper.ensure(kind, auto, values, redo=False)
+        swept = sweeper.diagnostics
+    else:
+        swept = []
     unmeasurable = [s.name for s in auto if not analysis.curves(kind).get(s.name)]
     if unmeasurable:
         raise PipelineError(f"no {kind} curve can be measured for {unmeasurable[0]}")
@@ -519,7 +642,7 @@ def auto_allocate(
         return entry - ctx.evaluate(model)
 
     result = allocate(curves, spend, measure)
-    diagnostics = []
+    diagnostics = list(swept)
     if analysis.source:
         diagnostics.append(f"sensitivity curves reused from {analysis.source}")
     if not result.within:

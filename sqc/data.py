@@ -111,22 +111,31 @@ def check_labels(data: Dataset, model: nn.Module) -> None:
         raise DataError(f"labels go up to {data.classes - 1} but the model has {width} outputs")
 
 
+@dataclass
+class Top1:
+    """Top-1 accuracy in [0, 1] on fixed inputs and labels. A class rather than a closure so that it
+    pickles: executors ship it, validation data included, to the workers of a sensitivity sweep."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    batch_size: int = 1000
+
+    def __call__(self, model: nn.Module) -> float:
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, self.x.shape[0], self.batch_size):
+                logits = model(self.x[start : start + self.batch_size])
+                correct += int((logits.argmax(-1) == self.y[start : start + self.batch_size]).sum())
+        return correct / self.x.shape[0]
+
+
 def top1(data: Dataset, samples: int | None = None, batch_size: int = 1000) -> Evaluator:
     """The built-in evaluator: top-1 accuracy in [0, 1] on the validation set (or its first ``samples``)."""
     x, y = data.x_val, data.y_val
     if samples is not None:
-        x, y = x[:samples], y[:samples]
-
-    def evaluate(model: nn.Module) -> float:
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                logits = model(x[start : start + batch_size])
-                correct += int((logits.argmax(-1) == y[start : start + batch_size]).sum())
-        return correct / x.shape[0]
-
-    return evaluate
+        x, y = x[:samples].clone(), y[:samples].clone()  # a slice would pickle its whole base
+    return Top1(x, y, batch_size)
 
 
 def cross_entropy_finetuner(

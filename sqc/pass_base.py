@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 import torch
 
 from sqc.errors import PipelineError
+from sqc.executors import Executor
 from sqc.ir import CompressedModel
 
 Stat = float | int | str
@@ -70,8 +71,11 @@ class PassContext:
         finetune: TrainFn | None = None,
         tolerance: float = 0.0,
         evaluate_subset: Callable[[int], Callable[[torch.nn.Module], float]] | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.example_inputs = example_inputs
+        self.executor = executor if executor is not None else Executor()
+        """Where independent evaluations (sensitivity sweep points) run; never changes a result."""
         self.seed = seed
         self.tolerance = tolerance
         self._evaluate = evaluate
@@ -97,13 +101,17 @@ class PassContext:
     def evaluate(self, model: CompressedModel, samples: int | None = None) -> float:
         """The metric (higher is better) of the model as the records say it is; with ``samples`` (and
         an evaluator that supports it) on the first ``samples`` validation samples only."""
+        return float(self.evaluator(samples)(model.graph_module))
+
+    def evaluator(self, samples: int | None = None) -> Callable[[torch.nn.Module], float]:
+        """The callable :meth:`evaluate` uses for ``samples`` (what an executor ships to its workers)."""
         if self._evaluate is None:
             raise PipelineError("this pass needs an evaluation: give --data (or --eval pkg.module:fn)")
         if samples and self._evaluate_subset is not None:
             if samples not in self._subsets:
                 self._subsets[samples] = self._evaluate_subset(samples)
-            return float(self._subsets[samples](model.graph_module))
-        return float(self._evaluate(model.graph_module))
+            return self._subsets[samples]
+        return self._evaluate
 
     def finetune(self, model: CompressedModel, epochs: int, lr: float) -> None:
         """Train the model in place while its masks and shared weights stay intact."""

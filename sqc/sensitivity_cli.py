@@ -70,6 +70,19 @@ def sensitivity_command(
         bool,
         typer.Option("--json", help="print JSON (what sensitivity{reuse=FILE} reads) instead of a table"),
     ] = False,
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            help="where sweep points run: process (local pool), serial, or ray (RAY_ADDRESS, else local)",
+        ),
+    ] = "process",
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", help="parallel workers (0: every CPU, or every CPU of the Ray cluster)", min=0
+        ),
+    ] = 0,
 ) -> None:
     """Per-layer metric and coded bytes vs sparsity and bits, each layer alone (a table and a PNG)."""
     from sqc.cli import _parse_shape, err
@@ -87,6 +100,8 @@ def sensitivity_command(
         rate_bits=rate_bits,
         layers=layers,
         quiet=as_json,
+        executor=executor,
+        workers=workers,
     )
     picture = None if no_png else (png or Path(f"{model.stem}.sensitivity.png"))
     if picture is not None:
@@ -121,17 +136,23 @@ def measure(
     rate_bits: int,
     layers: str,
     quiet: bool,
+    executor: str = "process",
+    workers: int = 0,
 ) -> Analysis:
     """Load and trace the model, build the evaluation, run the ``sensitivity`` pass; the curves."""
     import gc
 
     from sqc.cli import err
     from sqc.data import check_labels, load_data, resolve_callable, top1
+    from sqc.executors import KINDS, Executor
     from sqc.frontend import trace
     from sqc.loading import load_model
     from sqc.pass_base import PassContext
     from sqc.passes.sensitivity import Sensitivity, cached_analysis
 
+    if executor not in KINDS:
+        raise SqcError(f"--executor {executor}: must be one of {', '.join(KINDS)}")
+    run_on = Executor(executor, workers)  # type: ignore[arg-type]
     if data is None and eval_fn is None:
         raise SqcError("sqc sensitivity measures a metric: give --data (or --eval pkg.module:fn)")
     if samples and eval_fn is not None:
@@ -164,6 +185,7 @@ def measure(
             progress=status.update if status is not None else None,
             evaluate=evaluate,  # type: ignore[arg-type]
             evaluate_subset=subset,
+            executor=run_on,
         )
         result = sensitivity.run(ir, ctx)
     for line in result.diagnostics:
