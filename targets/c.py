@@ -195,7 +195,7 @@ class _Emitter:
         )
         return f"&{name}_rq"
 
-    def weights(self, w: Weights) -> tuple[str, str, str, int, int]:
+    def weights(self, w: Weights) -> tuple[str, str, str, int]:
         """ROM streams, arena space and start-up decoding of one kernel; returns the kernel's arguments."""
         base = _ident(w.name)
         wide = w.value_bits > 8
@@ -207,31 +207,43 @@ class _Emitter:
             book16, book8 = (book, "0") if wide else ("0", book)
             book_size = int(w.codebook.size)
         values = self.stream(f"{base}_sym", w.symbols)
+        # a sparse layer's runtime entries each carry a weight: the zero weights that replace fillers
+        # take arena slots too, and the index sink moves the decoded weights up to their entries
+        sparse = w.sparse and w.index is not None and w.runtime_index is not None
+        count = int(w.runtime_index.size) if sparse and w.runtime_index is not None else w.symbols.count
+        zeros = count - w.symbols.count
         offset = self.arena[kind]
-        self.arena[kind] += w.symbols.count
-        sink = f"sqc_{kind} + {offset}"
-        w8, w16 = ("0", sink) if wide else (sink, "0")
+        self.arena[kind] += count
+        region = f"sqc_{kind} + {offset}"
+        sink = f"sqc_{kind} + {offset + zeros}"
         self.init.append(
-            f"    {{\n        sqc_sink_t sink = "
-            f"{{0, 0u, 0u, 0u, {w8}, {w16}, {book8}, {book16}, {book_size}u, {w.offset}}};\n"
-            f"        if (sqc_decode(&{values}, &sink, sqc_huff, SQC_HUFF_SCRATCH) != 0) {{\n"
-            f"            return -1;\n        }}\n    }}\n"
+            _decode_block(
+                values,
+                {
+                    kind: sink,
+                    "cap": f"{w.symbols.count}u",
+                    "book8" if not wide else "book16": book8 if not wide else book16,
+                    "book_size": f"{book_size}u",
+                    "offset": str(w.offset),
+                },
+            )
         )
-        idx, nidx, filler = "0", 0, 0
-        if w.sparse and w.index is not None and w.runtime_index is not None:
+        idx, nidx = "0", 0
+        if sparse:
+            assert w.index is not None
             index = self.stream(f"{base}_idx", w.index)
             at = self.arena["idx"]
-            count = int(w.runtime_index.size)
             self.arena["idx"] += count
-            idx, nidx, filler = f"sqc_idx + {at}", count, 255
-            self.init.append(
-                f"    {{\n        sqc_sink_t sink = "
-                f"{{sqc_idx + {at}, {(1 << w.index_bits) - 1}u, 0u, 0u, 0, 0, 0, 0, 0u, 0}};\n"
-                f"        if (sqc_decode(&{index}, &sink, sqc_huff, SQC_HUFF_SCRATCH) != 0 "
-                f"|| sink.written != {count}u) {{\n"
-                f"            return -1;\n        }}\n    }}\n"
-            )
-        return kind, f"sqc_{kind} + {offset}", idx, nidx, filler
+            idx, nidx = f"sqc_idx + {at}", count
+            fields = {
+                "u8": f"sqc_idx + {at}",
+                "filler_in": f"{(1 << w.index_bits) - 1}u",
+                "cap": f"{count}u",
+                f"m{kind}": region,
+                "src": f"{zeros}u",
+            }
+            self.init.append(_decode_block(index, fields, f"sink.written != {count}u"))
+        return kind, region, idx, nidx
 
     def emit(self, offsets: dict[str, int]) -> None:
         p = self.program
@@ -245,7 +257,7 @@ class _Emitter:
             src, dst = p.tensors[op.inputs[0]], p.tensors[op.output]
             self.run.append(f"    /* {op.name}: {type(op).__name__} */")
             if isinstance(op, Conv):
-                kind, w, idx, nidx, filler = self.weights(op.weights)
+                kind, w, idx, nidx = self.weights(op.weights)
                 rq = self.requant(name, op.requant)
                 cin, h, wd = _chw(src.shape)
                 cout, oh, ow = _chw(dst.shape)
@@ -265,19 +277,16 @@ class _Emitter:
                         w,
                         idx,
                         f"{nidx}u",
-                        f"{filler}u",
                         f"&{name}_conv",
                         rq,
                         "sqc_acc",
                     )
                 )
             elif isinstance(op, Linear):
-                kind, w, idx, nidx, filler = self.weights(op.weights)
+                kind, w, idx, nidx = self.weights(op.weights)
                 rq = self.requant(name, op.requant)
                 self.run.append(
-                    _call(
-                        f"sqc_linear_{kind}", x, y, w, idx, f"{nidx}u", f"{filler}u", src.numel, dst.numel, rq
-                    )
+                    _call(f"sqc_linear_{kind}", x, y, w, idx, f"{nidx}u", src.numel, dst.numel, rq)
                 )
             elif isinstance(op, Affine):
                 rq = self.requant(name, op.requant)
@@ -321,6 +330,19 @@ class _Emitter:
                 self.run.append(f"    sqc_pad({x}, {y}, {', '.join(map(str, args))});")
             else:  # legalization only produces the ops above
                 raise SqcError(f"node {op.name}: the C writer has no kernel for {type(op).__name__}")
+
+
+def _decode_block(stream: str, fields: dict[str, str], also_fail: str | None = None) -> str:
+    """Start-up code decoding one ROM stream into the sink described by ``fields`` (designated
+    initializers: every other field is zero)."""
+    init = ", ".join(f".{k} = {v}" for k, v in fields.items() if v != "0")
+    fail = f"sqc_decode(&{stream}, &sink, sqc_huff, SQC_HUFF_SCRATCH) != 0"
+    if also_fail:
+        fail += f" || {also_fail}"
+    return (
+        f"    {{\n        sqc_sink_t sink = {{{init}}};\n"
+        f"        if ({fail}) {{\n            return -1;\n        }}\n    }}\n"
+    )
 
 
 def _call(function: str, *args: object) -> str:

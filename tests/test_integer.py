@@ -149,6 +149,7 @@ int main(int argc, char **argv)
         sqc_sink_t sink;
         memset(&sink, 0, sizeof(sink));
         sink.w16 = values;
+        sink.cap = 1u << 16;
         s.data = data;
         s.size = (uint32_t)n;
         s.kind = (uint8_t)atoi(argv[1]);

@@ -46,6 +46,21 @@ int32_t sqc_requant(int64_t t, int32_t shift, int32_t lo, int32_t hi)
 /* ---------------------------------------------------------------------------------------------- */
 /* stream decoding (start-up only) */
 
+static int sqc_entry(sqc_sink_t *k, uint32_t gap, int real)
+{
+    if (k->written >= k->cap || (real && k->src >= k->cap)) {
+        return -1;
+    }
+    k->u8[k->written] = (uint8_t)gap;
+    if (k->mw8) {
+        k->mw8[k->written] = real ? k->mw8[k->src++] : 0;
+    } else if (k->mw16) {
+        k->mw16[k->written] = real ? k->mw16[k->src++] : 0;
+    }
+    k->written++;
+    return 0;
+}
+
 static int sqc_put(sqc_sink_t *k, uint32_t i, uint32_t sym)
 {
     int32_t v;
@@ -61,11 +76,15 @@ static int sqc_put(sqc_sink_t *k, uint32_t i, uint32_t sym)
         gap = k->pending + sym;
         k->pending = 0;
         while (gap >= 255u) {
-            k->u8[k->written++] = 255u;
+            if (sqc_entry(k, 254u, 0)) {
+                return -1;
+            }
             gap -= 255u;
         }
-        k->u8[k->written++] = (uint8_t)gap;
-        return 0;
+        return sqc_entry(k, gap, 1);
+    }
+    if (i >= k->cap) {
+        return -1;
     }
     if (k->book8 || k->book16) {
         if (sym >= k->book_size) {

@@ -20,20 +20,28 @@ typedef struct {
 } sqc_stream_t;
 
 /* Where decoded symbols go: relative-index entries (u8), or weight values (codebook[symbol] or
- * symbol + offset) as int8 (w8) or int16 (w16). Index entries of any width (filler `filler_in`) are
- * re-gapped on the way into 8-bit entries (filler 255): fewer fillers, so the kernels branch less;
- * `written` counts them. */
+ * symbol + offset) as int8 (w8) or int16 (w16), at most `cap` of them.
+ *
+ * Index entries of any width (filler `filler_in`) are re-gapped on the way into 8-bit runtime entries
+ * in which every entry e means "skip e positions, then a weight": a gap of 255 or more becomes entries
+ * of 254 that carry a zero weight, so kernels never test for fillers. The weights of an index must
+ * already be decoded at mw8/mw16 + src (src = the number of zero weights to insert); the index sink
+ * moves each to its entry's slot (always downwards) and writes the zeros. `written` counts entries. */
 typedef struct {
     uint8_t *u8;
     uint32_t filler_in;
     uint32_t pending;
     uint32_t written;
+    uint32_t cap;
     int8_t *w8;
     int16_t *w16;
     const int8_t *book8;
     const int16_t *book16;
     uint32_t book_size;
     int32_t offset;
+    int8_t *mw8;
+    int16_t *mw16;
+    uint32_t src;
 } sqc_sink_t;
 
 /* y = clamp(rshift_round((acc + bias[c]) * mult[c], shift[c]), lo, hi) */
@@ -58,14 +66,16 @@ int sqc_decode(const sqc_stream_t *s, sqc_sink_t *sink, uint16_t *scratch, uint3
 
 int32_t sqc_requant(int64_t t, int32_t shift, int32_t lo, int32_t hi);
 
+/* Weight kernels: dense (idx == NULL, row-major weights) or sparse (nidx runtime entries, one weight
+ * each, see sqc_sink_t). */
 void sqc_linear_w8(const sqc_act_t *x, sqc_act_t *y, const int8_t *w, const uint8_t *idx, uint32_t nidx,
-                   uint32_t filler, int32_t in, int32_t out, const sqc_requant_t *rq);
+                   int32_t in, int32_t out, const sqc_requant_t *rq);
 void sqc_linear_w16(const sqc_act_t *x, sqc_act_t *y, const int16_t *w, const uint8_t *idx, uint32_t nidx,
-                    uint32_t filler, int32_t in, int32_t out, const sqc_requant_t *rq);
+                    int32_t in, int32_t out, const sqc_requant_t *rq);
 void sqc_conv_w8(const sqc_act_t *x, sqc_act_t *y, const int8_t *w, const uint8_t *idx, uint32_t nidx,
-                 uint32_t filler, const sqc_conv_t *c, const sqc_requant_t *rq, int32_t *acc);
+                 const sqc_conv_t *c, const sqc_requant_t *rq, int32_t *acc);
 void sqc_conv_w16(const sqc_act_t *x, sqc_act_t *y, const int16_t *w, const uint8_t *idx, uint32_t nidx,
-                  uint32_t filler, const sqc_conv_t *c, const sqc_requant_t *rq, int32_t *acc);
+                  const sqc_conv_t *c, const sqc_requant_t *rq, int32_t *acc);
 
 void sqc_affine(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t inner, const sqc_requant_t *rq);
 void sqc_clamp(const sqc_act_t *x, sqc_act_t *y, int32_t n, int32_t lo, int32_t hi);
