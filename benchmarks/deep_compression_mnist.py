@@ -244,6 +244,40 @@ def print_result(r: dict[str, Any], where: str) -> None:
     )
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The results as the markdown tables of ``benchmarks/README.md``."""
+    lines = [
+        "| network | recipe | fp32 error | compressed error | Δ points | `.sqc` bytes | vs fp32 | paper "
+        "| compress s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["results"]:
+        lines.append(
+            f"| {r['network']} | `{r['recipe_file']}` | {r['fp32_error_pct']:.2f} % "
+            f"| {r['error_pct']:.2f} % | {r['delta_points']:+.2f} | {r['file_bytes']:,} "
+            f"| **{r['ratio']:.1f}×** | {r['paper']['ratio']}× | {r['compress_seconds']:.0f} |"
+        )
+    for r in doc["results"]:
+        lines += [
+            "",
+            f"{r['network']}, `{r['recipe']}` — per layer, in the paper's format (the whole file also holds "
+            f"{r['bias_bytes']:,} B of biases, {r['components']['graph']:,} B of graph and "
+            f"{r['components']['report']:,} B of pass report):",
+            "",
+            "| layer | weights | kept % (paper) | weight bits (paper) | index bits | bytes | compress rate |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in r["layers"]:
+            paper = r["paper_layers"].get(row["layer"], {})
+            lines.append(
+                f"| {row['layer']} | {row['weights']:,} "
+                f"| {row['weights_pct']:.2f} ({paper.get('weights_pct', '–')}) "
+                f"| {row['weight_bits']:.2f} ({paper.get('code_bits', '–')}) | {row['index_bits']:.2f} "
+                f"| {row['total_bytes']:,} | {row['compress_rate_pct']:.2f} % |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -266,7 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="results JSON (default: results/deep_compression_mnist.json)"
     )
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help="print a results JSON as markdown and exit"
+    )
     args = parser.parse_args(argv)
+    if args.markdown is not None:
+        print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
+        return 0
     torch.set_num_threads(args.threads)
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     for recipe in recipes:
