@@ -40,6 +40,7 @@ from sqc.targets.integer import (
     Stream,
     Weights,
 )
+from sqc.targets.simulate import regular_windows
 
 STATIC_FILES = ("sqc_kernels.c", "sqc_kernels.h", "sqc_weights.inc", "main.c", "Makefile")
 _CTYPES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "sqc_act_t": 0}
@@ -297,11 +298,17 @@ class _Emitter:
                 mult = self.array("int16_t", f"{name}_mult", op.mult)
                 self.run.append(f"    sqc_prelu({x}, {y}, {op.channels}, {op.inner}, {mult}, {op.shift});")
             elif isinstance(op, Pool):
+                args = [op.channels, *op.in_hw, *op.out_hw]
+                rows = regular_windows(op.ys, op.ye, op.in_hw[0])
+                cols = regular_windows(op.xs, op.xe, op.in_hw[1])
+                if op.kind == "max" and rows is not None and cols is not None:
+                    args += [rows[0], cols[0], rows[1], cols[1]]
+                    self.run.append(_call("sqc_max_pool", x, y, *args))
+                    continue
                 tables = [
                     self.array("int16_t", f"{name}_{k}", getattr(op, k)) for k in ("ys", "ye", "xs", "xe")
                 ]
                 div = "0" if op.divisor is None else self.array("int32_t", f"{name}_div", op.divisor)
-                args = [op.channels, *op.in_hw, *op.out_hw]
                 self.run.append(
                     f"    sqc_pool({x}, {y}, {', '.join(map(str, args))}, {', '.join(tables)}, {div});"
                 )

@@ -155,7 +155,7 @@ class Simulator:
     def pool(op: Pool, x: torch.Tensor, n: int) -> torch.Tensor:
         v = x.reshape(n, op.channels, *op.in_hw)
         oh, ow = op.out_hw
-        regular = _regular(op.ys, op.ye, op.in_hw[0]), _regular(op.xs, op.xe, op.in_hw[1])
+        regular = regular_windows(op.ys, op.ye, op.in_hw[0]), regular_windows(op.xs, op.xe, op.in_hw[1])
         if regular[0] is not None and regular[1] is not None:
             # Equal windows without padding: torch pooling on float64 integers is exact (max, and
             # sums of at most a few thousand values below 2^16).
@@ -181,7 +181,7 @@ class Simulator:
         return out
 
 
-def _regular(starts: object, ends: object, size: int) -> tuple[int, int] | None:
+def regular_windows(starts: object, ends: object, size: int) -> tuple[int, int] | None:
     """(kernel, stride) when windows ``[starts[i], ends[i])`` are ``[i*stride, i*stride + kernel)``."""
 
     s, e = np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)

@@ -3,6 +3,8 @@
  * Only well-defined C: no right shift of a negative value (floor shifts go through ~), no left shift
  * of a signed value (exact multiplication by a power of two instead), products widened before they
  * can overflow. Accumulators are int32: legalization proves they cannot overflow. */
+#include <string.h>
+
 #include "sqc_kernels.h"
 
 /* floor(t / 2^s) for s in 0..62 */
@@ -239,23 +241,40 @@ int sqc_decode(const sqc_stream_t *s, sqc_sink_t *sink, uint16_t *scratch, uint3
 /* ---------------------------------------------------------------------------------------------- */
 /* layers with weights */
 
-/* Requantize one output channel's accumulator plane (row stride c->as) and clear it for the next. */
+/* Requantize one output channel's accumulator plane (row stride c->as) and clear it for the next. The
+ * usual case (a right shift) folds the bias and the rounding half into one constant and floors by
+ * shifting t + 2^62 as unsigned: |t| < 2^47 + 2^61 (int32 accumulator and bias, 15-bit multiplier,
+ * half <= 2^61), so the sum stays in [0, 2^63) and 2^62 is a multiple of 2^shift (shift <= 62). */
 static void sqc_conv_flush(sqc_act_t *y, int32_t oc, const sqc_conv_t *c, const sqc_requant_t *rq, int32_t *acc)
 {
-    sqc_act_t *out = y + (int64_t)oc * c->oh * c->ow;
+    const int32_t oh = c->oh, ow = c->ow, as = c->as, span = c->span; /* locals: stores may alias */
+    sqc_act_t *out = y + (int64_t)oc * oh * ow;
     int64_t bias = rq->bias[oc];
-    int32_t mult = rq->mult[oc], shift = rq->shift[oc];
+    int32_t mult = rq->mult[oc], shift = rq->shift[oc], lo = rq->lo, hi = rq->hi;
     int32_t oy, ox;
-    for (oy = 0; oy < c->oh; oy++) {
-        const int32_t *a = acc + (int64_t)oy * c->as;
-        for (ox = 0; ox < c->ow; ox++) {
-            out[ox] = (sqc_act_t)sqc_requant(((int64_t)a[ox] + bias) * mult, shift, rq->lo, rq->hi);
+    if (shift > 0) {
+        const uint64_t k = (uint64_t)1 << 62;
+        int64_t add = bias * mult + ((int64_t)1 << (shift - 1));
+        int64_t base = (int64_t)(k >> shift);
+        for (oy = 0; oy < oh; oy++) {
+            const int32_t *a = acc + (int64_t)oy * as;
+            for (ox = 0; ox < ow; ox++) {
+                int64_t t = (int64_t)a[ox] * mult + add;
+                int64_t q = (int64_t)(((uint64_t)t + k) >> shift) - base;
+                out[ox] = (sqc_act_t)(q < lo ? lo : (q > hi ? hi : q));
+            }
+            out += ow;
         }
-        out += c->ow;
+    } else {
+        for (oy = 0; oy < oh; oy++) {
+            const int32_t *a = acc + (int64_t)oy * as;
+            for (ox = 0; ox < ow; ox++) {
+                out[ox] = (sqc_act_t)sqc_requant(((int64_t)a[ox] + bias) * mult, shift, lo, hi);
+            }
+            out += ow;
+        }
     }
-    for (ox = 0; ox < c->span; ox++) {
-        acc[ox] = 0;
-    }
+    memset(acc, 0, (size_t)span * sizeof(int32_t));
 }
 
 /* SQC_P: the type a single product w * x fits in. 8-bit weights times 8-bit activations fit int16
@@ -312,6 +331,40 @@ void sqc_prelu(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t inner
             int64_t k = (int64_t)c * inner + i;
             int32_t v = x[k];
             y[k] = (sqc_act_t)(v >= 0 ? v : sqc_requant((int64_t)v * mult[c], shift, SQC_ACT_MIN, SQC_ACT_MAX));
+        }
+    }
+}
+
+/* Max pooling over equal windows [o*s, o*s + k) that all lie inside the input (no table reads; the
+ * common 2x2 window unrolled). */
+void sqc_max_pool(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int32_t w, int32_t oh,
+                  int32_t ow, int32_t kh, int32_t kw, int32_t sh, int32_t sw)
+{
+    int32_t c, oy, ox, iy, ix;
+    for (c = 0; c < channels; c++) {
+        const sqc_act_t *plane = x + (int64_t)c * h * w;
+        for (oy = 0; oy < oh; oy++) {
+            const sqc_act_t *r0 = plane + (int64_t)oy * sh * w;
+            sqc_act_t *out = y + ((int64_t)c * oh + oy) * ow;
+            if (kh == 2 && kw == 2) {
+                const sqc_act_t *r1 = r0 + w;
+                for (ox = 0; ox < ow; ox++) {
+                    sqc_act_t a = r0[ox * sw] > r0[ox * sw + 1] ? r0[ox * sw] : r0[ox * sw + 1];
+                    sqc_act_t b = r1[ox * sw] > r1[ox * sw + 1] ? r1[ox * sw] : r1[ox * sw + 1];
+                    out[ox] = a > b ? a : b;
+                }
+                continue;
+            }
+            for (ox = 0; ox < ow; ox++) {
+                sqc_act_t m = r0[ox * sw];
+                for (iy = 0; iy < kh; iy++) {
+                    const sqc_act_t *row = r0 + (int64_t)iy * w + (int64_t)ox * sw;
+                    for (ix = 0; ix < kw; ix++) {
+                        m = row[ix] > m ? row[ix] : m;
+                    }
+                }
+                out[ox] = m;
+            }
         }
     }
 }

@@ -81,6 +81,8 @@ void sqc_affine(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t inne
 void sqc_clamp(const sqc_act_t *x, sqc_act_t *y, int32_t n, int32_t lo, int32_t hi);
 void sqc_prelu(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t inner, const int16_t *mult,
                int32_t shift);
+void sqc_max_pool(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int32_t w, int32_t oh,
+                  int32_t ow, int32_t kh, int32_t kw, int32_t sh, int32_t sw);
 void sqc_pool(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int32_t w, int32_t oh, int32_t ow,
               const int16_t *ys, const int16_t *ye, const int16_t *xs, const int16_t *xe,
               const int32_t *divisor);
