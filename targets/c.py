@@ -13,6 +13,7 @@ entry, which the kernels walk directly, skipping pruned weights.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sqc.errors import SqcError
+from sqc.formats import rans
 from sqc.targets.integer import (
     Add,
     Affine,
@@ -86,6 +88,18 @@ def plan_activations(program: IntProgram) -> tuple[dict[str, int], int]:
         offsets[slot] = offset
         total = max(total, offset + size[slot])
     return offsets, total
+
+
+def rans_scratch_words(numel: int, cols: int, sparse: bool, width: int, mode: int) -> int:
+    """32-bit words of start-up scratch ``sqc_rans_decode`` needs (``sqc_rans_scratch`` in C): per lane
+    states and cursors, the mask contexts and column statistics, the value contexts and a round's
+    decisions. Only used inside ``sqc_init``."""
+    lanes = rans.lane_count(numel)
+    m = min(mode, width)
+    none = (1 << m) if mode else 0
+    mask = 4 * lanes + 140 + 2 * cols if sparse else 0
+    values = 4 * lanes + 2 * lanes * width + ((none + 1) << width) * 2
+    return 10 * lanes + max(mask, values)
 
 
 @dataclass(frozen=True)
@@ -157,6 +171,7 @@ class _Emitter:
     acc: int = 1
     huff: int = 1
     slack: int = 0
+    rans_scratch: int = 0
 
     def array(
         self, ctype: str, name: str, values: np.ndarray | bytes | list[int], weights: bool = False
@@ -207,6 +222,8 @@ class _Emitter:
             book = self.array("int16_t" if wide else "int8_t", f"{base}_book", w.codebook, weights=True)
             book16, book8 = (book, "0") if wide else ("0", book)
             book_size = int(w.codebook.size)
+        if w.symbols.kind == "rans":
+            return self.rans_weights(w, kind, base, book8 if not wide else book16, book_size)
         values = self.stream(f"{base}_sym", w.symbols)
         # a sparse layer's runtime entries each carry a weight: the zero weights that replace fillers
         # take arena slots too, and the index sink moves the decoded weights up to their entries
@@ -244,6 +261,39 @@ class _Emitter:
                 "src": f"{zeros}u",
             }
             self.init.append(_decode_block(index, fields, f"sink.written != {count}u"))
+        return kind, region, idx, nidx
+
+    def rans_weights(
+        self, w: Weights, kind: str, base: str, book: str, book_size: int
+    ) -> tuple[str, str, str, int]:
+        """A context-coded tensor: the ROM keeps the .sqc's rANS stream; ``sqc_init`` decodes mask and
+        symbols together into the same runtime layout as the other streams (``sqc_rans_decode``)."""
+        s = w.symbols
+        numel = math.prod(w.shape)
+        _, cols = rans.matrix_shape(w.shape)
+        sparse = w.sparse and w.runtime_index is not None
+        count = int(w.runtime_index.size) if sparse and w.runtime_index is not None else numel
+        self.array("uint8_t", f"{base}_rans_data", s.data, weights=True)
+        fields = [f"{base}_rans_data", f"{len(s.data)}u", f"{numel}u", f"{cols}u", f"{s.alphabet}u"]
+        fields += [str(int(sparse)), str(s.width), str(s.mode)]
+        self.rom.append(f"static const sqc_rans_t {base}_rans = {{{', '.join(fields)}}};")
+        self.rans_scratch = max(self.rans_scratch, rans_scratch_words(numel, cols, sparse, s.width, s.mode))
+        offset = self.arena[kind]
+        self.arena[kind] += count
+        region = f"sqc_{kind} + {offset}"
+        idx, nidx = "0", 0
+        if sparse:
+            at = self.arena["idx"]
+            self.arena["idx"] += count
+            idx, nidx = f"sqc_idx + {at}", count
+        sink = {kind: region, "cap": f"{count}u", "book8" if kind == "w8" else "book16": book}
+        sink |= {"book_size": f"{book_size}u", "offset": str(w.offset)}
+        init = ", ".join(f".{k} = {v}" for k, v in sink.items() if v != "0")
+        self.init.append(
+            f"    {{\n        sqc_sink_t sink = {{{init}}};\n"
+            f"        if (sqc_rans_decode(&{base}_rans, &sink, {idx}, {count}u, sqc_rans_buf, "
+            "SQC_RANS_SCRATCH) != 0) {\n            return -1;\n        }\n    }\n"
+        )
         return kind, region, idx, nidx
 
     def emit(self, offsets: dict[str, int]) -> None:
@@ -384,6 +434,7 @@ def write_project(
         "weight_arena": em.arena["w8"] + 2 * em.arena["w16"] + em.arena["idx"],
         "accumulator": 4 * em.acc,
         "huffman_scratch": 2 * em.huff,
+        "rans_scratch": 4 * em.rans_scratch,
     }
     ram = sum(ram_parts.values())
     ram_decls = [
@@ -395,6 +446,11 @@ def write_project(
         f"#define SQC_HUFF_SCRATCH {em.huff}u",
         "static uint16_t sqc_huff[SQC_HUFF_SCRATCH];",
     ]
+    if em.rans_scratch:
+        ram_decls += [
+            f"#define SQC_RANS_SCRATCH {em.rans_scratch}u",
+            "static uint32_t sqc_rans_buf[SQC_RANS_SCRATCH];",
+        ]
     run = [
         f"    memcpy(sqc_act + {offsets[inp.slot]}, in, {inp.numel} * sizeof(sqc_act_t));",
         *em.run,
@@ -407,6 +463,8 @@ def write_project(
         run.insert(0, "    (void)sqc_w8;")
     if not any("sqc_idx +" in line for line in em.init + em.run):
         run.insert(0, "    (void)sqc_idx;")
+    if not any("sqc_huff" in line for line in em.init):
+        run.insert(0, "    (void)sqc_huff;")
     if not any("sqc_acc" in line for line in em.run):
         run.insert(0, "    (void)sqc_acc;")
     notes = "\n".join(f" * {line}" for line in [*program.notes, f"options: {program.options}"])
@@ -477,7 +535,7 @@ class CTarget:
                 "calibration"
             )
         model = read(Path(source))
-        program = legalize(model, calib, opts)
+        program = legalize(model, calib, opts, keep_rans=True)
         report = write_project(program, Path(output), model_name=Path(source).stem, force=force)
         from sqc.data import load_data
 

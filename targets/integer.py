@@ -53,14 +53,18 @@ class Tensor:
 @dataclass(frozen=True)
 class Stream:
     """One ROM stream of unsigned symbols: ``packed`` (``width``-bit fields, LSB first) or ``huffman``
-    (sqc's canonical Huffman layout, ``formats/huffman.py``), exactly as the ``.sqc`` format defines them."""
+    (sqc's canonical Huffman layout, ``formats/huffman.py``), exactly as the ``.sqc`` format defines them.
 
-    kind: Literal["packed", "huffman"]
+    ``rans`` (only when legalization is asked to keep rANS streams, ``keep_rans=True``; other consumers
+    never see it): the context-coded layout of ``formats/FORMAT.md`` with value mode ``mode``; it codes
+    the mask too (the tensor's ``index`` is then None) and ``count`` kept symbols of ``width`` bits."""
+
+    kind: Literal["packed", "huffman", "rans"]
     width: int
     count: int
     alphabet: int
     data: bytes
-
+    mode: int = 0
 
 @dataclass
 class Weights:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from sqc.errors import SqcError
-from sqc.formats import bitpack, huffman, sparse_index
+from sqc.formats import bitpack, huffman, rans, sparse_index
 from sqc.ir import CompressedModel, FixedPoint, TensorState
 from sqc.ops import function_name
 from sqc.targets.integer import (
@@ -189,14 +189,40 @@ def _best_index(mask: np.ndarray, want_huffman: bool) -> tuple[int, Stream]:
     return best
 
 
-def legalize_weights(state: TensorState, opts: LowerOptions, notes: list[str]) -> Weights:
-    """Integer values and ROM streams of one kernel; float parts get the stated default format."""
+def _rans_stream(
+    state: TensorState,
+    mask: np.ndarray | None,
+    sparse: bool,
+    kept_symbols: np.ndarray,
+    width: int,
+    alphabet: int,
+    keep: bool,
+) -> Stream | None:
+    """The tensor's context-coded stream as the container writes it (``rans.encode`` is deterministic),
+    or None where the C layout cannot use it: not asked for, symbols too wide, a reader's position
+    limit, or a layout (``sparse=never``/``always``) other than the stream's own."""
+    if not keep or width > rans.MAX_WIDTH or sparse != (mask is not None):
+        return None
+    coded = rans.encode(mask, kept_symbols, state.shape, width)
+    if state.numel > rans.LANE_SPAN + rans.MAX_POSITIONS_PER_BYTE * len(coded.data):
+        return None
+    return Stream("rans", width, int(kept_symbols.size), alphabet, coded.data, coded.value_mode)
+
+
+def legalize_weights(
+    state: TensorState, opts: LowerOptions, notes: list[str], keep_rans: bool = False
+) -> Weights:
+    """Integer values and ROM streams of one kernel; float parts get the stated default format.
+
+    A tensor that asked for ``rans`` keeps its context-coded stream (the same bytes the container
+    writes) when ``keep_rans`` and it is the smallest layout, as in the container; otherwise it is
+    stored packed or Huffman-coded like a ``huffman`` tensor (the container's own fallback)."""
     from sqc.passes.quant import best_format
 
     shape = state.shape
     channels = shape[0]
     flat_mask = state.mask.reshape(-1).numpy() if state.mask is not None else None
-    want = state.coder == "huffman"
+    want = state.coder in ("huffman", "rans")
     codebook: np.ndarray | None = None
     offset = 0
     if state.codebook is not None and state.codes is not None:
@@ -264,6 +290,16 @@ def legalize_weights(state: TensorState, opts: LowerOptions, notes: list[str]) -
             kept_symbols = np.where(flat_mask, symbols, int(zero[0]))
         origin += ", dense"
     stream = _stream(kept_symbols, alphabet, width, want)
+    if state.coder == "rans":
+        coded = _rans_stream(state, flat_mask, sparse, kept_symbols, width, alphabet, keep_rans)
+        rom = len(stream.data) + (len(index.data) if index is not None else 0)
+        if coded is not None and len(coded.data) < rom:
+            stream, index, index_bits = coded, None, 0
+        else:
+            notes.append(
+                f"{state.name}: rANS-coded in the .sqc; stored "
+                + ("packed or Huffman-coded (smaller)" if keep_rans else "packed or Huffman-coded")
+            )
     return Weights(
         name=state.name,
         shape=shape,
@@ -276,7 +312,9 @@ def legalize_weights(state: TensorState, opts: LowerOptions, notes: list[str]) -
         index_bits=index_bits,
         symbols=stream,
         index=index,
-        origin=origin + (", huffman" if "huffman" in (stream.kind, index.kind if index else "") else ""),
+        origin=origin
+        + (", rans" if stream.kind == "rans" else "")
+        + (", huffman" if "huffman" in (stream.kind, index.kind if index else "") else ""),
         runtime_index=runtime_index,
     )
 
@@ -389,7 +427,10 @@ def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 class _Walk:
-    def __init__(self, model: CompressedModel, calib: Calibration, opts: LowerOptions) -> None:
+    def __init__(
+        self, model: CompressedModel, calib: Calibration, opts: LowerOptions, keep_rans: bool = False
+    ) -> None:
+        self.keep_rans = keep_rans
         self.model = model
         self.calib = calib
         self.opts = opts
@@ -559,7 +600,7 @@ class _Walk:
         if not (isinstance(arg, fx.Node) and arg.op == "get_attr"):
             raise self.fail(node, "weights must be a stored tensor")
         state = self.model.tensors[str(arg.target)]
-        return legalize_weights(state, self.opts, self.notes)
+        return legalize_weights(state, self.opts, self.notes, self.keep_rans)
 
     def op_conv2d(self, node: fx.Node, op: str) -> None:
         a = _bind(node, op)
@@ -903,9 +944,16 @@ class _Walk:
 
 
 def legalize(
-    source: Path | CompressedModel, calib_path: Path | None, opts: LowerOptions | None = None
+    source: Path | CompressedModel,
+    calib_path: Path | None,
+    opts: LowerOptions | None = None,
+    *,
+    keep_rans: bool = False,
 ) -> IntProgram:
-    """Read a ``.sqc`` file (or take a model), calibrate on ``calib_path`` and build the integer program."""
+    """Read a ``.sqc`` file (or take a model), calibrate on ``calib_path`` and build the integer program.
+
+    ``keep_rans``: keep rANS-coded tensors' context-coded streams (a ``rans`` :class:`Stream`) for a
+    target whose runtime decodes them (the C target); off, they are stored packed or Huffman-coded."""
     from sqc.formats.container import read
 
     opts = opts or LowerOptions()
@@ -917,6 +965,6 @@ def legalize(
         )
     x = calibration_inputs(model, Path(calib_path), opts.calib_samples)
     calib = calibrate(model, x)
-    program = _Walk(model, calib, opts).run()
+    program = _Walk(model, calib, opts, keep_rans).run()
     program.notes.insert(0, f"calibrated on {calib.samples} inputs of {calib_path}")
     return program

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sqc
-from sqc.formats import bitpack, huffman
+from sqc.formats import bitpack, huffman, rans
 from sqc.targets.c import plan_activations
 from sqc.targets.integer import Conv, Linear, rshift_round
 from sqc.targets.legalize import LowerOptions, legalize
@@ -126,6 +126,8 @@ HARNESS = r"""
 static uint8_t data[1 << 20];
 static int16_t values[1 << 16];
 static uint16_t scratch[1 << 16];
+static uint8_t entries[1 << 16];
+static uint32_t words[1 << 18];
 
 int main(int argc, char **argv)
 {
@@ -142,6 +144,31 @@ int main(int argc, char **argv)
             r = sqc_requant(t, s, lo, hi);
             fwrite(&r, 4, 1, stdout);
         }
+        return 0;
+    }
+    if (argc == 9 && strcmp(argv[1], "rans") == 0) { /* rans numel cols sparse width alphabet mode count */
+        sqc_rans_t r;
+        sqc_sink_t sink;
+        uint32_t count = (uint32_t)atol(argv[8]);
+        memset(&sink, 0, sizeof(sink));
+        sink.w16 = values;
+        sink.cap = count;
+        r.data = data;
+        r.size = (uint32_t)n;
+        r.numel = (uint32_t)atol(argv[2]);
+        r.cols = (uint32_t)atol(argv[3]);
+        r.sparse = (uint8_t)atoi(argv[4]);
+        r.width = (uint8_t)atoi(argv[5]);
+        r.alphabet = (uint32_t)atol(argv[6]);
+        r.mode = (uint8_t)atoi(argv[7]);
+        if (count > (1u << 16) ||
+            sqc_rans_decode(&r, &sink, r.sparse ? entries : 0, count, words, 1u << 18) != 0) {
+            return 3;
+        }
+        if (r.sparse) {
+            fwrite(entries, 1, count, stdout);
+        }
+        fwrite(values, 2, count, stdout);
         return 0;
     }
     {
@@ -231,3 +258,86 @@ def test_c_requant_matches_the_rule(harness: Path, cases: list[tuple[int, int]])
     got = np.frombuffer(result.stdout, dtype="<i4")
     want = [max(-32768, min(32767, rshift_round(t, s))) for t, s in cases]
     assert got.tolist() == want
+
+
+def runtime_entries(mask: np.ndarray | None, values: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """The C runtime's sparse layout, written independently of the C code: per kept position its gap
+    from the previous one, gaps of 255 or more split off as entries of 254 carrying a zero weight."""
+    if mask is None:
+        return None, values
+    entries: list[int] = []
+    weights: list[int] = []
+    last = -1
+    for pos, value in zip(np.flatnonzero(mask).tolist(), values.tolist(), strict=True):
+        gap = pos - last - 1
+        while gap >= 255:
+            entries.append(254)
+            weights.append(0)
+            gap -= 255
+        entries.append(gap)
+        weights.append(value)
+        last = pos
+    return np.array(entries, dtype=np.int64), np.array(weights, dtype=np.int64)
+
+
+def _rans_case(
+    harness: Path, mask: np.ndarray | None, symbols: np.ndarray, shape: tuple[int, ...], width: int
+) -> None:
+    coded = rans.encode(mask, symbols, shape, width)
+    numel = int(np.prod(shape))
+    _, cols = rans.matrix_shape(shape)
+    py_mask, py_symbols, _ = rans.decode(
+        coded.data, shape, mask is not None, width, 1 << width, coded.value_mode
+    )
+    want_entries, want_weights = runtime_entries(py_mask, py_symbols)
+    count = numel if want_entries is None else int(want_entries.size)
+    argv = [numel, cols, int(mask is not None), width, 1 << width, coded.value_mode, count]
+    result = subprocess.run([str(harness), "rans", *map(str, argv)], input=coded.data, capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout
+    if want_entries is not None:
+        assert np.array_equal(np.frombuffer(out[:count], dtype=np.uint8), want_entries)
+        out = out[count:]
+    assert np.array_equal(np.frombuffer(out, dtype=np.int16).astype(np.int64), want_weights)
+    # a truncated stream or a wrong count is refused, never read out of bounds (ASan would abort)
+    for data, n in ((coded.data[:-2], count), (coded.data, count + 1)):
+        argv[-1] = n
+        bad = subprocess.run([str(harness), "rans", *map(str, argv)], input=data, capture_output=True)
+        assert bad.returncode == 3, bad.stderr.decode()
+
+
+rans_tensors = st.tuples(
+    st.integers(1, 6),  # rows
+    st.integers(1, 90),  # columns
+    st.integers(1, 9),  # symbol width
+    st.sampled_from([None, 0.02, 0.3, 0.9]),  # density (None: dense, no mask)
+    st.integers(0, 2**32 - 1),  # seed
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rans_tensors)
+def test_c_rans_decoder_matches_python(harness: Path, case: tuple[int, int, int, float | None, int]) -> None:
+    """The emitted C decoder of the context-coded layout reads what formats/rans.py writes: the same mask
+    (as runtime entries) and symbols, every value mode, skewed and uniform symbols."""
+    rows, cols, width, density, seed = case
+    rng = np.random.default_rng(seed)
+    shape = (rows, cols) if rows > 1 else (cols,)
+    mask = None if density is None else rng.random(rows * cols) < density
+    kept = rows * cols if mask is None else int(mask.sum())
+    skew = rng.random() < 0.5
+    high = 1 << width
+    symbols = np.minimum(rng.geometric(0.5, kept) - 1, high - 1) if skew else rng.integers(0, high, kept)
+    _rans_case(harness, mask, symbols.astype(np.int64), shape, width)
+
+
+def test_c_rans_decoder_lanes_and_long_gaps(harness: Path) -> None:
+    """Several interleaved lanes (numel > 2^14) with gaps longer than 255 and 510 positions, rows that
+    cross lane boundaries, and a dense multi-lane tensor."""
+    rng = np.random.default_rng(7)
+    shape = (3, 12_001)
+    mask = rng.random(36_003) < 0.004
+    mask[:700] = False  # a gap spanning two filler lengths at the start
+    mask[12_000:12_900] = False
+    _rans_case(harness, mask, rng.integers(0, 16, int(mask.sum())), shape, 4)
+    _rans_case(harness, None, rng.integers(0, 4, 20_000), (4, 5_000), 2)

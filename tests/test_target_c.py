@@ -119,6 +119,29 @@ def test_lenet_bit_exact_on_mnist(arch: str, pipeline: str, tmp_path: Path) -> N
     assert report["rom_weight_bytes"] < report["sqc_bytes"]  # the weights stay compressed in ROM
 
 
+@needs_cc
+def test_lenet_rans_decoded_in_c(tmp_path: Path) -> None:
+    """``prune,share,rans``: ROM keeps every layer's context-coded rANS stream (the container's bytes),
+    sqc_init decodes it under ASan/UBSan, and the outputs equal the simulator's on every input."""
+    x, _ = mnist()
+    x = x[:300]
+    artifact = sqc.compress(lenet("LeNet300"), [(1, 1, 28, 28)], "prune,share,rans")
+    program = legalize(artifact.model, MNIST, LowerOptions(calib_samples=300), keep_rans=True)
+    assert [w.symbols.kind for w in program.weights] == ["rans"] * 3
+    report = write_project(program, tmp_path / "c", force=True)
+    assert (
+        report["ram"]["rans_scratch"] > 0 and "SQC_RANS_SCRATCH" in (tmp_path / "c" / "model.c").read_text()
+    )
+    binary = build(tmp_path / "c", SANITIZE)
+    got = run_binary(binary, quantize_input(program, x), program.act_bits, tmp_path)
+    want = simulate(program, x).reshape(x.shape[0], -1).numpy()
+    assert int((got != want).any(axis=1).sum()) == 0
+    # without keep_rans (what other integer targets get) the same tensors are stored Huffman-coded
+    plain = legalize(artifact.model, MNIST, LowerOptions(calib_samples=50))
+    assert {w.symbols.kind for w in plain.weights} <= {"packed", "huffman"}
+    assert any("rANS-coded in the .sqc" in note for note in plain.notes)
+
+
 @pytest.fixture
 def calib_npz(tmp_path: Path) -> Callable[[torch.Tensor], Path]:
     def write(x: torch.Tensor) -> Path:

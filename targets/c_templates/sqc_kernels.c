@@ -239,6 +239,322 @@ int sqc_decode(const sqc_stream_t *s, sqc_sink_t *sink, uint16_t *scratch, uint3
 }
 
 /* ---------------------------------------------------------------------------------------------- */
+/* context-adaptive binary rANS (formats/FORMAT.md, "Context-coded layout"; formats/rans.py) */
+
+static uint32_t sqc_rans_p1(const uint32_t *n) /* n[0] = n0, n[1] = n1 */
+{
+    uint64_t p = ((2u * (uint64_t)n[1] + 1u) << 16) / (2u * ((uint64_t)n[0] + n[1]) + 2u);
+    return p < 1u ? 1u : (p > 65535u ? 65535u : (uint32_t)p);
+}
+
+typedef struct {
+    uint32_t *x;         /* one state per lane */
+    const uint8_t *word; /* u16 words, little-endian */
+    uint32_t words, next;
+} sqc_rans_io_t;
+
+/* One decision of probability p (of a 1) in lane j: 0 or 1, or -1 when the words run out. */
+static int sqc_rans_bit(sqc_rans_io_t *io, uint32_t j, uint32_t p)
+{
+    uint32_t x = io->x[j], f0 = 65536u - p, s = x & 0xFFFFu;
+    int bit = s >= f0;
+    uint32_t nx = (bit ? p : f0) * (x >> 16) + s - (bit ? f0 : 0u); /* < 2^32: f < 2^16, x >> 16 < 2^16 */
+    if (nx < 65536u) {
+        if (io->next >= io->words) {
+            return -1;
+        }
+        nx = (nx << 16) | (uint32_t)io->word[2u * io->next] | ((uint32_t)io->word[2u * io->next + 1u] << 8);
+        io->next++;
+    }
+    io->x[j] = nx;
+    return bit;
+}
+
+static void sqc_rans_start(const sqc_rans_t *r, uint32_t lanes, sqc_rans_io_t *io)
+{
+    uint32_t j;
+    for (j = 0; j < lanes; j++) {
+        const uint8_t *b = r->data + 4u * j;
+        io->x[j] = (uint32_t)b[0] | ((uint32_t)b[1] << 8) | ((uint32_t)b[2] << 16) | ((uint32_t)b[3] << 24);
+    }
+    io->word = r->data + 4u * lanes;
+    io->words = (r->size - 4u * lanes) / 2u;
+    io->next = 0;
+}
+
+static uint32_t sqc_lane_start(const sqc_rans_t *r, uint32_t lanes, uint32_t j)
+{
+    return (uint32_t)((uint64_t)j * r->numel / lanes);
+}
+
+/* The mask phase: every position's kept/pruned decision, lanes in lockstep. With `entries` NULL it
+ * counts, per lane, the kept positions (kept), the first and last (first, last) and the runtime entries
+ * after the first (inner); otherwise it writes each lane's entries from cur[j] (fillers as 255 for now),
+ * never past end[j], continuing from the kept position lpos[j] (all-ones: none). */
+static int sqc_rans_mask(const sqc_rans_t *r, uint32_t lanes, sqc_rans_io_t *io, uint32_t *w, uint8_t *entries,
+                         uint32_t *kept, uint32_t *first, uint32_t *last, uint32_t *inner, uint32_t *cur,
+                         const uint32_t *end, uint32_t *lpos)
+{
+    uint32_t *run = w, *col = w + lanes, *bctx = w + 2u * lanes, *bbit = w + 3u * lanes;
+    uint32_t *counts = w + 4u * lanes, *seen = counts + 140u, *kcol = seen + r->cols;
+    uint32_t j, t, rounds = r->numel / lanes + 1u;
+    static const uint32_t runs[6] = {1u, 3u, 7u, 15u, 31u, 63u};
+    for (j = 0; j < 140u + 2u * r->cols; j++) {
+        counts[j] = 0;
+    }
+    for (j = 0; j < lanes; j++) {
+        run[j] = 0;
+        col[j] = sqc_lane_start(r, lanes, j) % r->cols;
+        if (!entries) {
+            kept[j] = inner[j] = 0;
+        }
+    }
+    for (t = 0; t < rounds; t++) {
+        uint32_t active = 0;
+        for (j = 0; j < lanes; j++) {
+            uint32_t pos = sqc_lane_start(r, lanes, j) + t, rb = 0, cb, k, ctx;
+            int bit;
+            if (pos >= sqc_lane_start(r, lanes, j + 1u)) {
+                bctx[j] = 0xFFFFFFFFu;
+                continue;
+            }
+            active++;
+            if (col[j] == 0) {
+                run[j] = 0;
+            }
+            for (k = 0; k < 6u; k++) {
+                rb += run[j] >= runs[k];
+            }
+            if (seen[col[j]] == 0) {
+                cb = 0;
+            } else if (kcol[col[j]] == 0) {
+                cb = seen[col[j]] < 4u ? 1u : 2u;
+            } else {
+                uint32_t ratio = (uint32_t)(((uint64_t)kcol[col[j]] * 64u) / seen[col[j]]), len = 0;
+                while (len < 7u && ratio >= (1u << len)) {
+                    len++;
+                }
+                cb = 3u + (len < 6u ? len : 6u);
+            }
+            ctx = rb * 10u + cb;
+            bit = sqc_rans_bit(io, j, sqc_rans_p1(counts + 2u * ctx));
+            if (bit < 0) {
+                return -1;
+            }
+            bctx[j] = ctx;
+            bbit[j] = (uint32_t)bit;
+            run[j] = bit ? 0u : run[j] + 1u;
+            if (bit && !entries) {
+                if (kept[j] == 0) {
+                    first[j] = pos;
+                } else {
+                    inner[j] += 1u + (pos - last[j] - 1u) / 255u;
+                }
+                last[j] = pos;
+                kept[j]++;
+            } else if (bit) {
+                uint32_t gap = pos - lpos[j] - 1u; /* lpos all-ones: gap = pos */
+                for (; gap >= 255u; gap -= 255u) {
+                    if (cur[j] >= end[j]) {
+                        return -1;
+                    }
+                    entries[cur[j]++] = 255u;
+                }
+                if (cur[j] >= end[j]) {
+                    return -1;
+                }
+                entries[cur[j]++] = (uint8_t)gap;
+                lpos[j] = pos;
+            }
+        }
+        if (active == 0) {
+            break;
+        }
+        for (j = 0; j < lanes; j++) { /* the round's updates, after all its decisions */
+            if (bctx[j] != 0xFFFFFFFFu) {
+                counts[2u * bctx[j] + bbit[j]]++;
+                seen[col[j]]++;
+                kcol[col[j]] += bbit[j];
+                col[j] = col[j] + 1u == r->cols ? 0u : col[j] + 1u;
+            }
+        }
+    }
+    return 0;
+}
+
+uint32_t sqc_rans_scratch(const sqc_rans_t *r)
+{
+    uint32_t lanes = r->numel / 16384u + (r->numel % 16384u != 0);
+    uint32_t m = r->mode < r->width ? r->mode : r->width, none = r->mode ? (1u << m) : 0u, mask, values;
+    lanes = lanes < 1u ? 1u : (lanes > 4096u ? 4096u : lanes);
+    mask = r->sparse ? 4u * lanes + 140u + 2u * r->cols : 0u;
+    values = 4u * lanes + 2u * lanes * r->width + ((none + 1u) << r->width) * 2u;
+    return 10u * lanes + (mask > values ? mask : values);
+}
+
+int sqc_rans_decode(const sqc_rans_t *r, sqc_sink_t *values, uint8_t *entries, uint32_t count, uint32_t *scratch,
+                    uint32_t scratch_words)
+{
+    uint32_t lanes = r->numel / 16384u + (r->numel % 16384u != 0);
+    uint32_t *x, *kept, *first, *last, *inner, *cur, *end, *lpos, *vcur, *vpos, *w;
+    uint32_t m = r->mode < r->width ? r->mode : r->width, none = r->mode ? (1u << m) : 0u;
+    uint32_t *counts, *prev_sym, *prev_row, *node, *ctx, *bslot, *bbit;
+    uint32_t j, t, level, total = 0, most = 0;
+    uint32_t prev = 0xFFFFFFFFu; /* the last kept position before a lane: all-ones = none */
+    sqc_rans_io_t io;
+    lanes = lanes < 1u ? 1u : (lanes > 4096u ? 4096u : lanes);
+    if (r->width < 1u || r->width > 16u || r->mode > 3u || r->cols == 0 || r->numel % r->cols != 0 ||
+        r->size < 4u * lanes || (r->size - 4u * lanes) % 2u != 0 ||
+        (uint64_t)r->numel > 16384u + 512u * (uint64_t)r->size || sqc_rans_scratch(r) > scratch_words) {
+        return -1;
+    }
+    x = scratch;
+    kept = x + lanes;
+    first = kept + lanes;
+    last = first + lanes;
+    inner = last + lanes;
+    cur = inner + lanes;
+    end = cur + lanes;
+    lpos = end + lanes;
+    vcur = lpos + lanes;
+    vpos = vcur + lanes;
+    w = vpos + lanes;
+    io.x = x;
+    sqc_rans_start(r, lanes, &io);
+    for (j = 0; j < lanes; j++) {
+        if (io.x[j] < 65536u) {
+            return -1;
+        }
+    }
+    if (r->sparse) {
+        /* twice through the mask phase: count each lane's runtime entries, then write them in place */
+        if (sqc_rans_mask(r, lanes, &io, w, 0, kept, first, last, inner, 0, 0, 0)) {
+            return -1;
+        }
+        for (j = 0; j < lanes; j++) {
+            uint32_t n = kept[j] ? 1u + (first[j] - (prev + 1u)) / 255u + inner[j] : 0u;
+            if (n > count - total) {
+                return -1;
+            }
+            cur[j] = vcur[j] = total;
+            lpos[j] = vpos[j] = prev;
+            total += n;
+            end[j] = total;
+            prev = kept[j] ? last[j] : prev;
+        }
+        if (total != count) {
+            return -1;
+        }
+        sqc_rans_start(r, lanes, &io);
+        if (sqc_rans_mask(r, lanes, &io, w, entries, 0, 0, 0, 0, cur, end, lpos)) {
+            return -1;
+        }
+    } else {
+        for (j = 0; j < lanes; j++) {
+            kept[j] = sqc_lane_start(r, lanes, j + 1u) - sqc_lane_start(r, lanes, j);
+            vpos[j] = sqc_lane_start(r, lanes, j) - 1u; /* wraps to all-ones for lane 0: +1 below */
+        }
+        if (r->numel != count) {
+            return -1;
+        }
+    }
+    /* the value phase: each lane's t-th kept symbol, bits MSB first down a tree, in lockstep */
+    counts = w;
+    prev_sym = counts + ((none + 1u) << r->width) * 2u;
+    prev_row = prev_sym + lanes;
+    node = prev_row + lanes;
+    ctx = node + lanes;
+    bslot = ctx + lanes;
+    bbit = bslot + lanes * r->width;
+    for (j = 0; j < ((none + 1u) << r->width) * 2u; j++) {
+        counts[j] = 0;
+    }
+    for (j = 0; j < lanes; j++) {
+        prev_row[j] = 0xFFFFFFFFu;
+        most = kept[j] > most ? kept[j] : most;
+    }
+    for (t = 0; t < most; t++) {
+        for (j = 0; j < lanes; j++) {
+            uint32_t row;
+            if (t >= kept[j]) {
+                continue;
+            }
+            if (r->sparse) { /* the lane's next real entry; fillers cover 255 positions */
+                while (vcur[j] < count && entries[vcur[j]] == 255u) {
+                    vpos[j] += 255u;
+                    vcur[j]++;
+                }
+                if (vcur[j] >= count) {
+                    return -1;
+                }
+                vpos[j] += (uint32_t)entries[vcur[j]] + 1u;
+            } else {
+                vpos[j] += 1u;
+            }
+            row = vpos[j] / r->cols;
+            ctx[j] = r->mode == 0 ? 0u : (prev_row[j] == row ? prev_sym[j] >> (r->width - m) : none);
+            prev_row[j] = row;
+            node[j] = 1u;
+        }
+        for (level = 0; level < r->width; level++) {
+            for (j = 0; j < lanes; j++) {
+                uint32_t slot;
+                int bit;
+                if (t >= kept[j]) {
+                    continue;
+                }
+                slot = (ctx[j] << r->width) + node[j];
+                bit = sqc_rans_bit(&io, j, sqc_rans_p1(counts + 2u * slot));
+                if (bit < 0) {
+                    return -1;
+                }
+                bslot[level * lanes + j] = slot;
+                bbit[level * lanes + j] = (uint32_t)bit;
+                node[j] = 2u * node[j] + (uint32_t)bit;
+            }
+        }
+        for (j = 0; j < lanes; j++) {
+            uint32_t sym;
+            if (t >= kept[j]) {
+                continue;
+            }
+            for (level = 0; level < r->width; level++) {
+                counts[2u * bslot[level * lanes + j] + bbit[level * lanes + j]]++;
+            }
+            sym = node[j] - (1u << r->width);
+            if (sym >= r->alphabet || sqc_put(values, r->sparse ? vcur[j] : vpos[j], sym)) {
+                return -1;
+            }
+            prev_sym[j] = sym;
+            if (r->sparse) {
+                vcur[j]++;
+            }
+        }
+    }
+    if (io.next != io.words) {
+        return -1;
+    }
+    for (j = 0; j < lanes; j++) {
+        if (io.x[j] != 65536u) {
+            return -1;
+        }
+    }
+    if (r->sparse) { /* fillers become entries of 254 carrying a zero weight (see sqc_sink_t) */
+        for (j = 0; j < count; j++) {
+            if (entries[j] == 255u) {
+                entries[j] = 254u;
+                if (values->w8) {
+                    values->w8[j] = 0;
+                } else {
+                    values->w16[j] = 0;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* layers with weights */
 
 /* Requantize one output channel's accumulator plane (row stride c->as) and clear it for the next. The

@@ -64,6 +64,23 @@ typedef struct {
 
 int sqc_decode(const sqc_stream_t *s, sqc_sink_t *sink, uint16_t *scratch, uint32_t scratch_size);
 
+/* A context-coded tensor (formats/FORMAT.md): the rANS stream, `numel` positions in rows of `cols`,
+ * with a mask (sparse) or not, symbols of `width` bits below `alphabet`, value mode 0..3. */
+typedef struct {
+    const uint8_t *data;
+    uint32_t size;
+    uint32_t numel, cols, alphabet;
+    uint8_t sparse, width, mode;
+} sqc_rans_t;
+
+/* Decode a context-coded tensor at start-up: weight values through `values` (a w8/w16 sink, one slot
+ * per runtime entry) and, when sparse, the `count` runtime entries (see sqc_sink_t); dense: `count`
+ * must be numel. 0 on success, -1 on any inconsistency (the stream must end exactly). `scratch` holds
+ * sqc_rans_scratch(r) words, used during the call only. */
+int sqc_rans_decode(const sqc_rans_t *r, sqc_sink_t *values, uint8_t *entries, uint32_t count, uint32_t *scratch,
+                    uint32_t scratch_words);
+uint32_t sqc_rans_scratch(const sqc_rans_t *r);
+
 int32_t sqc_requant(int64_t t, int32_t shift, int32_t lo, int32_t hi);
 
 /* Weight kernels: dense (idx == NULL, row-major weights) or sparse (nidx runtime entries, one weight
