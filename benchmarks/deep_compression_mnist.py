@@ -138,13 +138,13 @@ def base_network(
 
 
 def run_recipe(
-    recipe: str, base: torch.nn.Module, base_from: str, data: Dataset, tmp: Path
+    recipe: str, base: torch.nn.Module, base_from: str, data: Dataset, tmp: Path, seed: int | None = None
 ) -> dict[str, Any]:
     name = network_of(recipe)
     spec = NETWORKS[name]
     path = RECIPES / f"{recipe}.toml"
     pipeline = Pipeline.from_recipe(path)
-    settings = recipe_settings(path)
+    settings = recipe_settings(path) | ({"seed": seed} if seed is not None else {})
     fp32_error = error_pct(base, data.x_val, data.y_val)
     passes: list[dict[str, Any]] = []
 
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             name = network_of(recipe)
             if name not in bases:
                 bases[name] = base_network(name, data, args.validate, args.retrain_base, args.cache)
-            results.append(run_recipe(recipe, *bases[name], data, Path(tmp)))
+            results.append(run_recipe(recipe, *bases[name], data, Path(tmp), args.seed))
             print_result(results[-1], "validation" if args.validate else "test set")
     total = time.perf_counter() - started
     print(f"\ntotal wall time {total:.0f} s ({total / 60:.1f} min)")
