@@ -415,9 +415,21 @@ def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def write_project(
-    program: IntProgram, out_dir: Path, *, model_name: str = "model", force: bool = False
+    program: IntProgram,
+    out_dir: Path,
+    *,
+    model_name: str = "model",
+    force: bool = False,
+    arena: str = "static",
 ) -> dict:
-    """Write the C project for ``program`` into ``out_dir``; returns ROM/RAM figures."""
+    """Write the C project for ``program`` into ``out_dir``; returns ROM/RAM figures.
+
+    ``arena``: where ``sqc_init`` decodes the weights. ``static`` (default): a static array, and
+    ``sqc_init()`` uses it. ``caller``: no static array; the application passes ``SQC_ARENA_BYTES`` of
+    its own memory to ``sqc_init_arena`` (both modes offer that function), and the arena is reported
+    apart from the static RAM."""
+    if arena not in ("static", "caller"):
+        raise SqcError(f"--option arena={arena}: expected static or caller")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SqcError(f"{out_dir}: exists and is not a directory")
@@ -429,23 +441,35 @@ def write_project(
     inp, outp = program.tensors[program.input], program.tensors[program.output]
     act_bytes = 1 if program.act_bits == 8 else 2
     act_total += em.slack  # the wide convolution's vector loop reads up to 15 codes past a plane
+    w16_bytes = 2 * em.arena["w16"]
+    w8_at, idx_at = w16_bytes, w16_bytes + em.arena["w8"]
+    arena_bytes = idx_at + em.arena["idx"]
     ram_parts = {
         "activations": act_total * act_bytes,
-        "weight_arena": em.arena["w8"] + 2 * em.arena["w16"] + em.arena["idx"],
+        "weight_arena": arena_bytes,
         "accumulator": 4 * em.acc,
         "huffman_scratch": 2 * em.huff,
         "rans_scratch": 4 * em.rans_scratch,
     }
     ram = sum(ram_parts.values())
+    static_arena = arena == "static"
+    if not static_arena:
+        ram -= arena_bytes  # the caller's memory, reported as arena_bytes
     ram_decls = [
         f"static sqc_act_t sqc_act[{act_total}];",
-        f"static int8_t sqc_w8[{max(1, em.arena['w8'])}];",
-        f"static int16_t sqc_w16[{max(1, em.arena['w16'])}];",
-        f"static uint8_t sqc_idx[{max(1, em.arena['idx'])}];",
+        "/* decoded weights (int16 first, so that an even arena address aligns them), then 8-bit weights,",
+        " * then sparse entries: set by sqc_init_arena */",
+        "static int16_t *sqc_w16;",
+        "static int8_t *sqc_w8;",
+        "static uint8_t *sqc_idx;",
+        f"#define SQC_ARENA_W8 {w8_at}u",
+        f"#define SQC_ARENA_IDX {idx_at}u",
         f"static int32_t sqc_acc[{em.acc}];",
         f"#define SQC_HUFF_SCRATCH {em.huff}u",
         "static uint16_t sqc_huff[SQC_HUFF_SCRATCH];",
     ]
+    if static_arena:
+        ram_decls.append(f"static int16_t sqc_arena[{max(1, (arena_bytes + 1) // 2)}];")
     if em.rans_scratch:
         ram_decls += [
             f"#define SQC_RANS_SCRATCH {em.rans_scratch}u",
@@ -480,6 +504,8 @@ def write_project(
         "OUTPUT_FRAC": str(outp.fmt.frac),
         "ROM_BYTES": str(em.rom_bytes),
         "RAM_BYTES": str(ram),
+        "ARENA_BYTES": str(arena_bytes),
+        "ARENA_STATIC": "1" if static_arena else "0",
         "NOTES": notes.replace("*/", "* /"),
         "ROM": "\n".join(em.rom) + "\n",
         "RAM": "\n".join(ram_decls) + "\n",
@@ -500,6 +526,8 @@ def write_project(
         "rom_weight_bytes": em.rom_weights,
         "ram_bytes": ram,
         "ram": ram_parts,
+        "arena": arena,
+        "arena_bytes": arena_bytes,
         "input": {"shape": list(inp.shape), "frac": inp.fmt.frac, "bits": program.act_bits},
         "output": {"shape": list(outp.shape), "frac": outp.fmt.frac, "bits": program.act_bits},
         "layers": [
@@ -528,7 +556,7 @@ class CTarget:
         from sqc.targets.legalize import LowerOptions, calibration_inputs, legalize
         from sqc.targets.simulate import compare
 
-        opts, _ = LowerOptions.parse(options)
+        opts, extra = LowerOptions.parse(options, known_extra=("arena",))
         if calib is None:
             raise SqcError(
                 "target c needs --calib FILE (a .npz/.pt with x_val): activation formats come from "
@@ -536,7 +564,13 @@ class CTarget:
             )
         model = read(Path(source))
         program = legalize(model, calib, opts, keep_rans=True)
-        report = write_project(program, Path(output), model_name=Path(source).stem, force=force)
+        report = write_project(
+            program,
+            Path(output),
+            model_name=Path(source).stem,
+            force=force,
+            arena=extra.get("arena", "static"),
+        )
         from sqc.data import load_data
 
         x = calibration_inputs(model, Path(calib), opts.calib_samples)

@@ -85,6 +85,7 @@ def lower_and_check(
     calib: Path,
     flags: list[str] = STRICT,
     options: list[str] | None = None,
+    arena: str = "static",
 ) -> dict:
     """Compress, legalize, emit, compile, run; assert bit-identical outputs; return what was measured."""
     artifact = sqc.compress(model, [shape], pipeline)
@@ -92,7 +93,7 @@ def lower_and_check(
     artifact.save(source, force=True)
     opts, _ = LowerOptions.parse(options)
     program = legalize(source, calib, opts)
-    report = write_project(program, tmp / "c", force=True)
+    report = write_project(program, tmp / "c", force=True, arena=arena)
     binary = build(tmp / "c", flags)
     got = run_binary(binary, quantize_input(program, x), program.act_bits, tmp)
     want = simulate(program, x).reshape(x.shape[0], -1).numpy()
@@ -233,6 +234,62 @@ def test_dense_layout_and_default_makefile(tmp_path: Path) -> None:
     result = subprocess.run(["make", "-s"], cwd=dense_dir / "c", capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "-ffast-math" not in (dense_dir / "c" / "Makefile").read_text()
+
+
+ARENA_DRIVER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "model.h"
+
+int main(void)
+{
+    unsigned char *arena = malloc(SQC_ARENA_BYTES + 2u);
+    static sqc_act_t in[SQC_INPUT_SIZE], out[SQC_OUTPUT_SIZE];
+    if (!arena || sqc_init() != -1 || sqc_run(in, out) != -1) { /* no arena yet */
+        return 1;
+    }
+    if (sqc_init_arena(arena, SQC_ARENA_BYTES - 1u) != -1 || /* too small */
+        sqc_init_arena(arena + 1, SQC_ARENA_BYTES) != -1) { /* odd address */
+        return 2;
+    }
+    if (sqc_init_arena(arena, SQC_ARENA_BYTES) != 0 || sqc_init() != 0 || sqc_run(in, out) != 0) {
+        return 3;
+    }
+    free(arena);
+    return 0;
+}
+"""
+
+
+@needs_cc
+def test_caller_provided_arena(tmp_path: Path) -> None:
+    """``arena=caller``: no static arena; the application's memory (SQC_ARENA_BYTES) holds the decoded
+    weights, RAM is reported without it, results are the same bits (ASan/UBSan), and misuse is refused."""
+    x, _ = mnist()
+    report = lower_and_check(
+        lenet("LeNet300"),
+        (1, 1, 28, 28),
+        "prune,share,huffman",
+        x[:100],
+        tmp_path,
+        MNIST,
+        SANITIZE,
+        arena="caller",
+    )
+    header = (tmp_path / "c" / "model.h").read_text()
+    assert (
+        f"#define SQC_ARENA_BYTES {report['arena_bytes']}" in header
+        and "#define SQC_ARENA_STATIC 0" in header
+    )
+    assert report["arena_bytes"] == report["ram"]["weight_arena"] > 0
+    assert report["ram_bytes"] == sum(report["ram"].values()) - report["arena_bytes"]
+    assert "sqc_arena[" not in (tmp_path / "c" / "model.c").read_text()
+    (tmp_path / "c" / "driver.c").write_text(ARENA_DRIVER)
+    assert CC is not None
+    cmd = [CC, *SANITIZE, "-o", "driver", "driver.c", "model.c", "sqc_kernels.c"]
+    assert subprocess.run(cmd, cwd=tmp_path / "c", capture_output=True).returncode == 0
+    result = subprocess.run([str(tmp_path / "c" / "driver")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_cli_lower_c(tmp_path: Path, cli: Callable[..., object]) -> None:

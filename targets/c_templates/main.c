@@ -11,6 +11,20 @@
 static sqc_act_t input[SQC_INPUT_SIZE];
 static sqc_act_t output[SQC_OUTPUT_SIZE];
 
+/* the decoded-weight arena: the built-in one, or (SQC_ARENA_STATIC 0) memory the application owns */
+static int init(void)
+{
+#if SQC_ARENA_STATIC
+    return sqc_init();
+#else
+    static void *arena = 0;
+    if (arena == 0) {
+        arena = malloc(SQC_ARENA_BYTES + 1u);
+    }
+    return sqc_init() == 0 ? 0 : sqc_init_arena(arena, SQC_ARENA_BYTES + 1u);
+#endif
+}
+
 static int compare(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -39,6 +53,10 @@ static int run_files(const char *in_path, const char *out_path)
         return 1;
     }
     n = count_inputs(in);
+    if (init() != 0) {
+        fprintf(stderr, "cannot decode the weights\n");
+        return 1;
+    }
     if (n < 0) {
         fprintf(stderr, "%s: size is not a multiple of %u bytes\n", in_path, (unsigned)sizeof(input));
         return 1;
@@ -66,7 +84,7 @@ static int bench(const char *in_path, long runs)
     }
     all = (sqc_act_t *)malloc((size_t)n * sizeof(input));
     times = (double *)malloc((size_t)(n * runs) * sizeof(double));
-    if (!all || !times || fread(all, sizeof(input), (size_t)n, in) != (size_t)n || sqc_init() != 0) {
+    if (!all || !times || fread(all, sizeof(input), (size_t)n, in) != (size_t)n || init() != 0) {
         fprintf(stderr, "cannot prepare the benchmark\n");
         return 1;
     }
