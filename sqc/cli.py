@@ -363,7 +363,7 @@ def decompress(
 @app.command()
 def lower(
     path: Annotated[Path, typer.Argument(help="the .sqc file")],
-    target: Annotated[str, typer.Option("--target", "-t", help="a registered target (built in: pytorch, c)")],
+    target: Annotated[str, typer.Option("--target", "-t", help="a target: pytorch, c, hls, a plugin's")],
     output: Annotated[Path, typer.Option("-o", "--output", help="where the target writes")],
     force: ForceOpt = False,
     calib: Annotated[
@@ -376,7 +376,7 @@ def lower(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Lower a .sqc file for a target (built in: pytorch, c; plugins add theirs)."""
+    """Lower a .sqc file for a target (built in: pytorch, c, hls; plugins add theirs)."""
     from sqc.registry import entries, lookup
 
     entry = lookup("sqc.targets", target)
@@ -393,6 +393,10 @@ def lower(
         result = {"output": str(output), "bytes": result}
     if as_json:
         print(json.dumps(result, indent=2))
+        return
+    if "summary" in result:  # a target that renders its own report (hls)
+        for line in result["summary"]:
+            out.print(line)
         return
     if "rom_bytes" not in result:
         out.print(f"wrote {output}: {result['bytes']:,} bytes (target {target})")

@@ -31,6 +31,7 @@ BUILTIN_PASSES: dict[str, str] = {
 BUILTIN_TARGETS: dict[str, str] = {
     "pytorch": "sqc.targets.pytorch:PyTorchTarget",
     "c": "sqc.targets.c:CTarget",
+    "hls": "sqc.targets.hls:HlsTarget",
 }
 
 BUILTIN_FORMATS: dict[str, str] = {
