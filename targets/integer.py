@@ -66,6 +66,7 @@ class Stream:
     data: bytes
     mode: int = 0
 
+
 @dataclass
 class Weights:
     """A conv/linear kernel as integers, plus how it is stored in ROM.

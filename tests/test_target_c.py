@@ -211,31 +211,6 @@ def test_sanitizers_and_int16(tmp_path: Path, calib_npz: Callable[[torch.Tensor]
     )
 
 
-@needs_cc
-def test_dense_layout_and_default_makefile(tmp_path: Path) -> None:
-    """``sparse=never`` multiplies pruned weights as zeros and gives the same bits; `make` builds."""
-    if shutil.which("make") is None:
-        pytest.skip("no make")
-    x, _ = mnist()
-    x = x[:200]
-    sparse = lower_and_check(lenet("LeNet300"), (1, 1, 28, 28), "prune,share,huffman", x, tmp_path, MNIST)
-    dense_dir = tmp_path / "dense"
-    dense_dir.mkdir()
-    dense = lower_and_check(
-        lenet("LeNet300"),
-        (1, 1, 28, 28),
-        "prune,share,huffman",
-        x,
-        dense_dir,
-        MNIST,
-        options=["sparse=never"],
-    )
-    assert dense["ram"]["weight_arena"] > sparse["ram"]["weight_arena"]
-    result = subprocess.run(["make", "-s"], cwd=dense_dir / "c", capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "-ffast-math" not in (dense_dir / "c" / "Makefile").read_text()
-
-
 ARENA_DRIVER = r"""
 #include <stdio.h>
 #include <stdlib.h>
@@ -262,34 +237,48 @@ int main(void)
 
 
 @needs_cc
-def test_caller_provided_arena(tmp_path: Path) -> None:
-    """``arena=caller``: no static arena; the application's memory (SQC_ARENA_BYTES) holds the decoded
-    weights, RAM is reported without it, results are the same bits (ASan/UBSan), and misuse is refused."""
+def test_dense_layout_caller_arena_and_default_makefile(tmp_path: Path) -> None:
+    """``sparse=never`` multiplies pruned weights as zeros and gives the same bits; `make` builds.
+    ``arena=caller``: no static arena; the application's memory (SQC_ARENA_BYTES) holds the decoded
+    weights, RAM is reported without it, results are the same bits, and misuse is refused (ASan/UBSan)."""
+    if shutil.which("make") is None:
+        pytest.skip("no make")
     x, _ = mnist()
-    report = lower_and_check(
-        lenet("LeNet300"),
-        (1, 1, 28, 28),
-        "prune,share,huffman",
-        x[:100],
-        tmp_path,
-        MNIST,
-        SANITIZE,
-        arena="caller",
+    x = x[:200]
+    sparse = lower_and_check(
+        lenet("LeNet300"), (1, 1, 28, 28), "prune,share,huffman", x, tmp_path, MNIST, arena="caller"
     )
     header = (tmp_path / "c" / "model.h").read_text()
     assert (
-        f"#define SQC_ARENA_BYTES {report['arena_bytes']}" in header
+        f"#define SQC_ARENA_BYTES {sparse['arena_bytes']}" in header
         and "#define SQC_ARENA_STATIC 0" in header
     )
-    assert report["arena_bytes"] == report["ram"]["weight_arena"] > 0
-    assert report["ram_bytes"] == sum(report["ram"].values()) - report["arena_bytes"]
+    assert sparse["arena_bytes"] == sparse["ram"]["weight_arena"] > 0
+    assert sparse["ram_bytes"] == sum(sparse["ram"].values()) - sparse["arena_bytes"]
     assert "sqc_arena[" not in (tmp_path / "c" / "model.c").read_text()
     (tmp_path / "c" / "driver.c").write_text(ARENA_DRIVER)
     assert CC is not None
     cmd = [CC, *SANITIZE, "-o", "driver", "driver.c", "model.c", "sqc_kernels.c"]
-    assert subprocess.run(cmd, cwd=tmp_path / "c", capture_output=True).returncode == 0
+    built = subprocess.run(cmd, cwd=tmp_path / "c", capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
     result = subprocess.run([str(tmp_path / "c" / "driver")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    dense_dir = tmp_path / "dense"
+    dense_dir.mkdir()
+    dense = lower_and_check(
+        lenet("LeNet300"),
+        (1, 1, 28, 28),
+        "prune,share,huffman",
+        x,
+        dense_dir,
+        MNIST,
+        options=["sparse=never"],
+    )
+    assert dense["ram"]["weight_arena"] > sparse["ram"]["weight_arena"]
+    assert dense["ram_bytes"] == sum(dense["ram"].values())  # the static arena counts
+    result = subprocess.run(["make", "-s"], cwd=dense_dir / "c", capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "-ffast-math" not in (dense_dir / "c" / "Makefile").read_text()
 
 
 def test_cli_lower_c(tmp_path: Path, cli: Callable[..., object]) -> None:
