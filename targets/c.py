@@ -5,10 +5,11 @@ and the kernels are the fixed text in ``c_templates/`` (copied verbatim). What i
 each activation lives in one static buffer (first fit over the tensors' live ranges), where decoded
 weights go in the start-up arena, and how many bytes of ROM and RAM that makes.
 
-ROM holds the weights as the ``.sqc`` format stores them — codebook plus packed or Huffman-coded
-indices (or fixed-point codes), the relative sparse index — and ``sqc_init`` decodes them once into a
-static arena of one byte per kept weight (two for weights wider than 8 bits) and one byte per index
-entry, which the kernels walk directly, skipping pruned weights.
+ROM holds the weights as the ``.sqc`` format stores them — codebook plus packed, Huffman-coded or
+context-coded rANS indices (or fixed-point codes), the relative sparse index — and ``sqc_init`` decodes
+them once into an arena (static, or the application's via ``sqc_init_arena``) of one slot per runtime
+entry (a byte per weight up to 8 bits, two above, plus a byte of sparse entry), which the kernels walk
+directly, skipping pruned weights.
 """
 
 from __future__ import annotations
