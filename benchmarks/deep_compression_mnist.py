@@ -301,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="results JSON (default: results/deep_compression_mnist.json)"
     )
     parser.add_argument(
+        "--seed", type=int, default=None, help="override the recipes' seed (fine-tuning order), to see the spread"
+    )
+    parser.add_argument(
         "--markdown", type=Path, default=None, help="print a results JSON as markdown and exit"
     )
     args = parser.parse_args(argv)
