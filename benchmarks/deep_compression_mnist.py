@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="results JSON (default: results/deep_compression_mnist.json)"
     )
     parser.add_argument(
-        "--seed", type=int, default=None, help="override the recipes' seed (fine-tuning order), to see the spread"
+        "--seed", type=int, default=None, help="override the recipes' seed (fine-tuning order)"
     )
     parser.add_argument(
         "--markdown", type=Path, default=None, help="print a results JSON as markdown and exit"
