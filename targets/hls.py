@@ -546,10 +546,11 @@ class _Writer:
         bits = lanes.bits()
         bits["codebook"] = book_bits
         rom_bits = sum(bits.values())
-        banks = bram18(lanes.len_s, lanes.sym_bits) + (
-            bram18(lanes.len_e, lanes.index_bits) if lanes.sparse else 0
-        )
+        shapes = [(lanes.len_s, lanes.sym_bits)] + ([(lanes.len_e, lanes.index_bits)] if lanes.sparse else [])
+        banks = sum(bram18(d, b) for d, b in shapes)
+        lutram = lanes.lanes * sum(d * b for d, b in shapes if bram18(d, b) == 0)
         dense_banks = math.ceil(macs_dense / reuse)
+        dense_lutram = macs_dense * DENSE_BITS if bram18(reuse, DENSE_BITS) == 0 else 0
         self.layers.append(
             {
                 "layer": op.name,
@@ -567,10 +568,12 @@ class _Writer:
                 "rom": bits,
                 "epilogue_bits": epi_bits,
                 "bram18": lanes.lanes * banks,
+                "lutram_bits": lutram,
                 "dense": {
                     "rom_bits": macs_dense * DENSE_BITS,
                     "multipliers": dense_banks,
                     "bram18": dense_banks * bram18(reuse, DENSE_BITS),
+                    "lutram_bits": dense_lutram,
                     "bias_bits": lanes.out * DENSE_BITS,
                 },
             }
@@ -738,12 +741,13 @@ def report(wr: _Writer, opts: HlsOptions, samples: int) -> dict:
         "rom_bits": sum(layer["rom_bits"] for layer in layers),
         "multipliers": sum(layer["multipliers"] for layer in layers),
         "bram18": sum(layer["bram18"] for layer in layers),
+        "lutram_bits": sum(layer["lutram_bits"] for layer in layers),
         "epilogue_bits": sum(layer["epilogue_bits"] for layer in layers),
         "other_bits": wr.other_bits,
     }
     dense = {
         key: sum(layer["dense"][key] for layer in layers)
-        for key in ("rom_bits", "multipliers", "bram18", "bias_bits")
+        for key in ("rom_bits", "multipliers", "bram18", "lutram_bits", "bias_bits")
     }
     return {
         "target": "hls",
@@ -779,6 +783,10 @@ def summary(result: dict) -> list[str]:
     lines.append(
         f"{'total':<14}{'':>9}{'':>8}{'':>6}{t['multipliers']:>7,}{t['rom_bits']:>11,}{t['bram18']:>7}"
         f"  | {'':<21}{d['multipliers']:>8,}{d['rom_bits']:>11,}{d['bram18']:>7}"
+    )
+    lines.append(
+        f"BRAM18 counts banks above {LUTRAM_BITS} bits in their best aspect ratio; smaller banks are LUTRAM: "
+        f"{t['lutram_bits']:,} bits (dense {d['lutram_bits']:,})"
     )
     lines.append(
         f"weight ROM {result['weight_storage_ratio']:.1f}x smaller than dense ap_fixed<16,6>; epilogue "
