@@ -55,6 +55,7 @@ __all__ = [
     "column_bucket",
     "decode",
     "encode",
+    "estimated_seconds",
     "lane_count",
     "matrix_shape",
 ]
@@ -99,6 +100,23 @@ def lane_count(numel: int) -> int:
     return min(MAX_LANES, max(1, -(-numel // LANE_SPAN)))
 
 
+ROUND_SECONDS = 40e-6
+DECISION_SECONDS = 0.27e-6
+"""Encoding cost on the 2-core reference machine: ~40 us of numpy overhead per round and ~0.27 us per
+binary decision (fitted on LeNet-5 fc1 and a 102.8M-weight VGG-16 fc6 layer: 0.9 s and 35 s).
+Decoding takes about half as long."""
+
+
+def estimated_seconds(numel: int, kept: int, width: int, sparse: bool) -> float:
+    """Rough encoding time of a tensor (:data:`ROUND_SECONDS`, :data:`DECISION_SECONDS`), so that the
+    ``rans`` pass can say when a tensor will take long rather than appear to hang."""
+    lanes = lane_count(numel)
+    per_lane = -(-kept // lanes)
+    rounds = (-(-numel // lanes) if sparse else 0) + per_lane * width
+    decisions = (numel if sparse else 0) + kept * width
+    return rounds * ROUND_SECONDS + decisions * DECISION_SECONDS
+
+
 def column_bucket(kept: npt.NDArray[np.int64], seen: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Context from a column's history: ``seen`` positions of it coded so far, ``kept`` of them kept.
 
@@ -117,11 +135,45 @@ def _p1(n0: npt.NDArray[np.int64], n1: npt.NDArray[np.int64]) -> npt.NDArray[np.
     return np.clip(((2 * n1 + 1) << 16) // (2 * (n0 + n1) + 2), 1, ONE - 1)
 
 
+def _p1_of(tot: npt.NDArray[np.int64], n1: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """:func:`_p1` from the total count and the count of ones (two ufunc clamps: ``np.clip`` costs
+    more in Python overhead than the arithmetic, and this runs once per round)."""
+    return np.minimum(np.maximum(((2 * n1 + 1) << 16) // (2 * tot + 2), 1), ONE - 1)
+
+
+# Speed. Decoding is inherently one round after another (a round's probabilities depend on every
+# earlier decision), so the cost is (rounds x numpy calls per round), whatever the tensor's size:
+# ~16K mask rounds for any tensor above 16K positions, plus (kept per lane x width) value rounds. The
+# loops below therefore keep the calls per round few: buckets come from lookup tables instead of
+# searchsorted, probabilities of the 70 mask contexts are a table refreshed once per round, counts are
+# updated with one bincount, a round with every lane active indexes nothing, and the column statistics
+# take a plain scatter when no two lanes can meet in one column. Everything computes exactly what
+# ``rans_reference`` computes (tests compare the bytes).
+
+_RUN_LUT = np.searchsorted(RUN_THRESHOLDS, np.arange(64), side="right").astype(np.int64) * COLUMN_BUCKETS
+"""``run_bucket(min(run, 63)) * 10`` (runs of 63 or more are all in the last bucket)."""
+_COL_LUT = np.concatenate(
+    (
+        column_bucket(np.maximum(np.arange(65, dtype=np.int64), 1), np.full(65, 64, dtype=np.int64)),
+        [0, 1, 1, 1, 2],
+    )
+).astype(np.int64)
+_COL_LUT[0] = 3  # kept > 0 but 64 * kept < seen: the lowest density bucket
+"""Column bucket by index: ``64 * kept // seen`` (0..64) when kept > 0, else ``65 + min(seen, 4)``."""
+
+
+def _column_index(kept: npt.NDArray[np.int64], seen: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    return np.where(kept > 0, (kept << 6) // np.maximum(seen, 1), np.minimum(seen, 4) + 65)
+
+
 # ------------------------------------------------------------------------------------------ models
 
-# ``code(active, p1, bits)`` codes one round: ``active`` are the lane numbers (ascending), ``p1`` the
-# probability of a 1 for each, ``bits`` the decisions (encoder) or None (decoder); it returns the bits.
-CodeFn = Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64], "npt.NDArray[np.int64] | None"], np.ndarray]
+# ``code(active, p1, bits)`` codes one round: ``active`` are the lane numbers (ascending; None = every
+# lane), ``p1`` the probability of a 1 for each, ``bits`` the decisions (encoder) or None (decoder);
+# it returns the bits (bool).
+CodeFn = Callable[
+    ["npt.NDArray[np.int64] | None", npt.NDArray[np.int64], "npt.NDArray[np.bool_] | None"], np.ndarray
+]
 
 
 def _bands(numel: int, lanes: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -136,28 +188,42 @@ def _mask_phase(
     """Code (or decode, when ``mask`` is None) the kept/pruned decision of every position."""
     start, length = _bands(numel, lanes)
     counts = np.zeros((MASK_CONTEXTS, 2), dtype=np.int64)
+    ptab = _p1_of(counts.sum(1), counts[:, 1])
     col_kept = np.zeros(cols, dtype=np.int64)
     col_seen = np.zeros(cols, dtype=np.int64)
     run = np.zeros(lanes, dtype=np.int64)
     out = np.zeros(numel, dtype=bool)
-    every = np.arange(lanes, dtype=np.int64)
-    shortest = int(length.min()) if lanes else 0
-    for t in range(int(length.max()) if lanes else 0):
-        active = every if t < shortest else np.flatnonzero(length > t)
-        lane_pos = start[active] + t
-        col = lane_pos % cols
-        r = np.where(col == 0, 0, run[active])
-        ctx = np.searchsorted(RUN_THRESHOLDS, r, side="right") * COLUMN_BUCKETS + column_bucket(
-            col_kept[col], col_seen[col]
-        )
-        c = counts[ctx]
-        known = None if mask is None else mask[lane_pos].astype(np.int64)
-        bits = code(active, _p1(c[:, 0], c[:, 1]), known).astype(np.int64)
-        np.add.at(counts, (ctx, bits), 1)
-        np.add.at(col_kept, col, bits)
-        np.add.at(col_seen, col, 1)
-        run[active] = np.where(bits == 1, 0, r + 1)
-        out[lane_pos] = bits.astype(bool)
+    if not lanes or not numel:
+        return out
+    # lane lengths differ by at most one: every lane is active up to the shortest, then the longer ones
+    shortest, longest = int(length.min()), int(length.max())
+    tail = np.flatnonzero(length > shortest)
+    # lanes whose starts differ by a multiple of cols meet in the same column in every round
+    distinct = np.unique(start % cols).size == lanes
+    for t in range(longest):
+        if t < shortest:
+            active, pos, r = None, start + t, run
+        else:
+            active = tail
+            pos, r = start[tail] + t, run[tail]
+        col = pos % cols
+        r = r * (col != 0)
+        ctx = _RUN_LUT[np.minimum(r, 63)] + _COL_LUT[_column_index(col_kept[col], col_seen[col])]
+        bits = code(active, ptab[ctx], None if mask is None else mask[pos])
+        b = bits.astype(np.int64)
+        counts += np.bincount(2 * ctx + b, minlength=2 * MASK_CONTEXTS).reshape(MASK_CONTEXTS, 2)
+        ptab = _p1_of(counts[:, 0] + counts[:, 1], counts[:, 1])
+        if distinct:
+            col_kept[col] += b
+            col_seen[col] += 1
+        else:
+            np.add.at(col_kept, col, b)
+            np.add.at(col_seen, col, 1)
+        if active is None:
+            run = (r + 1) * (1 - b)
+        else:
+            run[active] = (r + 1) * (1 - b)
+        out[pos] = bits
     return out
 
 
@@ -176,40 +242,59 @@ def _value_phase(
     start, _ = _bands(numel, lanes)
     lane_of = np.searchsorted(start, positions, side="right") - 1
     per_lane = np.bincount(lane_of, minlength=lanes).astype(np.int64)
-    first = np.concatenate(([0], np.cumsum(per_lane)[:-1]))
+    first = np.concatenate(([0], np.cumsum(per_lane)[:-1])).astype(np.int64)
     ctx_bits = min(mode, width)
     none = (1 << ctx_bits) if mode else 0
-    counts = np.zeros(((none + 1) << width, 2), dtype=np.int64)
+    slots = (none + 1) << width
+    tot = np.zeros(slots, dtype=np.int64)
+    ones = np.zeros(slots, dtype=np.int64)
+    ptab = np.full(slots, int(_p1_of(np.zeros(1, np.int64), np.zeros(1, np.int64))[0]), dtype=np.int64)
     prev_sym = np.zeros(lanes, dtype=np.int64)
     prev_row = np.full(lanes, -1, dtype=np.int64)
     out = np.zeros(positions.size, dtype=np.int64)
     rows_of = positions // max(cols, 1)
+    ends = np.unique(per_lane)  # the rounds at which lanes drop out
+    active: npt.NDArray[np.int64] | None = None
+    lane_first = first
+    next_end = 0
     for t in range(int(per_lane.max()) if positions.size else 0):
-        active = np.flatnonzero(per_lane > t)
-        k = first[active] + t
+        if t >= next_end:  # recompute the active lanes only when one has run out
+            live = np.flatnonzero(per_lane > t)
+            active = None if live.size == lanes else live
+            lane_first = first if active is None else first[active]
+            next_end = int(ends[np.searchsorted(ends, t, side="right")])
+        k = lane_first + t
         row = rows_of[k]
         if mode:
-            ctx = np.where(prev_row[active] == row, prev_sym[active] >> (width - ctx_bits), none)
+            p_row = prev_row if active is None else prev_row[active]
+            p_sym = prev_sym if active is None else prev_sym[active]
+            base = np.where(p_row == row, p_sym >> (width - ctx_bits), none) << width
         else:
-            ctx = np.zeros(active.size, dtype=np.int64)
+            base = np.zeros(k.size, dtype=np.int64)
         known = None if symbols is None else symbols[k]
-        node = np.ones(active.size, dtype=np.int64)
+        node = np.ones(k.size, dtype=np.int64)
         touched = []
+        bits = []
         for level in range(width):
-            slot = (ctx << width) + node
-            c = counts[slot]
-            want = None if known is None else (known >> (width - 1 - level)) & 1
-            bit = code(active, _p1(c[:, 0], c[:, 1]), want).astype(np.int64)
-            touched.append((slot, bit))
+            slot = base + node
+            want = None if known is None else ((known >> (width - 1 - level)) & 1).astype(bool)
+            bit = code(active, ptab[slot], want)
+            touched.append(slot)
+            bits.append(bit)
             node = 2 * node + bit
-        for slot, bit in touched:
-            np.add.at(counts, (slot, bit), 1)
+        every = np.concatenate(touched)
+        np.add.at(tot, every, 1)
+        np.add.at(ones, every, np.concatenate(bits).astype(np.int64))
+        ptab[every] = _p1_of(tot[every], ones[every])
         sym = node - (1 << width)
-        if known is None and bool((sym >= alphabet).any()):
-            raise SqcFormatError(f"context-coded symbol outside the alphabet of {alphabet}")
         out[k] = sym
-        prev_sym[active] = sym
-        prev_row[active] = row
+        if active is None:
+            prev_sym, prev_row = sym, row
+        else:
+            prev_sym[active] = sym
+            prev_row[active] = row
+    if symbols is None and out.size and int(out.max()) >= alphabet:
+        raise SqcFormatError(f"context-coded symbol outside the alphabet of {alphabet}")
     return out
 
 
@@ -218,7 +303,8 @@ def _value_cost(
 ) -> float:
     """Bits the value phase would take in ``mode``, from the final counts of every tree node (the
     adaptive estimator's cost depends only on them, up to the lockstep delay): how the encoder picks a
-    mode without running the coder once per mode."""
+    mode without running the coder once per mode. Node counts come from one ``bincount`` per level
+    (the slots are few: at most 9 x 2^16), summed in slot order as the reference does."""
     if symbols.size == 0:
         return 0.0
     start, _ = _bands(numel, lanes)
@@ -231,18 +317,15 @@ def _value_cost(
         same[1:] = (lane_of[1:] == lane_of[:-1]) & (rows[1:] == rows[:-1])
         prev = np.concatenate(([0], symbols[:-1] >> (width - bits)))
         ctx = np.where(same, prev, 1 << bits)
+    slots = ((1 << min(mode, width)) + 1 if mode else 1) << width
     total = 0.0
     half = math.lgamma(0.5)
     for level in range(width):
         node = (symbols >> (width - level)) | (1 << level)
         bit = (symbols >> (width - 1 - level)) & 1
-        cell = ((ctx << width) + node) * 2 + bit
-        uniq, counts = np.unique(cell, return_counts=True)
-        pair = np.zeros((int(uniq.size), 2), dtype=np.int64)
-        slot, where = np.unique(uniq >> 1, return_inverse=True)
-        np.add.at(pair, (where, uniq & 1), counts)
-        n0, n1 = pair[: slot.size, 0], pair[: slot.size, 1]
-        for a, b in zip(n0.tolist(), n1.tolist(), strict=True):
+        pair = np.bincount(((ctx << width) + node) * 2 + bit, minlength=2 * slots).reshape(slots, 2)
+        used = pair[(pair[:, 0] + pair[:, 1]) > 0]
+        for a, b in zip(used[:, 0].tolist(), used[:, 1].tolist(), strict=True):
             total += math.lgamma(a + b + 1) + 2 * half - math.lgamma(a + 0.5) - math.lgamma(b + 0.5)
     return total / math.log(2)
 
@@ -254,75 +337,75 @@ class _Recorder:
     """Encoder side: records each round (lanes, probability, bit) for the reverse rANS pass."""
 
     def __init__(self) -> None:
-        self.rounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.rounds: list[tuple[np.ndarray | None, np.ndarray, np.ndarray]] = []
 
-    def __call__(self, active: np.ndarray, p1: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
+    def __call__(self, active: np.ndarray | None, p1: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
         assert bits is not None
         self.rounds.append((active, p1, bits))
         return bits
 
-    def ideal_bits(self) -> float:
-        total = 0.0
-        for _, p1, bits in self.rounds:
-            p = np.where(bits == 1, p1, ONE - p1).astype(np.float64)
-            total += float(-np.log2(p / ONE).sum())
-        return total
-
 
 def _rans_encode(
-    lanes: int, rounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    lanes: int, rounds: list[tuple[np.ndarray | None, np.ndarray, np.ndarray]]
 ) -> tuple[bytes, list[int]]:
-    """The stream for ``rounds`` (in decoding order), and the number of words each round reads."""
-    x = np.full(lanes, ONE, dtype=np.uint64)
+    """The stream for ``rounds`` (in decoding order), and the number of words each round reads.
+
+    States stay below 2^32 and frequencies at most 2^16, so int64 holds every product exactly."""
+    x = np.full(lanes, ONE, dtype=np.int64)
     chunks: list[np.ndarray] = []
     reads = [0] * len(rounds)
     for i in range(len(rounds) - 1, -1, -1):
-        active, p1, bits = rounds[i]
-        p = p1.astype(np.uint64)
-        one = bits.astype(bool)
-        f = np.where(one, p, np.uint64(ONE) - p)
-        base = np.where(one, np.uint64(ONE) - p, np.uint64(0))
-        xa = x[active]
-        emit = xa >= (f << np.uint64(16))
-        if emit.any():
-            chunks.append((xa[emit] & np.uint64(0xFFFF))[::-1].astype(np.uint16))
-            reads[i] = int(np.count_nonzero(emit))
-            xa = np.where(emit, xa >> np.uint64(16), xa)
-        x[active] = ((xa // f) << np.uint64(16)) + (xa % f) + base
-    words = np.concatenate(chunks)[::-1] if chunks else np.zeros(0, dtype=np.uint16)
+        active, p, one = rounds[i]
+        xa = x if active is None else x[active]
+        f0 = ONE - p
+        f = np.where(one, p, f0)
+        emit = xa >= (f << 16)
+        n = int(np.count_nonzero(emit))
+        if n:
+            chunks.append((xa[emit] & 0xFFFF)[::-1])
+            reads[i] = n
+            xa = np.where(emit, xa >> 16, xa)
+        q, r = np.divmod(xa, f)
+        xa = (q << 16) + r + f0 * one
+        if active is None:
+            x = xa
+        else:
+            x[active] = xa
+    words = np.concatenate(chunks)[::-1] if chunks else np.zeros(0, dtype=np.int64)
     return x.astype("<u4").tobytes() + words.astype("<u2").tobytes(), reads
 
 
 class _Decoder:
-    """Decoder side: one rANS state per lane over a shared stream of 16-bit words."""
+    """Decoder side: one rANS state per lane over a shared stream of 16-bit words (int64 arithmetic:
+    states below 2^32 times frequencies up to 2^16 fit)."""
 
     def __init__(self, data: bytes | memoryview, lanes: int) -> None:
         raw = memoryview(data).cast("B")
         if len(raw) < 4 * lanes or (len(raw) - 4 * lanes) % 2:
             raise SqcFormatError(f"rANS stream of {len(raw)} bytes for {lanes} lanes")
-        self.x = np.frombuffer(raw[: 4 * lanes], dtype="<u4").astype(np.uint64)
+        self.x = np.frombuffer(raw[: 4 * lanes], dtype="<u4").astype(np.int64)
         if bool((self.x < ONE).any()):
             raise SqcFormatError("rANS initial state below 2^16")
-        self.words = np.frombuffer(raw[4 * lanes :], dtype="<u2").astype(np.uint64)
+        self.words = np.frombuffer(raw[4 * lanes :], dtype="<u2").astype(np.int64)
         self.pos = 0
-        self.reads = 0
 
-    def __call__(self, active: np.ndarray, p1: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
-        xa = self.x[active]
-        p = p1.astype(np.uint64)
-        f0 = np.uint64(ONE) - p
-        s = xa & np.uint64(0xFFFF)
+    def __call__(self, active: np.ndarray | None, p: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
+        xa = self.x if active is None else self.x[active]
+        f0 = ONE - p
+        s = xa & 0xFFFF
         one = s >= f0
-        f = np.where(one, p, f0)
-        xa = f * (xa >> np.uint64(16)) + s - np.where(one, f0, np.uint64(0))
-        need = xa < np.uint64(ONE)
-        if need.any():
-            k = int(np.count_nonzero(need))
+        xa = np.where(one, p, f0) * (xa >> 16) + s - f0 * one
+        need = xa < ONE
+        k = int(np.count_nonzero(need))
+        if k:
             if self.pos + k > self.words.size:
                 raise SqcFormatError("rANS stream ends early (truncated or corrupt)")
-            xa[need] = (xa[need] << np.uint64(16)) | self.words[self.pos : self.pos + k]
+            xa[need] = (xa[need] << 16) | self.words[self.pos : self.pos + k]
             self.pos += k
-        self.x[active] = xa
+        if active is None:
+            self.x = xa
+        else:
+            self.x[active] = xa
         return one
 
     def finish(self) -> None:

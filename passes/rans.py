@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqc.formats.rans import DECISION_SECONDS, ROUND_SECONDS, estimated_seconds
 from sqc.ir import CompressedModel
 from sqc.pass_base import Pass, PassContext, PassResult
 from sqc.passes._common import encoded_bytes, selected
+
+SLOW_SECONDS = 60.0
+"""A tensor estimated to take longer than this to code gets a warning naming the estimate."""
 
 
 @dataclass(frozen=True)
@@ -32,10 +36,19 @@ class Rans(Pass):
 
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
         layers = {}
+        diagnostics = []
         for state in selected(model, self.layers, self.name):
             if state.codes is None:
                 continue
-            ctx.note(f"rans: {state.name} ({state.numel:,} weights)")
+            width = state.bits_per_weight()
+            seconds = estimated_seconds(state.numel, state.kept, int(width), state.mask is not None)
+            ctx.note(f"rans: {state.name} ({state.numel:,} weights, ~{seconds:.0f} s)")
+            if seconds > SLOW_SECONDS:
+                diagnostics.append(
+                    f"{state.name}: rANS coding of {state.numel:,} weights takes about {seconds:.0f} s here "
+                    f"(~{ROUND_SECONDS * 1e6:.0f} us per round and {DECISION_SECONDS * 1e6:.2f} us per "
+                    "decision; decoding about half): use huffman for this layer (layers=) if that is too slow"
+                )
             before = encoded_bytes(state)
             state.coder = "rans"
             after = encoded_bytes(state)
@@ -48,4 +61,4 @@ class Rans(Pass):
             "bytes_before": sum(int(v["bytes_before"]) for v in layers.values()),
             "bytes_after": sum(int(v["bytes_after"]) for v in layers.values()),
         }
-        return PassResult(bool(layers), stats, layers)
+        return PassResult(bool(layers), stats, layers, diagnostics)

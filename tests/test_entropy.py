@@ -296,3 +296,60 @@ def test_preset_sections_need_format_1_2() -> None:
     with pytest.raises(SqcFormatError):
         container.read_layout(bytes(old))
     assert container.read_layout(data).version == (1, 2)
+
+
+# -- the fast coder against the plain one -----------------------------------------------------------
+
+
+@settings(deadline=None, max_examples=16, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from([(7, 11), (3, 2, 5), (40,), (1,), (9, 400), (3, 11000), (2, 16384)]),
+    st.integers(1, 6),
+    st.floats(0.0, 1.0),
+    st.booleans(),
+    st.integers(0, 2**32 - 1),
+)
+def test_fast_coder_writes_the_reference_bytes(
+    shape: tuple[int, ...], width: int, density: float, sparse: bool, seed: int
+) -> None:
+    """Same bytes, mode and split as ``rans_reference`` (the spec written plainly), and the fast decoder
+    reads them back: multi-lane shapes with uneven lanes, and (2, 16384) whose lanes meet in one column."""
+    from sqc.formats import rans_reference
+
+    rng = np.random.default_rng(seed)
+    numel = math.prod(shape)
+    mask = rng.random(numel) < density if sparse else None
+    kept = numel if mask is None else int(mask.sum())
+    symbols = np.minimum(rng.geometric(0.3, kept) - 1, (1 << width) - 1)
+    fast, plain = rans.encode(mask, symbols, shape, width), rans_reference.encode(mask, symbols, shape, width)
+    assert (fast.data, fast.index_bytes, fast.value_bytes, fast.value_mode) == (
+        plain.data,
+        plain.index_bytes,
+        plain.value_bytes,
+        plain.value_mode,
+    )
+    got_mask, got, _ = rans.decode(fast.data, shape, sparse, width, 1 << width, fast.value_mode)
+    assert got.tolist() == symbols.tolist()
+    if mask is not None:
+        assert got_mask is not None and got_mask.tolist() == mask.tolist()
+
+
+def test_bucket_tables_match_the_specified_buckets() -> None:
+    seen = np.arange(0, 300, dtype=np.int64).repeat(300)
+    kept = np.tile(np.arange(300, dtype=np.int64), 300)
+    ok = kept <= seen
+    seen, kept = seen[ok], kept[ok]
+    assert np.array_equal(rans._COL_LUT[rans._column_index(kept, seen)], rans.column_bucket(kept, seen))
+    runs = np.arange(200)
+    specified = np.searchsorted(rans.RUN_THRESHOLDS, runs, side="right") * rans.COLUMN_BUCKETS
+    assert np.array_equal(rans._RUN_LUT[np.minimum(runs, 63)], specified)
+
+
+def test_rans_warns_with_the_estimate_on_a_slow_tensor(monkeypatch) -> None:
+    from sqc.passes import rans as rans_pass
+
+    monkeypatch.setattr(rans_pass, "SLOW_SECONDS", 0.0)
+    artifact = sqc.compress(_mlp(), [(1, 64)], "prune{sparsity=0.8},share{bits=5},rans")
+    diagnostics = artifact.report[-1].diagnostics
+    assert len(diagnostics) == 2 and "0.weight: rANS coding of 3,072 weights takes about" in diagnostics[0]
+    assert rans.estimated_seconds(102_760_448, 4_110_418, 5, True) == pytest.approx(35, rel=0.1)

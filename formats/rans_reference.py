@@ -1,0 +1,406 @@
+"""The plain, round-by-round implementation of the context-coded layout (``FORMAT.md``).
+
+:mod:`sqc.formats.rans` is the fast implementation sqc uses; this module is the same coder written as
+directly as the specification (one loop per round, one numpy call per step), kept because it is the
+easiest text to port (a sequential C decoder needs only these loops written out) and because tests
+check that the fast coder writes exactly the same bytes and decodes exactly the same values.
+
+Model (everything is integer arithmetic, so encoder, decoder and a C port agree bit for bit):
+
+* The tensor is a matrix of ``rows = shape[0]`` rows and ``cols = numel / rows`` columns, flattened
+  row-major (a conv kernel's row is one output channel). Lane ``j`` of ``N`` owns the positions
+  ``[j*numel//N, (j+1)*numel//N)``; ``N = clamp(ceil(numel / 16384), 1, 4096)``.
+* Mask phase (only for a pruned tensor): round ``t`` codes position ``start_j + t`` of every lane that
+  has one, as a binary decision "kept" with context ``run_bucket * 10 + column_bucket``: the run of
+  pruned positions since the last kept one (or the row start) in the lane, log-bucketed, and the
+  density of the column so far over all lanes (see :func:`column_bucket`).
+* Value phase: round ``t`` codes the ``t``-th kept position of every lane that has one: the symbol's
+  ``width`` bits, most significant first, each a decision at its node of a binary tree (node 1 is the
+  root, a node's children are ``2n`` and ``2n+1``), in a context set chosen by the value mode: 0 = one
+  set, ``m`` in 1..3 = by the top ``m`` bits of the previous kept symbol of the same row in the lane
+  (or "none" at the first).
+* Probabilities: each context keeps counts ``n0, n1``; ``P(1) = (2*n1 + 1) * 65536 // (2*(n0+n1) + 2)``
+  clamped to ``[1, 65535]`` (the Krichevsky-Trofimov estimate, 16-bit). Counts are updated after each
+  round with all its decisions, so every lane in a round reads the same counts: lockstep makes the
+  lanes independent within a round (vectorisable) and the result defined whatever the lane count.
+* rANS: state ``x`` in ``[2^16, 2^32)``; decision 0 owns ``[0, f0)`` and 1 owns ``[f0, 65536)`` of the
+  16-bit slot, ``f0 = 65536 - P(1)``. Decoding a decision: ``s = x & 0xFFFF``; ``bit = s >= f0``;
+  ``x = f * (x >> 16) + s - start``; if ``x < 2^16``: ``x = x << 16 | next_word``. Within a round, the
+  lanes that need a word take them in lane order. The stream is ``N`` u32 initial states then u16
+  words; a decoder must end with every state equal to ``2^16`` and every word consumed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from sqc.errors import SqcFormatError
+
+__all__ = [
+    "LANE_SPAN",
+    "MAX_LANES",
+    "MAX_POSITIONS_PER_BYTE",
+    "MAX_WIDTH",
+    "VALUE_MODES",
+    "Coded",
+    "column_bucket",
+    "decode",
+    "encode",
+    "lane_count",
+    "matrix_shape",
+]
+
+LANE_SPAN = 1 << 14
+"""Positions per lane (a lane costs 4 bytes of state): enough lanes for numpy to pay off on large
+tensors, few enough that the state is < 0.5 % of a typical layer's stream."""
+MAX_LANES = 4096
+MAX_WIDTH = 16
+"""Widest symbol the value tree codes (a 2^16-entry codebook); wider fixed-point codes use Huffman."""
+VALUE_MODES = (0, 1, 2, 3)
+MAX_POSITIONS_PER_BYTE = 512
+"""A context-coded tensor of ``n`` positions needs at least ``(n - 2^14) / 512`` stream bytes: coding
+costs one Python-level round per position per lane, so this caps the work a hostile file can ask for
+(real layers need 4-40 positions per byte; a 99.9 %-pruned one about 500, 99.95 % falls back to Huffman)."""
+
+ONE = 1 << 16
+RUN_THRESHOLDS = np.array([1, 3, 7, 15, 31, 63], dtype=np.int64)
+RUN_BUCKETS = 7
+COLUMN_BUCKETS = 10
+MASK_CONTEXTS = RUN_BUCKETS * COLUMN_BUCKETS
+
+
+@dataclass(frozen=True)
+class Coded:
+    """One coded tensor: the stream and how its bytes split between the mask and the values."""
+
+    data: bytes
+    index_bytes: int
+    value_bytes: int
+    value_mode: int
+
+
+def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(rows, cols)``: axis 0 against everything else (a scalar or vector is one row)."""
+    numel = math.prod(shape)
+    rows = shape[0] if len(shape) >= 2 and shape[0] > 0 else 1
+    return rows, numel // rows if rows else 0
+
+
+def lane_count(numel: int) -> int:
+    return min(MAX_LANES, max(1, -(-numel // LANE_SPAN)))
+
+
+def column_bucket(kept: npt.NDArray[np.int64], seen: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Context from a column's history: ``seen`` positions of it coded so far, ``kept`` of them kept.
+
+    0: nothing seen; 1: none kept in fewer than 4; 2: none kept in 4 or more (a dead column); else
+    ``3 + min(6, bit_length(64 * kept // seen))``: density buckets of a factor of two from 1/64 up.
+    """
+    ratio = (kept * 64) // np.maximum(seen, 1)
+    bucket = 3 + np.minimum(np.searchsorted(_POW2, ratio, side="right"), 6)
+    return np.where(seen == 0, 0, np.where(kept == 0, np.where(seen < 4, 1, 2), bucket))
+
+
+_POW2 = np.array([1, 2, 4, 8, 16, 32, 64], dtype=np.int64)  # bit_length(r) = #{k : r >= 2^k}
+
+
+def _p1(n0: npt.NDArray[np.int64], n1: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    return np.clip(((2 * n1 + 1) << 16) // (2 * (n0 + n1) + 2), 1, ONE - 1)
+
+
+# ------------------------------------------------------------------------------------------ models
+
+# ``code(active, p1, bits)`` codes one round: ``active`` are the lane numbers (ascending), ``p1`` the
+# probability of a 1 for each, ``bits`` the decisions (encoder) or None (decoder); it returns the bits.
+CodeFn = Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64], "npt.NDArray[np.int64] | None"], np.ndarray]
+
+
+def _bands(numel: int, lanes: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    j = np.arange(lanes + 1, dtype=np.int64)
+    edges = j * numel // lanes
+    return edges[:-1], edges[1:] - edges[:-1]
+
+
+def _mask_phase(
+    mask: npt.NDArray[np.bool_] | None, numel: int, cols: int, lanes: int, code: CodeFn
+) -> np.ndarray:
+    """Code (or decode, when ``mask`` is None) the kept/pruned decision of every position."""
+    start, length = _bands(numel, lanes)
+    counts = np.zeros((MASK_CONTEXTS, 2), dtype=np.int64)
+    col_kept = np.zeros(cols, dtype=np.int64)
+    col_seen = np.zeros(cols, dtype=np.int64)
+    run = np.zeros(lanes, dtype=np.int64)
+    out = np.zeros(numel, dtype=bool)
+    every = np.arange(lanes, dtype=np.int64)
+    shortest = int(length.min()) if lanes else 0
+    for t in range(int(length.max()) if lanes else 0):
+        active = every if t < shortest else np.flatnonzero(length > t)
+        lane_pos = start[active] + t
+        col = lane_pos % cols
+        r = np.where(col == 0, 0, run[active])
+        ctx = np.searchsorted(RUN_THRESHOLDS, r, side="right") * COLUMN_BUCKETS + column_bucket(
+            col_kept[col], col_seen[col]
+        )
+        c = counts[ctx]
+        known = None if mask is None else mask[lane_pos].astype(np.int64)
+        bits = code(active, _p1(c[:, 0], c[:, 1]), known).astype(np.int64)
+        np.add.at(counts, (ctx, bits), 1)
+        np.add.at(col_kept, col, bits)
+        np.add.at(col_seen, col, 1)
+        run[active] = np.where(bits == 1, 0, r + 1)
+        out[lane_pos] = bits.astype(bool)
+    return out
+
+
+def _value_phase(
+    positions: npt.NDArray[np.int64],
+    symbols: npt.NDArray[np.int64] | None,
+    numel: int,
+    cols: int,
+    lanes: int,
+    width: int,
+    alphabet: int,
+    mode: int,
+    code: CodeFn,
+) -> np.ndarray:
+    """Code (or decode, when ``symbols`` is None) the symbol of every kept position, in order."""
+    start, _ = _bands(numel, lanes)
+    lane_of = np.searchsorted(start, positions, side="right") - 1
+    per_lane = np.bincount(lane_of, minlength=lanes).astype(np.int64)
+    first = np.concatenate(([0], np.cumsum(per_lane)[:-1]))
+    ctx_bits = min(mode, width)
+    none = (1 << ctx_bits) if mode else 0
+    counts = np.zeros(((none + 1) << width, 2), dtype=np.int64)
+    prev_sym = np.zeros(lanes, dtype=np.int64)
+    prev_row = np.full(lanes, -1, dtype=np.int64)
+    out = np.zeros(positions.size, dtype=np.int64)
+    rows_of = positions // max(cols, 1)
+    for t in range(int(per_lane.max()) if positions.size else 0):
+        active = np.flatnonzero(per_lane > t)
+        k = first[active] + t
+        row = rows_of[k]
+        if mode:
+            ctx = np.where(prev_row[active] == row, prev_sym[active] >> (width - ctx_bits), none)
+        else:
+            ctx = np.zeros(active.size, dtype=np.int64)
+        known = None if symbols is None else symbols[k]
+        node = np.ones(active.size, dtype=np.int64)
+        touched = []
+        for level in range(width):
+            slot = (ctx << width) + node
+            c = counts[slot]
+            want = None if known is None else (known >> (width - 1 - level)) & 1
+            bit = code(active, _p1(c[:, 0], c[:, 1]), want).astype(np.int64)
+            touched.append((slot, bit))
+            node = 2 * node + bit
+        for slot, bit in touched:
+            np.add.at(counts, (slot, bit), 1)
+        sym = node - (1 << width)
+        if known is None and bool((sym >= alphabet).any()):
+            raise SqcFormatError(f"context-coded symbol outside the alphabet of {alphabet}")
+        out[k] = sym
+        prev_sym[active] = sym
+        prev_row[active] = row
+    return out
+
+
+def _value_cost(
+    positions: np.ndarray, symbols: np.ndarray, numel: int, cols: int, lanes: int, width: int, mode: int
+) -> float:
+    """Bits the value phase would take in ``mode``, from the final counts of every tree node (the
+    adaptive estimator's cost depends only on them, up to the lockstep delay): how the encoder picks a
+    mode without running the coder once per mode."""
+    if symbols.size == 0:
+        return 0.0
+    start, _ = _bands(numel, lanes)
+    lane_of = np.searchsorted(start, positions, side="right") - 1
+    rows = positions // max(cols, 1)
+    ctx = np.zeros(symbols.size, dtype=np.int64)
+    if mode:
+        bits = min(mode, width)
+        same = np.zeros(symbols.size, dtype=bool)
+        same[1:] = (lane_of[1:] == lane_of[:-1]) & (rows[1:] == rows[:-1])
+        prev = np.concatenate(([0], symbols[:-1] >> (width - bits)))
+        ctx = np.where(same, prev, 1 << bits)
+    total = 0.0
+    half = math.lgamma(0.5)
+    for level in range(width):
+        node = (symbols >> (width - level)) | (1 << level)
+        bit = (symbols >> (width - 1 - level)) & 1
+        cell = ((ctx << width) + node) * 2 + bit
+        uniq, counts = np.unique(cell, return_counts=True)
+        pair = np.zeros((int(uniq.size), 2), dtype=np.int64)
+        slot, where = np.unique(uniq >> 1, return_inverse=True)
+        np.add.at(pair, (where, uniq & 1), counts)
+        n0, n1 = pair[: slot.size, 0], pair[: slot.size, 1]
+        for a, b in zip(n0.tolist(), n1.tolist(), strict=True):
+            total += math.lgamma(a + b + 1) + 2 * half - math.lgamma(a + 0.5) - math.lgamma(b + 0.5)
+    return total / math.log(2)
+
+
+# ------------------------------------------------------------------------------------- rANS engine
+
+
+class _Recorder:
+    """Encoder side: records each round (lanes, probability, bit) for the reverse rANS pass."""
+
+    def __init__(self) -> None:
+        self.rounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def __call__(self, active: np.ndarray, p1: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
+        assert bits is not None
+        self.rounds.append((active, p1, bits))
+        return bits
+
+    def ideal_bits(self) -> float:
+        total = 0.0
+        for _, p1, bits in self.rounds:
+            p = np.where(bits == 1, p1, ONE - p1).astype(np.float64)
+            total += float(-np.log2(p / ONE).sum())
+        return total
+
+
+def _rans_encode(
+    lanes: int, rounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> tuple[bytes, list[int]]:
+    """The stream for ``rounds`` (in decoding order), and the number of words each round reads."""
+    x = np.full(lanes, ONE, dtype=np.uint64)
+    chunks: list[np.ndarray] = []
+    reads = [0] * len(rounds)
+    for i in range(len(rounds) - 1, -1, -1):
+        active, p1, bits = rounds[i]
+        p = p1.astype(np.uint64)
+        one = bits.astype(bool)
+        f = np.where(one, p, np.uint64(ONE) - p)
+        base = np.where(one, np.uint64(ONE) - p, np.uint64(0))
+        xa = x[active]
+        emit = xa >= (f << np.uint64(16))
+        if emit.any():
+            chunks.append((xa[emit] & np.uint64(0xFFFF))[::-1].astype(np.uint16))
+            reads[i] = int(np.count_nonzero(emit))
+            xa = np.where(emit, xa >> np.uint64(16), xa)
+        x[active] = ((xa // f) << np.uint64(16)) + (xa % f) + base
+    words = np.concatenate(chunks)[::-1] if chunks else np.zeros(0, dtype=np.uint16)
+    return x.astype("<u4").tobytes() + words.astype("<u2").tobytes(), reads
+
+
+class _Decoder:
+    """Decoder side: one rANS state per lane over a shared stream of 16-bit words."""
+
+    def __init__(self, data: bytes | memoryview, lanes: int) -> None:
+        raw = memoryview(data).cast("B")
+        if len(raw) < 4 * lanes or (len(raw) - 4 * lanes) % 2:
+            raise SqcFormatError(f"rANS stream of {len(raw)} bytes for {lanes} lanes")
+        self.x = np.frombuffer(raw[: 4 * lanes], dtype="<u4").astype(np.uint64)
+        if bool((self.x < ONE).any()):
+            raise SqcFormatError("rANS initial state below 2^16")
+        self.words = np.frombuffer(raw[4 * lanes :], dtype="<u2").astype(np.uint64)
+        self.pos = 0
+        self.reads = 0
+
+    def __call__(self, active: np.ndarray, p1: np.ndarray, bits: np.ndarray | None) -> np.ndarray:
+        xa = self.x[active]
+        p = p1.astype(np.uint64)
+        f0 = np.uint64(ONE) - p
+        s = xa & np.uint64(0xFFFF)
+        one = s >= f0
+        f = np.where(one, p, f0)
+        xa = f * (xa >> np.uint64(16)) + s - np.where(one, f0, np.uint64(0))
+        need = xa < np.uint64(ONE)
+        if need.any():
+            k = int(np.count_nonzero(need))
+            if self.pos + k > self.words.size:
+                raise SqcFormatError("rANS stream ends early (truncated or corrupt)")
+            xa[need] = (xa[need] << np.uint64(16)) | self.words[self.pos : self.pos + k]
+            self.pos += k
+        self.x[active] = xa
+        return one
+
+    def finish(self) -> None:
+        if self.pos != self.words.size:
+            raise SqcFormatError(f"{self.words.size - self.pos} unused words after the rANS stream")
+        if bool((self.x != ONE).any()):
+            raise SqcFormatError("rANS final state check failed (corrupt stream)")
+
+
+# ---------------------------------------------------------------------------------------- public
+
+
+def encode(
+    mask: npt.NDArray[np.bool_] | None,
+    symbols: npt.ArrayLike,
+    shape: tuple[int, ...],
+    width: int,
+    mode: int | None = None,
+) -> Coded:
+    """Code a tensor's mask (row-major, or None for a dense tensor) and its kept symbols.
+
+    ``symbols`` are the kept positions' symbols in row-major order, each below ``2**width``. With
+    ``mode`` None every value mode is tried and the smallest stream kept (ties: the lower mode).
+    """
+    if not 1 <= width <= MAX_WIDTH:
+        raise ValueError(f"symbol width must be 1..{MAX_WIDTH}, got {width}")
+    numel = math.prod(shape)
+    _, cols = matrix_shape(shape)
+    lanes = lane_count(numel)
+    sym = np.asarray(symbols, dtype=np.int64).ravel()
+    if sym.size and (int(sym.min()) < 0 or int(sym.max()) >> width):
+        raise ValueError(f"symbols must lie in [0, 2^{width})")
+    mask_rounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    if mask is not None:
+        flat = np.asarray(mask, dtype=bool).ravel()
+        if flat.size != numel or int(np.count_nonzero(flat)) != sym.size:
+            raise ValueError("mask and symbols disagree")
+        rec = _Recorder()
+        _mask_phase(flat, numel, cols, lanes, rec)
+        mask_rounds = rec.rounds
+        positions = np.flatnonzero(flat)
+    else:
+        if sym.size != numel:
+            raise ValueError("a dense tensor needs one symbol per position")
+        positions = np.arange(numel, dtype=np.int64)
+    modes = [m for m in VALUE_MODES if m <= width] if mode is None else [mode]
+    chosen = min(modes, key=lambda m: (_value_cost(positions, sym, numel, cols, lanes, width, m), m))
+    rec = _Recorder()
+    _value_phase(positions, sym, numel, cols, lanes, width, 1 << width, chosen, rec)
+    data, reads = _rans_encode(lanes, mask_rounds + rec.rounds)
+    mask_words = sum(reads[: len(mask_rounds)])
+    index = 4 * lanes + 2 * mask_words if mask is not None else 0
+    return Coded(data, index, len(data) - index, chosen)
+
+
+def decode(
+    data: bytes | memoryview,
+    shape: tuple[int, ...],
+    sparse: bool,
+    width: int,
+    alphabet: int,
+    mode: int,
+) -> tuple[npt.NDArray[np.bool_] | None, npt.NDArray[np.int64], int]:
+    """``(mask or None, kept symbols, index bytes)`` from a stream; anything inconsistent raises
+    :class:`SqcFormatError` (offsets are added by the caller)."""
+    if not 1 <= width <= MAX_WIDTH:
+        raise SqcFormatError(f"context-coded symbols of {width} bits (1..{MAX_WIDTH})")
+    if mode not in VALUE_MODES:
+        raise SqcFormatError(f"unknown value mode {mode}")
+    numel = math.prod(shape)
+    if numel > LANE_SPAN + MAX_POSITIONS_PER_BYTE * len(data):
+        raise SqcFormatError(f"{numel:,} positions cannot be context-coded in {len(data):,} bytes")
+    _, cols = matrix_shape(shape)
+    lanes = lane_count(numel)
+    dec = _Decoder(data, lanes)
+    if sparse:
+        mask = _mask_phase(None, numel, cols, lanes, dec)
+        positions = np.flatnonzero(mask)
+    else:
+        mask = None
+        positions = np.arange(numel, dtype=np.int64)
+    index = 4 * lanes + 2 * dec.pos if sparse else 0
+    symbols = _value_phase(positions, None, numel, cols, lanes, width, alphabet, mode, dec)
+    dec.finish()
+    return mask, symbols, index
