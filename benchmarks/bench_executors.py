@@ -148,6 +148,7 @@ def main() -> int:
         "points": points,
         "evaluations": reference.evaluations,
         "ray_local_start_s": None if ray_start is None else round(ray_start, 3),
+        "loadavg_1min_at_end": os.getloadavg()[0],
         "executors": rows,
     }
     print(f"\n{points} points, {reference.evaluations} evaluations, {data.x_val.shape[0]} images")

@@ -67,8 +67,9 @@ CFG: list[int | str] = [
 ]
 
 
-def build_vgg16(seed: int = 0) -> Any:
-    """A module with VGG-16's exact shapes and seeded random weights (PyTorch's default init)."""
+def build_vgg16(seed: int = 0, width: float = 1.0) -> Any:
+    """A module with VGG-16's exact shapes and seeded random weights (PyTorch's default init); with
+    ``width`` != 1 every channel count and hidden width is scaled (the growth curve's smaller models)."""
     import torch
     from torch import nn
 
@@ -81,15 +82,17 @@ def build_vgg16(seed: int = 0) -> Any:
                 if v == "M":
                     layers.append(nn.MaxPool2d(2))
                 else:
-                    layers += [nn.Conv2d(channels, int(v), 3, padding=1), nn.ReLU()]
-                    channels = int(v)
+                    out = max(1, round(int(v) * width))
+                    layers += [nn.Conv2d(channels, out, 3, padding=1), nn.ReLU()]
+                    channels = out
             self.features = nn.Sequential(*layers)
+            hidden = max(1, round(4096 * width))
             self.classifier = nn.Sequential(
-                nn.Linear(512 * 7 * 7, 4096),
+                nn.Linear(channels * 7 * 7, hidden),
                 nn.ReLU(),
-                nn.Linear(4096, 4096),
+                nn.Linear(hidden, hidden),
                 nn.ReLU(),
-                nn.Linear(4096, 1000),
+                nn.Linear(hidden, 1000),
             )
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +101,7 @@ def build_vgg16(seed: int = 0) -> Any:
     torch.manual_seed(seed)
     model = VGG16().eval()
     count = sum(p.numel() for p in model.parameters())
-    if count != VGG16_PARAMS:
+    if width == 1.0 and count != VGG16_PARAMS:
         raise SystemExit(f"VGG-16 shape error: {count:,} parameters, expected {VGG16_PARAMS:,}")
     return model
 
@@ -160,7 +163,7 @@ class RssSampler(threading.Thread):
 # ------------------------------------------------------------------------------------------- workers
 
 
-def worker_compress(out: Path, pipeline: str, profile: Path | None) -> dict[str, Any]:
+def worker_compress(out: Path, pipeline: str, profile: Path | None, width: float = 1.0) -> dict[str, Any]:
     """One compress + save in this process. ``sqc.api.trace`` and ``CompressedModel.verify`` are wrapped
     (same calls, same arguments) only to label the phases for the timers and the RSS sampler."""
     import torch
@@ -175,7 +178,7 @@ def worker_compress(out: Path, pipeline: str, profile: Path | None) -> dict[str,
     sampler.set_phase("import+build")
     rss_import = _rss_bytes()
     started = time.perf_counter()
-    model = build_vgg16()
+    model = build_vgg16(width=width)
     build_s = time.perf_counter() - started
     rss_model = _rss_bytes()
 
@@ -520,6 +523,81 @@ def run_ab(args: argparse.Namespace) -> None:
     )
 
 
+GROWTH_PIPELINE = "prune,share,quant,huffman"
+GROWTH_WIDTHS = (0.0845, 0.17, 0.34, 0.68, 1.0)
+"""Channel multipliers of VGG-16 giving about 1M, 4M, 16M, 64M and 138M parameters."""
+
+
+def run_growth(args: argparse.Namespace) -> None:
+    """Time and peak RSS of compress + save and of load at each width, one fresh process each, plus the
+    exponent of a power-law fit (1 = linear in the parameter count)."""
+    import math
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sqc-growth-") as tmp:
+        path = Path(tmp) / "vgg.sqc"
+        for width in GROWTH_WIDTHS:
+            c = run_worker(
+                [
+                    "--worker",
+                    "compress",
+                    "--file",
+                    str(path),
+                    "--pipeline",
+                    GROWTH_PIPELINE,
+                    "--width",
+                    str(width),
+                ],
+                args.timeout,
+            )
+            d = run_worker(["--worker", "decompress", "--file", str(path)], args.timeout)
+            row = {
+                "width": width,
+                "params": d["params"],
+                "compress_and_save_s": round(c["end_to_end_s"], 2),
+                "peak_rss_compress_mb": c["peak_rss_mb"],
+                "rss_after_model_built_mb": c["rss_after_model_mb"],
+                "load_s": round(d["load_s"], 2),
+                "peak_rss_load_mb": d["peak_rss_load_mb"],
+                "file_bytes": c["file_bytes"],
+            }
+            rows.append(row)
+            print(
+                f"  {row['params']:>12,} params: compress+save {row['compress_and_save_s']:6.1f} s, peak RSS "
+                f"{row['peak_rss_compress_mb']:>5} MiB; load {row['load_s']:5.1f} s, "
+                f"{row['peak_rss_load_mb']} MiB",
+                flush=True,
+            )
+
+    def exponent(key: str, start: int = 1) -> float:
+        xs = [math.log(r["params"]) for r in rows[start:]]
+        ys = [math.log(max(r[key], 1e-9)) for r in rows[start:]]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+    fits = {k: round(exponent(k), 3) for k in ("compress_and_save_s", "peak_rss_compress_mb", "load_s")}
+    print(f"  power-law exponents from 4M up (1 = linear): {fits}")
+    out = args.out if args.out != RESULTS / "scale.json" else RESULTS / "scale_growth.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "bench_scale --growth",
+                "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                "pipeline": GROWTH_PIPELINE,
+                "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
+                "loadavg_1min_at_end": os.getloadavg()[0],
+                "git": git_state(),
+                "rows": rows,
+                "exponents_from_4M": fits,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="compress and decompress runs (median reported)")
@@ -537,10 +615,17 @@ def main() -> None:
     parser.add_argument("--worker", choices=["compress", "decompress", "hotspots"], help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--growth",
+        action="store_true",
+        help=f"growth curve: VGG-16 shapes at widths giving 1M..138M parameters through {GROWTH_PIPELINE}; "
+        "writes results/scale_growth.json",
+    )
     args = parser.parse_args()
 
     if args.worker == "compress":
-        print(json.dumps(worker_compress(args.file, args.pipeline, args.profile_out)))
+        print(json.dumps(worker_compress(args.file, args.pipeline, args.profile_out, args.width)))
         return
     if args.worker == "decompress":
         print(json.dumps(worker_decompress(args.file, args.profile_out)))
@@ -550,6 +635,9 @@ def main() -> None:
         return
     if args.ab:
         run_ab(args)
+        return
+    if args.growth:
+        run_growth(args)
         return
 
     import sqc
