@@ -170,12 +170,86 @@ def bench_model(name: str, runs: int) -> dict[str, Any]:
     return {"tensors": rows, "whole_file_bytes": whole, "throughput": speed}
 
 
+def synthetic(rows: int, cols: int, density: float, k: int, seed: int = 0) -> tuple[Any, Any]:
+    """A pruned, shared matrix with the structure of a real layer: 30 % dead input columns, magnitude
+    pruning of the rest to ``density``, codes of ``k`` centroids by value."""
+    g = np.random.default_rng(seed)
+    w = g.normal(size=(rows, cols)).astype(np.float32)
+    alive = g.random(cols) < 0.7
+    threshold = np.quantile(np.abs(w[:, alive]), 1 - density / 0.7)
+    mask = (np.abs(w) >= threshold) & alive[None, :]
+    symbols = np.clip(((w + 3) / 6 * k).astype(np.int64), 0, k - 1)
+    return mask, symbols[mask]
+
+
+def rans_at_scale(runs: int, big: bool) -> list[dict[str, Any]]:
+    """Encode/decode weights/s of the rANS coder alone on layer-shaped tensors: LeNet-5 fc1's shape
+    (500x800, 8 %, 5 bits; 25 lanes), a 10M-weight pruned/shared tensor (611 lanes) and, with
+    ``big``, VGG-16 fc6 (4096x25088, 4 %; 4096 lanes)."""
+    from sqc.formats import rans
+
+    cases = [("LeNet-5 fc1 shape", 500, 800, 0.08, runs), ("10M weights", 2500, 4000, 0.10, runs)]
+    if big:
+        cases.append(("VGG-16 fc6 shape", 4096, 25088, 0.04, 1))
+    rows = []
+    for name, r, c, density, n in cases:
+        mask, kept = synthetic(r, c, density, 32)
+        enc_t, coded = median(lambda m=mask, k=kept, s=(r, c): rans.encode(m, k, s, 5), n)
+        dec_t, got = median(
+            lambda d=coded.data, s=(r, c), v=coded.value_mode: rans.decode(d, s, True, 5, 32, v), n
+        )
+        assert np.array_equal(got[1], kept)
+        rows.append(
+            {
+                "tensor": name,
+                "numel": r * c,
+                "kept": int(kept.size),
+                "lanes": rans.lane_count(r * c),
+                "bytes": len(coded.data),
+                "encode_s": round(enc_t, 3),
+                "decode_s": round(dec_t, 3),
+                "encode_weights_per_s": round(r * c / enc_t),
+                "decode_weights_per_s": round(r * c / dec_t),
+            }
+        )
+        print(
+            f"{name}: {r * c:,} weights, {rows[-1]['lanes']} lanes: encode {enc_t:.2f} s "
+            f"({r * c / enc_t / 1e6:.2f} Mw/s), decode {dec_t:.2f} s ({r * c / dec_t / 1e6:.2f} Mw/s)",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "coding.json")
+    parser.add_argument(
+        "--rans-scale",
+        action="store_true",
+        help="only the rANS coder's speed on layer-shaped tensors up to VGG-16 fc6 (results/rans_scale.json)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.rans_scale:
+        rows = rans_at_scale(args.runs, big=True)
+        out = HERE / "results" / "rans_scale.json"
+        out.write_text(
+            json.dumps(
+                {
+                    "benchmark": "bench_coding --rans-scale",
+                    "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                    "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
+                    "git": git_state(),
+                    "loadavg_1min_at_end": os.getloadavg()[0],
+                    "rows": rows,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        print(f"wrote {out}")
+        return
     models = {name: bench_model(name, args.runs) for name in MODELS}
     totals = {
         key: sum(m["whole_file_bytes"][key] or 0 for m in models.values())
