@@ -6,6 +6,8 @@
                          results/coding.json;
 4. ``bench_scale.py``:   prune,share,huffman on VGG-16 shapes (138M params), time and peak memory;
                          writes results/scale.json.
+5. ``bench_executors.py``: a LeNet-5 sensitivity sweep serial vs process pool vs Ray (if installed),
+                         curves checked identical; writes results/executors.json.
 
 Each runs in its own process with this interpreter, one after the other (the machine has two cores;
 running them side by side would spoil every timing). Output streams through; a failing benchmark is
@@ -27,11 +29,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("huffman", "lenet", "coding", "scale")
+BENCHMARKS = ("huffman", "lenet", "coding", "scale", "executors")
 
 
 def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
     py = sys.executable
+    subset = ["--runs", "1", "--data", str(HERE.parent / "examples" / "mnist_test_1k.npz")]
     return {
         "huffman": [
             py,
@@ -46,6 +49,11 @@ def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
             "--runs",
             "1" if quick else "3",
             *(["--profile"] if profile else []),
+        ],
+        "executors": [
+            py,
+            str(HERE / "bench_executors.py"),
+            *(subset if quick else []),
         ],
     }
 
