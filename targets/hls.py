@@ -222,7 +222,8 @@ def balance(load: np.ndarray, lanes: int) -> list[np.ndarray]:
 
 
 def lay_out(w: Weights, reuse: int) -> Lanes:
-    """Split a kernel into lanes over output channels; pick the index width with the least ROM."""
+    """Split a kernel into lanes over output channels, balanced by what each channel puts in the banks at
+    every index width; keep the width whose banks (weights, index, counts, channel map) hold fewest bits."""
     out = int(w.shape[0])
     numel = int(np.prod(w.shape))
     per = numel // out
@@ -237,35 +238,65 @@ def lay_out(w: Weights, reuse: int) -> Lanes:
     # A channel is never split between lanes, so no lane finishes before the longest channel: a reuse
     # below that buys no speed, only banks padded to the longest lane. Cap the lanes accordingly.
     lanes = min(out, max(1, math.ceil(kept / max(reuse, int(load.max(initial=1))))))
-    owned = balance(load, lanes)
+    if w.codebook is not None:
+        sym_bits, signed = max(1, math.ceil(math.log2(max(2, int(w.codebook.size))))), False
+    else:
+        sym_bits, signed = w.value_bits, True
+    best: tuple[int, Lanes] | None = None
+    for bits in range(1, 9) if w.sparse else (0,):
+        # balance by weights, and by weights plus the fillers each channel needs at this index width
+        fill = (1 << bits) - 1
+        loads = [load, load + _row_fillers(mask2, fill)] if w.sparse else [load]
+        for owned in (balance(x, lanes) for x in loads):
+            candidate = _lanes(owned, mask2, full2, bits, fill, sym_bits, signed, kept, w.sparse)
+            cost = sum(candidate.bits().values())
+            if best is None or cost < best[0]:
+                best = (cost, candidate)
+    assert best is not None
+    return best[1]
+
+
+def _row_fillers(mask2: np.ndarray, fill: int) -> np.ndarray:
+    """Filler entries each channel needs at filler value ``fill`` (gaps counted from the channel start)."""
+    out = np.zeros(mask2.shape[0], dtype=np.int64)
+    rows, cols = np.nonzero(mask2)
+    if rows.size == 0:
+        return out
+    first = np.r_[True, rows[1:] != rows[:-1]]
+    prev = np.r_[-1, cols[:-1]]
+    gaps = np.where(first, cols, cols - prev - 1)
+    np.add.at(out, rows, gaps // fill)
+    return out
+
+
+def _lanes(
+    owned: list[np.ndarray],
+    mask2: np.ndarray,
+    full2: np.ndarray,
+    bits: int,
+    fill: int,
+    sym_bits: int,
+    signed: bool,
+    kept: int,
+    sparse: bool,
+) -> Lanes:
+    out, per = mask2.shape
+    lanes = len(owned)
     rows = max(r.size for r in owned)
     rowmap = np.full((lanes, rows), out, dtype=np.int64)
     for p, r in enumerate(owned):
         rowmap[p, : r.size] = r
     lane_masks = [mask2[r].reshape(-1) for r in owned]
-    lane_syms = [full2[r].reshape(-1)[m] for r, m in zip(owned, lane_masks, strict=True)]
-    if w.codebook is not None:
-        sym_bits, signed = max(1, math.ceil(math.log2(max(2, int(w.codebook.size))))), False
-    else:
-        sym_bits, signed = w.value_bits, True
-    sym = _pad(lane_syms)
-    if not w.sparse:
+    sym = _pad([full2[r].reshape(-1)[m] for r, m in zip(owned, lane_masks, strict=True)])
+    if not sparse:
         counts = np.array([m.size for m in lane_masks], dtype=np.int64)
         gaps = [np.zeros(m.size, dtype=np.int64) for m in lane_masks]
         return Lanes(
             lanes, out, per, rows, rowmap, False, 0, _wraps(gaps, per, None), counts,
             np.zeros((lanes, 0)), sym, sym_bits, signed, kept,
         )  # fmt: skip
-    best: tuple[int, int, list[np.ndarray]] | None = None
-    for bits in range(1, 9):
-        entries = [sparse_index.encode_gaps(m, bits).astype(np.int64) for m in lane_masks]
-        cost = lanes * max(e.size for e in entries) * bits
-        if best is None or cost < best[0]:
-            best = (cost, bits, entries)
-    assert best is not None
-    _, bits, entries = best
+    entries = [sparse_index.encode_gaps(m, bits).astype(np.int64) for m in lane_masks]
     counts = np.array([e.size for e in entries], dtype=np.int64)
-    fill = (1 << bits) - 1
     return Lanes(
         lanes, out, per, rows, rowmap, True, bits, _wraps(entries, per, fill), counts, _pad(entries), sym,
         sym_bits, signed, kept,
