@@ -216,6 +216,32 @@ def test_top1_is_a_fraction(net):
     assert 0.0 <= top1(data)(net) <= 1.0
 
 
+def write_net_files(tmp_path: Path, net: nn.Module, module: str) -> None:
+    """An importable module ``module`` defining ``Net`` (for --arch) and its state_dict ``net.pt``."""
+    (tmp_path / f"{module}.py").write_text(
+        "import torch.nn as nn, torch\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); self.fc1 = nn.Linear(64, 32); self.fc2 = nn.Linear(32, 4)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc2(torch.relu(self.fc1(x)))\n"
+    )
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+
+
+def write_data_file(tmp_path: Path) -> Dataset:
+    """``d.npz`` holding :func:`blobs` with a training split; returns the same data."""
+    data = blobs()
+    np.savez(
+        tmp_path / "d.npz",
+        x_val=data.x_val.numpy(),
+        y_val=data.y_val.numpy(),
+        x_train=data.x_train.numpy(),
+        y_train=data.y_train.numpy(),
+    )
+    return data
+
+
 def test_cli_with_data_eval_and_finetune_plugins(cli, tmp_path: Path, monkeypatch, net):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -226,15 +252,7 @@ def test_cli_with_data_eval_and_finetune_plugins(cli, tmp_path: Path, monkeypatc
         "def finetune(model, epochs):\n"
         "    open('calls.log', 'a').write(f'finetune {epochs}\\n')\n"
     )
-    (tmp_path / "net_mod.py").write_text(
-        "import torch.nn as nn, torch\n"
-        "class Net(nn.Module):\n"
-        "    def __init__(self):\n"
-        "        super().__init__(); self.fc1 = nn.Linear(64, 32); self.fc2 = nn.Linear(32, 4)\n"
-        "    def forward(self, x):\n"
-        "        return self.fc2(torch.relu(self.fc1(x)))\n"
-    )
-    torch.save(net.state_dict(), tmp_path / "net.pt")
+    write_net_files(tmp_path, net, "net_mod")
     result = cli(
         "compress",
         "net.pt",
@@ -254,14 +272,7 @@ def test_cli_with_data_eval_and_finetune_plugins(cli, tmp_path: Path, monkeypatc
     assert (tmp_path / "calls.log").read_text().split("\n")[:3] == ["eval", "finetune 2", "eval"]
     summary = json.loads(result.out)
     assert summary["passes"][1]["metric_after"] == 0.25
-    data = blobs()
-    np.savez(
-        tmp_path / "d.npz",
-        x_val=data.x_val.numpy(),
-        y_val=data.y_val.numpy(),
-        x_train=data.x_train.numpy(),
-        y_train=data.y_train.numpy(),
-    )
+    write_data_file(tmp_path)
     result = cli(
         "compress",
         "net.pt",
@@ -358,23 +369,8 @@ def test_recipe_compress_table_sets_the_run(cli, tmp_path: Path, monkeypatch, ne
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    (tmp_path / "net_mod2.py").write_text(
-        "import torch.nn as nn, torch\n"
-        "class Net(nn.Module):\n"
-        "    def __init__(self):\n"
-        "        super().__init__(); self.fc1 = nn.Linear(64, 32); self.fc2 = nn.Linear(32, 4)\n"
-        "    def forward(self, x):\n"
-        "        return self.fc2(torch.relu(self.fc1(x)))\n"
-    )
-    torch.save(net.state_dict(), tmp_path / "net.pt")
-    data = blobs()
-    np.savez(
-        tmp_path / "d.npz",
-        x_val=data.x_val.numpy(),
-        y_val=data.y_val.numpy(),
-        x_train=data.x_train.numpy(),
-        y_train=data.y_train.numpy(),
-    )
+    write_net_files(tmp_path, net, "net_mod2")
+    data = write_data_file(tmp_path)
     (tmp_path / "r.toml").write_text(
         "[compress]\nseed = 5\ndistill = 0.5\n\n"
         "[[pass]]\nname = 'prune'\nsparsity = 0.8\n\n"
