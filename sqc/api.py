@@ -149,17 +149,22 @@ def make_context(
         check_labels(dataset, ir.graph_module)
     evaluator: Evaluator | None = evaluate or (top1(dataset) if dataset is not None else None)
     trainer: TrainFn | None = None
-    if distill and finetune is not None:
-        raise SqcError("--distill is for the built-in fine-tuner; a --finetune function trains its own way")
+    if not 0.0 <= distill <= 1.0:
+        raise SqcError(f"--distill {distill}: must be in [0, 1]")
+    if not 0.0 <= weight_decay < 1.0:
+        raise SqcError(f"--weight-decay {weight_decay}: must be in [0, 1)")
+    built_in_only = [
+        flag for flag, value in (("--distill", distill), ("--weight-decay", weight_decay)) if value
+    ]
+    if built_in_only and finetune is not None:
+        raise SqcError(
+            f"{built_in_only[0]} is for the built-in fine-tuner; a --finetune function trains its own way"
+        )
     if finetune is not None:
         user = finetune
         trainer = lambda module, epochs, lr: user(module, epochs)  # noqa: E731 - the user's loop has its own lr
     elif dataset is not None and dataset.x_train is not None:
         built_in = dataset
-        if not 0.0 <= distill <= 1.0:
-            raise SqcError(f"--distill {distill}: must be in [0, 1]")
-        if not 0.0 <= weight_decay < 1.0:
-            raise SqcError(f"--weight-decay {weight_decay}: must be in [0, 1)")
         teacher = teacher_logits(ir.graph_module, dataset) if distill else None  # before any pass runs
 
         def trainer(module: nn.Module, epochs: int, lr: float) -> None:
@@ -168,8 +173,10 @@ def make_context(
             )
             tune(module, epochs)
 
-    elif distill:
-        raise SqcError("--distill needs the built-in fine-tuner: a --data file with x_train/y_train")
+    elif built_in_only:
+        raise SqcError(
+            f"{built_in_only[0]} needs the built-in fine-tuner: a --data file with x_train/y_train"
+        )
 
     if tolerance < 0 or tolerance != tolerance:
         raise SqcError(f"--tolerance {tolerance}: must be a non-negative number")

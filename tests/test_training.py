@@ -361,6 +361,10 @@ def test_distill_through_compress_and_its_errors(net):
         sqc.compress(net, [(1, 64)], "prune", evaluate=lambda m: 1.0, distill=0.5)
     with pytest.raises(sqc.SqcError, match="a --finetune function trains its own way"):
         sqc.compress(net, [(1, 64)], pipeline, data=data, finetune=lambda m, e: None, distill=0.5)
+    with pytest.raises(sqc.SqcError, match="--weight-decay needs the built-in fine-tuner"):
+        sqc.compress(net, [(1, 64)], "prune", evaluate=lambda m: 1.0, weight_decay=1e-4)
+    with pytest.raises(sqc.SqcError, match=r"--weight-decay 1.0: must be in \[0, 1\)"):
+        sqc.compress(net, [(1, 64)], pipeline, data=data, weight_decay=1.0)
 
 
 def test_recipe_compress_table_sets_the_run(cli, tmp_path: Path, monkeypatch, net):
