@@ -209,13 +209,20 @@ def decode_symbols(w: Weights) -> tuple[np.ndarray, np.ndarray]:
     return positions, symbols if w.codebook is not None else values
 
 
-def balance(load: np.ndarray, lanes: int) -> list[np.ndarray]:
-    """Output channels per lane: longest first onto the least-loaded lane (LPT), so that the banks, which
-    are padded to the longest lane, waste little; each lane's channels in ascending order."""
+def balance(load: np.ndarray, lanes: int, cap: int | None = None) -> list[np.ndarray]:
+    """Output channels per lane: longest first onto the least-loaded lane with fewer than ``cap`` channels
+    (LPT), so that the banks, which are padded to the longest lane, waste little. Channels without a kept
+    weight go to no lane (the kernels give them their bias first). Each lane's channels ascending."""
     heap = [(0, p) for p in range(lanes)]
     owned: list[list[int]] = [[] for _ in range(lanes)]
+    full: list[tuple[int, int]] = []
     for row in np.argsort(-load, kind="stable"):
+        if load[row] == 0:
+            break
         total, p = heapq.heappop(heap)
+        while cap is not None and len(owned[p]) >= cap and heap:
+            full.append((total, p))
+            total, p = heapq.heappop(heap)
         owned[p].append(int(row))
         heapq.heappush(heap, (total + int(load[row]), p))
     return [np.array(sorted(rows), dtype=np.int64) for rows in owned]
@@ -237,7 +244,8 @@ def lay_out(w: Weights, reuse: int) -> Lanes:
     load = mask2.sum(axis=1)
     # A channel is never split between lanes, so no lane finishes before the longest channel: a reuse
     # below that buys no speed, only banks padded to the longest lane. Cap the lanes accordingly.
-    lanes = min(out, max(1, math.ceil(kept / max(reuse, int(load.max(initial=1))))))
+    busy = max(1, int((load > 0).sum()))
+    lanes = min(busy, max(1, math.ceil(kept / max(reuse, int(load.max(initial=1))))))
     if w.codebook is not None:
         sym_bits, signed = max(1, math.ceil(math.log2(max(2, int(w.codebook.size))))), False
     else:
@@ -246,8 +254,10 @@ def lay_out(w: Weights, reuse: int) -> Lanes:
     for bits in range(1, 9) if w.sparse else (0,):
         # balance by weights, and by weights plus the fillers each channel needs at this index width
         fill = (1 << bits) - 1
-        loads = [load, load + _row_fillers(mask2, fill)] if w.sparse else [load]
-        for owned in (balance(x, lanes) for x in loads):
+        loads = [load, load + _row_fillers(mask2, fill) * (load > 0)] if w.sparse else [load]
+        even = math.ceil(busy / lanes)
+        # a lane's channel map is padded to the lane with most channels: also try capping that
+        for owned in (balance(x, lanes, cap) for x in loads for cap in (None, even, 2 * even)):
             candidate = _lanes(owned, mask2, full2, bits, fill, sym_bits, signed, kept, w.sparse)
             cost = sum(candidate.bits().values())
             if best is None or cost < best[0]:
@@ -282,7 +292,7 @@ def _lanes(
 ) -> Lanes:
     out, per = mask2.shape
     lanes = len(owned)
-    rows = max(r.size for r in owned)
+    rows = max(1, max(r.size for r in owned))
     rowmap = np.full((lanes, rows), out, dtype=np.int64)
     for p, r in enumerate(owned):
         rowmap[p, : r.size] = r

@@ -124,6 +124,11 @@ void linear(const code_t x[IN], code_t y[L::OUT], const SR sym[], const IR idx[]
         row[p] = 0;
         next[p] = 0;
     }
+bias_only: /* channels no lane owns (every weight pruned) hold their bias; the lanes overwrite the rest */
+    for (int o = 0; o < L::OUT; o++) {
+#pragma HLS PIPELINE II = 1
+        y[o] = epilogue(acc_t(0), o, bias, mult, shift, L::LO, L::HI);
+    }
 entries:
     for (int e = 0; e < L::LEN; e++) {
 #pragma HLS PIPELINE II = 1
@@ -200,6 +205,13 @@ void conv(const code_t x[C::CIN * C::H * C::W], code_t y[C::COUT * C::OH * C::OW
         next[p] = 0;
         for (int i = 0; i < PLANE; i++) {
             acc[p][i] = 0;
+        }
+    }
+bias_only: /* channels no lane owns (every weight pruned) hold their bias; the lanes overwrite the rest */
+    for (int oc = 0; oc < C::COUT; oc++) {
+        for (int i = 0; i < PLANE; i++) {
+#pragma HLS PIPELINE II = 1
+            y[oc * PLANE + i] = epilogue(acc_t(0), oc, bias, mult, shift, L::LO, L::HI);
         }
     }
 entries:
