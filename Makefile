@@ -34,6 +34,8 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 bench: $(STAMP)
+	$(BIN)/pip install -q ".[bench]"
+	$(BIN)/pip install -q --force-reinstall --no-deps .
 	$(BIN)/python benchmarks/run_all.py
 
 fuzz: $(STAMP)

@@ -8,6 +8,12 @@
                          writes results/scale.json.
 5. ``bench_executors.py``: a LeNet-5 sensitivity sweep serial vs process pool vs Ray (if installed),
                          curves checked identical; writes results/executors.json.
+6. ``deep_compression_mnist.py``: the four MNIST recipes with retraining (issue 3); writes
+                         results/deep_compression_mnist.json (~10 min);
+7. ``bench_channels.py``: prune-channels on ResNet-18/SqueezeNet v1.1 and LeNet-5; results/channels.json;
+8. ``bench_c_target.py``: the C kernel vs PyTorch eager and ONNX Runtime; results/c_target.json (needs the
+                         ``bench`` extra for ONNX Runtime);
+9. ``bench_hls.py``:     sqc's HLS project vs hls4ml on the LeNets (C simulation); results/hls.json.
 
 Each runs in its own process with this interpreter, one after the other (the machine has two cores;
 running them side by side would spoil every timing). Output streams through; a failing benchmark is
@@ -16,7 +22,7 @@ reported and the rest still run; the exit code is non-zero if any failed.
 Run: ``python benchmarks/run_all.py [--quick] [--only lenet,scale] [--profile]``
 ``--quick`` uses fewer repetitions (one run each, a smaller Huffman stream) for a smoke test;
 ``--profile`` passes ``--profile`` to bench_scale (one more cProfile'd run, results/scale_profile.txt).
-The full run takes about 15-20 minutes on the 2-core reference machine.
+The full run takes about 45 minutes on the 2-core reference machine (``--only`` picks a subset).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("huffman", "lenet", "coding", "scale", "executors")
+BENCHMARKS = ("huffman", "lenet", "coding", "scale", "executors", "mnist", "channels", "c", "hls")
 
 
 def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
@@ -55,6 +61,10 @@ def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
             str(HERE / "bench_executors.py"),
             *(subset if quick else []),
         ],
+        "mnist": [py, str(HERE / "deep_compression_mnist.py")],
+        "channels": [py, str(HERE / "bench_channels.py"), *(["--quick"] if quick else [])],
+        "c": [py, str(HERE / "bench_c_target.py"), "--runs", "3" if quick else "20"],
+        "hls": [py, str(HERE / "bench_hls.py")],
     }
 
 

@@ -42,6 +42,7 @@ from sqc.targets.integer import (
     Softmax,
     Stream,
     Weights,
+    chw,
 )
 from sqc.targets.simulate import regular_windows
 
@@ -311,8 +312,8 @@ class _Emitter:
             if isinstance(op, Conv):
                 kind, w, idx, nidx = self.weights(op.weights)
                 rq = self.requant(name, op.requant)
-                cin, h, wd = _chw(src.shape)
-                cout, oh, ow = _chw(dst.shape)
+                cin, h, wd = chw(src.shape)
+                cout, oh, ow = chw(dst.shape)
                 kh, kw = (1, op.weights.shape[2]) if len(op.weights.shape) == 3 else op.weights.shape[2:4]
                 geo = conv_taps((h, wd), (oh, ow), (kh, kw), op.stride, op.padding, op.dilation)
                 taps = self.array("int32_t", f"{name}_taps", geo.taps)
@@ -405,14 +406,6 @@ def _decode_block(stream: str, fields: dict[str, str], also_fail: str | None = N
 
 def _call(function: str, *args: object) -> str:
     return f"    {function}({', '.join(str(a) for a in args)});"
-
-
-def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(shape) == 1:
-        return shape[0], 1, 1
-    if len(shape) == 2:
-        return shape[0], 1, shape[1]
-    return shape[0], shape[1], shape[2]
 
 
 def write_project(

@@ -53,6 +53,7 @@ from sqc.targets.integer import (
     Requant,
     Softmax,
     Weights,
+    chw,
 )
 
 STATIC_FILES = ("sqc_hls.h", "tb.cpp", "Makefile")
@@ -571,8 +572,8 @@ class _Writer:
             macs_dense = int(np.prod(w.shape))
             kind = "linear"
         else:
-            cin, h, wd = _chw(src.shape)
-            cout, oh, ow = _chw(self.program.tensors[op.output].shape)
+            cin, h, wd = chw(src.shape)
+            cout, oh, ow = chw(self.program.tensors[op.output].shape)
             kh, kw = (1, w.shape[2]) if len(w.shape) == 3 else w.shape[2:4]
             fields = {
                 "CIN": cin, "H": h, "W": wd, "COUT": cout, "OH": oh, "OW": ow, "KH": kh, "KW": kw,
@@ -653,14 +654,6 @@ class _Writer:
             read = f"    sqc::copy<{n_in}>(in, {in_buf});"
             write = f"    sqc::copy<{n_out}>(%s, out);"
         return proto, "\n".join(ports), read, write
-
-
-def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    if len(shape) == 1:
-        return shape[0], 1, 1
-    if len(shape) == 2:
-        return shape[0], 1, shape[1]
-    return shape[0], shape[1], shape[2]
 
 
 def write_project(

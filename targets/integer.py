@@ -20,6 +20,18 @@ from typing import Literal
 import numpy as np
 
 
+def chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """A per-sample activation shape as (channels, height, width): 1-D data has height 1 and a vector is
+    channels only. Every backend lays activations out this way (``INTEGER.md``)."""
+    if len(shape) == 1:
+        return shape[0], 1, 1
+    if len(shape) == 2:
+        return shape[0], 1, shape[1]
+    if len(shape) == 3:
+        return shape[0], shape[1], shape[2]
+    raise ValueError(f"shape {shape}: activations have at most 3 per-sample dimensions")
+
+
 @dataclass(frozen=True)
 class ActFormat:
     """Signed fixed point of an activation tensor: ``value = code * 2**-frac``."""

@@ -45,6 +45,7 @@ from sqc.targets.integer import (
     Tensor,
     Weights,
     choose_frac,
+    chw,
     multiplier,
     round_half_even,
 )
@@ -413,17 +414,6 @@ def _pair(value: Any, one_d: bool, height: int | None = 1) -> tuple[Any, Any]:
     if one_d:
         return height, items[-1]
     return items[0], items[-1]
-
-
-def _chw(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """A per-sample shape as (channels, height, width); 1-D data has height 1."""
-    if len(shape) == 1:
-        return shape[0], 1, 1
-    if len(shape) == 2:
-        return shape[0], 1, shape[1]
-    if len(shape) == 3:
-        return shape
-    raise ValueError(f"shape {shape}")
 
 
 class _Walk:
@@ -838,7 +828,7 @@ class _Walk:
             raise self.fail(node, "padding the channel axis is not supported")
         value = float(a["value"] or 0.0)
         fill = max(x.fmt.qmin, min(x.fmt.qmax, round_half_even(value * 2.0**x.fmt.frac)))
-        c, h, w = _chw(x.shape)
+        c, h, w = chw(x.shape)
         y = self.new(node, x.fmt)
         self.ops.append(Pad(node.name, [x.name], y.name, c, (h, w), (top, bottom, left, right), fill))
 
@@ -852,7 +842,7 @@ class _Walk:
         cols: list[tuple[int, int]],
         divisor: np.ndarray | None,
     ) -> None:
-        c, h, w = _chw(x.shape)
+        c, h, w = chw(x.shape)
         y = self.new(node, x.fmt)
         if y.numel != c * len(rows) * len(cols):
             raise self.fail(node, f"pooling output {y.shape} does not match its windows")
@@ -885,7 +875,7 @@ class _Walk:
             raise self.fail(node, "ceil_mode=True is not supported")
         if kind == "max" and _pair(a["dilation"], one_d) != (1, 1):
             raise self.fail(node, "dilated pooling is not supported")
-        _, h, w = _chw(x.shape)
+        _, h, w = chw(x.shape)
         oh, ow = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
         rows = [(max(0, o * s[0] - p[0]), min(h, o * s[0] - p[0] + k[0])) for o in range(oh)]
         cols = [(max(0, o * s[1] - p[1]), min(w, o * s[1] - p[1] + k[1])) for o in range(ow)]
@@ -911,7 +901,7 @@ class _Walk:
             raise self.fail(node, "return_indices is not supported")
         one_d = op.endswith("1d")
         x = self.tensor(node, a["input"])
-        _, h, w = _chw(x.shape)
+        _, h, w = chw(x.shape)
         size = a["output_size"]
         oh, ow = _pair(size, one_d)
         oh = h if oh is None else oh
@@ -939,7 +929,7 @@ class _Walk:
         axes = sorted(int(d) % rank for d in dims if d is not None)
         if len(x.shape) not in (2, 3) or axes != list(range(2, rank)):
             raise self.fail(node, "mean is supported over all spatial axes only (global average pooling)")
-        _, h, w = _chw(x.shape)
+        _, h, w = chw(x.shape)
         self._pool(node, x, "avg", [(0, h)], [(0, w)], np.array([h * w], dtype=np.int64))
 
 
