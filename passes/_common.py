@@ -7,7 +7,7 @@ import weakref
 import torch
 
 from sqc.errors import PipelineError
-from sqc.ir import CompressedModel, TensorState, matches
+from sqc.ir import Coder, CompressedModel, TensorState, matches
 from sqc.pass_base import LayerMap, Stat
 
 
@@ -86,10 +86,25 @@ def change_stats(state: TensorState, before: torch.Tensor, bytes_before: int) ->
     return layer_stats(state, bytes_before, error)
 
 
+def set_coder(state: TensorState, coder: Coder) -> dict[str, Stat]:
+    """Switch a record's entropy coder (its values stay as they are); the layer's bytes before and after."""
+    before = encoded_bytes(state)
+    state.coder = coder
+    after = encoded_bytes(state)
+    return {
+        "bytes_before": before,
+        "bytes_after": after,
+        "bits_per_weight_coded": round(8 * after / max(1, state.kept), 4),
+    }
+
+
+def byte_totals(layers: dict[str, dict[str, Stat]]) -> dict[str, Stat]:
+    """Whole-model sums of the per-layer byte counts."""
+    return {key: int(sum(int(v[key]) for v in layers.values())) for key in ("bytes_before", "bytes_after")}
+
+
 def totals(layers: dict[str, dict[str, Stat]]) -> dict[str, Stat]:
     """Whole-model sums of the per-layer byte counts and the worst error."""
-    out: dict[str, Stat] = {}
-    for key in ("bytes_before", "bytes_after"):
-        out[key] = int(sum(int(v[key]) for v in layers.values()))
+    out = byte_totals(layers)
     out["max_abs_error"] = max((float(v["max_abs_error"]) for v in layers.values()), default=0.0)
     return out

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sqc.ir import CompressedModel
 from sqc.pass_base import Pass, PassContext, PassResult
-from sqc.passes._common import encoded_bytes, selected
+from sqc.passes._common import byte_totals, selected, set_coder
 
 
 @dataclass(frozen=True)
@@ -33,16 +33,6 @@ class Huffman(Pass):
             if state.codes is None:
                 continue
             ctx.note(f"huffman: {state.name} ({state.numel:,} weights)")
-            before = encoded_bytes(state)
-            state.coder = "huffman"
-            after = encoded_bytes(state)
-            layers[state.name] = {
-                "bytes_before": before,
-                "bytes_after": after,
-                "bits_per_weight_coded": round(8 * after / max(1, state.kept), 4),
-            }
-        stats = {
-            "bytes_before": sum(int(v["bytes_before"]) for v in layers.values()),
-            "bytes_after": sum(int(v["bytes_after"]) for v in layers.values()),
-        }
+            layers[state.name] = set_coder(state, "huffman")
+        stats = byte_totals(layers)
         return PassResult(bool(layers), stats, layers)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqc.formats.rans import DECISION_SECONDS, ROUND_SECONDS, estimated_seconds
 from sqc.ir import CompressedModel
 from sqc.pass_base import Pass, PassContext, PassResult
-from sqc.passes._common import encoded_bytes, selected
+from sqc.passes._common import byte_totals, selected, set_coder
 
 SLOW_SECONDS = 60.0
 """A tensor estimated to take longer than this to code gets a warning naming the estimate."""
@@ -49,16 +49,6 @@ class Rans(Pass):
                     f"(~{ROUND_SECONDS * 1e6:.0f} us per round and {DECISION_SECONDS * 1e6:.2f} us per "
                     "decision; decoding about half): use huffman for this layer (layers=) if that is too slow"
                 )
-            before = encoded_bytes(state)
-            state.coder = "rans"
-            after = encoded_bytes(state)
-            layers[state.name] = {
-                "bytes_before": before,
-                "bytes_after": after,
-                "bits_per_weight_coded": round(8 * after / max(1, state.kept), 4),
-            }
-        stats = {
-            "bytes_before": sum(int(v["bytes_before"]) for v in layers.values()),
-            "bytes_after": sum(int(v["bytes_after"]) for v in layers.values()),
-        }
+            layers[state.name] = set_coder(state, "rans")
+        stats = byte_totals(layers)
         return PassResult(bool(layers), stats, layers, diagnostics)
