@@ -547,15 +547,11 @@ class CTarget:
         options: list[str] | None = None,
     ) -> dict:
         from sqc.formats.container import read
-        from sqc.targets.legalize import LowerOptions, calibration_inputs, legalize
+        from sqc.targets.legalize import LowerOptions, calibration_inputs, legalize, require_calib
         from sqc.targets.simulate import compare
 
         opts, extra = LowerOptions.parse(options, known_extra=("arena",))
-        if calib is None:
-            raise SqcError(
-                "target c needs --calib FILE (a .npz/.pt with x_val): activation formats come from "
-                "calibration"
-            )
+        calib = require_calib("c", calib)
         model = read(Path(source))
         program = legalize(model, calib, opts, keep_rans=True)
         report = write_project(

@@ -857,16 +857,12 @@ class HlsTarget:
     ) -> dict:
         from sqc.data import load_data
         from sqc.formats.container import read
-        from sqc.targets.legalize import LowerOptions, calibration_inputs, legalize
+        from sqc.targets.legalize import LowerOptions, calibration_inputs, legalize, require_calib
         from sqc.targets.simulate import compare, quantize_input, simulate
 
         opts, extra = LowerOptions.parse(options, EXTRA_OPTIONS)
         hls = HlsOptions.parse(extra)
-        if calib is None:
-            raise HlsError(
-                "target hls needs --calib FILE (a .npz/.pt with x_val): activation formats come from "
-                "calibration"
-            )
+        calib = require_calib("hls", calib)
         model = read(Path(source))
         for state in model.tensors.values():
             if state.coder not in ("raw", "huffman") and state.codes is None:

@@ -55,6 +55,16 @@ class LowerError(SqcError):
     """A model, option or op the integer lowering cannot represent exactly."""
 
 
+def require_calib(target: str, calib: Path | None) -> Path:
+    """The calibration file an integer target cannot lower without (activation formats come from it)."""
+    if calib is None:
+        raise LowerError(
+            f"target {target} needs --calib FILE (a .npz/.pt with x_val): activation formats come from "
+            "calibration"
+        )
+    return Path(calib)
+
+
 @dataclass(frozen=True)
 class LowerOptions:
     """Options of the integer targets (``--option key=value``).
