@@ -38,7 +38,7 @@ from sqc.formats.graph_codec import (
     inflate_json,
     json_limit,
 )
-from sqc.formats.tensor_codec import CODEC_NAMES, Breakdown, decode_tensor, encode_tensor
+from sqc.formats.tensor_codec import CODEC_NAMES, Breakdown, decode_tensor, encode_tensor_cached
 from sqc.ir import CompressedModel, InputSpec, PassRecord, TensorState
 
 MAGIC = b"\x89SQC\r\n\x1a\n"
@@ -186,7 +186,7 @@ def serialize(model: CompressedModel) -> bytes:
         (KIND_GRAPH, JSON_PRESET, NO_TENSOR, _deflate_preset(graph_text, PRESET_DICTIONARY))
     ]
     for i, name in enumerate(names):
-        codec, payload, _ = encode_tensor(model.tensors[name])
+        codec, payload, _ = encode_tensor_cached(model.tensors[name])
         bodies.append((KIND_TENSOR, codec, i, payload))
     report = json.dumps([r.to_json() for r in model.report], separators=(",", ":"), sort_keys=True)
     report_bytes = _deflate_preset(report.encode("utf-8"), PRESET_DICTIONARY)

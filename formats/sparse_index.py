@@ -28,7 +28,14 @@ import numpy.typing as npt
 
 from sqc.errors import SqcFormatError
 
-__all__ = ["MAX_INDEX_BITS", "best_index_bits", "decode_positions", "encode_gaps", "entry_count"]
+__all__ = [
+    "MAX_INDEX_BITS",
+    "best_index_bits",
+    "decode_positions",
+    "encode_gaps",
+    "entries_for_positions",
+    "entry_count",
+]
 
 MAX_INDEX_BITS = 32
 """Entries are returned as uint32, so ``M`` is at most ``2**32 - 1``."""
@@ -36,8 +43,14 @@ MAX_INDEX_BITS = 32
 
 def encode_gaps(mask_flat: npt.ArrayLike, index_bits: int) -> npt.NDArray[np.uint32]:
     """The entry stream for a keep-mask (flattened row-major; non-zero means kept)."""
+    return entries_for_positions(np.flatnonzero(np.asarray(mask_flat)), index_bits)
+
+
+def entries_for_positions(positions: npt.NDArray[np.integer], index_bits: int) -> npt.NDArray[np.uint32]:
+    """:func:`encode_gaps` from the kept positions (strictly increasing), for a caller that has them."""
     m = _filler(index_bits, ValueError)
-    gaps = _gaps(mask_flat)
+    gaps = np.diff(positions, prepend=-1)
+    gaps -= 1
     if gaps.size == 0:
         return np.zeros(0, dtype=np.uint32)
     fillers = gaps // m

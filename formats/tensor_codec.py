@@ -12,7 +12,7 @@ field before use and gives back a record whose ``decode()`` is bit-identical to 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ import torch
 from sqc.errors import SqcFormatError
 from sqc.formats import bitpack, huffman, rans, sparse_index
 from sqc.formats.binio import Reader, Writer
-from sqc.ir import FixedPoint, Role, TensorState
+from sqc.ir import FixedPoint, RecordVersion, Role, TensorState, all_finite
 
 RAW_F32, FIXED, CODEBOOK = 0, 1, 2
 CODEC_NAMES = {RAW_F32: "raw-f32", FIXED: "fixed", CODEBOOK: "codebook"}
@@ -105,6 +105,54 @@ def _index_bits_for(positions: np.ndarray, allow_huffman: bool) -> int:
     return best_bits
 
 
+def encoded_size(state: TensorState) -> int:
+    """Bytes of the tensor section :func:`encode_tensor` writes for ``state`` (the real encoder, not an
+    estimate), cached like :func:`encode_tensor_cached`; an uncompressed float tensor without a mask
+    is priced without building its section."""
+    cached = _cached(state)
+    if cached is not None:
+        return cached[1]
+    if state.codes is None and state.mask is None and state.dense is not None:
+        size = _raw_dense_size(state.numel)
+        state.__dict__["_encoded"] = (RecordVersion(state), state.coder, size, None)
+        return size
+    return len(encode_tensor_cached(state)[1])
+
+
+def encode_tensor_cached(state: TensorState) -> tuple[int, bytes, Breakdown]:
+    """:func:`encode_tensor`, remembered on the record until its value or coder changes.
+
+    Passes report each layer's bytes before and after them and ``save`` writes the same sections
+    again, so without this the same unchanged tensor would be encoded over and over (on VGG-16, 96
+    encodes instead of 32). The key is the record's :class:`~sqc.ir.RecordVersion` and its coder. The
+    payload is kept only for entropy-coded records (the last encoding before ``save``, no larger than
+    the file); for the others the size is.
+    """
+    cached = _cached(state)
+    if cached is not None and cached[2] is not None:
+        codec, payload, info = cached[2]
+        return codec, payload, replace(info, streams=dict(info.streams))
+    codec, payload, info = encode_tensor(state)
+    kept = (codec, payload, replace(info, streams=dict(info.streams))) if state.coder != "raw" else None
+    state.__dict__["_encoded"] = (RecordVersion(state), state.coder, len(payload), kept)
+    return codec, payload, info
+
+
+def _cached(state: TensorState) -> tuple[str, int, tuple[int, bytes, Breakdown] | None] | None:
+    entry = state.__dict__.get("_encoded")
+    if entry is None or entry[1] != state.coder or not entry[0].holds_for(state):
+        return None
+    return entry[1], entry[2], entry[3]
+
+
+def _raw_dense_size(numel: int) -> int:
+    """Size of an unmasked float32 tensor's section: flags byte + varint length + the values."""
+    writer = Writer()
+    writer.u8(0)
+    writer.varint(4 * numel)
+    return len(writer.getvalue()) + 4 * numel
+
+
 def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
     """``(codec, payload, breakdown)`` of the tensor section for ``state``."""
     out = Writer()
@@ -142,12 +190,19 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
         codec = RAW_F32
     prefix = out.getvalue()
     info.kept = state.kept
-    dense_body = (
-        _layout_dense(state, codec, want_huffman, wants, info) if _dense_allowed(state, codec) else None
-    )
     sparse_info = Breakdown()
     sparse_body = (
         _layout_sparse(state, codec, want_huffman, wants, sparse_info) if state.mask is not None else None
+    )
+    # float values: the dense section's size is known without building it (4 bytes a weight), and on
+    # a pruned layer it is the larger one
+    dense_loses = (
+        codec == RAW_F32 and sparse_body is not None and len(sparse_body) < _raw_dense_size(state.numel)
+    )
+    dense_body = (
+        _layout_dense(state, codec, want_huffman, wants, info)
+        if _dense_allowed(state, codec) and not dense_loses
+        else None
     )
     context_info = Breakdown()
     context_body = _layout_context(state, codec, context_info) if state.coder == "rans" else None
@@ -198,7 +253,7 @@ def _layout_sparse(state: TensorState, codec: int, want: bool, wants: int, info:
     mask_flat = state.mask.flatten().numpy()
     positions = np.flatnonzero(mask_flat)
     bits = _index_bits_for(positions, want and codec != RAW_F32)
-    entries = sparse_index.encode_gaps(mask_flat, bits)
+    entries = sparse_index.entries_for_positions(positions, bits)
     index, index_coded = _choose_stream(entries, 1 << bits, bits, want)
     values, values_coded = _values_stream(state, codec, positions, want)
     flags = SPARSE | (VALUES_HUFFMAN if values_coded else 0) | (INDEX_HUFFMAN if index_coded else 0)
@@ -288,7 +343,7 @@ def decode_tensor(
             state.codebook = fmt.dequantize(torch.from_numpy(bitpack.unpack(data, k, mode, True)))
         else:
             raise r.fail(f"unknown codebook mode {mode}")
-        if not bool(torch.isfinite(state.codebook).all()):
+        if not all_finite(state.codebook):
             raise r.fail("NaN or Inf in the codebook")
         info.codebook = r.pos - start
         alphabet, width = k, max(1, math.ceil(math.log2(k)))
@@ -346,7 +401,7 @@ def decode_tensor(
         if flags & VALUES_HUFFMAN or len(values.data) != 4 * count:
             raise values.fail(f"{len(values.data)} bytes for {count} float32 values")
         flat = np.frombuffer(values.take(4 * count), dtype="<f4").astype(np.float32)
-        if not np.isfinite(flat).all():
+        if not all_finite(torch.from_numpy(flat)):
             raise values.fail("NaN or Inf in a raw tensor")
         dense = np.zeros(numel, dtype=np.float32)
         dense[positions if positions is not None else slice(None)] = flat

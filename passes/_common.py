@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
 from sqc.errors import PipelineError
@@ -44,28 +42,11 @@ def unused_overrides(model: CompressedModel, table: LayerMap) -> list[str]:
 
 
 def encoded_bytes(state: TensorState) -> int:
-    """Bytes the container writes for this tensor right now (the real encoder, not an estimate).
+    """Bytes the container writes for this tensor right now (the real encoder, not an estimate;
+    cached on the record until its value or coder changes)."""
+    from sqc.formats.tensor_codec import encoded_size
 
-    Each pass reports sizes before and after it, so the same unchanged tensor would be encoded
-    again and again; the size is cached on the record, keyed by weak references to the exact tensor
-    objects it was computed from (passes replace tensors, never modify them in place).
-    """
-    from sqc.formats.tensor_codec import encode_tensor
-
-    parts = (state.dense, state.mask, state.codes, state.codebook)
-    key = (state.fmt, state.coder, tuple(-1 if t is None else t._version for t in parts))
-    cached = state.__dict__.get("_encoded_size")
-    if cached is not None:
-        refs, cached_key, size = cached
-        same = all(
-            (r is None and t is None) or (r is not None and r() is t)
-            for r, t in zip(refs, parts, strict=True)
-        )
-        if same and cached_key == key:
-            return size
-    size = len(encode_tensor(state)[1])
-    state.__dict__["_encoded_size"] = (tuple(None if t is None else weakref.ref(t) for t in parts), key, size)
-    return size
+    return encoded_size(state)
 
 
 def layer_stats(state: TensorState, bytes_before: int, max_abs_error: float) -> dict[str, Stat]:

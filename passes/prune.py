@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import numpy as np
 import torch
 
 from sqc.errors import PipelineError
@@ -213,27 +212,50 @@ def magnitude_threshold(group: list[TensorState], sparsity: float) -> float:
     magnitudes = (torch.cat(parts) if len(parts) > 1 else parts[0]).numpy()
     del parts
     drop = round(sparsity * magnitudes.size)
-    # selection in place on our own copy: O(n) and no index tensor (kthvalue needs both)
-    threshold = float(np.partition(magnitudes, drop - 1)[drop - 1]) if drop else -1.0
-    del magnitudes
-    return threshold
+    if not drop:
+        return -1.0
+    # selection in place on our own copy: O(n), no index tensor (kthvalue needs one) and no second
+    # copy (np.partition returns one: +392 MiB and ~1 s on a 100M-weight layer)
+    magnitudes.partition(drop - 1)
+    return float(magnitudes[drop - 1])
+
+
+SLICE = 1 << 22
+"""Elements per slice when a pass walks a large tensor: temporaries stay a few MiB, not the tensor's size."""
 
 
 def apply_threshold(state: TensorState, threshold: float) -> tuple[bool, float]:
     """Prune the record's weights of magnitude <= ``threshold`` (the caller syncs the module).
 
-    Returns whether the mask changed and the largest magnitude removed.
+    Returns whether the mask changed and the largest magnitude removed. Works slice by slice: the new
+    mask (and, for a dense record, the new values) are the only whole-tensor allocations.
     """
-    magnitude = state.decode().abs()
-    keep = magnitude > threshold
-    if state.mask is not None:
-        keep &= state.mask
-    dropped = magnitude.masked_fill_(keep, 0.0)  # the magnitudes this pass removes
-    error = float(dropped.max()) if dropped.numel() else 0.0
-    del magnitude, dropped
-    removes = not bool(keep.all()) if state.mask is None else not torch.equal(keep, state.mask)
+    values = state.decode().reshape(-1)
+    old_mask = None if state.mask is None else state.mask.reshape(-1)
+    keep = torch.empty(values.numel(), dtype=torch.bool)
+    pruned_values = torch.empty_like(values) if state.codes is None else None
+    error, kept_before, kept_after = 0.0, 0, 0
+    for start in range(0, values.numel(), SLICE):
+        part = slice(start, start + SLICE)
+        magnitude = values[part].abs()
+        part_keep = torch.gt(magnitude, threshold, out=keep[part])
+        if old_mask is not None:
+            part_keep &= old_mask[part]
+            kept_before += int(torch.count_nonzero(old_mask[part]))
+        else:
+            kept_before += part_keep.numel()
+        kept_after += int(torch.count_nonzero(part_keep))
+        dropped = magnitude.masked_fill_(part_keep, 0.0)  # the magnitudes this pass removes
+        if dropped.numel():
+            error = max(error, float(dropped.max()))
+        if pruned_values is not None:
+            pruned_values[part].copy_(values[part]).masked_fill_(~part_keep, 0.0)
+    removes = kept_after != kept_before  # the new mask is a subset of the old one
     if removes:
-        state.set_mask(keep)
+        if pruned_values is not None:  # what set_mask does for a dense record, without its temporaries
+            state.mask, state.dense = keep.reshape(state.shape), pruned_values.reshape(state.shape)
+        else:
+            state.set_mask(keep)
     return removes, error
 
 

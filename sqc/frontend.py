@@ -23,7 +23,7 @@ from torch import fx
 from torch.fx.node import Argument, map_arg
 
 from sqc.errors import ModelLoadError, TraceError
-from sqc.ir import CompressedModel, InputSpec, TensorState
+from sqc.ir import CompressedModel, InputSpec, TensorState, all_finite
 from sqc.ops import FUNCTIONS, IDENTITY_FUNCTIONS, IDENTITY_METHODS, METHOD_FUNCTIONS, METHODS, function_name
 
 _INTERNAL_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
@@ -492,7 +492,7 @@ def build_ir(
         value = params.get(name)
         role = "buffer" if value is None else ("weight" if value.dim() >= 2 else "param")
         value = value if value is not None else gm.get_buffer(name)
-        if not bool(torch.isfinite(value).all()):
+        if not all_finite(value):
             raise ModelLoadError(f"tensor {name} contains NaN or Inf; sqc refuses to compress a broken model")
         state = TensorState(name=name, shape=tuple(value.shape), role=role)  # type: ignore[arg-type]
         state.set_dense(value.detach())

@@ -54,7 +54,9 @@ class Constraints:
         buffers = dict(gm.named_buffers())
         for name, state in self.model.tensors.items():
             # train copies (BatchNorm statistics included): the records change only on a clean exit
-            (params[name] if name in params else buffers[name]).data = state.decode().clone()
+            copy = state.decode().clone()
+            self.model.release(name)  # drops the sync stamp too, which would keep the old value alive
+            (params[name] if name in params else buffers[name]).data = copy
             if name not in params:
                 continue
             param = params[name]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sqc.errors import SqcError, SqcFormatError
 from sqc.formats import container
-from sqc.formats.tensor_codec import decode_tensor, encode_tensor
+from sqc.formats.tensor_codec import decode_tensor, encode_tensor, encode_tensor_cached, encoded_size
 from sqc.frontend import trace
 from sqc.ir import FixedPoint, TensorState
 from sqc.pass_base import PassContext
@@ -118,6 +118,38 @@ def test_tensor_codec_round_trip_property(rows, cols, kind, density, coder, bits
         info.index,
         info.values,
     )
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.integers(1, 12),
+    cols=st.integers(1, 40),
+    kind=st.sampled_from(["dense", "shared", "fixed"]),
+    density=st.sampled_from([None, 0.0, 0.3, 1.0]),
+    coder=st.sampled_from(["raw", "huffman", "rans"]),
+    seed=st.integers(0, 2**16),
+)
+def test_cached_encoding_is_the_encoding_until_the_record_changes(rows, cols, kind, density, coder, seed):
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.randn((rows, cols), generator=generator)
+    mask = None if density is None else torch.rand((rows, cols), generator=generator) < density
+    state = _state(values, (rows, cols), kind, mask, "raw" if kind == "dense" else coder, 3)
+    fresh = encode_tensor(state)
+    assert encoded_size(state) == len(fresh[1])  # priced without building, or encoded and remembered
+    assert encode_tensor_cached(state)[:2] == fresh[:2] == encode_tensor_cached(state)[:2]
+    if kind != "dense":  # another coder, then a value written in place: both are seen
+        state.coder = "huffman" if state.coder != "huffman" else "raw"
+        assert encoded_size(state) == len(encode_tensor(state)[1])
+        if kind == "shared":
+            state.codebook.add_(1.0)
+        else:
+            state.codes.view(-1)[-1] = 0 if int(state.codes.view(-1)[-1]) else 1
+            if state.mask is not None:
+                state.set_mask(state.mask)
+        assert encode_tensor_cached(state)[:2] == encode_tensor(state)[:2]
+    else:
+        state.dense.view(-1)[0] = 123.0
+        assert encode_tensor_cached(state)[:2] == encode_tensor(state)[:2]
 
 
 def test_tensor_payload_truncated_anywhere_is_a_format_error():

@@ -120,6 +120,62 @@ def test_state_dict_with_arch(small_state: Path):
     assert isinstance(loaded.module, nn.Module) and loaded.input_shapes is None
 
 
+def test_state_dict_is_taken_over_not_copied(small_state: Path):
+    """The architecture is built on the meta device and the checkpoint's tensors become its own."""
+    loaded = load_model(small_state, "sqc_test_models:Small")
+    expected = torch.load(small_state)
+    for name, value in loaded.module.state_dict().items():
+        assert not value.is_meta and torch.equal(value, expected[name])
+    torch.manual_seed(1)
+    x = torch.randn(3, 16)
+    from sqc_test_models import Small
+
+    reference = Small()
+    reference.load_state_dict(expected)
+    assert torch.equal(loaded.module(x), reference(x))
+
+
+FALLBACK_ARCHES = """
+import torch
+from torch import nn
+
+
+class NeedsRealTensors(nn.Module):  # computes with a weight while it is built
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+        self.norm = float(self.fc.weight.abs().sum().item())
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class KeepsABuffer(nn.Module):  # a non-persistent buffer is not in the state_dict
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+        self.register_buffer("offset", torch.full((4,), 2.0), persistent=False)
+
+    def forward(self, x):
+        return self.fc(x) + self.offset
+"""
+
+
+@pytest.mark.parametrize("name", ["NeedsRealTensors", "KeepsABuffer"])
+def test_arch_that_cannot_be_built_on_meta_is_built_for_real(tmp_path: Path, monkeypatch, name: str):
+    (tmp_path / "fallback_arches.py").write_text(FALLBACK_ARCHES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fallback_arches
+
+    torch.manual_seed(0)
+    original = getattr(fallback_arches, name)()
+    torch.save(original.state_dict(), tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt", f"fallback_arches:{name}").module
+    assert not any(t.is_meta for t in (*loaded.parameters(), *loaded.buffers()))
+    x = torch.randn(2, 16)
+    assert torch.equal(loaded(x), original(x))
+
+
 def test_state_dict_in_a_checkpoint_dict(tmp_path: Path, small_state: Path):
     wrapped = tmp_path / "ckpt.pt"
     torch.save({"state_dict": torch.load(small_state), "epoch": 3}, wrapped)

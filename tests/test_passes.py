@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sqc.errors import PipelineError, SqcError
 from sqc.frontend import trace
-from sqc.ir import FixedPoint
+from sqc.ir import FixedPoint, TensorState, all_finite
 from sqc.pass_base import PassContext
 from sqc.passes.quant import best_format
 from sqc.passes.share import kmeans_1d
@@ -244,6 +244,64 @@ def test_verifier_catches_a_bad_record(mlp):
         ir.verify()
     with pytest.raises(PipelineError):
         Pipeline.parse("huffman,prune")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(width=32, allow_nan=True, allow_infinity=True), max_size=64),
+    st.sampled_from([torch.float32, torch.float64, torch.float16]),
+)
+def test_all_finite_agrees_with_isfinite(values, dtype):
+    tensor = torch.tensor(values, dtype=torch.float32).to(dtype)
+    assert all_finite(tensor) == bool(torch.isfinite(tensor).all())
+
+
+def test_verifier_catches_non_finite_values_anywhere(mlp):
+    ir = run(mlp, "prune{sparsity=0.5}")
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        ir.tensors["fc1.bias"].dense[-1] = bad
+        with pytest.raises(SqcError, match="NaN or Inf"):
+            ir.verify()
+
+
+def test_verifier_catches_every_way_module_and_records_part(mlp):
+    """verify() skips re-decoding records that are unchanged since sync; each way of changing one side
+    without the other must still be caught."""
+
+    def broken(change):
+        ir = run(mlp, "prune{sparsity=0.5},share{bits=3}")
+        ir.verify()
+        change(ir, ir.tensors["fc1.weight"], ir.graph_module.get_parameter("fc1.weight"))
+        with pytest.raises(SqcError, match="differs from the record"):
+            ir.verify()
+
+    def in_place_on_param(ir, state, held):
+        with torch.no_grad():
+            held.add_(0.5)  # what an optimiser step does
+
+    broken(in_place_on_param)
+    broken(lambda ir, state, held: setattr(held, "data", held.detach() * 2))  # rebound to other values
+    broken(lambda ir, state, held: state.codebook.mul_(2))  # record written in place, no sync
+    broken(lambda ir, state, held: setattr(state, "codebook", state.codebook + 1))  # record replaced, no sync
+    # a sync makes it consistent again
+    ir = run(mlp, "prune{sparsity=0.5},share{bits=3}")
+    ir.tensors["fc1.weight"].codebook = ir.tensors["fc1.weight"].codebook + 1
+    ir.sync(["fc1.weight"])
+    ir.verify()
+
+
+def test_verifier_does_not_decode_records_unchanged_since_sync(mlp, monkeypatch):
+    ir = run(mlp, "prune{sparsity=0.5},share{bits=3},huffman")
+    calls = []
+    original = TensorState.decode
+    monkeypatch.setattr(TensorState, "decode", lambda self: calls.append(self.name) or original(self))
+    ir.verify()
+    assert [n for n in calls if n.endswith(".weight")] == []  # dense biases decode to themselves: free
+    calls.clear()
+    ir.tensors["fc2.weight"].codebook = ir.tensors["fc2.weight"].codebook * 0.5
+    with pytest.raises(SqcError, match=r"fc2\.weight"):
+        ir.verify()
+    assert [n for n in calls if n.endswith(".weight")] == ["fc2.weight"]
 
 
 def test_options_built_in_python_are_validated_too():
