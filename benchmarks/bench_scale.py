@@ -1,7 +1,11 @@
 """sqc at VGG-16 scale: ``prune,share,huffman`` on 138,357,544 parameters, end to end.
 
-The issue's targets on this 2-core machine: compress + save under 120 s, peak memory under 3 GB; the
-decompress (``sqc.load``) time is reported too. The model has VGG-16's exact layer shapes (13 conv3x3,
+The issue's targets on this 2-core machine: ``prune,share,huffman`` in <= 30 s wall with peak RSS
+<= 2 GB, and decoded back (``sqc.load``) in <= 5 s. Each run measures the command a user types,
+``sqc compress vgg16.pt --arch ...`` on a saved state_dict (wall time and that process's peak RSS,
+interpreter and imports included), and the Python API on a model the caller holds.
+
+The model has VGG-16's exact layer shapes (13 conv3x3,
 three fully connected layers, 1000 classes) with seeded random weights; the weights' values do not
 matter for time and memory, only the shapes do.
 
@@ -43,8 +47,11 @@ RESULTS = HERE / "results"
 PIPELINE = "prune,share,huffman"
 INPUT_SHAPE = (1, 3, 224, 224)
 VGG16_PARAMS = 138_357_544
-TARGET_SECONDS = 120.0
-TARGET_BYTES = 3 * 1024**3
+TARGET_SECONDS = 30.0
+TARGET_BYTES = 2 * 10**9
+TARGET_LOAD_SECONDS = 5.0
+"""Issue 8's targets on this 2-core machine: ``prune,share,huffman`` in <= 30 s with peak RSS <= 2 GB,
+and the file decoded back in <= 5 s."""
 CFG: list[int | str] = [
     64,
     64,
@@ -337,7 +344,12 @@ def worker_hotspots() -> dict[str, Any]:
         return list(tensor_codec.INDEX_BITS)[int(np.argmin(costs))]
 
     first = next(iter(inspect.signature(tensor_codec._index_bits_for).parameters))
-    index_input = positions if first == "positions" else mask_np
+    if first == "gaps":
+        from sqc.formats.sparse_index import gaps_of
+
+        index_input = gaps_of(positions)
+    else:
+        index_input = positions if first == "positions" else mask_np
 
     cases: list[tuple[str, str, Any]] = [
         ("sqc/ir.py TensorState.kept", "installed sqc", lambda: state.kept),
@@ -447,6 +459,78 @@ def worker_decompress(path: Path, profile: Path | None = None) -> dict[str, Any]
         "output_shape": list(out.shape),
         "output_finite": bool(torch.isfinite(out).all()),
         "forward_s": forward_s,
+    }
+
+
+ARCH_MODULE = """
+import sys
+sys.path.insert(0, {benchmarks!r})
+from bench_scale import build_vgg16
+
+
+def VGG16():
+    return build_vgg16()
+"""
+
+
+def prepare_cli_inputs(tmp: Path) -> Path:
+    """A state_dict file of the seeded VGG-16 and a module (``vgg_arch:VGG16``) that builds it, as a user
+    of the command line would have them. Returns the state_dict's path."""
+    import torch
+
+    (tmp / "vgg_arch.py").write_text(ARCH_MODULE.format(benchmarks=str(HERE)))
+    path = tmp / "vgg16.pt"
+    torch.save(build_vgg16().state_dict(), path)
+    return path
+
+
+def run_cli(model: Path, out: Path, pipeline: str, timeout: float) -> dict[str, Any]:
+    """``sqc compress model.pt --arch ... -o out.sqc`` in a fresh process: wall time and that process's
+    peak RSS (``wait4``), everything included (interpreter, imports, loading the file, passes, save)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "sqc.cli",
+        "compress",
+        str(model),
+        "--arch",
+        "vgg_arch:VGG16",
+        "--input-shape",
+        ",".join(map(str, INPUT_SHAPE)),
+        "--passes",
+        pipeline,
+        "-o",
+        str(out),
+        "--force",
+    ]
+    env = {**os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(model.parent), os.environ.get("PYTHONPATH", "")]))
+    with tempfile.TemporaryFile("w+") as out_log, tempfile.TemporaryFile("w+") as err_log:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out_log, stderr=err_log, text=True, env=env)
+        deadline = started + timeout
+        while True:  # wait4: this child's own rusage (RUSAGE_CHILDREN would be the max over all children)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                raise SystemExit(f"sqc compress took more than {timeout} s")
+            time.sleep(0.05)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out_log.seek(0)
+        err_log.seek(0)
+        stdout, stderr = out_log.read(), err_log.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"sqc compress failed ({proc.returncode}):\n{stderr[-3000:]}")
+    return {
+        "wall_s": wall,
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "file_bytes": out.stat().st_size,
+        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "loadavg_1min_at_end": os.getloadavg()[0],
+        "last_line": stdout.strip().splitlines()[-1:] or stderr.strip().splitlines()[-1:],
     }
 
 
@@ -652,9 +736,18 @@ def main() -> None:
     )
     compress_runs: list[dict[str, Any]] = []
     decompress_runs: list[dict[str, Any]] = []
+    cli_runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="sqc-scale-") as tmp:
         path = Path(tmp) / "vgg16.sqc"
+        state_dict = prepare_cli_inputs(Path(tmp))
         for run in range(args.runs):
+            cli = run_cli(state_dict, Path(tmp) / "cli.sqc", args.pipeline, args.timeout)
+            cli_runs.append(cli)
+            print(
+                f"  run {run + 1}: sqc compress vgg16.pt (CLI) {cli['wall_s']:.1f} s wall, peak RSS "
+                f"{cli['peak_rss_mb']} MiB",
+                flush=True,
+            )
             c = run_worker(
                 ["--worker", "compress", "--file", str(path), "--pipeline", args.pipeline], args.timeout
             )
@@ -738,8 +831,14 @@ def main() -> None:
         "peak_rss_load_mb": median_of(decompress_runs, "peak_rss_load_mb"),
         "loadavg_1min_at_end_of_compress_runs": [r["loadavg_1min_at_end"] for r in compress_runs],
     }
-    summary["meets_time_target"] = summary["end_to_end_s"] < TARGET_SECONDS
-    summary["meets_memory_target"] = summary["peak_rss_mb"] * 2**20 < TARGET_BYTES
+    summary["cli_wall_s"] = median_of(cli_runs, "wall_s")
+    summary["cli_peak_rss_mb"] = median_of(cli_runs, "peak_rss_mb")
+    summary["cli_file_identical_to_api"] = {r["sha256"] for r in cli_runs} == {
+        r["sha256"] for r in compress_runs
+    }
+    summary["meets_time_target"] = max(summary["end_to_end_s"], summary["cli_wall_s"]) <= TARGET_SECONDS
+    summary["meets_memory_target"] = summary["cli_peak_rss_mb"] * 2**20 <= TARGET_BYTES
+    summary["meets_load_target"] = summary["load_s"] <= TARGET_LOAD_SECONDS
     result = {
         "benchmark": "bench_scale",
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -757,8 +856,15 @@ def main() -> None:
         },
         "git": git_state(),
         "pipeline": args.pipeline,
-        "targets": {"end_to_end_s": TARGET_SECONDS, "peak_rss_bytes": TARGET_BYTES},
+        "targets": {
+            "end_to_end_s": TARGET_SECONDS,
+            "peak_rss_bytes": TARGET_BYTES,
+            "load_s": TARGET_LOAD_SECONDS,
+            "note": "time: both the API run and the CLI run; memory: the CLI run (sqc owns the model it "
+            "loads; the API run's peak also holds the caller's own fp32 model)",
+        },
         "summary": summary,
+        "cli_runs": cli_runs,
         "compress_runs": compress_runs,
         "decompress_runs": decompress_runs,
         "profile": profile_summary,
@@ -770,23 +876,27 @@ def main() -> None:
     print()
     print(f"{'measure':<34}{'median':>14}  target")
     print(
-        f"{'compress + save (end to end)':<34}{s['end_to_end_s']:>12.1f} s  < {TARGET_SECONDS:.0f} s "
-        f"{'MET' if s['meets_time_target'] else 'MISSED'}"
+        f"{'sqc compress vgg16.pt (CLI), wall':<34}{s['cli_wall_s']:>12.1f} s  <= {TARGET_SECONDS:.0f} s "
+        f"{'MET' if s['meets_time_target'] else 'MISSED'} (both this and the API run below)"
     )
+    print(
+        f"{'  peak RSS of that process':<34}{s['cli_peak_rss_mb'] * 2**20 / 1e9:>12.2f} GB  <= 2 GB "
+        f"{'MET' if s['meets_memory_target'] else 'MISSED'} ({s['cli_peak_rss_mb']:.0f} MiB)"
+    )
+    print(f"{'  file identical to the API run':<34}{'yes' if s['cli_file_identical_to_api'] else 'NO':>14}")
+    print(f"{'API: compress + save':<34}{s['end_to_end_s']:>12.1f} s")
     print(f"{'  trace (fx + canonicalise + IR)':<34}{s['trace_s']:>12.1f} s")
     for name, sec in per_pass.items():
         print(f"{'  ' + name.split('{')[0]:<34}{sec:>12.1f} s")
     print(f"{'  verify (4 runs of the IR check)':<34}{s['verify_s_total']:>12.1f} s")
     print(f"{'  save (serialise + write)':<34}{s['save_s']:>12.1f} s")
-    print(
-        f"{'peak RSS, compress process':<34}{s['peak_rss_mb'] / 1024:>12.2f} GiB < 3 GiB "
-        f"{'MET' if s['meets_memory_target'] else 'MISSED'}"
-    )
-    print(f"{'  of which the fp32 model + torch':<34}{s['rss_after_model_mb'] / 1024:>12.2f} GiB")
+    print(f"{'API: peak RSS (caller holds fp32)':<34}{s['peak_rss_mb'] * 2**20 / 1e9:>12.2f} GB")
+    print(f"{'  of which the fp32 model + torch':<34}{s['rss_after_model_mb'] * 2**20 / 1e9:>12.2f} GB")
     print(f"{'file size':<34}{s['file_bytes'] / 1e6:>12.2f} MB  ({s['ratio_vs_fp32']:.1f}x vs fp32)")
     print(
-        f"{'decompress (sqc.load)':<34}{s['load_s']:>12.1f} s  (peak RSS {s['peak_rss_load_mb'] / 1024:.2f} "
-        f"GiB)"
+        f"{'decompress (sqc.load)':<34}{s['load_s']:>12.1f} s  <= {TARGET_LOAD_SECONDS:.0f} s "
+        f"{'MET' if s['meets_load_target'] else 'MISSED'} (peak RSS "
+        f"{s['peak_rss_load_mb'] * 2**20 / 1e9:.2f} GB)"
     )
     print("peak RSS by phase (MiB, median): " + ", ".join(f"{k} {v:.0f}" for k, v in phase_peaks.items()))
     loads = ", ".join(f"{x:.1f}" for x in s["loadavg_1min_at_end_of_compress_runs"])

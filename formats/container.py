@@ -19,10 +19,12 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 from torch import fx
 
@@ -38,7 +40,13 @@ from sqc.formats.graph_codec import (
     inflate_json,
     json_limit,
 )
-from sqc.formats.tensor_codec import CODEC_NAMES, Breakdown, decode_tensor, encode_tensor_cached
+from sqc.formats.tensor_codec import (
+    CODEC_NAMES,
+    Breakdown,
+    decode_tensor,
+    decode_values,
+    encode_tensor_cached,
+)
 from sqc.ir import CompressedModel, InputSpec, PassRecord, TensorState
 
 MAGIC = b"\x89SQC\r\n\x1a\n"
@@ -546,8 +554,48 @@ def _located(exc: SqcFormatError, where: str) -> SqcFormatError:
     return located
 
 
+def read_module(path: Path) -> fx.GraphModule:
+    """Only the runnable module of a ``.sqc`` file (what ``sqc.load`` returns), decoded tensor by tensor
+    straight to float values (:func:`~sqc.formats.tensor_codec.decode_values`): no record, code tensor
+    or mask outlives its own tensor, so memory stays close to the output's size. Validation and
+    errors are those of :func:`read`."""
+    return module_from_bytes(_read_bytes(path), str(path))
+
+
+def module_from_bytes(data: bytes | memoryview, where: str) -> fx.GraphModule:
+    """:func:`read_module` of a file's bytes (``where`` names it in errors)."""
+    view = memoryview(data)
+    try:
+        layout = read_layout(data, decode_tensors=False)
+    except SqcFormatError as exc:
+        raise _located(exc, where) from None
+
+    def value(name: str) -> torch.Tensor:
+        state, _, s = layout.tensors[name]
+        payload = view[s.offset : s.offset + s.length]
+        try:
+            return decode_values(s.codec, payload, name, state.shape, state.role, s.offset)
+        except SqcFormatError as exc:
+            raise _located(exc, where) from None
+
+    module, _ = _module_from_layout(layout, where, value)
+    return module
+
+
 def model_from_layout(layout: Layout, where: str) -> CompressedModel:
     """The IR from a validated layout (read with ``decode_tensors``): builds the graph and the module."""
+    records = {name: state for name, (state, _, _) in layout.tensors.items()}
+    gm, inputs = _module_from_layout(layout, where, lambda name: records[name].decode())
+    model = CompressedModel(gm, records, inputs, layout.meta["pipeline"], layout.report)
+    if hasattr(model, "seed"):  # once the IR records the seed, a file round-trips it
+        model.seed = layout.seed
+    return model
+
+
+def _module_from_layout(
+    layout: Layout, where: str, value_of: Callable[[str], torch.Tensor]
+) -> tuple[fx.GraphModule, list[InputSpec]]:
+    """The GraphModule (graph + one parameter or buffer per tensor, from ``value_of``) and the inputs."""
     meta = layout.meta
     names = [t[0] for t in meta["tensors"]]
     graph_section = layout.sections[0]
@@ -562,10 +610,8 @@ def model_from_layout(layout: Layout, where: str) -> CompressedModel:
     except SqcFormatError as exc:
         raise _located(exc, where) from None
     root = nn.Module()
-    records: dict[str, TensorState] = {}
     for name in names:
         state = layout.tensors[name][0]
-        records[name] = state
         *path, leaf = name.split(".")
         owner = root
         for part in path:
@@ -576,7 +622,7 @@ def model_from_layout(layout: Layout, where: str) -> CompressedModel:
                 raise bad(f"tensor name {brief(name)} clashes with another tensor")
         if hasattr(owner, leaf):
             raise bad(f"tensor name {brief(name)} is used twice or names a module attribute")
-        value = state.decode()
+        value = value_of(name)
         if state.role == "buffer":
             owner.register_buffer(leaf, value)
         else:
@@ -589,10 +635,7 @@ def model_from_layout(layout: Layout, where: str) -> CompressedModel:
     placeholders = [n.name for n in graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):
         raise bad(f"{len(placeholders)} graph inputs but {len(inputs)} input specs")
-    model = CompressedModel(gm, records, inputs, meta["pipeline"], layout.report)
-    if hasattr(model, "seed"):  # once the IR records the seed, a file round-trips it
-        model.seed = layout.seed
-    return model
+    return gm, inputs
 
 
 class SqcFormat:

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from sqc.errors import PipelineError
-from sqc.ir import CODE_DTYPE, CompressedModel, TensorState
+from sqc.ir import CompressedModel, TensorState, index_dtype
 from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, check_range
 from sqc.passes._common import (
     change_stats,
@@ -131,8 +131,8 @@ def share_record(state: TensorState, bits: int, init: str = "linear", iterations
     codebook, codes = kmeans_1d(values, 1 << bits, init, iterations)
     # pruned positions are zero before and after: the error lives on the kept weights
     error = float((codebook[codes] - values).abs_().max()) if values.numel() else 0.0
-    full = torch.zeros(state.numel, dtype=CODE_DTYPE)  # pruned positions keep code 0
-    full[kept] = codes
+    full = torch.zeros(state.numel, dtype=index_dtype(codebook.numel()))  # pruned positions keep code 0
+    full[kept] = codes.to(full.dtype)
     del values, codes, kept
     state.codebook, state.codes, state.fmt = codebook, full.reshape(state.shape), None
     return error
@@ -154,7 +154,7 @@ def kmeans_1d(
     the midpoint between two centroids goes to the lower one. Empty clusters keep their centroid.
     """
     if values.numel() == 0:
-        return torch.zeros(1, dtype=torch.float32), torch.zeros(0, dtype=CODE_DTYPE)
+        return torch.zeros(1, dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
     ordered = torch.sort(values.to(torch.float64)).values
     low, high = float(ordered[0]), float(ordered[-1])
     distinct = torch.unique_consecutive(ordered)
@@ -183,4 +183,4 @@ def kmeans_1d(
     codebook, _ = torch.sort(torch.unique(codebook))
     midpoints = (codebook[1:].to(torch.float64) + codebook[:-1].to(torch.float64)) / 2
     codes = torch.searchsorted(midpoints, values.to(torch.float64), right=False)
-    return codebook, codes.to(CODE_DTYPE)
+    return codebook, codes  # int64: the records store them in index_dtype

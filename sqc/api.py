@@ -200,7 +200,9 @@ def read(path: str | Path) -> CompressedModel:
 
 def load(path: str | Path) -> fx.GraphModule:
     """A runnable ``nn.Module`` (an fx GraphModule) rebuilt from a ``.sqc`` file — no user code needed."""
-    module = read(path).graph_module
+    from sqc.formats.container import read_module
+
+    module = read_module(Path(path))
     module.eval()
     return module
 

@@ -26,8 +26,19 @@ Role = Literal["weight", "param", "buffer"]
 Coder = Literal["raw", "huffman", "rans"]
 CODERS: tuple[Coder, ...] = ("raw", "huffman", "rans")
 CODE_DTYPE = torch.int32
-"""Integer codes are int32: codebook indices (< 2^16) and fixed-point codes (<= 24 bits) fit, at half
-the memory of int64 — on a 138M-weight model that is the difference between 0.55 and 1.1 GB."""
+"""Fixed-point codes (<= 24 bits) are int32, half the memory of int64."""
+INDEX_DTYPES = (torch.uint8, torch.int16, torch.int32)
+"""Codebook indices may be any of these (the range check is against the codebook size); ``share`` and
+the reader use the narrowest that holds the codebook (:func:`index_dtype`): on VGG-16 shared at 5 bits,
+uint8 codes take 132 MiB where int32 took 528. Index with ``codes.long()``: torch reads a uint8 index
+tensor as a boolean mask."""
+
+
+def index_dtype(entries: int) -> torch.dtype:
+    """The dtype of the codes indexing a codebook of ``entries`` centroids (at most 2^16)."""
+    if entries <= 1 << 8:
+        return torch.uint8
+    return torch.int16 if entries <= 1 << 15 else torch.int32
 
 
 def all_finite(values: torch.Tensor) -> bool:
@@ -157,9 +168,7 @@ class TensorState:
         in place (passes never do; they build new tensors and store those).
         """
         if self.codebook is not None and self.codes is not None:
-            values = _gather(self.codebook, self.codes)
-            if self.mask is not None:  # code 0 is a centroid: pruned positions need the mask
-                values = values.masked_fill_(~self.mask, 0.0)
+            values = _gather(self.codebook, self.codes, self.mask)
         elif self.codes is not None and self.fmt is not None:
             values = self.fmt.dequantize(self.codes)  # pruned codes are 0, which decodes to +0.0
         elif self.dense is not None:
@@ -208,8 +217,10 @@ class TensorState:
             if self.coder != "raw":
                 raise VerifyError(f"{where}: coder {self.coder} needs integer codes")
         else:
-            if tuple(self.codes.shape) != self.shape or self.codes.dtype != CODE_DTYPE:
-                raise VerifyError(f"{where}: codes must be int32 of shape {self.shape}")
+            allowed = INDEX_DTYPES if self.codebook is not None else (CODE_DTYPE,)
+            if tuple(self.codes.shape) != self.shape or self.codes.dtype not in allowed:
+                kinds = "/".join(str(d).removeprefix("torch.") for d in allowed)
+                raise VerifyError(f"{where}: codes must be {kinds} of shape {self.shape}")
             if self.dense is not None:
                 raise VerifyError(f"{where}: both dense values and codes are set")
             if self.codebook is not None:
@@ -277,10 +288,19 @@ def _nonzero_where_pruned(values: torch.Tensor, mask: torch.Tensor, step: int = 
     return False
 
 
-def _gather(codebook: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """``codebook[codes]`` without widening the int32 codes: plain indexing converts them to int64
-    first, an 800 MB temporary on a 100M-weight layer; ``index_select`` takes int32 as it is."""
-    return torch.index_select(codebook, 0, codes.reshape(-1)).reshape(codes.shape)
+def _gather(codebook: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``codebook[codes]``, zero where ``mask`` is False (code 0 is a centroid, so pruned positions
+    need the mask), slice by slice: ``index_select`` wants int32 or int64 indices and the codes may be
+    narrower, and ``~mask`` of the whole tensor would be one more temporary of the tensor's size."""
+    flat_codes = codes.reshape(-1)
+    flat_mask = None if mask is None else mask.reshape(-1)
+    values = torch.empty(flat_codes.numel(), dtype=codebook.dtype)
+    for start in range(0, values.numel(), 1 << 22):
+        part = slice(start, start + (1 << 22))
+        torch.index_select(codebook, 0, flat_codes[part].to(torch.int32), out=values[part])
+        if flat_mask is not None:
+            values[part].masked_fill_(~flat_mask[part], 0.0)
+    return values.reshape(codes.shape)
 
 
 class RecordVersion:

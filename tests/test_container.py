@@ -13,9 +13,15 @@ from hypothesis import strategies as st
 
 from sqc.errors import SqcError, SqcFormatError
 from sqc.formats import container
-from sqc.formats.tensor_codec import decode_tensor, encode_tensor, encode_tensor_cached, encoded_size
+from sqc.formats.tensor_codec import (
+    decode_tensor,
+    decode_values,
+    encode_tensor,
+    encode_tensor_cached,
+    encoded_size,
+)
 from sqc.frontend import trace
-from sqc.ir import FixedPoint, TensorState
+from sqc.ir import FixedPoint, TensorState, index_dtype
 from sqc.pass_base import PassContext
 from sqc.pipeline import Pipeline
 
@@ -67,7 +73,7 @@ def _state(draw_values, shape, kind, mask, coder, bits):
 
         codebook, codes = kmeans_1d(draw_values.flatten(), 1 << bits)
         state.dense = None
-        state.codebook, state.codes = codebook, codes.reshape(shape)
+        state.codebook, state.codes = codebook, codes.reshape(shape).to(index_dtype(codebook.numel()))
     elif kind in ("fixed", "fixed-channel"):
         from sqc.passes.quant import best_format
 
@@ -82,7 +88,7 @@ def _state(draw_values, shape, kind, mask, coder, bits):
         state.dense = None
         state.codebook, state.codes, state.fmt = (
             fmt.dequantize(fmt.quantize(codebook)),
-            codes.reshape(shape),
+            codes.reshape(shape).to(index_dtype(codebook.numel())),
             fmt,
         )
     if mask is not None:
@@ -110,6 +116,8 @@ def test_tensor_codec_round_trip_property(rows, cols, kind, density, coder, bits
     codec, payload, info = encode_tensor(state)
     restored, parsed = decode_tensor(codec, payload, state.name, state.shape, "weight")
     assert torch.equal(restored.decode(), state.decode())
+    values = decode_values(codec, payload, state.name, state.shape, "weight")  # bit for bit, -0.0 too
+    assert torch.equal(values.view(torch.int32), state.decode().view(torch.int32))
     assert restored.coder == state.coder
     assert parsed.total == len(payload) == info.total
     assert (parsed.header, parsed.codebook, parsed.index, parsed.values) == (
@@ -150,6 +158,32 @@ def test_cached_encoding_is_the_encoding_until_the_record_changes(rows, cols, ki
     else:
         state.dense.view(-1)[0] = 123.0
         assert encode_tensor_cached(state)[:2] == encode_tensor(state)[:2]
+
+
+CORPUS = Path(__file__).parent / "fuzz" / "corpus"
+
+
+def _outcome(read):
+    try:
+        return read()
+    except SqcFormatError as exc:
+        assert exc.offset is not None, str(exc)
+        return "refused"
+
+
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("*.sqc")), ids=lambda p: p.name)
+def test_module_reader_agrees_with_the_ir_reader(path: Path):
+    """``sqc.load`` decodes tensor by tensor straight to values (read_module); on every corpus file,
+    valid or hostile, it must accept and refuse exactly what the IR reader does, with the same values."""
+    data = path.read_bytes()
+    ir = _outcome(lambda: container.model_from_layout(container.read_layout(data), "x"))
+    module = _outcome(lambda: container.module_from_bytes(data, "x"))
+    assert (ir == "refused") == (module == "refused")
+    if ir != "refused":
+        expected = dict(ir.graph_module.state_dict())
+        for name, value in module.state_dict().items():
+            bits = (lambda t: t.view(torch.int32)) if value.dtype == torch.float32 else (lambda t: t)
+            assert torch.equal(bits(value), bits(expected[name])), name
 
 
 def test_tensor_payload_truncated_anywhere_is_a_format_error():
