@@ -23,6 +23,7 @@ from sqc.data import (
     top1,
 )
 from sqc.errors import SqcError
+from sqc.executors import Executor
 from sqc.frontend import trace
 from sqc.ir import CompressedModel, PassRecord
 from sqc.loading import load_model
@@ -95,6 +96,8 @@ def compress(
     seed: int = 0,
     distill: float = 0.0,
     weight_decay: float = 0.0,
+    executor: str = "process",
+    workers: int = 0,
 ) -> Artifact:
     """Trace ``model`` (a module or a model file), run the pipeline, return the :class:`Artifact`.
 
@@ -112,9 +115,14 @@ def compress(
     ``distill`` (α in [0, 1]) makes the built-in fine-tuner learn from the uncompressed model's logits
     as well as the labels (knowledge distillation; see :func:`sqc.data.cross_entropy_finetuner`);
     ``weight_decay`` is its L2 penalty (use the one the model was trained with).
+
+    ``executor`` (``process``, ``serial`` or ``ray``) and ``workers`` say where the points of a
+    sensitivity sweep run (``prune{target=auto}``, ``share{bits=auto}``, ``sensitivity``); every
+    executor gives the serial result exactly.
     """
     if not 0 <= seed < 2**63:
         raise SqcError(f"--seed {seed}: must be in [0, 2^63)")
+    run_on = _executor(executor, workers)
     passes = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
     shapes = _shapes(example_inputs)
     if isinstance(model, (str, Path)):  # loaded here: nobody else holds it, so the IR may take its weights
@@ -126,6 +134,7 @@ def compress(
         ir = trace(model, shapes)
     ir.seed = seed
     ctx = make_context(ir, data, evaluate, finetune, tolerance, progress, seed, distill, weight_decay)
+    ctx.executor = run_on
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         passes.run(ir, ctx, verify=verify, on_pass=on_pass)
@@ -189,6 +198,16 @@ def make_context(
         tolerance=tolerance,
         evaluate_subset=subset,
     )
+
+
+def _executor(kind: str, workers: int) -> Executor:
+    from sqc.executors import KINDS
+
+    if kind not in KINDS:
+        raise SqcError(f"--executor {kind}: must be one of {', '.join(KINDS)}")
+    if workers < 0:
+        raise SqcError(f"--workers {workers}: must be 0 (every CPU) or more")
+    return Executor(kind, workers)  # type: ignore[arg-type]
 
 
 def read(path: str | Path) -> CompressedModel:

@@ -150,6 +150,18 @@ def compress(
             "--weight-decay", help="L2 penalty of the built-in fine-tuner [default: 0]", show_default=False
         ),
     ] = None,
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            help="where sensitivity sweep points run (target=auto, bits=auto, sensitivity): process "
+            "(local pool), serial, or ray (RAY_ADDRESS, else a local instance)",
+        ),
+    ] = "process",
+    workers: Annotated[
+        int,
+        typer.Option("--workers", help="parallel sweep workers (0: every CPU, or the Ray cluster's)", min=0),
+    ] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Trace MODEL, run the pass pipeline, and write a .sqc file."""
@@ -198,6 +210,8 @@ def compress(
             data=data,
             evaluate=resolve_callable(eval_fn, "--eval") if eval_fn else None,  # type: ignore[arg-type]
             finetune=resolve_callable(finetune_fn, "--finetune") if finetune_fn else None,  # type: ignore[arg-type]
+            executor=executor,
+            workers=workers,
             **settings,
         )
         size = artifact.save(output, force=force)

@@ -146,3 +146,28 @@ def test_cli_takes_executor_and_workers(tmp_path: Path, monkeypatch):
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, [*common, "--executor", "threads"])
     assert result.exit_code != 0 and "must be one of serial, process, ray" in str(result.exception)
+
+
+def test_compress_runs_its_sweep_on_the_executor_asked_for(tmp_path: Path, monkeypatch):
+    """``sqc compress --executor``: a ``prune{target=auto}`` sweep on a 2-worker process pool writes the
+    serial run's file byte for byte; an unknown executor is refused before any work."""
+    from sqc_test_models import Small
+    from typer.testing import CliRunner
+
+    from sqc.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    torch.save(Small().state_dict(), "small.pt")
+    g = np.random.default_rng(0)
+    np.savez("d.npz", x_val=g.normal(size=(40, 16)).astype(np.float32), y_val=g.integers(0, 4, 40))
+    common = ["compress", "small.pt", "--arch", "sqc_test_models:Small", "--data", "d.npz"]
+    common += ["--passes", "prune{target=auto},share{bits=3},huffman", "--tolerance", "0.05"]
+    runner = CliRunner()
+    for name, options in (("serial", ["--executor", "serial"]), ("pool", ["--workers", "2"])):
+        result = runner.invoke(app, [*common, *options, "-o", f"{name}.sqc"])
+        assert result.exit_code == 0, result.output
+    assert Path("serial.sqc").read_bytes() == Path("pool.sqc").read_bytes()
+    result = runner.invoke(app, [*common, "--executor", "threads", "-o", "x.sqc"])
+    assert result.exit_code != 0 and "--executor threads: must be one of" in str(result.exception)
+    assert not Path("x.sqc").exists()
