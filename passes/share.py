@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from sqc.errors import PipelineError
@@ -148,39 +149,76 @@ def _kept(state: TensorState) -> torch.Tensor:
 def kmeans_1d(
     values: torch.Tensor, k: int, init: str = "linear", iterations: int = 50
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact Lloyd's algorithm in one dimension. Returns (float32 centroids sorted ascending, codes).
+    """Exact Lloyd's algorithm in one dimension. Returns (float32 centroids sorted ascending, int32
+    codes).
 
     Assignment rule (stated because decoders never re-derive it, but tests do): a value exactly on
     the midpoint between two centroids goes to the lower one. Empty clusters keep their centroid.
+
+    The values are sorted as float32 with numpy's SIMD sort (0.7 s for 100M values here, where
+    ``torch.sort`` of their float64 copies took 18 s); centroids, midpoints and the prefix sums the
+    cluster means come from are float64. A float64 midpoint ``m`` is compared with float32 values
+    through the largest float32 ``t <= m`` (:func:`_floor_f32`): for every float32 ``x``, ``x <= m``
+    exactly when ``x <= t``, so the clusters are those of the float64 comparison.
     """
     if values.numel() == 0:
-        return torch.zeros(1, dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
-    ordered = torch.sort(values.to(torch.float64)).values
+        return torch.zeros(1, dtype=torch.float32), torch.zeros(0, dtype=torch.int32)
+    flat = values.detach().to(torch.float32).reshape(-1).numpy()
+    ordered = np.sort(flat)
+    n = ordered.size
     low, high = float(ordered[0]), float(ordered[-1])
-    distinct = torch.unique_consecutive(ordered)
-    if distinct.numel() <= k:  # fewer distinct values than centroids: the codebook is exact
-        centroids = distinct
+    exact = int(np.count_nonzero(ordered[1:] != ordered[:-1])) + 1 <= k  # the codebook can be exact
+    if exact:  # fewer distinct values than centroids: they are the codebook
+        starts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        centroids = ordered[np.concatenate(([0], starts))].astype(np.float64)
     elif init == "density":
-        centroids = torch.quantile(
-            ordered[:: max(1, ordered.numel() // 100_000)], torch.linspace(0, 1, k, dtype=torch.float64)
-        )
+        sample = torch.from_numpy(ordered[:: max(1, n // 100_000)].astype(np.float64))
+        centroids = torch.quantile(sample, torch.linspace(0, 1, k, dtype=torch.float64)).numpy()
     else:
-        centroids = torch.linspace(low, high, k, dtype=torch.float64)
-    prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(ordered, 0)])
+        centroids = np.linspace(low, high, k, dtype=np.float64)
+    prefix = _PrefixSums(ordered)
     bounds = None
-    for _ in range(iterations if distinct.numel() > k else 0):
-        midpoints = (centroids[1:] + centroids[:-1]) / 2
-        new_bounds = torch.searchsorted(ordered, midpoints, right=True)
-        if bounds is not None and torch.equal(new_bounds, bounds):
+    for _ in range(0 if exact else iterations):
+        new_bounds = np.searchsorted(ordered, _floor_f32((centroids[1:] + centroids[:-1]) / 2), "right")
+        if bounds is not None and np.array_equal(new_bounds, bounds):
             break
         bounds = new_bounds
-        edges = torch.cat([torch.zeros(1, dtype=torch.int64), bounds, torch.tensor([ordered.numel()])])
-        counts = (edges[1:] - edges[:-1]).to(torch.float64)
-        sums = prefix[edges[1:]] - prefix[edges[:-1]]
-        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)
-        centroids, _ = torch.sort(centroids)
-    codebook = centroids.to(torch.float32)
-    codebook, _ = torch.sort(torch.unique(codebook))
-    midpoints = (codebook[1:].to(torch.float64) + codebook[:-1].to(torch.float64)) / 2
-    codes = torch.searchsorted(midpoints, values.to(torch.float64), right=False)
-    return codebook, codes  # int64: the records store them in index_dtype
+        edges = np.concatenate(([0], bounds, [n]))
+        counts = (edges[1:] - edges[:-1]).astype(np.float64)
+        at_edges = prefix.at(edges)
+        sums = at_edges[1:] - at_edges[:-1]
+        centroids = np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), centroids))
+    del prefix, ordered
+    codebook = np.unique(centroids.astype(np.float32))  # sorted
+    midpoints = (codebook[1:].astype(np.float64) + codebook[:-1].astype(np.float64)) / 2
+    # the number of midpoints below each value (torch's searchsorted runs on every core)
+    thresholds = torch.from_numpy(_floor_f32(midpoints))
+    codes = torch.searchsorted(thresholds, values.detach().reshape(-1).float(), out_int32=True)
+    return torch.from_numpy(codebook), codes
+
+
+class _PrefixSums:
+    """Sums of the first ``i`` sorted values, in float64, from one float64 sum per block of ``block``
+    values plus the partial block at ``i``: memory n / block instead of a float64 prefix array of the
+    values' length (800 MB at 100M values, which this machine takes seconds to hand out)."""
+
+    def __init__(self, ordered: np.ndarray, block: int = 4096) -> None:
+        self.ordered, self.block = ordered, block
+        full = ordered.size // block * block
+        sums = ordered[:full].reshape(-1, block).sum(axis=1, dtype=np.float64)
+        self.starts = np.concatenate(([0.0], np.cumsum(sums)))
+
+    def at(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty(indices.size, dtype=np.float64)
+        for j, i in enumerate(indices.tolist()):
+            b = i // self.block
+            out[j] = self.starts[b] + float(self.ordered[b * self.block : i].sum(dtype=np.float64))
+        return out
+
+
+def _floor_f32(values: np.ndarray) -> np.ndarray:
+    """The largest float32 at or below each float64 (finite, within the float32 range)."""
+    nearest = values.astype(np.float32)
+    above = nearest.astype(np.float64) > values
+    nearest[above] = np.nextafter(nearest[above], np.float32(-np.inf))
+    return nearest
