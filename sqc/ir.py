@@ -155,7 +155,16 @@ class TensorState:
 
     @property
     def kept(self) -> int:
-        return self.numel if self.mask is None else int(torch.count_nonzero(self.mask))
+        """Weights the mask keeps (counted once per mask: passes ask often, and a mask is never written
+        in place without its version counter saying so)."""
+        if self.mask is None:
+            return self.numel
+        cached = self.__dict__.get("_kept")
+        if cached is not None and cached[0]() is self.mask and cached[1] == self.mask._version:
+            return cached[2]
+        count = int(torch.count_nonzero(self.mask))
+        self.__dict__["_kept"] = (weakref.ref(self.mask), self.mask._version, count)
+        return count
 
     @property
     def density(self) -> float:

@@ -304,6 +304,17 @@ def test_verifier_does_not_decode_records_unchanged_since_sync(mlp, monkeypatch)
     assert [n for n in calls if n.endswith(".weight")] == ["fc2.weight"]
 
 
+def test_kept_count_follows_the_mask(mlp):
+    ir = run(mlp, "prune{sparsity=0.5}")
+    state = ir.tensors["fc1.weight"]
+    kept = state.kept
+    assert kept == int(state.mask.sum())
+    state.mask[state.mask.nonzero()[0].tolist()] = False  # written in place: the count must follow
+    assert state.kept == kept - 1
+    state.set_mask(torch.ones(state.shape, dtype=torch.bool))
+    assert state.kept == state.numel
+
+
 def test_options_built_in_python_are_validated_too():
     from sqc.passes.prune import Prune
 
