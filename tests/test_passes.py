@@ -309,7 +309,7 @@ def test_kept_count_follows_the_mask(mlp):
     state = ir.tensors["fc1.weight"]
     kept = state.kept
     assert kept == int(state.mask.sum())
-    state.mask[state.mask.nonzero()[0].tolist()] = False  # written in place: the count must follow
+    state.mask[tuple(state.mask.nonzero()[0].tolist())] = False  # in place: the count must follow
     assert state.kept == kept - 1
     state.set_mask(torch.ones(state.shape, dtype=torch.bool))
     assert state.kept == state.numel
