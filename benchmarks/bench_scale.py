@@ -568,10 +568,12 @@ def run_ab(args: argparse.Namespace) -> None:
                     args.timeout,
                     d,
                 )
+                back = run_worker(["--worker", "decompress", "--file", str(path)], args.timeout, d)
+                c["load_s"], c["peak_rss_load_mb"] = back["load_s"], back["peak_rss_load_mb"]
                 runs[d].append(c)
                 print(
                     f"  run {run + 1} {d}: compress+save {c['end_to_end_s']:.1f} s, peak RSS "
-                    f"{c['peak_rss_mb']} MiB, "
+                    f"{c['peak_rss_mb']} MiB; load {c['load_s']:.1f} s, {c['peak_rss_load_mb']} MiB; "
                     f"load average {c['loadavg_1min_at_end']:.1f}",
                     flush=True,
                 )
@@ -579,13 +581,18 @@ def run_ab(args: argparse.Namespace) -> None:
         d: {
             "end_to_end_s": median_of(rows, "end_to_end_s"),
             "peak_rss_mb": median_of(rows, "peak_rss_mb"),
+            "load_s": median_of(rows, "load_s"),
+            "peak_rss_load_mb": median_of(rows, "peak_rss_load_mb"),
             "file_bytes": rows[0]["file_bytes"],
+            "sha256": sorted({r["sha256"] for r in rows}),
         }
         for d, rows in runs.items()
     }
     a, b = (summary[d] for d in dirs)
     summary["time_ratio_b_over_a"] = b["end_to_end_s"] / a["end_to_end_s"]
     summary["peak_ratio_b_over_a"] = b["peak_rss_mb"] / a["peak_rss_mb"]
+    summary["load_time_ratio_b_over_a"] = b["load_s"] / a["load_s"]
+    summary["load_peak_ratio_b_over_a"] = b["peak_rss_load_mb"] / a["peak_rss_load_mb"]
     result = {
         "benchmark": "bench_scale --ab",
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -599,11 +606,14 @@ def run_ab(args: argparse.Namespace) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     for d in dirs:
-        print(f"{d}: median {summary[d]['end_to_end_s']:.1f} s, peak RSS {summary[d]['peak_rss_mb']:.0f} MiB")
+        print(
+            f"{d}: median {summary[d]['end_to_end_s']:.1f} s, peak RSS {summary[d]['peak_rss_mb']:.0f} MiB; "
+            f"load {summary[d]['load_s']:.1f} s, {summary[d]['peak_rss_load_mb']:.0f} MiB"
+        )
     print(
         f"B/A: time x{summary['time_ratio_b_over_a']:.2f}, peak memory "
-        f"x{summary['peak_ratio_b_over_a']:.2f}; "
-        f"wrote {out}"
+        f"x{summary['peak_ratio_b_over_a']:.2f}; load time x{summary['load_time_ratio_b_over_a']:.2f}, "
+        f"load memory x{summary['load_peak_ratio_b_over_a']:.2f}; wrote {out}"
     )
 
 

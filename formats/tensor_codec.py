@@ -302,11 +302,15 @@ def _layout_context(state: TensorState, codec: int, info: Breakdown) -> bytes | 
     return out.getvalue()
 
 
+def _narrowest_unsigned(alphabet: int) -> type[np.unsignedinteger]:
+    return np.uint8 if alphabet <= 1 << 8 else (np.uint16 if alphabet <= 1 << 16 else np.uint32)
+
+
 def _read_symbols(stream: Reader, count: int, alphabet: int, width: int, coded: bool) -> np.ndarray:
     data = stream.take(stream.remaining)
     try:
-        if coded:
-            symbols = huffman.deserialize(data, alphabet, count)
+        if coded:  # a narrow dtype: the stream can hold tens of millions of symbols
+            symbols = huffman.deserialize(data, alphabet, count, dtype=_narrowest_unsigned(alphabet))
         else:
             if len(data) != bitpack.packed_size(count, width):
                 raise stream.fail(f"packed stream of {len(data)} bytes for {count} x {width} bits")
@@ -446,7 +450,8 @@ def _decode(
             out[positions if positions is not None else slice(None)] = state.codebook.numpy()[symbols]
             values_out = torch.from_numpy(out).reshape(shape)
         else:
-            codes = symbols if codec == CODEBOOK else symbols + state.fmt.qmin  # type: ignore[union-attr]
+            offset = 0 if codec == CODEBOOK else state.fmt.qmin  # type: ignore[union-attr]
+            codes = symbols if not offset else symbols.astype(np.int32) + offset
             full = np.zeros(numel, dtype=_code_dtype(state))
             full[positions if positions is not None else slice(None)] = codes
             state.codes = torch.from_numpy(full).reshape(shape)

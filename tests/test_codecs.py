@@ -238,6 +238,13 @@ def test_huffman_roundtrip(case: tuple[np.ndarray, int]) -> None:
     np.testing.assert_array_equal(
         huffman.deserialize(memoryview(bytearray(blob)), alphabet, symbols.size), symbols
     )
+    narrow = np.uint8 if alphabet <= 256 else np.uint16  # what the tensor reader asks for
+    out = huffman.deserialize(blob, alphabet, symbols.size, dtype=narrow)
+    assert out.dtype == narrow
+    np.testing.assert_array_equal(out, symbols)
+    names = np.arange(alphabet)[::-1] * 3  # codes decode to any symbols the caller names
+    out = huffman.decode(stream.lengths, stream.payload, stream.nbits, stream.count, symbols=names)
+    np.testing.assert_array_equal(out, names[symbols])
 
 
 def test_huffman_large_skewed_roundtrip() -> None:
