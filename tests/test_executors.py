@@ -128,9 +128,10 @@ def test_executor_settings_are_checked():
         Executor("process", -1)
 
 
-def test_cli_takes_executor_and_workers(tmp_path: Path, monkeypatch):
+@pytest.fixture
+def cli_workspace(tmp_path: Path, monkeypatch):
+    """A state_dict of the Small test model and a small data file in the working directory; the app."""
     from sqc_test_models import Small
-    from typer.testing import CliRunner
 
     from sqc.cli import app
 
@@ -139,6 +140,13 @@ def test_cli_takes_executor_and_workers(tmp_path: Path, monkeypatch):
     torch.save(Small().state_dict(), "small.pt")
     g = np.random.default_rng(0)
     np.savez("d.npz", x_val=g.normal(size=(40, 16)).astype(np.float32), y_val=g.integers(0, 4, 40))
+    return app
+
+
+def test_cli_takes_executor_and_workers(cli_workspace):
+    from typer.testing import CliRunner
+
+    app = cli_workspace
     common = ["sensitivity", "small.pt", "--arch", "sqc_test_models:Small", "--data", "d.npz"]
     common += ["--sparsities", "0.9,0.95", "--bits", "", "--no-png", "--json"]
     runner = CliRunner()
@@ -148,19 +156,12 @@ def test_cli_takes_executor_and_workers(tmp_path: Path, monkeypatch):
     assert result.exit_code != 0 and "must be one of serial, process, ray" in str(result.exception)
 
 
-def test_compress_runs_its_sweep_on_the_executor_asked_for(tmp_path: Path, monkeypatch):
+def test_compress_runs_its_sweep_on_the_executor_asked_for(cli_workspace):
     """``sqc compress --executor``: a ``prune{target=auto}`` sweep on a 2-worker process pool writes the
     serial run's file byte for byte; an unknown executor is refused before any work."""
-    from sqc_test_models import Small
     from typer.testing import CliRunner
 
-    from sqc.cli import app
-
-    monkeypatch.chdir(tmp_path)
-    torch.manual_seed(0)
-    torch.save(Small().state_dict(), "small.pt")
-    g = np.random.default_rng(0)
-    np.savez("d.npz", x_val=g.normal(size=(40, 16)).astype(np.float32), y_val=g.integers(0, 4, 40))
+    app = cli_workspace
     common = ["compress", "small.pt", "--arch", "sqc_test_models:Small", "--data", "d.npz"]
     common += ["--passes", "prune{target=auto},share{bits=3},huffman", "--tolerance", "0.05"]
     runner = CliRunner()
