@@ -62,8 +62,12 @@ def layer_stats(state: TensorState, bytes_before: int, max_abs_error: float) -> 
 
 def change_stats(state: TensorState, before: torch.Tensor, bytes_before: int) -> dict[str, Stat]:
     """:func:`layer_stats` with the error measured against the values ``before`` the pass."""
-    after = state.decode()
-    error = float(torch.sub(after, before).abs_().max()) if after.numel() else 0.0
+    after = state.decode().reshape(-1)
+    before = before.reshape(-1)
+    error = 0.0
+    for start in range(0, after.numel(), 1 << 22):  # in slices: no temporary of the tensor's size
+        part = slice(start, start + (1 << 22))
+        error = max(error, float(torch.sub(after[part], before[part]).abs_().max()))
     return layer_stats(state, bytes_before, error)
 
 

@@ -8,9 +8,17 @@ from typing import Literal
 
 import torch
 
-from sqc.ir import CompressedModel, FixedPoint
+from sqc.ir import CompressedModel, FixedPoint, TensorState
 from sqc.pass_base import LayerMap, Pass, PassContext, PassResult, Stat, check_range
-from sqc.passes._common import change_stats, encoded_bytes, override, selected, totals, unused_overrides
+from sqc.passes._common import (
+    change_stats,
+    encoded_bytes,
+    layer_stats,
+    override,
+    selected,
+    totals,
+    unused_overrides,
+)
 
 
 @dataclass(frozen=True)
@@ -51,16 +59,17 @@ class Quant(Pass):
         states = selected(model, self.layers, self.name)
         layers = {}
         for state in states:
-            before = state.decode()
             size = encoded_bytes(state)
             bits = int(override(state, self.per_layer, self.bits))
             ctx.note(f"quant: {state.name} ({state.numel:,} weights, {bits} bits)")
-            if state.codebook is not None:
-                fmt = best_format(state.codebook, bits, per_channel=False)
-                state.codebook = fmt.dequantize(fmt.quantize(state.codebook))
+            if state.codebook is not None:  # only the codebook changes: no weight is decoded
+                old = state.codebook
+                fmt = best_format(old, bits, per_channel=False)
+                state.codebook = fmt.dequantize(fmt.quantize(old))
                 state.fmt = fmt
+                stats = layer_stats(state, size, codebook_error(state, old))
             else:
-                values = before
+                values = state.decode()
                 fmt = best_format(
                     values, bits, per_channel=self.granularity == "channel" and values.dim() > 1
                 )
@@ -68,7 +77,9 @@ class Quant(Pass):
                 state.dense = None
                 state.codes, state.fmt = fmt.quantize(values), fmt
                 state.set_mask(mask)
-            layers[state.name] = {**change_stats(state, before, size), "frac": ",".join(map(str, fmt.frac))}
+                stats = change_stats(state, values, size)
+                del values
+            layers[state.name] = {**stats, "frac": ",".join(map(str, fmt.frac))}
         if self.params:
             others = quantize_params(model, self.params)
             layers.update(others)
@@ -77,6 +88,23 @@ class Quant(Pass):
         return PassResult(
             True, {"bits": self.bits, **totals(layers)}, layers, unused_overrides(model, self.per_layer)
         )
+
+
+def codebook_error(state: TensorState, old: torch.Tensor) -> float:
+    """The largest change of a kept weight when the codebook ``old`` became ``state.codebook``: the
+    largest centroid move among the centroids a kept weight uses (found slice by slice)."""
+    assert state.codes is not None and state.codebook is not None
+    k = old.numel()
+    used = torch.zeros(k, dtype=torch.bool)
+    codes = state.codes.reshape(-1)
+    mask = None if state.mask is None else state.mask.reshape(-1)
+    for start in range(0, codes.numel(), 1 << 22):
+        part = codes[start : start + (1 << 22)]
+        if mask is not None:
+            part = part[mask[start : start + (1 << 22)]]
+        used |= torch.bincount(part.long(), minlength=k) > 0
+    moves = (state.codebook - old).abs()[used]
+    return float(moves.max()) if moves.numel() else 0.0
 
 
 def quantize_params(model: CompressedModel, bits: int) -> dict[str, dict[str, Stat]]:
