@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 import sqc
 from sqc.data import Dataset
@@ -103,6 +104,17 @@ def error_pct(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
         for start in range(0, x.shape[0], 1000):
             wrong += int((module(x[start : start + 1000]).argmax(1) != y[start : start + 1000]).sum())
     return 100.0 * wrong / x.shape[0]
+
+
+def nll(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean cross-entropy: a less noisy companion to the error count when comparing recipes."""
+    module.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], 1000):
+            logits = module(x[start : start + 1000])
+            total += float(F.cross_entropy(logits, y[start : start + 1000], reduction="sum"))
+    return total / x.shape[0]
 
 
 def base_network(
@@ -197,6 +209,8 @@ def run_recipe(
         "error_pct": round(error, 2),
         "error_in_memory_pct": round(in_memory, 2),
         "delta_points": round(error - fp32_error, 2),
+        "fp32_nll": round(nll(base, data.x_val, data.y_val), 5),
+        "nll": round(nll(restored, data.x_val, data.y_val), 5),
         "file_bytes": size,
         "fp32_bytes": fp32_bytes,
         "ratio": round(fp32_bytes / size, 2),
@@ -221,7 +235,7 @@ def print_result(r: dict[str, Any], where: str) -> None:
     print(
         f"\n{r['network']} — {r['recipe_file']}  ({r['compress_seconds']:.0f} s)\n"
         f"  error on {where}: fp32 {r['fp32_error_pct']:.2f}% -> compressed {r['error_pct']:.2f}% "
-        f"({r['delta_points']:+.2f} points)\n"
+        f"({r['delta_points']:+.2f} points); cross-entropy {r['fp32_nll']:.4f} -> {r['nll']:.4f}\n"
         f"  file {r['file_bytes']:,} B vs fp32 {r['fp32_bytes']:,} B: {r['ratio']:.1f}x "
         f"(paper {r['paper']['ratio']}x, "
         f"{r['paper']['error_before']:.2f}% -> {r['paper']['error_after']:.2f}%)"
@@ -334,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntotal wall time {total:.0f} s ({total / 60:.1f} min)")
     summary = [
         f"{r['network']:14s} {r['recipe']:13s} error {r['fp32_error_pct']:.2f}% -> {r['error_pct']:.2f}% "
-        f"({r['delta_points']:+.2f})  {r['file_bytes']:>7,} B  {r['ratio']:6.1f}x"
+        f"({r['delta_points']:+.2f})  {r['file_bytes']:>7,} B  {r['ratio']:6.1f}x  nll {r['nll']:.4f}"
         for r in results
     ]
     print("\n".join(summary))
