@@ -169,6 +169,22 @@ def sparse_empty() -> tuple[int, bytes]:
     return RAW_F32, bytes([1, 4]) + varint(0) + varint(0) + varint(0) + varint(0)
 
 
+def rans_busy(tensors: int = 1) -> bytes:
+    """A valid file of ``tensors`` dense 16-bit fixed-point tensors of 16,384 codes, all 0 but one, each
+    context-coded in a 20-byte rANS stream (what ``rans.encode`` writes for them): 262,144 binary
+    decisions per tensor from ~60 bytes of file. The format allows it, so a reader must decode it; the
+    question is only how fast (``benchmarks/fuzz_container.py --bounds``)."""
+    from sqc.formats.tensor_codec import CONTEXT_CODED, WANTS_RANS
+
+    stream = bytes.fromhex("00041000700c373d28bf213dbd05d6e5582ddc2d")  # rans.encode, value mode 0
+    body = bytes([16, 0, 0, CONTEXT_CODED | WANTS_RANS, 0]) + varint(len(stream)) + stream
+    nodes: list[Any] = [["in", "x"]] + [["attr", f"t{i}", i] for i in range(tensors)]
+    for i in range(tensors):
+        nodes.append(["call", f"add_{i}", "add", [{"%": len(nodes) - 1 if i else 0}, {"%": 1 + i}], {}, None])
+    names = [[f"t{i}", [16384], "param"] for i in range(tensors)]
+    return craft(names, [(FIXED, body)] * tensors, nodes=[*nodes, ["out", {"%": len(nodes) - 1}]])
+
+
 def zip_bomb(megabytes: int) -> bytes:
     """zlib of a JSON object padded with ``megabytes`` MB of spaces (~1000:1), built in pieces."""
     packer = zlib.compressobj(9)
