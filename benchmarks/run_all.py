@@ -19,7 +19,12 @@ Each runs in its own process with this interpreter, one after the other (the mac
 running them side by side would spoil every timing). Output streams through; a failing benchmark is
 reported and the rest still run; the exit code is non-zero if any failed.
 
-Run: ``python benchmarks/run_all.py [--quick] [--only lenet,scale] [--profile]``
+At the end, ``summary.py --write`` regenerates the headline table in ``benchmarks/README.md`` (between
+its ``summary:begin`` / ``summary:end`` markers) from whatever ``results/*.json`` now hold, so ``make
+bench`` leaves table and JSON in step; ``--no-summary`` skips it (e.g. for a ``--quick`` smoke test whose
+JSON you do not mean to publish).
+
+Run: ``python benchmarks/run_all.py [--quick] [--only lenet,scale] [--profile] [--no-summary]``
 ``--quick`` uses fewer repetitions (one run each, a smaller Huffman stream) for a smoke test;
 ``--profile`` passes ``--profile`` to bench_scale (one more cProfile'd run, results/scale_profile.txt).
 The full run takes about 45 minutes on the 2-core reference machine (``--only`` picks a subset).
@@ -75,6 +80,9 @@ def main() -> int:
         "--only", default=",".join(BENCHMARKS), help="comma-separated subset of " + ",".join(BENCHMARKS)
     )
     parser.add_argument("--profile", action="store_true", help="also profile the VGG-16-scale run")
+    parser.add_argument(
+        "--no-summary", action="store_true", help="do not regenerate the README's summary table at the end"
+    )
     args = parser.parse_args()
     chosen = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = sorted(set(chosen) - set(BENCHMARKS))
@@ -104,7 +112,16 @@ def main() -> int:
     print("\n===== summary")
     for name, elapsed, code in timings:
         print(f"  {name:<8} {'ok' if code == 0 else f'FAILED ({code})':<12} {elapsed:7.1f} s")
+    if not args.no_summary and write_summary() != 0:
+        failed.append("summary")
     return 1 if failed else 0
+
+
+def write_summary() -> int:
+    """``summary.py --write`` in its own process like every step here, so a bug in the table cannot cost
+    the results already written; a failure is reported like a failed benchmark."""
+    print("\n===== README summary table", flush=True)
+    return subprocess.call([sys.executable, str(HERE / "summary.py"), "--write"], cwd=HERE.parent)
 
 
 if __name__ == "__main__":
