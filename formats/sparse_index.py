@@ -100,35 +100,30 @@ def decode_positions(entries: npt.ArrayLike, index_bits: int, numel: int) -> npt
         raise SqcFormatError("sparse-index entries must be a 1-D integer array")
     if e.size == 0:
         return np.zeros(0, dtype=np.int64)
-    if int(e.min()) < 0 or int(e.max()) > m:
+    high = int(e.max())
+    if int(e.min()) < 0 or high > m:
         raise SqcFormatError(f"sparse-index entry outside [0, {m}] for {index_bits}-bit entries")
     # Every entry advances by at least one position and the last kept weight lies below numel.
     if e.size > numel:
         raise SqcFormatError(f"{e.size} sparse-index entries cannot describe a tensor of {numel} elements")
     if int(e[-1]) == m:
         raise SqcFormatError("sparse-index stream ends with filler entries")
-    if int(e.max()) < m:  # no fillers (the usual case): each entry advances by e + 1, in place
+    # Entry e advances by e + 1 (a weight) or by M (a filler); a weight sits one before its advance ends.
+    # Each advance is at most 2^32, so the int64 running sum can only overflow when e.size * (M + 1) is
+    # near 2^63; in that absurd case an overflow shows up as a decrease, which is checked for. The
+    # advances are computed in place in our int64 copy.
+    if high < m:  # no fillers (the usual case): every entry is a weight
         positions = e.astype(np.int64)
         positions += 1
         np.cumsum(positions, out=positions)
-        positions -= 1
-        if positions[-1] >= numel:
-            raise SqcFormatError(
-                f"sparse-index position {int(positions[-1])} is past the tensor end ({numel})"
-            )
-        return positions
-    e = e.astype(np.int64)
-    # Entry e advances by e + 1 (a weight) or by M (a filler); a weight sits one before its advance ends.
-    # Each advance is at most 2^32, so the int64 running sum can only overflow when e.size * (M + 1) is
-    # near 2^63; in that absurd case an overflow shows up as a decrease, which is checked for.
-    # (advance = e + [e is a weight], computed in place in our int64 copy)
-    is_weight = e != m
-    ends = e
-    ends += is_weight
-    np.cumsum(ends, out=ends)
-    if e.size * (m + 1) >= 1 << 62 and bool(np.any(ends[1:] <= ends[:-1])):
-        raise SqcFormatError("sparse-index positions overflow")
-    positions = ends.take(np.flatnonzero(is_weight))  # (boolean indexing is ~4x slower here)
+    else:
+        ends = e.astype(np.int64)
+        is_weight = e != m
+        ends += is_weight
+        np.cumsum(ends, out=ends)
+        if e.size * (m + 1) >= 1 << 62 and bool(np.any(ends[1:] <= ends[:-1])):
+            raise SqcFormatError("sparse-index positions overflow")
+        positions = ends.take(np.flatnonzero(is_weight))  # (boolean indexing is ~4x slower here)
     positions -= 1
     if positions[-1] >= numel:
         raise SqcFormatError(f"sparse-index position {int(positions[-1])} is past the tensor end ({numel})")

@@ -114,7 +114,7 @@ def encoded_size(state: TensorState) -> int:
     is priced without building its section."""
     cached = _cached(state)
     if cached is not None:
-        return cached[1]
+        return cached[0]
     if state.codes is None and state.mask is None and state.dense is not None:
         size = _raw_dense_size(state.numel)
         state.__dict__["_encoded"] = (RecordVersion(state), state.coder, size, None)
@@ -132,8 +132,8 @@ def encode_tensor_cached(state: TensorState) -> tuple[int, bytes, Breakdown]:
     the file); for the others the size is.
     """
     cached = _cached(state)
-    if cached is not None and cached[2] is not None:
-        codec, payload, info = cached[2]
+    if cached is not None and cached[1] is not None:
+        codec, payload, info = cached[1]
         return codec, payload, replace(info, streams=dict(info.streams))
     codec, payload, info = encode_tensor(state)
     kept = (codec, payload, replace(info, streams=dict(info.streams))) if state.coder != "raw" else None
@@ -141,11 +141,12 @@ def encode_tensor_cached(state: TensorState) -> tuple[int, bytes, Breakdown]:
     return codec, payload, info
 
 
-def _cached(state: TensorState) -> tuple[str, int, tuple[int, bytes, Breakdown] | None] | None:
+def _cached(state: TensorState) -> tuple[int, tuple[int, bytes, Breakdown] | None] | None:
+    """``(size, encoding or None)`` remembered for the record as it is now, or None."""
     entry = state.__dict__.get("_encoded")
     if entry is None or entry[1] != state.coder or not entry[0].holds_for(state):
         return None
-    return entry[1], entry[2], entry[3]
+    return entry[2], entry[3]
 
 
 def _raw_dense_size(numel: int) -> int:

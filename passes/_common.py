@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from sqc.errors import PipelineError
-from sqc.ir import Coder, CompressedModel, TensorState, matches
+from sqc.ir import Coder, CompressedModel, TensorState, matches, slices
 from sqc.pass_base import LayerMap, Stat
 
 
@@ -64,10 +64,8 @@ def change_stats(state: TensorState, before: torch.Tensor, bytes_before: int) ->
     """:func:`layer_stats` with the error measured against the values ``before`` the pass."""
     after = state.decode().reshape(-1)
     before = before.reshape(-1)
-    error = 0.0
-    for start in range(0, after.numel(), 1 << 22):  # in slices: no temporary of the tensor's size
-        part = slice(start, start + (1 << 22))
-        error = max(error, float(torch.sub(after[part], before[part]).abs_().max()))
+    moves = (float(torch.sub(after[p], before[p]).abs_().max()) for p in slices(after.numel()))
+    error = max(moves, default=0.0)  # slice by slice: no temporary of the tensor's size
     return layer_stats(state, bytes_before, error)
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from sqc.errors import PipelineError
-from sqc.ir import CompressedModel, TensorState
+from sqc.ir import CompressedModel, TensorState, slices
 from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, check_range
 from sqc.passes._common import (
     change_stats,
@@ -220,10 +220,6 @@ def magnitude_threshold(group: list[TensorState], sparsity: float) -> float:
     return float(magnitudes[drop - 1])
 
 
-SLICE = 1 << 22
-"""Elements per slice when a pass walks a large tensor: temporaries stay a few MiB, not the tensor's size."""
-
-
 def apply_threshold(state: TensorState, threshold: float) -> tuple[bool, float]:
     """Prune the record's weights of magnitude <= ``threshold`` (the caller syncs the module).
 
@@ -235,8 +231,7 @@ def apply_threshold(state: TensorState, threshold: float) -> tuple[bool, float]:
     keep = torch.empty(values.numel(), dtype=torch.bool)
     pruned_values = torch.empty_like(values) if state.codes is None else None
     error, kept_before, kept_after = 0.0, 0, 0
-    for start in range(0, values.numel(), SLICE):
-        part = slice(start, start + SLICE)
+    for part in slices(values.numel()):
         magnitude = values[part].abs()
         part_keep = torch.gt(magnitude, threshold, out=keep[part])
         if old_mask is not None:

@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from sqc.ir import CompressedModel, FixedPoint, TensorState
+from sqc.ir import CompressedModel, FixedPoint, TensorState, slices
 from sqc.pass_base import LayerMap, Pass, PassContext, PassResult, Stat, check_range
 from sqc.passes._common import (
     change_stats,
@@ -98,11 +98,9 @@ def codebook_error(state: TensorState, old: torch.Tensor) -> float:
     used = torch.zeros(k, dtype=torch.bool)
     codes = state.codes.reshape(-1)
     mask = None if state.mask is None else state.mask.reshape(-1)
-    for start in range(0, codes.numel(), 1 << 22):
-        part = codes[start : start + (1 << 22)]
-        if mask is not None:
-            part = part[mask[start : start + (1 << 22)]]
-        used |= torch.bincount(part.long(), minlength=k) > 0
+    for part in slices(codes.numel()):
+        kept = codes[part] if mask is None else codes[part][mask[part]]
+        used |= torch.bincount(kept.long(), minlength=k) > 0
     moves = (state.codebook - old).abs()[used]
     return float(moves.max()) if moves.numel() else 0.0
 

@@ -286,15 +286,25 @@ class TensorState:
         return 32.0
 
 
-def _nonzero_where_pruned(values: torch.Tensor, mask: torch.Tensor, step: int = 1 << 22) -> bool:
-    """``((values != 0) & ~mask).any()`` in slices of ``step`` elements: the whole-tensor expression
-    allocates three temporaries the size of the tensor (+294 MiB on a 100M-weight layer)."""
+SLICE = 1 << 22
+"""Elements per slice when a whole-tensor computation walks a large tensor: temporaries stay a few MiB
+instead of the tensor's size (on a 100M-weight layer, hundreds of MiB each)."""
+
+
+def slices(numel: int, step: int = SLICE) -> Iterator[slice]:
+    """Consecutive slices of ``step`` elements covering a flat tensor of ``numel`` elements."""
+    for start in range(0, numel, step):
+        yield slice(start, start + step)
+
+
+def _nonzero_where_pruned(values: torch.Tensor, mask: torch.Tensor) -> bool:
+    """``((values != 0) & ~mask).any()`` slice by slice: the whole-tensor expression allocates three
+    temporaries the size of the tensor (+294 MiB on a 100M-weight layer)."""
     flat_values, flat_mask = values.reshape(-1), mask.reshape(-1)
-    for start in range(0, flat_values.numel(), step):
-        chunk = flat_values[start : start + step] != 0
-        if bool(chunk.logical_and_(~flat_mask[start : start + step]).any()):
-            return True
-    return False
+    return any(
+        bool((flat_values[part] != 0).logical_and_(~flat_mask[part]).any())
+        for part in slices(flat_values.numel())
+    )
 
 
 def _gather(codebook: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -304,8 +314,7 @@ def _gather(codebook: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | No
     flat_codes = codes.reshape(-1)
     flat_mask = None if mask is None else mask.reshape(-1)
     values = torch.empty(flat_codes.numel(), dtype=codebook.dtype)
-    for start in range(0, values.numel(), 1 << 22):
-        part = slice(start, start + (1 << 22))
+    for part in slices(values.numel()):
         torch.index_select(codebook, 0, flat_codes[part].to(torch.int32), out=values[part])
         if flat_mask is not None:
             values[part].masked_fill_(~flat_mask[part], 0.0)
@@ -326,14 +335,18 @@ class RecordVersion:
     __slots__ = ("_key", "_refs")
 
     def __init__(self, state: TensorState) -> None:
-        parts = state.value_tensors()
-        self._refs = tuple(None if t is None else weakref.ref(t) for t in parts)
-        self._key = (state.shape, state.fmt, tuple(-1 if t is None else t._version for t in parts))
+        self._refs = tuple(None if t is None else weakref.ref(t) for t in state.value_tensors())
+        self._key = self._key_of(state)
+
+    @staticmethod
+    def _key_of(state: TensorState) -> tuple[object, ...]:
+        versions = tuple(-1 if t is None else t._version for t in state.value_tensors())
+        return (state.shape, state.fmt, versions)
 
     def holds_for(self, state: TensorState) -> bool:
-        parts = state.value_tensors()
-        if self._key != (state.shape, state.fmt, tuple(-1 if t is None else t._version for t in parts)):
+        if self._key != self._key_of(state):
             return False
+        parts = state.value_tensors()
         return all(
             (ref is None and t is None) or (ref is not None and ref() is t)
             for ref, t in zip(self._refs, parts, strict=True)
