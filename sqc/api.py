@@ -122,7 +122,7 @@ def compress(
     """
     if not 0 <= seed < 2**63:
         raise SqcError(f"--seed {seed}: must be in [0, 2^63)")
-    run_on = _executor(executor, workers)
+    run_on = Executor.from_options(executor, workers)
     passes = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
     shapes = _shapes(example_inputs)
     if isinstance(model, (str, Path)):  # loaded here: nobody else holds it, so the IR may take its weights
@@ -198,16 +198,6 @@ def make_context(
         tolerance=tolerance,
         evaluate_subset=subset,
     )
-
-
-def _executor(kind: str, workers: int) -> Executor:
-    from sqc.executors import KINDS
-
-    if kind not in KINDS:
-        raise SqcError(f"--executor {kind}: must be one of {', '.join(KINDS)}")
-    if workers < 0:
-        raise SqcError(f"--workers {workers}: must be 0 (every CPU) or more")
-    return Executor(kind, workers)  # type: ignore[arg-type]
 
 
 def read(path: str | Path) -> CompressedModel:

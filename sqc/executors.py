@@ -34,7 +34,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqc.errors import PipelineError
+from sqc.errors import PipelineError, SqcError
 
 ExecutorKind = Literal["serial", "process", "ray"]
 KINDS: tuple[ExecutorKind, ...] = ("serial", "process", "ray")
@@ -66,6 +66,16 @@ class Executor:
             raise PipelineError(f"executor {self.kind!r}: must be one of {', '.join(KINDS)}")
         if self.workers < 0:
             raise PipelineError(f"workers={self.workers}: must be 0 (all CPUs) or more")
+
+    @classmethod
+    def from_options(cls, kind: str, workers: int) -> Executor:
+        """The executor the ``--executor``/``--workers`` options ask for; a bad value is an error that
+        names the option."""
+        if kind not in KINDS:
+            raise SqcError(f"--executor {kind}: must be one of {', '.join(KINDS)}")
+        if workers < 0:
+            raise SqcError(f"--workers {workers}: must be 0 (every CPU) or more")
+        return cls(kind, workers)  # type: ignore[arg-type]
 
     def describe(self) -> str:
         return self.kind if self.kind == "serial" else f"{self.kind} ({self.workers or 'all'} workers)"

@@ -144,15 +144,13 @@ def measure(
 
     from sqc.cli import err
     from sqc.data import check_labels, load_data, resolve_callable, top1
-    from sqc.executors import KINDS, Executor
+    from sqc.executors import Executor
     from sqc.frontend import trace
     from sqc.loading import load_model
     from sqc.pass_base import PassContext
     from sqc.passes.sensitivity import Sensitivity, cached_analysis
 
-    if executor not in KINDS:
-        raise SqcError(f"--executor {executor}: must be one of {', '.join(KINDS)}")
-    run_on = Executor(executor, workers)  # type: ignore[arg-type]
+    run_on = Executor.from_options(executor, workers)
     if data is None and eval_fn is None:
         raise SqcError("sqc sensitivity measures a metric: give --data (or --eval pkg.module:fn)")
     if samples and eval_fn is not None:
