@@ -75,7 +75,8 @@ NETWORKS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_RECIPES = ("lenet300", "lenet5", "lenet300_max", "lenet5_max")
-VALIDATION = 5_000  # the last 5,000 training images, held out in --validate mode
+VALIDATION = 5_000  # training images held out in --validate mode (one fold)
+FOLDS = 60_000 // VALIDATION
 SEED = 0
 
 
@@ -86,13 +87,23 @@ def network_of(recipe: str) -> str:
 # ------------------------------------------------------------------------------------------ data
 
 
-def datasets(validate: bool) -> tuple[Dataset, str]:
-    """The fine-tuning and evaluation data: full train + test set, or 55k train + 5k held out."""
+def datasets(validate: bool, fold: int = FOLDS - 1) -> tuple[Dataset, str]:
+    """The fine-tuning and evaluation data: full train + test set, or 55k train + 5k held out.
+
+    ``fold`` picks which 5,000 training images are held out (0 = the first, 11 = the last). One
+    held-out split is one retrained base network, and a recipe that wins on one base can lose on
+    another, so recipes are compared over several folds."""
     x_train, y_train = load_mnist("train")
     if validate:
-        cut = x_train.shape[0] - VALIDATION
-        data = Dataset(x_train[cut:], y_train[cut:], x_train[:cut], y_train[:cut])
-        return data, f"validation: last {VALIDATION:,} training images (fine-tuning on the first {cut:,})"
+        if not 0 <= fold < FOLDS:
+            raise SystemExit(f"--fold {fold}: must be in 0..{FOLDS - 1}")
+        low, high = fold * VALIDATION, (fold + 1) * VALIDATION
+        keep = torch.cat([torch.arange(0, low), torch.arange(high, x_train.shape[0])])
+        data = Dataset(x_train[low:high], y_train[low:high], x_train[keep], y_train[keep])
+        return data, (
+            f"validation: training images {low:,}-{high - 1:,} held out (fold {fold}; "
+            f"fine-tuning on the other {keep.numel():,})"
+        )
     x_test, y_test = load_mnist("test")
     return Dataset(x_test, y_test, x_train, y_train), "MNIST test set (fine-tuning on all 60,000)"
 
@@ -118,7 +129,7 @@ def nll(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def base_network(
-    name: str, data: Dataset, validate: bool, retrain: bool, cache: Path
+    name: str, data: Dataset, validate: bool, retrain: bool, cache: Path, fold: int = FOLDS - 1
 ) -> tuple[torch.nn.Module, str]:
     """The fp32 reference: the shipped checkpoint, or one trained with train_lenet's recipe.
 
@@ -130,7 +141,8 @@ def base_network(
         model.load_state_dict(torch.load(spec["checkpoint"], weights_only=True))
         return model, str(spec["checkpoint"].relative_to(REPO))
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{name}_{'val' if validate else 'full'}.pt"
+    stem = "full" if not validate else "val" if fold == FOLDS - 1 else f"val{fold}"
+    path = cache / f"{name}_{stem}.pt"
     if path.exists() and not retrain:
         model.load_state_dict(torch.load(path, weights_only=True))
         return model, str(path)
@@ -300,6 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--validate", action="store_true", help="tune: 55k train / last 5k held out, bases retrained on 55k"
     )
+    parser.add_argument(
+        "--fold",
+        type=int,
+        default=FOLDS - 1,
+        help=f"with --validate: which {VALIDATION:,} training images are held out "
+        f"(0..{FOLDS - 1}; default the last)",
+    )
     parser.add_argument("--retrain-base", action="store_true", help="retrain the fp32 references first")
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "sqc-dc-mnist", help="retrained bases"
@@ -330,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (RECIPES / f"{recipe}.toml").is_file():
             parser.error(f"no recipe {RECIPES / (recipe + '.toml')}")
     started = time.perf_counter()
-    data, where = datasets(args.validate)
+    data, where = datasets(args.validate, args.fold)
     print(
         f"evaluation on the {where}; sqc from {Path(sqc.__file__).parent}; {args.threads} thread(s)",
         flush=True,
@@ -341,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         for recipe in recipes:
             name = network_of(recipe)
             if name not in bases:
-                bases[name] = base_network(name, data, args.validate, args.retrain_base, args.cache)
+                bases[name] = base_network(
+                    name, data, args.validate, args.retrain_base, args.cache, args.fold
+                )
             results.append(run_recipe(recipe, *bases[name], data, Path(tmp), args.seed))
             print_result(results[-1], "validation" if args.validate else "test set")
     total = time.perf_counter() - started
