@@ -117,6 +117,19 @@ def error_pct(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
     return 100.0 * wrong / x.shape[0]
 
 
+def changed_predictions(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> int:
+    """How many top-1 predictions differ between two models: a direct, low-noise measure of how much
+    compression changed the network (an error difference mixes it with the luck of the fp32 model)."""
+    a.eval()
+    b.eval()
+    changed = 0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], 1000):
+            batch = x[start : start + 1000]
+            changed += int((a(batch).argmax(1) != b(batch).argmax(1)).sum())
+    return changed
+
+
 def nll(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean cross-entropy: a less noisy companion to the error count when comparing recipes."""
     module.eval()
@@ -221,6 +234,8 @@ def run_recipe(
         "error_pct": round(error, 2),
         "error_in_memory_pct": round(in_memory, 2),
         "delta_points": round(error - fp32_error, 2),
+        "changed_predictions": changed_predictions(base, restored, data.x_val),
+        "evaluated": int(data.x_val.shape[0]),
         "fp32_nll": round(nll(base, data.x_val, data.y_val), 5),
         "nll": round(nll(restored, data.x_val, data.y_val), 5),
         "file_bytes": size,
@@ -247,7 +262,8 @@ def print_result(r: dict[str, Any], where: str) -> None:
     print(
         f"\n{r['network']} — {r['recipe_file']}  ({r['compress_seconds']:.0f} s)\n"
         f"  error on {where}: fp32 {r['fp32_error_pct']:.2f}% -> compressed {r['error_pct']:.2f}% "
-        f"({r['delta_points']:+.2f} points); cross-entropy {r['fp32_nll']:.4f} -> {r['nll']:.4f}\n"
+        f"({r['delta_points']:+.2f} points); cross-entropy {r['fp32_nll']:.4f} -> {r['nll']:.4f}; "
+        f"{r['changed_predictions']} of {r['evaluated']:,} predictions changed\n"
         f"  file {r['file_bytes']:,} B vs fp32 {r['fp32_bytes']:,} B: {r['ratio']:.1f}x "
         f"(paper {r['paper']['ratio']}x, "
         f"{r['paper']['error_before']:.2f}% -> {r['paper']['error_after']:.2f}%)"
@@ -369,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntotal wall time {total:.0f} s ({total / 60:.1f} min)")
     summary = [
         f"{r['network']:14s} {r['recipe']:13s} error {r['fp32_error_pct']:.2f}% -> {r['error_pct']:.2f}% "
-        f"({r['delta_points']:+.2f})  {r['file_bytes']:>7,} B  {r['ratio']:6.1f}x  nll {r['nll']:.4f}"
+        f"({r['delta_points']:+.2f})  {r['file_bytes']:>7,} B  {r['ratio']:6.1f}x  nll {r['nll']:.4f}  "
+        f"changed {r['changed_predictions']}"
         for r in results
     ]
     print("\n".join(summary))

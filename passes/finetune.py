@@ -21,6 +21,11 @@ class Finetune(Pass):
     optimiser step. ``schedule=dsd`` is SqueezeNet's dense-sparse-dense: a masked phase, then the masks
     are lifted and the dense model trains at ``lr/10`` (float weights only; prune again afterwards to
     compress). The metric before and after is reported when an evaluation is available.
+
+    Trained quantization steps each centroid by its cluster's *summed* gradient, so big clusters
+    (few bits, many weights) need small rates. When the built-in fine-tuner's loss runs away, the
+    weights are restored and the run is retried at a tenth of the rate (up to twice; the rate used is
+    the ``lr_used`` stat) instead of handing on a network at chance.
     """
 
     name = "finetune"
@@ -40,7 +45,7 @@ class Finetune(Pass):
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
         before = ctx.evaluate(model) if ctx.can_evaluate else None
         ctx.note(f"finetune: {self.epochs} epoch(s) at lr {self.lr}")
-        ctx.finetune(model, self.epochs, self.lr)
+        used = ctx.finetune(model, self.epochs, self.lr)
         if self.schedule == "dsd":
             coded = [s.name for s in model.weights() if s.codes is not None]
             if coded:
@@ -49,8 +54,10 @@ class Finetune(Pass):
                 state.mask = None  # lift the masks: pruned weights restart from zero
             model.sync()
             ctx.note(f"finetune: dense phase, {self.epochs} epoch(s) at lr {self.lr / 10}")
-            ctx.finetune(model, self.epochs, self.lr / 10)
+            ctx.finetune(model, self.epochs, used / 10)
         stats: dict[str, float | int | str] = {"epochs": self.epochs, "schedule": self.schedule}
+        if used != self.lr:  # the loss diverged at the asked rate (see PassContext.finetune)
+            stats["lr_used"] = used
         if before is not None:
             stats["metric_before"] = before
             stats["metric_after"] = ctx.evaluate(model)

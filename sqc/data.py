@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sqc.errors import SqcError
+from sqc.training import DivergenceGuard
 
 Evaluator = Callable[[nn.Module], float]
 FineTuner = Callable[[nn.Module, int], None]
@@ -178,6 +179,7 @@ def cross_entropy_finetuner(
         optimiser = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
         steps = max(1, epochs * ((x.shape[0] + batch_size - 1) // batch_size))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+        guard = DivergenceGuard(window=min(50, max(1, steps // 8)))
         model.train()
         for _ in range(epochs):
             order = torch.randperm(x.shape[0], generator=generator)
@@ -185,6 +187,7 @@ def cross_entropy_finetuner(
                 index = order[start : start + batch_size]
                 optimiser.zero_grad(set_to_none=True)
                 loss = loss_of(model(x[index]), index)
+                guard.update(float(loss.detach()))
                 loss.backward()
                 optimiser.step()
                 schedule.step()

@@ -25,6 +25,9 @@ from sqc.errors import PipelineError
 from sqc.executors import Executor
 from sqc.ir import CompressedModel
 
+DIVERGENCE_RETRIES = 3
+"""Fine-tuning attempts, each at a tenth of the previous learning rate, before a pass gives up."""
+
 Stat = float | int | str
 
 # A per-layer override table written ``fc1:0.92;fc3:0.74`` in pipeline text (glob -> value).
@@ -113,14 +116,31 @@ class PassContext:
             return self._subsets[samples]
         return self._evaluate
 
-    def finetune(self, model: CompressedModel, epochs: int, lr: float) -> None:
-        """Train the model in place while its masks and shared weights stay intact."""
-        from sqc.training import Constraints
+    def finetune(self, model: CompressedModel, epochs: int, lr: float) -> float:
+        """Train the model in place while its masks and shared weights stay intact; returns the
+        learning rate that was used.
+
+        A training loop that reports divergence (:class:`~sqc.training.TrainingDiverged`, raised by
+        the built-in fine-tuner) leaves the records as they were; the run is retried at a tenth of the
+        learning rate, up to ``DIVERGENCE_RETRIES`` times, and each retry is said in a note."""
+        from sqc.training import Constraints, TrainingDiverged
 
         if self._finetune is None:
             raise PipelineError("this pass needs training: give --data with x_train/y_train (or --finetune)")
-        with Constraints(model):
-            self._finetune(model.graph_module, epochs, lr)
+        for _ in range(DIVERGENCE_RETRIES):
+            try:
+                with Constraints(model):
+                    self._finetune(model.graph_module, epochs, lr)
+                return lr
+            except TrainingDiverged as diverged:
+                self.note(
+                    f"fine-tuning diverged at lr {lr:g} ({diverged}); weights restored, "
+                    f"retrying at lr {lr / 10:g}"
+                )
+                lr /= 10
+        raise PipelineError(
+            f"fine-tuning diverged at every learning rate down to {lr * 10:g}; lower the pass's lr"
+        )
 
     def note(self, message: str) -> None:
         """Report progress of long work to the user (a no-op when nobody listens)."""

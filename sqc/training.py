@@ -25,6 +25,43 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from sqc.ir import CompressedModel, TensorState
 
 
+class TrainingDiverged(Exception):
+    """Raised by a fine-tuning loop whose loss ran away; :meth:`PassContext.finetune` restores the
+    records and retries at a tenth of the learning rate."""
+
+
+class DivergenceGuard:
+    """Watches a training loss and raises :class:`TrainingDiverged` when it runs away.
+
+    Why: trained quantization moves each centroid by the *sum* of its cluster's gradients (Deep
+    Compression), so its step grows with the cluster size — 3-bit codebooks over 30,000 weights turn a
+    learning rate that is safe for single weights into one that sends the network to chance in a few
+    hundred steps. The reference is the loss of the first batch (before any update could spoil it);
+    the watched value is the mean loss of the steps so far, then a moving average over ``window``
+    steps. Non-finite, or above ``3 x first + 1`` (a network at chance has a cross-entropy of
+    ln(classes), far above that for any model worth fine-tuning), is divergence.
+    """
+
+    def __init__(self, window: int = 50) -> None:
+        self.window = max(1, window)
+        self.steps = 0
+        self.first = 0.0
+        self.average = 0.0
+
+    def update(self, loss: float) -> None:
+        if loss != loss or loss in (float("inf"), float("-inf")):
+            raise TrainingDiverged(f"the loss became {loss} at step {self.steps + 1}")
+        self.steps += 1
+        if self.steps == 1:
+            self.first = loss
+        self.average += (loss - self.average) / min(self.steps, self.window)
+        if self.steps >= min(self.window, 10) and self.average > 3.0 * self.first + 1.0:
+            raise TrainingDiverged(
+                f"the loss rose from {self.first:.4g} to {self.average:.4g} (moving average) by step "
+                f"{self.steps}"
+            )
+
+
 @dataclass
 class _Tied:
     """One constrained parameter: its record, and the flat kept codes for cluster arithmetic."""

@@ -393,3 +393,79 @@ def test_recipe_compress_table_sets_the_run(cli, tmp_path: Path, monkeypatch, ne
     (tmp_path / "bad.toml").write_text("[compress]\nseeds = 1\n[[pass]]\nname = 'prune'\n")
     result = cli("compress", "net.pt", "--arch", "net_mod2:Net", "--recipe", "bad.toml", "-o", "c.sqc")
     assert result.code == 1 and "[compress] has unknown key 'seeds'" in result.err
+
+
+def test_divergence_guard_tells_runaway_from_noisy_training():
+    from sqc.training import DivergenceGuard, TrainingDiverged
+
+    calm = DivergenceGuard(window=10)
+    for step in range(500):  # a decreasing loss with spikes of 3x is training, not divergence
+        calm.update(0.5 / (1 + step / 50) * (3.0 if step % 37 == 0 else 1.0))
+    rising = DivergenceGuard(window=10)
+    with pytest.raises(TrainingDiverged, match="rose from"):
+        for step in range(500):
+            rising.update(0.05 * 1.02**step)
+    with pytest.raises(TrainingDiverged, match="nan"):
+        DivergenceGuard().update(float("nan"))
+
+
+def overlapping_blobs(n: int = 4096, seed: int = 0) -> Dataset:
+    """Four blobs that overlap: the loss stays well above zero, so gradients stay large."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = 0.3 * torch.randn(4, 64, generator=g)[y] + torch.randn(n, 64, generator=g)
+    return Dataset(x[: n // 2], y[: n // 2], x[n // 2 :], y[n // 2 :])
+
+
+def test_finetune_retries_a_diverged_run_at_a_lower_rate(net):
+    """Trained quantization at a rate far too high for 2-bit clusters of ~500 weights: the built-in
+    fine-tuner's loss runs away, the pass restores the weights and retries at lr/10."""
+    notes: list[str] = []
+    artifact = sqc.compress(
+        net,
+        [(1, 64)],
+        "finetune{epochs=3 lr=0.05},share{bits=2},finetune{epochs=2 lr=5}",
+        data=overlapping_blobs(),
+        progress=notes.append,
+    )
+    stats = artifact.model.report[-1].stats
+    assert stats["lr_used"] == pytest.approx(0.05)
+    assert [note.split(" (")[0] for note in notes if "diverged" in note] == [
+        "fine-tuning diverged at lr 5",
+        "fine-tuning diverged at lr 0.5",
+    ]
+    assert stats["metric_after"] >= stats["metric_before"] - 0.02  # not handed on at chance (0.25)
+    calm = sqc.compress(
+        net,
+        [(1, 64)],
+        "finetune{epochs=3 lr=0.05},share{bits=2},finetune{epochs=2 lr=0.01}",
+        data=overlapping_blobs(),
+    )
+    assert "lr_used" not in calm.model.report[-1].stats  # a sound rate is left alone
+
+
+def test_finetune_gives_up_after_its_retries(net):
+    from sqc.pass_base import DIVERGENCE_RETRIES, PassContext
+    from sqc.training import TrainingDiverged
+
+    rates: list[float] = []
+
+    def always_diverges(module: nn.Module, epochs: int, lr: float) -> None:
+        rates.append(lr)
+        with torch.no_grad():
+            module.get_parameter("fc1.weight").add_(1.0)  # damage the module, as a diverged run does
+        raise TrainingDiverged("the loss became nan at step 3")
+
+    ir = trace(net, [(1, 64)])
+    Pipeline.parse("prune{sparsity=0.5}").run(ir, sqc.pass_base.PassContext())
+    before = {name: state.decode().clone() for name, state in ir.tensors.items()}
+    ctx = PassContext(finetune=always_diverges)
+    with pytest.raises(
+        sqc.errors.SqcError,
+        match=r"finetune failed: fine-tuning diverged at every learning rate down to 0\.0001",
+    ):
+        Pipeline.parse("finetune{epochs=1 lr=0.01}").run(ir, ctx)
+    assert rates == pytest.approx([0.01 * 10**-i for i in range(DIVERGENCE_RETRIES)])
+    for name, state in ir.tensors.items():  # records and module are as they were before the pass
+        assert torch.equal(state.decode(), before[name])
+        assert torch.equal(ir.graph_module.get_parameter(name).detach(), before[name])
