@@ -121,25 +121,25 @@ class PassContext:
         learning rate that was used.
 
         A training loop that reports divergence (:class:`~sqc.training.TrainingDiverged`, raised by
-        the built-in fine-tuner) leaves the records as they were; the run is retried at a tenth of the
-        learning rate, up to ``DIVERGENCE_RETRIES`` times, and each retry is said in a note."""
+        the built-in fine-tuner; a ``--finetune`` function may raise it too) leaves the records as
+        they were; the run is retried at a tenth of the learning rate, ``DIVERGENCE_RETRIES`` attempts
+        in all, and each failed attempt is said in a note."""
         from sqc.training import Constraints, TrainingDiverged
 
         if self._finetune is None:
             raise PipelineError("this pass needs training: give --data with x_train/y_train (or --finetune)")
-        for _ in range(DIVERGENCE_RETRIES):
+        for attempt in range(1, DIVERGENCE_RETRIES + 1):
             try:
                 with Constraints(model):
                     self._finetune(model.graph_module, epochs, lr)
                 return lr
             except TrainingDiverged as diverged:
-                self.note(
-                    f"fine-tuning diverged at lr {lr:g} ({diverged}); weights restored, "
-                    f"retrying at lr {lr / 10:g}"
-                )
-                lr /= 10
+                then = f"retrying at lr {lr / 10:g}" if attempt < DIVERGENCE_RETRIES else "giving up"
+                self.note(f"fine-tuning diverged at lr {lr:g} ({diverged}); weights restored, {then}")
+                if attempt < DIVERGENCE_RETRIES:
+                    lr /= 10
         raise PipelineError(
-            f"fine-tuning diverged at every learning rate down to {lr * 10:g}; lower the pass's lr"
+            f"fine-tuning diverged at every learning rate down to {lr:g}; lower the pass's lr"
         )
 
     def note(self, message: str) -> None:
