@@ -289,14 +289,16 @@ def print_result(r: dict[str, Any], where: str) -> None:
 def markdown(doc: dict[str, Any]) -> str:
     """The results as the markdown tables of ``benchmarks/README.md``."""
     lines = [
-        "| network | recipe | fp32 error | compressed error | Δ points | `.sqc` bytes | vs fp32 | paper "
-        "| compress s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| network | recipe | fp32 error | compressed error | Δ points | predictions changed | `.sqc` bytes "
+        "| vs fp32 | paper | compress s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in doc["results"]:
+        changed = r.get("changed_predictions")  # results written before it was measured lack it
         lines.append(
             f"| {r['network']} | `{r['recipe_file']}` | {r['fp32_error_pct']:.2f} % "
-            f"| {r['error_pct']:.2f} % | {r['delta_points']:+.2f} | {r['file_bytes']:,} "
+            f"| {r['error_pct']:.2f} % | {r['delta_points']:+.2f} "
+            f"| {'–' if changed is None else f'{changed:,}'} | {r['file_bytes']:,} "
             f"| **{r['ratio']:.1f}×** | {r['paper']['ratio']}× | {r['compress_seconds']:.0f} |"
         )
     for r in doc["results"]:

@@ -31,3 +31,34 @@ def test_nll_is_the_mean_cross_entropy_over_batches_and_error_counts_wrong_argma
     assert abs(dc.nll(model, x, y) - float(F.cross_entropy(logits, y))) < 1e-5
     assert dc.error_pct(model, x, y) == 100.0 * float((logits.argmax(1) != y).sum()) / 2500
     assert not model.training  # both evaluate in eval mode
+
+
+def test_changed_predictions_counts_argmax_disagreements_over_batches() -> None:
+    dc = load_script()
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    b = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    x = torch.randn(2500, 3, 4)
+    with torch.no_grad():
+        expected = int((a(x).argmax(1) != b(x).argmax(1)).sum())
+    assert 0 < expected < 2500
+    assert dc.changed_predictions(a, b, x) == expected
+    assert dc.changed_predictions(a, a, x) == 0
+
+
+def test_validation_folds_partition_the_training_set(monkeypatch) -> None:
+    """Fold K holds out images K*5000..K*5000+4999 and fine-tunes on all the others, in order."""
+    dc = load_script()
+    images = torch.arange(60_000, dtype=torch.float32).reshape(-1, 1, 1, 1)
+    labels = torch.arange(60_000) % 10
+    monkeypatch.setattr(dc, "load_mnist", lambda split: (images, labels))
+    for fold in (0, 3, dc.FOLDS - 1):
+        data, where = dc.datasets(True, fold)
+        held = data.x_val.flatten().long()
+        train = data.x_train.flatten().long()
+        assert torch.equal(held, torch.arange(fold * 5000, (fold + 1) * 5000))
+        assert train.numel() == 55_000 and bool((train[1:] > train[:-1]).all())
+        assert not set(held.tolist()) & set(train.tolist())
+        assert f"fold {fold}" in where
+    last, _ = dc.datasets(True)  # the default is the split every earlier --validate run used
+    assert torch.equal(last.x_train.flatten().long(), torch.arange(55_000))
