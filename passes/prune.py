@@ -41,7 +41,8 @@ class Prune(Pass):
 
     ``schedule=agp`` prunes in ``steps`` stages along the automated gradual pruning curve
     ``s_t = s (1 - (1 - t/steps)^3)`` (Zhu & Gupta 2017), fine-tuning ``epochs`` at ``lr`` after each
-    stage with masks held (needs ``--data`` with training data, or ``--finetune``). With
+    stage with masks held (needs ``--data`` with training data, or ``--finetune``); a stage whose
+    fine-tuning diverges is retried at lr/10 and named in the ``lr_used`` stat (``stage:lr;…``). With
     ``target=auto`` the stages lead to the chosen sparsities.
     """
 
@@ -93,6 +94,7 @@ class Prune(Pass):
     def _agp(self, model: CompressedModel, ctx: PassContext) -> PassResult:
         first = {s.name: s.density for s in selected(model, self.layers, self.name)}
         result = PassResult(False)
+        lowered: list[str] = []  # stages whose fine-tuning diverged and ran at a lower rate
         for step in range(1, self.steps + 1):
             scale = 1 - (1 - step / self.steps) ** 3
             stage = replace(
@@ -106,11 +108,15 @@ class Prune(Pass):
             ctx.note(f"prune: agp stage {step}/{self.steps}, sparsity {stage.sparsity:.3f}")
             staged = stage._prune(model)
             if self.epochs:
-                ctx.finetune(model, self.epochs, self.lr)
+                used = ctx.finetune(model, self.epochs, self.lr)
+                if used != self.lr:
+                    lowered.append(f"{step}:{used:g}")
             result = PassResult(
                 result.changed or staged.changed, staged.stats, staged.layers, staged.diagnostics
             )
         result.stats["stages"] = self.steps
+        if lowered:  # "stage:lr" of each stage retried after its fine-tuning diverged
+            result.stats["lr_used"] = ";".join(lowered)
         result.stats["density_before"] = round(sum(first.values()) / max(1, len(first)), 6)
         return result
 

@@ -469,3 +469,17 @@ def test_finetune_gives_up_after_its_retries(net):
     for name, state in ir.tensors.items():  # records and module are as they were before the pass
         assert torch.equal(state.decode(), before[name])
         assert torch.equal(ir.graph_module.get_parameter(name).detach(), before[name])
+
+
+def test_agp_stages_report_a_lowered_rate(net):
+    """The agp schedule's fine-tuning goes through the same retry; the stages that needed it are named."""
+    artifact = sqc.compress(
+        net,
+        [(1, 64)],
+        "finetune{epochs=3 lr=0.05},prune{sparsity=0.5 schedule=agp steps=2 epochs=1 lr=2}",
+        data=overlapping_blobs(),
+    )
+    stats = artifact.model.report[-1].stats
+    assert stats["stages"] == 2
+    stages = dict(entry.split(":") for entry in stats["lr_used"].split(";"))
+    assert set(stages) == {"1", "2"} and all(float(lr) < 2 for lr in stages.values())
