@@ -56,9 +56,11 @@ class Finetune(Pass):
             ctx.note(f"finetune: dense phase, {self.epochs} epoch(s) at lr {self.lr / 10}")
             ctx.finetune(model, self.epochs, used / 10)
         stats: dict[str, float | int | str] = {"epochs": self.epochs, "schedule": self.schedule}
+        diagnostics = []
         if used != self.lr:  # the loss diverged at the asked rate (see PassContext.finetune)
             stats["lr_used"] = used
+            diagnostics.append(f"training diverged at lr {self.lr:g} and was redone at lr {used:g}")
         if before is not None:
             stats["metric_before"] = before
             stats["metric_after"] = ctx.evaluate(model)
-        return PassResult(True, stats)
+        return PassResult(True, stats, diagnostics=diagnostics)

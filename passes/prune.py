@@ -117,6 +117,9 @@ class Prune(Pass):
         result.stats["stages"] = self.steps
         if lowered:  # "stage:lr" of each stage retried after its fine-tuning diverged
             result.stats["lr_used"] = ";".join(lowered)
+            result.diagnostics.append(
+                f"agp fine-tuning diverged at lr {self.lr:g}; stage:lr redone lower: {', '.join(lowered)}"
+            )
         result.stats["density_before"] = round(sum(first.values()) / max(1, len(first)), 6)
         return result
 

@@ -430,6 +430,7 @@ def test_finetune_retries_a_diverged_run_at_a_lower_rate(net):
     )
     stats = artifact.model.report[-1].stats
     assert stats["lr_used"] == pytest.approx(0.05)
+    assert artifact.model.report[-1].diagnostics == ["training diverged at lr 5 and was redone at lr 0.05"]
     assert [note.split(" (")[0] for note in notes if "diverged" in note] == [
         "fine-tuning diverged at lr 5",
         "fine-tuning diverged at lr 0.5",
@@ -483,3 +484,4 @@ def test_agp_stages_report_a_lowered_rate(net):
     assert stats["stages"] == 2
     stages = dict(entry.split(":") for entry in stats["lr_used"].split(";"))
     assert set(stages) == {"1", "2"} and all(float(lr) < 2 for lr in stages.values())
+    assert "agp fine-tuning diverged at lr 2" in artifact.model.report[-1].diagnostics[-1]
