@@ -236,7 +236,15 @@ def compress(
 
 def _summary(stats: dict[str, Any]) -> str:
     parts = []
-    for key in ("sparsity", "bits", "bytes_before", "bytes_after", "max_abs_error"):
+    for key in (
+        "sparsity",
+        "bits",
+        "bytes_before",
+        "bytes_after",
+        "max_abs_error",
+        "metric_before",
+        "metric_after",
+    ):
         if key in stats:
             value = stats[key]
             parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -286,6 +287,7 @@ def test_cli_with_data_eval_and_finetune_plugins(cli, tmp_path: Path, monkeypatc
         "d.sqc",
     )
     assert result.code == 0, result.err
+    assert re.search(r"\[2/2\] finetune: metric_before=[0-9.]+, metric_after=[0-9.]+", result.err)
     bad = cli(
         "compress",
         "net.pt",
