@@ -121,9 +121,9 @@ class PassContext:
         learning rate that was used.
 
         A training loop that reports divergence (:class:`~sqc.training.TrainingDiverged`, raised by
-        the built-in fine-tuner; a ``--finetune`` function may raise it too) leaves the records as
-        they were; the run is retried at a tenth of the learning rate, ``DIVERGENCE_RETRIES`` attempts
-        in all, and each failed attempt is said in a note."""
+        the built-in fine-tuner) leaves the records as they were; the run is retried at a tenth of the
+        learning rate, ``DIVERGENCE_RETRIES`` attempts in all, and each failed attempt is said in a
+        note. (A user's ``--finetune`` loop chooses its own rate, so sqc does not watch it.)"""
         from sqc.training import Constraints, TrainingDiverged
 
         if self._finetune is None:

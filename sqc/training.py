@@ -15,6 +15,7 @@ function — around the IR's GraphModule:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ class DivergenceGuard:
     learning rate that is safe for single weights into one that sends the network to chance in a few
     hundred steps. The reference is the loss of the first batch (before any update could spoil it);
     the watched value is the mean loss of the steps so far, then a moving average over ``window``
-    steps. Non-finite, or above ``3 x first + 1`` (a network at chance has a cross-entropy of
-    ln(classes), far above that for any model worth fine-tuning), is divergence.
+    steps. Non-finite, or above ``3 x first + 1``, is divergence: a well-behaved run stays near or
+    below its first loss, while a diverging one ends far past chance (ln(10) = 2.3 for ten classes)
+    with logits that keep growing.
     """
 
     def __init__(self, window: int = 50) -> None:
@@ -49,7 +51,7 @@ class DivergenceGuard:
         self.average = 0.0
 
     def update(self, loss: float) -> None:
-        if loss != loss or loss in (float("inf"), float("-inf")):
+        if not math.isfinite(loss):
             raise TrainingDiverged(f"the loss became {loss} at step {self.steps + 1}")
         self.steps += 1
         if self.steps == 1:
