@@ -19,8 +19,10 @@ in ``--cache``), every recipe fine-tunes on those 55,000, and errors are measure
 5,000 training images. The test set is used once, by the default mode, to report the numbers.
 
 Run: ``python benchmarks/deep_compression_mnist.py [--recipes lenet300,lenet5,lenet300_max,lenet5_max]
-[--validate] [--retrain-base] [--threads 2]``. Writes ``benchmarks/results/deep_compression_mnist.json``
-(not in ``--validate`` mode unless ``--out`` is given).
+[--validate [--fold 11,3,7]] [--seed 0,1] [--retrain-base] [--threads 2]``; with several folds or seeds
+each recipe runs once per pair and the means per recipe are printed (and stored under ``per_recipe``).
+Writes ``benchmarks/results/deep_compression_mnist.json`` (not in ``--validate`` mode unless ``--out``
+is given).
 """
 
 from __future__ import annotations
@@ -115,6 +117,33 @@ def error_pct(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
         for start in range(0, x.shape[0], 1000):
             wrong += int((module(x[start : start + 1000]).argmax(1) != y[start : start + 1000]).sum())
     return 100.0 * wrong / x.shape[0]
+
+
+def int_list(text: str) -> list[int]:
+    """``"11,3,7"`` -> ``[11, 3, 7]`` (argparse type for --fold and --seed)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas") from None
+
+
+def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each recipe's means over its runs (folds x seeds): the error change, the predictions changed and
+    the ratio. One run of a recipe says little about it; the spread between bases is the larger part."""
+    rows = []
+    for recipe in dict.fromkeys(r["recipe"] for r in results):
+        runs = [r for r in results if r["recipe"] == recipe]
+        rows.append(
+            {
+                "recipe": recipe,
+                "runs": len(runs),
+                "evaluated": runs[0]["evaluated"],
+                "mean_delta_points": round(sum(r["delta_points"] for r in runs) / len(runs), 4),
+                "mean_changed_predictions": round(sum(r["changed_predictions"] for r in runs) / len(runs), 2),
+                "mean_ratio": round(sum(r["ratio"] for r in runs) / len(runs), 2),
+            }
+        )
+    return rows
 
 
 def changed_predictions(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> int:
@@ -332,10 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--fold",
-        type=int,
-        default=FOLDS - 1,
-        help=f"with --validate: which {VALIDATION:,} training images are held out "
-        f"(0..{FOLDS - 1}; default the last)",
+        type=int_list,
+        default=[FOLDS - 1],
+        help=f"with --validate: which {VALIDATION:,} training images are held out, one fold or a list "
+        f"(0..{FOLDS - 1}, e.g. 11,3,7; default the last)",
     )
     parser.add_argument("--retrain-base", action="store_true", help="retrain the fp32 references first")
     parser.add_argument(
@@ -352,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="results JSON (default: results/deep_compression_mnist.json)"
     )
     parser.add_argument(
-        "--seed", type=int, default=None, help="override the recipes' seed (fine-tuning order)"
+        "--seed",
+        type=int_list,
+        default=[None],
+        help="override the recipes' seed (fine-tuning order); a list runs each recipe once per seed",
     )
     parser.add_argument(
         "--markdown", type=Path, default=None, help="print a results JSON as markdown and exit"
@@ -366,32 +398,48 @@ def main(argv: list[str] | None = None) -> int:
     for recipe in recipes:
         if not (RECIPES / f"{recipe}.toml").is_file():
             parser.error(f"no recipe {RECIPES / (recipe + '.toml')}")
+    if len(args.fold) > 1 and not args.validate:
+        parser.error("several --fold values need --validate (the test set is one split)")
     started = time.perf_counter()
-    data, where = datasets(args.validate, args.fold)
-    print(
-        f"evaluation on the {where}; sqc from {Path(sqc.__file__).parent}; {args.threads} thread(s)",
-        flush=True,
-    )
-    bases: dict[str, tuple[torch.nn.Module, str]] = {}
     results = []
+    evaluated = []
     with tempfile.TemporaryDirectory(prefix="sqc-dc-") as tmp:
-        for recipe in recipes:
-            name = network_of(recipe)
-            if name not in bases:
-                bases[name] = base_network(
-                    name, data, args.validate, args.retrain_base, args.cache, args.fold
-                )
-            results.append(run_recipe(recipe, *bases[name], data, Path(tmp), args.seed))
-            print_result(results[-1], "validation" if args.validate else "test set")
+        for fold in args.fold if args.validate else [FOLDS - 1]:
+            data, where = datasets(args.validate, fold)
+            evaluated.append(where)
+            print(
+                f"evaluation on the {where}; sqc from {Path(sqc.__file__).parent}; {args.threads} thread(s)",
+                flush=True,
+            )
+            bases: dict[str, tuple[torch.nn.Module, str]] = {}
+            for recipe in recipes:
+                name = network_of(recipe)
+                if name not in bases:
+                    bases[name] = base_network(name, data, args.validate, args.retrain_base, args.cache, fold)
+                for seed in args.seed:
+                    result = run_recipe(recipe, *bases[name], data, Path(tmp), seed)
+                    results.append(result | ({"fold": fold} if args.validate else {}))
+                    print_result(results[-1], "validation" if args.validate else "test set")
     total = time.perf_counter() - started
     print(f"\ntotal wall time {total:.0f} s ({total / 60:.1f} min)")
     summary = [
-        f"{r['network']:14s} {r['recipe']:13s} error {r['fp32_error_pct']:.2f}% -> {r['error_pct']:.2f}% "
+        f"{r['network']:14s} {r['recipe']:13s} "
+        + (f"fold {r['fold']:2d} " if "fold" in r else "")
+        + f"seed {r['settings'].get('seed', '-')} error {r['fp32_error_pct']:.2f}% -> {r['error_pct']:.2f}% "
         f"({r['delta_points']:+.2f})  {r['file_bytes']:>7,} B  {r['ratio']:6.1f}x  nll {r['nll']:.4f}  "
         f"changed {r['changed_predictions']}"
         for r in results
     ]
     print("\n".join(summary))
+    means = aggregate(results)
+    if any(row["runs"] > 1 for row in means):
+        print("\nper recipe, over folds and seeds:")
+        for row in means:
+            print(
+                f"  {row['recipe']:13s} {row['runs']:2d} runs  mean {row['mean_delta_points']:+.3f} points  "
+                f"changed {row['mean_changed_predictions']:.1f} of {row['evaluated']:,}  "
+                f"{row['mean_ratio']:.1f}x"
+            )
     out = args.out or (None if args.validate else RESULTS / "deep_compression_mnist.json")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -400,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "mode": "validate" if args.validate else "test",
-            "evaluation": where,
+            "evaluation": "; ".join(evaluated),
             "machine": {
                 "cpus": os.cpu_count(),
                 "threads": args.threads,
@@ -411,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             "git": git_state(),
             "wall_seconds": round(total, 1),
             "results": results,
+            "per_recipe": means,
         }
         out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {out}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -62,3 +63,39 @@ def test_validation_folds_partition_the_training_set(monkeypatch) -> None:
         assert f"fold {fold}" in where
     last, _ = dc.datasets(True)  # the default is the split every earlier --validate run used
     assert torch.equal(last.x_train.flatten().long(), torch.arange(55_000))
+
+
+def test_fold_and_seed_lists_and_the_per_recipe_means() -> None:
+    dc = load_script()
+    assert dc.int_list("11,3,7") == [11, 3, 7] and dc.int_list("0") == [0]
+    with pytest.raises(dc.argparse.ArgumentTypeError, match="expected integers"):
+        dc.int_list("11,x")  # argparse turns this into a one-line usage error
+
+    def run(recipe: str, delta: float, changed: int, ratio: float) -> dict:
+        return {
+            "recipe": recipe,
+            "delta_points": delta,
+            "changed_predictions": changed,
+            "ratio": ratio,
+            "evaluated": 5000,
+        }
+
+    rows = dc.aggregate([run("a", 0.1, 30, 40.0), run("b", -0.02, 10, 50.0), run("a", 0.0, 20, 42.0)])
+    assert rows == [
+        {
+            "recipe": "a",
+            "runs": 2,
+            "evaluated": 5000,
+            "mean_delta_points": 0.05,
+            "mean_changed_predictions": 25.0,
+            "mean_ratio": 41.0,
+        },
+        {
+            "recipe": "b",
+            "runs": 1,
+            "evaluated": 5000,
+            "mean_delta_points": -0.02,
+            "mean_changed_predictions": 10.0,
+            "mean_ratio": 50.0,
+        },
+    ]
