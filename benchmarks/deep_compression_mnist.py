@@ -109,13 +109,16 @@ def datasets(validate: bool, fold: int = FOLDS - 1) -> tuple[Dataset, str]:
     return Dataset(x_test, y_test, x_train, y_train), "MNIST test set (fine-tuning on all 60,000)"
 
 
-def error_pct(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def logits_of(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The module's outputs for ``x`` in eval mode, 1,000 samples at a time to bound memory; the
+    metrics below are all computed from them."""
     module.eval()
-    wrong = 0
     with torch.no_grad():
-        for start in range(0, x.shape[0], 1000):
-            wrong += int((module(x[start : start + 1000]).argmax(1) != y[start : start + 1000]).sum())
-    return 100.0 * wrong / x.shape[0]
+        return torch.cat([module(x[start : start + 1000]) for start in range(0, x.shape[0], 1000)])
+
+
+def error_pct(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return 100.0 * int((logits_of(module, x).argmax(1) != y).sum()) / x.shape[0]
 
 
 def int_list(text: str) -> list[int]:
@@ -148,25 +151,12 @@ def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def changed_predictions(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> int:
     """How many top-1 predictions differ between two models: a direct, low-noise measure of how much
     compression changed the network (an error difference mixes it with the luck of the fp32 model)."""
-    a.eval()
-    b.eval()
-    changed = 0
-    with torch.no_grad():
-        for start in range(0, x.shape[0], 1000):
-            batch = x[start : start + 1000]
-            changed += int((a(batch).argmax(1) != b(batch).argmax(1)).sum())
-    return changed
+    return int((logits_of(a, x).argmax(1) != logits_of(b, x).argmax(1)).sum())
 
 
 def nll(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Mean cross-entropy: a less noisy companion to the error count when comparing recipes."""
-    module.eval()
-    total = 0.0
-    with torch.no_grad():
-        for start in range(0, x.shape[0], 1000):
-            logits = module(x[start : start + 1000])
-            total += float(F.cross_entropy(logits, y[start : start + 1000], reduction="sum"))
-    return total / x.shape[0]
+    return float(F.cross_entropy(logits_of(module, x).double(), y))
 
 
 def base_network(

@@ -179,7 +179,7 @@ def cross_entropy_finetuner(
         optimiser = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
         steps = max(1, epochs * ((x.shape[0] + batch_size - 1) // batch_size))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-        guard = DivergenceGuard(window=min(50, max(1, steps // 8)))
+        guard = DivergenceGuard(window=min(50, steps // 8))  # the guard keeps it >= 1
         model.train()
         for _ in range(epochs):
             order = torch.randperm(x.shape[0], generator=generator)
