@@ -33,10 +33,12 @@ from sqc.formats.binio import Reader, Writer
 from sqc.formats.graph_codec import (
     BYTES_PER_NODE,
     DTYPE_NAMES,
+    DTYPE_NAMES_1_2,
     NODE_BASE,
     brief,
     decode_graph,
-    encode_graph,
+    graph_nodes,
+    graph_text,
     inflate_json,
     json_limit,
 )
@@ -50,7 +52,9 @@ from sqc.formats.tensor_codec import (
 from sqc.ir import CompressedModel, InputSpec, PassRecord, TensorState
 
 MAGIC = b"\x89SQC\r\n\x1a\n"
-VERSION = (1, 2)
+VERSION = (1, 3)
+"""The newest format this sqc writes and reads. A file is written in the oldest format that holds it:
+1.2 unless the model needs what 1.3 added (ATen operators, typed buffers, tied tensors, ...)."""
 HEADER_SIZE = 28
 ENTRY_SIZE = 20
 KIND_GRAPH, KIND_TENSOR, KIND_REPORT = 1, 2, 3
@@ -181,17 +185,28 @@ def serialize(model: CompressedModel) -> bytes:
         if problem:
             raise SqcError(f"tensor name {name!r} cannot be stored: {problem}")
     index = {name: i for i, name in enumerate(names)}
-    meta = {
+    features: set[str] = set()
+    nodes = graph_nodes(model.graph_module, index, features)
+    aliases = _aliases_of(model)
+    if aliases:
+        features.add("aliases")
+    if any(s.dtype not in DTYPE_NAMES_1_2 for s in model.inputs):
+        features.add("dtype-1.3")
+    if any(s.dense is not None and s.dense.dtype != torch.float32 for s in model.tensors.values()):
+        features.add("typed")
+    version = VERSION if features else (1, 2)  # the oldest format that holds the model
+    meta: dict[str, Any] = {
         "inputs": [[s.name, list(s.shape), s.dtype] for s in model.inputs],
         "tensors": [[name, list(model.tensors[name].shape), model.tensors[name].role] for name in names],
         "pipeline": model.pipeline,
         "producer": "sqc 0.1",
         "seed": int(getattr(model, "seed", 0)),
-        "header_crc32": header_crc(len(names) + 2),
+        "header_crc32": header_crc(len(names) + 2, version),
     }
-    graph_text = zlib.decompress(encode_graph(model.graph_module, index, meta))
+    if aliases:
+        meta["aliases"] = aliases
     bodies: list[tuple[int, int, int, bytes]] = [
-        (KIND_GRAPH, JSON_PRESET, NO_TENSOR, _deflate_preset(graph_text, PRESET_DICTIONARY))
+        (KIND_GRAPH, JSON_PRESET, NO_TENSOR, _deflate_preset(graph_text(nodes, meta), PRESET_DICTIONARY))
     ]
     for i, name in enumerate(names):
         codec, payload, _ = encode_tensor_cached(model.tensors[name])
@@ -199,7 +214,7 @@ def serialize(model: CompressedModel) -> bytes:
     report = json.dumps([r.to_json() for r in model.report], separators=(",", ":"), sort_keys=True)
     report_bytes = _deflate_preset(report.encode("utf-8"), PRESET_DICTIONARY)
     bodies.append((KIND_REPORT, JSON_PRESET, NO_TENSOR, report_bytes))
-    data = assemble(bodies)
+    data = assemble(bodies, version)
     elements = sum(model.tensors[name].numel for name in names)
     if elements > element_budget(len(data)):
         raise SqcError(
@@ -208,6 +223,15 @@ def serialize(model: CompressedModel) -> bytes:
             "bomb (is most of the model pruned away?)"
         )
     return data
+
+
+def _aliases_of(model: CompressedModel) -> list[list[str]]:
+    """``[[alias, record name], ...]`` sorted by alias, after checking what the reader will check."""
+    for alias, name in model.aliases.items():
+        problem = _name_problem(alias)
+        if problem or alias in model.tensors or name not in model.tensors:
+            raise SqcError(f"tensor alias {alias!r} -> {name!r} cannot be stored: {problem or 'not a tie'}")
+    return [[alias, model.aliases[alias]] for alias in sorted(model.aliases)]
 
 
 def assemble(bodies: list[tuple[int, int, int, bytes]], version: tuple[int, int] = VERSION) -> bytes:
@@ -494,6 +518,24 @@ def _check_meta(doc: Any, offset: int) -> dict[str, Any]:
             raise bad(f"malformed input entry {brief(entry)}")
         if not all(_is_int(d, 0, 1 << 31) for d in entry[1]):
             raise bad(f"malformed input shape {brief(entry[1])}")
+    aliases = doc.get("aliases", [])
+    if not isinstance(aliases, list):
+        raise bad("malformed aliases")
+    targets = set()
+    for entry in aliases:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and all(isinstance(part, str) for part in entry)
+            and entry[1] in seen
+            and entry[0] not in seen
+            and entry[0] not in targets
+        ):
+            raise bad(f"malformed alias {brief(entry)}")
+        problem = _name_problem(entry[0])
+        if problem:
+            raise bad(f"tensor alias {brief(entry[0])} has {problem}")
+        targets.add(entry[0])
     return doc
 
 
@@ -587,8 +629,8 @@ def model_from_layout(layout: Layout, where: str) -> CompressedModel:
     records = {name: state for name, (state, _, _) in layout.tensors.items()}
     gm, inputs = _module_from_layout(layout, where, lambda name: records[name].decode())
     model = CompressedModel(gm, records, inputs, layout.meta["pipeline"], layout.report)
-    if hasattr(model, "seed"):  # once the IR records the seed, a file round-trips it
-        model.seed = layout.seed
+    model.seed = layout.seed
+    model.aliases = dict(layout.meta.get("aliases", []))
     return model
 
 
@@ -631,6 +673,22 @@ def _module_from_layout(
         gm = fx.GraphModule(root, graph, class_name="SqcModel")
     except Exception as exc:
         raise bad(f"does not form a module ({' '.join(str(exc).split())[:200]})") from None
+    for alias, name in meta.get("aliases", []):
+        *path, leaf = alias.split(".")
+        owner: nn.Module = gm
+        for part in path:
+            if not hasattr(owner, part):
+                owner.add_module(part, nn.Module())
+            owner = getattr(owner, part)
+            if not isinstance(owner, nn.Module):
+                raise bad(f"tensor alias {brief(alias)} clashes with a tensor")
+        if hasattr(owner, leaf):
+            raise bad(f"tensor alias {brief(alias)} clashes with a tensor or a module attribute")
+        tied = gm.get_parameter(name) if layout.tensors[name][0].role != "buffer" else gm.get_buffer(name)
+        if isinstance(tied, nn.Parameter):
+            owner.register_parameter(leaf, tied)  # the same object: still tied
+        else:
+            owner.register_buffer(leaf, tied)
     inputs = [InputSpec(n, tuple(s), d) for n, s, d in meta["inputs"]]
     placeholders = [n.name for n in graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):

@@ -4,14 +4,16 @@ Node entries (``FORMAT.md`` has the full schema)::
 
     ["in", name]                                   a graph input (placeholder)
     ["attr", name, tensor_index]                   a stored tensor (get_attr)
-    ["call", name, op, args, kwargs, shape|null]   a vocabulary function (sqc.ops.FUNCTIONS)
+    ["call", name, op, args, kwargs, shape|null]   a vocabulary function (sqc.ops.FUNCTIONS), or an
+                                                   ATen operator by schema name ("aten::layer_norm")
     ["method", name, method, args, kwargs, null]   a vocabulary method (sqc.ops.METHODS)
     ["out", value]                                 the graph output
 
 Arguments are JSON values; a reference to an earlier node is ``{"%": index}``, a slice
-``{"slice": [start, stop, step]}``, Ellipsis ``{"...": 0}``, a dtype ``{"dtype": "float32"}``; lists and
-tuples both become lists and come back as tuples. The reader only accepts op names from the
-vocabulary and references to earlier nodes, so a file cannot name arbitrary code.
+``{"slice": [start, stop, step]}``, Ellipsis ``{"...": 0}``, a dtype ``{"dtype": "float32"}``, a layout,
+memory format or device (``{"device": "cpu"}``); lists and tuples both become lists and come back as
+tuples. The reader only accepts op names from the vocabulary or ATen operators that pass
+:func:`sqc.ops.resolve_aten`, and references to earlier nodes, so a file cannot name arbitrary code.
 
 torch.fx turns the graph into Python source, so everything from the file that reaches that source is
 checked first: node names must come back from fx's namespace unchanged (valid, unique identifiers),
@@ -32,7 +34,7 @@ import torch
 from torch import fx
 
 from sqc.errors import SqcFormatError
-from sqc.ops import FUNCTION_NAMES, FUNCTIONS, METHODS
+from sqc.ops import FUNCTION_NAMES, FUNCTIONS, METHODS, aten_name, resolve_aten
 
 GRAPH_SCHEMA = 1
 MAX_JSON = 64 << 20  # inflate limit: a graph of a million nodes fits; a zip bomb does not
@@ -42,39 +44,96 @@ JSON_BASE, JSON_RATIO = 16 << 10, 64
 NODE_BASE, BYTES_PER_NODE = 256, 2
 """At most ``NODE_BASE + compressed graph bytes / BYTES_PER_NODE`` nodes; sqc's graphs cost 5-30 bytes per
 node. Each node costs ~9 KB once fx has built the module, so this bounds memory by the file size."""
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "int64": torch.int64}
+_DTYPES_1_2 = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "int64": torch.int64,
+}
+_DTYPES = _DTYPES_1_2 | {
+    name: getattr(torch, name)
+    for name in ("bfloat16", "int32", "int16", "int8", "uint8", "bool", "complex64", "complex128")
+}
+"""dtypes an argument or a graph input may name; format 1.3 added all but the first four."""
 DTYPE_NAMES = frozenset(_DTYPES)
+DTYPE_NAMES_1_2 = frozenset(_DTYPES_1_2)
+_LAYOUTS = {"strided": torch.strided, "sparse_coo": torch.sparse_coo}
+_MEMORY_FORMATS = {
+    "contiguous_format": torch.contiguous_format,
+    "channels_last": torch.channels_last,
+    "channels_last_3d": torch.channels_last_3d,
+    "preserve_format": torch.preserve_format,
+}
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "meta")
+"""``{"device": "cpu"}`` arguments (format 1.3): a device type, optionally ``:index``. A stored graph
+names the device the model was captured on; :func:`decode_graph` can map them all to another."""
+FEATURES_1_3 = frozenset({"aten", "layout", "memory_format", "device", "dtype-1.3", "aliases", "typed"})
+"""What a graph may use only in a format 1.3 file (the writer picks the oldest version that reads it)."""
 
 
-def _encode_arg(value: Any, index: dict[fx.Node, int]) -> Any:
+def _encode_arg(value: Any, index: dict[fx.Node, int], features: set[str]) -> Any:
     if isinstance(value, fx.Node):
         return {"%": index[value]}
     if isinstance(value, (list, tuple)):
-        return [_encode_arg(v, index) for v in value]
+        return [_encode_arg(v, index, features) for v in value]
     if isinstance(value, dict):
-        return {"map": {str(k): _encode_arg(v, index) for k, v in value.items()}}
+        return {"map": {str(k): _encode_arg(v, index, features) for k, v in value.items()}}
     if isinstance(value, slice):
-        return {
-            "slice": [
-                _encode_arg(value.start, index),
-                _encode_arg(value.stop, index),
-                _encode_arg(value.step, index),
-            ]
-        }
+        return {"slice": [_encode_arg(v, index, features) for v in (value.start, value.stop, value.step)]}
     if value is Ellipsis:
         return {"...": 0}
     if isinstance(value, torch.dtype):
         name = str(value).removeprefix("torch.")
         if name not in _DTYPES:
             raise ValueError(f"dtype {value} cannot be stored")
+        if name not in DTYPE_NAMES_1_2:
+            features.add("dtype-1.3")
         return {"dtype": name}
+    if isinstance(value, torch.layout):
+        features.add("layout")
+        return {"layout": _enum_name(_LAYOUTS, value)}
+    if isinstance(value, torch.memory_format):
+        features.add("memory_format")
+        return {"memory_format": _enum_name(_MEMORY_FORMATS, value)}
+    if isinstance(value, torch.device):
+        features.add("device")
+        return {"device": str(value)}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise ValueError(f"argument of type {type(value).__name__} cannot be stored")
 
 
+def _enum_name(table: dict[str, Any], value: Any) -> str:
+    for name, member in table.items():
+        if member == value:
+            return name
+    raise ValueError(f"argument {value} cannot be stored")
+
+
+def op_label(node: fx.Node) -> str:
+    """The name a ``call_function`` node's operator is stored under: a vocabulary name (``conv2d``) or
+    an ATen schema name (``aten::layer_norm``)."""
+    name = FUNCTION_NAMES.get(node.target) if not isinstance(node.target, torch._ops.OpOverload) else None
+    name = name or aten_name(node.target)
+    if name is None:
+        raise ValueError(f"node {node.name}: operator {node.target} cannot be stored")
+    return name
+
+
 def encode_graph(gm: fx.GraphModule, tensor_index: dict[str, int], extra: dict[str, Any]) -> bytes:
     """The graph section bytes: zlib(JSON) of the op list plus ``extra`` metadata."""
+    return zlib.compress(graph_text(graph_nodes(gm, tensor_index, set()), extra), 9)
+
+
+def graph_text(nodes: list[list[Any]], extra: dict[str, Any]) -> bytes:
+    """The graph document as UTF-8 JSON: keys sorted, no spaces."""
+    doc = {"schema": GRAPH_SCHEMA, "nodes": nodes, **extra}
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=True).encode("utf-8")
+
+
+def graph_nodes(gm: fx.GraphModule, tensor_index: dict[str, int], features: set[str]) -> list[list[Any]]:
+    """The ``nodes`` list of the graph document; what it uses of format 1.3 is added to ``features``
+    (see :data:`FEATURES_1_3`)."""
     index: dict[fx.Node, int] = {}
     nodes: list[list[Any]] = []
     for node in gm.graph.nodes:
@@ -84,25 +143,25 @@ def encode_graph(gm: fx.GraphModule, tensor_index: dict[str, int], extra: dict[s
         elif node.op == "get_attr":
             nodes.append(["attr", node.name, tensor_index[str(node.target)]])
         elif node.op in ("call_function", "call_method"):
-            op = FUNCTION_NAMES[node.target] if node.op == "call_function" else str(node.target)
+            op = op_label(node) if node.op == "call_function" else str(node.target)
+            if op.startswith("aten::"):
+                features.add("aten")
             shape = node.meta.get("shape")
             nodes.append(
                 [
                     "call" if node.op == "call_function" else "method",
                     node.name,
                     op,
-                    _encode_arg(node.args, index),
-                    {k: _encode_arg(v, index) for k, v in node.kwargs.items()},
+                    _encode_arg(node.args, index, features),
+                    {k: _encode_arg(v, index, features) for k, v in node.kwargs.items()},
                     list(shape) if shape is not None else None,
                 ]
             )
         elif node.op == "output":
-            nodes.append(["out", _encode_arg(node.args[0], index)])
+            nodes.append(["out", _encode_arg(node.args[0], index, features)])
         else:
             raise ValueError(f"node {node.name}: op {node.op} cannot be stored")
-    doc = {"schema": GRAPH_SCHEMA, "nodes": nodes, **extra}
-    text = json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=True)
-    return zlib.compress(text.encode("utf-8"), 9)
+    return nodes
 
 
 def json_limit(compressed: int) -> int:
@@ -137,7 +196,18 @@ def inflate_json(data: bytes | memoryview, what: str, offset: int) -> Any:
         raise SqcFormatError(f"{what} is not valid zlib/JSON ({exc})", offset) from None
 
 
-def decode_graph(doc: Any, tensors: list[str], offset: int, max_nodes: int | None = None) -> fx.Graph:
+def _device_ok(text: str) -> bool:
+    kind, _, number = text.partition(":")
+    return kind in _DEVICE_TYPES and (not number or (number.isdigit() and len(number) <= 4))
+
+
+def decode_graph(
+    doc: Any,
+    tensors: list[str],
+    offset: int,
+    max_nodes: int | None = None,
+    device: torch.device | None = None,
+) -> fx.Graph:
     """Rebuild the fx.Graph from the op list, accepting only vocabulary ops and backward references.
 
     Every node gets the name stored in the file; a name fx would change (not an identifier, a Python
@@ -178,6 +248,12 @@ def decode_graph(doc: Any, tensors: list[str], offset: int, max_nodes: int | Non
                 return Ellipsis
             if key == "dtype" and inner in _DTYPES:
                 return _DTYPES[inner]
+            if key == "layout" and inner in _LAYOUTS:
+                return _LAYOUTS[inner]
+            if key == "memory_format" and inner in _MEMORY_FORMATS:
+                return _MEMORY_FORMATS[inner]
+            if key == "device" and isinstance(inner, str) and _device_ok(inner):
+                return torch.device(inner) if device is None else device
             if key == "map" and isinstance(inner, dict):
                 return {k: arg(v, depth + 1) for k, v in inner.items()}
             raise bad(f"malformed argument {brief(value)}")
@@ -221,10 +297,15 @@ def decode_graph(doc: Any, tensors: list[str], offset: int, max_nodes: int | Non
                 _, name, op, args, kwargs, shape = entry
                 if not isinstance(args, list) or not isinstance(name, str) or not isinstance(op, str):
                     raise bad(f"node #{position} is malformed")
-                if kind == "call":
+                if kind == "call" and op.startswith("aten::"):
+                    try:
+                        target: Any = resolve_aten(op)
+                    except ValueError as exc:
+                        raise bad(f"node #{position} ({brief(name)}): {exc}") from None
+                elif kind == "call":
                     if op not in FUNCTIONS:
                         raise bad(f"node #{position} ({brief(name)}): unknown op {brief(op)}")
-                    target: Any = FUNCTIONS[op]
+                    target = FUNCTIONS[op]
                 elif op not in METHODS:
                     raise bad(f"node #{position} ({brief(name)}): unknown method {brief(op)}")
                 else:

@@ -12,6 +12,7 @@ field before use and gives back a record whose ``decode()`` is bit-identical to 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -22,8 +23,23 @@ from sqc.formats import bitpack, huffman, rans, sparse_index
 from sqc.formats.binio import Reader, Writer
 from sqc.ir import CODE_DTYPE, FixedPoint, RecordVersion, Role, TensorState, all_finite, index_dtype
 
-RAW_F32, FIXED, CODEBOOK = 0, 1, 2
-CODEC_NAMES = {RAW_F32: "raw-f32", FIXED: "fixed", CODEBOOK: "codebook"}
+RAW_F32, FIXED, CODEBOOK, RAW_TYPED = 0, 1, 2, 3
+CODEC_NAMES = {RAW_F32: "raw-f32", FIXED: "fixed", CODEBOOK: "codebook", RAW_TYPED: "raw-typed"}
+TYPED_DTYPES: dict[int, torch.dtype] = {
+    1: torch.float64,
+    2: torch.float16,
+    3: torch.bfloat16,
+    4: torch.int64,
+    5: torch.int32,
+    6: torch.int16,
+    7: torch.int8,
+    8: torch.uint8,
+    9: torch.bool,
+}
+"""Codec 3 (format 1.3): a buffer kept exactly in a dtype other than float32 — position ids (int64),
+attention masks (bool), lookup tables. The codec header is one byte, the dtype's number here; the
+values follow, little-endian, dense and uncoded: such buffers are small and never compressed."""
+TYPED_IDS = {dtype: number for number, dtype in TYPED_DTYPES.items()}
 
 SPARSE, VALUES_HUFFMAN, INDEX_HUFFMAN, WANTS_HUFFMAN = 1, 2, 4, 8
 CONTEXT_CODED, WANTS_RANS = 16, 32
@@ -159,6 +175,8 @@ def _raw_dense_size(numel: int) -> int:
 
 def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
     """``(codec, payload, breakdown)`` of the tensor section for ``state``."""
+    if state.dense is not None and state.dense.dtype != torch.float32:
+        return _encode_typed(state)
     out = Writer()
     info = Breakdown()
     want_huffman = state.coder in ("huffman", "rans")  # rans falls back to Huffman where that is smaller
@@ -223,6 +241,50 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
         info.index_bits, info.streams = 0, context_info.streams
     info.header += len(body) - info.index - info.values
     return codec, prefix + body, info
+
+
+def _encode_typed(state: TensorState) -> tuple[int, bytes, Breakdown]:
+    """A :data:`RAW_TYPED` section: dtype byte, then the sized little-endian values."""
+    assert state.dense is not None
+    if state.dense.dtype not in TYPED_IDS or state.mask is not None or state.coder != "raw":
+        raise ValueError(f"tensor {state.name}: a {state.dense.dtype} tensor is stored raw, unpruned")
+    values = state.dense.detach().contiguous().reshape(-1)
+    if values.dtype == torch.bfloat16:  # numpy has no bfloat16: its bytes are an int16's
+        values = values.view(torch.int16)
+    data = values.numpy().astype(values.numpy().dtype.newbyteorder("<"), copy=False).tobytes()
+    out = Writer()
+    out.u8(TYPED_IDS[state.dense.dtype])
+    out.sized(data)
+    info = Breakdown(header=len(out.getvalue()) - len(data), values=len(data), kept=state.numel)
+    info.streams = {"values": "raw"}
+    return RAW_TYPED, out.getvalue(), info
+
+
+def _decode_typed(r: Reader, state: TensorState, info: Breakdown) -> None:
+    number = r.u8()
+    dtype = TYPED_DTYPES.get(number)
+    if dtype is None:
+        raise r.fail(f"unknown dtype number {number} in a raw-typed tensor")
+    width = torch.empty(0, dtype=dtype).element_size()
+    values = r.sized("values")
+    if len(values.data) != width * state.numel:
+        raise values.fail(
+            f"{len(values.data)} bytes for {state.numel} {str(dtype).removeprefix('torch.')} values"
+        )
+    raw = np.frombuffer(values.take(width * state.numel), dtype=np.uint8).copy()
+    flat = torch.from_numpy(raw)
+    if sys.byteorder != "little" and width > 1:  # the file is little-endian
+        flat = torch.from_numpy(raw.reshape(-1, width)[:, ::-1].copy().reshape(-1))
+    if dtype == torch.bool:
+        if raw.size and int(raw.max()) > 1:
+            raise values.fail("a bool tensor holds a byte other than 0 or 1")
+    tensor = flat.view(dtype)
+    if not all_finite(tensor):
+        raise values.fail("NaN or Inf in a raw tensor")
+    r.expect_end()
+    state.dense = tensor.reshape(state.shape)
+    info.header, info.values, info.kept = r.pos - len(values.data), len(values.data), state.numel
+    info.streams = {"values": "raw"}
 
 
 def _dense_allowed(state: TensorState, codec: int) -> bool:
@@ -357,6 +419,11 @@ def _decode(
     info = Breakdown(kept=numel)
     state = TensorState(name=name, shape=shape, role=role)
     alphabet = width = 0
+    if codec == RAW_TYPED:
+        if role != "buffer":
+            raise r.fail("only buffers are stored in a dtype other than float32")
+        _decode_typed(r, state, info)
+        return state, info, None
     if codec == CODEBOOK:
         k = r.varint(MAX_CODEBOOK - 1) + 1
         info.header = r.pos

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,22 +63,6 @@ class Artifact:
         return self.model.graph_module
 
 
-def _shapes(example_inputs: Any) -> list[tuple[int, ...]] | None:
-    if example_inputs is None:
-        return None
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    shapes = []
-    for item in example_inputs:
-        if isinstance(item, torch.Tensor):
-            shapes.append(tuple(item.shape))
-        elif isinstance(item, Sequence) and all(isinstance(d, int) for d in item):
-            shapes.append(tuple(item))
-        else:
-            raise SqcError(f"example input of type {type(item).__name__}: give tensors or shapes")
-    return shapes
-
-
 def compress(
     model: nn.Module | str | Path,
     example_inputs: Any = None,
@@ -101,8 +85,9 @@ def compress(
 ) -> Artifact:
     """Trace ``model`` (a module or a model file), run the pipeline, return the :class:`Artifact`.
 
-    ``example_inputs`` are tensors or shapes (one per forward tensor argument); a ``.pt2`` file
-    carries its own. ``pipeline`` is pipeline text or a :class:`Pipeline`.
+    ``example_inputs`` are tensors, shapes or ``"1,16:int64"`` texts (one per forward tensor argument;
+    token ids are int64); a ``.pt2`` file carries its own. ``pipeline`` is pipeline text or a
+    :class:`Pipeline`.
 
     Accuracy-aware passes use ``data`` (a data file or :class:`~sqc.data.Dataset`: top-1 accuracy and
     cross-entropy training), or ``evaluate(model) -> float`` (higher is better) and
@@ -124,14 +109,13 @@ def compress(
         raise SqcError(f"--seed {seed}: must be in [0, 2^63)")
     run_on = Executor.from_options(executor, workers)
     passes = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
-    shapes = _shapes(example_inputs)
     if isinstance(model, (str, Path)):  # loaded here: nobody else holds it, so the IR may take its weights
         loaded = load_model(Path(model), arch, trust_pickle=trust_pickle)
-        ir = trace(loaded.module, shapes or loaded.input_shapes, copy_weights=False)
+        ir = trace(loaded.module, example_inputs or loaded.input_shapes, copy_weights=False)
         del loaded
         gc.collect()  # the traced module sits in reference cycles; free its weights before passes run
     else:
-        ir = trace(model, shapes)
+        ir = trace(model, example_inputs)
     ir.seed = seed
     ctx = make_context(ir, data, evaluate, finetune, tolerance, progress, seed, distill, weight_decay)
     ctx.executor = run_on

@@ -36,14 +36,22 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
-    except ValueError:
-        raise SqcError(f"--input-shape {text!r}: expected comma-separated integers, e.g. 1,1,28,28") from None
-    if not shape or any(d <= 0 for d in shape):
-        raise SqcError(f"--input-shape {text!r}: dimensions must be positive integers")
-    return shape
+def _parse_shape(text: str) -> Any:
+    """``--input-shape 1,3,224,224`` or ``1,16:int64`` -> an input spec the API takes."""
+    from sqc.frontend import parse_input_spec
+
+    return parse_input_spec(text)
+
+
+def _examples(input_shape: list[str] | None, example_inputs: Path | None) -> Any:
+    """The example inputs of ``--input-shape`` (repeated) or ``--example-inputs FILE``."""
+    if input_shape and example_inputs is not None:
+        raise SqcError("give either --input-shape or --example-inputs, not both")
+    if example_inputs is not None:
+        from sqc.frontend import read_example_inputs
+
+        return read_example_inputs(example_inputs)
+    return [_parse_shape(s) for s in input_shape] if input_shape else None
 
 
 def _table(title: str, columns: list[str]) -> Table:
@@ -82,7 +90,17 @@ ArchOpt = Annotated[
 ]
 ShapeOpt = Annotated[
     list[str] | None,
-    typer.Option("--input-shape", help="example input shape, e.g. 1,1,28,28 (repeat for several inputs)"),
+    typer.Option(
+        "--input-shape",
+        help="example input shape and dtype, e.g. 1,1,28,28 or 1,16:int64 (repeat for several inputs)",
+    ),
+]
+ExamplesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--example-inputs",
+        help="a .pt file of example input tensors (a tensor, a list or a dict; read with weights_only=True)",
+    ),
 ]
 TrustOpt = Annotated[
     bool, typer.Option("--trust-pickle", help="allow loading a pickled module (runs code from the file)")
@@ -104,6 +122,7 @@ def compress(
     recipe: Annotated[Path | None, typer.Option("--recipe", help="TOML recipe with [[pass]] tables")] = None,
     arch: ArchOpt = None,
     input_shape: ShapeOpt = None,
+    example_inputs: ExamplesOpt = None,
     trust_pickle: TrustOpt = False,
     force: ForceOpt = False,
     no_verify: Annotated[
@@ -181,7 +200,7 @@ def compress(
     settings.update({k: v for k, v in given.items() if v is not None})
     if output.exists() and not force:
         raise SqcError(f"{output}: already exists (use --force to replace it)")
-    shapes = [_parse_shape(s) for s in input_shape] if input_shape else None
+    shapes = _examples(input_shape, example_inputs)
     rows: list[dict[str, Any]] = []
 
     def on_pass(index: int, pass_: Any, result: Any, seconds: float) -> None:
@@ -256,6 +275,7 @@ def inspect(
     path: Annotated[Path, typer.Argument(help="a .sqc file, or a model file (with --arch for a state_dict)")],
     arch: ArchOpt = None,
     input_shape: ShapeOpt = None,
+    example_inputs: ExamplesOpt = None,
     trust_pickle: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -264,7 +284,7 @@ def inspect(
 
     if not path.exists():
         raise SqcError(f"{path}: no such file")
-    shapes = [_parse_shape(s) for s in input_shape] if input_shape else None
+    shapes = _examples(input_shape, example_inputs)
     info = run(path, arch=arch, input_shapes=shapes, trust_pickle=trust_pickle)
     if as_json:
         print(json.dumps(info, indent=2))

@@ -13,7 +13,9 @@ from __future__ import annotations
 import inspect
 import os
 import traceback
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,9 +24,19 @@ import torch.nn.functional as F
 from torch import fx
 from torch.fx.node import Argument, map_arg
 
+from sqc.capture import export_module, output_structure, readable_names
 from sqc.errors import ModelLoadError, TraceError
 from sqc.ir import CompressedModel, InputSpec, TensorState, all_finite
-from sqc.ops import FUNCTIONS, IDENTITY_FUNCTIONS, IDENTITY_METHODS, METHOD_FUNCTIONS, METHODS, function_name
+from sqc.ops import (
+    FUNCTIONS,
+    IDENTITY_FUNCTIONS,
+    IDENTITY_METHODS,
+    METHOD_FUNCTIONS,
+    METHODS,
+    aten_name,
+    function_name,
+    functional_variant,
+)
 
 _INTERNAL_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
 
@@ -111,15 +123,22 @@ def _where(node: fx.Node) -> str:
 class _Builder:
     """Builds the canonical graph node by node from a traced or exported graph."""
 
-    def __init__(self, source: fx.GraphModule) -> None:
+    def __init__(self, source: fx.GraphModule, names: dict[fx.Node, str] | None = None) -> None:
         self.source = source
         self.graph = fx.Graph()
         self.env: dict[fx.Node, Argument] = {}
         self.attrs: dict[str, fx.Node] = {}
         self.tensors: dict[str, torch.Tensor] = {}
+        self.owners: dict[int, str] = {}
+        self.aliases: dict[str, str] = {}
+        self.names = names or {}
 
     def attr(self, qualified: str) -> fx.Node | None:
-        """A get_attr node for a parameter/buffer of the source module (None for a missing bias)."""
+        """A get_attr node for a parameter/buffer of the source module (None for a missing bias).
+
+        A tensor reached under a second name (tied weights: GPT-2's ``lm_head.weight`` is
+        ``transformer.wte.weight``) gets the first name's node, and the second name is an alias.
+        """
         if qualified in self.attrs:
             return self.attrs[qualified]
         value = _fetch(self.source, qualified)
@@ -127,6 +146,12 @@ class _Builder:
             return None
         if not isinstance(value, torch.Tensor):
             raise TraceError(f"attribute {qualified} is a {type(value).__name__}, not a tensor")
+        owner = self.owners.get(id(value))
+        if owner is not None and self.tensors[owner] is value:
+            self.aliases[qualified] = owner
+            self.attrs[qualified] = self.attrs[owner]
+            return self.attrs[owner]
+        self.owners[id(value)] = qualified
         self.tensors[qualified] = value
         node = self.graph.get_attr(qualified)
         self.attrs[qualified] = node
@@ -139,7 +164,14 @@ class _Builder:
         self, name: str, args: tuple[Argument, ...], kwargs: dict[str, Argument], like: fx.Node
     ) -> fx.Node:
         """A vocabulary call named after the traced node it replaces (``fc1``, not ``linear_3``)."""
-        return self.graph.create_node("call_function", FUNCTIONS[name], args, kwargs, name=like.name)
+        return self.open_call(FUNCTIONS[name], args, kwargs, like)
+
+    def open_call(
+        self, target: Any, args: tuple[Argument, ...], kwargs: dict[str, Argument], like: fx.Node
+    ) -> fx.Node:
+        """A call of any storable target (a vocabulary function or an ATen operator)."""
+        name = self.names.get(like, like.name)
+        return self.graph.create_node("call_function", target, args, kwargs, name=name)
 
     def method(
         self, name: str, args: tuple[Argument, ...], kwargs: dict[str, Argument], like: fx.Node
@@ -260,10 +292,10 @@ def _function_call(b: _Builder, node: fx.Node) -> Argument:
     args = b.arg(node.args)
     kwargs = b.arg(node.kwargs)
     constant = not any(isinstance(a, fx.Node) for a in (*args, *kwargs.values()))
-    if target is torch._assert and constant:
-        if not args[0]:
+    if target in _ASSERTS:
+        if constant and target is torch._assert and not args[0]:
             raise TraceError(f"node {node.name}: a specialised argument fails its check: {args[1]}")
-        return None
+        return None  # a check on shapes or on a specialised argument: the traced example passed it
     if constant and getattr(target, "__module__", None) == "_operator":
         return target(*args, **kwargs)  # type: ignore[operator]  # fold guards on specialised arguments
     if target in IDENTITY_FUNCTIONS:
@@ -353,7 +385,12 @@ _ATEN_IDENTITY = {
     "aten.contiguous.default",
     "aten.detach.default",
 }
-_ATEN_DROPPED = {"aten._assert_tensor_metadata.default", "aten._assert_scalar.default"}
+_ATEN_DROPPED = {
+    "aten._assert_tensor_metadata.default",
+    "aten._assert_scalar.default",
+    "aten.sym_constrain_range_for_size.default",
+}
+_ASSERTS = frozenset({torch._assert, torch.fx._symbolic_trace._assert_is_none})
 
 
 def _aten_call(b: _Builder, node: fx.Node, table: dict[Any, Any]) -> Argument:
@@ -368,20 +405,37 @@ def _aten_call(b: _Builder, node: fx.Node, table: dict[Any, Any]) -> Argument:
     if label == "aten.sym_size.int":
         return b.method("size", tuple(args), {}, node)
     adapter = table.get(target)
-    if adapter is None:
-        raise _unsupported(node, f"ATen op {label}")
-    try:
-        name, new_args, new_kwargs = adapter(tuple(args), dict(kwargs))
-    except (ValueError, IndexError) as exc:
-        raise _unsupported(node, f"ATen op {label} ({exc})") from None
-    return b.call(name, tuple(new_args), new_kwargs, node)
+    if adapter is not None:
+        try:
+            name, new_args, new_kwargs = adapter(tuple(args), dict(kwargs))
+            return b.call(name, tuple(new_args), new_kwargs, node)
+        except (ValueError, IndexError):
+            pass  # a form the vocabulary does not cover (add with alpha): kept as the ATen operator
+    op = _functional_if_private(node, target)
+    if aten_name(op) is None:
+        if getattr(op, "namespace", None) != "aten":
+            raise _unsupported(node, f"operator {label} (sqc stores ATen operators, not custom ones)")
+        raise _unsupported(node, f"ATen op {label} (its arguments cannot be stored, or it has side effects)")
+    return b.open_call(op, tuple(args), dict(kwargs), node)
+
+
+def _functional_if_private(node: fx.Node, op: Any) -> Any:
+    """``aten.silu`` for ``aten.silu_`` when nothing else reads the tensor it overwrites: the same
+    result without aliasing, which passes and targets follow more easily. Otherwise ``op`` itself."""
+    functional = functional_variant(op)
+    first = node.args[0] if node.args else None
+    if functional is None or not isinstance(first, fx.Node) or first.op in ("placeholder", "get_attr"):
+        return op
+    return functional if len(first.users) == 1 else op
 
 
 def canonicalize(
     source: fx.GraphModule, *, copy_weights: bool = True
 ) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
-    """Rewrite a traced or exported graph into the vocabulary of :mod:`sqc.ops`."""
-    b = _Builder(source)
+    """Rewrite a traced or exported graph into the vocabulary of :mod:`sqc.ops`; ATen operators
+    outside it are kept as they are (the open op set)."""
+    exported = _is_aten_graph(source)
+    b = _Builder(source, readable_names(source) if exported else None)
     modules = dict(source.named_modules())
     aten = None
     for node in source.graph.nodes:
@@ -403,10 +457,7 @@ def canonicalize(
             else:
                 b.env[node] = _function_call(b, node)
         elif node.op == "output":
-            result = b.arg(node.args[0])
-            if isinstance(result, (tuple, list)) and len(result) == 1 and hasattr(source, "_out_spec"):
-                result = result[0]  # an exported single-tensor output, flattened by export
-            b.graph.output(result)
+            b.graph.output(output_structure(source, b.arg(node.args[0])))
     b.graph.eliminate_dead_code()
     used = {str(n.target) for n in b.graph.nodes if n.op == "get_attr"}
     tensors = {name: value for name, value in b.tensors.items() if name in used}
@@ -415,13 +466,38 @@ def canonicalize(
             b.graph.erase_node(node)
     root = nn.Module()
     for name, value in tensors.items():
-        if not value.is_floating_point():
-            raise TraceError(f"tensor {name} has dtype {value.dtype}; sqc stores floating-point tensors only")
-        # a copy, unless the caller owns the model (loaded from a file): then sharing saves a whole model
-        owned = value.detach().to(torch.float32)
+        if value.is_complex():
+            raise TraceError(f"tensor {name} has dtype {value.dtype}; sqc stores real tensors only")
+        # floating tensors are float32 in the IR; others (int64 position ids, bool masks) keep their
+        # dtype and are stored exactly. A copy, unless the caller owns the model (loaded from a file):
+        # then sharing saves a whole model.
+        floating = value.is_floating_point()
+        owned = value.detach().to(torch.float32) if floating else value.detach()
         owned = owned.clone() if copy_weights else owned
-        _install(root, name, owned, is_param=isinstance(value, nn.Parameter))
-    return fx.GraphModule(root, b.graph, class_name="SqcModel"), tensors
+        _install(root, name, owned, is_param=floating and isinstance(value, nn.Parameter))
+    gm = fx.GraphModule(root, b.graph, class_name="SqcModel")
+    gm.meta["sqc_aliases"] = {alias: name for alias, name in b.aliases.items() if name in used}
+    tie(gm, gm.meta["sqc_aliases"])
+    return gm, tensors
+
+
+def tie(module: nn.Module, aliases: dict[str, str]) -> None:
+    """Register each alias as the very tensor object of its record: tied weights stay tied."""
+    for alias, name in aliases.items():
+        *path, leaf = alias.split(".")
+        owner = module
+        for part in path:
+            if not hasattr(owner, part):
+                owner.add_module(part, nn.Module())
+            owner = getattr(owner, part)
+        try:
+            owner.register_parameter(leaf, module.get_parameter(name))
+        except AttributeError:
+            owner.register_buffer(leaf, module.get_buffer(name))
+
+
+def _is_aten_graph(source: fx.GraphModule) -> bool:
+    return any(isinstance(n.target, torch._ops.OpOverload) for n in source.graph.nodes)
 
 
 def _install(root: nn.Module, qualified: str, value: torch.Tensor, *, is_param: bool) -> None:
@@ -465,24 +541,132 @@ def propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> No
         raise ModelLoadError(str(exc).strip().splitlines()[0]) from None
 
 
+INPUT_DTYPES = (
+    "float32",
+    "float64",
+    "float16",
+    "bfloat16",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+)
+"""dtypes a graph input may have (``--input-shape 1,16:int64``)."""
+
+
 def example_inputs(specs: list[InputSpec], seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Deterministic example tensors for tracing and shape propagation."""
+    """Deterministic example tensors for tracing and shape propagation: normal floats, and zeros for
+    integer and bool inputs (token id 0 and an all-False mask are valid for any model)."""
     generator = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(spec.shape, generator=generator) for spec in specs)
+    tensors = []
+    for spec in specs:
+        dtype = getattr(torch, spec.dtype)
+        if dtype.is_floating_point:
+            tensors.append(torch.randn(spec.shape, generator=generator).to(dtype))
+        else:
+            tensors.append(torch.zeros(spec.shape, dtype=dtype))
+    return tuple(tensors)
+
+
+def parse_input_spec(text: str, what: str = "--input-shape") -> InputSpec:
+    """``1,3,224,224`` or ``1,16:int64`` (``x`` also separates dimensions) -> an unnamed InputSpec."""
+    shape_text, _, dtype = text.strip().partition(":")
+    dtype = dtype.strip() or "float32"
+    if dtype not in INPUT_DTYPES:
+        raise ModelLoadError(f"{what} {text!r}: dtype {dtype!r} is not one of {', '.join(INPUT_DTYPES)}")
+    try:
+        shape = tuple(int(part) for part in shape_text.replace("x", ",").split(","))
+    except ValueError:
+        raise ModelLoadError(
+            f"{what} {text!r}: expected comma-separated integers and an optional :dtype, e.g. 1,16:int64"
+        ) from None
+    if not shape or any(d <= 0 for d in shape):
+        raise ModelLoadError(f"{what} {text!r}: dimensions must be positive integers")
+    return InputSpec("", shape, dtype)
+
+
+Example = torch.Tensor | InputSpec | str | tuple[int, ...] | list[int]
+
+
+def as_examples(items: Any) -> tuple[torch.Tensor, ...]:
+    """Example tensors from what a user gives: tensors (used as they are), InputSpecs, shapes, or
+    ``"1,16:int64"`` texts (made by :func:`example_inputs`)."""
+    if isinstance(items, (torch.Tensor, str)):
+        items = (items,)
+    specs: list[InputSpec | torch.Tensor] = []
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            specs.append(item.detach())
+        elif isinstance(item, InputSpec):
+            specs.append(item)
+        elif isinstance(item, str):
+            specs.append(parse_input_spec(item, "example input"))
+        elif isinstance(item, (tuple, list)) and item and all(isinstance(d, int) and d > 0 for d in item):
+            specs.append(InputSpec("", tuple(item)))
+        else:
+            raise ModelLoadError(
+                f"example input {item!r}: give a tensor, a shape such as (1, 3, 224, 224) or '1,16:int64'"
+            )
+    made = iter(example_inputs([s for s in specs if isinstance(s, InputSpec)]))
+    return tuple(s if isinstance(s, torch.Tensor) else next(made) for s in specs)
+
+
+def read_example_inputs(path: Path) -> tuple[torch.Tensor, ...]:
+    """Example inputs from a ``.pt`` file: a tensor, a list or tuple of tensors, or a dict of them (in
+    the forward's argument order). Read with ``weights_only=True``: nothing in the file runs."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelLoadError(f"--example-inputs {path}: no such file") from None
+    except Exception as exc:
+        first = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ModelLoadError(
+            f"--example-inputs {path}: not a tensor file readable without pickle ({first})"
+        ) from None
+    items = list(obj.values()) if isinstance(obj, dict) else obj
+    items = [items] if isinstance(items, torch.Tensor) else items
+    if (
+        not isinstance(items, (list, tuple))
+        or not items
+        or not all(isinstance(t, torch.Tensor) for t in items)
+    ):
+        raise ModelLoadError(
+            f"--example-inputs {path}: holds a {type(obj).__name__}; expected a tensor, a list of tensors or "
+            "a dict of tensors"
+        )
+    for tensor in items:
+        if tensor.is_sparse or tensor.is_meta or str(tensor.dtype).removeprefix("torch.") not in INPUT_DTYPES:
+            raise ModelLoadError(
+                f"--example-inputs {path}: a {tensor.dtype} {tensor.layout} tensor; "
+                f"expected dense tensors of {', '.join(INPUT_DTYPES)}"
+            )
+    return tuple(t.contiguous() for t in items)
 
 
 def build_ir(
-    source: fx.GraphModule, input_shapes: list[tuple[int, ...]], *, copy_weights: bool = True
+    source: fx.GraphModule, examples: tuple[torch.Tensor, ...], *, copy_weights: bool = True
 ) -> CompressedModel:
     """Canonicalise ``source``, check its weights, propagate shapes and create one record per tensor."""
     gm, _ = canonicalize(source, copy_weights=copy_weights)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != len(input_shapes):
+    if len(placeholders) != len(examples):
         raise ModelLoadError(
             f"the model takes {len(placeholders)} tensor input(s) "
-            f"({', '.join(p.name for p in placeholders)}) but {len(input_shapes)} input shape(s) were given"
+            f"({', '.join(p.name for p in placeholders)}) but {len(examples)} input shape(s) were given"
         )
-    specs = [InputSpec(p.name, tuple(shape)) for p, shape in zip(placeholders, input_shapes, strict=True)]
+    specs = [
+        InputSpec(p.name, tuple(x.shape), str(x.dtype).removeprefix("torch."))
+        for p, x in zip(placeholders, examples, strict=True)
+    ]
+    for spec in specs:
+        if spec.dtype not in INPUT_DTYPES:
+            raise ModelLoadError(
+                f"input {spec.name} has dtype {spec.dtype}: sqc takes {', '.join(INPUT_DTYPES)}"
+            )
     params = dict(gm.named_parameters())
     tensors: dict[str, TensorState] = {}
     for node in gm.graph.nodes:
@@ -495,16 +679,25 @@ def build_ir(
         if not all_finite(value):
             raise ModelLoadError(f"tensor {name} contains NaN or Inf; sqc refuses to compress a broken model")
         state = TensorState(name=name, shape=tuple(value.shape), role=role)  # type: ignore[arg-type]
-        state.set_dense(value.detach())
+        if value.dtype == torch.float32:
+            state.set_dense(value.detach())
+        else:  # an integer or bool buffer, kept exactly
+            state.dense = value.detach()
         tensors[name] = state
-    propagate_shapes(gm, example_inputs(specs))
-    return CompressedModel(graph_module=gm, tensors=tensors, inputs=specs)
+    propagate_shapes(gm, examples)
+    return CompressedModel(
+        graph_module=gm, tensors=tensors, inputs=specs, aliases=dict(gm.meta.get("sqc_aliases", {}))
+    )
 
 
-def trace(
-    model: nn.Module, input_shapes: list[tuple[int, ...]] | None = None, *, copy_weights: bool = True
-) -> CompressedModel:
-    """Trace an ``nn.Module`` (or take an exported GraphModule as is) into the IR.
+def trace(model: nn.Module, inputs: Any = None, *, copy_weights: bool = True) -> CompressedModel:
+    """Capture an ``nn.Module`` (or take an exported GraphModule as is) into the IR.
+
+    ``inputs`` are example tensors, shapes or ``"1,16:int64"`` texts, one per forward tensor argument
+    (see :func:`as_examples`); without them the shape is guessed (:func:`guess_input_shapes`).
+    ``torch.fx.symbolic_trace`` is tried first: where it follows the model, the graph keeps the batch
+    size dynamic and the names of the layers. Where it cannot (control flow, ``**kwargs``, LSTMs, an
+    operator outside the vocabulary), the model is captured with ``torch.export`` instead.
 
     The IR copies the weights, so that later changes to ``model`` cannot reach it; pass
     ``copy_weights=False`` when the model is yours to give away (sqc never writes to it in place).
@@ -513,24 +706,42 @@ def trace(
         model = model.eval()
     except NotImplementedError:  # an exported program's module is already in inference form
         pass
-    if isinstance(model, fx.GraphModule) and any(
-        isinstance(n.target, torch._ops.OpOverload) for n in model.graph.nodes
-    ):
-        source = model
-    else:
+    examples = None if inputs is None else as_examples(inputs)
+    if isinstance(model, fx.GraphModule) and _is_aten_graph(model):
+        if examples is None:
+            raise ModelLoadError("an exported program needs its example input shapes")
+        return build_ir(model, examples, copy_weights=copy_weights)
+    try:
         source, _tensor_args = symbolic_trace(model)
-    if input_shapes is None:
-        input_shapes = guess_input_shapes(model, source)
-    return build_ir(source, input_shapes, copy_weights=copy_weights)
+        if examples is None:
+            examples = as_examples(guess_input_shapes(model, source))
+        return build_ir(source, examples, copy_weights=copy_weights)
+    except TraceError as fx_error:
+        if examples is None:
+            declared = _declared_shapes(model)
+            if declared is None:
+                raise ModelLoadError(
+                    f"{fx_error}; to capture it with torch.export instead, pass --input-shape "
+                    "(e.g. --input-shape 1,3,224,224, or 1,16:int64 for token ids)"
+                ) from None
+            examples = as_examples(declared)
+        return build_ir(export_module(model, examples), examples, copy_weights=copy_weights)
+
+
+def _declared_shapes(model: nn.Module) -> list[tuple[int, ...]] | None:
+    declared = getattr(model, "example_input_shape", None)
+    if declared is None:
+        return None
+    shapes = declared if isinstance(declared[0], (tuple, list)) else [declared]
+    return [tuple(int(d) for d in s) for s in shapes]
 
 
 def guess_input_shapes(model: nn.Module, source: fx.GraphModule) -> list[tuple[int, ...]]:
     """Input shapes when the user gave none: a model's ``example_input_shape`` attribute, or the input
     width of a first Linear layer (possibly behind a flatten); anything else must be told."""
-    declared = getattr(model, "example_input_shape", None)
+    declared = _declared_shapes(model)
     if declared is not None:
-        shapes = declared if isinstance(declared[0], (tuple, list)) else [declared]
-        return [tuple(int(d) for d in s) for s in shapes]
+        return declared
     placeholders = [n for n in source.graph.nodes if n.op == "placeholder"]
     if len(placeholders) == 1:
         node = placeholders[0]

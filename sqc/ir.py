@@ -221,7 +221,8 @@ class TensorState:
         if self.codes is None:
             if self.dense is None or tuple(self.dense.shape) != self.shape:
                 raise VerifyError(f"{where}: dense value missing or of the wrong shape")
-            if self.dense.dtype != torch.float32:
+            if self.dense.dtype != torch.float32 and not (self.role == "buffer" and self.mask is None):
+                # buffers such as position ids or masks keep their dtype; everything passes touch is float32
                 raise VerifyError(f"{where}: dense values must be float32, got {self.dense.dtype}")
             if self.coder != "raw":
                 raise VerifyError(f"{where}: coder {self.coder} needs integer codes")
@@ -403,6 +404,10 @@ class CompressedModel:
     report: list[PassRecord] = field(default_factory=list)
     seed: int = 0
     """The seed the pipeline ran with (``sqc.compress(seed=…)``); stored in the file's graph section."""
+    aliases: dict[str, str] = field(default_factory=dict)
+    """Tied tensors: another name of a tensor -> the name of its record (GPT-2's ``lm_head.weight`` ->
+    ``transformer.wte.weight``). The tensor is stored and compressed once; the graph reads it by its
+    record's name, and the restored module holds the one parameter under both names, still tied."""
 
     def weights(self, pattern: str = "*") -> Iterator[TensorState]:
         """Compressible weight tensors (conv/linear kernels) whose name or layer matches the glob."""
@@ -438,9 +443,9 @@ class CompressedModel:
 
     def verify(self) -> None:
         """Check every record and that the module holds exactly what the records decode to."""
-        params = dict(self.graph_module.named_parameters())
-        buffers = dict(self.graph_module.named_buffers())
-        missing = (set(params) | set(buffers)) - set(self.tensors)
+        params = dict(self.graph_module.named_parameters(remove_duplicate=False))
+        buffers = dict(self.graph_module.named_buffers(remove_duplicate=False))
+        missing = (set(params) | set(buffers)) - set(self.tensors) - set(self.aliases)
         if missing:
             raise VerifyError(f"tensors without a record: {', '.join(sorted(missing))}")
         for name, state in self.tensors.items():

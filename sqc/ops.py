@@ -10,6 +10,7 @@ names from these tables, so a ``.sqc`` file can never name an arbitrary Python c
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -134,3 +135,100 @@ def function_name(target: Callable[..., Any]) -> str | None:
         return FUNCTION_NAMES.get(target) or SYNONYMS.get(target)
     except TypeError:  # unhashable target
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the open set: ATen operators
+
+
+ATEN_NAMESPACE = "aten"
+_ATEN_NAME = re.compile(r"aten::([A-Za-z_][A-Za-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?")
+ATEN_REFUSED: frozenset[str] = frozenset(
+    {"from_file", "_print", "_assert_async", "_functional_assert_async", "save", "_cufft_clear_plan_cache"}
+)
+"""ATen operators a graph may not hold although their arguments could be stored: they read or write
+files, print, or exist only for their side effects. Nothing in a model's inference needs them."""
+_STORABLE_TYPES = frozenset(
+    {
+        "Tensor",
+        "int",
+        "SymInt",
+        "float",
+        "bool",
+        "number",
+        "str",
+        "Device",
+        "List[int]",
+        "List[SymInt]",
+        "List[float]",
+        "List[bool]",
+        "List[Tensor]",
+        "List[Optional[Tensor]]",
+        "List[str]",
+    }
+)
+"""Schema argument types whose values the graph codec can store. ``Optional[...]`` of these too, and
+``Optional[Generator]`` (which a stored graph can only pass as None): an operator that takes a storage,
+a stream, a class or a dictionary is refused, since no file could describe such an argument anyway."""
+
+
+def _storable(type_text: str) -> bool:
+    inner = type_text[len("Optional[") : -1] if type_text.startswith("Optional[") else type_text
+    if inner == "Generator":
+        return type_text.startswith("Optional[")
+    # ScalarType, Layout and MemoryFormat appear in schemas as int (their enum values)
+    return inner in _STORABLE_TYPES
+
+
+def aten_name(op: Any) -> str | None:
+    """The schema name of an ATen operator overload (``aten::add.Tensor``, ``aten::silu_``), or None
+    when ``op`` is not one a graph may hold (another namespace, a refused or unstorable operator)."""
+    if not isinstance(op, torch._ops.OpOverload) or op.namespace != ATEN_NAMESPACE:
+        return None
+    schema = op._schema
+    base = schema.name.removeprefix("aten::")
+    if base in ATEN_REFUSED or not all(_storable(str(a.type)) for a in schema.arguments):
+        return None
+    return f"aten::{base}.{schema.overload_name}" if schema.overload_name else f"aten::{base}"
+
+
+def resolve_aten(name: str) -> torch._ops.OpOverload:
+    """The ATen operator overload a schema name stands for; ``ValueError`` saying why when there is none.
+
+    Names come from files, so nothing is looked up before it is checked: the text must be a schema
+    name in the ``aten`` namespace, the operator must exist in this torch build (asked of the JIT
+    registry, so an attribute such as ``__class__`` is never fetched), and it must pass
+    :func:`aten_name`'s rules.
+    """
+    match = _ATEN_NAME.fullmatch(name)
+    if match is None:
+        raise ValueError(f"{name!r} is not an ATen schema name (aten::op or aten::op.overload)")
+    base, overload = match.group(1), match.group(2) or "default"
+    if not torch._C._jit_get_schemas_for_operator(f"aten::{base}"):
+        raise ValueError(f"no ATen operator {base!r} in torch {torch.__version__}")
+    packet = getattr(torch.ops.aten, base)
+    if overload not in packet.overloads():
+        raise ValueError(f"ATen operator {base!r} has no overload {overload!r}")
+    op = getattr(packet, overload)
+    if aten_name(op) != (f"aten::{base}" if overload == "default" else f"aten::{base}.{overload}"):
+        raise ValueError(f"ATen operator {name!r} may not appear in a stored graph")
+    return op
+
+
+def functional_variant(op: torch._ops.OpOverload) -> torch._ops.OpOverload | None:
+    """``aten::silu`` for ``aten::silu_``: the out-of-place overload with the same arguments, if any."""
+    schema = op._schema
+    base = schema.name.removeprefix("aten::")
+    if not base.endswith("_") or base.endswith("__"):
+        return None
+    packet = getattr(torch.ops.aten, base[:-1], None)
+    if packet is None or not hasattr(packet, "overloads"):
+        return None
+    overload = schema.overload_name or "default"
+    if overload not in packet.overloads():
+        return None
+    candidate = getattr(packet, overload)
+    same_arguments = [str(a.type) for a in candidate._schema.arguments] == [
+        str(a.type) for a in schema.arguments
+    ]
+    return candidate if same_arguments else None

@@ -72,15 +72,39 @@ def test_trace_failure_names_module_line_and_reason():
     assert "if x.sum() > 0" in message
 
 
-def test_unsupported_op_names_node_and_source_line():
-    from sqc_test_models import UsesUnsupported
+@torch.library.custom_op("sqctest::twice", mutates_args=())
+def _twice(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+@_twice.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def test_custom_operator_is_refused_with_node_and_line():
+    """The open op set is ATen: an operator registered by the user's own library cannot be stored."""
+
+    class Custom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return _twice(self.fc(x))
 
     with pytest.raises(TraceError) as info:
-        trace(UsesUnsupported(), [(1, 16)])
-    assert "node norm" in str(info.value) and "LayerNorm" in str(info.value)
+        trace(Custom(), [(1, 4)])
+    message = str(info.value)
+    assert "node twice" in message and "sqctest.twice" in message and "test_frontend.py" in message
+    assert "\n" not in message
 
 
-def test_unsupported_function_names_the_line():
+def test_ops_outside_the_vocabulary_are_kept_as_aten():
+    """LayerNorm and cumsum stopped tracing once; now the model is captured with torch.export and
+    the operators the vocabulary lacks stay ATen operators of the graph."""
+    from sqc_test_models import UsesUnsupported
+
     class Odd(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -89,9 +113,12 @@ def test_unsupported_function_names_the_line():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.cumsum(self.fc(x), 1)
 
-    with pytest.raises(TraceError) as info:
-        trace(Odd(), [(1, 4)])
-    assert "cumsum" in str(info.value) and "test_frontend.py" in str(info.value)
+    for model, shape in ((UsesUnsupported().eval(), (2, 16)), (Odd().eval(), (2, 4))):
+        ir = trace(model, [shape])
+        targets = {str(n.target) for n in ir.graph_module.graph.nodes if n.op == "call_function"}
+        assert targets & {"aten.layer_norm.default", "aten.cumsum.default"}
+        x = torch.randn(shape)
+        assert torch.equal(ir.forward(x), model(x))
 
 
 def test_nan_weights_are_refused(mlp):

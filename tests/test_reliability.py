@@ -503,7 +503,7 @@ def test_same_input_same_bytes_whatever_the_hash_seed(firenet):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == here
     layout = container.read_layout(data)
-    assert layout.seed == 0 and layout.meta["seed"] == 0 and layout.version == container.VERSION
+    assert layout.seed == 0 and layout.meta["seed"] == 0 and layout.version == (1, 2)  # oldest that holds it
 
 
 def test_seed_is_stored_and_decides_the_bytes(mlp):
