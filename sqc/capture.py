@@ -63,19 +63,65 @@ def inference_kwargs(module: nn.Module) -> dict[str, Any]:
     return {k: v for k, v in INFERENCE_KWARGS.items() if k in parameters}
 
 
-def export_module(module: nn.Module, examples: tuple[torch.Tensor, ...]) -> fx.GraphModule:
+def export_module(
+    module: nn.Module, examples: tuple[torch.Tensor, ...], *, dynamic_batch: bool = True
+) -> fx.GraphModule:
     """``torch.export`` (non-strict) of ``module`` on ``examples``, as an unlifted GraphModule whose
-    parameters and buffers are ``get_attr`` nodes named as in the module's ``state_dict``."""
+    parameters and buffers are ``get_attr`` nodes named as in the module's ``state_dict``.
+
+    With ``dynamic_batch`` the first dimension of every input is left to export to keep symbolic
+    (``Dim.AUTO``), so the graph runs on any batch size, as a symbolically traced one does: evaluation
+    and calibration feed batches. Export specialises a dimension of size 1, so the capture runs on the
+    examples repeated to a batch of 2. Where the model fixes its batch size, export specialises it and
+    the capture is redone on the examples as given (a graph for that batch size only).
+    """
     kwargs = inference_kwargs(module)
+    if dynamic_batch and all(x.dim() > 0 for x in examples):
+        doubled = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in examples)
+        names = _positional_names(module, len(examples))
+        if names is not None:
+            shapes: dict[str, Any] = {name: {0: torch.export.Dim.AUTO} for name in names}
+            shapes.update({key: None for key in kwargs})
+            graph = _export(module, doubled, kwargs, shapes)
+            if _batch_is_symbolic(graph):
+                return graph
+    return _export(module, examples, kwargs, None)
+
+
+def _export(
+    module: nn.Module, examples: tuple[torch.Tensor, ...], kwargs: dict[str, Any], shapes: Any
+) -> fx.GraphModule:
     try:
         with warnings.catch_warnings():  # e.g. nn.LSTM's "_flat_weights were assigned during export"
             warnings.simplefilter("ignore")
-            program = torch.export.export(module, examples, kwargs or None, strict=False)
-            return program.module()
+            program = torch.export.export(
+                module, examples, kwargs or None, dynamic_shapes=shapes, strict=False
+            )
+            graph = program.module()
     except Exception as exc:
         raise TraceError(
             f"torch.export cannot capture {type(module).__name__}{_user_frame(exc)}: {_first_line(exc)}"
         ) from None
+    graph.meta["sqc_symbolic_batch"] = all(
+        isinstance(p.meta["val"].shape[0], torch.SymInt)
+        for p in program.graph.nodes
+        if p.op == "placeholder" and p.name in set(program.graph_signature.user_inputs)
+    )
+    return graph
+
+
+def _batch_is_symbolic(graph: fx.GraphModule) -> bool:
+    return bool(graph.meta.get("sqc_symbolic_batch"))
+
+
+def _positional_names(module: nn.Module, count: int) -> list[str] | None:
+    """The names of the forward's first ``count`` parameters (dynamic shapes are given by name)."""
+    try:
+        parameters = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [p.name for p in positional[:count]] if len(positional) >= count else None
 
 
 def output_structure(source: fx.GraphModule, flat: Any) -> Any:

@@ -440,8 +440,15 @@ def canonicalize(
     aten = None
     for node in source.graph.nodes:
         if node.op == "placeholder":
-            # a placeholder with a default is a non-tensor argument that fx specialised (concrete_args)
-            b.env[node] = node.args[0] if node.args else b.graph.placeholder(node.name)
+            # a placeholder with a default is a non-tensor argument that fx specialised (concrete_args);
+            # in an exported graph, a constant argument (use_cache=False) carries its value in meta
+            value = node.meta.get("val") if exported else None
+            if node.args:
+                b.env[node] = node.args[0]
+            elif exported and "val" in node.meta and not isinstance(value, torch.Tensor):
+                b.env[node] = value
+            else:
+                b.env[node] = b.graph.placeholder(node.name)
         elif node.op == "get_attr":
             b.env[node] = b.attr(str(node.target))
         elif node.op == "call_module":
@@ -725,7 +732,11 @@ def trace(model: nn.Module, inputs: Any = None, *, copy_weights: bool = True) ->
                     "(e.g. --input-shape 1,3,224,224, or 1,16:int64 for token ids)"
                 ) from None
             examples = as_examples(declared)
-        return build_ir(export_module(model, examples), examples, copy_weights=copy_weights)
+        try:
+            return build_ir(export_module(model, examples), examples, copy_weights=copy_weights)
+        except TraceError:  # a symbolic batch size brought an operation on sizes the IR cannot hold
+            static = export_module(model, examples, dynamic_batch=False)
+            return build_ir(static, examples, copy_weights=copy_weights)
 
 
 def _declared_shapes(model: nn.Module) -> list[tuple[int, ...]] | None:

@@ -23,7 +23,7 @@ from torch import fx
 from sqc.errors import SqcError
 from sqc.formats import bitpack, huffman, rans, sparse_index
 from sqc.ir import CompressedModel, FixedPoint, TensorState
-from sqc.ops import function_name
+from sqc.ops import aten_name, function_name
 from sqc.targets.integer import (
     ActFormat,
     Add,
@@ -141,7 +141,11 @@ class _Recorder(fx.Interpreter):
         self.calib = calib
 
     def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
+        try:
+            result = super().run_node(n)
+        except Exception as exc:
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise LowerError(f"calibration failed at node {n.name}: {reason}") from None
         if isinstance(result, torch.Tensor) and result.is_floating_point():
             peak = float(result.detach().abs().max()) if result.numel() else 0.0
             self.calib.max_abs[n.name] = max(self.calib.max_abs.get(n.name, 0.0), peak)
@@ -162,6 +166,17 @@ def calibration_inputs(model: CompressedModel, path: Path, samples: int) -> torc
             raise LowerError(f"{path}: x_val samples of shape {tuple(x.shape[1:])} do not fit input {want}")
         x = x.reshape((x.shape[0], *want))
     return x
+
+
+def refuse_open_ops(model: CompressedModel) -> None:
+    """Refuse, before any work, a graph holding an ATen operator outside sqc's vocabulary: the integer
+    targets have kernels for the vocabulary only (the PyTorch target runs every operator)."""
+    for node in model.graph_module.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            raise LowerError(
+                f"node {node.name} ({aten_name(node.target) or node.target}): the integer targets have no "
+                "kernel for this operator (they lower sqc's op vocabulary; use --target pytorch)"
+            )
 
 
 def calibrate(model: CompressedModel, x: torch.Tensor, batch: int = 250) -> Calibration:
@@ -963,6 +978,7 @@ def legalize(
             "integer targets need --calib FILE (a .npz/.pt with x_val): activation formats come from "
             "calibration"
         )
+    refuse_open_ops(model)
     x = calibration_inputs(model, Path(calib_path), opts.calib_samples)
     calib = calibrate(model, x)
     program = _Walk(model, calib, opts, keep_rans).run()
