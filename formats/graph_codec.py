@@ -67,7 +67,9 @@ _MEMORY_FORMATS = {
 _DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "meta")
 """``{"device": "cpu"}`` arguments (format 1.3): a device type, optionally ``:index``. A stored graph
 names the device the model was captured on; :func:`decode_graph` can map them all to another."""
-FEATURES_1_3 = frozenset({"aten", "layout", "memory_format", "device", "dtype-1.3", "aliases", "typed"})
+FEATURES_1_3 = frozenset(
+    {"aten", "layout", "memory_format", "device", "dtype-1.3", "aliases", "typed", "items"}
+)
 """What a graph may use only in a format 1.3 file (the writer picks the oldest version that reads it)."""
 
 
@@ -77,6 +79,10 @@ def _encode_arg(value: Any, index: dict[fx.Node, int], features: set[str]) -> An
     if isinstance(value, (list, tuple)):
         return [_encode_arg(v, index, features) for v in value]
     if isinstance(value, dict):
+        keys = [str(k) for k in value]
+        if keys != sorted(keys):  # JSON objects are written with sorted keys: keep the order as pairs
+            features.add("items")
+            return {"items": [[str(k), _encode_arg(v, index, features)] for k, v in value.items()]}
         return {"map": {str(k): _encode_arg(v, index, features) for k, v in value.items()}}
     if isinstance(value, slice):
         return {"slice": [_encode_arg(v, index, features) for v in (value.start, value.stop, value.step)]}
@@ -196,6 +202,10 @@ def inflate_json(data: bytes | memoryview, what: str, offset: int) -> Any:
         raise SqcFormatError(f"{what} is not valid zlib/JSON ({exc})", offset) from None
 
 
+def _is_pair(entry: Any) -> bool:
+    return isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+
+
 def _device_ok(text: str) -> bool:
     kind, _, number = text.partition(":")
     return kind in _DEVICE_TYPES and (not number or (number.isdigit() and len(number) <= 4))
@@ -256,6 +266,11 @@ def decode_graph(
                 return torch.device(inner) if device is None else device
             if key == "map" and isinstance(inner, dict):
                 return {k: arg(v, depth + 1) for k, v in inner.items()}
+            if key == "items" and isinstance(inner, list) and all(_is_pair(p) for p in inner):
+                pairs = {k: arg(v, depth + 1) for k, v in inner}
+                if len(pairs) != len(inner):
+                    raise bad(f"repeated key in {brief(value)}")
+                return pairs
             raise bad(f"malformed argument {brief(value)}")
         if value is None or isinstance(value, (bool, int, float, str)):
             return value

@@ -76,11 +76,15 @@ def export_module(
     the capture is redone on the examples as given (a graph for that batch size only).
     """
     kwargs = inference_kwargs(module)
-    if dynamic_batch and all(x.dim() > 0 for x in examples):
-        doubled = tuple(torch.cat([x, x]) if x.shape[0] == 1 else x for x in examples)
+    leaves = pytree.tree_leaves(examples)
+    if dynamic_batch and all(isinstance(x, torch.Tensor) and x.dim() > 0 for x in leaves):
+        doubled = pytree.tree_map(lambda x: torch.cat([x, x]) if x.shape[0] == 1 else x, examples)
         names = _positional_names(module, len(examples))
         if names is not None:
-            shapes: dict[str, Any] = {name: {0: torch.export.Dim.AUTO} for name in names}
+            shapes: dict[str, Any] = {
+                name: pytree.tree_map(lambda _: {0: torch.export.Dim.AUTO}, x)
+                for name, x in zip(names, examples, strict=True)
+            }
             shapes.update({key: None for key in kwargs})
             graph = _export(module, doubled, kwargs, shapes)
             if _batch_is_symbolic(graph):

@@ -612,12 +612,14 @@ def as_examples(items: Any) -> tuple[torch.Tensor, ...]:
             specs.append(parse_input_spec(item, "example input"))
         elif isinstance(item, (tuple, list)) and item and all(isinstance(d, int) and d > 0 for d in item):
             specs.append(InputSpec("", tuple(item)))
+        elif isinstance(item, (tuple, list)) and item and all(isinstance(t, torch.Tensor) for t in item):
+            specs.append(tuple(t.detach() for t in item))  # type: ignore[arg-type]  # a tuple argument
         else:
             raise ModelLoadError(
                 f"example input {item!r}: give a tensor, a shape such as (1, 3, 224, 224) or '1,16:int64'"
             )
     made = iter(example_inputs([s for s in specs if isinstance(s, InputSpec)]))
-    return tuple(s if isinstance(s, torch.Tensor) else next(made) for s in specs)
+    return tuple(next(made) if isinstance(s, InputSpec) else s for s in specs)
 
 
 def read_example_inputs(path: Path) -> tuple[torch.Tensor, ...]:
@@ -636,22 +638,22 @@ def read_example_inputs(path: Path) -> tuple[torch.Tensor, ...]:
         ) from None
     items = list(obj.values()) if isinstance(obj, dict) else obj
     items = [items] if isinstance(items, torch.Tensor) else items
-    if (
-        not isinstance(items, (list, tuple))
-        or not items
-        or not all(isinstance(t, torch.Tensor) for t in items)
-    ):
+    leaves: list[Any] = []
+    if isinstance(items, (list, tuple)) and items:  # a tuple argument is a list inside the list
+        items = [tuple(t) if isinstance(t, (list, tuple)) else t for t in items]
+        leaves = [t for item in items for t in (item if isinstance(item, tuple) else (item,))]
+    if not leaves or not all(isinstance(t, torch.Tensor) for t in leaves):
         raise ModelLoadError(
             f"--example-inputs {path}: holds a {type(obj).__name__}; expected a tensor, a list of tensors or "
             "a dict of tensors"
         )
-    for tensor in items:
+    for tensor in leaves:
         if tensor.is_sparse or tensor.is_meta or str(tensor.dtype).removeprefix("torch.") not in INPUT_DTYPES:
             raise ModelLoadError(
                 f"--example-inputs {path}: a {tensor.dtype} {tensor.layout} tensor; "
                 f"expected dense tensors of {', '.join(INPUT_DTYPES)}"
             )
-    return tuple(t.contiguous() for t in items)
+    return tuple(tuple(t.contiguous() for t in x) if isinstance(x, tuple) else x.contiguous() for x in items)
 
 
 def build_ir(
@@ -659,6 +661,7 @@ def build_ir(
 ) -> CompressedModel:
     """Canonicalise ``source``, check its weights, propagate shapes and create one record per tensor."""
     gm, _ = canonicalize(source, copy_weights=copy_weights)
+    examples = _flat(examples)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(examples):
         raise ModelLoadError(
@@ -719,6 +722,8 @@ def trace(model: nn.Module, inputs: Any = None, *, copy_weights: bool = True) ->
             raise ModelLoadError("an exported program needs its example input shapes")
         return build_ir(model, examples, copy_weights=copy_weights)
     try:
+        if examples is not None and any(isinstance(x, tuple) for x in examples):
+            raise TraceError("a tuple argument: symbolic tracing takes tensors only")
         source, _tensor_args = symbolic_trace(model)
         if examples is None:
             examples = as_examples(guess_input_shapes(model, source))
@@ -737,6 +742,11 @@ def trace(model: nn.Module, inputs: Any = None, *, copy_weights: bool = True) ->
         except TraceError:  # a symbolic batch size brought an operation on sizes the IR cannot hold
             static = export_module(model, examples, dynamic_batch=False)
             return build_ir(static, examples, copy_weights=copy_weights)
+
+
+def _flat(examples: tuple[Any, ...]) -> tuple[torch.Tensor, ...]:
+    """The tensors of the examples in order, tuple arguments opened (as export flattens them)."""
+    return tuple(t for x in examples for t in (x if isinstance(x, tuple) else (x,)))
 
 
 def _declared_shapes(model: nn.Module) -> list[tuple[int, ...]] | None:

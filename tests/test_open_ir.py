@@ -274,3 +274,30 @@ def test_declared_sizes_still_bound_the_reader(tmp_path):
     layout = container.read_layout(data)
     elements = sum(math.prod(s.shape) for s, _, _ in layout.tensors.values())
     assert elements <= container.element_budget(len(data))
+
+
+class Pair(nn.Module):
+    """A tuple argument and a dict output whose keys are not in sorted order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+        self.b = nn.Linear(5, 3)
+
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = pair
+        return {"sum": self.a(x) + self.b(y), "diff": self.a(x) - self.b(y)}
+
+
+def test_tuple_arguments_and_ordered_dict_outputs(tmp_path):
+    model = Pair().eval()
+    artifact = sqc.compress(model, [(torch.randn(1, 4), torch.randn(1, 5))], "quant{bits=8}")
+    assert [s.shape for s in artifact.model.inputs] == [(1, 4), (1, 5)]
+    path = tmp_path / "pair.sqc"
+    artifact.save(path)
+    restored = sqc.load(path)
+    x, y = torch.randn(3, 4), torch.randn(3, 5)
+    out = restored(x, y)
+    assert list(out) == ["sum", "diff"]
+    reference = model((x, y))
+    assert all(float((out[k] - reference[k]).norm() / reference[k].norm()) < 0.05 for k in out)
