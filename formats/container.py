@@ -35,6 +35,8 @@ from sqc.formats.graph_codec import (
     DTYPE_NAMES,
     DTYPE_NAMES_1_2,
     NODE_BASE,
+    VALUES_BASE,
+    VALUES_PER_BYTE,
     brief,
     decode_graph,
     graph_nodes,
@@ -49,7 +51,7 @@ from sqc.formats.tensor_codec import (
     decode_values,
     encode_tensor_cached,
 )
-from sqc.ir import CompressedModel, InputSpec, PassRecord, TensorState
+from sqc.ir import MAX_INPUT_ELEMENTS, CompressedModel, InputSpec, PassRecord, TensorState
 
 MAGIC = b"\x89SQC\r\n\x1a\n"
 VERSION = (1, 3)
@@ -505,6 +507,7 @@ def _check_meta(doc: Any, offset: int) -> dict[str, Any]:
         if numel > (1 << 34):
             raise bad(f"tensor {brief(entry[0])} claims {numel} elements")
         seen.add(entry[0])
+    input_elements = 0
     for entry in inputs:
         if not (
             isinstance(entry, list)
@@ -518,6 +521,11 @@ def _check_meta(doc: Any, offset: int) -> dict[str, Any]:
             raise bad(f"malformed input entry {brief(entry)}")
         if not all(_is_int(d, 0, 1 << 31) for d in entry[1]):
             raise bad(f"malformed input shape {brief(entry[1])}")
+        input_elements += math.prod(entry[1])
+        if input_elements > MAX_INPUT_ELEMENTS:
+            raise bad(
+                f"the inputs declare more than {MAX_INPUT_ELEMENTS:,} elements (example inputs are built)"
+            )
     aliases = doc.get("aliases", [])
     if not isinstance(aliases, list):
         raise bad("malformed aliases")
@@ -647,7 +655,11 @@ def _module_from_layout(
 
     try:
         graph = decode_graph(
-            meta, names, graph_section.offset, NODE_BASE + graph_section.length // BYTES_PER_NODE
+            meta,
+            names,
+            graph_section.offset,
+            NODE_BASE + graph_section.length // BYTES_PER_NODE,
+            max_values=VALUES_BASE + VALUES_PER_BYTE * graph_section.length,
         )
     except SqcFormatError as exc:
         raise _located(exc, where) from None

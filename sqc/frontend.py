@@ -11,6 +11,7 @@ the node, the op and the source line, instead of being carried along half-unders
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import traceback
 import warnings
@@ -26,7 +27,7 @@ from torch.fx.node import Argument, map_arg
 
 from sqc.capture import export_module, output_structure, readable_names
 from sqc.errors import ModelLoadError, TraceError
-from sqc.ir import CompressedModel, InputSpec, TensorState, all_finite
+from sqc.ir import MAX_INPUT_ELEMENTS, CompressedModel, InputSpec, TensorState, all_finite
 from sqc.ops import (
     FUNCTIONS,
     IDENTITY_FUNCTIONS,
@@ -591,6 +592,8 @@ def parse_input_spec(text: str, what: str = "--input-shape") -> InputSpec:
         ) from None
     if not shape or any(d <= 0 for d in shape):
         raise ModelLoadError(f"{what} {text!r}: dimensions must be positive integers")
+    if len(shape) > 8 or math.prod(shape) > MAX_INPUT_ELEMENTS:
+        raise ModelLoadError(f"{what} {text!r}: more than {MAX_INPUT_ELEMENTS:,} elements or 8 dimensions")
     return InputSpec("", shape, dtype)
 
 
@@ -618,7 +621,12 @@ def as_examples(items: Any) -> tuple[torch.Tensor, ...]:
             raise ModelLoadError(
                 f"example input {item!r}: give a tensor, a shape such as (1, 3, 224, 224) or '1,16:int64'"
             )
-    made = iter(example_inputs([s for s in specs if isinstance(s, InputSpec)]))
+    wanted = [s for s in specs if isinstance(s, InputSpec)]
+    if sum(math.prod(s.shape) for s in wanted) > MAX_INPUT_ELEMENTS or any(len(s.shape) > 8 for s in wanted):
+        raise ModelLoadError(
+            f"example input shapes of more than {MAX_INPUT_ELEMENTS:,} elements or 8 dimensions"
+        )
+    made = iter(example_inputs(wanted))
     return tuple(next(made) if isinstance(s, InputSpec) else s for s in specs)
 
 
@@ -668,6 +676,8 @@ def build_ir(
             f"the model takes {len(placeholders)} tensor input(s) "
             f"({', '.join(p.name for p in placeholders)}) but {len(examples)} input shape(s) were given"
         )
+    if sum(x.numel() for x in examples) > MAX_INPUT_ELEMENTS:
+        raise ModelLoadError(f"the example inputs have more than {MAX_INPUT_ELEMENTS:,} elements together")
     specs = [
         InputSpec(p.name, tuple(x.shape), str(x.dtype).removeprefix("torch."))
         for p, x in zip(placeholders, examples, strict=True)

@@ -354,6 +354,13 @@ class RecordVersion:
         )
 
 
+MAX_INPUT_ELEMENTS = 1 << 26
+"""The most elements a model's inputs may have together (67M: 256 MiB of float32; an ImageNet image
+is 150K, a batch of 64 of them 9.6M). sqc builds example inputs of the declared shapes (tracing,
+shape propagation, ``decompress -o .pt2``), so a shape read from a file or typed by a user is checked
+against it before anything is allocated."""
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """A graph input as seen by the example the model was traced with."""

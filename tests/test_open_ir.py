@@ -301,3 +301,35 @@ def test_tuple_arguments_and_ordered_dict_outputs(tmp_path):
     assert list(out) == ["sum", "diff"]
     reference = model((x, y))
     assert all(float((out[k] - reference[k]).norm() / reference[k].norm()) < 0.05 for k in out)
+
+
+def test_declared_input_sizes_are_capped_before_anything_is_built():
+    import sys
+    from pathlib import Path
+
+    from sqc.ir import MAX_INPUT_ELEMENTS
+
+    sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
+    from crafted import craft, raw_tensor
+
+    data = craft(
+        [["t0", [2], "param"]], [raw_tensor([1.0, 2.0])], inputs=[["x", [1, 700_000_000], "float32"]]
+    )
+    with pytest.raises(SqcFormatError, match="inputs declare more than"):
+        container.read_layout(data)
+    with pytest.raises(sqc.SqcError, match="more than"):
+        parse_input_spec(f"1,{MAX_INPUT_ELEMENTS + 1}")
+    with pytest.raises(sqc.SqcError, match="more than"):
+        as_examples([(1, MAX_INPUT_ELEMENTS + 1)])
+
+
+def test_wide_argument_lists_are_refused_by_size():
+    from sqc.formats.graph_codec import VALUES_BASE
+
+    wide = list(range(VALUES_BASE * 2))
+    doc = {
+        "schema": 1,
+        "nodes": [["in", "x"], ["call", "y", "reshape", [{"%": 0}, wide], {}, None], ["out", {"%": 1}]],
+    }
+    with pytest.raises(SqcFormatError, match="more argument values"):
+        decode_graph(doc, [], 0, max_values=VALUES_BASE + 4 * 100)
