@@ -75,24 +75,33 @@ _FQN_PART = re.compile(r"[A-Za-z0-9_]+")
 _MODULE_FQN = re.compile(r"[A-Za-z0-9_.@]*")
 _SPEC_TEXT = re.compile(r"[A-Za-z0-9_.]*")
 _SYMBOL = re.compile(r"[a-z]+[0-9]+")
-_RANGE_KEY = re.compile(rf"[a-z]+[0-9]{{1,{MAX_UNBACKED_DIGITS}}}")
 
 _OP_NAMESPACES = frozenset({"aten", "prims", "higher_order"})
 _DENIED_OPS = frozenset({("aten", "save"), ("aten", "from_file")})  # they write and read local files
 
-# what torch's deserializer passes to sympify as functions, plus the sympy names str() prints
+# The functions torch's deserializer gives sympify, and the sympy classes an expression is printed with:
+# torch 2.13 writes srepr form (``Mul(Integer(4), Symbol('s77', positive=True, integer=True))``),
+# older versions str form (``4*s77``); both are read.
 _SYM_FUNCTIONS = frozenset(
     {
         "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
         "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv",
         "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt",
         "RoundToInt", "RoundDecimal", "ToFloat", "Identity",
-        "Max", "Min", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "Abs", "floor", "ceiling",
+        "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs", "floor",
+        "ceiling", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "Equality", "Unequality", "StrictLessThan",
+        "LessThan", "StrictGreaterThan", "GreaterThan", "And", "Or", "Not",
     }
 )  # fmt: skip
+_SYM_CONSTANTS = frozenset({"true", "false", "oo"})
+_POWERS = frozenset({"Pow", "PowByNatural", "FloatPow", "LShift"})
+_ASSUMPTIONS = frozenset(
+    {"integer", "real", "positive", "negative", "nonnegative", "nonpositive", "nonzero", "finite"}
+)
+_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[-+]?[0-9]{1,4})?")
 _EXPR_NODES = (
-    ast.Expression, ast.Load, ast.Name, ast.Constant, ast.Call, ast.BinOp, ast.UnaryOp, ast.Compare,
-    ast.BoolOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.BitAnd,
+    ast.Expression, ast.Load, ast.Name, ast.Constant, ast.Call, ast.keyword, ast.BinOp, ast.UnaryOp,
+    ast.Compare, ast.BoolOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.BitAnd,
     ast.BitOr, ast.USub, ast.UAdd, ast.Not, ast.Invert, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt,
     ast.GtE, ast.And, ast.Or,
 )  # fmt: skip
@@ -259,8 +268,12 @@ def _check_program(archive: _Archive, program: dict[str, Any]) -> None:
     ranges = program.get("range_constraints")
     if isinstance(ranges, dict):
         for key in ranges:
-            if not _RANGE_KEY.fullmatch(key):
-                refuse(f"range constraint on {_show(key)}, which is not a size symbol")
+            _check_expr(key, refuse)
+            for prefix in ("u", "zuf"):  # unbacked symbols, counted up to one by one
+                if key.startswith(prefix) and not re.fullmatch(
+                    f"[0-9]{{1,{MAX_UNBACKED_DIGITS}}}", key[len(prefix) :]
+                ):
+                    refuse(f"range constraint on {_show(key)}, which is not a size symbol")
     stack: list[Any] = [program]
     while stack:
         item = stack.pop()
@@ -279,7 +292,7 @@ def _check_program(archive: _Archive, program: dict[str, Any]) -> None:
         if "as_operator" in item:
             _check_target(item["as_operator"], None, refuse)
         for key in ("name", "as_name", "user_input_name"):
-            if item.get(key) is not None:
+            if item.get(key) not in (None, ""):  # a higher-order op's positional inputs are named ""
                 _check_name(item[key], key, refuse)
         for key in ("parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name"):
             if key in item:
@@ -337,37 +350,84 @@ def _check_target(target: Any, node: Any, refuse: Any) -> None:
 
 
 def _check_expr(text: Any, refuse: Any) -> None:
-    """A symbolic size as torch prints one: symbols, integers, arithmetic, comparisons and the
-    sympy functions torch uses. sympify would ``eval`` anything else."""
+    """A symbolic size as torch prints one: symbols, integers, arithmetic, comparisons and the sympy
+    functions torch uses, with strings only as a symbol's name or a float's digits. sympify would
+    ``eval`` anything else. Powers and shifts take a literal exponent of at most 64 and do not nest:
+    a few characters must not make an integer of gigabytes."""
     if not isinstance(text, str) or not text.isascii() or len(text) > MAX_EXPR_CHARS:
         refuse(f"symbolic size {_show(text)} is not an expression sqc reads")
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         refuse(f"symbolic size {_show(text)} is not an expression")
+    strings: set[int] = set()  # the string constants allowed where they are (ast.walk is breadth-first)
     for count, node in enumerate(ast.walk(tree)):
         ok = count < MAX_EXPR_NODES and isinstance(node, _EXPR_NODES)
         if isinstance(node, ast.Call):
-            ok = ok and isinstance(node.func, ast.Name) and node.func.id in _SYM_FUNCTIONS
-            ok = ok and not node.keywords
+            name = node.func.id if isinstance(node.func, ast.Name) else ""
+            ok = ok and name in _SYM_FUNCTIONS and _call_ok(name, node, strings)
         elif isinstance(node, ast.Name):
-            ok = ok and (node.id in _SYM_FUNCTIONS or bool(_SYMBOL.fullmatch(node.id)))
+            ok = ok and (
+                node.id in _SYM_FUNCTIONS or node.id in _SYM_CONSTANTS or bool(_SYMBOL.fullmatch(node.id))
+            )
         elif isinstance(node, ast.Constant):
             value = node.value
-            ok = ok and (isinstance(value, bool | float) or (isinstance(value, int) and abs(value) < 1 << 64))
-        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-            # x**2 is printed for s0*s0; nested or large powers are a way to make huge integers
-            exponent = node.right
             ok = ok and (
-                isinstance(exponent, ast.Constant)
-                and type(exponent.value) is int
-                and 0 <= exponent.value <= 64
-                and not any(
-                    isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for n in ast.walk(node.left)
-                )
+                id(node) in strings
+                or isinstance(value, bool | float)
+                or (isinstance(value, int) and abs(value) < 1 << 64)
             )
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            ok = ok and _power_ok(node.left, node.right)
         if not ok:
             refuse(f"symbolic size {_show(text)} is not an expression sqc reads")
+
+
+def _call_ok(name: str, node: ast.Call, strings: set[int]) -> bool:
+    args, keywords = node.args, node.keywords
+    if name == "Symbol":
+        return (
+            len(args) == 1
+            and isinstance(args[0], ast.Constant)
+            and isinstance(args[0].value, str)
+            and bool(_SYMBOL.fullmatch(args[0].value))
+            and strings.add(id(args[0])) is None
+            and all(
+                k.arg in _ASSUMPTIONS and isinstance(k.value, ast.Constant) and type(k.value.value) is bool
+                for k in keywords
+            )
+        )
+    if name == "Float":  # Float('1.5', precision=53)
+        if args and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):
+            if not _FLOAT_TEXT.fullmatch(args[0].value):
+                return False
+            strings.add(id(args[0]))
+        return len(args) == 1 and all(
+            k.arg == "precision"
+            and isinstance(k.value, ast.Constant)
+            and type(k.value.value) is int
+            and 1 <= k.value.value <= 1024
+            for k in keywords
+        )
+    if keywords:
+        return False
+    return name not in _POWERS or (len(args) == 2 and _power_ok(args[0], args[1]))
+
+
+def _power_ok(base: ast.expr, exponent: ast.expr) -> bool:
+    """``x**k`` for a literal ``|k| <= 64`` (``s0*s0`` prints as ``s0**2``), with no power inside ``x``."""
+    literal = exponent
+    if isinstance(literal, ast.UnaryOp) and isinstance(literal.op, ast.USub):
+        literal = literal.operand
+    if isinstance(literal, ast.Call) and isinstance(literal.func, ast.Name) and literal.func.id == "Integer":
+        literal = literal.args[0] if len(literal.args) == 1 and not literal.keywords else literal
+    if not (isinstance(literal, ast.Constant) and type(literal.value) is int and abs(literal.value) <= 64):
+        return False
+    return not any(
+        (isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow))
+        or (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _POWERS)
+        for n in ast.walk(base)
+    )
 
 
 def _check_in_spec(text: str, refuse: Any) -> None:
