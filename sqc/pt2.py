@@ -417,10 +417,10 @@ def _call_ok(name: str, node: ast.Call, strings: set[int]) -> bool:
 def _power_ok(base: ast.expr, exponent: ast.expr) -> bool:
     """``x**k`` for a literal ``|k| <= 64`` (``s0*s0`` prints as ``s0**2``), with no power inside ``x``."""
     literal = exponent
-    if isinstance(literal, ast.UnaryOp) and isinstance(literal.op, ast.USub):
-        literal = literal.operand
     if isinstance(literal, ast.Call) and isinstance(literal.func, ast.Name) and literal.func.id == "Integer":
         literal = literal.args[0] if len(literal.args) == 1 and not literal.keywords else literal
+    if isinstance(literal, ast.UnaryOp) and isinstance(literal.op, ast.USub):
+        literal = literal.operand
     if not (isinstance(literal, ast.Constant) and type(literal.value) is int and abs(literal.value) <= 64):
         return False
     return not any(

@@ -586,3 +586,88 @@ def test_damaged_archive_is_one_line(program, tmp_path: Path, cli, edit, fragmen
     _, clean = program
     rewrite(clean, tmp_path / "d.pt2", edit)
     one_line_error(cli("inspect", tmp_path / "d.pt2"), fragment)
+
+
+class Dynamic(nn.Module):
+    """A dynamic batch (a derived dim), a keyword input, torch.cond, .item() with checks, no_grad."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, *, n: torch.Tensor) -> torch.Tensor:
+        k = n.max().item()
+        torch._check(k >= 1)
+        torch._check(k <= 8)
+        with torch.no_grad():
+            z = self.fc(x)
+        h = torch.cond(z.sum() > 0, lambda t: t * 2, lambda t: t - 1, (z,))
+        return h[:, :k].sum(1) * (x.shape[0] // 2) + x.mean() ** 2
+
+
+def test_dynamic_program_with_symbols_and_subgraphs_loads(tmp_path: Path):
+    torch.manual_seed(0)
+    model = Dynamic().eval()
+    batch = torch.export.Dim("batch", min=2, max=64)
+    args, kwargs = (torch.randn(4, 8),), {"n": torch.tensor([3, 4])}
+    exported = torch.export.export(model, args, kwargs, dynamic_shapes={"x": {0: 2 * batch}, "n": None})
+    torch.export.save(exported, str(tmp_path / "dyn.pt2"))
+    program, shapes = read_program(tmp_path / "dyn.pt2")
+    assert shapes == [(4, 8), (2,)]
+    x, n = torch.randn(6, 8), torch.tensor([5, 1])
+    assert torch.allclose(program.module(check_guards=False)(x, n=n), model(x, n=n))
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "s0",
+        "4*s77",
+        "Mul(Integer(4), Symbol('s77', positive=True, integer=True))",
+        "GreaterThan(Symbol('u0', integer=True), Integer(1))",
+        "s0**2 + Max(s1, 2) - FloorDiv(s1, 2)",
+        "Pow(Symbol('s0', integer=True), Integer(-1))",
+        "Float('1.5', precision=53)*s0",
+        "(s0 >= 2) & Eq(Mod(s0, 2), 0)",
+    ],
+)
+def test_symbolic_sizes_torch_writes_are_read(expr: str):
+    from sqc.pt2 import _check_expr
+
+    def refuse(message: str) -> None:
+        raise AssertionError(message)
+
+    _check_expr(expr, refuse)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "__import__('os').system('true')",
+        "Symbol('s0').__class__",
+        "Symbol('s0', **{'positive': True})",
+        "Symbol('__import__')",
+        "Integer('5')",
+        "eval('1')",
+        "[s0][0]",
+        "s0 if s1 else s2",
+        "2**2**64",
+        "(2**64)**64",
+        "Pow(Pow(Integer(2), Integer(64)), Integer(64))",
+        "LShift(Integer(1), Integer(1000000))",
+        "PowByNatural(Integer(2), s0)",
+        "s0 ^ 9999999",
+        "99999999999999999999999*s0",
+        "Float('1e99999999')",
+        "\uff530",  # a fullwidth s0: Python folds it to s0, sympy does not
+        "s0" + "+s0" * 5000,
+    ],
+)
+def test_symbolic_sizes_sympify_would_run_are_refused(expr: str):
+    from sqc.pt2 import _check_expr
+
+    def refuse(message: str) -> None:
+        raise ModelLoadError(message)
+
+    with pytest.raises(ModelLoadError, match="symbolic size"):
+        _check_expr(expr, refuse)
