@@ -167,6 +167,16 @@ def test_wrong_state_key_is_one_line(workdir: Path, cli, key: str, fragment: str
     one_line_error(cli("compress", "ckpt.pt", "--arch", SMALL, "--state-key", key, "-o", "x.sqc"), fragment)
 
 
+def test_pickled_module_under_a_key_needs_trust(workdir: Path):
+    model = small()
+    torch.save({"model": model, "epoch": 5}, workdir / "whole.pt")  # as YOLOv5 checkpoints are
+    with pytest.raises(ModelLoadError, match=r"holds pickled Python objects \(loading_arches.Small\)"):
+        load_model(workdir / "whole.pt")
+    loaded = load_model(workdir / "whole.pt", trust_pickle=True)
+    assert same(loaded.module, model) and "'model'" in loaded.notes[0]
+    assert same(load_model(workdir / "whole.pt", trust_pickle=True, state_key="model").module, model)
+
+
 def test_checkpoint_without_state_dict_lists_its_keys(workdir: Path):
     torch.save({"step": 1, "optimizer_state": optimizer_state(small(1)), "note": "hi"}, workdir / "o.pt")
     with pytest.raises(ModelLoadError, match="keys step, optimizer_state, note and no state_dict"):
