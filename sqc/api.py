@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,9 @@ def compress(
     *,
     arch: str | None = None,
     trust_pickle: bool = False,
+    state_key: str | None = None,
+    strict: bool = True,
+    on_note: Callable[[str], None] | None = None,
     verify: bool = True,
     progress: Callable[[str], None] | None = None,
     on_pass: Callable[[int, Pass, PassResult, float], None] | None = None,
@@ -104,13 +108,22 @@ def compress(
     ``executor`` (``process``, ``serial`` or ``ray``) and ``workers`` say where the points of a
     sensitivity sweep run (``prune{target=auto}``, ``share{bits=auto}``, ``sensitivity``); every
     executor gives the serial result exactly.
+
+    A model file is read by :func:`sqc.loading.load_model` (``state_key``, ``strict``); what loading
+    decided (a checkpoint key picked, a prefix removed, keys skipped) goes to ``on_note``, one line
+    each, or is issued as a warning.
     """
     if not 0 <= seed < 2**63:
         raise SqcError(f"--seed {seed}: must be in [0, 2^63)")
     run_on = Executor.from_options(executor, workers)
     passes = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
     if isinstance(model, (str, Path)):  # loaded here: nobody else holds it, so the IR may take its weights
-        loaded = load_model(Path(model), arch, trust_pickle=trust_pickle)
+        loaded = load_model(Path(model), arch, trust_pickle=trust_pickle, state_key=state_key, strict=strict)
+        for note in loaded.notes:
+            if on_note is not None:
+                on_note(note)
+            else:
+                warnings.warn(note, stacklevel=2)
         ir = trace(loaded.module, example_inputs or loaded.input_shapes, copy_weights=False)
         del loaded
         gc.collect()  # the traced module sits in reference cycles; free its weights before passes run

@@ -105,6 +105,13 @@ ExamplesOpt = Annotated[
 TrustOpt = Annotated[
     bool, typer.Option("--trust-pickle", help="allow loading a pickled module (runs code from the file)")
 ]
+StateKeyOpt = Annotated[
+    str | None,
+    typer.Option("--state-key", help="key of the state_dict in a checkpoint: model_state, trainer.model"),
+]
+NoStrictOpt = Annotated[
+    bool, typer.Option("--no-strict", help="load a state_dict with missing or unexpected keys (listed)")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="replace the output file if it exists")]
 
@@ -124,6 +131,8 @@ def compress(
     input_shape: ShapeOpt = None,
     example_inputs: ExamplesOpt = None,
     trust_pickle: TrustOpt = False,
+    state_key: StateKeyOpt = None,
+    no_strict: NoStrictOpt = False,
     force: ForceOpt = False,
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="skip the IR verifier between passes")
@@ -223,6 +232,9 @@ def compress(
             pipeline,
             arch=arch,
             trust_pickle=trust_pickle,
+            state_key=state_key,
+            strict=not no_strict,
+            on_note=lambda note: err.print(f"warning: {note}", markup=False),
             verify=not no_verify,
             progress=status.update if status is not None else None,
             on_pass=on_pass,
@@ -277,6 +289,8 @@ def inspect(
     input_shape: ShapeOpt = None,
     example_inputs: ExamplesOpt = None,
     trust_pickle: TrustOpt = False,
+    state_key: StateKeyOpt = None,
+    no_strict: NoStrictOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Show where every byte goes (per layer and component), or a model's params, bytes and FLOPs."""
@@ -285,7 +299,16 @@ def inspect(
     if not path.exists():
         raise SqcError(f"{path}: no such file")
     shapes = _examples(input_shape, example_inputs)
-    info = run(path, arch=arch, input_shapes=shapes, trust_pickle=trust_pickle)
+    info = run(
+        path,
+        arch=arch,
+        input_shapes=shapes,
+        trust_pickle=trust_pickle,
+        state_key=state_key,
+        strict=not no_strict,
+    )
+    for note in info.get("notes", []):
+        err.print(f"warning: {note}", markup=False)
     if as_json:
         print(json.dumps(info, indent=2))
         return

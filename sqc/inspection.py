@@ -175,14 +175,17 @@ def inspect_model(
     arch: str | None = None,
     input_shapes: list[tuple[int, ...]] | None = None,
     trust_pickle: bool = False,
+    state_key: str | None = None,
+    strict: bool = True,
 ) -> dict[str, Any]:
-    """Parameters, fp32 bytes and FLOPs per layer of an uncompressed model file."""
+    """Parameters, fp32 bytes and FLOPs per layer of an uncompressed model file; ``notes`` holds what
+    loading decided (see :func:`sqc.loading.load_model`)."""
     from sqc.frontend import trace
     from sqc.loading import load_model
 
-    loaded = load_model(path, arch, trust_pickle=trust_pickle)
+    loaded = load_model(path, arch, trust_pickle=trust_pickle, state_key=state_key, strict=strict)
     ir = trace(loaded.module, input_shapes or loaded.input_shapes)
-    return describe_ir(ir, str(path))
+    return {**describe_ir(ir, str(path)), "notes": loaded.notes}
 
 
 def describe_ir(ir: CompressedModel, where: str) -> dict[str, Any]:

@@ -165,6 +165,8 @@ def measure(
         layers=layers,
     )
     loaded = load_model(model_path, arch, trust_pickle=trust_pickle)
+    for note in loaded.notes:
+        err.print(f"warning: {note}", markup=False)
     ir = trace(loaded.module, shapes or loaded.input_shapes, copy_weights=False)
     del loaded
     gc.collect()

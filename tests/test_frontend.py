@@ -249,7 +249,7 @@ def test_export_program_needs_no_code(tmp_path: Path, firenet):
     x = torch.randn(1, 3, 16, 16)
     torch.export.save(torch.export.export(firenet, (x,)), str(path))
     loaded = load_model(path)
-    assert loaded.input_shapes == [(1, 3, 16, 16)]
+    assert [(s.shape, s.dtype) for s in loaded.input_shapes] == [((1, 3, 16, 16), "float32")]
     ir = trace(loaded.module, loaded.input_shapes)
     assert torch.allclose(ir.forward(x), firenet(x), atol=1e-6)
     ops = {n.target.__name__ for n in ir.graph_module.graph.nodes if n.op == "call_function"}
