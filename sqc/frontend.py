@@ -130,7 +130,7 @@ class _Builder:
         self.env: dict[fx.Node, Argument] = {}
         self.attrs: dict[str, fx.Node] = {}
         self.tensors: dict[str, torch.Tensor] = {}
-        self.owners: dict[int, str] = {}
+        self.owners: dict[tuple[Any, ...], str] = {}
         self.aliases: dict[str, str] = {}
         self.names = names or {}
 
@@ -147,12 +147,14 @@ class _Builder:
             return None
         if not isinstance(value, torch.Tensor):
             raise TraceError(f"attribute {qualified} is a {type(value).__name__}, not a tensor")
-        owner = self.owners.get(id(value))
-        if owner is not None and self.tensors[owner] is value:
+        key = _identity(value)
+        owner = self.owners.get(key) if key is not None else None
+        if owner is not None:
             self.aliases[qualified] = owner
             self.attrs[qualified] = self.attrs[owner]
             return self.attrs[owner]
-        self.owners[id(value)] = qualified
+        if key is not None:
+            self.owners[key] = qualified
         self.tensors[qualified] = value
         node = self.graph.get_attr(qualified)
         self.attrs[qualified] = node
@@ -178,6 +180,21 @@ class _Builder:
         self, name: str, args: tuple[Argument, ...], kwargs: dict[str, Argument], like: fx.Node
     ) -> fx.Node:
         return self.graph.create_node("call_method", name, args, kwargs, name=like.name)
+
+
+def _identity(value: torch.Tensor) -> tuple[Any, ...] | None:
+    """What makes two tensors the same tensor: the same memory seen the same way. Tied weights are one
+    Parameter under two names in a module, and two Parameters over one storage in a loaded ``.pt2``."""
+    if value.numel() == 0 or value.is_meta:
+        return None
+    return (
+        value.untyped_storage().data_ptr(),
+        value.storage_offset(),
+        tuple(value.shape),
+        value.stride(),
+        value.dtype,
+        type(value) is nn.Parameter,
+    )
 
 
 def _fetch(module: nn.Module, qualified: str) -> Any:

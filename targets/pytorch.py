@@ -34,6 +34,12 @@ def write_model(source: Path, output: Path, kind: str = "module", *, force: bool
     elif kind == "state_dict":
         torch.save({k: v.detach().clone() for k, v in module.state_dict().items()}, buffer)
     else:
+        # torch.export.save writes every named parameter as its own file and torch.export.load gives
+        # each its own storage: a tie would come back as two tensors. Without its aliases the module
+        # uses the one tensor wherever the graph reads it, so the program holds it once, still shared.
+        for alias in model.aliases:
+            owner, _, leaf = alias.rpartition(".")
+            delattr(module.get_submodule(owner) if owner else module, leaf)
         try:
             program = torch.export.export(module, example_inputs(model.inputs))
         except Exception as exc:

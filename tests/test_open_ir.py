@@ -333,3 +333,20 @@ def test_wide_argument_lists_are_refused_by_size():
     }
     with pytest.raises(SqcFormatError, match="more argument values"):
         decode_graph(doc, [], 0, max_values=VALUES_BASE + 4 * 100)
+
+
+def test_tied_weights_stay_one_tensor_in_a_decompressed_pt2(tmp_path):
+    """torch.export.save writes every named parameter apart; without the alias the program holds the
+    tied tensor once, and a .pt2 read back (by torch or by sqc) uses it for both."""
+    from sqc.targets.pytorch import write_model
+
+    path = tmp_path / "tied.sqc"
+    sqc.compress(Tied().eval(), ["1,6:int64"], "quant{bits=8}").save(path)
+    program_path = tmp_path / "tied.pt2"
+    write_model(path, program_path, "export")
+    program = torch.export.load(str(program_path))
+    assert list(program.state_dict) == ["wte.weight"]
+    ids = torch.randint(0, 50, (1, 6))
+    assert torch.equal(program.module()(ids), sqc.load(path)(ids))
+    again = sqc.compress(program_path, None, "quant{bits=8}")
+    assert list(again.model.tensors) == ["wte.weight"]
