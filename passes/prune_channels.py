@@ -1342,11 +1342,9 @@ class PruneChannels(Pass):
         return chosen, stats, diagnostics
 
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
-        from sqc.inspection import flops
-
         before = {s.name: s.shape[0] for s in model.weights()}
         params_before = sum(s.numel for s in model.tensors.values())
-        flops_before = sum(flops(model.graph_module).values())
+        flops_before, macs_before = _cost(model)
         extra: dict[str, Stat] = {}
         if self.target == "auto":
             analysis, spaces, diagnostics = self.analyse(model)
@@ -1360,7 +1358,7 @@ class PruneChannels(Pass):
         if chosen:
             remove_groups(model, analysis, chosen)
         params_after = sum(s.numel for s in model.tensors.values())
-        flops_after = sum(flops(model.graph_module).values())
+        flops_after, macs_after = _cost(model)
         layers: dict[str, dict[str, Stat]] = {}
         for name, channels in before.items():
             state = model.tensors[name]
@@ -1373,12 +1371,22 @@ class PruneChannels(Pass):
             "params_after": params_after,
             "flops_before": flops_before,
             "flops_after": flops_after,
+            "macs_before": macs_before,
+            "macs_after": macs_after,
             **extra,
         }
         return PassResult(bool(chosen), stats, layers, diagnostics)
 
 
 Space = tuple[str, ...]
+
+
+def _cost(model: CompressedModel) -> tuple[int, int]:
+    """FLOPs and MACs of the model, counted as ``sqc inspect`` counts them."""
+    from sqc.inspection import compute
+
+    counts = compute(model.graph_module.graph, lambda name: model.tensors[name].shape).values()
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
 def _count(ratio: float, groups: int) -> int:
