@@ -12,6 +12,7 @@ reference normalises over the kept channels only (``KeptNorm``) — a network bu
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections import defaultdict
 
@@ -381,3 +382,26 @@ def test_unfollowable_op_is_refused_naming_the_node_or_kept():
     assert artifact.model.tensors["fc1.weight"].shape == (16, 8)  # kept
     assert artifact.model.tensors["other1.weight"].shape == (8, 8)  # pruned
     assert any("flip" in d for d in artifact.report[0].diagnostics)
+
+
+def test_cli_summary_shows_what_went_and_the_ratio_against_the_original(
+    cli, models_dir, tmp_path, monkeypatch
+):
+    monkeypatch.syspath_prepend(str(models_dir))
+    monkeypatch.chdir(tmp_path)
+    from sqc_test_models import Small  # fc1 16 -> 32, fc2 32 -> 4: 676 parameters, 640 MACs
+
+    torch.manual_seed(0)
+    torch.save(Small().state_dict(), tmp_path / "small.pt")
+    arch = ("--arch", "sqc_test_models:Small")
+    result = cli("compress", "small.pt", *arch, "--passes", "prune-channels{ratio=0.5},quant", "-o", "p.sqc")
+    assert result.code == 0, result.err
+    assert "[1/2] prune-channels: params 676 -> 340 (-50%), MACs 640 -> 320" in result.err
+    size = (tmp_path / "p.sqc").stat().st_size
+    assert f"{4 * 676 / size:.1f}x smaller than fp32 (2.7 KB)" in result.out  # the original, not the pruned
+
+    summary = json.loads(
+        cli("compress", "small.pt", *arch, "--passes", "prune-channels", "-o", "q.sqc", "--json").out
+    )
+    assert summary["fp32_bytes"] == 4 * 676
+    assert summary["passes"][0]["macs_before"] == 640 and summary["passes"][0]["params_after"] == 340
