@@ -8,17 +8,31 @@ the branches that made them, a flatten before a Linear turns one channel into a 
 Getting any of that wrong gives a model of the right shape that computes something else, so the pass
 first builds a channel-dependency graph (networkx) over the whole IR and only removes what it can follow.
 
-The graph has one vertex per *channel unit* of every value: a contiguous run of indices along dim 1
-(one channel of a conv output; after ``flatten(x, 1)`` the H*W features that came from it). Edges
-couple units that must go together: a unit of an op's output with the unit of its input it comes from
-(activations, pooling, BatchNorm, depthwise convs, flatten, reshape), the operands of an element-wise
-add/mul, a concat's output slice with the input it came from. Each unit lists the tensor slices that
-exist because of it — a producer's filter row and bias entry, BatchNorm statistics and affine entries,
-a consumer's weight columns, per-channel parameters — and units touching the same slice of a tensor
-(a weight used twice) are coupled too. A connected component is a *group*: removed together or not
-at all. Components that reach a graph input or output, a channel-mixing op (softmax or a reduction
-over channels, a grouped conv), or an op the pass does not understand are kept; the last is refused
-with the node's name unless ``unknown=keep``.
+The graph has one vertex per *channel unit* of every value: a contiguous run of indices along the
+value's *tracked dimension* (one channel of a conv output along dim 1; one feature of a linear's output
+along its last dim; after ``flatten(x, 1)`` the H*W features that came from a channel; after
+``view(B, T, H, D)`` one attention head). The tracked dimension moves with permute/transpose/squeeze,
+and a view splits or merges it: whole into one output dimension, into heads (the outer part), or — when
+that outer part is later indexed apart, as MultiheadAttention's packed ``(…, 3, E)`` projection is —
+into its inner part, coupling the same feature of q, k and v. Edges couple units that must go together:
+a unit of an op's output with the unit of its input it comes from (element-wise ops, ATen's too,
+pooling, norms, depthwise convs, views), the operands of an element-wise op (a residual add, a
+squeeze-excitation gate multiplied over H and W), a concat's or split's slice with its part, the heads
+of q, k, v and the attention's result. Each unit lists the tensor slices that exist because of it — a
+producer's filter row and bias entry, BatchNorm/LayerNorm entries, a layer scale's entry, a consumer's
+weight columns, per-channel parameters — and units touching the same slice of a tensor (a weight used
+twice) are coupled too. A connected component is a *group*: removed together or not at all.
+Components that reach a graph input or output, a channel-mixing op (softmax over the channels, a
+reduction over them, a grouped conv), or an op the pass does not understand are kept; the last is
+refused with the node's name unless ``unknown=keep``. Every argument that encodes a width (a depthwise
+conv's ``groups``, a view's head count or width, ``unflatten``/``split`` sizes, ``normalized_shape``) is
+rewritten; a width the graph computes from ``x.size()`` becomes ``-1``.
+
+Removing a group computes exactly what zeroing its filters in the original computes (the tests check
+this on every family), with one deliberate exception: a layer norm over the pruned channels (ConvNeXt's,
+or a LayerNorm2d's mean and variance over dim 1) takes its statistics over the channels that remain,
+as a network built that narrow would. ``target=auto``, which measures removal by zeroing, therefore
+only approximates the effect on such channels.
 
 Groups with the same set of producing layers form a *space* (all 64 channels of a ResNet stage, the
 16 squeeze channels of a Fire module); ``ratio`` of each space's groups are removed (per ``scope=layer``,
@@ -1150,8 +1164,9 @@ def remove_groups(model: CompressedModel, analysis: ChannelGraph, groups: list[G
 class PruneChannels(Pass):
     """Remove whole filters and every tensor slice that depends on them (structured pruning).
 
-    Channels are grouped by a dependency analysis over the graph (residual adds, concats, BatchNorm,
-    flatten before a Linear, depthwise convs; see ``passes/prune_channels.py``) and a group is removed
+    Channels are grouped by a dependency analysis over the graph (residual adds, concats, BatchNorm
+    and LayerNorm, flatten before a Linear, depthwise convs, squeeze-excitation gates, MLP hidden units,
+    attention heads with q/k/v/out; see ``passes/prune_channels.py``) and a group is removed
     everywhere at once: the model really gets smaller and faster, with no sparse storage. In each
     channel space (groups made by the same layers) ``ratio`` of the groups go — those whose filters
     have the smallest ``criterion`` norm summed over the group; ``per_layer=glob:ratio`` overrides
@@ -1168,7 +1183,7 @@ class PruneChannels(Pass):
     """
 
     name = "prune-channels"
-    summary = "structured pruning: remove filters/channels through residual adds, concats, BN, flatten"
+    summary = "structured pruning: remove filters, hidden units and attention heads, and what depends on them"
     conflicts = {
         "codes": "prune-channels slices float weights: run it before share/quant",
         "entropy-coded": "huffman or rans must come after every pass that changes weights",

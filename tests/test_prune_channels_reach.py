@@ -181,6 +181,27 @@ class GPT2ish(nn.Module):
         return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
 
+class TracedAttention(nn.Module):
+    """Only vocabulary ops, so ``symbolic_trace`` keeps it (dynamic batch): the view widths are computed
+    from ``x.size()`` at run time, and the merged width must become -1 when heads go."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.fc2 = nn.Linear(2 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.size(0), x.size(1), x.size(2)
+        q, k, v = (
+            p(x).view(b, t, self.heads, c // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v)
+        )
+        scores = torch.softmax(torch.matmul(q, k.transpose(2, 3)) / 4.0, -1)
+        x = x + self.o(torch.matmul(scores, v).transpose(1, 2).reshape(b, t, c))
+        return x + self.fc2(F.relu(self.fc1(x)))
+
+
 def transformer_encoder() -> nn.Module:
     layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
     return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
@@ -192,6 +213,7 @@ CASES = {
     "bert": (Bertish, lambda: torch.randint(0, 50, (2, 8))),
     "transformer_encoder": (transformer_encoder, lambda: torch.randn(2, 6, 32)),
     "gpt2": (GPT2ish, lambda: torch.randn(2, 8, 32)),
+    "traced_attention": (TracedAttention, lambda: torch.randn(2, 5, 32)),
 }
 
 
@@ -356,6 +378,14 @@ def test_gpt2_split_qkv_heads_and_mlp(tmp_path):
     assert attention_heads(artifact) == [2]
     split = next(n for n in artifact.module().graph.nodes if "split" in str(n.target))
     assert split.args[1] == 16
+
+
+def test_symbolic_trace_route_keeps_a_dynamic_batch(tmp_path):
+    _, artifact, _, _ = prune("traced_attention", "ratio=0.5", tmp_path)
+    assert shapes(artifact)["q.weight"] == (16, 32) and shapes(artifact)["fc1.weight"] == (32, 32)
+    merged = next(n for n in artifact.module().graph.nodes if n.name == "reshape")
+    assert merged.args[1][2] == -1  # was x.size(2): computed from the (kept) input width
+    assert artifact.module()(torch.randn(3, 7, 32)).shape == (3, 7, 32)
 
 
 class Flipped(nn.Module):
