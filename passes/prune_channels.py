@@ -308,13 +308,11 @@ class ChannelGraph:
             self._unknown(node, "is not an op prune-channels follows channels through")
             return
         first = node.args[0] if node.args else None
-        if name not in _MULTI and not (isinstance(first, fx.Node) and first.name in self._held()):
+        held = isinstance(first, fx.Node) and (first.name in self.layout or first.name in self.tuples)
+        if name not in _MULTI and not held:
             self._unknown(node, "combines channels with an operand the pass cannot follow")
             return
         handler(node)
-
-    def _held(self) -> Any:
-        return self.layout.keys() | self.tuples.keys()
 
     # -- ops ---------------------------------------------------------------------------------------
 
