@@ -82,6 +82,14 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def _amount(n: float) -> str:
+    """A count as people read it: 61,706 -> 61.7K, 1,234,567 -> 1.23M."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
 ModelArg = Annotated[
     Path, typer.Argument(help="model file: state_dict (.pt) with --arch, pickled module, or .pt2")
 ]
@@ -246,7 +254,13 @@ def compress(
             **settings,
         )
         size = artifact.save(output, force=force)
-    fp32 = 4 * sum(s.numel for s in artifact.model.tensors.values())
+    # against the model as given: a pass that removes parameters (prune-channels) records the count
+    # it started from, and the first such record is the original's
+    params = sum(s.numel for s in artifact.model.tensors.values())
+    params = next(
+        (int(r.stats["params_before"]) for r in artifact.report if "params_before" in r.stats), params
+    )
+    fp32 = 4 * params
     summary = {
         "output": str(output),
         "bytes": size,
@@ -267,6 +281,12 @@ def compress(
 
 def _summary(stats: dict[str, Any]) -> str:
     parts = []
+    if "params_before" in stats and "params_after" in stats:  # a pass that removes parameters
+        before, after = stats["params_before"], stats["params_after"]
+        change = f" ({100 * (after - before) / before:+.0f}%)" if before else ""
+        parts.append(f"params {_amount(before)} -> {_amount(after)}{change}")
+        if "macs_before" in stats and "macs_after" in stats:
+            parts.append(f"MACs {_amount(stats['macs_before'])} -> {_amount(stats['macs_after'])}")
     for key in (
         "sparsity",
         "bits",
