@@ -128,7 +128,21 @@ def _fit(
             key: value if value.dtype == own[key].dtype else value.to(own[key].dtype)
             for key, value in state.items()
         }
+    ties = _ties(model)
     model.load_state_dict(state, strict=True, assign=assign)
+    for alias, name in ties.items():  # assign gives each key its own Parameter: tie them again
+        owner, _, leaf = alias.rpartition(".")
+        setattr(model.get_submodule(owner), leaf, model.get_parameter(name))
+
+
+def _ties(model: nn.Module) -> dict[str, str]:
+    """Tied parameters (GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``): alias -> first name."""
+    first: dict[int, str] = {}
+    ties: dict[str, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        ties.update({name: first[id(param)]} if id(param) in first else {})
+        first.setdefault(id(param), name)
+    return ties
 
 
 def load_model(path: Path, arch: str | None = None, *, trust_pickle: bool = False) -> LoadedModel:
