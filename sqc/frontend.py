@@ -440,8 +440,15 @@ def canonicalize(
     aten = None
     for node in source.graph.nodes:
         if node.op == "placeholder":
-            # a placeholder with a default is a non-tensor argument that fx specialised (concrete_args)
-            b.env[node] = node.args[0] if node.args else b.graph.placeholder(node.name)
+            # a placeholder with a default is a non-tensor argument that fx specialised (concrete_args);
+            # one whose example value is not a tensor is a keyword export specialised (use_cache=False)
+            value = node.meta.get("val")
+            if node.args:
+                b.env[node] = node.args[0]
+            elif exported and (value is None or isinstance(value, (bool, int, float, str))):
+                b.env[node] = value
+            else:
+                b.env[node] = b.graph.placeholder(node.name)
         elif node.op == "get_attr":
             b.env[node] = b.attr(str(node.target))
         elif node.op == "call_module":
