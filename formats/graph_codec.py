@@ -67,7 +67,9 @@ _MEMORY_FORMATS = {
 _DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "meta")
 """``{"device": "cpu"}`` arguments (format 1.3): a device type, optionally ``:index``. A stored graph
 names the device the model was captured on; :func:`decode_graph` can map them all to another."""
-FEATURES_1_3 = frozenset({"aten", "layout", "memory_format", "device", "dtype-1.3", "aliases", "typed"})
+FEATURES_1_3 = frozenset(
+    {"aten", "layout", "memory_format", "device", "dtype-1.3", "aliases", "typed", "omap"}
+)
 """What a graph may use only in a format 1.3 file (the writer picks the oldest version that reads it)."""
 
 
@@ -77,7 +79,12 @@ def _encode_arg(value: Any, index: dict[fx.Node, int], features: set[str]) -> An
     if isinstance(value, (list, tuple)):
         return [_encode_arg(v, index, features) for v in value]
     if isinstance(value, dict):
-        return {"map": {str(k): _encode_arg(v, index, features) for k, v in value.items()}}
+        items = [(str(k), _encode_arg(v, index, features)) for k, v in value.items()]
+        if [k for k, _ in items] == sorted(k for k, _ in items):
+            return {"map": dict(items)}
+        # the document's keys are sorted: a dict in another order (a ModelOutput) keeps it as pairs
+        features.add("omap")
+        return {"omap": [[k, v] for k, v in items]}
     if isinstance(value, slice):
         return {"slice": [_encode_arg(v, index, features) for v in (value.start, value.stop, value.step)]}
     if value is Ellipsis:
@@ -256,6 +263,13 @@ def decode_graph(
                 return torch.device(inner) if device is None else device
             if key == "map" and isinstance(inner, dict):
                 return {k: arg(v, depth + 1) for k, v in inner.items()}
+            if (
+                key == "omap"
+                and isinstance(inner, list)
+                and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in inner)
+                and len({p[0] for p in inner}) == len(inner)
+            ):
+                return {k: arg(v, depth + 1) for k, v in inner}
             raise bad(f"malformed argument {brief(value)}")
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
