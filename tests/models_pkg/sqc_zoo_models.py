@@ -182,8 +182,8 @@ class ViTLike(nn.Module):
 
     def __init__(
         self,
-        image: int = 32,
-        patch: int = 8,
+        image: int = 16,
+        patch: int = 4,
         dim: int = 32,
         depth: int = 2,
         heads: int = 4,
@@ -406,9 +406,9 @@ def hf_gpt2(vocab: int = 200, dim: int = 32, depth: int = 2, heads: int = 4, max
 
 
 FAMILIES: dict[str, tuple[Any, list[str]]] = {
-    "timm_cnn": (TimmLikeCNN, ["1,3,32,32"]),
-    "convnext": (ConvNeXtLike, ["1,3,32,32"]),
-    "vit": (ViTLike, ["1,3,32,32"]),
+    "timm_cnn": (TimmLikeCNN, ["1,3,16,16"]),
+    "convnext": (ConvNeXtLike, ["1,3,16,16"]),
+    "vit": (ViTLike, ["1,3,16,16"]),
     "bert": (BertLike, ["1,16:int64"]),
     "gpt2": (GPT2Like, ["1,16:int64"]),
     "hf_bert": (hf_bert, ["1,16:int64"]),
