@@ -117,7 +117,7 @@ def test_api_round_trip(name: str, zoo_dir: Path) -> None:
     original = outputs(run(model, x))
     for pipeline in (PRUNE_QUANT, PRUNE_SHARE):
         artifact = compressed(name, pipeline)
-        path = zoo_dir / f"{name}_api_{pipeline[25:30]}.sqc"
+        path = zoo_dir / f"{name}_api_{pipeline[20:25]}.sqc"
         artifact.save(path, force=True)
         want = run(artifact.module(), x)
         assert_equal_outputs(run(sqc.load(path), x), want)
