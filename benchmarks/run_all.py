@@ -14,6 +14,8 @@
 8. ``bench_c_target.py``: the C kernel vs PyTorch eager and ONNX Runtime; results/c_target.json (needs the
                          ``bench`` extra for ONNX Runtime);
 9. ``bench_hls.py``:     sqc's HLS project vs hls4ml on the LeNets (C simulation); results/hls.json.
+10. ``bench_zoo.py``:    reach: one row per architecture family (CNNs, transformers, RNNs; route, size,
+                         time, output error, with and without prune-channels); results/bench_zoo.json.
 
 Each runs in its own process with this interpreter, one after the other (the machine has two cores;
 running them side by side would spoil every timing). Output streams through; a failing benchmark is
@@ -40,7 +42,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("huffman", "lenet", "coding", "scale", "executors", "mnist", "channels", "c", "hls")
+BENCHMARKS = ("huffman", "lenet", "coding", "scale", "executors", "mnist", "channels", "c", "hls", "zoo")
 
 
 def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
@@ -70,6 +72,7 @@ def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
         "channels": [py, str(HERE / "bench_channels.py"), *(["--quick"] if quick else [])],
         "c": [py, str(HERE / "bench_c_target.py"), "--runs", "3" if quick else "20"],
         "hls": [py, str(HERE / "bench_hls.py")],
+        "zoo": [py, str(HERE / "bench_zoo.py"), *(["--only", "lstm,transformer_encoder"] if quick else [])],
     }
 
 

@@ -260,6 +260,44 @@ def hls(d: Json) -> Figures:
     )
 
 
+def zoo(d: Json) -> Figures:
+    """bench_zoo: reach is whether each family compresses and comes back exactly; the baseline is the
+    family's fp32 parameters, and ``prune-channels`` says per family whether it ran, refused or removed
+    nothing."""
+    sqc, base, ratio, channels, exact = [], [], [], [], True
+    for r in d["families"]:
+        v = r["variants"]
+        ok = {k: x for k, x in v.items() if x["status"] == "ok"}
+        exact &= all(x["load_equals_ir"] for x in ok.values()) and "prune" in ok and "quant8" in ok
+        q, p = v["quant8"], v["prune"]
+        sqc.append(
+            f"{r['family']} ({r['route']}): prune {n(p['file_bytes'])} B, err {p['output_rel_l2']:.3f}; "
+            f"quant8 err {q['output_rel_l2']:.3f}"
+        )
+        base.append(f"{r['family']}: {r['params'] / 1e6:.2f}M params, fp32 {n(r['fp32_bytes'])} B")
+        ratio.append(
+            f"{r['family']}: prune {x(p['ratio_vs_fp32'])} ({p['compress_s']:.1f} s), "
+            f"quant8 {x(q['ratio_vs_fp32'])}"
+        )
+        c = v["channels"]
+        if c["status"] != "ok":
+            channels.append(f"{r['family']}: {c['status'][:90]}")
+        elif c["params_after"] == r["params"]:
+            channels.append(f"{r['family']}: ran, removed nothing")
+        else:
+            channels.append(f"{r['family']}: {x(r['params'] / c['params_after'])} fewer params")
+    return (
+        f"reach: {len(d['families'])} architecture families, seeded random weights, "
+        "`prune{sparsity=0.5},quant{bits=8},huffman` (prune) and `quant{bits=8},huffman` (quant8); "
+        "err = relative L2 of the outputs vs the original",
+        "<br>".join(sqc),
+        "<br>".join(base),
+        "<br>".join(ratio),
+        f"every family compresses, `sqc.load` = the IR bit for bit: {met(exact)}<br>"
+        "prune-channels{ratio=0.5}:<br>" + "<br>".join(channels),
+    )
+
+
 # name in the table, script, JSON file, reader (None: the script writes no JSON)
 BENCHMARKS: tuple[tuple[str, str, str, Callable[[Json], Figures] | None], ...] = (
     ("huffman", "bench_huffman.py", "huffman.json", None),
@@ -271,6 +309,7 @@ BENCHMARKS: tuple[tuple[str, str, str, Callable[[Json], Figures] | None], ...] =
     ("channels", "bench_channels.py", "channels.json", channels),
     ("c", "bench_c_target.py", "c_target.json", c_target),
     ("hls", "bench_hls.py", "hls.json", hls),
+    ("zoo", "bench_zoo.py", "bench_zoo.json", zoo),
 )
 
 

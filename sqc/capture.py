@@ -139,7 +139,7 @@ def output_structure(source: fx.GraphModule, flat: Any) -> Any:
     def build(node: pytree.TreeSpec) -> Any:
         if node.is_leaf():
             return next(values)
-        children = [build(child) for child in node.children_specs]
+        children = [build(child) for child in node.children()]
         kind = node.type
         if kind is not None and isinstance(kind, type) and issubclass(kind, dict):
             keys = node.context if isinstance(node.context, (list, tuple)) else list(node.context or [])

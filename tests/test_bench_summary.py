@@ -164,6 +164,76 @@ RESULTS: dict[str, Any] = {
     },
     # c_target.json: missing
     "hls.json": '{"machine": "Linux", "lenet300": {"sqc": ',  # malformed: cut short
+    "bench_zoo.json": {
+        "date": "2026-12-07T11:30:00+00:00",
+        "git": GIT,
+        "machine": {"platform": "Linux-x86_64", "cpus": 2, "torch": "2.13.0+cpu"},
+        "load_average": [2.0, 1.5, 1.0],
+        "families": [
+            {
+                "family": "bert_mini",
+                "route": "export",
+                "params": 11170560,
+                "fp32_bytes": 44682240,
+                "variants": {
+                    "quant8": {
+                        "status": "ok",
+                        "file_bytes": 9039375,
+                        "ratio_vs_fp32": 4.943,
+                        "compress_s": 2.5,
+                        "params_after": 11170560,
+                        "load_equals_ir": True,
+                        "output_rel_l2": 0.0149,
+                    },
+                    "prune": {
+                        "status": "ok",
+                        "file_bytes": 5703651,
+                        "ratio_vs_fp32": 7.834,
+                        "compress_s": 3.3,
+                        "params_after": 11170560,
+                        "load_equals_ir": True,
+                        "output_rel_l2": 0.2885,
+                    },
+                    "channels": {
+                        "status": "ok",
+                        "file_bytes": 9039562,
+                        "ratio_vs_fp32": 4.943,
+                        "compress_s": 1.9,
+                        "params_after": 11170560,
+                        "load_equals_ir": True,
+                        "output_rel_l2": 0.0149,
+                    },
+                },
+            },
+            {
+                "family": "convnext_like",
+                "route": "export",
+                "params": 1101304,
+                "fp32_bytes": 4405216,
+                "variants": {
+                    "quant8": {
+                        "status": "ok",
+                        "file_bytes": 1042479,
+                        "ratio_vs_fp32": 4.226,
+                        "compress_s": 0.7,
+                        "params_after": 1101304,
+                        "load_equals_ir": True,
+                        "output_rel_l2": 0.0109,
+                    },
+                    "prune": {
+                        "status": "ok",
+                        "file_bytes": 609368,
+                        "ratio_vs_fp32": 7.229,
+                        "compress_s": 0.5,
+                        "params_after": 1101304,
+                        "load_equals_ir": True,
+                        "output_rel_l2": 0.5709,
+                    },
+                    "channels": {"status": "refused: node permute (permute) moves the channel dimension"},
+                },
+            },
+        ],
+    },
 }
 
 
@@ -195,6 +265,7 @@ def test_rows_carry_the_figure_the_same_run_baseline_the_ratio_and_the_target(re
         "channels",
         "c",
         "hls",
+        "zoo",
     ]
     assert all(len(cells) == 8 for cells in table.values())
 
@@ -235,6 +306,13 @@ def test_rows_carry_the_figure_the_same_run_baseline_the_ratio_and_the_target(re
     assert "resnet18: params 3.8×, MACs 3.8×, latency 2.7× (medians of 60)" in channels[4]
     assert "LeNet-5: 77.3× vs fp32, 1.92× smaller than unstructured" in channels[4]
     assert channels[6].endswith("load 3.8")  # the 1-minute figure of os.getloadavg()
+
+    zoo = table["zoo"]
+    assert "bert_mini (export): prune 5,703,651 B, err 0.288; quant8 err 0.015" in zoo[2]
+    assert "bert_mini: prune 7.8× (3.3 s), quant8 4.9×" in zoo[4]
+    assert "sqc.load` = the IR bit for bit: **met**" in zoo[5]
+    assert "bert_mini: ran, removed nothing" in zoo[5]
+    assert "convnext_like: refused: node permute (permute) moves the channel dimension" in zoo[5]
 
     assert "writes no JSON" in table["huffman"][1]
     assert table["c"][1] == "**no result**: `results/c_target.json` not found"
