@@ -329,7 +329,9 @@ def run_info(d: Json) -> str:
     if git.get("tree_sources_modified"):
         commit = f"{commit} (modified tree)"
     imported = git.get("sqc_imported_from")
-    if imported and Path(imported) != HERE.parent / "sqc":  # a pinned copy: the commit is the checkout's
+    matches = git.get("imported_sqc_matches_tree")
+    if imported and not matches and Path(imported) not in (HERE.parent / "sqc", Path("sqc")):
+        # a pinned copy: the commit is the checkout's
         commit = f"{commit} (sqc from `{imported}`)"
     loads = d.get("summary", {}).get("loadavg_1min_at_end_of_compress_runs")  # bench_scale: one per run
     if loads is None and isinstance(d.get("load_average"), list):
