@@ -34,7 +34,9 @@ def git_state() -> dict[str, Any]:
         "commit": git("rev-parse", "--short", "HEAD"),
         "tree_sources_modified": bool(dirty),
         # relative to the repository when inside it: results name no machine's paths
-        "sqc_imported_from": str(imported.relative_to(repo)) if imported.is_relative_to(repo) else imported.name,
+        "sqc_imported_from": (
+            str(imported.relative_to(repo)) if imported.is_relative_to(repo) else f"pinned/{imported.name}"
+        ),
         # True: the sqc that ran is exactly the tree's sources (so, if unmodified, exactly the commit)
         "imported_sqc_matches_tree": _digest({k: imported / k for k in tree}) == _digest(tree),
     }
