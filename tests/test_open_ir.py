@@ -350,3 +350,39 @@ def test_tied_weights_stay_one_tensor_in_a_decompressed_pt2(tmp_path):
     assert torch.equal(program.module()(ids), sqc.load(path)(ids))
     again = sqc.compress(program_path, None, "quant{bits=8}")
     assert list(again.model.tensors) == ["wte.weight"]
+
+
+def test_cli_takes_example_inputs_from_a_file(tmp_path, cli, models_dir, monkeypatch):
+    """--example-inputs: tensors (int64 ids here) read with weights_only=True; a pickle is refused."""
+    monkeypatch.syspath_prepend(str(models_dir))
+    from sqc_zoo_models import GPT2Like
+
+    torch.manual_seed(0)
+    model = GPT2Like().eval()
+    state = tmp_path / "gpt.pt"
+    torch.save(model.state_dict(), state)
+    ids = torch.randint(0, 100, (1, 12))
+    examples = tmp_path / "inputs.pt"
+    torch.save({"ids": ids}, examples)
+    out = tmp_path / "gpt.sqc"
+    result = cli(
+        "compress", state, "--arch", "sqc_zoo_models:GPT2Like", "--example-inputs", examples, "-o", out
+    )
+    assert result.code == 0, result.err
+    layout = container.read_layout(out.read_bytes())
+    assert layout.meta["inputs"][0][1:] == [[1, 12], "int64"]
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save([Evil()], evil)
+    result = cli(
+        "compress", state, "--arch", "sqc_zoo_models:GPT2Like", "--example-inputs", evil, "-o", out, "--force"
+    )
+    assert result.code == 1 and "--example-inputs" in result.err and len(result.err.strip().splitlines()) == 1
+    both = cli(
+        "compress", state, "--arch", "x:y", "--example-inputs", examples, "--input-shape", "1,2", "-o", out
+    )
+    assert both.code == 1 and "not both" in both.err
