@@ -383,6 +383,15 @@ def test_cli_takes_example_inputs_from_a_file(tmp_path, cli, models_dir, monkeyp
     )
     assert result.code == 1 and "--example-inputs" in result.err and len(result.err.strip().splitlines()) == 1
     both = cli(
-        "compress", state, "--arch", "x:y", "--example-inputs", examples, "--input-shape", "1,2", "-o", out
+        "compress",
+        state,
+        "--arch",
+        "x:y",
+        "--example-inputs",
+        examples,
+        "--input-shape",
+        "1,2",
+        "-o",
+        tmp_path / "b",
     )
     assert both.code == 1 and "not both" in both.err
