@@ -21,6 +21,7 @@ import torch
 from torch import fx
 
 from sqc.errors import VerifyError
+from sqc.names import check_names
 
 Role = Literal["weight", "param", "buffer"]
 Coder = Literal["raw", "huffman", "rans"]
@@ -353,6 +354,12 @@ class RecordVersion:
         )
 
 
+MAX_INPUT_ELEMENTS = 1 << 28
+"""The most elements the example inputs of a model may have together (1 GiB of float32): tracing runs
+the model on a random example of that shape, so a shape typed or declared by mistake (``1,70000000000``)
+would allocate it before anything else could fail."""
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """A graph input as seen by the example the model was traced with."""
@@ -403,6 +410,11 @@ class CompressedModel:
     report: list[PassRecord] = field(default_factory=list)
     seed: int = 0
     """The seed the pipeline ran with (``sqc.compress(seed=…)``); stored in the file's graph section."""
+
+    def __post_init__(self) -> None:
+        # Names are checked once, here, against the rule every reader and target shares: a name that
+        # reads differently in fx's source, nn.Module or a C identifier gives a silently different model.
+        check_names(self.tensors)
 
     def weights(self, pattern: str = "*") -> Iterator[TensorState]:
         """Compressible weight tensors (conv/linear kernels) whose name or layer matches the glob."""

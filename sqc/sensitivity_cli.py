@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.text import Text
 
+from sqc.display import shown
 from sqc.errors import SqcError
 
 if TYPE_CHECKING:
@@ -85,14 +87,14 @@ def sensitivity_command(
     ] = 0,
 ) -> None:
     """Per-layer metric and coded bytes vs sparsity and bits, each layer alone (a table and a PNG)."""
-    from sqc.cli import _parse_shape, err
+    from sqc.cli import _parse_shapes, err
 
     analysis = measure(
         model,
         data=data,
         eval_fn=eval_fn,
         arch=arch,
-        shapes=[_parse_shape(s) for s in input_shape] if input_shape else None,
+        shapes=_parse_shapes(input_shape),
         trust_pickle=trust_pickle,
         samples=samples,
         sparsities=sparsities,
@@ -180,14 +182,14 @@ def measure(
     status = err.status("measuring…", spinner="dots") if err.is_terminal and not quiet else None
     with status if status is not None else contextlib.nullcontext():
         ctx = PassContext(
-            progress=status.update if status is not None else None,
+            progress=(lambda text: status.update(Text(shown(text)))) if status is not None else None,
             evaluate=evaluate,  # type: ignore[arg-type]
             evaluate_subset=subset,
             executor=run_on,
         )
         result = sensitivity.run(ir, ctx)
     for line in result.diagnostics:
-        err.print(f"warning: {line}", markup=False)
+        err.print(f"warning: {shown(line)}")
     return cached_analysis(ctx)
 
 
@@ -217,7 +219,10 @@ def render(analysis: Analysis, where: str) -> None:
 
 def allocations(passes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The automatic allocations recorded in a report (``inspect``'s ``passes``): for every
-    ``prune{target=auto}`` / ``share{bits=auto}`` record, its metrics and per-layer choices."""
+    ``prune{target=auto}`` / ``share{bits=auto}`` record, its metrics and per-layer choices.
+
+    The report comes from a file: a value of the wrong kind (text where a number belongs) is shown as
+    it is rather than formatted as a number."""
     found = []
     for record in passes:
         stats = record.get("stats", {})
@@ -245,21 +250,32 @@ def render_allocations(passes: list[dict[str, Any]]) -> None:
         s = found["stats"]
         what = "sparsity" if found["pass"] == "prune" else "bits"
         title = (
-            f"{found['pass']}: allocation within budget {s.get('budget', 0):.6g} — metric "
-            f"{s.get('metric_before', 0):.6g} → predicted {s.get('metric_predicted', 0):.6g}, "
-            f"measured {s.get('metric_after', 0):.6g} (reference {s['metric_reference']:.6g}, "
-            f"{s.get('backoffs', 0)} backoff(s))"
+            f"{shown(found['pass'])}: allocation within budget {_g(s.get('budget', 0))} — metric "
+            f"{_g(s.get('metric_before', 0))} → predicted {_g(s.get('metric_predicted', 0))}, "
+            f"measured {_g(s.get('metric_after', 0))} (reference {_g(s['metric_reference'])}, "
+            f"{shown(s.get('backoffs', 0))} backoff(s))"
         )
         table = _table(title, ["layer", what, "predicted drop", "bytes after"])
         for row in found["layers"]:
             drop = row["predicted_drop"]
+            after = row["bytes_after"]
             table.add_row(
-                row["layer"],
-                f"{row['target']:g}",
-                "fixed" if drop is None else f"{drop:.6g}",
-                "" if row["bytes_after"] is None else f"{row['bytes_after']:,}",
+                shown(row["layer"]),
+                _g(row["target"], "g"),
+                "fixed" if drop is None else _g(drop),
+                "" if after is None else _g(after, ","),
             )
         _print_table(table, title)
+
+
+def _g(value: Any, spec: str = ".6g") -> str:
+    """A report number formatted with ``spec``; anything else (a file may hold text there) as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return format(value, spec)
+        except (ValueError, OverflowError):
+            pass
+    return shown(value)
 
 
 def write_png(analysis: Analysis, path: Path, *, title: str = "") -> None:
