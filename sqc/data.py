@@ -132,9 +132,9 @@ def _check_npy_header(path: Path, archive: zipfile.ZipFile, member: zipfile.ZipI
             header = stream.tell()
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: {key} is not a plain array ({first})") from None
+        raise DataError(f"{path}: not a plain array file ({key}: {first})") from None
     if dtype.hasobject:
-        raise DataError(f"{path}: {key} holds Python objects (a pickle); sqc reads plain arrays only")
+        raise DataError(f"{path}: not a plain array file ({key} holds Python objects: a pickle)")
     need = math.prod(shape) * dtype.itemsize
     if header + need != member.file_size:
         raise DataError(
