@@ -18,8 +18,10 @@ mean the same thing everywhere:
   and the module holding ``a.b``), and no two names with the same :func:`identifier` (the C and HLS
   targets' mapping).
 
-A real PyTorch model always passes (``nn.Module`` itself refuses such attribute names), except for
-non-ASCII attribute names, which are refused with the name.
+A model built by ordinary attribute assignment passes (``nn.Module`` refuses its own attribute names
+for submodules), except for non-ASCII attribute names, which are refused with the name; names given
+through ``add_module`` (``"a-b"``, ``"class"``) and ``GraphModule``'s own names at the root (which fx
+cannot run anyway) are refused the same way.
 """
 
 from __future__ import annotations

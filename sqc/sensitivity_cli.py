@@ -12,7 +12,9 @@ does not import :mod:`sqc.cli` before that module has finished loading.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,6 +23,7 @@ from rich.text import Text
 
 from sqc.display import shown
 from sqc.errors import SqcError
+from sqc.outputs import write_atomic
 
 if TYPE_CHECKING:
     from sqc.passes.sensitivity import Analysis
@@ -87,8 +90,18 @@ def sensitivity_command(
     ] = 0,
 ) -> None:
     """Per-layer metric and coded bytes vs sparsity and bits, each layer alone (a table and a PNG)."""
-    from sqc.cli import _parse_shapes, err
+    from importlib.util import find_spec
 
+    from sqc.cli import _parse_shapes, err
+    from sqc.outputs import check_output
+
+    picture = None if no_png else (png or Path(f"{model.stem}.sensitivity.png"))
+    if picture is not None and png is None and find_spec("matplotlib") is None:
+        err.print(f"no picture drawn: matplotlib is not installed ({EXTRA_HINT})")
+        picture = None
+    inputs = [model, data]
+    if picture is not None:  # it replaces an earlier picture, never a link, a device or an input
+        check_output(picture, force=True, inputs=inputs)
     analysis = measure(
         model,
         data=data,
@@ -105,15 +118,8 @@ def sensitivity_command(
         executor=executor,
         workers=workers,
     )
-    picture = None if no_png else (png or Path(f"{model.stem}.sensitivity.png"))
     if picture is not None:
-        try:
-            write_png(analysis, picture, title=model.name)
-        except SqcError:
-            if png is not None:
-                raise
-            err.print(f"no picture drawn: matplotlib is not installed ({EXTRA_HINT})", markup=False)
-            picture = None
+        write_png(analysis, picture, title=model.name, inputs=inputs)
     if as_json:
         print(json.dumps({**analysis.to_json(), "model": str(model)}, indent=2))
         return
@@ -278,8 +284,11 @@ def _g(value: Any, spec: str = ".6g") -> str:
     return shown(value)
 
 
-def write_png(analysis: Analysis, path: Path, *, title: str = "") -> None:
-    """Draw the curves: metric and coded bytes vs sparsity (and vs bits), one line per layer."""
+def write_png(
+    analysis: Analysis, path: Path, *, title: str = "", inputs: Iterable[Path | None] = ()
+) -> None:
+    """Draw the curves: metric and coded bytes vs sparsity (and vs bits), one line per layer. The file
+    is written like every output (:func:`sqc.outputs.write_atomic`), replacing an earlier picture."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -313,10 +322,9 @@ def write_png(analysis: Analysis, path: Path, *, title: str = "") -> None:
         left.legend(fontsize="small")
     if title:
         figure.suptitle(f"sensitivity of {title}")
-    try:
-        figure.savefig(path, dpi=110, metadata={"Software": None})
-    except OSError as exc:
-        raise SqcError(f"{path}: cannot write the picture ({exc.strerror or exc})") from None
+    picture = io.BytesIO()
+    figure.savefig(picture, format="png", dpi=110, metadata={"Software": None})
+    write_atomic(path, picture.getvalue(), force=True, inputs=inputs)
 
 
 def register(app: typer.Typer) -> None:

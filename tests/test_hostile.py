@@ -600,6 +600,19 @@ def test_output_equal_to_an_input_is_refused(cli, workdir):
     assert sha(workdir / "s.sqc") == sqc_before
 
 
+def test_sensitivity_picture_is_an_output_like_any_other(cli, workdir):
+    """``sqc sensitivity`` replaces its own earlier picture, but never an input, a link or a FIFO, and
+    it says so before measuring anything."""
+    np.savez(workdir / "d.npz", **small_data())
+    run = ("sensitivity", "small.pt", *ARCH, "--data", "d.npz", "--sparsities", "0.5", "--bits", "4")
+    before = sha(workdir / "small.pt")
+    one_line_error(cli(*run, "--png", "small.pt"), "small.pt: is also an input")
+    one_line_error(cli(*run, "--png", "d.npz"), "d.npz: is also an input")
+    (workdir / "link.png").symlink_to(workdir / "small.pt")
+    one_line_error(cli(*run, "--png", "link.png"), "link.png: is a symbolic link")
+    assert sha(workdir / "small.pt") == before
+
+
 def test_symlinks_are_never_written_through(cli, workdir):
     outside = workdir / "outside.txt"
     outside.write_text("precious")
