@@ -48,8 +48,8 @@ class Dataset:
     y_val: torch.Tensor
     x_train: torch.Tensor | None = None
     y_train: torch.Tensor | None = None
-    source: str = "the data file"
-    """Where the tensors came from, for messages."""
+    source: str = ""
+    """The file the tensors came from, for messages ("" when built in memory)."""
 
     @property
     def classes(self) -> int:
@@ -210,8 +210,9 @@ def check_labels(data: Dataset, model: nn.Module) -> None:
             width = model(sample).shape[-1]
     except Exception as exc:  # the data meets the model here first: say which shape it could not take
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"{data.source}: " if data.source else ""
         raise DataError(
-            f"{data.source}: the model cannot take x_val samples of shape {tuple(sample.shape[1:])} "
+            f"{where}the model cannot take x_val samples of shape {tuple(sample.shape[1:])} "
             f"({' '.join(first.split())[:200]})"
         ) from None
     if data.classes > width:
