@@ -63,8 +63,8 @@ def _ident(name: str) -> str:
 
 def _unique_declarations(rom: list[str]) -> None:
     """Refuse to emit a project in which two ROM objects got one identifier (it would not compile,
-    or worse, link one layer's weights into another): the name rule prevents it for tensor names, and
-    this checks the whole namespace, node-derived names included."""
+    while ``lower`` reported success): the name rule prevents it for tensor names, and this checks the
+    whole namespace, node-derived names included."""
     seen: set[str] = set()
     for declaration in rom:
         found = _DECLARED.match(declaration)
