@@ -1,7 +1,8 @@
 """The ``.sqc`` container: header, section table, graph, tensors, report (``FORMAT.md`` specifies it).
 
-Writing is deterministic (same IR -> same bytes) and atomic (temp file in the target directory, fsync,
-rename; an existing file is only replaced with ``force``). Reading validates the magic, the version,
+Writing is deterministic (same IR -> same bytes) and atomic (:func:`sqc.outputs.write_atomic`: temp
+file in the target directory, fsync, rename; an existing regular file is only replaced with ``force``,
+a symlink or special file never). Reading validates the magic, the version,
 every length and offset, and a CRC32 per section before anything is decoded; the header bytes the
 table CRC does not cover (magic, version, section count) are covered by a CRC stored in the graph
 section, so every single-bit flip anywhere in a file is detected. The reader's memory and time are
@@ -12,12 +13,9 @@ warrants.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +50,8 @@ from sqc.formats.tensor_codec import (
     encode_tensor_cached,
 )
 from sqc.ir import MAX_INPUT_ELEMENTS, CompressedModel, InputSpec, PassRecord, TensorState
+from sqc.names import name_problem, names_problem, shown_name
+from sqc.outputs import write_atomic
 
 MAGIC = b"\x89SQC\r\n\x1a\n"
 VERSION = (1, 3)
@@ -125,8 +125,6 @@ cannot make the reader allocate gigabytes. Real files stay far below it: dense c
 bit per element, a 99.9 %-pruned Huffman-coded layer about a byte per 400 elements, and biases and
 BatchNorm parameters are stored whole. Only a file with almost nothing left in it (99.99 % pruning of
 a model without biases) could exceed it; :func:`serialize` refuses to write such a file."""
-MAX_NAME, MAX_NAME_PARTS = 1024, 64
-
 __all__ = [
     "SqcFormat",
     "assemble",
@@ -182,10 +180,9 @@ def element_budget(size: int) -> int:
 def serialize(model: CompressedModel) -> bytes:
     """The whole file as bytes (deterministic)."""
     names = list(model.tensors)
-    for name in names:
-        problem = _name_problem(name)
-        if problem:
-            raise SqcError(f"tensor name {name!r} cannot be stored: {problem}")
+    clash = names_problem(names)
+    if clash is not None:
+        raise SqcError(f"tensor name {shown_name(clash[0])} cannot be stored: {clash[1]}")
     index = {name: i for i, name in enumerate(names)}
     features: set[str] = set()
     nodes = graph_nodes(model.graph_module, index, features)
@@ -213,7 +210,12 @@ def serialize(model: CompressedModel) -> bytes:
     for i, name in enumerate(names):
         codec, payload, _ = encode_tensor_cached(model.tensors[name])
         bodies.append((KIND_TENSOR, codec, i, payload))
-    report = json.dumps([r.to_json() for r in model.report], separators=(",", ":"), sort_keys=True)
+    records = [r.to_json() for r in model.report]
+    for record in records:
+        problem = report_problem(record)
+        if problem:
+            raise SqcError(f"pass {brief(record.get('spec'))} reported what a file cannot hold: {problem}")
+    report = json.dumps(records, separators=(",", ":"), sort_keys=True)
     report_bytes = _deflate_preset(report.encode("utf-8"), PRESET_DICTIONARY)
     bodies.append((KIND_REPORT, JSON_PRESET, NO_TENSOR, report_bytes))
     data = assemble(bodies, version)
@@ -300,30 +302,6 @@ def save(model: CompressedModel, path: Path, *, force: bool = False) -> int:
     data = serialize(model)
     write_atomic(path, data, force=force)
     return len(data)
-
-
-def write_atomic(path: Path, data: bytes, *, force: bool = False) -> None:
-    """Temp file beside ``path``, fsync, then rename: a reader never sees half a file."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise SqcError(f"{path}: already exists (use --force to replace it)")
-    if path.is_dir():
-        raise SqcError(f"{path}: is a directory")
-    if not path.parent.exists():
-        raise SqcError(f"{path.parent}: no such directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if not force and path.exists():
-            raise SqcError(f"{path}: already exists (use --force to replace it)")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -456,19 +434,10 @@ def _is_int(value: Any, low: int, high: int) -> bool:
 
 
 def _name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a tensor name, or None. fx quotes a name part that is not an identifier
-    inside ``getattr(self, "...")`` in generated source, so a quote, a backslash or a control character
-    would let a file inject code; an empty part is not a module attribute."""
-    if not 0 < len(name) <= MAX_NAME:
-        return f"length {len(name)} outside 1..{MAX_NAME}"
-    parts = name.split(".")
-    if len(parts) > MAX_NAME_PARTS:
-        return f"more than {MAX_NAME_PARTS} components"
-    if any(not part for part in parts):
-        return "an empty component"
-    if not name.isprintable() or '"' in name or "\\" in name:
-        return "a quote, backslash or control character"
-    return None
+    """Why ``name`` cannot be a tensor name, or None: the shared rule of :mod:`sqc.names` (ASCII
+    identifier parts, no keyword, dunder or module attribute), which also keeps quotes, backslashes and
+    control characters out of the source fx generates."""
+    return name_problem(name)
 
 
 def _check_meta(doc: Any, offset: int) -> dict[str, Any]:
@@ -502,11 +471,14 @@ def _check_meta(doc: Any, offset: int) -> dict[str, Any]:
             raise bad(f"malformed tensor entry {brief(entry)}")
         problem = _name_problem(entry[0])
         if problem:
-            raise bad(f"tensor name {brief(entry[0])} has {problem}")
+            raise bad(f"tensor name {brief(entry[0])}: {problem}")
         numel = math.prod(entry[1])
         if numel > (1 << 34):
             raise bad(f"tensor {brief(entry[0])} claims {numel} elements")
         seen.add(entry[0])
+    clash = names_problem(entry[0] for entry in tensors)
+    if clash is not None:
+        raise bad(f"tensor name {brief(clash[0])}: {clash[1]}")
     input_elements = 0
     for entry in inputs:
         if not (
@@ -560,21 +532,53 @@ def _check_header_crc(meta: dict[str, Any], count: int, version: tuple[int, int]
         raise SqcFormatError("header checksum mismatch: the version or section count bytes are corrupt", 0)
 
 
-def _check_report(doc: Any, offset: int) -> list[PassRecord]:
-    def ok(obj: Any) -> bool:
-        return (
-            isinstance(obj, dict)
-            and isinstance(obj.get("spec"), str)
-            and isinstance(obj.get("changed"), bool)
-            and isinstance(obj.get("stats", {}), dict)
-            and isinstance(obj.get("layers", {}), dict)
-            and all(isinstance(v, dict) for v in obj.get("layers", {}).values())
-            and isinstance(obj.get("diagnostics", []), list)
-            and all(isinstance(v, str) for v in obj.get("diagnostics", []))
-        )
+MAX_REPORT_TEXT = 4096
+"""The longest string a report may hold (a key, a spec, a value, a diagnostic): sqc's are < 300."""
 
-    if not isinstance(doc, list) or not all(ok(obj) for obj in doc):
+
+def _scalar(value: Any) -> bool:
+    """A report value: a boolean, a 64-bit integer, a float (NaN included: a metric may be), or text."""
+    if isinstance(value, (bool, float)):
+        return True
+    if isinstance(value, int):
+        return -(1 << 63) <= value < (1 << 64)
+    return isinstance(value, str) and len(value) <= MAX_REPORT_TEXT
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_REPORT_TEXT
+
+
+def report_problem(obj: Any) -> str | None:
+    """Why one pass record (``PassRecord.to_json()``) cannot be stored or read, or None. Reader and
+    writer agree: every stats value, and every value of a layer's row, is a scalar that prints (a list,
+    an object or a 400-digit number where ``inspect`` formats a number used to crash it)."""
+    if not isinstance(obj, dict) or not _text(obj.get("spec")) or not isinstance(obj.get("changed"), bool):
+        return "a record without a spec or changed flag"
+    stats, layers, notes = obj.get("stats", {}), obj.get("layers", {}), obj.get("diagnostics", [])
+    if not isinstance(stats, dict) or not isinstance(layers, dict) or not isinstance(notes, list):
+        return "stats, layers or diagnostics of the wrong type"
+    for key, value in stats.items():
+        if not _text(key) or not _scalar(value):
+            return f"stats entry {brief(key)} = {brief(value)} is not a number or short text"
+    for layer, row in layers.items():
+        if not _text(layer) or not isinstance(row, dict):
+            return f"layer entry {brief(layer)} is not an object"
+        for key, value in row.items():
+            if not _text(key) or not _scalar(value):
+                return f"layer {brief(layer)}: {brief(key)} = {brief(value)} is not a number or short text"
+    if not all(_text(line) for line in notes):
+        return "a diagnostic that is not short text"
+    return None
+
+
+def _check_report(doc: Any, offset: int) -> list[PassRecord]:
+    if not isinstance(doc, list):
         raise SqcFormatError("report section is malformed", offset)
+    for number, obj in enumerate(doc):
+        problem = report_problem(obj)
+        if problem:
+            raise SqcFormatError(f"report section is malformed: pass #{number + 1}: {problem}", offset)
     return [PassRecord.from_json(obj) for obj in doc]
 
 

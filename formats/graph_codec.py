@@ -289,7 +289,7 @@ def decode_graph(
     def keywords(kwargs: dict[str, Any], position: int) -> dict[str, Any]:
         # fx writes ``key = value`` into the generated source: a key must be a plain identifier.
         for key in kwargs:
-            if not key.isidentifier() or keyword.iskeyword(key):
+            if not (key.isascii() and key.isidentifier()) or keyword.iskeyword(key):  # NFKC: ｉｎ reads as in
                 raise bad(f"node #{position}: keyword argument name {brief(key)} is not an identifier")
         return {k: arg(v) for k, v in kwargs.items()}
 

@@ -220,6 +220,8 @@ def inspect(target: str | Path | Artifact, **model_options: Any) -> dict[str, An
     if isinstance(target, Artifact):
         return inspect_container(target.to_bytes(), "<in memory>")
     path = Path(target)
+    if path.is_dir():
+        raise SqcError(f"{path}: is a directory")
     if path.suffix == ".sqc" or _has_magic(path):
         return inspect_container(path.read_bytes(), str(path))
     return inspect_model(path, **model_options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import types
 import typing
@@ -17,10 +18,12 @@ from typing import Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from sqc.display import SafeConsole, shown
 from sqc.errors import PipelineError, SqcError
+from sqc.outputs import check_output, refuse_input
 from sqc.sensitivity_cli import register as register_sensitivity
 
 app = typer.Typer(
@@ -31,9 +34,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Off a terminal, print plain text at a width that never truncates a column.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Off a terminal, print plain text at a width that never truncates a column. Nothing printed is read
+# as markup, and control characters are escaped: much of what sqc prints comes from files.
+out = SafeConsole(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+err = SafeConsole(stderr=True, soft_wrap=True)
 
 
 def _parse_shape(text: str) -> Any:
@@ -51,7 +55,25 @@ def _examples(input_shape: list[str] | None, example_inputs: Path | None) -> Any
         from sqc.frontend import read_example_inputs
 
         return read_example_inputs(example_inputs)
-    return [_parse_shape(s) for s in input_shape] if input_shape else None
+    return _parse_shapes(input_shape)
+
+
+def _parse_shapes(texts: list[str] | None) -> list[Any] | None:
+    """Every ``--input-shape``, together at most ``MAX_INPUT_ELEMENTS`` elements (checked before a
+    random example of that shape is allocated)."""
+    from sqc.ir import MAX_INPUT_ELEMENTS
+
+    if not texts:
+        return None
+    specs = [_parse_shape(text) for text in texts]
+    total = sum(math.prod(spec.shape) for spec in specs)
+    if total > MAX_INPUT_ELEMENTS:
+        given = " ".join(texts)
+        raise SqcError(
+            f"--input-shape {given}: {total:,} elements, more than the {MAX_INPUT_ELEMENTS:,} an example "
+            "input may have"
+        )
+    return specs
 
 
 def _table(title: str, columns: list[str]) -> Table:
@@ -215,8 +237,7 @@ def compress(
     given = {"tolerance": tolerance, "seed": seed, "distill": distill, "weight_decay": weight_decay}
     settings = {**(recipe_settings(recipe) if recipe is not None else {})}
     settings.update({k: v for k, v in given.items() if v is not None})
-    if output.exists() and not force:
-        raise SqcError(f"{output}: already exists (use --force to replace it)")
+    check_output(output, force=force, inputs=[model, data, recipe])
     shapes = _examples(input_shape, example_inputs)
     rows: list[dict[str, Any]] = []
 
@@ -230,7 +251,7 @@ def compress(
                 f"{_summary(result.stats)} ({seconds:.2f} s)"
             )
             for line in result.diagnostics:
-                err.print(f"  warning: {line}")
+                err.print(f"  warning: {shown(line)}")
 
     status = err.status("compressing…", spinner="dots") if err.is_terminal and not as_json else None
     with status if status is not None else contextlib.nullcontext():
@@ -244,7 +265,7 @@ def compress(
             strict=not no_strict,
             on_note=lambda note: err.print(f"warning: {note}", markup=False),
             verify=not no_verify,
-            progress=status.update if status is not None else None,
+            progress=(lambda text: status.update(Text(shown(text)))) if status is not None else None,
             on_pass=on_pass,
             data=data,
             evaluate=resolve_callable(eval_fn, "--eval") if eval_fn else None,  # type: ignore[arg-type]
@@ -276,7 +297,7 @@ def compress(
             f"wrote {output}: {size:,} bytes ({_human(size)}), "
             f"{fp32 / size:.1f}x smaller than fp32 ({_human(fp32)})"
         )
-        out.print(f"pipeline: {artifact.pipeline}")
+        out.print(f"pipeline: {shown(artifact.pipeline)}")
 
 
 def _summary(stats: dict[str, Any]) -> str:
@@ -343,7 +364,7 @@ def _render_model(info: dict[str, Any]) -> None:
     total = info["totals"]
     for row in info["layers"]:
         table.add_row(
-            row["layer"],
+            shown(row["layer"]),
             f"{row['params']:,}",
             f"{row['bytes']:,}",
             f"{row['flops']:,}",
@@ -372,7 +393,7 @@ def _render_container(info: dict[str, Any]) -> None:
     table = _table(f"{info['file']} — {info['size']:,} bytes", columns)
     for row in info["layers"]:
         table.add_row(
-            row["layer"],
+            shown(row["layer"]),
             f"{row['params']:,}",
             f"{row['macs']:,}" if "macs" in row else "",
             f"{row['density']:.1%}",
@@ -420,7 +441,7 @@ def _render_container(info: dict[str, Any]) -> None:
         style="bold",
     )
     _print_table(table, f"{info['file']}: {info['size']:,} bytes, format {info['version']}")
-    out.print(f"pipeline: {info['pipeline']}")
+    out.print(f"pipeline: {shown(info['pipeline'])}")
     from sqc.sensitivity_cli import render_allocations
 
     render_allocations(info["passes"])
@@ -441,6 +462,7 @@ def decompress(
     from sqc.targets.pytorch import write_model
 
     kind = fmt or ("export" if output.suffix == ".pt2" else "module")
+    check_output(output, force=force, inputs=[path])
     size = write_model(path, output, kind, force=force)
     out.print(f"wrote {output}: {size:,} bytes ({kind})")
 
@@ -468,6 +490,7 @@ def lower(
     if entry is None:
         raise SqcError(f"unknown target {target!r} (known: {', '.join(entries('sqc.targets'))})")
     lowering = entry.load()
+    refuse_input(output, [path, calib])  # whatever the target writes there, never over an input
     extra: dict[str, Any] = {}
     if calib is not None or option:
         if not getattr(lowering, "takes_options", False):
@@ -481,7 +504,7 @@ def lower(
         return
     if "summary" in result:  # a target that renders its own report (hls)
         for line in result["summary"]:
-            out.print(line)
+            out.print(shown(line))
         return
     if "rom_bytes" not in result:
         out.print(f"wrote {output}: {result['bytes']:,} bytes (target {target})")
@@ -491,7 +514,7 @@ def lower(
     rom = f"ROM {result['rom_bytes']:,} bytes (weights {result['rom_weight_bytes']:,})"
     out.print(f"{rom}; RAM {result['ram_bytes']:,} bytes ({ram})")
     for line in result.get("notes", []):
-        out.print(f"note: {line}")
+        out.print(f"note: {shown(line)}")
     acc = result.get("accuracy")
     if acc:
         agree = acc["top1_agreement"]
@@ -562,7 +585,7 @@ register_sensitivity(app)
 
 def _print_caret(source: str, column: int) -> None:
     """Show the pipeline text with a caret under the faulty column (after the one-line error)."""
-    if "\n" in source or len(source) > 400:
+    if "\n" in source or len(source) > 400 or shown(source) != source:
         return
     err.print(f"  {source}", markup=False, highlight=False, soft_wrap=True)
     err.print(f"  {' ' * column}^", markup=False, highlight=False, soft_wrap=True)
@@ -574,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command.main(args=argv if argv is not None else sys.argv[1:], prog_name="sqc", standalone_mode=False)
     except SqcError as exc:
-        err.print(f"sqc: error: {' '.join(str(exc).split())}", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"sqc: error: {shown(' '.join(str(exc).split()))}", soft_wrap=True)
         if isinstance(exc, PipelineError) and exc.source is not None and exc.column is not None:
             _print_caret(exc.source, exc.column)
         return 1
@@ -583,8 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # click/typer usage errors
-            message = " ".join(str(exc.format_message()).split())
-            err.print(f"sqc: error: {message}", markup=False, highlight=False, soft_wrap=True)
+            message = shown(" ".join(str(exc.format_message()).split()))
+            err.print(f"sqc: error: {message}", soft_wrap=True)
             return 1 if exc.exit_code else 0
         raise
     return 0

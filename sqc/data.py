@@ -9,6 +9,10 @@ metric's own units); a user's fine-tuner is ``fn(model, epochs)`` and trains in 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import math
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,13 @@ from sqc.training import DivergenceGuard
 Evaluator = Callable[[nn.Module], float]
 FineTuner = Callable[[nn.Module, int], None]
 
+DATA_BASE, DATA_RATIO = 64 << 20, 32
+"""A data file of ``n`` bytes may hold at most ``DATA_BASE + DATA_RATIO * n`` bytes of arrays, as its
+zip directory declares them (checked before anything is inflated). ``np.savez_compressed`` of real
+data compresses 2-12x (MNIST as float32: 12x); a deflate bomb ~1000x (584 KB that became 7-10 GB)."""
+LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+"""Label dtypes torch can compare and index with (it lacks min/max for uint16/32/64)."""
+
 
 class DataError(SqcError):
     """A data file is missing, unreadable, or does not hold what the contract says."""
@@ -37,6 +48,8 @@ class Dataset:
     y_val: torch.Tensor
     x_train: torch.Tensor | None = None
     y_train: torch.Tensor | None = None
+    source: str = ""
+    """The file the tensors came from, for messages ("" when built in memory)."""
 
     @property
     def classes(self) -> int:
@@ -49,8 +62,11 @@ def load_data(path: Path) -> Dataset:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such data file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
     arrays: dict[str, torch.Tensor] = {}
     try:
+        check_archive(path)
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
                 for key in archive.files:
@@ -70,7 +86,81 @@ def load_data(path: Path) -> Dataset:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot read data ({first})") from None
+    for key, value in arrays.items():
+        _check_tensor(path, key, value)
     return _validate(path, arrays)
+
+
+def check_archive(path: Path) -> None:
+    """Refuse a zip (``.npz``, or the zip inside a ``.pt``) that would inflate past its allowance
+    (:data:`DATA_BASE`, :data:`DATA_RATIO`), and an ``.npy`` member whose header declares another size
+    than the member has, before anything is inflated or allocated (numpy allocates the header's shape
+    first). A file that is not a zip is left to the loader."""
+    if not zipfile.is_zipfile(path):
+        return
+    limit = DATA_BASE + DATA_RATIO * path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            declared = sum(m.file_size for m in members)
+            if declared > limit:
+                raise DataError(
+                    f"{path}: its arrays would inflate to {declared:,} bytes, more than a file of "
+                    f"{path.stat().st_size:,} bytes may ({limit:,}): a decompression bomb?"
+                )
+            if path.suffix == ".npz":
+                for member in members:
+                    if member.filename.endswith(".npy"):
+                        _check_npy_header(path, archive, member)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable zip archive ({exc})") from None
+
+
+def _check_npy_header(path: Path, archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> None:
+    """The ``.npy`` header of one member (a few bytes inflated) against the member's declared size."""
+    fmt = np.lib.format
+    key = member.filename.removesuffix(".npy")
+    try:
+        with archive.open(member) as stream:
+            version = fmt.read_magic(stream)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(stream)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+            header = stream.tell()
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: not a plain array file ({key}: {first})") from None
+    if dtype.hasobject:
+        raise DataError(f"{path}: not a plain array file ({key} holds Python objects: a pickle)")
+    need = math.prod(shape) * dtype.itemsize
+    if header + need != member.file_size:
+        raise DataError(
+            f"{path}: {key} declares shape {tuple(shape)} of {dtype} ({need:,} bytes) but holds "
+            f"{max(0, member.file_size - header):,} bytes"
+        )
+
+
+def _check_tensor(path: Path, key: str, value: torch.Tensor) -> None:
+    """A loaded tensor must be ordinary data: dense, on the CPU, and no larger than the bytes behind
+    it. A stride-0 view (``torch.zeros(1).expand(2**24, 64)``: 1.9 KB in a ``.pt``) would otherwise
+    become gigabytes the moment it is converted to float32."""
+    if value.layout != torch.strided or value.is_nested:
+        layout = str(value.layout).removeprefix("torch.")
+        raise DataError(f"{path}: {key} is a {layout} tensor, expected a dense one")
+    if value.device.type != "cpu":
+        raise DataError(f"{path}: {key} is a {value.device.type} tensor (no data), expected one on the CPU")
+    if value.is_quantized:
+        raise DataError(f"{path}: {key} is a quantized tensor, expected plain numbers")
+    logical = value.numel() * value.element_size()
+    behind = value.untyped_storage().nbytes() - value.storage_offset() * value.element_size()
+    if logical > behind or any(st == 0 and n > 1 for st, n in zip(value.stride(), value.shape, strict=True)):
+        raise DataError(
+            f"{path}: {key} is a view of shape {tuple(value.shape)} over {max(0, behind):,} bytes "
+            f"(strides {tuple(value.stride())}): it would expand to {logical:,} bytes"
+        )
 
 
 def _validate(path: Path, arrays: dict[str, torch.Tensor]) -> Dataset:
@@ -93,6 +183,10 @@ def _validate(path: Path, arrays: dict[str, torch.Tensor]) -> Dataset:
         if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
             got = f"{y.dtype} {tuple(y.shape)}"
             raise DataError(f"{path}: {yk} must be a 1-D integer label vector, got {got}")
+        if y.dtype not in LABEL_DTYPES:
+            names = ", ".join(str(d).removeprefix("torch.") for d in LABEL_DTYPES)
+            dtype = str(y.dtype).removeprefix("torch.")
+            raise DataError(f"{path}: {yk} has dtype {dtype}, expected one of {names}")
         if y.shape[0] != x.shape[0]:
             raise DataError(f"{path}: {xk} has {x.shape[0]} samples but {yk} has {y.shape[0]}")
         if int(y.min()) < 0:
@@ -101,13 +195,26 @@ def _validate(path: Path, arrays: dict[str, torch.Tensor]) -> Dataset:
         if not bool(torch.isfinite(xf).all()):
             raise DataError(f"{path}: {xk} contains NaN or Inf")
         out[xk], out[yk] = xf, y.to(torch.int64)
-    return Dataset(out["x_val"], out["y_val"], out.get("x_train"), out.get("y_train"))
+    if "x_train" in out and out["x_train"].shape[1:] != out["x_val"].shape[1:]:
+        train, val = tuple(out["x_train"].shape[1:]), tuple(out["x_val"].shape[1:])
+        raise DataError(f"{path}: x_train samples have shape {train} but x_val samples {val}")
+    return Dataset(out["x_val"], out["y_val"], out.get("x_train"), out.get("y_train"), str(path))
 
 
 def check_labels(data: Dataset, model: nn.Module) -> None:
     """Labels must index the model's outputs: a label >= the number of classes is an error."""
-    with torch.no_grad():
-        width = model(data.x_val[:1]).shape[-1]
+    sample = data.x_val[:1]
+    try:
+        # fx prints the generated source around a failing line to stderr itself: the message is enough
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            width = model(sample).shape[-1]
+    except Exception as exc:  # the data meets the model here first: say which shape it could not take
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"{data.source}: " if data.source else ""
+        raise DataError(
+            f"{where}the model cannot take x_val samples of shape {tuple(sample.shape[1:])} "
+            f"({' '.join(first.split())[:200]})"
+        ) from None
     if data.classes > width:
         raise DataError(f"labels go up to {data.classes - 1} but the model has {width} outputs")
 

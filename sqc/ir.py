@@ -21,6 +21,7 @@ import torch
 from torch import fx
 
 from sqc.errors import VerifyError
+from sqc.names import check_names
 
 Role = Literal["weight", "param", "buffer"]
 Coder = Literal["raw", "huffman", "rans"]
@@ -415,6 +416,11 @@ class CompressedModel:
     """Tied tensors: another name of a tensor -> the name of its record (GPT-2's ``lm_head.weight`` ->
     ``transformer.wte.weight``). The tensor is stored and compressed once; the graph reads it by its
     record's name, and the restored module holds the one parameter under both names, still tied."""
+
+    def __post_init__(self) -> None:
+        # Names are checked once, here, against the rule every reader and target shares: a name that
+        # reads differently in fx's source, nn.Module or a C identifier gives a silently different model.
+        check_names(self.tensors)
 
     def weights(self, pattern: str = "*") -> Iterator[TensorState]:
         """Compressible weight tensors (conv/linear kernels) whose name or layer matches the glob."""

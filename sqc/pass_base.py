@@ -13,6 +13,7 @@ as ``huffman,share`` before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -250,30 +251,54 @@ def coerce(annotation: Any, value: Any, option: str) -> Any:
         if text in ("false", "0", "no", "off"):
             return False
         raise OptionError(option, f"{value!r} is not a boolean (true/false)")
+    # Values come from pipeline text (str) or a TOML recipe (any TOML type): anything but the
+    # scalars an option can be (a list, a table, a date, inf where an integer goes) is refused here,
+    # naming the option, instead of reaching int()/float() and escaping as a traceback.
     if annotation is int:
-        if isinstance(value, bool):
-            raise OptionError(option, f"{value!r} is not an integer")
-        try:
-            return int(str(value), 0) if isinstance(value, str) else int(value)
-        except ValueError:
-            raise OptionError(option, f"{value!r} is not an integer") from None
+        if isinstance(value, str):
+            try:
+                return int(value, 0)
+            except ValueError:
+                raise OptionError(option, f"{_shown(value)} is not an integer") from None
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        if type(value) is not int:
+            raise OptionError(option, f"{_shown(value)} is not an integer")
+        return value
     if annotation is float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise OptionError(option, f"{value!r} is not a number") from None
-        if number != number or number in (float("inf"), float("-inf")):
-            raise OptionError(option, f"{value!r} is not a finite number")
-        return number
+        return _number(value, option)
     if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise OptionError(option, f"{_shown(value)} is not text")
         return str(value)
     raise OptionError(option, f"unsupported option type {annotation!r}")
+
+
+def _number(value: Any, option: str, what: str = "") -> float:
+    """A finite float from text or a TOML number (not a boolean, list or table)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise OptionError(option, f"{_shown(value)}{what} is not a number")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise OptionError(option, f"{_shown(value)}{what} is not a number") from None
+    if not math.isfinite(number):
+        raise OptionError(option, f"{_shown(value)}{what} is not a finite number")
+    return number
+
+
+def _shown(value: Any) -> str:
+    """An option value for a message: its repr, cut short (a recipe may hold anything)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_layer_map(value: Any, option: str) -> LayerMap:
     """``fc1:0.92;fc3:0.74`` (or a TOML table) -> ``(("fc1", 0.92), ("fc3", 0.74))``."""
     if isinstance(value, dict):
         items = list(value.items())
+    elif not isinstance(value, str):
+        raise OptionError(option, f"{_shown(value)} is not a layer:value table")
     else:
         items = []
         for part in filter(None, (p.strip() for p in str(value).split(";"))):
@@ -281,13 +306,7 @@ def parse_layer_map(value: Any, option: str) -> LayerMap:
             if not sep or not key:
                 raise OptionError(option, f"{part!r} is not layer:value")
             items.append((key.strip(), number))
-    out = []
-    for key, number in items:
-        try:
-            out.append((str(key), float(number)))
-        except ValueError:
-            raise OptionError(option, f"{number!r} for layer {key} is not a number") from None
-    return tuple(out)
+    return tuple((str(key), _number(number, option, f" for layer {key}")) for key, number in items)
 
 
 def format_value(value: Any) -> str:

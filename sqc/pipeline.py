@@ -112,15 +112,34 @@ RECIPE_SETTINGS: dict[str, type] = {"distill": float, "weight_decay": float, "to
 """Run settings a recipe may fix in its ``[compress]`` table (the CLI options of the same names)."""
 
 
+MAX_RECIPE = 1 << 20
+"""A recipe is a few hundred bytes; a larger file is not one (and is not read into memory whole)."""
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """The TOML document of a recipe file; every problem (missing, a directory, unreadable, too large,
+    not UTF-8 or not TOML) is one :class:`PipelineError` naming the file."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_RECIPE + 1)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: recipe file not found") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: is a directory, not a recipe file") from None
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read the recipe ({exc.strerror})") from None
+    if len(raw) > MAX_RECIPE:
+        raise PipelineError(f"{path}: larger than {MAX_RECIPE} bytes: not a recipe")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise PipelineError(f"{path}: not a valid TOML recipe: {exc}") from None
+
+
 def recipe_settings(path: Path) -> dict[str, Any]:
     """The ``[compress]`` table of a TOML recipe: settings of the run that belong with its passes
     (``distill``, ``weight_decay``, ``tolerance``, ``seed``), so a recipe file reproduces a result alone."""
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: recipe file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"{path}: not a valid TOML recipe: {exc}") from None
+    data = read_recipe(Path(path))
     table = data.get("compress", {})
     if not isinstance(table, dict):
         raise PipelineError(f"{path}: [compress] must be a table")
@@ -177,17 +196,14 @@ class Pipeline:
     @classmethod
     def from_recipe(cls, path: Path) -> Pipeline:
         """A TOML recipe: ``[[pass]]`` tables with ``name`` and options, in order."""
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PipelineError(f"{path}: recipe file not found") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise PipelineError(f"{path}: not a valid TOML recipe: {exc}") from None
+        data = read_recipe(Path(path))
         tables = data.get("pass")
         if not isinstance(tables, list) or not tables:
             raise PipelineError(f"{path}: a recipe needs one or more [[pass]] tables")
         built: list[Pass] = []
         for index, table in enumerate(tables, 1):
+            if not isinstance(table, dict):
+                raise PipelineError(f"{path}: pass #{index} is not a table (write it as [[pass]])")
             options: dict[str, Any] = dict(table)
             name = options.pop("name", None)
             if not isinstance(name, str):

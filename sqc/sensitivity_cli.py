@@ -12,13 +12,18 @@ does not import :mod:`sqc.cli` before that module has finished loading.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.text import Text
 
+from sqc.display import shown
 from sqc.errors import SqcError
+from sqc.outputs import write_atomic
 
 if TYPE_CHECKING:
     from sqc.passes.sensitivity import Analysis
@@ -85,14 +90,24 @@ def sensitivity_command(
     ] = 0,
 ) -> None:
     """Per-layer metric and coded bytes vs sparsity and bits, each layer alone (a table and a PNG)."""
-    from sqc.cli import _parse_shape, err
+    from importlib.util import find_spec
 
+    from sqc.cli import _parse_shapes, err
+    from sqc.outputs import check_output
+
+    picture = None if no_png else (png or Path(f"{model.stem}.sensitivity.png"))
+    if picture is not None and png is None and find_spec("matplotlib") is None:
+        err.print(f"no picture drawn: matplotlib is not installed ({EXTRA_HINT})")
+        picture = None
+    inputs = [model, data]
+    if picture is not None:  # it replaces an earlier picture, never a link, a device or an input
+        check_output(picture, force=True, inputs=inputs)
     analysis = measure(
         model,
         data=data,
         eval_fn=eval_fn,
         arch=arch,
-        shapes=[_parse_shape(s) for s in input_shape] if input_shape else None,
+        shapes=_parse_shapes(input_shape),
         trust_pickle=trust_pickle,
         samples=samples,
         sparsities=sparsities,
@@ -103,15 +118,8 @@ def sensitivity_command(
         executor=executor,
         workers=workers,
     )
-    picture = None if no_png else (png or Path(f"{model.stem}.sensitivity.png"))
     if picture is not None:
-        try:
-            write_png(analysis, picture, title=model.name)
-        except SqcError:
-            if png is not None:
-                raise
-            err.print(f"no picture drawn: matplotlib is not installed ({EXTRA_HINT})", markup=False)
-            picture = None
+        write_png(analysis, picture, title=model.name, inputs=inputs)
     if as_json:
         print(json.dumps({**analysis.to_json(), "model": str(model)}, indent=2))
         return
@@ -182,14 +190,14 @@ def measure(
     status = err.status("measuring…", spinner="dots") if err.is_terminal and not quiet else None
     with status if status is not None else contextlib.nullcontext():
         ctx = PassContext(
-            progress=status.update if status is not None else None,
+            progress=(lambda text: status.update(Text(shown(text)))) if status is not None else None,
             evaluate=evaluate,  # type: ignore[arg-type]
             evaluate_subset=subset,
             executor=run_on,
         )
         result = sensitivity.run(ir, ctx)
     for line in result.diagnostics:
-        err.print(f"warning: {line}", markup=False)
+        err.print(f"warning: {shown(line)}")
     return cached_analysis(ctx)
 
 
@@ -219,7 +227,10 @@ def render(analysis: Analysis, where: str) -> None:
 
 def allocations(passes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The automatic allocations recorded in a report (``inspect``'s ``passes``): for every
-    ``prune{target=auto}`` / ``share{bits=auto}`` record, its metrics and per-layer choices."""
+    ``prune{target=auto}`` / ``share{bits=auto}`` record, its metrics and per-layer choices.
+
+    The report comes from a file: a value of the wrong kind (text where a number belongs) is shown as
+    it is rather than formatted as a number."""
     found = []
     for record in passes:
         stats = record.get("stats", {})
@@ -247,25 +258,37 @@ def render_allocations(passes: list[dict[str, Any]]) -> None:
         s = found["stats"]
         what = "sparsity" if found["pass"] == "prune" else "bits"
         title = (
-            f"{found['pass']}: allocation within budget {s.get('budget', 0):.6g} — metric "
-            f"{s.get('metric_before', 0):.6g} → predicted {s.get('metric_predicted', 0):.6g}, "
-            f"measured {s.get('metric_after', 0):.6g} (reference {s['metric_reference']:.6g}, "
-            f"{s.get('backoffs', 0)} backoff(s))"
+            f"{shown(found['pass'])}: allocation within budget {_g(s.get('budget', 0))} — metric "
+            f"{_g(s.get('metric_before', 0))} → predicted {_g(s.get('metric_predicted', 0))}, "
+            f"measured {_g(s.get('metric_after', 0))} (reference {_g(s['metric_reference'])}, "
+            f"{shown(s.get('backoffs', 0))} backoff(s))"
         )
         table = _table(title, ["layer", what, "predicted drop", "bytes after"])
         for row in found["layers"]:
             drop = row["predicted_drop"]
+            after = row["bytes_after"]
             table.add_row(
-                row["layer"],
-                f"{row['target']:g}",
-                "fixed" if drop is None else f"{drop:.6g}",
-                "" if row["bytes_after"] is None else f"{row['bytes_after']:,}",
+                shown(row["layer"]),
+                _g(row["target"], "g"),
+                "fixed" if drop is None else _g(drop),
+                "" if after is None else _g(after, ","),
             )
         _print_table(table, title)
 
 
-def write_png(analysis: Analysis, path: Path, *, title: str = "") -> None:
-    """Draw the curves: metric and coded bytes vs sparsity (and vs bits), one line per layer."""
+def _g(value: Any, spec: str = ".6g") -> str:
+    """A report number formatted with ``spec``; anything else (a file may hold text there) as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return format(value, spec)
+        except (ValueError, OverflowError):
+            pass
+    return shown(value)
+
+
+def write_png(analysis: Analysis, path: Path, *, title: str = "", inputs: Iterable[Path | None] = ()) -> None:
+    """Draw the curves: metric and coded bytes vs sparsity (and vs bits), one line per layer. The file
+    is written like every output (:func:`sqc.outputs.write_atomic`), replacing an earlier picture."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -299,10 +322,9 @@ def write_png(analysis: Analysis, path: Path, *, title: str = "") -> None:
         left.legend(fontsize="small")
     if title:
         figure.suptitle(f"sensitivity of {title}")
-    try:
-        figure.savefig(path, dpi=110, metadata={"Software": None})
-    except OSError as exc:
-        raise SqcError(f"{path}: cannot write the picture ({exc.strerror or exc})") from None
+    picture = io.BytesIO()
+    figure.savefig(picture, format="png", dpi=110, metadata={"Software": None})
+    write_atomic(path, picture.getvalue(), force=True, inputs=inputs)
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,6 +25,8 @@ import numpy as np
 
 from sqc.errors import SqcError
 from sqc.formats import rans
+from sqc.names import check_names, identifier
+from sqc.outputs import write_files
 from sqc.targets.integer import (
     Add,
     Affine,
@@ -55,7 +57,25 @@ def template(name: str) -> str:
 
 
 def _ident(name: str) -> str:
-    return "t_" + re.sub(r"[^0-9A-Za-z_]", "_", name)
+    """The C identifier stem of a tensor or node name (the mapping :mod:`sqc.names` checks names against)."""
+    return "t_" + identifier(name)
+
+
+def _unique_declarations(rom: list[str]) -> None:
+    """Refuse to emit a project in which two ROM objects got one identifier (it would not compile,
+    while ``lower`` reported success): the name rule prevents it for tensor names, and this checks the
+    whole namespace, node-derived names included."""
+    seen: set[str] = set()
+    for declaration in rom:
+        found = _DECLARED.match(declaration)
+        if found is None:
+            continue
+        if found.group(1) in seen:
+            raise SqcError(f"target c: two objects would both be named {found.group(1)} in model.c")
+        seen.add(found.group(1))
+
+
+_DECLARED = re.compile(r"static const \w+ (\w+)")
 
 
 def plan_activations(program: IntProgram) -> tuple[dict[str, int], int]:
@@ -415,13 +435,15 @@ def write_project(
     model_name: str = "model",
     force: bool = False,
     arena: str = "static",
+    inputs: Iterable[Path | None] = (),
 ) -> dict:
     """Write the C project for ``program`` into ``out_dir``; returns ROM/RAM figures.
 
     ``arena``: where ``sqc_init`` decodes the weights. ``static`` (default): a static array, and
     ``sqc_init()`` uses it. ``caller``: no static array; the application passes ``SQC_ARENA_BYTES`` of
     its own memory to ``sqc_init_arena`` (both modes offer that function), and the arena is reported
-    apart from the static RAM."""
+    apart from the static RAM. ``inputs`` are the command's input files: none of them is overwritten."""
+    check_names((w.name for w in program.weights), "target c: ")
     if arena not in ("static", "caller"):
         raise SqcError(f"--option arena={arena}: expected static or caller")
     out_dir = Path(out_dir)
@@ -432,6 +454,7 @@ def write_project(
     offsets, act_total = plan_activations(program)
     em = _Emitter(program)
     em.emit(offsets)
+    _unique_declarations(em.rom)
     inp, outp = program.tensors[program.input], program.tensors[program.output]
     act_bytes = 1 if program.act_bits == 8 else 2
     act_total += em.slack  # the wide convolution's vector loop reads up to 15 codes past a plane
@@ -506,15 +529,15 @@ def write_project(
         "INIT": "".join(em.init),
         "RUN": "\n".join(run) + "\n",
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, bytes] = {}
     for name, tmpl in (("model.h", "model.h.tmpl"), ("model.c", "model.c.tmpl")):
         text = template(tmpl)
         for key, value in subst.items():
             text = text.replace("{{" + key + "}}", value)
-        (out_dir / name).write_text(text, encoding="utf-8")
+        files[name] = text.encode("utf-8")
     for name in STATIC_FILES:
-        with resources.as_file(resources.files("sqc.targets").joinpath("c_templates", name)) as src:
-            shutil.copyfile(src, out_dir / name)
+        files[name] = resources.files("sqc.targets").joinpath("c_templates", name).read_bytes()
+    write_files(out_dir, files, force=force, inputs=inputs)
     return {
         "rom_bytes": em.rom_bytes,
         "rom_weight_bytes": em.rom_weights,
@@ -560,6 +583,7 @@ class CTarget:
             model_name=Path(source).stem,
             force=force,
             arena=extra.get("arena", "static"),
+            inputs=(source, calib),
         )
         from sqc.data import load_data
 

@@ -26,7 +26,7 @@ import fnmatch
 import heapq
 import math
 import re
-import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.util import find_spec
@@ -36,6 +36,8 @@ import numpy as np
 
 from sqc.errors import SqcError
 from sqc.formats import bitpack, huffman, sparse_index
+from sqc.names import check_names, identifier
+from sqc.outputs import write_files
 from sqc.targets.integer import (
     Add,
     Affine,
@@ -354,7 +356,8 @@ _CARRIERS_UNSIGNED = ((8, "unsigned char"), (16, "unsigned short"), (32, "unsign
 
 
 def _ident(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_]", "_", name)
+    """The HLS identifier stem of a node name or file name (the mapping :mod:`sqc.names` checks)."""
+    return identifier(name)
 
 
 def _ap(values: np.ndarray, bits: int | None = None, signed: bool | None = None) -> tuple[str, str, int]:
@@ -664,8 +667,11 @@ def write_project(
     golden: tuple[np.ndarray, np.ndarray] | None = None,
     model_name: str = "model",
     force: bool = False,
+    inputs: Iterable[Path | None] = (),
 ) -> dict:
-    """Write the Vitis HLS project for ``program``; ``golden`` = (input codes, output codes) for ``tb``."""
+    """Write the Vitis HLS project for ``program``; ``golden`` = (input codes, output codes) for ``tb``.
+    ``inputs`` are the command's input files: none of them is overwritten."""
+    check_names((w.name for w in program.weights), "target hls: ")
     opts = options or HlsOptions()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -749,23 +755,21 @@ def write_project(
             "",
         ]
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "model.h").write_text(header, encoding="utf-8")
-    (out_dir / "model.cpp").write_text(source, encoding="utf-8")
+    files = {"model.h": header.encode("utf-8"), "model.cpp": source.encode("utf-8")}
     tcl = template("build.tcl.tmpl")
     for key, value in {"MODEL": _ident(model_name), "PART": opts.part, "CLOCK": f"{opts.clock:g}"}.items():
         tcl = tcl.replace("{{" + key + "}}", value)
-    (out_dir / "build.tcl").write_text(tcl, encoding="utf-8")
+    files["build.tcl"] = tcl.encode("utf-8")
     for name in STATIC_FILES:
-        with resources.as_file(resources.files("sqc.targets").joinpath("hls_templates", name)) as src:
-            shutil.copyfile(src, out_dir / name)
+        files[name] = resources.files("sqc.targets").joinpath("hls_templates", name).read_bytes()
     dtype = np.int8 if bits == 8 else np.int16
     samples = 0
     if golden is not None:
         codes_in, codes_out = golden
         samples = int(codes_in.shape[0])
-        np.asarray(codes_in, dtype=dtype).tofile(out_dir / "tb_input.bin")
-        np.asarray(codes_out, dtype=dtype).tofile(out_dir / "tb_output.bin")
+        files["tb_input.bin"] = np.asarray(codes_in, dtype=dtype).tobytes()
+        files["tb_output.bin"] = np.asarray(codes_out, dtype=dtype).tobytes()
+    write_files(out_dir, files, force=force, inputs=inputs)
     return report(wr, opts, samples)
 
 
@@ -879,6 +883,7 @@ class HlsTarget:
             golden=(codes, want),
             model_name=Path(source).stem,
             force=force,
+            inputs=(source, calib),
         )
         labels = load_data(Path(calib)).y_val[: opts.calib_samples]
         result["accuracy"] = compare(program, model.graph_module.eval(), x[: opts.calib_samples], labels)

@@ -222,6 +222,18 @@ def injected_keyword() -> bytes:
     return craft([], [], nodes=nodes)
 
 
+def aliased_names(names: list[str]) -> bytes:
+    """One scalar per name, all added up: a model that reads every tensor, so that two names meeting
+    as one attribute (or one C identifier) would silently change what it computes."""
+    nodes: list[Any] = [["in", "x"]] + [["attr", f"t{i}", i] for i in range(len(names))]
+    last = 0
+    for i in range(len(names)):
+        nodes.append(["call", f"add_{i}", "add", [{"%": last}, {"%": 1 + i}], {}, None])
+        last = len(nodes) - 1
+    payloads = [raw_tensor([float(i + 1)]) for i in range(len(names))]
+    return craft([[name, [1], "param"] for name in names], payloads, nodes=[*nodes, ["out", {"%": last}]])
+
+
 def minor_version_flip(data: bytes) -> bytes:
     damaged = bytearray(data)
     damaged[10] ^= 0x04  # a minor-version bit: was the only undetected single-bit flip
@@ -256,6 +268,9 @@ def bug_files(valid: bytes) -> dict[str, Callable[[], bytes]]:
         "bug-minor-version-flip.sqc": lambda: minor_version_flip(valid),
         "bug-minor-version-flip-1.0.sqc": lambda: minor_version_flip(as_format_1_0(valid)),
         "bug-newer-major.sqc": lambda: newer_major(valid),
+        "bug-name-nfkc-alias.sqc": lambda: aliased_names(["\ufb01.weight", "fi.weight"]),  # ran as fi.weight
+        "bug-name-c-identifier-clash.sqc": lambda: aliased_names(["a.b_weight", "a_b.weight"]),  # one C name
+        "bug-name-dunder.sqc": lambda: aliased_names(["__class__.weight"]),
     }
 
 

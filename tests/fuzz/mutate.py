@@ -68,6 +68,10 @@ INTERESTING: list[Any] = [
     "\n",
     "__class__",
     "forward",
+    "_parameters",
+    "\ufb01",  # NFKC-normalises to "fi"
+    "a-b",  # the C identifier of "a_b"
+    "[/x]\x1b[31m",  # rich markup and an escape sequence
     "float32",
     "weight",
     "buffer",
