@@ -30,12 +30,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import sqc
-from sqc.ir import MAX_INPUT_ELEMENTS
 from sqc import names as name_rule
 from sqc.display import SafeConsole, shown
 from sqc.errors import SqcError, SqcFormatError
 from sqc.formats import container
 from sqc.frontend import trace
+from sqc.ir import MAX_INPUT_ELEMENTS
 from sqc.outputs import write_atomic, write_files
 from sqc.pass_base import PassContext
 from sqc.pipeline import Pipeline
