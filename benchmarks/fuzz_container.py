@@ -200,9 +200,9 @@ def with_memory_log(target: Callable[[bytes], None], every: int, trace: int = 0)
 def prepare_corpus(workdir: Path) -> Path:
     corpus = workdir / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
-    from crafted import seed_files
+    from crafted import open_files, seed_files
 
-    for name, data in seed_files().items():
+    for name, data in (seed_files() | open_files()).items():
         (corpus / name).write_bytes(data)
     for path in sorted(CORPUS.glob("*.sqc")):
         shutil.copy(path, corpus / path.name)

@@ -45,6 +45,7 @@ sys.path.insert(0, str(TESTS / "fuzz"))
 from crafted import (  # noqa: E402
     as_format_1_0,
     craft,
+    open_files,
     raw_tensor,
     single_symbol_values,
     sparse_empty,
@@ -134,6 +135,7 @@ SEEDS = [
     small_file("quant{bits=4 granularity=channel},huffman"),
     small_file("prune{sparsity=0.7},quant{bits=5}"),
     small_file("share{bits=2},quant{bits=6}"),
+    *open_files().values(),  # format 1.3: ATen operators, typed buffers, a tie, an ordered dict output
 ]
 
 

@@ -77,6 +77,37 @@ def seed_files() -> dict[str, bytes]:
     return out
 
 
+def open_files() -> dict[str, bytes]:
+    """Valid format 1.3 files: ATen operators outside the vocabulary, a device argument, int64 and bool
+    buffers (raw-typed), a tied weight (an alias) and a dict output in unsorted key order."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    import sqc
+
+    class Open(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte = nn.Embedding(12, 6)
+            self.norm = nn.LayerNorm(6)
+            self.head = nn.Linear(6, 12, bias=False)
+            self.head.weight = self.wte.weight
+            self.register_buffer("steps", torch.arange(6, dtype=torch.int64))
+            self.register_buffer("keep", torch.tensor([True, False] * 3))
+
+        def forward(self, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+            h = F.hardswish(self.norm(self.wte(ids))) * self.keep
+            h = torch.cumsum(h, -1) / (self.steps + 1) + torch.ones(6, device=ids.device)
+            return {"logits": self.head(h), "hidden": h}
+
+    out = {}
+    for number, text in enumerate(("quant{bits=6},huffman", "prune{sparsity=0.5},share{bits=3},rans")):
+        torch.manual_seed(number)
+        out[f"seed-open-{number}.sqc"] = sqc.compress(Open().eval(), ["1,4:int64"], text).to_bytes()
+    return out
+
+
 RANS_PIPELINES = [
     "prune{sparsity=0.8},share{bits=3},rans",
     "prune{sparsity=0.6},quant{bits=5 params=8},rans",

@@ -89,6 +89,25 @@ INTERESTING: list[Any] = [
     {"dtype": "float32"},
     {"...": 0},
     {"map": {}},
+    # format 1.3: ATen operators, argument kinds, ordered dicts, declared sizes
+    "aten::layer_norm",
+    "aten::add.Tensor",
+    "aten::from_file",
+    "aten::__class__",
+    "aten::relu.nope",
+    "prims::add",
+    {"device": "cpu"},
+    {"device": "cuda:99999"},
+    {"device": "evil"},
+    {"layout": "strided"},
+    {"memory_format": "channels_last"},
+    {"dtype": "bool"},
+    {"items": [["b", 1], ["a", 2]]},
+    {"items": [["a", 1], ["a", 2]]},
+    list(range(5000)),  # a wide argument list
+    [1, 700_000_000],  # a huge declared input
+    [["lm.weight", "fc1.weight"]],  # an alias table
+    "int64",
 ]
 
 
