@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from sqc.errors import SqcError
-from sqc.formats.container import read, write_atomic
+from sqc.formats.container import read
 from sqc.frontend import example_inputs
+from sqc.outputs import check_output, write_atomic
 
 KINDS = ("module", "state_dict", "export")
 
@@ -24,8 +25,7 @@ def write_model(source: Path, output: Path, kind: str = "module", *, force: bool
     """Decode ``source`` and write it as ``kind`` to ``output`` atomically; returns the byte count."""
     if kind not in KINDS:
         raise SqcError(f"--format {kind!r}: expected one of {', '.join(KINDS)}")
-    if output.exists() and not force:
-        raise SqcError(f"{output}: already exists (use --force to replace it)")
+    check_output(output, force=force, inputs=[source])  # before any work: no symlink, no input, no device
     model = read(source)
     module = model.graph_module.eval()
     buffer = io.BytesIO()
@@ -47,7 +47,7 @@ def write_model(source: Path, output: Path, kind: str = "module", *, force: bool
             raise SqcError(f"{source}: torch.export failed on the restored graph ({first})") from None
         torch.export.save(program, buffer)
     data = buffer.getvalue()
-    write_atomic(output, data, force=force)
+    write_atomic(output, data, force=force, inputs=[source])
     return len(data)
 
 
