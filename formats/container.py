@@ -667,21 +667,26 @@ def _module_from_layout(
         )
     except SqcFormatError as exc:
         raise _located(exc, where) from None
-    root = nn.Module()
-    for name in names:
-        state = layout.tensors[name][0]
+
+    def place(module: nn.Module, name: str, what: str) -> tuple[nn.Module, str]:
+        """The module that will hold ``name`` (made as needed) and the attribute's name in it."""
         *path, leaf = name.split(".")
-        owner = root
+        owner = module
         for part in path:
             if not hasattr(owner, part):
                 owner.add_module(part, nn.Module())
             owner = getattr(owner, part)
             if not isinstance(owner, nn.Module):
-                raise bad(f"tensor name {brief(name)} clashes with another tensor")
+                raise bad(f"{what} {brief(name)} clashes with another tensor")
         if hasattr(owner, leaf):
-            raise bad(f"tensor name {brief(name)} is used twice or names a module attribute")
+            raise bad(f"{what} {brief(name)} is used twice or names a module attribute")
+        return owner, leaf
+
+    root = nn.Module()
+    for name in names:
+        owner, leaf = place(root, name, "tensor name")
         value = value_of(name)
-        if state.role == "buffer":
+        if layout.tensors[name][0].role == "buffer":
             owner.register_buffer(leaf, value)
         else:
             owner.register_parameter(leaf, nn.Parameter(value))
@@ -689,22 +694,14 @@ def _module_from_layout(
         gm = fx.GraphModule(root, graph, class_name="SqcModel")
     except Exception as exc:
         raise bad(f"does not form a module ({' '.join(str(exc).split())[:200]})") from None
-    for alias, name in meta.get("aliases", []):
-        *path, leaf = alias.split(".")
-        owner: nn.Module = gm
-        for part in path:
-            if not hasattr(owner, part):
-                owner.add_module(part, nn.Module())
-            owner = getattr(owner, part)
-            if not isinstance(owner, nn.Module):
-                raise bad(f"tensor alias {brief(alias)} clashes with a tensor")
-        if hasattr(owner, leaf):
-            raise bad(f"tensor alias {brief(alias)} clashes with a tensor or a module attribute")
-        tied = gm.get_parameter(name) if layout.tensors[name][0].role != "buffer" else gm.get_buffer(name)
-        if isinstance(tied, nn.Parameter):
-            owner.register_parameter(leaf, tied)  # the same object: still tied
+    for alias, name in meta.get(
+        "aliases", []
+    ):  # after the GraphModule, which copies only what the graph reads
+        owner, leaf = place(gm, alias, "tensor alias")
+        if layout.tensors[name][0].role == "buffer":
+            owner.register_buffer(leaf, gm.get_buffer(name))
         else:
-            owner.register_buffer(leaf, tied)
+            owner.register_parameter(leaf, gm.get_parameter(name))  # the same object: still tied
     inputs = [InputSpec(n, tuple(s), d) for n, s, d in meta["inputs"]]
     placeholders = [n.name for n in graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(inputs):

@@ -29,7 +29,8 @@ from torch.utils import _pytree as pytree
 
 from sqc.errors import TraceError
 
-_INTERNAL_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
+INTERNAL_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
+"""Frames in these directories are torch's or sqc's: errors point at the user's line instead."""
 
 INFERENCE_KWARGS = {"use_cache": False}
 """Forward keyword arguments set when the forward takes them: what inference means for the model."""
@@ -46,8 +47,9 @@ def _first_line(exc: BaseException) -> str:
     return reason[:240]
 
 
-def _user_frame(exc: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_INTERNAL_DIRS)]
+def user_frame(exc: BaseException) -> str:
+    """``at file:line `source``` of the deepest frame outside torch and sqc, or '' when there is none."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(INTERNAL_DIRS)]
     if not frames:
         return ""
     frame = frames[-1]
@@ -104,7 +106,7 @@ def _export(
             graph = program.module()
     except Exception as exc:
         raise TraceError(
-            f"torch.export cannot capture {type(module).__name__}{_user_frame(exc)}: {_first_line(exc)}"
+            f"torch.export cannot capture {type(module).__name__}{user_frame(exc)}: {_first_line(exc)}"
         ) from None
     graph.meta["sqc_symbolic_batch"] = all(
         isinstance(p.meta["val"].shape[0], torch.SymInt)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
-import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +23,7 @@ import torch.nn.functional as F
 from torch import fx
 from torch.fx.node import Argument, map_arg
 
-from sqc.capture import export_module, output_structure, readable_names
+from sqc.capture import INTERNAL_DIRS, export_module, output_structure, readable_names, user_frame
 from sqc.errors import ModelLoadError, TraceError
 from sqc.ir import MAX_INPUT_ELEMENTS, CompressedModel, InputSpec, TensorState, all_finite
 from sqc.ops import (
@@ -38,9 +36,6 @@ from sqc.ops import (
     function_name,
     functional_variant,
 )
-
-_INTERNAL_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
-
 
 # ---------------------------------------------------------------------------------------------
 # tracing
@@ -60,15 +55,6 @@ class _Tracer(fx.Tracer):
             return super().call_module(m, forward, args, kwargs)
         finally:
             self.sqc_path.pop()
-
-
-def _user_frame(exc: BaseException) -> str:
-    """``file:line `source``` of the deepest frame outside torch, or '' when there is none."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_INTERNAL_DIRS)]
-    if not frames:
-        return ""
-    frame = frames[-1]
-    return f" at {frame.filename}:{frame.lineno} `{(frame.line or '').strip()}`"
 
 
 def _tensor_arguments(module: nn.Module) -> tuple[list[str], dict[str, Any]]:
@@ -97,7 +83,7 @@ def symbolic_trace(module: nn.Module) -> tuple[fx.GraphModule, list[str]]:
     except Exception as exc:
         where = tracer.sqc_path[-1] if tracer.sqc_path else f"{type(module).__name__} (top level)"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TraceError(f"cannot trace module {where}{_user_frame(exc)}: {reason}") from None
+        raise TraceError(f"cannot trace module {where}{user_frame(exc)}: {reason}") from None
     return fx.GraphModule(tracer.root, graph), tensor_args
 
 
@@ -111,7 +97,7 @@ def _where(node: fx.Node) -> str:
     files = [
         i
         for i, line in enumerate(trace)
-        if line.strip().startswith("File ") and not any(d in line for d in _INTERNAL_DIRS)
+        if line.strip().startswith("File ") and not any(d in line for d in INTERNAL_DIRS)
     ]
     if not files:
         return ""
@@ -509,16 +495,10 @@ def canonicalize(
 def tie(module: nn.Module, aliases: dict[str, str]) -> None:
     """Register each alias as the very tensor object of its record: tied weights stay tied."""
     for alias, name in aliases.items():
-        *path, leaf = alias.split(".")
-        owner = module
-        for part in path:
-            if not hasattr(owner, part):
-                owner.add_module(part, nn.Module())
-            owner = getattr(owner, part)
         try:
-            owner.register_parameter(leaf, module.get_parameter(name))
+            _install(module, alias, module.get_parameter(name), is_param=True)
         except AttributeError:
-            owner.register_buffer(leaf, module.get_buffer(name))
+            _install(module, alias, module.get_buffer(name), is_param=False)
 
 
 def _is_aten_graph(source: fx.GraphModule) -> bool:
@@ -526,16 +506,20 @@ def _is_aten_graph(source: fx.GraphModule) -> bool:
 
 
 def _install(root: nn.Module, qualified: str, value: torch.Tensor, *, is_param: bool) -> None:
+    """Register ``value`` at the dotted path, making the modules on the way; a Parameter is taken as it
+    is (the same object under two names is a tie), other tensors become parameters or buffers."""
     *path, leaf = qualified.split(".")
     owner = root
     for part in path:
         if not hasattr(owner, part):
             owner.add_module(part, nn.Module())
         owner = getattr(owner, part)
-    if is_param:
-        owner.register_parameter(leaf, nn.Parameter(value, requires_grad=value.is_floating_point()))
-    else:
+    if not is_param:
         owner.register_buffer(leaf, value)
+    elif isinstance(value, nn.Parameter):
+        owner.register_parameter(leaf, value)
+    else:
+        owner.register_parameter(leaf, nn.Parameter(value, requires_grad=value.is_floating_point()))
 
 
 # ---------------------------------------------------------------------------------------------
