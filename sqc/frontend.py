@@ -2,12 +2,14 @@
 
 Two graph sources are accepted: ``torch.fx.symbolic_trace`` of an ``nn.Module`` (non-tensor forward
 arguments with defaults are specialised through ``concrete_args``), and the ATen graph of a
-``torch.export`` program. Both are rewritten into one canonical form made of the op vocabulary in
-:mod:`sqc.ops`: modules become functional calls on ``get_attr`` parameters, synonyms collapse to one
-name, dropout and other inference no-ops disappear. Anything outside the vocabulary is refused with
-the node, the op and the source line, instead of being carried along half-understood.
+``torch.export`` program — a ``.pt2``, or a module symbolic tracing cannot follow, captured by
+:mod:`sqc.capture`. Both are rewritten into one canonical form: modules become functional calls on
+``get_attr`` parameters, synonyms collapse to one name of the vocabulary in :mod:`sqc.ops`, dropout,
+asserts and other inference no-ops disappear, tied tensors become one record with aliases. An ATen
+operator the vocabulary lacks is kept as it is (the open op set: passes only transform weights); an
+operator a file could not store (a custom library's, one with side effects) is refused with the node,
+the op and the source line.
 """
-
 from __future__ import annotations
 
 import inspect

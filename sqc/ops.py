@@ -1,12 +1,14 @@
-"""The op vocabulary of the canonical graph.
+"""The op set of the canonical graph: sqc's vocabulary, and the open set of ATen operators.
 
-Every graph sqc keeps is made only of these ops (plus ``placeholder``, ``get_attr`` and ``output``):
-``call_function`` nodes whose target is one of :data:`FUNCTIONS`, and ``call_method`` nodes for the
-methods in :data:`METHODS`. The container stores an op by its short name and the reader accepts only
-names from these tables, so a ``.sqc`` file can never name an arbitrary Python callable. Targets
-(C, HLS) will implement exactly this list.
+Every graph sqc keeps is made of these ops (plus ``placeholder``, ``get_attr`` and ``output``):
+``call_function`` nodes whose target is one of :data:`FUNCTIONS` (the vocabulary: what passes such as
+``prune-channels`` and the integer targets understand), ``call_method`` nodes for the methods in
+:data:`METHODS`, and ``call_function`` nodes of ATen operator overloads that :func:`aten_name` accepts
+(everything else ``torch.export`` produces: layer norm, attention, LSTM, ...). The container stores a
+vocabulary op by its short name and an ATen operator by its schema name; the reader resolves names
+only through these tables and :func:`resolve_aten`, so a ``.sqc`` file can never name an arbitrary
+Python callable. The C and HLS targets implement the vocabulary and refuse the rest by node.
 """
-
 from __future__ import annotations
 
 import operator
