@@ -49,6 +49,7 @@ from sqc.formats.tensor_codec import (
     decode_values,
     encode_tensor_cached,
 )
+from sqc.inputs import read_regular
 from sqc.ir import MAX_INPUT_ELEMENTS, CompressedModel, InputSpec, PassRecord, TensorState
 from sqc.names import name_problem, names_problem, shown_name
 from sqc.outputs import write_atomic
@@ -305,14 +306,7 @@ def save(model: CompressedModel, path: Path, *, force: bool = False) -> int:
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise SqcError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise SqcError(f"{path}: is a directory") from None
-    except OSError as exc:
-        raise SqcError(f"{path}: cannot read ({exc.strerror})") from None
+    return read_regular(Path(path))
 
 
 def read_layout(

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sqc.errors import SqcError
+from sqc.inputs import require_regular
 from sqc.training import DivergenceGuard
 
 Evaluator = Callable[[nn.Module], float]
@@ -60,10 +61,7 @@ class Dataset:
 def load_data(path: Path) -> Dataset:
     """Read and validate a data file; every problem is a :class:`DataError` naming the file and key."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such data file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, not a data file")
+    require_regular(path, DataError, "data file", "no such data file")
     arrays: dict[str, torch.Tensor] = {}
     try:
         check_archive(path)

@@ -10,6 +10,7 @@ operator the vocabulary lacks is kept as it is (the open op set: passes only tra
 operator a file could not store (a custom library's, one with side effects) is refused with the node,
 the op and the source line.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from sqc.errors import ModelLoadError
 from sqc.formats.container import MAGIC
+from sqc.inputs import require_regular
 from sqc.pt2 import clean, is_export_archive, read_program
 
 SEARCH_DEPTH = 3
@@ -129,10 +130,7 @@ def _no_state_key(path: Path, state_key: str | None, what: str) -> None:
 def _check_file(path: Path) -> None:
     """Refuse, in one clear line, what is plainly not a model file: nothing, a directory, an empty file,
     or a .sqc file (already compressed)."""
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory, not a model file")
+    require_regular(path, ModelLoadError, "model file")
     try:
         with open(path, "rb") as handle:
             head = handle.read(8)

@@ -9,6 +9,7 @@ vocabulary op by its short name and an ATen operator by its schema name; the rea
 only through these tables and :func:`resolve_aten`, so a ``.sqc`` file can never name an arbitrary
 Python callable. The C and HLS targets implement the vocabulary and refuse the rest by node.
 """
+
 from __future__ import annotations
 
 import operator

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sqc.errors import PipelineError, SqcError
+from sqc.inputs import read_regular
 from sqc.ir import CompressedModel, PassRecord
 from sqc.pass_base import OptionError, Pass, PassContext, PassResult, Stat
 from sqc.registry import entries, load_pass
@@ -119,15 +120,7 @@ MAX_RECIPE = 1 << 20
 def read_recipe(path: Path) -> dict[str, Any]:
     """The TOML document of a recipe file; every problem (missing, a directory, unreadable, too large,
     not UTF-8 or not TOML) is one :class:`PipelineError` naming the file."""
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_RECIPE + 1)
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: recipe file not found") from None
-    except IsADirectoryError:
-        raise PipelineError(f"{path}: is a directory, not a recipe file") from None
-    except OSError as exc:
-        raise PipelineError(f"{path}: cannot read the recipe ({exc.strerror})") from None
+    raw = read_regular(path, MAX_RECIPE, PipelineError, "recipe file", "recipe file not found")
     if len(raw) > MAX_RECIPE:
         raise PipelineError(f"{path}: larger than {MAX_RECIPE} bytes: not a recipe")
     try:

@@ -769,3 +769,21 @@ def test_sigkill_mid_project_leaves_every_file_whole(tmp_path):
         assert (out / name).read_bytes() == old[name]  # not reached, or caught mid-write: old, whole
     temps = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert len(temps) == 1 and temps[0].startswith(f".{names[1]}.")  # all a crash can leave behind
+
+
+def test_a_fifo_or_device_as_input_is_refused_without_waiting(cli, tmp_path):
+    """open() on a FIFO waits for a writer and a device reads forever: inputs are checked first."""
+    fifo = tmp_path / "model.sqc"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    for argv in (
+        ("inspect", fifo),
+        ("decompress", fifo, "-o", tmp_path / "x.pt"),
+        ("compress", fifo, "-o", tmp_path / "y.sqc"),
+        ("compress", "nope.pt", "--recipe", fifo, "-o", tmp_path / "z.sqc"),
+        ("compress", "nope.pt", "--recipe", "/dev/zero", "-o", tmp_path / "z.sqc"),
+    ):
+        result = cli(*argv)
+        assert result.code == 1, argv
+        assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err, result.err
+    assert time.monotonic() - started < 30
