@@ -19,8 +19,9 @@ a unit of an op's output with the unit of its input it comes from (element-wise 
 pooling, norms, depthwise convs, views), the operands of an element-wise op (a residual add, a
 squeeze-excitation gate multiplied over H and W), a concat's or split's slice with its part, the heads
 of q, k, v and the attention's result. Each unit lists the tensor slices that exist because of it — a
-producer's filter row and bias entry, BatchNorm/LayerNorm entries, a layer scale's entry, a consumer's
-weight columns, per-channel parameters — and units touching the same slice of a tensor (a weight used
+producer's filter row (a column for GPT-2's ``Conv1D``, an ``addmm`` whose weight is stored (in, out))
+and bias entry, BatchNorm/LayerNorm entries, a layer scale's entry, a consumer's
+weight columns (a ``Conv1D``'s rows), per-channel parameters — and units touching the same slice of a tensor (a weight used
 twice) are coupled too. A connected component is a *group*: removed together or not at all.
 Components that reach a graph input or output, a channel-mixing op (softmax over the channels, a
 reduction over them, a grouped conv), or an op the pass does not understand are kept; the last is
@@ -393,7 +394,8 @@ class ChannelGraph:
         out = _attr_shape(self.model, weight)[1]
         inputs = self._at(x, 1)
         if inputs is None:  # tracked along the rows (positions): each row is mapped alone
-            if self._tracked(bias) or (isinstance(bias, fx.Node) and len(_shape_of(self.model, bias)) == 2):
+            shape = _shape_of(self.model, bias) if isinstance(bias, fx.Node) else ()
+            if self._tracked(bias) or (len(shape) == 2 and shape[0] != 1):
                 self._unknown(node, "adds a bias with rows of its own to rows the pass tracks")
                 return
             self._passthrough(node, x)
