@@ -20,8 +20,8 @@ pooling, norms, depthwise convs, views), the operands of an element-wise op (a r
 squeeze-excitation gate multiplied over H and W), a concat's or split's slice with its part, the heads
 of q, k, v and the attention's result. Each unit lists the tensor slices that exist because of it — a
 producer's filter row (a column for GPT-2's ``Conv1D``, an ``addmm`` whose weight is stored (in, out))
-and bias entry, BatchNorm/LayerNorm entries, a layer scale's entry, a consumer's
-weight columns (a ``Conv1D``'s rows), per-channel parameters — and units touching the same slice of a tensor (a weight used
+and bias entry, BatchNorm/LayerNorm entries, a layer scale's entry, a consumer's weight columns (a
+``Conv1D``'s rows), per-channel parameters — and units touching the same slice of a tensor (a weight used
 twice) are coupled too. A connected component is a *group*: removed together or not at all.
 Components that reach a graph input or output, a channel-mixing op (softmax over the channels, a
 reduction over them, a grouped conv), or an op the pass does not understand are kept; the last is
