@@ -19,8 +19,9 @@ a unit of an op's output with the unit of its input it comes from (element-wise 
 pooling, norms, depthwise convs, views), the operands of an element-wise op (a residual add, a
 squeeze-excitation gate multiplied over H and W), a concat's or split's slice with its part, the heads
 of q, k, v and the attention's result. Each unit lists the tensor slices that exist because of it — a
-producer's filter row and bias entry, BatchNorm/LayerNorm entries, a layer scale's entry, a consumer's
-weight columns, per-channel parameters — and units touching the same slice of a tensor (a weight used
+producer's filter row (a column for GPT-2's ``Conv1D``, an ``addmm`` whose weight is stored (in, out))
+and bias entry, BatchNorm/LayerNorm entries, a layer scale's entry, a consumer's weight columns (a
+``Conv1D``'s rows), per-channel parameters — and units touching the same slice of a tensor (a weight used
 twice) are coupled too. A connected component is a *group*: removed together or not at all.
 Components that reach a graph input or output, a channel-mixing op (softmax over the channels, a
 reduction over them, a grouped conv), or an op the pass does not understand are kept; the last is
@@ -105,7 +106,7 @@ _BINARY = frozenset(
 )
 _STATISTICS = frozenset({"mean", "var", "std"})
 """Reductions that, kept over the channels (``keepdim``), are a normalisation's statistics."""
-_PRODUCERS = frozenset({"linear", "conv1d", "conv2d", "conv3d"})
+_PRODUCERS = frozenset({"linear", "conv1d", "conv2d", "conv3d", "addmm"})
 """Ops that make new channels even from an input or a constant."""
 _MULTI = _BINARY | _PRODUCERS | {"cat", "matmul", "bmm", "scaled_dot_product_attention"}
 """Ops whose first argument need not carry the channels."""
@@ -180,6 +181,9 @@ class ChannelGraph:
     rewrites: list[Rewrite] = field(default_factory=list)
     tuples: dict[str, int] = field(default_factory=dict)
     """Split and unbind nodes: how many pieces they make (piece k is tracked as ``name#k``)."""
+    filter_axis: dict[str, int] = field(default_factory=dict)
+    """Per producing weight: the dimension its filters lie along — 0 (rows) for conv and linear, 1
+    (columns) for GPT-2's ``Conv1D``, whose weight is stored (in, out). Norms are taken along it."""
 
     def __post_init__(self) -> None:
         self.graph.add_node(_PIN)
@@ -264,6 +268,7 @@ class ChannelGraph:
     def _source(self, node: fx.Node, weight: fx.Node, bias: Any, axis: int, weight_axis: int = 0) -> None:
         """``node`` makes one new unit per filter of ``weight`` (rows, or ``weight_axis``) along ``axis``."""
         units = self._new(node, [1] * _attr_shape(self.model, weight)[weight_axis], axis)
+        self.filter_axis[str(weight.target)] = weight_axis
         for j, unit in enumerate(units):
             self.slices[unit].append(Slice(str(weight.target), weight_axis, j, j + 1, "out"))
             if _is_attr(bias):
@@ -374,6 +379,42 @@ class ChannelGraph:
             return
         self._attach(key, weight, 1, "in")
         self._source(node, weight, bias, last)
+
+    def _op_addmm(self, node: fx.Node) -> None:
+        """GPT-2's ``Conv1D``: ``addmm(bias, x.reshape(-1, in), weight)`` with the weight stored
+        (in, out). A filter is a *column* of the weight (and its bias entry); a consumer's input
+        feature is a *row*. The reshape/view around it are ordinary views, whose widths
+        :meth:`_reshape` rewrites. ``beta``/``alpha`` only scale, so any value keeps this mapping."""
+        bias, x, weight = _arg(node, 0, "input"), _arg(node, 1, "mat1"), _arg(node, 2, "mat2")
+        if bias is None:  # ATen names the first operand ``self``
+            bias = node.kwargs.get("self")
+        if not isinstance(x, fx.Node) or not _is_attr(weight) or len(_attr_shape(self.model, weight)) != 2:
+            self._unknown(node, "multiplies by a computed weight")
+            return
+        out = _attr_shape(self.model, weight)[1]
+        inputs = self._at(x, 1)
+        if inputs is None:  # tracked along the rows (positions): each row is mapped alone
+            shape = _shape_of(self.model, bias) if isinstance(bias, fx.Node) else ()
+            if self._tracked(bias) or (len(shape) == 2 and shape[0] != 1):
+                self._unknown(node, "adds a bias with rows of its own to rows the pass tracks")
+                return
+            self._passthrough(node, x)
+            return
+        key = x.name if self._tracked(x) else f"{x.name}@1"
+        if self.fold[key] != 1:
+            self._unknown(node, "is a linear layer over features folded with another dimension")
+            return
+        if self._tracked(bias):
+            self._unknown(node, "adds a bias computed from channels the pass tracks")
+            return
+        # the bias broadcasts against (rows, out): its last dimension is the filters' or constant
+        bias_shape = _shape_of(self.model, bias) if isinstance(bias, fx.Node) else ()
+        per_filter = bool(bias_shape) and bias_shape[-1] == out and out != 1
+        sliceable = per_filter and _is_attr(bias) and len(bias_shape) == 1
+        self._attach(key, weight, 0, "in")
+        self._source(node, weight, bias if sliceable else None, 1, weight_axis=1)
+        if per_filter and not sliceable:
+            self._anchor(self._units(node.name), bias)  # a per-filter bias the pass cannot slice: kept
 
     def _op_batch_norm(self, node: fx.Node) -> None:
         x = _first(node)
@@ -788,6 +829,21 @@ class ChannelGraph:
             else:
                 self._anchor(units, arg)  # a per-channel value the pass cannot slice: the channels stay
 
+    def _op_masked_fill(self, node: fx.Node) -> None:
+        """``scores.masked_fill(mask, value)`` (GPT-2's causal mask over the attention scores): element-
+        wise on ``scores``; a mask that is the same for every channel (it broadcasts over the tracked
+        dimension) leaves the mapping alone, one that differs per channel keeps them."""
+        x, mask, value = _first(node), _arg(node, 1, "mask"), _arg(node, 2, "value")
+        if self._tracked(mask) or self._tracked(value):
+            self._unknown(node, "masks with values computed from channels")
+            return
+        self._passthrough(node, x)
+        if isinstance(mask, fx.Node):
+            rank, shape = len(_shape(node)), _shape_of(self.model, mask)
+            dim = self.axis[x.name] - (rank - len(shape))
+            if dim >= 0 and shape[dim] != 1:
+                self._anchor(self._units(node.name), mask)
+
     def _op_matmul(self, node: fx.Node) -> None:
         """Batched matrix products (attention: ``q @ k.transpose(-2, -1)``, ``scores @ v``): a tracked
         batch dimension (the heads) is shared by both operands and the result; a tracked contracted
@@ -1087,15 +1143,24 @@ def _shape(node: fx.Node) -> tuple[int, ...]:
     return tuple(node.meta.get("shape", ()))
 
 
+def _shape_of(model: CompressedModel, value: fx.Node) -> tuple[int, ...]:
+    """The shape of a stored tensor (get_attr) or of a computed value."""
+    return tuple(_attr_shape(model, value)) if _is_attr(value) else _shape(value)
+
+
 def _norm(dim: int, rank: int) -> int:
     return dim + rank if dim < 0 else dim
 
 
-def filter_norms(model: CompressedModel, criterion: str) -> dict[str, torch.Tensor]:
-    """L1 or L2 norm of every filter (row) of every conv/linear weight."""
+def filter_norms(
+    model: CompressedModel, criterion: str, axes: dict[str, int] | None = None
+) -> dict[str, torch.Tensor]:
+    """L1 or L2 norm of every filter of every conv/linear weight: its rows, or the dimension ``axes``
+    names (the columns of a ``Conv1D`` weight stored (in, out))."""
     out = {}
     for state in model.weights():
-        rows = state.decode().reshape(state.shape[0], -1)
+        axis = (axes or {}).get(state.name, 0)
+        rows = state.decode().movedim(axis, 0).reshape(state.shape[axis], -1)
         out[state.name] = rows.abs().sum(1) if criterion == "l1" else rows.pow(2).sum(1).sqrt()
     return out
 
@@ -1234,7 +1299,7 @@ class PruneChannels(Pass):
                 diagnostics.append(f"kept channels of {', '.join(group.space)}: {group.blocked}")
                 continue
             spaces[group.space].append(group)
-        norms = filter_norms(model, self.criterion)
+        norms = filter_norms(model, self.criterion, analysis.filter_axis)
         for groups in spaces.values():
             for group in groups:
                 group.score = float(sum(norms[w][row] for w, row in group.sources))
@@ -1355,7 +1420,7 @@ class PruneChannels(Pass):
         return chosen, stats, diagnostics
 
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
-        before = {s.name: s.shape[0] for s in model.weights()}
+        before = {s.name: s.shape for s in model.weights()}
         params_before = sum(s.numel for s in model.tensors.values())
         flops_before, macs_before = _cost(model)
         extra: dict[str, Stat] = {}
@@ -1373,10 +1438,11 @@ class PruneChannels(Pass):
         params_after = sum(s.numel for s in model.tensors.values())
         flops_after, macs_after = _cost(model)
         layers: dict[str, dict[str, Stat]] = {}
-        for name, channels in before.items():
-            state = model.tensors[name]
-            if state.shape[0] != channels:
-                layers[name] = {"channels_before": channels, "channels_after": state.shape[0]}
+        for name, shape in before.items():
+            axis = analysis.filter_axis.get(name, 0)  # a Conv1D's filters are its columns
+            after = model.tensors[name].shape
+            if after[axis] != shape[axis]:
+                layers[name] = {"channels_before": shape[axis], "channels_after": after[axis]}
         stats: dict[str, Stat] = {
             "groups_removed": len(chosen),
             "filters_removed": sum(len(g.sources) for g in chosen),

@@ -15,6 +15,7 @@ import copy
 import json
 import math
 from collections import defaultdict
+from typing import Any
 
 import pytest
 import torch
@@ -38,6 +39,8 @@ def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
                 module.bias.uniform_(-0.2, 0.2)
             if isinstance(module, nn.LayerNorm):
                 module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+            if type(module).__name__ == "Conv1D":  # GPT-2 starts its biases at zero: make them count
                 module.bias.uniform_(-0.2, 0.2)
     return model.eval()
 
@@ -207,6 +210,25 @@ def transformer_encoder() -> nn.Module:
     return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
 
 
+def gpt2_conv1d() -> nn.Module:
+    """The zoo's GPT-2: ``Conv1D`` layers (weight stored (in, out), ``addmm``), a causal ``masked_fill``."""
+    from sqc_zoo_models import GPT2Like
+
+    return GPT2Like(vocab=100)
+
+
+def hf_gpt2() -> nn.Module:
+    """Hugging Face's ``GPT2LMHeadModel``, small: its ``Conv1D`` layers, SDPA, tied ``lm_head``."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except Exception as exc:  # not installed, or broken against this torch
+        pytest.skip(f"transformers does not import ({type(exc).__name__}: {exc})")
+    config = GPT2Config(
+        n_layer=2, n_embd=32, n_head=4, vocab_size=100, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
+    return GPT2LMHeadModel(config)
+
+
 CASES = {
     "mobilenetv3": (MobileNetV3ish, lambda: torch.randn(2, 3, 16, 16)),
     "convnext": (ConvNeXtish, lambda: torch.randn(2, 3, 32, 32)),
@@ -214,7 +236,12 @@ CASES = {
     "transformer_encoder": (transformer_encoder, lambda: torch.randn(2, 6, 32)),
     "gpt2": (GPT2ish, lambda: torch.randn(2, 8, 32)),
     "traced_attention": (TracedAttention, lambda: torch.randn(2, 5, 32)),
+    "gpt2_conv1d": (gpt2_conv1d, lambda: torch.randint(0, 100, (2, 8))),
+    "hf_gpt2": (hf_gpt2, lambda: torch.randint(0, 100, (2, 8))),
 }
+MACS_UNCOUNTED = {"gpt2_conv1d", "hf_gpt2"}
+"""Cases whose layers are ``addmm`` (``Conv1D``): ``sqc inspect`` counts the MACs of conv and linear
+layers only, so the pass's MACs figure does not move for them (their parameters and FLOPs do)."""
 
 
 # ---------------------------------------------------------------------------------------------- oracle
@@ -276,20 +303,30 @@ def prune(case: str, options: str, tmp_path) -> tuple[nn.Module, sqc.api.Artifac
     assert groups, "the pass must find something to remove"
     artifact = sqc.compress(model, [x], f"prune-channels{{{options}}}")
 
-    expected = reference(model, groups).double()(x if not x.is_floating_point() else x.double())
-    got = copy.deepcopy(artifact.module()).double()(x if not x.is_floating_point() else x.double())
+    x64 = x if not x.is_floating_point() else x.double()
+    expected = logits(reference(model, groups).double()(x64))
+    got = logits(copy.deepcopy(artifact.module()).double()(x64))
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, rtol=0, atol=1e-9), (got - expected).abs().max()
-    original = model.double()(x if not x.is_floating_point() else x.double())
+    original = logits(model.double()(x64))
     assert not torch.allclose(original, expected, atol=1e-6)  # the oracle did remove something
 
     path = tmp_path / f"{case}.sqc"
     artifact.save(path)
     x32 = x if not x.is_floating_point() else x.float()
-    assert torch.equal(sqc.load(path)(x32), artifact.module()(x32))
+    assert torch.equal(logits(sqc.load(path)(x32)), logits(artifact.module()(x32)))
     stats = artifact.report[0].stats
-    assert stats["params_after"] < stats["params_before"] and stats["macs_after"] < stats["macs_before"]
+    assert stats["params_after"] < stats["params_before"] and stats["flops_after"] < stats["flops_before"]
+    if case not in MACS_UNCOUNTED:
+        assert stats["macs_after"] < stats["macs_before"]
     return model, artifact, groups, x
+
+
+def logits(output: Any) -> torch.Tensor:
+    """The tensor a model computes: itself, or a Hugging Face output's (or its captured dict's) logits."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return output["logits"] if isinstance(output, dict) else output.logits
 
 
 def shapes(artifact: sqc.api.Artifact) -> dict[str, tuple[int, ...]]:
@@ -435,3 +472,88 @@ def test_cli_summary_shows_what_went_and_the_ratio_against_the_original(
     )
     assert summary["fp32_bytes"] == 4 * 676
     assert summary["passes"][0]["macs_before"] == 640 and summary["passes"][0]["params_after"] == 340
+
+
+def conv1d_head(group: Group, layer: str, head: int = 8, width: int = 32) -> int:
+    """The head a ``Conv1D`` attention group removes, after checking it is whole: the c_attn columns of
+    that head in q, k and v (with their bias entries) and the same rows of c_proj."""
+    columns = sorted(sl.start for sl in group.slices if sl.tensor == f"{layer}.c_attn.weight")
+    h = columns[0] // head
+    expected = [*range(head * h, head * h + head)]
+    assert columns == [i + k * width for k in range(3) for i in expected]
+    assert {sl.axis for sl in group.slices if sl.tensor == f"{layer}.c_attn.weight"} == {1}
+    biases = sorted(sl.start for sl in group.slices if sl.tensor == f"{layer}.c_attn.bias")
+    assert biases == columns
+    rows = [
+        (sl.axis, sl.start, sl.stop, sl.role) for sl in group.slices if sl.tensor == f"{layer}.c_proj.weight"
+    ]
+    assert rows == [(0, head * h, head * h + head, "in")]
+    return h
+
+
+def widths(artifact: sqc.api.Artifact) -> dict[str, list[Any]]:
+    """The shape argument of every reshape/view next to an ``addmm``, by the addmm it feeds or follows."""
+    out: dict[str, list[Any]] = {}
+    for node in artifact.module().graph.nodes:
+        if node.op == "call_function" and "addmm" in str(node.target):
+            before, after = node.args[1], next(iter(node.users))
+            out[f"{node.name}.in"] = list(before.args[1])
+            out[f"{node.name}.out"] = [a if isinstance(a, int) else "n" for a in after.args[1]]
+    return out
+
+
+def test_gpt2_conv1d_prunes_heads_by_columns_and_mlp_units(tmp_path):
+    _, artifact, groups, _ = prune("gpt2_conv1d", "ratio=0.5", tmp_path)
+    s = shapes(artifact)
+    for layer in ("h.0", "h.1"):
+        assert s[f"{layer}.c_attn.weight"] == (32, 48) and s[f"{layer}.c_attn.bias"] == (48,)
+        assert s[f"{layer}.c_proj.weight"] == (16, 32) and s[f"{layer}.c_proj.bias"] == (32,)
+        assert s[f"{layer}.c_fc.weight"] == (32, 64) and s[f"{layer}.c_fc.bias"] == (64,)
+        assert s[f"{layer}.mlp_proj.weight"] == (64, 32) and s[f"{layer}.ln_2.weight"] == (32,)
+        heads = [g for g in groups if g.space == (f"{layer}.c_attn",)]
+        assert len(heads) == 2 and len({conv1d_head(g, layer) for g in heads}) == 2
+        units = [g for g in groups if g.space == (f"{layer}.c_fc",)]
+        assert len(units) == 64  # hidden units go one by one: a c_fc column, its bias, a mlp_proj row
+        for group in units:
+            (column,) = [sl for sl in group.slices if sl.tensor == f"{layer}.c_fc.weight"]
+            (row,) = [sl for sl in group.slices if sl.tensor == f"{layer}.mlp_proj.weight"]
+            assert (column.axis, column.stop - column.start, row.axis, row.start) == (1, 1, 0, column.start)
+    assert s["wte.weight"] == (100, 32) and s["wpe.weight"] == (64, 32)  # the residual stream stays whole
+    assert attention_heads(artifact) == [2, 2, 2, 2]  # scores and scores @ v of both blocks
+    w = widths(artifact)
+    assert w["h_0_c_attn.in"] == [-1, 32] and w["h_0_c_attn.out"] == ["n", 8, 48]
+    assert w["h_0_c_proj.in"] == [-1, 16] and w["h_0_c_fc.out"] == ["n", 8, 64]
+    assert w["h_1_mlp_proj.in"] == [-1, 64] and w["h_1_mlp_proj.out"] == ["n", 8, 32]
+    layers = artifact.report[0].layers  # a Conv1D's filters are its columns
+    assert layers["h.0.c_attn.weight"] == {"channels_before": 96, "channels_after": 48}
+    assert layers["h.1.c_fc.weight"] == {"channels_before": 128, "channels_after": 64}
+    assert "h.0.c_proj.weight" not in layers  # lost input rows, not filters
+
+
+def test_hf_gpt2_lm_head_model_loses_heads_and_mlp_units(tmp_path):
+    _, artifact, groups, x = prune("hf_gpt2", "ratio=0.5", tmp_path)
+    s = shapes(artifact)
+    for layer in ("transformer.h.0", "transformer.h.1"):
+        assert s[f"{layer}.attn.c_attn.weight"] == (32, 48) and s[f"{layer}.attn.c_attn.bias"] == (48,)
+        assert s[f"{layer}.attn.c_proj.weight"] == (16, 32)
+        assert s[f"{layer}.mlp.c_fc.weight"] == (32, 64) and s[f"{layer}.mlp.c_fc.bias"] == (64,)
+        assert s[f"{layer}.mlp.c_proj.weight"] == (64, 32)
+        heads = [g for g in groups if g.space == (f"{layer}.attn.c_attn",)]
+        assert len(heads) == 2 and len({conv1d_head(g, f"{layer}.attn") for g in heads}) == 2
+    assert s["transformer.wte.weight"] == (100, 32) and s["transformer.wpe.weight"] == (32, 32)
+    assert artifact.model.aliases == {"lm_head.weight": "transformer.wte.weight"}  # still tied
+    assert attention_heads(artifact) == [2, 2]
+    assert logits(artifact.module()(x)).shape == (2, 8, 100)
+
+
+def test_conv1d_filters_are_ranked_by_column_norm():
+    """The weakest MLP units of a Conv1D are its columns with the smallest norm, not its rows."""
+    model = seeded(gpt2_conv1d())
+    with torch.no_grad():
+        model.h[0].c_fc.weight[:, 5].mul_(1e-3)  # one tiny column: the first hidden unit to go
+        model.h[0].c_fc.weight[3].mul_(1e-3)  # a tiny row is an input feature, not a filter
+    x = torch.randint(0, 100, (2, 8))
+    pass_ = sqc.pipeline.Pipeline.parse("prune-channels{ratio=0.01}").passes[0]
+    assert isinstance(pass_, PruneChannels)
+    _, chosen, _ = pass_.plan(trace(model, [x]))
+    assert [g.sources for g in chosen if g.space == ("h.0.c_fc",)] == [[("h.0.c_fc.weight", 5)]]
