@@ -26,6 +26,7 @@ from sqc.data import (
 from sqc.errors import SqcError
 from sqc.executors import Executor
 from sqc.frontend import trace
+from sqc.inputs import read_regular
 from sqc.ir import CompressedModel, PassRecord
 from sqc.loading import load_model
 from sqc.pass_base import Pass, PassContext, PassResult, TrainFn
@@ -219,19 +220,10 @@ def inspect(target: str | Path | Artifact, **model_options: Any) -> dict[str, An
 
     if isinstance(target, Artifact):
         return inspect_container(target.to_bytes(), "<in memory>")
-    path = Path(target)
-    if path.is_dir():
-        raise SqcError(f"{path}: is a directory")
-    if path.suffix == ".sqc" or _has_magic(path):
-        return inspect_container(path.read_bytes(), str(path))
-    return inspect_model(path, **model_options)
-
-
-def _has_magic(path: Path) -> bool:
     from sqc.formats.container import MAGIC
 
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
+    path = Path(target)
+    head = read_regular(path, len(MAGIC))  # a FIFO or a device would block or never end: refused first
+    if path.suffix == ".sqc" or head.startswith(MAGIC):
+        return inspect_container(read_regular(path), str(path))
+    return inspect_model(path, **model_options)
