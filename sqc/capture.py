@@ -88,8 +88,11 @@ def export_module(
                 for name, x in zip(names, examples, strict=True)
             }
             shapes.update({key: None for key in kwargs})
-            graph = _export(module, doubled, kwargs, shapes)
-            if _batch_is_symbolic(graph):
+            try:
+                graph = _export(module, doubled, kwargs, shapes)
+            except TraceError:  # e.g. the model checks its batch size: captured as given below
+                graph = None
+            if graph is not None and _batch_is_symbolic(graph):
                 return graph
     return _export(module, examples, kwargs, None)
 
@@ -108,10 +111,11 @@ def _export(
         raise TraceError(
             f"torch.export cannot capture {type(module).__name__}{user_frame(exc)}: {_first_line(exc)}"
         ) from None
+    user = set(program.graph_signature.user_inputs)
     graph.meta["sqc_symbolic_batch"] = all(
         isinstance(p.meta["val"].shape[0], torch.SymInt)
         for p in program.graph.nodes
-        if p.op == "placeholder" and p.name in set(program.graph_signature.user_inputs)
+        if p.op == "placeholder" and p.name in user and isinstance(p.meta.get("val"), torch.Tensor)
     )
     return graph
 

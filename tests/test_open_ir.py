@@ -395,3 +395,22 @@ def test_cli_takes_example_inputs_from_a_file(tmp_path, cli, models_dir, monkeyp
         tmp_path / "b",
     )
     assert both.code == 1 and "not both" in both.err
+
+
+def test_a_model_that_checks_its_batch_size_is_captured_as_given():
+    """Captured on a doubled batch the check fails; the capture is redone on the example as given."""
+
+    class BatchOne(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = nn.LayerNorm(8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] != 1:
+                raise ValueError("one sample at a time")
+            return self.norm(x)
+
+    model = BatchOne().eval()
+    ir = trace(model, [(1, 8)])
+    x = torch.randn(1, 8)
+    assert torch.equal(ir.forward(x), model(x))
