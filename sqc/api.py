@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,8 +186,8 @@ def make_context(
             f"{built_in_only[0]} needs the built-in fine-tuner: a --data file with x_train/y_train"
         )
 
-    if tolerance < 0 or tolerance != tolerance:
-        raise SqcError(f"--tolerance {tolerance}: must be a non-negative number")
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise SqcError(f"--tolerance {tolerance}: must be a finite, non-negative number")
     subset = (lambda n: top1(dataset, n)) if evaluate is None and dataset is not None else None
     return PassContext(
         progress=progress,

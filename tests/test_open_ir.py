@@ -414,3 +414,8 @@ def test_a_model_that_checks_its_batch_size_is_captured_as_given():
     ir = trace(model, [(1, 8)])
     x = torch.randn(1, 8)
     assert torch.equal(ir.forward(x), model(x))
+
+
+def test_an_infinite_tolerance_is_refused(mlp):
+    with pytest.raises(sqc.SqcError, match="finite, non-negative"):
+        sqc.compress(mlp, [(1, 64)], "prune", tolerance=float("inf"))
