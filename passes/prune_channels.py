@@ -203,6 +203,22 @@ class ChannelGraph:
             start += size
         return out
 
+    def _joined(
+        self, node: fx.Node, keys: list[str], pieces: list[list[Unit]] | None, axis: int, problem: str
+    ) -> list[Unit] | None:
+        """New units for ``node``, laid out as every value of ``keys`` is, each coupled with those
+        values' units (``pieces``, or the units of ``keys``): operands that meet index by index. None,
+        with the node marked unknown for ``problem``, when their channel layouts differ."""
+        layouts = {(tuple(self.layout[k]), self.fold[k]) for k in keys}
+        if len(layouts) != 1:
+            self._unknown(node, problem)
+            return None
+        sizes, fold = layouts.pop()
+        units = self._new(node, list(sizes), axis, fold)
+        for piece in pieces if pieces is not None else [self._units(k) for k in keys]:
+            self._couple(piece, units)
+        return units
+
     def _new(self, node: fx.Node | str, sizes: list[int], axis: int, fold: int = 1) -> list[Unit]:
         key = node if isinstance(node, str) else node.name
         self.layout[key], self.axis[key], self.fold[key] = sizes, axis, fold
@@ -714,15 +730,10 @@ class ChannelGraph:
                 self._couple(piece, units[at : at + len(piece)])
                 at += len(piece)
             return
-        layouts = {(tuple(self.layout[k]), self.fold[k]) for k in keys}
-        if len(layouts) != 1:
-            self._unknown(node, f"concatenates along dim {dim} values with different channel layouts")
-            return
-        sizes, fold = layouts.pop()
-        units = self._new(node, list(sizes), axis, fold)
-        for piece in pieces:
-            assert piece is not None
-            self._couple(piece, units)
+        assert all(piece is not None for piece in pieces)
+        self._joined(
+            node, keys, pieces, axis, f"concatenates along dim {dim} values with different channel layouts"
+        )  # type: ignore[arg-type]
 
     def _op_split(self, node: fx.Node) -> None:
         """``x.split(size, dim)`` (GPT-2's packed q/k/v): along the tracked dimension, piece k holds the
@@ -806,14 +817,11 @@ class ChannelGraph:
             self._unknown(node, "combines operands tracked along different dimensions")
             return
         axis = axes.pop()
-        layouts = {(tuple(self.layout[a.name]), self.fold[a.name]) for a in tracked}
-        if len(layouts) != 1:
-            self._unknown(node, "combines operands with different channel layouts")
+        units = self._joined(
+            node, [a.name for a in tracked], None, axis, "combines operands with different channel layouts"
+        )
+        if units is None:
             return
-        sizes, fold = layouts.pop()
-        units = self._new(node, list(sizes), axis, fold)
-        for arg in tracked:
-            self._couple(self._units(arg.name), units)
         for arg in operands:
             if arg in tracked:
                 continue
@@ -824,7 +832,7 @@ class ChannelGraph:
             if dim < 0 or shape[dim] == 1:
                 continue  # constant across the channels
             param = _param_view(self.model, arg, dim)
-            if param is not None and fold == 1:
+            if param is not None and self.fold[node.name] == 1:
                 self._attach(node.name, param[0], param[1], "param")
             else:
                 self._anchor(units, arg)  # a per-channel value the pass cannot slice: the channels stay
@@ -889,14 +897,11 @@ class ChannelGraph:
         tracked = [
             v for v, r in ((a, ra), (b, rb)) if self._tracked(v) and self.axis[v.name] + rank - r == axis
         ]
-        layouts = {(tuple(self.layout[v.name]), self.fold[v.name]) for v in tracked}
-        if len(layouts) != 1:
-            self._unknown(node, "multiplies operands with different channel layouts")
+        units = self._joined(
+            node, [v.name for v in tracked], None, axis, "multiplies operands with different channel layouts"
+        )
+        if units is None:
             return
-        sizes, fold = layouts.pop()
-        units = self._new(node, list(sizes), axis, fold)
-        for value in tracked:
-            self._couple(self._units(value.name), units)
         for value, r in ((a, ra), (b, rb)):  # an untracked operand with its own batch of heads keeps them
             dim = axis - (rank - r)
             if value not in tracked and 0 <= dim < r - 2 and _shape(value)[dim] != 1:
@@ -918,14 +923,15 @@ class ChannelGraph:
         if len(axes) != 1 or (axis := next(iter(axes))) >= rank - 2:
             self._unknown(node, "attends over tracked features, not whole heads")
             return
-        layouts = {(tuple(self.layout[t.name]), self.fold[t.name]) for t in tracked}
-        if len(layouts) != 1:
-            self._unknown(node, "attends with q, k, v whose heads are laid out differently")
+        units = self._joined(
+            node,
+            [t.name for t in tracked],
+            None,
+            axis,
+            "attends with q, k, v whose heads are laid out differently",
+        )
+        if units is None:
             return
-        sizes, fold = layouts.pop()
-        units = self._new(node, list(sizes), axis, fold)
-        for t in tracked:
-            self._couple(self._units(t.name), units)
         for t in (q, k, v):
             if isinstance(t, fx.Node) and t not in tracked:
                 dim = axis - (rank - len(_shape(t)))
