@@ -114,3 +114,16 @@ def cli() -> Callable[..., Result]:
 def models_dir() -> Path:
     """A directory with an importable module of factories (for --arch)."""
     return TESTS / "models_pkg"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, models_dir: Path, monkeypatch) -> Path:
+    """The current directory: a state_dict of sqc_test_models:Small in ``small.pt``, the factory
+    importable (``--arch sqc_test_models:Small``)."""
+    monkeypatch.syspath_prepend(str(models_dir))
+    monkeypatch.chdir(tmp_path)
+    from sqc_test_models import Small
+
+    torch.manual_seed(0)
+    torch.save(Small().state_dict(), tmp_path / "small.pt")
+    return tmp_path

@@ -10,19 +10,6 @@ import torch
 
 import sqc
 
-
-@pytest.fixture
-def workdir(tmp_path: Path, models_dir: Path, monkeypatch) -> Path:
-    """A directory with a state_dict of sqc_test_models:Small, the factory importable."""
-    monkeypatch.syspath_prepend(str(models_dir))
-    monkeypatch.chdir(tmp_path)
-    from sqc_test_models import Small
-
-    torch.manual_seed(0)
-    torch.save(Small().state_dict(), tmp_path / "small.pt")
-    return tmp_path
-
-
 ARCH = ("--arch", "sqc_test_models:Small")
 
 

@@ -238,17 +238,6 @@ def test_reserved_attribute_lists_cover_the_installed_torch():
 # --------------------------------------------------------------------------- 2. every error one line
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, models_dir: Path, monkeypatch) -> Path:
-    monkeypatch.syspath_prepend(str(models_dir))
-    monkeypatch.chdir(tmp_path)
-    from sqc_test_models import Small
-
-    torch.manual_seed(0)
-    torch.save(Small().state_dict(), tmp_path / "small.pt")
-    return tmp_path
-
-
 ARCH = ("--arch", "sqc_test_models:Small")
 
 

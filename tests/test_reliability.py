@@ -638,17 +638,6 @@ def test_save_through_the_api_after_a_crash(tmp_path, mlp):
 # --------------------------------------------------------------------------- the CLI with bad input
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, models_dir: Path, monkeypatch) -> Path:
-    monkeypatch.syspath_prepend(str(models_dir))
-    monkeypatch.chdir(tmp_path)
-    from sqc_test_models import Small
-
-    torch.manual_seed(0)
-    torch.save(Small().state_dict(), tmp_path / "small.pt")
-    return tmp_path
-
-
 ARCH = ("--arch", "sqc_test_models:Small")
 
 
