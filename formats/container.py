@@ -55,9 +55,19 @@ from sqc.names import name_problem, names_problem, shown_name
 from sqc.outputs import write_atomic
 
 MAGIC = b"\x89SQC\r\n\x1a\n"
-VERSION = (1, 3)
+VERSION = (1, 4)
 """The newest format this sqc writes and reads. A file is written in the oldest format that holds it:
-1.2 unless the model needs what 1.3 added (ATen operators, typed buffers, tied tensors, ...)."""
+1.2 unless the model needs what 1.3 added (ATen operators, typed buffers, tied tensors, ...), and 1.4
+only for scaled fixed-point weights (a free quantization step, ``quant{qp=..}``)."""
+
+
+def oldest_version(features: set[str]) -> tuple[int, int]:
+    """The oldest format that holds a model using ``features`` (names from the writer's checks)."""
+    if "scaled" in features:
+        return (1, 4)
+    return (1, 3) if features else (1, 2)
+
+
 HEADER_SIZE = 28
 ENTRY_SIZE = 20
 KIND_GRAPH, KIND_TENSOR, KIND_REPORT = 1, 2, 3
@@ -194,7 +204,9 @@ def serialize(model: CompressedModel) -> bytes:
         features.add("dtype-1.3")
     if any(s.dense is not None and s.dense.dtype != torch.float32 for s in model.tensors.values()):
         features.add("typed")
-    version = VERSION if features else (1, 2)  # the oldest format that holds the model
+    if any(s.fmt is not None and s.fmt.mult for s in model.tensors.values()):
+        features.add("scaled")
+    version = oldest_version(features)
     meta: dict[str, Any] = {
         "inputs": [[s.name, list(s.shape), s.dtype] for s in model.inputs],
         "tensors": [[name, list(model.tensors[name].shape), model.tensors[name].role] for name in names],

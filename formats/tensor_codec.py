@@ -45,6 +45,9 @@ SPARSE, VALUES_HUFFMAN, INDEX_HUFFMAN, WANTS_HUFFMAN = 1, 2, 4, 8
 CONTEXT_CODED, WANTS_RANS = 16, 32
 """Format 1.2: the context-coded layout, and "the tensor asked for rans" (a 1.1 reader rejects both
 as unknown layout flags)."""
+FIXED_PER_CHANNEL, FIXED_SCALED = 1, 2
+"""Fixed-point header flags: one fraction length per output channel; and (format 1.4) a step
+multiplier byte after the fraction lengths, one per entry (``value = code * mult * 2**-frac``)."""
 KNOWN_FLAGS = SPARSE | VALUES_HUFFMAN | INDEX_HUFFMAN | WANTS_HUFFMAN | CONTEXT_CODED | WANTS_RANS
 MAX_CODEBOOK = 1 << 16
 BOOK_DELTA = 1
@@ -204,9 +207,11 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
         assert state.fmt is not None
         codec = FIXED
         out.u8(state.fmt.bits)
-        out.u8(1 if state.fmt.per_channel else 0)
+        out.u8((FIXED_PER_CHANNEL if state.fmt.per_channel else 0) | (FIXED_SCALED if state.fmt.mult else 0))
         for frac in state.fmt.frac:
             out.i8(frac)
+        for mult in state.fmt.mult:
+            out.u8(mult)
         info.header = len(out.getvalue())
     else:
         codec = RAW_F32
@@ -453,12 +458,14 @@ def _decode(
         alphabet, width = k, max(1, math.ceil(math.log2(k)))
     elif codec == FIXED:
         bits = r.u8()
-        per_channel = r.u8()
-        if per_channel not in (0, 1) or (per_channel and not shape):
-            raise r.fail(f"bad fixed-point flags {per_channel}")
+        fixed_flags = r.u8()
+        per_channel = fixed_flags & FIXED_PER_CHANNEL
+        if fixed_flags & ~(FIXED_PER_CHANNEL | FIXED_SCALED) or (per_channel and not shape):
+            raise r.fail(f"bad fixed-point flags {fixed_flags}")
         channels = shape[0] if per_channel else 1
         fracs = tuple(r.i8() for _ in range(channels))
-        state.fmt = _format(r, bits, fracs)
+        mults = tuple(r.u8() for _ in range(channels)) if fixed_flags & FIXED_SCALED else ()
+        state.fmt = _format(r, bits, fracs, mults)
         alphabet, width = 1 << bits, bits
         info.header = r.pos
     elif codec != RAW_F32:
@@ -633,8 +640,8 @@ def decode_float_deltas(data: memoryview, count: int) -> tuple[np.ndarray, int]:
     return bits32.astype("<u4").view("<f4").astype(np.float32), r.pos
 
 
-def _format(r: Reader, bits: int, fracs: tuple[int, ...]) -> FixedPoint:
+def _format(r: Reader, bits: int, fracs: tuple[int, ...], mults: tuple[int, ...] = ()) -> FixedPoint:
     try:
-        return FixedPoint(bits, fracs)
+        return FixedPoint(bits, fracs, mults)
     except ValueError as exc:
         raise r.fail(str(exc)) from None

@@ -56,18 +56,29 @@ def all_finite(values: torch.Tensor) -> bool:
     return math.isfinite(float(low)) and math.isfinite(float(high))
 
 
+MAX_STEP_MULT = 255
+"""Largest step multiplier of a scaled fixed-point format (8 bits: the step is set to 0.4 % or better)."""
+MAX_SCALED_BITS = 16
+"""Widest code of a scaled format: ``|code * mult| < 2**23``, so every value is an exact float32."""
+
+
 @dataclass(frozen=True)
 class FixedPoint:
-    """Signed two's-complement fixed point: ``value = code * 2**-frac``.
+    """Signed two's-complement fixed point: ``value = code * mult * 2**-frac``.
 
     ``frac`` holds one entry (per-tensor format) or one per slice along axis 0 (per-channel format).
-    Codes lie in ``[-2**(bits-1), 2**(bits-1) - 1]``. Conversion from float rounds half to even
-    (``torch.round``) and then saturates to that range; the C and HLS targets read the stored codes, so
-    weights never need re-rounding, and the rule is stated here once.
+    ``mult`` is empty for the classic power-of-two step (``mult = 1``), or holds one integer multiplier
+    in ``1..255`` per ``frac`` entry: a *scaled* format, whose step ``mult * 2**-frac`` is set freely
+    (rate control, ``quant{qp=..}``) and still means integer arithmetic to the integer targets (the
+    multiplier folds into the requantization of the layer's output). Codes lie in
+    ``[-2**(bits-1), 2**(bits-1) - 1]``. Conversion from float rounds half to even (``torch.round``)
+    and then saturates to that range; the C and HLS targets read the stored codes, so weights never
+    need re-rounding, and the rule is stated here once.
     """
 
     bits: int
     frac: tuple[int, ...]
+    mult: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not 2 <= self.bits <= 24:
@@ -76,6 +87,29 @@ class FixedPoint:
             raise ValueError("fixed-point format needs at least one fraction length")
         if any(not -64 <= f <= 64 for f in self.frac):
             raise ValueError(f"fraction lengths must be within -64..64, got {self.frac}")
+        if self.mult:
+            if len(self.mult) != len(self.frac):
+                raise ValueError(f"{len(self.mult)} step multipliers for {len(self.frac)} fraction lengths")
+            if any(not 1 <= m <= MAX_STEP_MULT for m in self.mult):
+                raise ValueError(f"step multipliers must be within 1..{MAX_STEP_MULT}, got {self.mult}")
+            if self.bits > MAX_SCALED_BITS:
+                raise ValueError(f"a scaled fixed-point format holds at most {MAX_SCALED_BITS}-bit codes")
+
+    @classmethod
+    def scaled(cls, bits: int, step: float) -> FixedPoint:
+        """A per-tensor format whose step is ``step`` to 8 significant bits (``mult`` in 128..255, or a
+        plain power of two when the step is one)."""
+        if not (math.isfinite(step) and step > 0):
+            raise ValueError(f"quantization step must be a positive number, got {step}")
+        frac = 7 - math.floor(math.log2(step))
+        mult = round(step * 2.0**frac)
+        if mult > MAX_STEP_MULT:  # a step just below a power of two rounds up to 256
+            frac, mult = frac - 1, 128
+        while mult % 2 == 0 and mult > 1:  # the canonical form: an odd multiplier (or 1)
+            frac, mult = frac - 1, mult // 2
+        if not -64 <= frac <= 64:
+            raise ValueError(f"quantization step {step:g} is outside 2^-57..2^64")
+        return cls(bits, (frac,), () if mult == 1 else (mult,))
 
     @property
     def qmin(self) -> int:
@@ -89,9 +123,19 @@ class FixedPoint:
     def per_channel(self) -> bool:
         return len(self.frac) > 1
 
+    @property
+    def multipliers(self) -> tuple[int, ...]:
+        """One multiplier per ``frac`` entry (1 for a power-of-two step)."""
+        return self.mult or (1,) * len(self.frac)
+
+    @property
+    def steps(self) -> tuple[float, ...]:
+        """The step of every slice (exact: an 8-bit multiplier times a power of two)."""
+        return tuple(math.ldexp(float(m), -f) for m, f in zip(self.multipliers, self.frac, strict=True))
+
     def scale(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """The step ``2**-frac`` broadcastable against a tensor of ``shape`` (float64, exact)."""
-        steps = torch.tensor([math.ldexp(1.0, -f) for f in self.frac], dtype=torch.float64)
+        """The step ``mult * 2**-frac`` broadcastable against a tensor of ``shape`` (float64, exact)."""
+        steps = torch.tensor(self.steps, dtype=torch.float64)
         if self.per_channel:
             return steps.reshape((-1,) + (1,) * (len(shape) - 1))
         return steps.reshape(())
@@ -102,7 +146,8 @@ class FixedPoint:
         return torch.round(scaled).clamp_(self.qmin, self.qmax).to(CODE_DTYPE)
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
-        """Integer codes -> float32 values; exact because the step is a power of two and bits <= 24."""
+        """Integer codes -> float32 values; exact because ``|code * mult| < 2**24`` and the rest of the
+        step is a power of two."""
         return (codes.to(torch.float64) * self.scale(tuple(codes.shape))).to(torch.float32)
 
 
@@ -238,8 +283,8 @@ class TensorState:
                 book = self.codebook
                 if book.dim() != 1 or book.numel() == 0 or book.dtype != torch.float32:
                     raise VerifyError(f"{where}: codebook must be a non-empty float32 vector")
-                if self.fmt is not None and self.fmt.per_channel:
-                    raise VerifyError(f"{where}: a codebook format must be per-tensor")
+                if self.fmt is not None and (self.fmt.per_channel or self.fmt.mult):
+                    raise VerifyError(f"{where}: a codebook format is per-tensor with a power-of-two step")
             elif self.fmt is None:
                 raise VerifyError(f"{where}: integer codes without a codebook or a fixed-point format")
             elif self.fmt.per_channel and len(self.fmt.frac) != self.shape[0]:

@@ -251,6 +251,7 @@ def legalize_weights(
     want = state.coder in ("huffman", "rans")
     codebook: np.ndarray | None = None
     offset = 0
+    mults: tuple[int, ...] = ()
     if state.codebook is not None and state.codes is not None:
         fmt = state.fmt
         if fmt is None:
@@ -293,6 +294,9 @@ def legalize_weights(
         alphabet = 1 << fmt.bits
         value_bits = fmt.bits
         frac = tuple(fmt.frac) if fmt.per_channel else (fmt.frac[0],) * channels
+        if fmt.mult:
+            mults = tuple(fmt.mult) if fmt.per_channel else (fmt.mult[0],) * channels
+            origin += f", step x{mults[0]}" if len(set(mults)) == 1 else ", scaled steps"
     width = max(1, math.ceil(math.log2(alphabet))) if alphabet > 1 else 1
     sparse = opts.sparse == "always" or (opts.sparse == "auto" and flat_mask is not None)
     index: Stream | None = None
@@ -331,6 +335,7 @@ def legalize_weights(
         shape=shape,
         values=values.reshape(shape),
         frac=tuple(int(f) for f in frac),
+        mult=tuple(int(m) for m in mults),
         value_bits=value_bits,
         codebook=codebook,
         offset=offset,
@@ -576,14 +581,18 @@ class _Walk:
         if act is not None:
             lo, hi = self.clamp_bounds(act, self.opname(act), fmt)
         facc = np.array([x.fmt.frac + f for f in w.frac], dtype=np.int64)
+        steps = w.multipliers  # a scaled weight format: the accumulator counts steps of mult * 2**-facc
         bias_q = np.array(
-            [round_half_even(float(v) * 2.0 ** int(f)) for v, f in zip(shift_add, facc, strict=True)]
+            [
+                round_half_even(float(v) * 2.0 ** int(f) / m)
+                for v, f, m in zip(shift_add, facc, steps, strict=True)
+            ]
         )
         if bn is None:
-            mult = np.ones(channels, dtype=np.int64)
+            mult = np.array(steps, dtype=np.int64)
             mfrac = np.zeros(channels, dtype=np.int64)
         else:
-            pairs = [multiplier(float(s), f"node {bn.name}") for s in scale]
+            pairs = [multiplier(float(s) * m, f"node {bn.name}") for s, m in zip(scale, steps, strict=True)]
             mult = np.array([p[0] for p in pairs], dtype=np.int64)
             mfrac = np.array([p[1] for p in pairs], dtype=np.int64)
         shift = facc + mfrac - fmt.frac

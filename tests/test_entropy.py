@@ -270,7 +270,7 @@ def test_rans_pass_through_the_container(tmp_path) -> None:
     path = tmp_path / "m.sqc"
     artifact.save(path)
     layout = container.read_layout(path.read_bytes())
-    assert layout.version == (1, 2) and container.VERSION == (1, 3)  # 1.2 holds every classic model
+    assert layout.version == (1, 2) and container.VERSION == (1, 4)  # 1.2 holds every classic model
     assert layout.sections[0].codec == layout.sections[-1].codec == container.JSON_PRESET
     assert layout.report[-1].spec == "rans{layers=*}"
     restored = sqc.load(path)

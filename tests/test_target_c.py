@@ -108,7 +108,9 @@ def lower_and_check(
 
 @needs_cc
 @pytest.mark.parametrize("arch", ["LeNet300", "LeNet5"])
-@pytest.mark.parametrize("pipeline", ["prune,share,huffman", "prune,quant,huffman"])
+@pytest.mark.parametrize(
+    "pipeline", ["prune,share,huffman", "prune,quant,huffman", "prune,quant{qp=-26 rdo=0.2},huffman"]
+)
 def test_lenet_bit_exact_on_mnist(arch: str, pipeline: str, tmp_path: Path) -> None:
     x, _ = mnist()
     report = lower_and_check(lenet(arch), (1, 1, 28, 28), pipeline, x, tmp_path, MNIST)
@@ -155,7 +157,12 @@ def calib_npz(tmp_path: Path) -> Callable[[torch.Tensor], Path]:
 
 @needs_cc
 @pytest.mark.parametrize(
-    "pipeline", ["prune{sparsity=0.5},quant,huffman", "prune{sparsity=0.5},share{bits=4}"]
+    "pipeline",
+    [
+        "prune{sparsity=0.5},quant,huffman",
+        "prune{sparsity=0.5},share{bits=4}",
+        "prune{sparsity=0.5},quant{qp=-24},huffman",  # scaled steps, folded into BatchNorm's multiplier
+    ],
 )
 def test_firenet_bit_exact(
     firenet: nn.Module, pipeline: str, tmp_path: Path, calib_npz: Callable[[torch.Tensor], Path]

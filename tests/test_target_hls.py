@@ -142,13 +142,14 @@ def test_lenet_csim_bit_exact(arch: str, samples: int, options: dict[str, str], 
 
 @needs_csim
 @pytest.mark.skipif(CC is None, reason="no system C compiler (cc) for the C target")
-def test_firenet_csim_bit_exact(firenet: nn.Module, tmp_path: Path) -> None:
+@pytest.mark.parametrize("quant", ["quant", "quant{qp=-24}"])  # power-of-two and scaled steps
+def test_firenet_csim_bit_exact(firenet: nn.Module, quant: str, tmp_path: Path) -> None:
     """Every op kind (folded BatchNorm, PReLU, residual add, Fire concat, grouped/dilated conv, conv1d,
     pooling, tables, product, padding, softmax) with fixed-point codes in ROM, stream interface."""
     x = torch.rand(48, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     calib = tmp_path / "calib.npz"
     np.savez(calib, x_val=x.numpy(), y_val=np.zeros(x.shape[0], dtype=np.int64))
-    program = program_for(firenet, (1, 3, 16, 16), "prune{sparsity=0.5},quant,huffman", tmp_path, calib)
+    program = program_for(firenet, (1, 3, 16, 16), f"prune{{sparsity=0.5}},{quant},huffman", tmp_path, calib)
     got, _ = csim(program, x, tmp_path, {"reuse": "8"})
     assert np.array_equal(got, c_target(program, x, tmp_path))
     source = (tmp_path / "hls" / "model.cpp").read_text()

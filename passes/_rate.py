@@ -1,0 +1,100 @@
+"""Rate models for rate-distortion optimised quantization: what a code costs in the entropy coder.
+
+Why: the quantizers trade distortion for bytes (``D + lambda * R``), so ``R`` must be the rate of the coder
+that will write the codes, not a proxy. The context-coded layout (:mod:`sqc.formats.rans`) codes a
+symbol's bits most significant first, each bit a binary decision at its node of a full binary tree
+with its own adaptive (Krichevsky-Trofimov) probability. With one context set (value mode 0) that is an
+adaptive order-0 model of the symbols, and the bits a symbol costs are the sum, over the tree levels,
+of ``-log2 P(bit | node)`` with the node's counts. :func:`tree_costs` gives that for every symbol of the
+alphabet at once from a histogram: the stationary cost of the coder's own model (the adaptive coder pays
+a little more while it learns; modes 1-3 a little less where neighbours correlate).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from sqc.ir import slices
+
+__all__ = ["RDO_ITERATIONS", "entropy_costs", "rd_cost", "rdo_levels", "tree_costs"]
+
+RDO_ITERATIONS = 4
+"""Alternations of "fit the rate model to the codes" and "re-pick every code under it": the total
+``D + lambda * R`` stops moving after two or three on the reference layers."""
+
+
+def tree_costs(histogram: npt.ArrayLike, width: int) -> npt.NDArray[np.float64]:
+    """Bits each symbol ``0 .. 2**width - 1`` costs under the binary-tree model fitted to ``histogram``
+    (counts per symbol; symbols never seen get the cost of the KT estimate at their nodes)."""
+    hist = np.zeros(1 << width, dtype=np.float64)
+    given = np.asarray(histogram, dtype=np.float64).ravel()
+    hist[: min(given.size, hist.size)] = given[: hist.size]
+    symbols = np.arange(1 << width, dtype=np.int64)
+    cost = np.zeros(1 << width, dtype=np.float64)
+    for level in range(width):
+        node = (symbols >> (width - level)) | (1 << level)
+        bit = (symbols >> (width - 1 - level)) & 1
+        ones = np.bincount(node, weights=hist * bit, minlength=2 << level)
+        total = np.bincount(node, weights=hist, minlength=2 << level)
+        p_one = (ones + 0.5) / (total + 1.0)
+        p = np.where(bit == 1, p_one[node], 1.0 - p_one[node])
+        cost -= np.log2(p)
+    return cost
+
+
+def entropy_costs(histogram: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """``-log2 p`` of every entry of a histogram, with the KT half-count for entries never seen: the
+    ideal adaptive cost of a cluster index (entropy-constrained k-means)."""
+    hist = np.asarray(histogram, dtype=np.float64).ravel()
+    return -np.log2((hist + 0.5) / (hist.sum() + 0.5 * hist.size))
+
+
+def rdo_levels(
+    scaled: torch.Tensor, qmin: int, qmax: int, rdo: float, iterations: int = RDO_ITERATIONS
+) -> tuple[torch.Tensor, npt.NDArray[np.float64]]:
+    """Integer levels for ``scaled = weights / step`` minimising ``(scaled - q)**2 + rdo * R(q)`` (the
+    distortion in squared steps, so ``lambda = rdo * step**2``), and the rate table used last.
+
+    ``R`` is :func:`tree_costs` of the levels themselves, refitted each iteration: each weight picks
+    among rounding down, rounding up and zero under the current table. ``rdo = 0`` is plain rounding
+    (half to even, then saturation); for every weight the choice never costs more than rounding under
+    the table it was made with.
+    """
+    flat = scaled.reshape(-1)
+    levels = torch.round(flat).clamp_(qmin, qmax)
+    width = max(1, (qmax - qmin).bit_length())
+    table = tree_costs(np.bincount((levels - qmin).to(torch.int64).numpy(), minlength=1 << width), width)
+    if rdo <= 0 or flat.numel() == 0:
+        return levels.to(torch.int32), table
+    for _ in range(iterations):
+        cost = torch.from_numpy(table)
+        for part in slices(flat.numel()):
+            levels[part] = _pick(flat[part], levels[part], cost, qmin, qmax, rdo)
+        hist = np.bincount((levels - qmin).to(torch.int64).numpy(), minlength=1 << width)
+        table = tree_costs(hist, width)
+    return levels.to(torch.int32), table
+
+
+def _pick(
+    scaled: torch.Tensor, rounded: torch.Tensor, cost: torch.Tensor, qmin: int, qmax: int, rdo: float
+) -> torch.Tensor:
+    """The cheapest of rounding down, rounding up, zero and plain rounding, under ``cost``."""
+    low = torch.floor(scaled).clamp_(qmin, qmax)
+    best = rounded.clone()
+    best_j = rd_cost(scaled, best, cost, qmin, rdo)
+    for candidate in (low, (low + 1).clamp_(qmin, qmax), torch.zeros_like(low)):
+        j = rd_cost(scaled, candidate, cost, qmin, rdo)
+        better = j < best_j
+        best = torch.where(better, candidate, best)
+        best_j = torch.where(better, j, best_j)
+    return best
+
+
+def rd_cost(
+    scaled: torch.Tensor, levels: torch.Tensor, cost: torch.Tensor, qmin: int, rdo: float
+) -> torch.Tensor:
+    """Per weight ``(scaled - level)**2 + rdo * cost[level]`` (float64)."""
+    error = (scaled.to(torch.float64) - levels.to(torch.float64)) ** 2
+    return error + rdo * cost[(levels - qmin).to(torch.int64)]

@@ -1,0 +1,154 @@
+"""The rate-controlled quantizer: free steps (scaled fixed point), RDO, their container round trip."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import sqc
+from sqc.errors import PipelineError, SqcError
+from sqc.formats import container
+from sqc.formats.tensor_codec import decode_tensor, encode_tensor
+from sqc.ir import MAX_STEP_MULT, FixedPoint, TensorState
+from sqc.passes._rate import rd_cost, rdo_levels, tree_costs
+from sqc.passes.quant import qp_step, quantize_step
+
+
+@given(st.floats(min_value=2.0**-50, max_value=2.0**10, allow_nan=False, allow_infinity=False))
+def test_scaled_step_keeps_eight_significant_bits(step: float) -> None:
+    fmt = FixedPoint.scaled(8, step)
+    (exact,) = fmt.steps
+    assert abs(exact - step) <= step / 256  # the multiplier is 8 bits: 128..255 before reduction
+    assert all(m % 2 == 1 and 1 <= m <= MAX_STEP_MULT for m in fmt.mult)  # canonical: odd or absent
+    assert exact == math.ldexp(float(fmt.multipliers[0]), -fmt.frac[0])
+
+
+@given(
+    st.integers(min_value=2, max_value=16),
+    st.integers(min_value=1, max_value=MAX_STEP_MULT),
+    st.integers(min_value=-20, max_value=40),
+    st.lists(st.integers(min_value=-(1 << 15), max_value=(1 << 15) - 1), min_size=1, max_size=64),
+)
+def test_scaled_dequantize_is_exact_and_quantize_inverts_it(
+    bits: int, mult: int, frac: int, raw: list[int]
+) -> None:
+    """``value = code * mult * 2**-frac`` exactly in float32, and quantizing the value gives the code back:
+    the fixed-point meaning the integer targets rely on."""
+    fmt = FixedPoint(bits, (frac,), (mult,))
+    codes = torch.tensor(raw, dtype=torch.int32).clamp(fmt.qmin, fmt.qmax)
+    values = fmt.dequantize(codes)
+    want = [math.ldexp(float(c * mult), -frac) for c in codes.tolist()]
+    assert values.tolist() == want
+    assert torch.equal(fmt.quantize(values), codes)
+
+
+def test_scaled_format_limits() -> None:
+    with pytest.raises(ValueError, match="multipliers"):
+        FixedPoint(8, (3,), (256,))
+    with pytest.raises(ValueError, match="at most 16"):
+        FixedPoint(17, (3,), (3,))
+    with pytest.raises(ValueError, match="step multipliers for"):
+        FixedPoint(8, (3, 4), (3,))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(min_value=0, max_value=2**31 - 1),
+    st.integers(min_value=-40, max_value=-8),
+    st.sampled_from([0.0, 0.1, 0.5]),
+    st.booleans(),
+    st.sampled_from(["raw", "huffman", "rans"]),
+)
+def test_scaled_tensor_round_trips_through_the_codec(
+    seed: int, qp: int, rdo: float, pruned: bool, coder: str
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.randn(12, 20, generator=gen) * 0.1
+    mask = torch.rand(12, 20, generator=gen) > 0.7 if pruned else None
+    fmt, codes = quantize_step(values, qp_step(qp), mask, rdo, "w")
+    state = TensorState("w", (12, 20), "weight", codes=codes, fmt=fmt, coder=coder)  # type: ignore[arg-type]
+    state.set_mask(mask)
+    codec, payload, _ = encode_tensor(state)
+    restored, _ = decode_tensor(codec, payload, "w", (12, 20), "weight")
+    assert restored.fmt == fmt
+    assert torch.equal(restored.decode(), state.decode())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=0, max_value=2**31 - 1), st.sampled_from([0.05, 0.2, 1.0]))
+def test_rdo_never_costs_more_than_rounding(seed: int, rdo: float) -> None:
+    """Under the rate table the choice was made with, every weight's ``D + lambda R`` is at most that of
+    plain rounding (and so is the sum)."""
+    gen = torch.Generator().manual_seed(seed)
+    scaled = torch.randn(2000, generator=gen, dtype=torch.float64) * 6
+    qmax = 63
+    # one RDO iteration from rounding: the table it used is the rounding's own
+    levels, _ = rdo_levels(scaled, -qmax - 1, qmax, rdo, iterations=1)
+    rounded = torch.round(scaled).clamp(-qmax - 1, qmax)
+    table = tree_costs(np.bincount((rounded + qmax + 1).long().numpy(), minlength=128), 7)
+    cost = torch.from_numpy(table)
+    j_rdo = rd_cost(scaled, levels, cost, -qmax - 1, rdo)
+    j_round = rd_cost(scaled, rounded, cost, -qmax - 1, rdo)
+    assert bool((j_rdo <= j_round + 1e-12).all())
+    assert float(j_rdo.sum()) < float(j_round.sum())  # and it finds something on Gaussian weights
+
+
+def test_tree_costs_are_the_order_zero_code_lengths() -> None:
+    """With one context set the binary tree is an order-0 model: costs follow -log2 of the frequency."""
+    hist = np.array([800, 100, 50, 50, 0, 0, 0, 0], dtype=np.float64)
+    costs = tree_costs(hist, 3)
+    assert costs[0] < costs[1] < costs[4]
+    assert abs(costs[0] - -math.log2(800 / 1000)) < 0.01
+    assert np.isfinite(costs).all()
+
+
+class Mlp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 48)
+        self.fc2 = nn.Linear(48, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_qp_pipeline_is_smaller_than_bits_at_equal_error_and_writes_format_1_4(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = Mlp()
+    with torch.no_grad():  # trained weights are heavy-tailed: a few large ones set a power-of-two range
+        for layer in (model.fc1, model.fc2):
+            w = torch.distributions.Laplace(0.0, 0.02).sample(layer.weight.shape)
+            w.view(-1)[::97] *= 8
+            layer.weight.copy_(w)
+    weights = torch.cat([p.detach().reshape(-1) for n, p in model.named_parameters() if "weight" in n])
+
+    def run(pipeline: str) -> tuple[int, float, object]:
+        artifact = sqc.compress(model, [(1, 64)], pipeline)
+        path = tmp_path / "m.sqc"
+        artifact.save(path, force=True)
+        loaded = sqc.load(path)
+        got = torch.cat([p.detach().reshape(-1) for n, p in loaded.named_parameters() if "weight" in n])
+        layout = container.read_layout(path.read_bytes())
+        return path.stat().st_size, float(((got - weights) ** 2).mean()), layout.version
+
+    size_bits, mse_bits, version_bits = run("quant{bits=6},rans")
+    size_qp, mse_qp, version_qp = run("quant{qp=-26},rans")
+    assert version_bits == (1, 2) and version_qp == (1, 4)  # 1.4 only when a scaled step is stored
+    assert mse_qp < mse_bits and size_qp < size_bits
+
+
+def test_qp_options_are_checked() -> None:
+    with pytest.raises(PipelineError, match="granularity"):
+        sqc.compress(Mlp(), [(1, 64)], "quant{qp=-20 granularity=channel}")
+    with pytest.raises(PipelineError, match="qp"):
+        sqc.compress(Mlp(), [(1, 64)], "quant{qp=99}")
+    with pytest.raises(SqcError, match="raise qp"):
+        sqc.compress(Mlp(), [(1, 64)], "quant{qp=-120}")
+    with pytest.raises(PipelineError, match="shared"):
+        sqc.compress(Mlp(), [(1, 64)], "share{bits=4},quant{qp=-20}")
