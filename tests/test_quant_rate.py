@@ -150,5 +150,5 @@ def test_qp_options_are_checked() -> None:
         sqc.compress(Mlp(), [(1, 64)], "quant{qp=99}")
     with pytest.raises(SqcError, match="raise qp"):
         sqc.compress(Mlp(), [(1, 64)], "quant{qp=-120}")
-    with pytest.raises(PipelineError, match="shared"):
+    with pytest.raises(SqcError, match="shared"):
         sqc.compress(Mlp(), [(1, 64)], "share{bits=4},quant{qp=-20}")
