@@ -14,6 +14,7 @@ from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, 
 from sqc.passes._common import (
     change_stats,
     encoded_bytes,
+    is_overridden,
     layer_stats,
     override,
     selected,
@@ -68,8 +69,9 @@ class Quant(Pass):
     per_layer: LayerMap = ()
     layers: str = "*"
     params: int = 0
-    qp: int | None = None
+    qp: int | Literal["auto"] | None = None
     rdo: float = DEFAULT_RDO
+    budget: float | None = None
 
     def __post_init__(self) -> None:
         check_range("bits", self.bits, 2, 16)
@@ -79,8 +81,15 @@ class Quant(Pass):
         if self.qp is None:
             for layer, value in self.per_layer:
                 check_range(f"per_layer[{layer}]", value, 2, 16)
+            if self.budget is not None:
+                raise OptionError("budget", "only applies with qp=auto")
             return
-        check_range("qp", self.qp, QP_MIN, QP_MAX)
+        if self.budget is not None:
+            if self.qp != "auto":
+                raise OptionError("budget", "only applies with qp=auto")
+            check_range("budget", self.budget, 0, math.inf)
+        if self.qp != "auto":
+            check_range("qp", self.qp, QP_MIN, QP_MAX)
         for layer, value in self.per_layer:
             check_range(f"per_layer[{layer}]", value, QP_MIN, QP_MAX)
             if value != int(value):
@@ -88,7 +97,12 @@ class Quant(Pass):
         if self.granularity != "tensor":
             raise OptionError("granularity", "qp sets one step per tensor; use bits for per-channel formats")
 
+    def context_needs(self) -> frozenset[str]:
+        return frozenset({"evaluate"}) if self.qp == "auto" else frozenset()
+
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
+        if self.qp == "auto":
+            return _auto_quant(self, model, ctx)
         states = selected(model, self.layers, self.name)
         layers = {}
         for state in states:
@@ -104,15 +118,12 @@ class Quant(Pass):
                     )
                 qp = int(override(state, self.per_layer, self.qp))
                 values = state.decode()
-                fmt, codes = quantize_step(values, qp_step(qp), state.mask, self.rdo, state.name)
-                ctx.note(f"quant: {state.name} ({state.numel:,} weights, qp {qp}, {fmt.bits} bits)")
-                mask = state.mask
-                state.dense = None
-                state.codes, state.fmt = codes, fmt
-                state.set_mask(mask)
+                quant_record(state, qp, self.rdo)
+                assert state.fmt is not None
+                ctx.note(f"quant: {state.name} ({state.numel:,} weights, qp {qp}, {state.fmt.bits} bits)")
                 stats = change_stats(state, values, size)
                 del values
-                layers[state.name] = {**stats, "qp": qp, "step": fmt.steps[0], "code_bits": fmt.bits}
+                layers[state.name] = {**stats, **_step_stats(state, qp)}
                 continue
             if state.codebook is not None:  # only the codebook changes: no weight is decoded
                 old = state.codebook
@@ -141,6 +152,46 @@ class Quant(Pass):
         return PassResult(
             True, {**setting, **totals(layers)}, layers, unused_overrides(model, self.per_layer)
         )
+
+
+def _auto_quant(pass_: Quant, model: CompressedModel, ctx: PassContext) -> PassResult:
+    """``qp=auto``: each layer's step from its sensitivity curve (metric and rANS-coded bytes per qp),
+    allocated under the budget and verified like ``share{bits=auto}``."""
+    from sqc.passes.sensitivity import auto_allocate
+
+    states = selected(model, pass_.layers, pass_.name)
+    coded = [s.name for s in states if s.codes is not None]
+    if coded:
+        raise PipelineError(f"qp=auto quantizes float weights, but {coded[0]} already holds codes")
+    fixed = {s.name: override(s, pass_.per_layer, 0) for s in states if is_overridden(s, pass_.per_layer)}
+    if len(fixed) == len(states):
+        raise PipelineError("qp=auto: per_layer fixes every selected layer, nothing is left to choose")
+
+    def apply(state: TensorState, qp: float) -> None:
+        model.release(state.name)
+        quant_record(state, int(qp), pass_.rdo)
+        model.sync([state.name])
+
+    outcome = auto_allocate(model, ctx, "quant", states, fixed, pass_.budget, apply)
+    chosen = {**fixed, **outcome.values}
+    layers: dict[str, dict[str, Stat]] = {}
+    for state in states:
+        if state.codes is None:  # a layer left as it was must still be quantized: quant establishes codes
+            apply(state, chosen[state.name])
+        before, size = outcome.before[state.name]
+        layers[state.name] = {
+            **change_stats(state, before, size),
+            **_step_stats(state, int(chosen[state.name])),
+        }
+        if state.name in outcome.predicted:
+            layers[state.name]["predicted_drop"] = outcome.predicted[state.name]
+    stats = {"qp": "auto", "rdo": pass_.rdo, **totals(layers), **outcome.stats}
+    return PassResult(True, stats, layers, unused_overrides(model, pass_.per_layer) + outcome.diagnostics)
+
+
+def _step_stats(state: TensorState, qp: int) -> dict[str, Stat]:
+    assert state.fmt is not None
+    return {"qp": qp, "step": state.fmt.steps[0], "code_bits": state.fmt.bits}
 
 
 def codebook_error(state: TensorState, old: torch.Tensor) -> float:
@@ -196,6 +247,16 @@ def best_format(values: torch.Tensor, bits: int, *, per_channel: bool) -> FixedP
         best_err = torch.where(better, err, best_err)
         best_frac = torch.where(better, frac, best_frac)
     return FixedPoint(bits, tuple(int(f) for f in best_frac))
+
+
+def quant_record(state: TensorState, qp: int, rdo: float = DEFAULT_RDO) -> None:
+    """Quantize one record's weights in place at step ``2**(qp/4)`` (the caller syncs the module)."""
+    values = state.decode()
+    fmt, codes = quantize_step(values, qp_step(qp), state.mask, rdo, state.name)
+    mask = state.mask
+    state.dense = None
+    state.codes, state.fmt = codes, fmt
+    state.set_mask(mask)
 
 
 def quantize_step(

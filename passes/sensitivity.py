@@ -15,6 +15,7 @@ saves in the final file rather than in float32.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
 from collections.abc import Callable
@@ -27,13 +28,17 @@ import torch
 from sqc.allocation import Choice, allocate
 from sqc.errors import PipelineError
 from sqc.executors import Executor, Stopwatch, callable_name, local_workers, run_tasks, unpicklable
-from sqc.ir import CompressedModel, PassRecord, TensorState
+from sqc.ir import Coder, CompressedModel, PassRecord, TensorState
 from sqc.pass_base import OptionError, Pass, PassContext, PassResult, Stat, check_range
 from sqc.passes._common import encoded_bytes, selected
 
-Kind = Literal["prune", "share"]
+Kind = Literal["prune", "share", "quant"]
 DEFAULT_SPARSITIES = "0.5;0.6;0.7;0.8;0.9;0.95;0.97"
 DEFAULT_BITS = "8;6;5;4;3;2"
+DEFAULT_QPS = "-24;-20;-16;-14;-12;-10;-8;-6;-4"
+"""``quant{qp=auto}`` sweep, relative to each layer's scale: ``qp = offset + round(4 log2 std)`` (the
+standard deviation of its kept weights), so that one sweep suits layers of any magnitude: offset -24 is a
+step of std/64 (~8 bits a weight), -4 a step of std/2 (~1.5 bits)."""
 JSON_FORMAT = "sqc-sensitivity/1"
 ANALYSIS = "sensitivity"
 """The key of the analysis in the pass context (passes that keep the weights list it in ``preserves``)."""
@@ -61,12 +66,16 @@ class Analysis:
     rate_bits: int = 5
     prune: dict[str, list[Point]] = field(default_factory=dict)
     share: dict[str, list[Point]] = field(default_factory=dict)
+    quant: dict[str, list[Point]] = field(default_factory=dict)
     numel: dict[str, int] = field(default_factory=dict)
     source: str = ""
     evaluations: int = 0
 
     def curves(self, kind: Kind) -> dict[str, list[Point]]:
-        return self.prune if kind == "prune" else self.share
+        return {"prune": self.prune, "share": self.share, "quant": self.quant}[kind]
+
+    def layer_names(self) -> set[str]:
+        return set(self.prune) | set(self.share) | set(self.quant)
 
     def reset(self, samples: int, rate_bits: int) -> None:
         """Forget every curve (the cached object is shared with the context, so it is emptied in place)."""
@@ -81,7 +90,7 @@ class Analysis:
 
     def to_json(self) -> dict[str, Any]:
         layers: dict[str, Any] = {}
-        for name in sorted(set(self.prune) | set(self.share)):
+        for name in sorted(self.layer_names()):
             layers[name] = {
                 "numel": self.numel.get(name, 0),
                 "prune": [
@@ -93,6 +102,10 @@ class Analysis:
                     for p in self.share.get(name, [])
                 ],
             }
+            if name in self.quant:
+                layers[name]["quant"] = [
+                    {"qp": int(p.value), "metric": p.metric, "bytes": p.bytes} for p in self.quant[name]
+                ]
         return {
             "format": JSON_FORMAT,
             "metric": self.metric,
@@ -118,6 +131,10 @@ class Analysis:
                     out.share[name] = [
                         Point(float(p["bits"]), float(p["metric"]), int(p["bytes"])) for p in layer["share"]
                     ]
+                if layer.get("quant"):
+                    out.quant[name] = [
+                        Point(float(p["qp"]), float(p["metric"]), int(p["bytes"])) for p in layer["quant"]
+                    ]
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise PipelineError(f"{where}: not a sensitivity analysis ({exc})") from None
         return out
@@ -128,7 +145,12 @@ class Analysis:
         layers: dict[str, dict[str, Stat]] = {}
         for name in names:
             row: dict[str, Stat] = {"numel": self.numel.get(name, 0)}
-            for tag, points in (("s", self.prune.get(name, [])), ("b", self.share.get(name, []))):
+            curves = (
+                ("s", self.prune.get(name, [])),
+                ("b", self.share.get(name, [])),
+                ("q", self.quant.get(name, [])),
+            )
+            for tag, points in curves:
                 for p in points:
                     key = f"{p.value:g}" if tag == "s" else f"{int(p.value)}"
                     row[f"metric@{tag}{key}"] = p.metric
@@ -141,7 +163,7 @@ class Analysis:
             "metric": self.metric if self.metric is not None else float("nan"),
             "samples": self.samples,
             "rate_bits": self.rate_bits,
-            "layers": len(set(self.prune) | set(self.share)),
+            "layers": len(self.layer_names()),
             "evaluations": self.evaluations,
         }
         if self.source:
@@ -150,7 +172,7 @@ class Analysis:
 
     @staticmethod
     def from_report(record: PassRecord, where: str) -> Analysis:
-        key = re.compile(r"^(metric|bytes)@([sb])(.+)$")
+        key = re.compile(r"^(metric|bytes)@([sbq])(.+)$")
         try:
             out = Analysis(
                 float(record.stats["metric"]),
@@ -171,6 +193,9 @@ class Analysis:
                     out.prune[name] = [Point(v, d["metric"], int(d["bytes"])) for v, d in prune]
                 if share:
                     out.share[name] = [Point(v, d["metric"], int(d["bytes"])) for v, d in share]
+                quant = sorted((v, d) for (t, v), d in found.items() if t == "q")
+                if quant:
+                    out.quant[name] = [Point(v, d["metric"], int(d["bytes"])) for v, d in quant]
         except (KeyError, TypeError, ValueError) as exc:
             raise PipelineError(f"{where}: the sensitivity record is malformed ({exc})") from None
         return out
@@ -223,8 +248,8 @@ def restore(model: CompressedModel, saved: dict[str, Fields], names: list[str] |
     model.sync(names)
 
 
-def coded_bytes(state: TensorState, rate_bits: int) -> int:
-    """Bytes the container writes for ``state`` once it holds codes and is Huffman coded: a float
+def coded_bytes(state: TensorState, rate_bits: int, coder: Coder = "huffman") -> int:
+    """Bytes the container writes for ``state`` once it holds codes and is coded by ``coder``: a float
     record is first shared to ``rate_bits`` on a scratch copy (``0``: counted as it is coded now)."""
     from sqc.passes.share import share_record
 
@@ -235,7 +260,7 @@ def coded_bytes(state: TensorState, rate_bits: int) -> int:
         if not rate_bits:
             return encoded_bytes(scratch)
         share_record(scratch, rate_bits)
-    scratch.coder = "huffman"
+    scratch.coder = coder
     return encoded_bytes(scratch)
 
 
@@ -271,6 +296,7 @@ def measure_point(model: CompressedModel, evaluate: Callable[[], float], task: T
     """Measure one point on ``model`` and restore the layer exactly. The serial sweep and every worker
     of a parallel one run this same function, so their results are the same numbers."""
     from sqc.passes.prune import prune_layer
+    from sqc.passes.quant import quant_record
     from sqc.passes.share import share_record
 
     state = model.tensors[task.name]
@@ -278,9 +304,14 @@ def measure_point(model: CompressedModel, evaluate: Callable[[], float], task: T
     try:
         if task.kind == "prune":
             prune_layer(state, task.value)
-        else:
+        elif task.kind == "share":
             model.release(state.name)
             share_record(state, int(task.value))
+        else:  # a step is chosen for the rate the context coder gives it
+            model.release(state.name)
+            quant_record(state, int(task.value))
+            model.sync([state.name])
+            return Point(task.value, evaluate(), coded_bytes(state, 0, "rans"))
         model.sync([state.name])
         return Point(task.value, evaluate(), coded_bytes(state, task.rate_bits))
     finally:
@@ -351,12 +382,16 @@ class Sweeper:
             todo = [s for s in states if redo or s.name not in curves]
             if kind == "share":
                 todo = [s for s in todo if not (s.codes is not None and s.codebook is None)]  # fixed point
+            if kind == "quant":
+                todo = [s for s in todo if s.codes is None]  # weights already coded keep their codes
             if not todo or not values:
                 continue
             rate = self.analysis.rate_bits
             for state in todo:
                 if kind == "prune":
                     tasks = [Task(kind, state.name, v, rate) for v in beyond(state, values)]
+                elif kind == "quant":
+                    tasks = [Task(kind, state.name, float(qp), 0) for qp in layer_qps(state, values)]
                 else:
                     tasks = [
                         Task(kind, state.name, float(b), 0) for b in sorted({int(b) for b in values})[::-1]
@@ -383,7 +418,9 @@ class Sweeper:
         if executor.kind == "serial":
             points = []
             for number, task in enumerate(tasks, 1):
-                what = f"sparsity {task.value:g}" if task.kind == "prune" else f"{int(task.value)} bits"
+                what = {"prune": f"sparsity {task.value:g}", "share": f"{int(task.value)} bits"}.get(
+                    task.kind, f"qp {int(task.value)}"
+                )
                 self.ctx.note(f"sensitivity: {task.name} {what} [{number}/{len(tasks)}]")
                 points.append(measure_point(self.model, self.evaluate, task))
             return points
@@ -529,6 +566,18 @@ def same_sweep(
     return True
 
 
+def layer_qps(state: TensorState, offsets: tuple[float, ...]) -> list[int]:
+    """The ``qp`` sweep of one layer: ``offsets`` (finest first) on its own scale (:data:`DEFAULT_QPS`)."""
+    values = state.decode().reshape(-1)
+    if state.mask is not None:
+        values = values[state.mask.reshape(-1)]
+    std = float(values.to(torch.float64).std()) if values.numel() > 1 else 0.0
+    if not (std > 0 and math.isfinite(std)):
+        std = float(values.abs().max()) if values.numel() else 0.0
+    base = round(4 * math.log2(std)) if std > 0 else 0
+    return sorted({int(offset) + base for offset in offsets})
+
+
 def current_sparsity(state: TensorState) -> float:
     return round(1.0 - state.density, 6)
 
@@ -605,6 +654,8 @@ def auto_allocate(
     if missing:
         if kind == "prune":
             values = parse_sweep(DEFAULT_SPARSITIES, "sparsities", whole=False, low=0.0, high=0.9999)
+        elif kind == "quant":
+            values = parse_sweep(DEFAULT_QPS, "qps", whole=True, low=-64, high=16)
         else:
             values = parse_sweep(DEFAULT_BITS, "bits", whole=True, low=1, high=16)
         sweeper = Sweeper(model, ctx, analysis)
@@ -634,7 +685,7 @@ def auto_allocate(
             if applied.get(name) == index:
                 continue
             restore(model, saved, [name])
-            if kind == "share" or index > 0:  # index 0 of a pruning curve is the layer as it is
+            if kind != "prune" or index > 0:  # index 0 of a pruning curve is the layer as it is
                 apply(by_name[name], curves[name][index].value)
             applied[name] = index
         evaluations += 1

@@ -152,3 +152,55 @@ def test_qp_options_are_checked() -> None:
         sqc.compress(Mlp(), [(1, 64)], "quant{qp=-120}")
     with pytest.raises(SqcError, match="shared"):
         sqc.compress(Mlp(), [(1, 64)], "share{bits=4},quant{qp=-20}")
+
+
+class TwoHeads(nn.Module):
+    """Two independent linear heads; the second's output is amplified 30x, so its weights matter 900x more
+    to the output error: a per-layer allocation must give it the finer step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet = nn.Linear(32, 8)
+        self.loud = nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.quiet(x), 30 * self.loud(x)], dim=1)
+
+
+def test_qp_auto_gives_the_sensitive_layer_the_finer_step_within_the_tolerance(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = TwoHeads().eval()
+    x = torch.randn(256, 32)
+    with torch.no_grad():
+        reference = model(x)
+
+    def negative_error(module: nn.Module) -> float:
+        with torch.no_grad():
+            return -float(((module(x) - reference) ** 2).mean())
+
+    tolerance = 0.05
+    artifact = sqc.compress(
+        model, [(1, 32)], "quant{qp=auto},rans", evaluate=negative_error, tolerance=tolerance
+    )
+    record = artifact.report[0]
+    steps = {name: layer["step"] for name, layer in record.layers.items()}
+    assert steps["loud.weight"] < steps["quiet.weight"] / 4  # same weight scale, very different cost
+    assert -negative_error(artifact.module()) <= tolerance + 1e-9  # the budget holds, measured
+    assert record.stats["qp"] == "auto" and record.stats["verifications"] >= 1
+    path = tmp_path / "m.sqc"
+    artifact.save(path)
+    restored = sqc.load(path)
+    assert -negative_error(restored) == pytest.approx(-negative_error(artifact.module()))
+
+
+def test_quant_curves_round_trip_through_json_and_the_report() -> None:
+    from sqc.ir import PassRecord
+    from sqc.passes.sensitivity import Analysis, Point
+
+    analysis = Analysis(metric=0.9, samples=10, rate_bits=5)
+    analysis.quant["fc1.weight"] = [Point(-30.0, 0.9, 900), Point(-20.0, 0.85, 400)]
+    analysis.numel["fc1.weight"] = 100
+    again = Analysis.from_json(analysis.to_json(), "x")
+    assert again.quant == analysis.quant
+    record = PassRecord("sensitivity", False, analysis.report_stats(), analysis.report_layers(["fc1.weight"]))
+    assert Analysis.from_report(record, "x").quant == analysis.quant
