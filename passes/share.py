@@ -21,6 +21,7 @@ from sqc.passes._common import (
     totals,
     unused_overrides,
 )
+from sqc.passes._rate import entropy_costs
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class Share(Pass):
     now (run if absent): the fewest coded bytes whose predicted metric drop fits the budget, then
     measured and backed off like ``prune{target=auto}`` (same ``budget`` rule). ``per_layer`` layers
     keep their given bits.
+
+    ``rdo=r`` makes the clustering entropy-constrained (:func:`kmeans_1d`): ``2^bits`` is then an upper
+    bound on the codebook, and the rate (bits of the coded indices) is traded against the squared error
+    with ``lambda = r * ((max - min) / 2^bits)**2``.
     """
 
     name = "share"
@@ -54,11 +59,13 @@ class Share(Pass):
     iterations: int = 50
     layers: str = "*"
     budget: float | None = None
+    rdo: float = 0.0
 
     def __post_init__(self) -> None:
         if self.bits != "auto":
             check_range("bits", self.bits, 1, 16)
         check_range("iterations", self.iterations, 0, 10_000)
+        check_range("rdo", self.rdo, 0, 100)
         for layer, value in self.per_layer:
             check_range(f"per_layer[{layer}]", value, 1, 16)
             if value != int(value):
@@ -81,7 +88,7 @@ class Share(Pass):
             bits = int(override(state, self.per_layer, self.bits))
             ctx.note(f"share: {state.name} ({state.numel:,} weights, {bits} bits)")
             model.release(state.name)
-            error = share_record(state, bits, self.init, self.iterations)
+            error = share_record(state, bits, self.init, self.iterations, self.rdo)
             model.sync([state.name])
             layers[state.name] = {**layer_stats(state, size, error), "centroids": _centroids(state)}
         return PassResult(
@@ -98,7 +105,7 @@ class Share(Pass):
 
         def apply(state: TensorState, bits: float) -> None:
             model.release(state.name)
-            share_record(state, int(bits), self.init, self.iterations)
+            share_record(state, int(bits), self.init, self.iterations, self.rdo)
             model.sync([state.name])
 
         outcome = auto_allocate(model, ctx, "share", states, fixed, self.budget, apply)
@@ -123,13 +130,15 @@ def _centroids(state: TensorState) -> int:
     return int(state.codebook.numel()) if state.codebook is not None else 0
 
 
-def share_record(state: TensorState, bits: int, init: str = "linear", iterations: int = 50) -> float:
+def share_record(
+    state: TensorState, bits: int, init: str = "linear", iterations: int = 50, rdo: float = 0.0
+) -> float:
     """Cluster one record's kept weights into ``2**bits`` centroids in place (the caller syncs the
     module). Returns the largest change of a kept weight."""
     kept = _kept(state)
     values = state.decode().flatten()[kept]
     state.dense = None  # from here on the record is rebuilt from ``values``
-    codebook, codes = kmeans_1d(values, 1 << bits, init, iterations)
+    codebook, codes = kmeans_1d(values, 1 << bits, init, iterations, rdo)
     # pruned positions are zero before and after: the error lives on the kept weights
     error = float((codebook[codes] - values).abs_().max()) if values.numel() else 0.0
     full = torch.zeros(state.numel, dtype=index_dtype(codebook.numel()))  # pruned positions keep code 0
@@ -147,7 +156,7 @@ def _kept(state: TensorState) -> torch.Tensor:
 
 
 def kmeans_1d(
-    values: torch.Tensor, k: int, init: str = "linear", iterations: int = 50
+    values: torch.Tensor, k: int, init: str = "linear", iterations: int = 50, rdo: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact Lloyd's algorithm in one dimension. Returns (float32 centroids sorted ascending, int32
     codes).
@@ -160,6 +169,13 @@ def kmeans_1d(
     cluster means come from are float64. A float64 midpoint ``m`` is compared with float32 values
     through the largest float32 ``t <= m`` (:func:`_floor_f32`): for every float32 ``x``, ``x <= m``
     exactly when ``x <= t``, so the clusters are those of the float64 comparison.
+
+    ``rdo > 0`` makes it entropy-constrained (ECSQ; Choi, El-Khamy, Lee, ICLR 2017): a value joins the
+    centroid minimising ``(x - c)**2 + lambda * bits(c)``, ``bits(c) = -log2 p(c)`` the ideal adaptive
+    cost of its index (:func:`~sqc.passes._rate.entropy_costs`), ``lambda = rdo * ((max - min) / k)**2``.
+    In one dimension the regions stay intervals: the boundary between neighbours ``a < b`` moves from
+    their midpoint by ``lambda * (bits(b) - bits(a)) / (2 (b - a))`` towards the costlier one, and a
+    centroid whose interval closes is dropped (the codebook shrinks: fewer, cheaper symbols).
     """
     if values.numel() == 0:
         return torch.zeros(1, dtype=torch.float32), torch.zeros(0, dtype=torch.int32)
@@ -178,8 +194,11 @@ def kmeans_1d(
         centroids = np.linspace(low, high, k, dtype=np.float64)
     prefix = _PrefixSums(ordered)
     bounds = None
+    lam = 0.0 if exact else rdo * ((high - low) / k) ** 2
+    bits = np.zeros(centroids.size)  # every centroid equally likely until the first assignment
     for _ in range(0 if exact else iterations):
-        new_bounds = np.searchsorted(ordered, _floor_f32((centroids[1:] + centroids[:-1]) / 2), "right")
+        centroids, bits, cuts = _boundaries(centroids, bits, lam)
+        new_bounds = np.searchsorted(ordered, _floor_f32(cuts), "right")
         if bounds is not None and np.array_equal(new_bounds, bounds):
             break
         bounds = new_bounds
@@ -187,14 +206,41 @@ def kmeans_1d(
         counts = (edges[1:] - edges[:-1]).astype(np.float64)
         at_edges = prefix.at(edges)
         sums = at_edges[1:] - at_edges[:-1]
-        centroids = np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), centroids))
+        centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+        if lam:
+            keep = counts > 0
+            centroids, bits = centroids[keep], entropy_costs(counts[keep])
+        order = np.argsort(centroids, kind="stable")
+        centroids, bits = centroids[order], bits[order]
     del prefix, ordered
-    codebook = np.unique(centroids.astype(np.float32))  # sorted
-    midpoints = (codebook[1:].astype(np.float64) + codebook[:-1].astype(np.float64)) / 2
-    # the number of midpoints below each value (torch's searchsorted runs on every core)
-    thresholds = torch.from_numpy(_floor_f32(midpoints))
+    codebook = centroids.astype(np.float32)
+    if lam:
+        codebook, bits, cuts = _boundaries(codebook.astype(np.float64), bits, lam)
+        codebook = codebook.astype(np.float32)
+        unique = np.concatenate(([True], codebook[1:] != codebook[:-1]))
+        codebook, cuts = codebook[unique], cuts[unique[1:]]
+    else:
+        codebook = np.unique(codebook)  # sorted
+        cuts = (codebook[1:].astype(np.float64) + codebook[:-1].astype(np.float64)) / 2
+    # the number of boundaries below each value (torch's searchsorted runs on every core)
+    thresholds = torch.from_numpy(_floor_f32(cuts))
     codes = torch.searchsorted(thresholds, values.detach().reshape(-1).float(), out_int32=True)
     return torch.from_numpy(codebook), codes
+
+
+def _boundaries(
+    centroids: np.ndarray, bits: np.ndarray, lam: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(centroids, bits, cuts)``: the interval boundaries of sorted ``centroids`` under the
+    entropy-constrained rule (plain midpoints when ``lam`` is 0), after dropping every centroid whose
+    interval is empty (its boundaries would cross)."""
+    while True:
+        gap = np.maximum(centroids[1:] - centroids[:-1], 1e-300)
+        cuts = (centroids[1:] + centroids[:-1]) / 2 + lam * (bits[1:] - bits[:-1]) / (2 * gap)
+        if not lam or cuts.size < 2 or bool((cuts[1:] > cuts[:-1]).all()):
+            return centroids, bits, cuts
+        closed = int(np.flatnonzero(cuts[1:] <= cuts[:-1])[0]) + 1  # the centroid between two crossed cuts
+        centroids, bits = np.delete(centroids, closed), np.delete(bits, closed)
 
 
 class _PrefixSums:
