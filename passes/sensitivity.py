@@ -484,7 +484,9 @@ class Sensitivity(Pass):
     the model leaves the pass unchanged. ``samples=N`` evaluates on the first N validation samples
     (the built-in evaluator from ``--data``; a user's ``--eval`` function always sees its own data).
     Bytes of a pruning point are those of the layer after ``share{bits=rate_bits},huffman``
-    (``rate_bits=0``: as coded now). ``reuse=FILE`` reads the curves instead of measuring them: the
+    (``rate_bits=0``: as coded now). ``qps`` (empty: skipped) sweeps ``quant{qp=..}`` steps relative to
+    each layer's scale (:data:`DEFAULT_QPS`), bytes counted rANS-coded, for ``quant{qp=auto}``.
+    ``reuse=FILE`` reads the curves instead of measuring them: the
     JSON of ``sqc sensitivity --json`` or a ``.sqc`` whose report holds a sensitivity record
     (``reuse`` because ``from`` is a Python keyword). The curves go into the report, and stay in the
     context for ``prune{target=auto}`` and ``share{bits=auto}`` until a pass changes the weights.
@@ -500,10 +502,12 @@ class Sensitivity(Pass):
     rate_bits: int = 5
     layers: str = "*"
     reuse: str = ""
+    qps: str = ""
 
     def __post_init__(self) -> None:
         parse_sweep(self.sparsities, "sparsities", whole=False, low=0.0, high=0.9999)
         parse_sweep(self.bits, "bits", whole=True, low=1, high=16)
+        parse_sweep(self.qps, "qps", whole=True, low=-64, high=16)
         check_range("samples", self.samples, 0, 1 << 40)
         check_range("rate_bits", self.rate_bits, 0, 16)
 
@@ -533,6 +537,7 @@ class Sensitivity(Pass):
             sweeper = Sweeper(model, ctx, analysis)
             sparsities = parse_sweep(self.sparsities, "sparsities", whole=False, low=0.0, high=0.9999)
             bits = parse_sweep(self.bits, "bits", whole=True, low=1, high=16)
+            qps = parse_sweep(self.qps, "qps", whole=True, low=-64, high=16)
             sweeper.ensure_all(
                 [
                     (
@@ -542,10 +547,11 @@ class Sensitivity(Pass):
                         not same_sweep(analysis.prune, states, sparsities, "prune"),
                     ),
                     ("share", states, bits, not same_sweep(analysis.share, states, bits, "share")),
+                    ("quant", states, qps, not same_sweep(analysis.quant, states, qps, "quant")),
                 ]
             )
             diagnostics.extend(sweeper.diagnostics)
-        names = [s.name for s in states if s.name in analysis.prune or s.name in analysis.share]
+        names = [s.name for s in states if s.name in analysis.layer_names()]
         return PassResult(False, analysis.report_stats(), analysis.report_layers(names), diagnostics)
 
 
@@ -559,6 +565,8 @@ def same_sweep(
         have = [p.value for p in curves[state.name]]
         if kind == "prune":
             want = [current_sparsity(state), *beyond(state, values)]
+        elif kind == "quant":
+            want = [float(qp) for qp in layer_qps(state, values)]
         else:
             want = sorted({float(int(v)) for v in values}, reverse=True)
         if have != want:

@@ -246,3 +246,25 @@ def test_ecsq_is_smaller_than_plain_sharing_at_equal_error() -> None:
     plain = [coded(bits, 0.0) for bits in (6, 5, 4, 3)]
     size_plain = min(size for size, mse in plain if mse <= mse_ecsq)
     assert size_ecsq < size_plain
+
+
+def test_sensitivity_measures_quant_curves_that_qp_auto_reuses() -> None:
+    torch.manual_seed(1)
+    model = TwoHeads().eval()
+    x = torch.randn(64, 32)
+    with torch.no_grad():
+        reference = model(x)
+    calls = []
+
+    def negative_error(module: nn.Module) -> float:
+        calls.append(1)
+        with torch.no_grad():
+            return -float(((module(x) - reference) ** 2).mean())
+
+    pipeline = "sensitivity{sparsities=\"\" bits=\"\" qps=-20;-12;-6},quant{qp=auto},rans"
+    artifact = sqc.compress(model, [(1, 32)], pipeline, evaluate=negative_error, tolerance=0.02)
+    sweep, quant = artifact.report[0], artifact.report[1]
+    for name, layer in quant.layers.items():
+        measured = {float(k.removeprefix("bytes@q")) for k in sweep.layers[name] if k.startswith("bytes@q")}
+        assert len(measured) == 3 and layer["qp"] in measured  # chosen among the swept points
+    assert "verifications" in quant.stats
