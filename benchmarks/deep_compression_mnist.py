@@ -192,9 +192,32 @@ def base_network(
 # -------------------------------------------------------------------------------------- one recipe
 
 
+def decides(pipeline: Pipeline) -> bool:
+    """Whether a pipeline makes decisions by measuring (an automatic recipe): it must then be given a
+    split held out of the training data, never the test set."""
+    return any("evaluate" in p.context_needs() for p in pipeline.passes)
+
+
+def held_out(data: Dataset, fold: int = FOLDS - 1) -> Dataset:
+    """``data``'s training images with ``fold``'s 5,000 as the validation split (what an automatic
+    recipe decides on), the rest to fine-tune on."""
+    assert data.x_train is not None and data.y_train is not None
+    low, high = fold * VALIDATION, (fold + 1) * VALIDATION
+    keep = torch.cat([torch.arange(0, low), torch.arange(high, data.x_train.shape[0])])
+    return Dataset(data.x_train[low:high], data.y_train[low:high], data.x_train[keep], data.y_train[keep])
+
+
 def run_recipe(
-    recipe: str, base: torch.nn.Module, base_from: str, data: Dataset, tmp: Path, seed: int | None = None
+    recipe: str,
+    base: torch.nn.Module,
+    base_from: str,
+    data: Dataset,
+    tmp: Path,
+    seed: int | None = None,
+    decide: Dataset | None = None,
 ) -> dict[str, Any]:
+    """One recipe from ``base``: compressed with ``data`` (or ``decide`` for an automatic recipe: its
+    validation split is held out of the training images) and evaluated on ``data.x_val``."""
     name = network_of(recipe)
     spec = NETWORKS[name]
     path = RECIPES / f"{recipe}.toml"
@@ -212,7 +235,8 @@ def run_recipe(
     print(f"  {recipe}: {path.relative_to(REPO)}", flush=True)
     torch.manual_seed(SEED)
     started = time.perf_counter()
-    artifact = sqc.compress(base, [(1, 1, 28, 28)], pipeline, data=data, on_pass=on_pass, **settings)
+    given = decide if decide is not None else data
+    artifact = sqc.compress(base, [(1, 1, 28, 28)], pipeline, data=given, on_pass=on_pass, **settings)
     compress_s = time.perf_counter() - started
     file = tmp / f"{recipe}.sqc"
     size = artifact.save(file, force=True)
@@ -248,6 +272,9 @@ def run_recipe(
         "base_checkpoint": base_from,
         "pipeline": str(pipeline),
         "settings": settings,
+        "decided_on": "training images 55,000-59,999 (held out; fine-tuning on the rest)"
+        if decide is not None
+        else None,
         "fp32_error_pct": round(fp32_error, 2),
         "error_pct": round(error, 2),
         "error_in_memory_pct": round(in_memory, 2),
@@ -404,13 +431,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"evaluation on the {where}; sqc from {Path(sqc.__file__).parent}; {args.threads} thread(s)",
                 flush=True,
             )
-            bases: dict[str, tuple[torch.nn.Module, str]] = {}
+            bases: dict[tuple[str, bool], tuple[torch.nn.Module, str]] = {}
             for recipe in recipes:
                 name = network_of(recipe)
-                if name not in bases:
-                    bases[name] = base_network(name, data, args.validate, args.retrain_base, args.cache, fold)
+                automatic = decides(Pipeline.from_recipe(RECIPES / f"{recipe}.toml")) and not args.validate
+                # an automatic recipe decides on training images held out of fine-tuning, so its base
+                # must not have seen them: the one retrained on the other 55,000 (cached)
+                decide = held_out(data) if automatic else None
+                if (name, automatic) not in bases:
+                    bases[name, automatic] = base_network(
+                        name,
+                        decide or data,
+                        args.validate or automatic,
+                        args.retrain_base,
+                        args.cache,
+                        fold,
+                    )
                 for seed in args.seed:
-                    result = run_recipe(recipe, *bases[name], data, Path(tmp), seed)
+                    result = run_recipe(recipe, *bases[name, automatic], data, Path(tmp), seed, decide)
                     results.append(result | ({"fold": fold} if args.validate else {}))
                     print_result(results[-1], "validation" if args.validate else "test set")
     total = time.perf_counter() - started

@@ -190,6 +190,7 @@ def make_context(
         raise SqcError(f"--tolerance {tolerance}: must be a finite, non-negative number")
     subset = (lambda n: top1(dataset, n)) if evaluate is None and dataset is not None else None
     return PassContext(
+        evaluation_split=evaluation_split(dataset, evaluate is not None, finetune is not None),
         progress=progress,
         seed=seed,
         evaluate=evaluator,
@@ -197,6 +198,16 @@ def make_context(
         tolerance=tolerance,
         evaluate_subset=subset,
     )
+
+
+def evaluation_split(dataset: Dataset | None, own_evaluate: bool, own_finetune: bool) -> str:
+    """Which data the built-in metric reads, and whether training sees it too (for the report)."""
+    if own_evaluate or dataset is None:
+        return "the evaluation function's data"
+    where = f"x_val/y_val of {Path(dataset.source).name}" if dataset.source else "x_val/y_val"
+    if dataset.x_train is None and not own_finetune:
+        return f"{where} (also the fine-tuning data: no x_train)"
+    return f"{where} (held out from training)"
 
 
 def read(path: str | Path) -> CompressedModel:

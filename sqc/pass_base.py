@@ -76,8 +76,11 @@ class PassContext:
         tolerance: float = 0.0,
         evaluate_subset: Callable[[int], Callable[[torch.nn.Module], float]] | None = None,
         executor: Executor | None = None,
+        evaluation_split: str = "the evaluation function's data",
     ) -> None:
         self.example_inputs = example_inputs
+        self.evaluation_split = evaluation_split
+        """What the metric is measured on, for reports of passes that decide by it."""
         self.executor = executor if executor is not None else Executor()
         """Where independent evaluations (sensitivity sweep points) run; never changes a result."""
         self.seed = seed

@@ -26,6 +26,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "finetune": "sqc.passes.finetune:Finetune",
     "sensitivity": "sqc.passes.sensitivity:Sensitivity",
     "prune-channels": "sqc.passes.prune_channels:PruneChannels",
+    "auto": "sqc.passes.auto:Auto",
 }
 
 BUILTIN_TARGETS: dict[str, str] = {

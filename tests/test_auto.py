@@ -1,0 +1,79 @@
+"""The ``auto`` pass: closed-loop allocation that plans for the retraining after it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sqc
+from sqc.errors import PipelineError
+
+PAIRS = 12
+
+
+def redundant_problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A linear layer over duplicated features: every input appears twice, and the trained weights split
+    each true weight 0.65 / 0.35 between the two copies. Pruning the smaller copy of every pair (50 %)
+    hurts at once but retraining gives its share back to the larger copy exactly; pruning past 50 %
+    removes whole pairs, which nothing can win back. The right sparsity after retraining is 0.5, where
+    a one-shot allocation on the network as it is stops much earlier."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(400, PAIRS, generator=g)
+    x = torch.cat([z, z], dim=1)
+    true = torch.randn(6, PAIRS, generator=g).sign() * (1 + torch.rand(6, PAIRS, generator=g))
+    layer = nn.Linear(2 * PAIRS, 6, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.cat([0.65 * true, 0.35 * true], dim=1))
+        target = layer(x)
+    return nn.Sequential(layer), x, target
+
+
+def test_auto_prunes_as_far_as_retraining_wins_back_and_stays_within_the_tolerance() -> None:
+    model, x, target = redundant_problem()
+
+    def negative_error(module: nn.Module) -> float:
+        with torch.no_grad():
+            return -float(((module(x) - target) ** 2).mean())
+
+    def refit(module: nn.Module, epochs: int) -> None:  # least-squares steps; sqc holds masks and codebooks
+        optimiser = torch.optim.Adam(module.parameters(), lr=0.05)
+        for _ in range(60 * epochs):
+            optimiser.zero_grad()
+            ((module(x) - target) ** 2).mean().backward()
+            optimiser.step()
+
+    tolerance = 0.01
+    pipeline = "auto{sparsities=0.2;0.35;0.5;0.65;0.8 bits=8;6;5;4 rounds=5 share_rounds=3},rans"
+    artifact = sqc.compress(
+        model, [(1, 2 * PAIRS)], pipeline, evaluate=negative_error, finetune=refit, tolerance=tolerance
+    )
+    record = artifact.report[0]
+    layer = record.layers["0.weight"]
+    assert layer["target"] == 0.5  # exactly the redundancy retraining can recover
+    assert artifact.model.tensors["0.weight"].density == pytest.approx(0.5)
+    assert -negative_error(artifact.module()) <= tolerance + 1e-9
+    assert record.stats["metric_after"] >= record.stats["metric_reference"] - tolerance - 1e-9
+    assert len(record.stats["prune_probes"].split(";")) >= 2  # it measured, pushed and backed off
+    assert record.stats["decided_on"] == "the evaluation function's data"
+
+    # the one-shot allocation, which does not know a fine-tuning follows, prunes less
+    one_shot = sqc.compress(
+        model,
+        [(1, 2 * PAIRS)],
+        'sensitivity{sparsities=0.2;0.35;0.5;0.65;0.8 bits=""},prune{target=auto},finetune{epochs=1}',
+        evaluate=negative_error,
+        finetune=refit,
+        tolerance=tolerance,
+    )
+    assert one_shot.model.tensors["0.weight"].density > 0.5
+
+
+def test_auto_needs_training_and_float_weights() -> None:
+    model, _, _ = redundant_problem()
+    with pytest.raises(PipelineError, match=r"finetune|training"):
+        sqc.compress(model, [(1, 2 * PAIRS)], "auto", evaluate=lambda m: 0.0)
+    with pytest.raises(PipelineError, match=r"before share|codes"):
+        sqc.compress(
+            model, [(1, 2 * PAIRS)], "share,auto", evaluate=lambda m: 0.0, finetune=lambda m, e: None
+        )
