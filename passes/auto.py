@@ -27,6 +27,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 from sqc.allocation import Choice, solve
 from sqc.errors import PipelineError
 from sqc.ir import CompressedModel, TensorState
@@ -142,13 +144,11 @@ class Auto(Pass):
         pruned, prune_probes, prune_notes = self._search(
             model, ctx, states, "prune", sweeps["prune"], pruning, reference, tolerance * (1 - self.reserve)
         )
-        restore(model, pruned.state)
-        model.sync([s.name for s in states])
+        restore(model, thawed(pruned.state))
         shared, share_probes, share_notes = self._search(
             model, ctx, states, "share", sweeps["share"], sharing, reference, tolerance
         )
-        restore(model, shared.state)
-        model.sync([s.name for s in states])
+        restore(model, thawed(shared.state))
         after = ctx.evaluate(model)
         layers: dict[str, dict[str, Stat]] = {}
         sparsity, bits = dict(pruned.values), dict(shared.values)
@@ -199,7 +199,7 @@ class Auto(Pass):
             ]
             for s in states
         }
-        start = snapshot(states)
+        start = frozen(snapshot(states))
         rounds = self.rounds if kind == "prune" else self.share_rounds
         scale = max(budget, 1e-4)  # a zero tolerance still relaxes: retraining may win it all back
         probes: dict[tuple[tuple[str, float], ...], Probe] = {}
@@ -209,13 +209,12 @@ class Auto(Pass):
             values = tuple((name, curves[name][index].value) for name, index in sorted(choice.items()))
             if values in probes:
                 return probes[values]
-            restore(model, start)
-            model.sync([s.name for s in states])
+            restore(model, thawed(start))
             ctx.note(f"auto: {kind} probe {len(probes) + 1} (relaxation {relaxation:g})")
             apply(dict(values))
             drop = reference - ctx.evaluate(model)
             predicted = sum(curves[name][index].bytes for name, index in choice.items())
-            found = Probe(relaxation, values, predicted, drop, snapshot(states))
+            found = Probe(relaxation, values, predicted, drop, frozen(snapshot(states)))
             probes[values] = found
             return found
 
@@ -239,6 +238,21 @@ class Auto(Pass):
             within = min(probes.values(), key=lambda p: (p.drop, p.predicted_bytes))
             notes.append(f"auto: no {kind} probe stayed within {budget:.6g}; kept the one that lost least")
         return within, list(probes.values()), notes
+
+
+def frozen(saved: dict[str, Fields]) -> dict[str, Fields]:
+    """A snapshot that training cannot reach: fine-tuning writes a dense record's tensor in place (the
+    module's parameter shares its storage), so a probe's state is kept as copies."""
+    return {name: tuple(_copy(value) for value in fields) for name, fields in saved.items()}
+
+
+def thawed(saved: dict[str, Fields]) -> dict[str, Fields]:
+    """Copies of a frozen snapshot to restore: the stored one stays as it was whatever trains next."""
+    return frozen(saved)
+
+
+def _copy(value: object) -> object:
+    return value.clone() if isinstance(value, torch.Tensor) else value
 
 
 def _describe(probes: list[Probe]) -> str:
