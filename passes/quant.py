@@ -106,25 +106,12 @@ class Quant(Pass):
         states = selected(model, self.layers, self.name)
         layers = {}
         for state in states:
+            if self.qp is not None:
+                layers[state.name] = self._at_step(state, int(override(state, self.per_layer, self.qp)), ctx)
+                continue
             size = encoded_bytes(state)
             bits = int(override(state, self.per_layer, self.bits))
-            if self.qp is None:
-                ctx.note(f"quant: {state.name} ({state.numel:,} weights, {bits} bits)")
-            if self.qp is not None:
-                if state.codebook is not None:
-                    raise PipelineError(
-                        f"quant: {state.name} is shared (a codebook); qp quantizes weights, so put "
-                        "quant{qp=..} instead of share, or use quant{bits=..} to quantize the codebook"
-                    )
-                qp = int(override(state, self.per_layer, self.qp))
-                values = state.decode()
-                quant_record(state, qp, self.rdo)
-                assert state.fmt is not None
-                ctx.note(f"quant: {state.name} ({state.numel:,} weights, qp {qp}, {state.fmt.bits} bits)")
-                stats = change_stats(state, values, size)
-                del values
-                layers[state.name] = {**stats, **_step_stats(state, qp)}
-                continue
+            ctx.note(f"quant: {state.name} ({state.numel:,} weights, {bits} bits)")
             if state.codebook is not None:  # only the codebook changes: no weight is decoded
                 old = state.codebook
                 fmt = best_format(old, bits, per_channel=False)
@@ -152,6 +139,20 @@ class Quant(Pass):
         return PassResult(
             True, {**setting, **totals(layers)}, layers, unused_overrides(model, self.per_layer)
         )
+
+    def _at_step(self, state: TensorState, qp: int, ctx: PassContext) -> dict[str, Stat]:
+        """Quantize one weight record at ``qp``; its statistics."""
+        if state.codebook is not None:
+            raise PipelineError(
+                f"quant: {state.name} is shared (a codebook); qp quantizes weights, so put "
+                "quant{qp=..} instead of share, or use quant{bits=..} to quantize the codebook"
+            )
+        size = encoded_bytes(state)
+        values = state.decode()
+        quant_record(state, qp, self.rdo)
+        assert state.fmt is not None
+        ctx.note(f"quant: {state.name} ({state.numel:,} weights, qp {qp}, {state.fmt.bits} bits)")
+        return {**change_stats(state, values, size), **_step_stats(state, qp)}
 
 
 def _auto_quant(pass_: Quant, model: CompressedModel, ctx: PassContext) -> PassResult:
