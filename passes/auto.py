@@ -233,11 +233,40 @@ class Auto(Pass):
                 beyond = relaxation
                 low = within.relaxation if within is not None else 0.0
                 relaxation = math.sqrt(low * beyond) if low else relaxation / GROWTH
+        measured = list(probes.values())
+        fitted = monotone_drops(measured)
+        chosen = [p for p, d in zip(measured, fitted, strict=True) if d <= budget + 1e-12]
         notes = []
-        if within is None:  # nothing fitted: keep the safest probe measured
-            within = min(probes.values(), key=lambda p: (p.drop, p.predicted_bytes))
+        if chosen:
+            best = min(chosen, key=lambda p: (p.predicted_bytes, p.drop))
+        else:  # nothing fitted: keep the safest probe measured
+            best = min(measured, key=lambda p: (p.drop, p.predicted_bytes))
             notes.append(f"auto: no {kind} probe stayed within {budget:.6g}; kept the one that lost least")
-        return within, list(probes.values()), notes
+        return best, measured, notes
+
+
+def monotone_drops(probes: list[Probe]) -> list[float]:
+    """Each probe's drop, smoothed so that a smaller allocation never counts as losing less than a larger
+    one (isotonic regression by pooling adjacent violators, over probes sorted by predicted bytes).
+
+    Why: a validation metric is noisy at the scale of a tight tolerance, and taking the smallest probe
+    that happened to measure within it picks the luckiest measurement; pooling it with the larger probes
+    that measured worse gives the estimate all of them support."""
+    order = sorted(range(len(probes)), key=lambda i: -probes[i].predicted_bytes)
+    blocks: list[tuple[float, int]] = []  # (mean drop, count), drops non-decreasing as bytes fall
+    for i in order:
+        mean, count = probes[i].drop, 1
+        while blocks and blocks[-1][0] > mean:
+            last, n = blocks.pop()
+            mean, count = (last * n + mean * count) / (n + count), n + count
+        blocks.append((mean, count))
+    fitted = [0.0] * len(probes)
+    position = 0
+    for mean, count in blocks:
+        for i in order[position : position + count]:
+            fitted[i] = mean
+        position += count
+    return fitted
 
 
 def frozen(saved: dict[str, Fields]) -> dict[str, Fields]:

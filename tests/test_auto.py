@@ -77,3 +77,15 @@ def test_auto_needs_training_and_float_weights() -> None:
         sqc.compress(
             model, [(1, 2 * PAIRS)], "share,auto", evaluate=lambda m: 0.0, finetune=lambda m, e: None
         )
+
+
+def test_monotone_drops_pool_a_lucky_measurement_with_the_larger_probes() -> None:
+    from sqc.passes.auto import Probe, monotone_drops
+
+    def probe(size: int, drop: float) -> Probe:
+        return Probe(1.0, (), size, drop, {})
+
+    # 300 B measured luckier (0.0005) than 400 B (0.0015): pooled, both are 0.001
+    probes = [probe(500, 0.0), probe(400, 0.0015), probe(300, 0.0005), probe(200, 0.003)]
+    assert monotone_drops(probes) == pytest.approx([0.0, 0.001, 0.001, 0.003])
+    assert monotone_drops([probe(100, 0.2)]) == [0.2]
