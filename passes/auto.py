@@ -60,6 +60,7 @@ class Probe:
     predicted_bytes: int
     drop: float
     state: dict[str, Fields]
+    """Every record of the model after the probe (biases and norm statistics train too)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,8 @@ class Auto(Pass):
             ]
             for s in states
         }
-        start = frozen(snapshot(states))
+        everything = list(model.tensors.values())  # fine-tuning also moves biases and norm statistics
+        start = frozen(snapshot(everything))
         rounds = self.rounds if kind == "prune" else self.share_rounds
         scale = max(budget, 1e-4)  # a zero tolerance still relaxes: retraining may win it all back
         probes: dict[tuple[tuple[str, float], ...], Probe] = {}
@@ -214,7 +216,7 @@ class Auto(Pass):
             apply(dict(values))
             drop = reference - ctx.evaluate(model)
             predicted = sum(curves[name][index].bytes for name, index in choice.items())
-            found = Probe(relaxation, values, predicted, drop, frozen(snapshot(states)))
+            found = Probe(relaxation, values, predicted, drop, frozen(snapshot(everything)))
             probes[values] = found
             return found
 
