@@ -102,7 +102,7 @@ def _checked(pair: Any, where: str) -> Loaders:
             raise LoaderError(
                 f"{where}: {role} is a {type(loader).__name__}, not an iterable of (x, y) batches"
             )
-        if iter(loader) is loader:  # a generator or an iterator: it would be empty after one pass
+        if isinstance(loader, Iterator):  # a generator: it would be empty after one pass
             raise LoaderError(
                 f"{where}: {role} is a one-shot iterator ({type(loader).__name__}); give something that "
                 "can be iterated again each epoch, such as a DataLoader or a list"
@@ -113,11 +113,13 @@ def _checked(pair: Any, where: str) -> Loaders:
 def batches(loader: Iterable[Any], source: str, role: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The ``(x, y)`` batches of ``loader``, each checked: two tensors, integer labels, one per sample.
     A loader that fails while producing a batch is reported like a bad batch, in one line."""
-    iterator = iter(loader)
+    iterator: Iterator[Any] | None = None
     number = 0
     while True:
         number += 1
         try:
+            if iterator is None:
+                iterator = iter(loader)
             batch = next(iterator)
         except StopIteration:
             return
