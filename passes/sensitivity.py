@@ -700,7 +700,7 @@ def auto_allocate(
                 apply(by_name[name], curves[name][index].value)
             applied[name] = index
         evaluations += 1
-        ctx.note(f"{kind}: verifying allocation, round {evaluations} (at most {rounds})", evaluations, rounds)
+        ctx.note(f"{kind}: verifying allocation", evaluations, rounds)
         return entry - ctx.evaluate(model)
 
     result = allocate(curves, spend, measure)

@@ -138,6 +138,10 @@ def compress(
     ``device`` other than the CPU and ``workers=0``, a ``process`` sweep runs in this process on the
     device instead.
 
+    ``progress`` hears what long work is doing, one note at a time: a ``str``, and for counted work
+    (fine-tuning steps, sweep points, allocation rounds) a :class:`sqc.progress.Note` that also says
+    ``done`` of ``total``; :class:`sqc.progress.ProgressView` draws them as the command line does.
+
     A model file is read by :func:`sqc.loading.load_model` (``state_key``, ``strict``); what loading
     decided (a checkpoint key picked, a prefix removed, keys skipped) goes to ``on_note``, one line
     each, or is issued as a warning.

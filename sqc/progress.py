@@ -44,8 +44,9 @@ class ProgressView:
 
     On a terminal, a note replaces the description; a counted note also moves the bar and the
     estimate (an activity whose total changes, or whose count goes back, starts a fresh estimate).
-    Off a terminal, every uncounted note is a line, and a counted activity prints at its first step,
-    every tenth and its last, so a log shows that work moves without a line per batch. ``quiet``
+    Off a terminal, only counted work is printed — at its first step, every tenth and its last — so a
+    log shows long work moving without a line per batch, and a run that fails before any (a bad
+    option, a pass that cannot apply) still prints its error as the one line on stderr. ``quiet``
     shows nothing (``--json``).
     """
 
@@ -107,9 +108,8 @@ class ProgressView:
     def _line(self, text: str, done: int | None, total: int | None) -> None:
         from sqc.display import shown
 
-        if done is None:
+        if done is None:  # what a pass is doing now: the bar's caption, not worth a line in a log
             self._plain = None
-            self.console.print(shown(text))
             return
         tenth = done * PLAIN_STEPS // total if total else 0
         last = self._plain
