@@ -60,7 +60,9 @@ TrainFn = Callable[[torch.nn.Module, int, float], None]
 
 class PassContext:
     """State that lives for one pipeline run: example inputs, the evaluation and fine-tuning
-    callables, the accuracy budget, cached analyses, progress reporting.
+    callables, the accuracy budget, cached analyses, progress reporting, and the device evaluation
+    and training run on (``device``; passes never name one: they go through :meth:`evaluate` and
+    :meth:`finetune`, which move the module there and back).
 
     Analyses are computed on first request and dropped whenever a pass reports ``changed``, unless that
     pass lists the analysis in its ``preserves``.

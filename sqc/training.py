@@ -184,6 +184,9 @@ class Constraints:
             self.write_back()
         finally:
             self._constants.__exit__(None, None, None)
+            if self.device != CPU:  # gradients on the device would keep its memory for nothing
+                for param in self.model.graph_module.parameters():
+                    param.grad = None
 
     def write_back(self) -> None:
         """Trained module values -> records (codes, masks and formats unchanged)."""

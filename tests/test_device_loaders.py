@@ -529,3 +529,21 @@ def test_notes_are_strings_that_may_count(net):
     assert all(isinstance(n, str) for n in notes)
     points = [n for n in notes if n.startswith("sensitivity: fc")]
     assert [(n.done, n.total) for n in points] == [(i, len(points)) for i in range(1, len(points) + 1)]
+
+
+def test_training_context_takes_a_device(net):
+    """``sqc.training.training(ir, device=…)`` checks the device like every entry point; on the CPU
+    the module trains in place and the records take the result."""
+    from sqc.training import training
+
+    ir = trace(net, [(1, 64)])
+    with pytest.raises(SqcError, match="device=foo: not a device"), training(ir, device="foo"):
+        pass
+    before = ir.tensors["fc1.weight"].decode().clone()
+    with training(ir, device="cpu") as module:
+        torch.optim.SGD(module.parameters(), lr=0.1).zero_grad()
+        module(torch.randn(4, 64)).sum().backward()
+        for param in module.parameters():
+            param.data -= 0.1 * param.grad
+    assert not torch.equal(ir.tensors["fc1.weight"].decode(), before)
+    ir.verify()
