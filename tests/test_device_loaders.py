@@ -547,3 +547,19 @@ def test_training_context_takes_a_device(net):
             param.data -= 0.1 * param.grad
     assert not torch.equal(ir.tensors["fc1.weight"].decode(), before)
     ir.verify()
+
+
+def test_agp_retraining_and_the_divergence_guard_over_loaders(net):
+    """``prune{schedule=agp}`` retrains each stage over the training loader, and a run whose loss runs
+    away over streamed batches is undone and redone at a tenth of the rate, as over a data file."""
+    data = blobs(n=4096, spread=0.3)
+    train, val = loaders_of(data, batch=64)
+    agp = sqc.compress(
+        net, [(1, 64)], "prune{sparsity=0.8 schedule=agp steps=2 epochs=1}", loaders=(train, val)
+    )
+    assert agp.report[0].stats["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert train.yielded == 2 * len(train)  # one epoch after each of the two stages
+    pipeline = "finetune{epochs=3 lr=0.05},share{bits=2},finetune{epochs=2 lr=5}"
+    artifact = sqc.compress(net, [(1, 64)], pipeline, loaders=loaders_of(data, batch=64))
+    assert artifact.report[-1].stats["lr_used"] < 5
+    assert artifact.report[-1].diagnostics[0].startswith("training diverged at lr 5 and was redone")
