@@ -212,7 +212,7 @@ class Auto(Pass):
             if values in probes:
                 return probes[values]
             restore(model, thawed(start))
-            ctx.note(f"auto: {kind} probe {len(probes) + 1} (relaxation {relaxation:g})")
+            ctx.note(f"auto: {kind} probe (relaxation {relaxation:g})", len(probes), rounds)
             apply(dict(values))
             drop = reference - ctx.evaluate(model)
             predicted = sum(curves[name][index].bytes for name, index in choice.items())

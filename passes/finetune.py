@@ -15,12 +15,13 @@ class Finetune(Pass):
     """Train the compressed model with its masks and codebooks held.
 
     After ``prune`` this is masked retraining; after ``share`` it is trained quantization (each
-    centroid moves by the sum of its weights' gradients, codes stay). With ``--data`` sqc trains with
-    cross-entropy (SGD, momentum 0.9, cosine schedule from ``lr``); with ``--finetune pkg.module:fn``
-    your ``fn(model, epochs)`` trains instead, and sqc re-applies masks and sharing after every
-    optimiser step. ``schedule=dsd`` is SqueezeNet's dense-sparse-dense: a masked phase, then the masks
-    are lifted and the dense model trains at ``lr/10`` (float weights only; prune again afterwards to
-    compress). The metric before and after is reported when an evaluation is available.
+    centroid moves by the sum of its weights' gradients, codes stay). With ``--data`` (or a training
+    loader from ``--loaders``) sqc trains with cross-entropy (SGD, momentum 0.9, cosine schedule from
+    ``lr``) on the run's ``--device``; with ``--finetune pkg.module:fn`` your ``fn(model, epochs)``
+    trains instead, and sqc re-applies masks and sharing after every optimiser step.
+    ``schedule=dsd`` is SqueezeNet's dense-sparse-dense: a masked phase, then the masks are lifted
+    and the dense model trains at ``lr/10`` (float weights only; prune again afterwards to compress).
+    The metric before and after is reported when an evaluation is available.
 
     Trained quantization steps each centroid by its cluster's *summed* gradient, so big clusters
     (few bits, many weights) need small rates. When the built-in fine-tuner's loss runs away, the

@@ -1379,8 +1379,8 @@ class PruneChannels(Pass):
                 model.sync(names)
 
         curves: dict[str, list[Choice]] = {}
-        for key, ranked in auto.items():
-            ctx.note(f"prune-channels: sensitivity of {key}")
+        for number, (key, ranked) in enumerate(auto.items(), 1):
+            ctx.note(f"prune-channels: sensitivity of {key}", number, len(auto))
             total = sum(_elements(model, g) for g in ranked)
             points = [Choice(0.0, 0.0, total)]
             for ratio in sweep:
@@ -1391,7 +1391,7 @@ class PruneChannels(Pass):
                         Choice(ratio, drop, total - sum(_elements(model, g) for g in ranked[:count]))
                     )
             curves[key] = points
-        evaluations = 0
+        evaluations = rounds = 0
 
         def chosen_of(choice: dict[str, int]) -> list[Group]:
             picked = list(fixed)
@@ -1400,9 +1400,10 @@ class PruneChannels(Pass):
             return picked
 
         def measure(choice: dict[str, int]) -> float:
-            nonlocal evaluations
+            nonlocal evaluations, rounds
             evaluations += 1
-            ctx.note(f"prune-channels: verifying allocation ({evaluations})")
+            rounds = rounds or 1 + sum(choice.values())  # each back-off moves one space one point back
+            ctx.note("prune-channels: verifying allocation", evaluations, rounds)
             return entry - metric_without(chosen_of(choice))
 
         if curves:

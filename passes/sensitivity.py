@@ -421,7 +421,7 @@ class Sweeper:
                 what = {"prune": f"sparsity {task.value:g}", "share": f"{int(task.value)} bits"}.get(
                     task.kind, f"qp {int(task.value)}"
                 )
-                self.ctx.note(f"sensitivity: {task.name} {what} [{number}/{len(tasks)}]")
+                self.ctx.note(f"sensitivity: {task.name} {what}", number, len(tasks))
                 points.append(measure_point(self.model, self.evaluate, task))
             return points
         self.ctx.note(f"sensitivity: {len(tasks)} points on {executor.describe()}")
@@ -432,7 +432,7 @@ class Sweeper:
             _worker_setup,
             _worker_measure,
             tasks,
-            lambda done, total: self.ctx.note(f"sensitivity: {done}/{total} points ({executor.kind})"),
+            lambda done, total: self.ctx.note(f"sensitivity: points on {executor.describe()}", done, total),
         )
         self.analysis.evaluations += len(tasks)
         return points
@@ -442,6 +442,14 @@ class Sweeper:
         executor = self.ctx.executor
         if executor.kind == "serial" or points < 2:
             return Executor("serial")
+        device = self.ctx.device
+        if device.type != "cpu":
+            if executor.kind == "process" and executor.workers == 0:
+                # the accelerator asked for, rather than a pool of CPU processes that would each need
+                # their own context on it
+                self.ctx.note(f"sensitivity: sweeping on {device} in this process")
+                return Executor("serial")
+            self.ctx.note(f"sensitivity: the {executor.kind} workers evaluate on their CPUs, not on {device}")
         if executor.kind == "process":
             if local_workers(executor.workers, points) < 2:
                 return Executor("serial")
@@ -686,9 +694,12 @@ def auto_allocate(
         apply(by_name[name], value)
     applied: dict[str, int] = {}
     evaluations = 0
+    rounds = 0
 
     def measure(choice: dict[str, int]) -> float:
-        nonlocal evaluations
+        nonlocal evaluations, rounds
+        # each back-off moves one layer one point back, so the first choice bounds the rounds left
+        rounds = rounds or 1 + sum(choice.values())
         for name, index in choice.items():
             if applied.get(name) == index:
                 continue
@@ -697,7 +708,7 @@ def auto_allocate(
                 apply(by_name[name], curves[name][index].value)
             applied[name] = index
         evaluations += 1
-        ctx.note(f"{kind}: verifying allocation ({evaluations})")
+        ctx.note(f"{kind}: verifying allocation", evaluations, rounds)
         return entry - ctx.evaluate(model)
 
     result = allocate(curves, spend, measure)

@@ -24,11 +24,21 @@ from sqc.data import (
     teacher_logits,
     top1,
 )
+from sqc.devices import CPU, on_device, resolve_device
 from sqc.errors import SqcError
 from sqc.executors import Executor
 from sqc.frontend import trace
 from sqc.inputs import read_regular
 from sqc.ir import CompressedModel, PassRecord
+from sqc.loaders import (
+    Loaders,
+    LoadersSpec,
+    StreamTop1,
+    check_loaders,
+    resolve_loaders,
+    stream_finetuner,
+    teacher_of,
+)
 from sqc.loading import load_model
 from sqc.pass_base import Pass, PassContext, PassResult, TrainFn
 from sqc.pipeline import Pipeline
@@ -88,6 +98,8 @@ def compress(
     weight_decay: float = 0.0,
     executor: str = "process",
     workers: int = 0,
+    device: str | torch.device | None = None,
+    loaders: LoadersSpec | None = None,
 ) -> Artifact:
     """Trace ``model`` (a module or a model file), run the pipeline, return the :class:`Artifact`.
 
@@ -107,9 +119,28 @@ def compress(
     as well as the labels (knowledge distillation; see :func:`sqc.data.cross_entropy_finetuner`);
     ``weight_decay`` is its L2 penalty (use the one the model was trained with).
 
+    ``loaders`` streams a dataset of any size instead of ``data`` (not both): ``"pkg.module:fn"`` or a
+    function returning ``(train_loader, val_loader)``, or that pair — any re-iterable of ``(x, y)``
+    batches, such as ``torch.utils.data.DataLoader``; ``train_loader`` may be ``None``. The built-in
+    top-1 evaluator, fine-tuner, distillation and divergence guard then take batches one at a time
+    (see :mod:`sqc.loaders`).
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; default the CPU) is where evaluation,
+    sensitivity sweeps in this process and fine-tuning run: the module is moved there for them, the
+    records and the file stay device-independent, so every device writes the same file up to the
+    floating-point non-determinism of training. A user's ``evaluate``/``finetune`` receives the
+    module on that device and must put its inputs there. A device that does not exist here is an
+    error before anything runs.
+
     ``executor`` (``process``, ``serial`` or ``ray``) and ``workers`` say where the points of a
     sensitivity sweep run (``prune{target=auto}``, ``share{bits=auto}``, ``sensitivity``); every
-    executor gives the serial result exactly.
+    executor gives the serial result exactly. Pool and Ray workers evaluate on their CPUs; with a
+    ``device`` other than the CPU and ``workers=0``, a ``process`` sweep runs in this process on the
+    device instead.
+
+    ``progress`` hears what long work is doing, one note at a time: a ``str``, and for counted work
+    (fine-tuning steps, sweep points, allocation rounds) a :class:`sqc.progress.Note` that also says
+    ``done`` of ``total``; :class:`sqc.progress.ProgressView` draws them as the command line does.
 
     A model file is read by :func:`sqc.loading.load_model` (``state_key``, ``strict``); what loading
     decided (a checkpoint key picked, a prefix removed, keys skipped) goes to ``on_note``, one line
@@ -118,6 +149,10 @@ def compress(
     if not 0 <= seed < 2**63:
         raise SqcError(f"--seed {seed}: must be in [0, 2^63)")
     run_on = Executor.from_options(executor, workers)
+    where = resolve_device(device)
+    if data is not None and loaders is not None:
+        raise SqcError("give data or loaders, not both: loaders stream what a data file holds in memory")
+    streamed = resolve_loaders(loaders) if loaders is not None else None
     passes = pipeline if isinstance(pipeline, Pipeline) else Pipeline.parse(pipeline)
     if isinstance(model, (str, Path)):  # loaded here: nobody else holds it, so the IR may take its weights
         loaded = load_model(Path(model), arch, trust_pickle=trust_pickle, state_key=state_key, strict=strict)
@@ -132,7 +167,19 @@ def compress(
     else:
         ir = trace(model, example_inputs)
     ir.seed = seed
-    ctx = make_context(ir, data, evaluate, finetune, tolerance, progress, seed, distill, weight_decay)
+    ctx = make_context(
+        ir,
+        data,
+        evaluate,
+        finetune,
+        tolerance,
+        progress,
+        seed,
+        distill,
+        weight_decay,
+        loaders=streamed,
+        device=where,
+    )
     ctx.executor = run_on
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -150,13 +197,17 @@ def make_context(
     seed: int = 0,
     distill: float = 0.0,
     weight_decay: float = 0.0,
+    *,
+    loaders: Loaders | None = None,
+    device: torch.device | None = None,
 ) -> PassContext:
-    """The pass context: built-in evaluator/fine-tuner from ``data`` unless the user gave callables."""
+    """The pass context: built-in evaluator/fine-tuner from ``data`` or ``loaders`` unless the user
+    gave callables."""
     dataset = load_data(Path(data)) if isinstance(data, (str, Path)) else data
     if dataset is not None:
         check_labels(dataset, ir.graph_module)
-    evaluator: Evaluator | None = evaluate or (top1(dataset) if dataset is not None else None)
-    trainer: TrainFn | None = None
+    if loaders is not None:
+        check_loaders(loaders, ir.graph_module)
     if not 0.0 <= distill <= 1.0:
         raise SqcError(f"--distill {distill}: must be in [0, 1]")
     if not 0.0 <= weight_decay < 1.0:
@@ -168,46 +219,106 @@ def make_context(
         raise SqcError(
             f"{built_in_only[0]} is for the built-in fine-tuner; a --finetune function trains its own way"
         )
+    trainer: TrainFn | None = None
     if finetune is not None:
         user = finetune
         trainer = lambda module, epochs, lr: user(module, epochs)  # noqa: E731 - the user's loop has its own lr
     elif dataset is not None and dataset.x_train is not None:
-        built_in = dataset
-        teacher = teacher_logits(ir.graph_module, dataset) if distill else None  # before any pass runs
-
-        def trainer(module: nn.Module, epochs: int, lr: float) -> None:
-            tune = cross_entropy_finetuner(
-                built_in, lr=lr, seed=seed, teacher=teacher, distill=distill, weight_decay=weight_decay
-            )
-            tune(module, epochs)
-
+        trainer = _data_trainer(ir, dataset, device, seed, distill, weight_decay, progress)
+    elif loaders is not None and loaders.train is not None:
+        trainer = _loader_trainer(ir, loaders, distill, weight_decay, progress)
     elif built_in_only:
         raise SqcError(
-            f"{built_in_only[0]} needs the built-in fine-tuner: a --data file with x_train/y_train"
+            f"{built_in_only[0]} needs the built-in fine-tuner: a --data file with x_train/y_train "
+            "(or --loaders with a train loader)"
         )
 
     if not math.isfinite(tolerance) or tolerance < 0:
         raise SqcError(f"--tolerance {tolerance}: must be a finite, non-negative number")
-    subset = (lambda n: top1(dataset, n)) if evaluate is None and dataset is not None else None
+    built_in: Evaluator | None = None
+    subset: Callable[[int], Evaluator] | None = None
+    if dataset is not None:
+        built_in, subset = top1(dataset), (lambda n: top1(dataset, n))
+    elif loaders is not None:
+        val, source = loaders.val, loaders.source
+        built_in, subset = StreamTop1(val, source), (lambda n: StreamTop1(val, source, n))
     return PassContext(
-        evaluation_split=evaluation_split(dataset, evaluate is not None, finetune is not None),
+        evaluation_split=evaluation_split(dataset, loaders, evaluate is not None, finetune is not None),
         progress=progress,
         seed=seed,
-        evaluate=evaluator,
+        evaluate=evaluate or built_in,
         finetune=trainer,
         tolerance=tolerance,
-        evaluate_subset=subset,
+        evaluate_subset=subset if evaluate is None else None,
+        device=device,
     )
 
 
-def evaluation_split(dataset: Dataset | None, own_evaluate: bool, own_finetune: bool) -> str:
+def evaluation_split(
+    dataset: Dataset | None, loaders: Loaders | None, own_evaluate: bool, own_finetune: bool
+) -> str:
     """Which data the built-in metric reads, and whether training sees it too (for the report)."""
-    if own_evaluate or dataset is None:
+    if own_evaluate:
+        return "the evaluation function's data"
+    if loaders is not None:
+        return "the validation loader's batches"
+    if dataset is None:
         return "the evaluation function's data"
     where = f"x_val/y_val of {Path(dataset.source).name}" if dataset.source else "x_val/y_val"
     if dataset.x_train is None and not own_finetune:
         return f"{where} (also the fine-tuning data: no x_train)"
     return f"{where} (held out from training)"
+
+
+def _data_trainer(
+    ir: CompressedModel,
+    dataset: Dataset,
+    device: torch.device | None,
+    seed: int,
+    distill: float,
+    weight_decay: float,
+    progress: Callable[[str], None] | None,
+) -> TrainFn:
+    """The built-in fine-tuner over a data file; distillation's teacher logits are computed now, before
+    any pass runs (on the run's device)."""
+    teacher = None
+    if distill:
+        with on_device(ir.graph_module, device or CPU) as module:
+            teacher = teacher_logits(module, dataset)
+
+    def trainer(module: nn.Module, epochs: int, lr: float) -> None:
+        tune = cross_entropy_finetuner(
+            dataset,
+            lr=lr,
+            seed=seed,
+            teacher=teacher,
+            distill=distill,
+            weight_decay=weight_decay,
+            progress=progress,
+        )
+        tune(module, epochs)
+
+    return trainer
+
+
+def _loader_trainer(
+    ir: CompressedModel,
+    loaders: Loaders,
+    distill: float,
+    weight_decay: float,
+    progress: Callable[[str], None] | None,
+) -> TrainFn:
+    """The built-in fine-tuner over the training loader; distillation keeps a frozen copy of the
+    uncompressed model, taken now, as the teacher of every streamed batch."""
+    teacher = teacher_of(ir.graph_module) if distill else None
+
+    def trainer(module: nn.Module, epochs: int, lr: float) -> None:
+        tune = stream_finetuner(
+            loaders, lr=lr, weight_decay=weight_decay, teacher=teacher, distill=distill, progress=progress
+        )
+        tune(module, epochs)
+
+    return trainer
 
 
 def read(path: str | Path) -> CompressedModel:

@@ -7,7 +7,6 @@ that prints a table can print ``--json`` instead.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import sys
@@ -19,7 +18,6 @@ from typing import Annotated, Any
 import typer
 from rich import box
 from rich.table import Table
-from rich.text import Text
 
 from sqc.display import SafeConsole, shown
 from sqc.errors import PipelineError, SqcError
@@ -143,6 +141,37 @@ NoStrictOpt = Annotated[
     bool, typer.Option("--no-strict", help="load a state_dict with missing or unexpected keys (listed)")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="where evaluation, sweeps and fine-tuning run: cpu, cuda, cuda:N or mps (the file is the same)",
+    ),
+]
+LoadersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--loaders",
+        help="pkg.module:fn returning (train_loader, val_loader) of (x, y) batches: a dataset streamed "
+        "in batches, instead of --data",
+    ),
+]
+
+
+def _device(text: str) -> Any:
+    """``--device``, checked to exist before any work (one line naming the option otherwise)."""
+    from sqc.devices import resolve_device
+
+    return resolve_device(text, "--device")
+
+
+def _loaders(spec: str | None) -> Any:
+    """``--loaders pkg.module:fn`` resolved and called, its problems named after the option."""
+    from sqc.loaders import resolve_loaders
+
+    return resolve_loaders(spec, "--loaders") if spec is not None else None
+
+
 ForceOpt = Annotated[bool, typer.Option("--force", help="replace the output file if it exists")]
 
 
@@ -220,6 +249,8 @@ def compress(
         int,
         typer.Option("--workers", help="parallel sweep workers (0: every CPU, or the Ray cluster's)", min=0),
     ] = 0,
+    device: DeviceOpt = "cpu",
+    loaders: LoadersOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Trace MODEL, run the pass pipeline, and write a .sqc file."""
@@ -227,9 +258,13 @@ def compress(
     from sqc.api import compress as run
     from sqc.data import resolve_callable
     from sqc.pipeline import Pipeline, recipe_settings
+    from sqc.progress import ProgressView
 
     if passes is not None and recipe is not None:
         raise SqcError("give either --passes or --recipe, not both")
+    where = _device(device)
+    if data is not None and loaders is not None:
+        raise SqcError("give either --data or --loaders, not both")
     pipeline = (
         Pipeline.from_recipe(recipe) if recipe is not None else Pipeline.parse(passes or DEFAULT_PIPELINE)
     )
@@ -253,8 +288,7 @@ def compress(
             for line in result.diagnostics:
                 err.print(f"  warning: {shown(line)}")
 
-    status = err.status("compressing…", spinner="dots") if err.is_terminal and not as_json else None
-    with status if status is not None else contextlib.nullcontext():
+    with ProgressView(err, quiet=as_json, first="compressing…") as view:
         artifact = run(
             model,
             shapes,
@@ -265,9 +299,11 @@ def compress(
             strict=not no_strict,
             on_note=lambda note: err.print(f"warning: {note}", markup=False),
             verify=not no_verify,
-            progress=(lambda text: status.update(Text(shown(text)))) if status is not None else None,
+            progress=view,
             on_pass=on_pass,
             data=data,
+            loaders=_loaders(loaders),
+            device=where,
             evaluate=resolve_callable(eval_fn, "--eval") if eval_fn else None,  # type: ignore[arg-type]
             finetune=resolve_callable(finetune_fn, "--finetune") if finetune_fn else None,  # type: ignore[arg-type]
             executor=executor,

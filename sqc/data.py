@@ -13,7 +13,7 @@ import contextlib
 import io
 import math
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +22,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sqc.devices import module_device
 from sqc.errors import SqcError
 from sqc.inputs import require_regular
+from sqc.progress import Listener, emit
 from sqc.training import DivergenceGuard
 
 Evaluator = Callable[[nn.Module], float]
@@ -228,11 +230,13 @@ class Top1:
 
     def __call__(self, model: nn.Module) -> float:
         model.eval()
+        device = module_device(model)  # batches follow the module (see sqc.devices)
         correct = 0
         with torch.no_grad():
             for start in range(0, self.x.shape[0], self.batch_size):
-                logits = model(self.x[start : start + self.batch_size])
-                correct += int((logits.argmax(-1) == self.y[start : start + self.batch_size]).sum())
+                logits = model(self.x[start : start + self.batch_size].to(device))
+                labels = self.y[start : start + self.batch_size].to(device)
+                correct += int((logits.argmax(-1) == labels).sum())
         return correct / self.x.shape[0]
 
 
@@ -254,6 +258,7 @@ def cross_entropy_finetuner(
     teacher: torch.Tensor | None = None,
     distill: float = 0.0,
     temperature: float = 4.0,
+    progress: Listener | None = None,
 ) -> FineTuner:
     """The built-in fine-tuner: SGD with momentum on cross-entropy over the training set (or, when the
     file has none, the validation set — say so, because that overfits the metric).
@@ -262,6 +267,8 @@ def cross_entropy_finetuner(
     :func:`teacher_logits`) and ``distill`` = α > 0, the loss is knowledge distillation (Hinton et al.
     2015): ``(1 - α) · CE(labels) + α · T² · KL(softmax(teacher / T) ‖ softmax(student / T))``. The
     compressed network then learns the fp32 network's whole output distribution, not only its top-1.
+
+    Batches go to the device the module is on; ``progress`` hears every step (see :mod:`sqc.progress`).
     """
     x, y = training_split(data)
     if not 0.0 <= distill <= 1.0:
@@ -269,36 +276,88 @@ def cross_entropy_finetuner(
     if distill and (teacher is None or teacher.shape[0] != x.shape[0]):
         raise SqcError("distillation needs the teacher's logits for every training sample")
     soft = F.log_softmax(teacher / temperature, dim=-1) if distill and teacher is not None else None
-
-    def loss_of(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        hard = F.cross_entropy(logits, y[index])
-        if soft is None:
-            return hard
-        student = F.log_softmax(logits / temperature, dim=-1)
-        kl = F.kl_div(student, soft[index], reduction="batchmean", log_target=True)
-        return (1.0 - distill) * hard + distill * temperature**2 * kl
+    per_epoch = (x.shape[0] + batch_size - 1) // batch_size
+    recipe = SGDRecipe(lr, momentum, weight_decay, distill, temperature)
 
     def finetune(model: nn.Module, epochs: int) -> None:
         generator = torch.Generator().manual_seed(seed)
-        params = [p for p in model.parameters() if p.requires_grad and p.numel()]
-        optimiser = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        steps = max(1, epochs * ((x.shape[0] + batch_size - 1) // batch_size))
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
-        guard = DivergenceGuard(window=min(50, steps // 8))  # the guard keeps it >= 1
-        model.train()
-        for _ in range(epochs):
+        device = module_device(model)
+
+        def epoch() -> Iterator[Batch]:
             order = torch.randperm(x.shape[0], generator=generator)
             for start in range(0, x.shape[0], batch_size):
                 index = order[start : start + batch_size]
-                optimiser.zero_grad(set_to_none=True)
-                loss = loss_of(model(x[index]), index)
-                guard.update(float(loss.detach()))
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-        model.eval()
+                target = soft[index].to(device) if soft is not None else None
+                yield x[index].to(device), y[index].to(device), target
+
+        train_epochs(model, epochs, epoch, per_epoch, recipe, progress)
 
     return finetune
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+"""``(inputs, labels, teacher log-probabilities or None)``, on the module's device."""
+
+
+@dataclass(frozen=True)
+class SGDRecipe:
+    """How the built-in fine-tuners train, whatever feeds them (a data file or a user's loader)."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    distill: float = 0.0
+    temperature: float = 4.0
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+        """Cross-entropy, mixed with the teacher's distribution when there is one (distillation)."""
+        hard = F.cross_entropy(logits, labels)
+        if soft is None:
+            return hard
+        student = F.log_softmax(logits / self.temperature, dim=-1)
+        kl = F.kl_div(student, soft, reduction="batchmean", log_target=True)
+        return (1.0 - self.distill) * hard + self.distill * self.temperature**2 * kl
+
+
+def train_epochs(
+    model: nn.Module,
+    epochs: int,
+    epoch: Callable[[], Iterable[Batch]],
+    per_epoch: int | None,
+    recipe: SGDRecipe,
+    progress: Listener | None = None,
+) -> None:
+    """The training loop both built-in fine-tuners share: SGD with momentum, a cosine schedule and the
+    divergence guard, ``epoch()`` giving each epoch's batches.
+
+    With ``per_epoch`` (batches an epoch has) the schedule and the progress count steps; without it (a
+    loader with no ``len``) they count epochs, since the number of steps is known only afterwards.
+    """
+    params = [p for p in model.parameters() if p.requires_grad and p.numel()]
+    optimiser = torch.optim.SGD(
+        params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+    steps = max(1, epochs * per_epoch) if per_epoch is not None else max(1, epochs)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+    guard = DivergenceGuard(window=min(50, steps // 8) if per_epoch is not None else 50)  # >= 1
+    model.train()
+    done = 0
+    for number in range(1, epochs + 1):
+        what = f"finetune: epoch {number}/{epochs}"
+        for inputs, labels, soft in epoch():
+            optimiser.zero_grad(set_to_none=True)
+            loss = recipe.loss(model(inputs), labels, soft)
+            guard.update(float(loss.detach()))
+            loss.backward()
+            optimiser.step()
+            if per_epoch is not None:
+                schedule.step()
+                done += 1
+                emit(progress, what, done, steps)
+        if per_epoch is None:
+            schedule.step()
+            emit(progress, what, number, epochs)
+    model.eval()
 
 
 def training_split(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,8 +373,11 @@ def teacher_logits(model: nn.Module, data: Dataset, batch_size: int = 1000) -> t
     x, _ = training_split(data)
     was_training = model.training
     model.eval()
+    device = module_device(model)
     with torch.no_grad():
-        out = torch.cat([model(x[i : i + batch_size]).float() for i in range(0, x.shape[0], batch_size)])
+        out = torch.cat(
+            [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, x.shape[0], batch_size)]
+        )
     model.train(was_training)
     return out
 

@@ -25,6 +25,7 @@ import torch
 from sqc.errors import PipelineError
 from sqc.executors import Executor
 from sqc.ir import CompressedModel
+from sqc.progress import emit
 
 DIVERGENCE_RETRIES = 3
 """Fine-tuning attempts, each at a tenth of the previous learning rate, before a pass gives up."""
@@ -59,7 +60,9 @@ TrainFn = Callable[[torch.nn.Module, int, float], None]
 
 class PassContext:
     """State that lives for one pipeline run: example inputs, the evaluation and fine-tuning
-    callables, the accuracy budget, cached analyses, progress reporting.
+    callables, the accuracy budget, cached analyses, progress reporting, and the device evaluation
+    and training run on (``device``; passes never name one: they go through :meth:`evaluate` and
+    :meth:`finetune`, which move the module there and back).
 
     Analyses are computed on first request and dropped whenever a pass reports ``changed``, unless that
     pass lists the analysis in its ``preserves``.
@@ -77,10 +80,15 @@ class PassContext:
         evaluate_subset: Callable[[int], Callable[[torch.nn.Module], float]] | None = None,
         executor: Executor | None = None,
         evaluation_split: str = "the evaluation function's data",
+        device: str | torch.device | None = None,
     ) -> None:
+        from sqc.devices import resolve_device
+
         self.example_inputs = example_inputs
         self.evaluation_split = evaluation_split
         """What the metric is measured on, for reports of passes that decide by it."""
+        self.device = resolve_device(device)
+        """Where evaluations and training run (the records stay on the CPU; see :mod:`sqc.devices`)."""
         self.executor = executor if executor is not None else Executor()
         """Where independent evaluations (sensitivity sweep points) run; never changes a result."""
         self.seed = seed
@@ -107,13 +115,20 @@ class PassContext:
 
     def evaluate(self, model: CompressedModel, samples: int | None = None) -> float:
         """The metric (higher is better) of the model as the records say it is; with ``samples`` (and
-        an evaluator that supports it) on the first ``samples`` validation samples only."""
-        return float(self.evaluator(samples)(model.graph_module))
+        an evaluator that supports it) on the first ``samples`` validation samples only. It runs on
+        the context's device, with the module moved there for the call and back after."""
+        from sqc.devices import on_device
+
+        evaluator = self.evaluator(samples)
+        with on_device(model.graph_module, self.device) as module:
+            return float(evaluator(module))
 
     def evaluator(self, samples: int | None = None) -> Callable[[torch.nn.Module], float]:
         """The callable :meth:`evaluate` uses for ``samples`` (what an executor ships to its workers)."""
         if self._evaluate is None:
-            raise PipelineError("this pass needs an evaluation: give --data (or --eval pkg.module:fn)")
+            raise PipelineError(
+                "this pass needs an evaluation: give --data or --eval pkg.module:fn (or --loaders)"
+            )
         if samples and self._evaluate_subset is not None:
             if samples not in self._subsets:
                 self._subsets[samples] = self._evaluate_subset(samples)
@@ -131,10 +146,12 @@ class PassContext:
         from sqc.training import Constraints, TrainingDiverged
 
         if self._finetune is None:
-            raise PipelineError("this pass needs training: give --data with x_train/y_train (or --finetune)")
+            raise PipelineError(
+                "this pass needs training: give --data with x_train/y_train or --finetune (or --loaders)"
+            )
         for attempt in range(1, DIVERGENCE_RETRIES + 1):
             try:
-                with Constraints(model):
+                with Constraints(model, self.device):
                     self._finetune(model.graph_module, epochs, lr)
                 return lr
             except TrainingDiverged as diverged:
@@ -146,10 +163,10 @@ class PassContext:
             f"fine-tuning diverged at every learning rate down to {lr:g}; lower the pass's lr"
         )
 
-    def note(self, message: str) -> None:
-        """Report progress of long work to the user (a no-op when nobody listens)."""
-        if self._progress is not None:
-            self._progress(message)
+    def note(self, message: str, done: int | None = None, total: int | None = None) -> None:
+        """Report progress of long work to the user (a no-op when nobody listens); counted work says
+        how far it is (``done`` of ``total``, ``None`` if unknown), so a terminal can draw a bar."""
+        emit(self._progress, message, done, total)
 
     def analysis(self, key: str, compute: Callable[[], Any]) -> Any:
         if key not in self._analyses:

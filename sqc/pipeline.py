@@ -238,9 +238,11 @@ class Pipeline:
         for index, pass_ in enumerate(self.passes, 1):
             needs = pass_.context_needs()
             if "evaluate" in needs and not ctx.can_evaluate:
-                raise PipelineError(f"pass #{index} {pass_.name} needs an evaluation: give --data or --eval")
+                raise PipelineError(
+                    f"pass #{index} {pass_.name} needs an evaluation: give --data or --eval (or --loaders)"
+                )
             if "finetune" in needs and not ctx.can_finetune:
-                hint = "give --data with x_train/y_train, or --finetune"
+                hint = "give --data with x_train/y_train, or --finetune (or --loaders with a train loader)"
                 raise PipelineError(f"pass #{index} {pass_.name} needs training: {hint}")
         if verify:
             model.verify()

@@ -11,7 +11,6 @@ does not import :mod:`sqc.cli` before that module has finished loading.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 from collections.abc import Iterable
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.text import Text
 
 from sqc.display import shown
 from sqc.errors import SqcError
@@ -88,6 +86,15 @@ def sensitivity_command(
             "--workers", help="parallel workers (0: every CPU, or every CPU of the Ray cluster)", min=0
         ),
     ] = 0,
+    device: Annotated[
+        str, typer.Option("--device", help="where the evaluations run: cpu, cuda, cuda:N or mps")
+    ] = "cpu",
+    loaders: Annotated[
+        str | None,
+        typer.Option(
+            "--loaders", help="pkg.module:fn returning (train_loader, val_loader): a streamed --data"
+        ),
+    ] = None,
 ) -> None:
     """Per-layer metric and coded bytes vs sparsity and bits, each layer alone (a table and a PNG)."""
     from importlib.util import find_spec
@@ -117,6 +124,8 @@ def sensitivity_command(
         quiet=as_json,
         executor=executor,
         workers=workers,
+        device=device,
+        loaders=loaders,
     )
     if picture is not None:
         write_png(analysis, picture, title=model.name, inputs=inputs)
@@ -146,21 +155,32 @@ def measure(
     quiet: bool,
     executor: str = "process",
     workers: int = 0,
+    device: str = "cpu",
+    loaders: str | None = None,
 ) -> Analysis:
     """Load and trace the model, build the evaluation, run the ``sensitivity`` pass; the curves."""
     import gc
 
     from sqc.cli import err
     from sqc.data import check_labels, load_data, resolve_callable, top1
+    from sqc.devices import resolve_device
     from sqc.executors import Executor
     from sqc.frontend import trace
+    from sqc.loaders import StreamTop1, check_loaders, resolve_loaders
     from sqc.loading import load_model
     from sqc.pass_base import PassContext
     from sqc.passes.sensitivity import Sensitivity, cached_analysis
+    from sqc.progress import ProgressView
 
     run_on = Executor.from_options(executor, workers)
-    if data is None and eval_fn is None:
-        raise SqcError("sqc sensitivity measures a metric: give --data (or --eval pkg.module:fn)")
+    where = resolve_device(device, "--device")
+    if data is not None and loaders is not None:
+        raise SqcError("give either --data or --loaders, not both")
+    if data is None and eval_fn is None and loaders is None:
+        raise SqcError(
+            "sqc sensitivity measures a metric: give --data or --loaders (or --eval pkg.module:fn)"
+        )
+    streamed = resolve_loaders(loaders, "--loaders") if loaders is not None else None
     if samples and eval_fn is not None:
         raise SqcError(
             "--samples subsets the built-in evaluator's --data; an --eval function uses its own data"
@@ -181,19 +201,23 @@ def measure(
     if eval_fn is not None:
         evaluate = resolve_callable(eval_fn, "--eval")
         subset = None
+    elif streamed is not None:
+        check_loaders(streamed, ir.graph_module)
+        evaluate = StreamTop1(streamed.val, streamed.source)
+        subset = lambda n: StreamTop1(streamed.val, streamed.source, n)  # noqa: E731
     else:
         assert data is not None
         dataset = load_data(data)
         check_labels(dataset, ir.graph_module)
         evaluate = top1(dataset)
         subset = lambda n: top1(dataset, n)  # noqa: E731
-    status = err.status("measuring…", spinner="dots") if err.is_terminal and not quiet else None
-    with status if status is not None else contextlib.nullcontext():
+    with ProgressView(err, quiet=quiet, first="measuring…") as view:
         ctx = PassContext(
-            progress=(lambda text: status.update(Text(shown(text)))) if status is not None else None,
+            progress=view,
             evaluate=evaluate,  # type: ignore[arg-type]
             evaluate_subset=subset,
             executor=run_on,
+            device=where,
         )
         result = sensitivity.run(ir, ctx)
     for line in result.diagnostics:

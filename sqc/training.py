@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from sqc.devices import CPU, constants_on
 from sqc.ir import CompressedModel, TensorState
 
 
@@ -76,35 +77,42 @@ class _Tied:
 
 
 def _cluster_sum(values: torch.Tensor, codes: torch.Tensor, clusters: int) -> torch.Tensor:
-    return torch.zeros(clusters, dtype=values.dtype).index_add_(0, codes, values)
+    return torch.zeros(clusters, dtype=values.dtype, device=values.device).index_add_(0, codes, values)
 
 
 class Constraints:
-    """Context manager keeping masks and weight sharing intact while ``model.graph_module`` trains."""
+    """Context manager keeping masks and weight sharing intact while ``model.graph_module`` trains.
 
-    def __init__(self, model: CompressedModel) -> None:
+    ``device``: where the training copies live (see :mod:`sqc.devices`). Masks and codes go there with
+    them; the records stay on the CPU, and the trained values come back to it on exit.
+    """
+
+    def __init__(self, model: CompressedModel, device: torch.device | None = None) -> None:
         self.model = model
+        self.device = device if device is not None else CPU
         self.tied: list[_Tied] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._constants = constants_on(model.graph_module, self.device)
 
     def __enter__(self) -> Constraints:
         gm = self.model.graph_module
         params = dict(gm.named_parameters())
         buffers = dict(gm.named_buffers())
+        self._constants.__enter__()
         for name, state in self.model.tensors.items():
             # train copies (BatchNorm statistics included): the records change only on a clean exit
-            copy = state.decode().clone()
+            copy = state.decode().clone().to(self.device)
             self.model.release(name)  # drops the sync stamp too, which would keep the old value alive
             (params[name] if name in params else buffers[name]).data = copy
             if name not in params:
                 continue
             param = params[name]
             param.requires_grad_(True)
-            keep = state.mask.flatten() if state.mask is not None else None
+            keep = state.mask.flatten().to(self.device) if state.mask is not None else None
             codes = None
             clusters = 0
             if state.codebook is not None and state.codes is not None:
-                flat = state.codes.flatten().long()
+                flat = state.codes.flatten().long().to(self.device)
                 codes = flat[keep] if keep is not None else flat
                 clusters = state.codebook.numel()
             if keep is None and codes is None:
@@ -146,7 +154,7 @@ class Constraints:
         kept = flat[tied.keep] if tied.keep is not None else flat
         sums = _cluster_sum(kept.double(), tied.codes, tied.clusters)
         counts = torch.bincount(tied.codes, minlength=tied.clusters).double()
-        book = tied.state.codebook.double()
+        book = tied.state.codebook.double().to(flat.device)
         return torch.where(counts > 0, sums / counts.clamp(min=1), book).float()
 
     def enforce(self) -> None:
@@ -168,11 +176,17 @@ class Constraints:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        if exc[0] is not None:  # a failed training run leaves the records as they were
-            self.model.sync()
-            return
-        self.enforce()
-        self.write_back()
+        try:
+            if exc[0] is not None:  # a failed training run leaves the records as they were
+                self.model.sync()
+                return
+            self.enforce()
+            self.write_back()
+        finally:
+            self._constants.__exit__(None, None, None)
+            if self.device != CPU:  # gradients on the device would keep its memory for nothing
+                for param in self.model.graph_module.parameters():
+                    param.grad = None
 
     def write_back(self) -> None:
         """Trained module values -> records (codes, masks and formats unchanged)."""
@@ -181,9 +195,9 @@ class Constraints:
         buffers = dict(gm.named_buffers())
         tied = {t.state.name: t for t in self.tied}
         for name, state in self.model.tensors.items():
-            value = (params.get(name) if name in params else buffers.get(name)).detach()
+            value = (params.get(name) if name in params else buffers.get(name)).detach().to(CPU)
             if name in tied and tied[name].codes is not None:
-                book = self.centroids(tied[name])
+                book = self.centroids(tied[name]).to(CPU)
                 if state.fmt is not None:
                     book = state.fmt.dequantize(state.fmt.quantize(book))
                 state.codebook = book
@@ -197,7 +211,12 @@ class Constraints:
 
 
 @contextmanager
-def training(model: CompressedModel) -> Iterator[torch.nn.Module]:
-    """``with training(ir) as module: user_loop(module)`` — compression survives the loop."""
-    with Constraints(model):
+def training(model: CompressedModel, device: str | torch.device | None = None) -> Iterator[torch.nn.Module]:
+    """``with training(ir) as module: user_loop(module)`` — compression survives the loop.
+
+    With ``device`` (``"cuda"``, ``"mps"``) the module trains there — move your batches to it — and
+    the trained values return to the CPU records when the block ends."""
+    from sqc.devices import resolve_device
+
+    with Constraints(model, resolve_device(device)):
         yield model.graph_module
