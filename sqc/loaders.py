@@ -84,14 +84,20 @@ def _resolve(spec: str, option: str) -> Callable[[], Any]:
         raise LoaderError(message) from None
 
 
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) == 2
+
+
+def _kind(value: Any) -> str:
+    """What a value that should have been a pair is, for the error: ``a 3-item tuple``, ``Tensor``."""
+    if isinstance(value, (tuple, list)):
+        return f"a {len(value)}-item {type(value).__name__}"
+    return type(value).__name__
+
+
 def _checked(pair: Any, where: str) -> Loaders:
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-        got = (
-            f"a {len(pair)}-item {type(pair).__name__}"
-            if isinstance(pair, (tuple, list))
-            else type(pair).__name__
-        )
-        raise LoaderError(f"{where}: returned {got}, expected (train_loader, val_loader)")
+    if not _is_pair(pair):
+        raise LoaderError(f"{where}: returned {_kind(pair)}, expected (train_loader, val_loader)")
     train, val = pair
     if val is None:
         raise LoaderError(f"{where}: val_loader is None; evaluation needs one (train_loader may be None)")
@@ -134,13 +140,8 @@ def check_batch(batch: Any, source: str, role: str, number: int) -> tuple[torch.
     """One batch against the contract: an ``(x, y)`` pair of tensors, ``y`` non-negative integer labels,
     one per row of ``x``."""
     where = f"{source}: batch {number} of the {role} loader"
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        got = (
-            f"a {len(batch)}-item {type(batch).__name__}"
-            if isinstance(batch, (tuple, list))
-            else type(batch).__name__
-        )
-        raise LoaderError(f"{where} is {got}, expected an (x, y) pair")
+    if not _is_pair(batch):
+        raise LoaderError(f"{where} is {_kind(batch)}, expected an (x, y) pair")
     x, y = batch
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise LoaderError(f"{where} holds ({type(x).__name__}, {type(y).__name__}), expected two tensors")

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from sqc_blobs import Net  # tests/models_pkg, on the path (conftest.py)
+from sqc_blobs import blobs as shared_blobs
 
 import sqc
 from sqc.data import Dataset, top1
@@ -27,22 +29,7 @@ PIPELINE = "prune{target=auto},finetune{epochs=1 lr=0.05},share{bits=3},finetune
 
 
 def blobs(n: int = 512, seed: int = 0, spread: float = 3.0) -> Dataset:
-    """Four Gaussian blobs in 64 dimensions (a task a small MLP learns in a few steps)."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(4, 64, generator=g) * spread
-    y = torch.randint(0, 4, (n,), generator=g)
-    x = centres[y] + torch.randn(n, 64, generator=g)
-    return Dataset(x[: n // 2], y[: n // 2], x[n // 2 :], y[n // 2 :])
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(64, 32)
-        self.fc2 = nn.Linear(32, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x)))
+    return shared_blobs(n, seed, spread)
 
 
 @pytest.fixture

@@ -261,7 +261,7 @@ def test_sensitivity_measures_quant_curves_that_qp_auto_reuses() -> None:
         with torch.no_grad():
             return -float(((module(x) - reference) ** 2).mean())
 
-    pipeline = "sensitivity{sparsities=\"\" bits=\"\" qps=-20;-12;-6},quant{qp=auto},rans"
+    pipeline = 'sensitivity{sparsities="" bits="" qps=-20;-12;-6},quant{qp=auto},rans'
     artifact = sqc.compress(model, [(1, 32)], pipeline, evaluate=negative_error, tolerance=0.02)
     sweep, quant = artifact.report[0], artifact.report[1]
     for name, layer in quant.layers.items():

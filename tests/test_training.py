@@ -10,31 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from sqc_blobs import Net, blobs  # tests/models_pkg, on the path (conftest.py)
 
 import sqc
 from sqc.data import DataError, Dataset, load_data, top1
 from sqc.frontend import trace
 from sqc.pipeline import Pipeline
 from sqc.training import Constraints
-
-
-def blobs(n: int = 256, seed: int = 0) -> Dataset:
-    """Four separable Gaussian blobs in 64 dimensions: a task an MLP learns in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(4, 64, generator=g) * 3
-    y = torch.randint(0, 4, (n,), generator=g)
-    x = centres[y] + torch.randn(n, 64, generator=g)
-    return Dataset(x[: n // 2], y[: n // 2], x[n // 2 :], y[n // 2 :])
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(64, 32)
-        self.fc2 = nn.Linear(32, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x)))
 
 
 @pytest.fixture
