@@ -535,11 +535,9 @@ def run_model(
         variant = "pruned" if pruned else "dense"
         subject, prefix = model, ""
         if pruned:
-            pruned_weights = {
-                k: v
-                for k, v in sqc.compress(model, bench.example, PRUNE).module().state_dict().items()
-                if k in weights_of(model)
-            }
+            names = set(weight_names(model))
+            pruned_state = sqc.compress(model, bench.example, PRUNE).module().state_dict()
+            pruned_weights = {k: v for k, v in pruned_state.items() if k in names}
             subject, prefix = with_weights(model, pruned_weights), PRUNE + ","
             again = sqc.compress(subject, bench.example, PRUNE).module().state_dict()
             record["pruned_mask_reproduced"] = all(
