@@ -485,7 +485,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             style = (
                 {"color": "black", "linewidth": 2.2, "marker": "s"} if name == "NNCodec" else {"marker": "o"}
             )
-            label = name if name == "NNCodec" else f"sqc {name}"
+            label = name if name == "NNCodec" else "sqc " + name.replace("$", "")  # "$" starts mathtext
             axes[row][0].plot([p["bytes"] for p in ps], [p["metric"] for p in ps], label=label, **style)
             axes[row][1].plot([p["bytes"] for p in ps], [p["mse"] for p in ps], label=label, **style)
         title = f"{model}, {'90 % pruned' if pruned else 'dense'}"
@@ -597,6 +597,43 @@ def summary_line(model: str, variant: str, s: dict[str, Any]) -> str:
     )
 
 
+def times(point: dict[str, Any]) -> str:
+    return f"{point['encode_s']:.2f} / {point['decode_s']:.3f} s"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The comparison as a Markdown table (the README's section is this text)."""
+    lines = [
+        "| model | float | NNCodec point | sqc point | bytes sqc/NNCodec | at equal MSE | encode | decode |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, record in result["models"].items():
+        for variant in ("dense", "pruned"):
+            s = record[variant]["summary"]
+            a = s["nncodec"]
+            nnc = f"{a['setting']}: {a['bytes']:,} B, {a['metric']:.2f}, {times(a)}"
+            mse_ratio = (
+                f"{s['equal_mse']['ratio']:.2f}× (`{s['equal_mse']['template']}`)"
+                if "equal_mse" in s
+                else "—"
+            )
+            q = s.get("sqc")
+            if q is None:
+                ours, ratios = "none reaches it", ["—", mse_ratio, "—", "—"]
+            else:
+                body = q["pipeline"].removeprefix(PRUNE + ",")
+                ours = f"`{body}`: {q['bytes']:,} B, {q['metric']:.2f}, {times(q)}"
+                ratios = [
+                    f"**{s['bytes_ratio']:.2f}×**",
+                    mse_ratio,
+                    f"{s['encode_ratio']:.1f}×",
+                    f"{s['decode_ratio']:.1f}×",
+                ]
+            ref = f"{record[variant]['reference_metric']:.2f} {record['metric'].split()[0]}"
+            lines.append(f"| {name} {variant} | {ref} | {nnc} | {ours} | " + " | ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the LeNets only")
@@ -608,7 +645,15 @@ def main() -> None:
     parser.add_argument("--crepe-tones", type=int, default=200, help="synthetic tones for CREPE's RPA")
     parser.add_argument("--nncodec-python", type=Path, default=NNCODEC_PYTHON, help="NNCodec's interpreter")
     parser.add_argument("--out", type=Path, default=RESULTS / "nncodec.json")
+    parser.add_argument(
+        "--table", type=Path, help="print the Markdown table of this JSON and the plot, run nothing"
+    )
     args = parser.parse_args()
+    if args.table is not None:
+        result = json.loads(args.table.read_text())
+        plot(result, args.table.with_suffix(".png"))
+        print(markdown(result))
+        return
     if not args.nncodec_python.exists():
         raise SystemExit(f"{args.nncodec_python} not found: `make bench` installs NNCodec's environment")
     torch.set_num_threads(1)  # see the module docstring: one thread on both sides
@@ -665,6 +710,7 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     plot(result, args.out.with_suffix(".png"))
     print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
+    print(markdown(result))
     for name, record in models.items():
         for variant in ("dense", "pruned"):
             print(f"{name} {variant}: {summary_line(name, variant, record[variant]['summary'])}")
