@@ -224,18 +224,18 @@ def benches(crepe_tones: int) -> dict[str, Callable[[], Bench]]:
 
     return {
         "LeNet-300-100": lambda: Bench(
-            lenet(LeNet300, "lenet300.pt"), [(1, 1, 28, 28)], "top-1 %", top1, tuple(range(3, 9)), lenet_qps
+            lenet(LeNet300, "lenet300.pt"), [(1, 1, 28, 28)], "top-1 %", top1, tuple(range(2, 9)), lenet_qps
         ),
         "LeNet-5": lambda: Bench(
-            lenet(LeNet5, "lenet5.pt"), [(1, 1, 28, 28)], "top-1 %", top1, tuple(range(3, 9)), lenet_qps
+            lenet(LeNet5, "lenet5.pt"), [(1, 1, 28, 28)], "top-1 %", top1, tuple(range(2, 9)), lenet_qps
         ),
         "CREPE-full": lambda: Bench(
             crepe_full,
             [(1, CREPE_FRAME)],
             "RPA %",
             crepe_rpa(crepe_tones),
-            (3, 4, 5, 6, 8),
-            tuple(range(-36, -7, 4)),
+            (2, 3, 4, 5, 6, 8),
+            tuple(range(-32, 9, 4)),
             templates=("quant{bits=$B},rans", "quant{qp=$Q},rans", "quant{qp=$Q,rdo=1},rans"),
         ),
     }
@@ -456,6 +456,9 @@ def summarize(points: list[dict[str, Any]], reference_metric: float, pruned: boo
     out["bytes_ratio"] = point["bytes"] / anchor["bytes"]
     out["file_bytes_ratio"] = point["file_bytes"] / anchor["bytes"]
     out["encode_ratio"] = point["encode_s"] / anchor["encode_s"]
+    # sqc's encode includes tracing the model and verifying the IR after each pass; its passes alone:
+    out["sqc"]["passes_s"] = sum(point.get("pass_s", {}).values())
+    out["passes_encode_ratio"] = out["sqc"]["passes_s"] / anchor["encode_s"]
     out["decode_ratio"] = point["decode_s"] / anchor["decode_s"]
     out["goal_met"] = out["bytes_ratio"] <= goal and out["encode_ratio"] <= 1.0
     return out
@@ -597,6 +600,17 @@ def summary_line(model: str, variant: str, s: dict[str, Any]) -> str:
     )
 
 
+def resummarize(result: dict[str, Any]) -> None:
+    """Derive every summary again from the points (``--table``): the summary is a function of the points
+    alone, so a refined rule needs no new measurement."""
+    for name, record in result["models"].items():
+        for pruned, variant in ((False, "dense"), (True, "pruned")):
+            points = [p for p in result["points"] if p["model"] == name and p["pruned"] == pruned]
+            ref = record[variant]["reference_metric"]
+            record[variant]["summary"] = summarize(points, ref, pruned)
+    result["rule"] = EQUAL_ACCURACY_RULE
+
+
 def times(point: dict[str, Any]) -> str:
     return f"{point['encode_s']:.2f} / {point['decode_s']:.3f} s"
 
@@ -626,7 +640,7 @@ def markdown(result: dict[str, Any]) -> str:
                 ratios = [
                     f"**{s['bytes_ratio']:.2f}×**",
                     mse_ratio,
-                    f"{s['encode_ratio']:.1f}×",
+                    f"{s['encode_ratio']:.1f}× ({s['passes_encode_ratio']:.1f}× passes only)",
                     f"{s['decode_ratio']:.1f}×",
                 ]
             ref = f"{record[variant]['reference_metric']:.2f} {record['metric'].split()[0]}"
@@ -651,6 +665,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.table is not None:
         result = json.loads(args.table.read_text())
+        resummarize(result)
+        args.table.write_text(json.dumps(result, indent=2, default=float) + "\n")
         plot(result, args.table.with_suffix(".png"))
         print(markdown(result))
         return
