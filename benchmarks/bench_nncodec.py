@@ -498,7 +498,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axes[row][0].set(
             title=f"{title}: bytes vs {metric}", xscale="log", xlabel="weight bytes", ylabel=metric
         )
-        top = reference + 0.5
+        top = max([reference, *(p["metric"] for p in points)]) + 0.3
         lows = [p["metric"] for p in points if p["metric"] >= reference - 5]
         axes[row][0].set_ylim(min(lows, default=reference - 5) - 0.2, top)
         axes[row][1].set(
@@ -594,7 +594,7 @@ def summary_line(model: str, variant: str, s: dict[str, Any]) -> str:
         return f"{head}; {s.get('note')}"
     q = s["sqc"]
     return (
-        f"{head}; sqc {q['pipeline']} {q['bytes']:,} B at {q['metric']:.2f} -> bytes x{s['bytes_ratio']:.2f} "
+        f"{head}; sqc {q['pipeline']} {q['bytes']:,} B at {q['metric']:.2f} -> bytes x{s['bytes_ratio']:.3f} "
         f"(goal <= {s['goal_bytes_ratio']:.2f}), encode x{s['encode_ratio']:.2f}, "
         f"decode x{s['decode_ratio']:.2f}"
     )
@@ -638,7 +638,7 @@ def markdown(result: dict[str, Any]) -> str:
                 body = q["pipeline"].removeprefix(PRUNE + ",")
                 ours = f"`{body}`: {q['bytes']:,} B, {q['metric']:.2f}, {times(q)}"
                 ratios = [
-                    f"**{s['bytes_ratio']:.2f}×**",
+                    f"**{s['bytes_ratio']:.3f}×**",
                     mse_ratio,
                     f"{s['encode_ratio']:.1f}× ({s['passes_encode_ratio']:.1f}× passes only)",
                     f"{s['decode_ratio']:.1f}×",

@@ -321,7 +321,7 @@ def nncodec(d: Json) -> Figures:
                 f"{label}: `{q['pipeline']}` {n(q['bytes'])} B, {q['metric']:.2f}, enc {q['encode_s']:.2f} s"
             )
             ratio.append(
-                f"{label}: bytes {s['bytes_ratio']:.2f}×, encode {s['encode_ratio']:.1f}×, "
+                f"{label}: bytes {s['bytes_ratio']:.3f}×, encode {s['encode_ratio']:.1f}×, "
                 f"decode {s['decode_ratio']:.1f}×{at_mse}"
             )
             target.append(f"{label}: {met(s['goal_met'])}")
