@@ -34,6 +34,8 @@ on each sqc template's curve for reference.
 
 Run: ``python benchmarks/bench_nncodec.py [--quick] [--runs 3] [--only LeNet-5] [--template T ...]``.
 ``--quick``: the LeNets only. Writes ``benchmarks/results/nncodec.json`` and ``nncodec.png``.
+``--table JSON`` measures nothing: it derives the summaries again from that JSON's points, rewrites them
+there, and prints the Markdown table of ``benchmarks/README.md`` and redraws the plot.
 """
 
 from __future__ import annotations
