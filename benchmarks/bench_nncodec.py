@@ -41,6 +41,7 @@ there, and prints the Markdown table of ``benchmarks/README.md`` and redraws the
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import importlib.util
 import itertools
@@ -259,8 +260,6 @@ def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def with_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> nn.Module:
     """A copy of ``model`` whose weight tensors are ``weights`` (biases and buffers kept)."""
-    import copy
-
     clone = copy.deepcopy(model)
     state = clone.state_dict()
     for name, value in weights.items():
@@ -293,10 +292,6 @@ def accepted(pipeline: str) -> str | None:
     except SqcError as e:
         return str(e).splitlines()[0]
     return None
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 # ------------------------------------------------------------------------------------------- sides
@@ -339,8 +334,8 @@ def sqc_point(
         "file_bytes": file_bytes,
         "mse": mse(reference, decoded),
         "metric": bench.evaluate(restored),
-        "encode_s": median(encode_s),
-        "decode_s": median(decode_s),
+        "encode_s": statistics.median(encode_s),
+        "decode_s": statistics.median(decode_s),
         "encode_runs_s": encode_s,
         "decode_runs_s": decode_s,
         "pass_s": passes,
@@ -565,7 +560,12 @@ def run_model(
                             skipped[template] = why
                             print(f"note: skipping template {template!r}: {why}", flush=True)
                         break
-                    point = sqc_point(bench, subject, reference, pipeline, tmp, runs)
+                    try:  # parsed, but the pass may still refuse this model or value
+                        point = sqc_point(bench, subject, reference, pipeline, tmp, runs)
+                    except SqcError as e:
+                        skipped[pipeline] = str(e).splitlines()[0]
+                        print(f"note: {pipeline!r} refused: {skipped[pipeline]}", flush=True)
+                        continue
                     point.update(template=template, setting=setting)
                     variant_points.append(point)
         for p in variant_points:
