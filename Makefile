@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+NNC     := .venv-nncodec
 SOURCES := $(shell find sqc passes formats targets -name '*.py' -o -name '*.md') pyproject.toml
 
 .PHONY: test demo bench fuzz lint install clean
@@ -33,8 +34,20 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-bench: $(STAMP)
+# NNCodec, bench_nncodec.py's baseline, in a venv of its own: it pins numpy<2 and declares torchvision,
+# OpenCV, pandas and scikit-learn, whose registry wheels would bring a CUDA torch. Its tensor API needs none
+# of them, nor torch: numpy and the deepCABAC extension it builds from source (C++, pybind11).
+$(NNC)/.installed:
+	$(PY) -m venv $(NNC)
+	$(NNC)/bin/pip install -q --upgrade pip
+	$(NNC)/bin/pip install -q "numpy<2"
+	$(NNC)/bin/pip install -q --no-deps nncodec==2.1.3
+	touch $@
+
+# torchcrepe for CREPE-full's weights (bench_nncodec.py loads its model.py alone: no librosa, resampy)
+bench: $(STAMP) $(NNC)/.installed
 	$(BIN)/pip install -q ".[bench]"
+	$(BIN)/pip install -q --no-deps torchcrepe==0.0.24
 	$(BIN)/pip install -q --force-reinstall --no-deps .
 	$(BIN)/python benchmarks/run_all.py
 
@@ -47,4 +60,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check sqc passes formats targets tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(NNC) build *.egg-info

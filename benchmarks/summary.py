@@ -298,6 +298,44 @@ def zoo(d: Json) -> Figures:
     )
 
 
+def nncodec(d: Json) -> Figures:
+    """bench_nncodec: issue 19 compares at equal accuracy, so the row pairs NNCodec's smallest bitstream
+    within 0.1 points of float with sqc's smallest weight payload at no lower accuracy, and gives the
+    ratios of their bytes and encode times, which is how the issue states its goal."""
+    sqc, base, ratio, target = [], [], [], []
+    for model, m in d["models"].items():
+        for variant in ("dense", "pruned"):
+            s = m[variant]["summary"]
+            label, n_ = f"{model} {variant}", s["nncodec"]
+            base.append(
+                f"{label}: {n_['setting']} {n(n_['bytes'])} B, {n_['metric']:.2f}, enc {n_['encode_s']:.2f} s"
+            )
+            at_mse = f" (at equal MSE {s['equal_mse']['ratio']:.2f}×)" if "equal_mse" in s else ""
+            if s.get("sqc") is None:
+                sqc.append(f"{label}: no point reaches {n_['metric']:.2f}")
+                ratio.append(f"{label}: —{at_mse}")
+                target.append(f"{label}: {met(False)}")
+                continue
+            q = s["sqc"]
+            sqc.append(
+                f"{label}: `{q['pipeline']}` {n(q['bytes'])} B, {q['metric']:.2f}, enc {q['encode_s']:.2f} s"
+            )
+            ratio.append(
+                f"{label}: bytes {s['bytes_ratio']:.3f}×, encode {s['encode_ratio']:.1f}×, "
+                f"decode {s['decode_ratio']:.1f}×{at_mse}"
+            )
+            target.append(f"{label}: {met(s['goal_met'])}")
+    return (
+        "weight bytes at equal accuracy vs NNCodec (DeepCABAC): NNCodec's smallest point within 0.1 points "
+        "of float, sqc's smallest at ≥ its accuracy; top-1 % (LeNets), RPA % (CREPE-full)",
+        "<br>".join(sqc),
+        f"NNCodec {d['models'][next(iter(d['models']))]['nncodec_versions']['nncodec']}:<br>"
+        + "<br>".join(base),
+        "<br>".join(ratio),
+        "bytes ≤ 1.00× (≤ 0.90× pruned) and encode ≤ 1× (issue 19):<br>" + "<br>".join(target),
+    )
+
+
 # name in the table, script, JSON file, reader (None: the script writes no JSON)
 BENCHMARKS: tuple[tuple[str, str, str, Callable[[Json], Figures] | None], ...] = (
     ("huffman", "bench_huffman.py", "huffman.json", None),
@@ -310,6 +348,7 @@ BENCHMARKS: tuple[tuple[str, str, str, Callable[[Json], Figures] | None], ...] =
     ("c", "bench_c_target.py", "c_target.json", c_target),
     ("hls", "bench_hls.py", "hls.json", hls),
     ("zoo", "bench_zoo.py", "bench_zoo.json", zoo),
+    ("nncodec", "bench_nncodec.py", "nncodec.json", nncodec),
 )
 
 

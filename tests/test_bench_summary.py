@@ -266,6 +266,7 @@ def test_rows_carry_the_figure_the_same_run_baseline_the_ratio_and_the_target(re
         "c",
         "hls",
         "zoo",
+        "nncodec",
     ]
     assert all(len(cells) == 8 for cells in table.values())
 
