@@ -86,10 +86,10 @@ from examples.lenet import LeNet5, LeNet300  # noqa: E402
 # list can name options before they exist. ``--template`` replaces the list.
 TEMPLATES: tuple[str, ...] = (
     "quant{bits=$B},rans",
-    "quant{bits=$B,granularity=channel},rans",
     "share{bits=$B},quant{bits=8},rans",
+    "share{bits=$B,rdo=1},quant{bits=16},rans",
+    "quant{qp=$Q,rdo=0},rans",
     "quant{qp=$Q},rans",
-    "quant{qp=$Q,rdo=1},rans",
 )
 PRUNE = "prune{sparsity=0.9,scope=global}"
 WITHIN_POINTS = 0.1  # "accuracy within 0.1 points of float"
@@ -217,7 +217,7 @@ def crepe_rpa(count: int) -> Callable[[nn.Module], float]:
 
 def benches(crepe_tones: int) -> dict[str, Callable[[], Bench]]:
     """The models, built lazily (CREPE-full is 22M parameters; ``--quick`` never builds it)."""
-    lenet_qps = tuple(range(-40, -7, 2))
+    lenet_qps = tuple(range(-32, -11, 2))
     mnist: list[Callable[[nn.Module], float]] = []
 
     def top1(module: nn.Module) -> float:  # MNIST is read on first use, once
@@ -239,7 +239,11 @@ def benches(crepe_tones: int) -> dict[str, Callable[[], Bench]]:
             crepe_rpa(crepe_tones),
             (2, 3, 4, 5, 6, 8),
             tuple(range(-32, 9, 4)),
-            templates=("quant{bits=$B},rans", "quant{qp=$Q},rans", "quant{qp=$Q,rdo=1},rans"),
+            templates=(
+                "quant{bits=$B},rans",
+                "quant{qp=$Q},rans",
+                "share{bits=$B,rdo=1},quant{bits=16},rans",
+            ),
         ),
     }
 
