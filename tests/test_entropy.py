@@ -329,7 +329,7 @@ def test_fast_coder_writes_the_reference_bytes(
         plain.value_bytes,
         plain.value_mode,
     )
-    if numel > rans.LANE_SPAN + rans.MAX_POSITIONS_PER_BYTE * len(fast.data):
+    if not rans.fits(numel, symbols.size, width, sparse, len(fast.data)):
         # denser than a reader accepts (e.g. a whole large tensor pruned codes to a few bytes): the
         # decoder refuses it as a bomb, and the container never writes it (it falls back to Huffman)
         with pytest.raises(SqcFormatError, match="cannot be context-coded"):
