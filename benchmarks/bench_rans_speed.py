@@ -9,8 +9,8 @@ decision cap.
 * Worst case: ``.sqc`` files of about 1 MB built to maximise the reader's decisions under the cap
   (FORMAT.md, "Context-coded layout"): one dense 16-bit tensor whose stream sits at the cap, and many
   small tensors each at the cap (the per-stream base times the tensor count). Each is read by
-  ``sqc inspect`` and by ``sqc.load`` in a fresh process under ``/usr/bin/time -v``: wall time and peak
-  RSS.
+  ``sqc inspect`` and by ``sqc.load`` in a fresh process under ``/usr/bin/time -v``: wall time, CPU
+  time (user + system: the figure to trust on a shared machine) and peak RSS.
 
 Run: ``python benchmarks/bench_rans_speed.py [--runs 5]``; writes ``benchmarks/results/rans_speed.json``.
 """
@@ -197,6 +197,8 @@ def timed(argv: list[str]) -> dict[str, Any]:
     """Wall time, peak RSS and the last line of output of a fresh process."""
     proc = subprocess.run(["/usr/bin/time", "-v", *argv], capture_output=True, text=True, check=False)
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    user = re.search(r"User time \(seconds\): ([\d.]+)", proc.stderr)
+    system = re.search(r"System time \(seconds\): ([\d.]+)", proc.stderr)
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", proc.stderr)
     seconds = 0.0
     if wall:
@@ -206,6 +208,7 @@ def timed(argv: list[str]) -> dict[str, Any]:
     return {
         "exit": proc.returncode,
         "wall_s": round(seconds, 2),
+        "cpu_s": round(float(user.group(1)) + float(system.group(1)), 2) if user and system else None,
         "peak_rss_mb": round(int(rss.group(1)) / 1024, 1) if rss else None,
         "last_line": (lines[-1] if lines else "")[:160],
     }
@@ -270,7 +273,13 @@ def main() -> None:
     parser.add_argument("--python-runs", type=int, default=3, help="runs of the (slow) Python paths")
     parser.add_argument("--worst-bytes", type=int, default=1 << 20, help="size of the crafted files")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "rans_speed.json")
+    parser.add_argument(
+        "--worst-only", action="store_true", help="only the crafted files (printed, not written)"
+    )
     args = parser.parse_args()
+    if args.worst_only:
+        worst_case(args.worst_bytes)
+        return
     if NATIVE is None:
         sys.exit("the native rANS core is not built (pip install . compiles it; SQC_RANS must not be python)")
     torch.set_num_threads(1)

@@ -66,7 +66,9 @@ static void init_tables(void)
 /* P(1) from the counts (Krichevsky-Trofimov, 16-bit, clamped to [1, 65535]). */
 static inline uint32_t kt_p1(uint64_t total, uint64_t ones)
 {
-    uint64_t p = ((2u * ones + 1u) << 16) / (2u * total + 2u);
+    /* ((2 n1 + 1) << 16) div (2 (n0 + n1) + 2) = ((2 n1 + 1) << 15) div (n0 + n1 + 1): both even */
+    uint64_t num = (2u * ones + 1u) << 15, den = total + 1u, p;
+    p = (num >> 32) == 0 && (den >> 32) == 0 ? (uint32_t)num / (uint32_t)den : num / den; /* 32-bit: faster */
     return p < 1u ? 1u : (p > 65535u ? 65535u : (uint32_t)p);
 }
 
@@ -222,56 +224,65 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
         longest = len > longest ? len : longest;
         m.col[j] = m.start[j] % cols;
     }
-    distinct = distinct_columns(m.col, lanes, cols);
-    for (t = 0; t < longest; t++) {
-        uint32_t n = 0;
-        for (j = 0; j < lanes; j++) {
-            uint64_t pos = m.start[j] + t, col = m.col[j], r;
-            uint32_t ctx;
-            int bit;
-            if (pos >= m.start[j + 1u]) {
-                continue;
+    {
+        /* locals the compiler can keep in registers (byte stores may alias anything reachable) */
+        uint64_t *restrict col_kept = m.col_kept, *restrict col_seen = m.col_seen, *restrict run = m.run;
+        uint64_t *restrict lane_col = m.col, *restrict start = m.start, *restrict bcol = m.bcol;
+        uint8_t *restrict bbit = m.bbit;
+        coder_t io = *c;
+        distinct = distinct_columns(lane_col, lanes, cols);
+        for (t = 0; t < longest; t++) {
+            uint32_t n = 0;
+            for (j = 0; j < lanes; j++) {
+                uint64_t pos = start[j] + t, col = lane_col[j], r;
+                uint32_t ctx;
+                int bit;
+                if (pos >= start[j + 1u]) {
+                    continue;
+                }
+                r = col ? run[j] : 0u;
+                ctx = run_ctx[r < RUN_LUT_SIZE - 1u ? r : RUN_LUT_SIZE - 1u] +
+                      column_bucket(col_kept[col], col_seen[col]);
+                bit = code_bit(&io, j, ptab[ctx], io.decoding ? 0 : mask[pos] != 0); /* decoding: unread */
+                if (bit < 0) {
+                    status = ERR_EARLY;
+                    goto done;
+                }
+                if (io.decoding) {
+                    mask[pos] = (uint8_t)bit;
+                }
+                counts[ctx][bit]++;
+                touched[n] = (uint8_t)ctx;
+                if (distinct) {
+                    col_seen[col]++;
+                    col_kept[col] += (uint64_t)bit;
+                } else {
+                    bcol[n] = col;
+                    bbit[n] = (uint8_t)bit;
+                }
+                n++;
+                run[j] = (r + 1u) & ((uint64_t)bit - 1u); /* 0 after a kept position */
+                lane_col[j] = col + 1u == cols ? 0u : col + 1u;
             }
-            r = col ? m.run[j] : 0u;
-            ctx = run_ctx[r < RUN_LUT_SIZE - 1u ? r : RUN_LUT_SIZE - 1u] +
-                  column_bucket(m.col_kept[col], m.col_seen[col]);
-            bit = code_bit(c, j, ptab[ctx], mask[pos] != 0);
-            if (bit < 0) {
-                status = ERR_EARLY;
-                goto done;
+            for (i = 0; !distinct && i < n; i++) { /* deferred column updates (lanes sharing columns) */
+                col_seen[bcol[i]]++;
+                col_kept[bcol[i]] += bbit[i];
             }
-            if (c->decoding) {
-                mask[pos] = (uint8_t)bit;
-            }
-            counts[ctx][bit]++;
-            touched[n] = (uint8_t)ctx;
-            if (distinct) {
-                m.col_seen[col]++;
-                m.col_kept[col] += (uint64_t)bit;
+            /* the probabilities the next round reads: of the contexts the round touched, or all of them
+             * when that is fewer divisions */
+            if (n >= MASK_CONTEXTS) {
+                for (i = 0; i < MASK_CONTEXTS; i++) {
+                    ptab[i] = kt_p1(counts[i][0] + counts[i][1], counts[i][1]);
+                }
             } else {
-                m.bcol[n] = col;
-                m.bbit[n] = (uint8_t)bit;
-            }
-            n++;
-            m.run[j] = (r + 1u) & ((uint64_t)bit - 1u); /* 0 after a kept position */
-            m.col[j] = col + 1u == cols ? 0u : col + 1u;
-        }
-        for (i = 0; !distinct && i < n; i++) { /* deferred column updates (lanes sharing columns) */
-            m.col_seen[m.bcol[i]]++;
-            m.col_kept[m.bcol[i]] += m.bbit[i];
-        }
-        /* the probabilities the next round reads: of the contexts the round touched, or all of them
-         * when that is fewer divisions */
-        if (n >= MASK_CONTEXTS) {
-            for (i = 0; i < MASK_CONTEXTS; i++) {
-                ptab[i] = kt_p1(counts[i][0] + counts[i][1], counts[i][1]);
-            }
-        } else {
-            for (i = 0; i < n; i++) {
-                uint32_t ctx = touched[i];
-                ptab[ctx] = kt_p1(counts[ctx][0] + counts[ctx][1], counts[ctx][1]);
+                for (i = 0; i < n; i++) {
+                    uint32_t ctx = touched[i];
+                    ptab[ctx] = kt_p1(counts[ctx][0] + counts[ctx][1], counts[ctx][1]);
+                }
             }
         }
+        c->next = io.next;
+        c->nprobs = io.nprobs;
     }
 done:
     free(touched);
@@ -281,15 +292,20 @@ done:
 
 /* --------------------------------------------------------------------------------- value phase */
 
-/* Scratch of the value phase. The probability table stores p XOR 0x8000 so that its zero-filled
- * (lazily mapped) initial state means p = 32768, the probability of a context never seen: a stream of
- * one symbol costs only the table pages it touches, not the whole 9 * 2^16-slot table. */
+/* One context of the value phase. `p` stores the probability XOR 0x8000 so that the zero-filled
+ * (lazily mapped) initial table means p = 32768, that of a context never seen: a short stream costs only
+ * the table pages it touches (one per slot, the fields together), not the whole 9 * 2^16-slot table. */
+typedef struct {
+    uint64_t total, ones;
+    uint16_t p;
+    uint8_t dirty;
+} slot_t;
+
+/* Scratch of the value phase. */
 typedef struct {
     uint64_t *per_lane, *first, *cur, *start, *prev_row, *prev_sym, *row, *base, *node;
     uint32_t *active, *dirty;
-    uint8_t *is_dirty;
-    uint64_t *total, *ones;
-    uint16_t *ptab;
+    slot_t *slot;
 } value_scratch_t;
 
 static void value_free(value_scratch_t *v)
@@ -305,10 +321,7 @@ static void value_free(value_scratch_t *v)
     free(v->node);
     free(v->active);
     free(v->dirty);
-    free(v->is_dirty);
-    free(v->total);
-    free(v->ones);
-    free(v->ptab);
+    free(v->slot);
 }
 
 /* The per-lane arrays every pass over the kept positions needs. */
@@ -392,11 +405,8 @@ static int value_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes
     v.base = calloc(lanes, sizeof *v.base);
     v.node = calloc(lanes, sizeof *v.node);
     v.dirty = calloc((size_t)lanes * width, sizeof *v.dirty);
-    v.is_dirty = calloc(slots, 1);
-    v.total = calloc(slots, sizeof *v.total);
-    v.ones = calloc(slots, sizeof *v.ones);
-    v.ptab = calloc(slots, sizeof *v.ptab);
-    if (!v.row || !v.base || !v.node || !v.dirty || !v.is_dirty || !v.total || !v.ones || !v.ptab) {
+    v.slot = calloc(slots, sizeof *v.slot);
+    if (!v.row || !v.base || !v.node || !v.dirty || !v.slot) {
         value_free(&v);
         return ERR_NOMEM;
     }
@@ -407,62 +417,73 @@ static int value_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes
     for (j = 0; j < lanes; j++) {
         rounds = v.per_lane[j] > rounds ? v.per_lane[j] : rounds;
     }
-    for (t = 0; t < rounds; t++) {
-        uint32_t n = 0, ndirty = 0;
-        for (j = 0; j < lanes; j++) { /* the round's lanes, their positions and context sets */
-            uint64_t row;
-            if (t >= v.per_lane[j]) {
-                continue;
-            }
-            v.base[n] = 0;
-            if (mode) {
-                row = row_of(next_kept(&v, j, mask), row_len);
-                v.row[n] = row;
-                v.base[n] = (v.prev_row[j] == row ? v.prev_sym[j] >> (width - ctx_bits) : none) << width;
-            }
-            v.node[n] = 1u;
-            v.active[n++] = j;
-        }
-        for (level = 0; level < width; level++) {
-            for (a = 0; a < n; a++) {
-                uint64_t slot = v.base[a] + v.node[a];
-                int want = 0, bit;
-                j = v.active[a];
-                if (!c->decoding) {
-                    want = (int)(((uint64_t)symbols[v.first[j] + t] >> (width - 1u - level)) & 1u);
+    {
+        /* locals the compiler can keep in registers (byte stores may alias anything reachable) */
+        const uint64_t *restrict per_lane_ = v.per_lane, *restrict first_ = v.first;
+        uint64_t *restrict prev_row_ = v.prev_row, *restrict prev_sym_ = v.prev_sym, *restrict row_ = v.row;
+        uint64_t *restrict base_ = v.base, *restrict node_ = v.node;
+        uint32_t *restrict active_ = v.active, *restrict dirty_ = v.dirty;
+        slot_t *restrict slot_ = v.slot;
+        coder_t io = *c;
+        for (t = 0; t < rounds; t++) {
+            uint32_t n = 0, ndirty = 0;
+            for (j = 0; j < lanes; j++) { /* the round's lanes, their positions and context sets */
+                uint64_t row;
+                if (t >= per_lane_[j]) {
+                    continue;
                 }
-                bit = code_bit(c, j, (uint32_t)v.ptab[slot] ^ 0x8000u, want);
-                if (bit < 0) {
-                    status = ERR_EARLY;
+                base_[n] = 0;
+                if (mode) {
+                    row = row_of(next_kept(&v, j, mask), row_len);
+                    row_[n] = row;
+                    base_[n] = (prev_row_[j] == row ? prev_sym_[j] >> (width - ctx_bits) : none) << width;
+                }
+                node_[n] = 1u;
+                active_[n++] = j;
+            }
+            for (level = 0; level < width; level++) {
+                for (a = 0; a < n; a++) {
+                    uint64_t slot = base_[a] + node_[a];
+                    int want = 0, bit;
+                    j = active_[a];
+                    if (!io.decoding) {
+                        want = (int)(((uint64_t)symbols[first_[j] + t] >> (width - 1u - level)) & 1u);
+                    }
+                    bit = code_bit(&io, j, (uint32_t)slot_[slot].p ^ 0x8000u, want);
+                    if (bit < 0) {
+                        status = ERR_EARLY;
+                        goto done;
+                    }
+                    slot_[slot].total++;
+                    slot_[slot].ones += (uint64_t)bit;
+                    if (!slot_[slot].dirty) {
+                        slot_[slot].dirty = 1;
+                        dirty_[ndirty++] = (uint32_t)slot;
+                    }
+                    node_[a] = 2u * node_[a] + (uint64_t)bit;
+                }
+            }
+            for (a = 0; a < ndirty; a++) { /* the probabilities the next round reads */
+                slot_t *ctx = &slot_[dirty_[a]];
+                ctx->p = (uint16_t)(kt_p1(ctx->total, ctx->ones) ^ 0x8000u);
+                ctx->dirty = 0;
+            }
+            for (a = 0; a < n; a++) {
+                uint64_t sym = node_[a] - top;
+                if (io.decoding && sym >= alphabet) {
+                    status = ERR_ALPHABET;
                     goto done;
                 }
-                v.total[slot]++;
-                v.ones[slot] += (uint64_t)bit;
-                if (!v.is_dirty[slot]) {
-                    v.is_dirty[slot] = 1;
-                    v.dirty[ndirty++] = (uint32_t)slot;
+                j = active_[a];
+                if (io.decoding) {
+                    symbols[first_[j] + t] = (int64_t)sym;
                 }
-                v.node[a] = 2u * v.node[a] + (uint64_t)bit;
+                prev_sym_[j] = sym;
+                prev_row_[j] = row_[a];
             }
         }
-        for (a = 0; a < ndirty; a++) { /* the probabilities the next round reads */
-            uint32_t slot = v.dirty[a];
-            v.ptab[slot] = (uint16_t)(kt_p1(v.total[slot], v.ones[slot]) ^ 0x8000u);
-            v.is_dirty[slot] = 0;
-        }
-        for (a = 0; a < n; a++) {
-            uint64_t sym = v.node[a] - top;
-            if (c->decoding && sym >= alphabet) {
-                status = ERR_ALPHABET;
-                goto done;
-            }
-            j = v.active[a];
-            if (c->decoding) {
-                symbols[v.first[j] + t] = (int64_t)sym;
-            }
-            v.prev_sym[j] = sym;
-            v.prev_row[j] = v.row[a];
-        }
+        c->next = io.next;
+        c->nprobs = io.nprobs;
     }
 done:
     value_free(&v);

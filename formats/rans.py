@@ -9,6 +9,14 @@ context; unlike it, the arithmetic coder is a binary rANS (no carry propagation,
 a round at once. ``FORMAT.md`` ("Context-coded layout") specifies the bitstream; this module is the
 reference implementation, and a sequential C decoder needs only the loops written out below.
 
+Two implementations write and read exactly the same bytes (:data:`IMPLEMENTATION` says which runs):
+the C core ``_rans_native`` (``formats/_rans_native.c``, built by ``pip install``; a few ns per binary
+decision, ``benchmarks/results/rans_speed.json``) and the numpy/Python paths below (0.3-1.2 us per
+decision), used when the extension is missing or ``SQC_RANS=python``. Python keeps the argument and
+stream checks, the final checks and the value-mode choice's float sums in both, so errors and choices
+cannot differ. Every stream obeys a cap on binary decisions per byte (:data:`MAX_DECISIONS_PER_BYTE`),
+which bounds the work any file can ask of a reader.
+
 Model (everything is integer arithmetic, so encoder, decoder and a C port agree bit for bit):
 
 * The tensor is a matrix of ``rows = shape[0]`` rows and ``cols = numel / rows`` columns, flattened
@@ -92,7 +100,7 @@ MAX_POSITIONS_PER_BYTE = 512
 costs one Python-level round per position per lane, so this caps the work a hostile file can ask for
 (real layers need 4-40 positions per byte; a 99.9 %-pruned one about 500, 99.95 % falls back to Huffman)."""
 
-MAX_DECISIONS_BASE = 2048
+MAX_DECISIONS_BASE = 256
 MAX_DECISIONS_PER_BYTE = 640
 """A context-coded stream of ``n`` bytes may hold at most ``MAX_DECISIONS_BASE +
 MAX_DECISIONS_PER_BYTE * n`` binary decisions (:func:`decisions`): the work of decoding is one decision
@@ -128,12 +136,11 @@ def _check_decisions(count: int, nbytes: int) -> None:
 
 
 SCALAR_LANES = 16
-"""Streams of at most this many lanes (tensors of up to 2^18 positions) are decoded decision by decision
-in plain Python (:func:`_decode_scalar`) rather than a round at a time in numpy: ~1.2 us per binary
-decision against ~20 us of numpy calls per round, so it wins while a round has few lanes (and the
-numpy path's calls are then shared by at least 17 lanes). It bounds what a small hostile file costs: a
-valid 20-byte stream can stand for 16,384 16-bit symbols (262,144 decisions in as many rounds), 4.7 s
-a round at a time and 0.35 s this way; the two paths give the same result and the same error."""
+"""Without the C core: streams of at most this many lanes (tensors of up to 2^18 positions) are decoded
+decision by decision in plain Python (:func:`_decode_scalar`) rather than a round at a time in numpy:
+~1.2 us per binary decision against ~20 us of numpy calls per round, so it wins while a round has few
+lanes (and the numpy path's calls are then shared by at least 17 lanes). The two paths give the same
+result and the same error."""
 
 ONE = 1 << 16
 RUN_THRESHOLDS = np.array([1, 3, 7, 15, 31, 63], dtype=np.int64)

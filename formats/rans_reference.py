@@ -69,9 +69,9 @@ MAX_POSITIONS_PER_BYTE = 512
 costs one Python-level round per position per lane, so this caps the work a hostile file can ask for
 (real layers need 4-40 positions per byte; a 99.9 %-pruned one about 500, 99.95 % falls back to Huffman)."""
 
-MAX_DECISIONS_BASE = 2048
+MAX_DECISIONS_BASE = 256
 MAX_DECISIONS_PER_BYTE = 640
-"""A stream of ``n`` bytes holds at most ``2048 + 640 * n`` binary decisions (mask positions plus
+"""A stream of ``n`` bytes holds at most ``256 + 640 * n`` binary decisions (mask positions plus
 ``width`` per kept symbol): a reader checks the mask part before decoding and the whole after the mask."""
 
 
