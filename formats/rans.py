@@ -127,6 +127,14 @@ def fits(numel: int, kept: int, width: int, sparse: bool, nbytes: int) -> bool:
     ) <= decision_budget(nbytes)
 
 
+def _check_sizes(numel: int, nbytes: int, sparse: bool, width: int) -> None:
+    """What a reader checks before decoding: the positions, and the decisions known from the header (the
+    mask's when sparse, all of them when dense)."""
+    if numel > LANE_SPAN + MAX_POSITIONS_PER_BYTE * nbytes:
+        raise SqcFormatError(f"{numel:,} positions cannot be context-coded in {nbytes:,} bytes")
+    _check_decisions(decisions(numel, 0 if sparse else numel, width, sparse), nbytes)
+
+
 def _check_decisions(count: int, nbytes: int) -> None:
     if count > decision_budget(nbytes):
         raise SqcFormatError(
@@ -170,11 +178,12 @@ def lane_count(numel: int) -> int:
     return min(MAX_LANES, max(1, -(-numel // LANE_SPAN)))
 
 
-ROUND_SECONDS = 40e-6
-DECISION_SECONDS = 0.27e-6
-"""Encoding cost on the 2-core reference machine: ~40 us of numpy overhead per round and ~0.27 us per
-binary decision (fitted on LeNet-5 fc1 and a 102.8M-weight VGG-16 fc6 layer: 0.9 s and 35 s).
-Decoding takes about half as long."""
+_COSTS = {"native": (0.0, 20e-9), "python": (40e-6, 0.27e-6)}
+"""Encoding cost on the 2-core reference machine, per round and per binary decision. Python: ~40 us of
+numpy overhead per round and ~0.27 us per decision (fitted on LeNet-5 fc1 and a 102.8M-weight VGG-16
+fc6 layer: 0.9 s and 35 s). Native: ~10-20 ns per decision, the value-mode choice included, and no
+per-round cost worth modelling (``benchmarks/results/rans_speed.json``). Decoding takes about half."""
+ROUND_SECONDS, DECISION_SECONDS = _COSTS[IMPLEMENTATION]
 
 
 def estimated_seconds(numel: int, kept: int, width: int, sparse: bool) -> float:
@@ -600,10 +609,7 @@ def decode(
     if mode not in VALUE_MODES:
         raise SqcFormatError(f"unknown value mode {mode}")
     numel = math.prod(shape)
-    nbytes = memoryview(data).nbytes
-    if numel > LANE_SPAN + MAX_POSITIONS_PER_BYTE * nbytes:
-        raise SqcFormatError(f"{numel:,} positions cannot be context-coded in {nbytes:,} bytes")
-    _check_decisions(decisions(numel, 0 if sparse else numel, width, sparse), nbytes)  # mask part / all
+    _check_sizes(numel, len(data), sparse, width)
     _, cols = matrix_shape(shape)
     lanes = lane_count(numel)
     if _native is not None:

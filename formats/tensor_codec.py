@@ -558,7 +558,9 @@ def _decode_context(
     except SqcFormatError as exc:
         raise SqcFormatError(f"{stream.what} of tensor {state.name}: {exc}", stream.base) from None
     numel = state.numel
-    codes = symbols if state.codebook is not None else symbols + state.fmt.qmin  # type: ignore[union-attr]
+    codes = symbols
+    if state.codebook is None:  # in place: the symbols can be tens of millions of int64
+        codes += state.fmt.qmin  # type: ignore[union-attr]
     full = np.zeros(numel, dtype=_code_dtype(state))
     if mask is None:
         full[:] = codes

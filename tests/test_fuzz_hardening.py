@@ -46,9 +46,19 @@ def _all_paths(
     _, cols = rans.matrix_shape(shape)
     lanes = rans.lane_count(numel)
     inner = (data, numel, cols, lanes, sparse, width, alphabet, mode)
+
+    def checked(path: Callable[..., Any]) -> Callable[..., Any]:
+        """The path behind :func:`rans.decode`'s size checks (the reference makes the same ones)."""
+
+        def run(*args: Any) -> Any:
+            rans._check_sizes(numel, len(data), sparse, width)
+            return path(*args)
+
+        return run
+
     return (
-        _outcome(rans._decode_scalar, *inner),
-        _outcome(rans._decode_rounds, *inner),
+        _outcome(checked(rans._decode_scalar), *inner),
+        _outcome(checked(rans._decode_rounds), *inner),
         _outcome(rans_reference.decode, data, shape, sparse, width, alphabet, mode),
     )
 
