@@ -276,8 +276,9 @@ def main() -> None:
     parser.add_argument("--worst-bytes", type=int, default=1 << 20, help="size of the crafted files")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "rans_speed.json")
     parser.add_argument(
-        "--worst-only", action="store_true", help="only the crafted files (printed, not written)"
+        "--worst-only", action="store_true", help="only the crafted files (their rows of --out updated)"
     )
+    parser.add_argument("--no-worst", action="store_true", help="keep the crafted files' rows of --out")
     args = parser.parse_args()
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     if args.worst_only:  # update the crafted files' rows of the results, keep the rest
