@@ -10,9 +10,9 @@ a round at once. ``FORMAT.md`` ("Context-coded layout") specifies the bitstream;
 reference implementation, and a sequential C decoder needs only the loops written out below.
 
 Two implementations write and read exactly the same bytes (:data:`IMPLEMENTATION` says which runs):
-the C core ``_rans_native`` (``formats/_rans_native.c``, built by ``pip install``; a few ns per binary
-decision, ``benchmarks/results/rans_speed.json``) and the numpy/Python paths below (0.3-1.2 us per
-decision), used when the extension is missing or ``SQC_RANS=python``. Python keeps the argument and
+the C core ``_rans_native`` (``formats/_rans_native.c``, built by ``pip install``; 7-23 ns per binary
+decision decoding, 16-26 ns encoding, ``benchmarks/results/rans_speed.json``) and the numpy/Python
+paths below (0.1-24 us per decision), used when the extension is missing or ``SQC_RANS=python``. Python keeps the argument and
 stream checks, the final checks and the value-mode choice's float sums in both, so errors and choices
 cannot differ. Every stream obeys a cap on binary decisions per byte (:data:`MAX_DECISIONS_PER_BYTE`),
 which bounds the work any file can ask of a reader.
@@ -181,7 +181,7 @@ def lane_count(numel: int) -> int:
 _COSTS = {"native": (0.0, 20e-9), "python": (40e-6, 0.27e-6)}
 """Encoding cost on the 2-core reference machine, per round and per binary decision. Python: ~40 us of
 numpy overhead per round and ~0.27 us per decision (fitted on LeNet-5 fc1 and a 102.8M-weight VGG-16
-fc6 layer: 0.9 s and 35 s). Native: ~10-20 ns per decision, the value-mode choice included, and no
+fc6 layer: 0.9 s and 35 s). Native: ~16-26 ns per decision, the value-mode choice included, and no
 per-round cost worth modelling (``benchmarks/results/rans_speed.json``). Decoding takes about half."""
 ROUND_SECONDS, DECISION_SECONDS = _COSTS[IMPLEMENTATION]
 
