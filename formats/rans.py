@@ -12,10 +12,10 @@ reference implementation, and a sequential C decoder needs only the loops writte
 Two implementations write and read exactly the same bytes (:data:`IMPLEMENTATION` says which runs):
 the C core ``_rans_native`` (``formats/_rans_native.c``, built by ``pip install``; 7-23 ns per binary
 decision decoding, 16-26 ns encoding, ``benchmarks/results/rans_speed.json``) and the numpy/Python
-paths below (0.1-24 us per decision), used when the extension is missing or ``SQC_RANS=python``. Python keeps the argument and
-stream checks, the final checks and the value-mode choice's float sums in both, so errors and choices
-cannot differ. Every stream obeys a cap on binary decisions per byte (:data:`MAX_DECISIONS_PER_BYTE`),
-which bounds the work any file can ask of a reader.
+paths below (0.1-24 us per decision), used when the extension is missing or ``SQC_RANS=python``.
+Python keeps the argument and stream checks, the final checks and the value-mode choice's float sums
+in both, so errors and choices cannot differ. Every stream obeys a cap on binary decisions per byte
+(:data:`MAX_DECISIONS_PER_BYTE`), which bounds the work any file can ask of a reader.
 
 Model (everything is integer arithmetic, so encoder, decoder and a C port agree bit for bit):
 
