@@ -416,7 +416,7 @@ def bounds() -> int:
     cases["huffman table of 2^24 symbols (2 MB)"] = huffman_huge_table(24)
     cases["zip bomb: 256 MB of JSON"] = craft([], [], graph_bytes=zip_bomb(256))
     cases["24k crafted node names"] = quadratic_names(8000)
-    cases["rANS: 2^18 decisions from a 20-byte stream"] = rans_busy(1)
+    cases["rANS: 2^18 decisions from a 20-byte stream (over the cap)"] = rans_busy(1)
     budget = container.MAX_ELEMENTS_BASE // 2
     cases[f"{budget:,} elements from 0.3 KB (within the budget)"] = craft(
         [["t0", [budget], "weight"]], [single_symbol_values()]

@@ -9,6 +9,14 @@ context; unlike it, the arithmetic coder is a binary rANS (no carry propagation,
 a round at once. ``FORMAT.md`` ("Context-coded layout") specifies the bitstream; this module is the
 reference implementation, and a sequential C decoder needs only the loops written out below.
 
+Two implementations write and read exactly the same bytes (:data:`IMPLEMENTATION` says which runs):
+the C core ``_rans_native`` (``formats/_rans_native.c``, built by ``pip install``; 7-23 ns per binary
+decision decoding, 16-26 ns encoding, ``benchmarks/results/rans_speed.json``) and the numpy/Python
+paths below (0.1-24 us per decision), used when the extension is missing or ``SQC_RANS=python``.
+Python keeps the argument and stream checks, the final checks and the value-mode choice's float sums
+in both, so errors and choices cannot differ. Every stream obeys a cap on binary decisions per byte
+(:data:`MAX_DECISIONS_PER_BYTE`), which bounds the work any file can ask of a reader.
+
 Model (everything is integer arithmetic, so encoder, decoder and a C port agree bit for bit):
 
 * The tensor is a matrix of ``rows = shape[0]`` rows and ``cols = numel / rows`` columns, flattened
@@ -37,6 +45,7 @@ Model (everything is integer arithmetic, so encoder, decoder and a C port agree 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from array import array
 from collections.abc import Callable
@@ -47,17 +56,34 @@ import numpy.typing as npt
 
 from sqc.errors import SqcFormatError
 
+try:  # the C core (formats/_rans_native.c), built by `pip install`; SQC_RANS=python forces numpy
+    if os.environ.get("SQC_RANS", "").lower() == "python":
+        raise ImportError("SQC_RANS=python")
+    from sqc.formats import _rans_native as _native
+except ImportError:
+    _native = None
+
+IMPLEMENTATION = "native" if _native is not None else "python"
+"""Which coder runs: ``native`` (the C extension) or ``python`` (numpy and plain Python, when the
+extension is missing or ``SQC_RANS=python``). Both write and read exactly the same bytes."""
+
 __all__ = [
+    "IMPLEMENTATION",
     "LANE_SPAN",
+    "MAX_DECISIONS_BASE",
+    "MAX_DECISIONS_PER_BYTE",
     "MAX_LANES",
     "MAX_POSITIONS_PER_BYTE",
     "MAX_WIDTH",
     "VALUE_MODES",
     "Coded",
     "column_bucket",
+    "decision_budget",
+    "decisions",
     "decode",
     "encode",
     "estimated_seconds",
+    "fits",
     "lane_count",
     "matrix_shape",
 ]
@@ -74,13 +100,55 @@ MAX_POSITIONS_PER_BYTE = 512
 costs one Python-level round per position per lane, so this caps the work a hostile file can ask for
 (real layers need 4-40 positions per byte; a 99.9 %-pruned one about 500, 99.95 % falls back to Huffman)."""
 
+MAX_DECISIONS_BASE = 256
+MAX_DECISIONS_PER_BYTE = 640
+"""A context-coded stream of ``n`` bytes may hold at most ``MAX_DECISIONS_BASE +
+MAX_DECISIONS_PER_BYTE * n`` binary decisions (:func:`decisions`): the work of decoding is one decision
+each, and a small stream can otherwise stand for many (16,384 16-bit codes fit in 20 bytes). The writer
+falls back to Huffman/packed beyond it and the reader refuses it, the mask part before decoding and the
+whole once the mask is decoded (before the values). See FORMAT.md for the measurements behind it."""
+
+
+def decisions(numel: int, kept: int, width: int, sparse: bool) -> int:
+    """Binary decisions of a context-coded tensor: one per position for the mask, ``width`` per symbol."""
+    return (numel if sparse else 0) + kept * width
+
+
+def decision_budget(nbytes: int) -> int:
+    """The most binary decisions a stream of ``nbytes`` bytes may hold (:data:`MAX_DECISIONS_PER_BYTE`)."""
+    return MAX_DECISIONS_BASE + MAX_DECISIONS_PER_BYTE * nbytes
+
+
+def fits(numel: int, kept: int, width: int, sparse: bool, nbytes: int) -> bool:
+    """Whether a reader accepts a stream of ``nbytes`` for this tensor: the writers' fallback test
+    (the container's and the C target's), the same rules :func:`decode` enforces."""
+    return numel <= LANE_SPAN + MAX_POSITIONS_PER_BYTE * nbytes and decisions(
+        numel, kept, width, sparse
+    ) <= decision_budget(nbytes)
+
+
+def _check_sizes(numel: int, nbytes: int, sparse: bool, width: int) -> None:
+    """What a reader checks before decoding: the positions, and the decisions known from the header (the
+    mask's when sparse, all of them when dense)."""
+    if numel > LANE_SPAN + MAX_POSITIONS_PER_BYTE * nbytes:
+        raise SqcFormatError(f"{numel:,} positions cannot be context-coded in {nbytes:,} bytes")
+    _check_decisions(decisions(numel, 0 if sparse else numel, width, sparse), nbytes)
+
+
+def _check_decisions(count: int, nbytes: int) -> None:
+    if count > decision_budget(nbytes):
+        raise SqcFormatError(
+            f"{count:,} binary decisions cannot be context-coded in {nbytes:,} bytes "
+            f"(at most {decision_budget(nbytes):,})"
+        )
+
+
 SCALAR_LANES = 16
-"""Streams of at most this many lanes (tensors of up to 2^18 positions) are decoded decision by decision
-in plain Python (:func:`_decode_scalar`) rather than a round at a time in numpy: ~1.2 us per binary
-decision against ~20 us of numpy calls per round, so it wins while a round has few lanes (and the
-numpy path's calls are then shared by at least 17 lanes). It bounds what a small hostile file costs: a
-valid 20-byte stream can stand for 16,384 16-bit symbols (262,144 decisions in as many rounds), 4.7 s
-a round at a time and 0.35 s this way; the two paths give the same result and the same error."""
+"""Without the C core: streams of at most this many lanes (tensors of up to 2^18 positions) are decoded
+decision by decision in plain Python (:func:`_decode_scalar`) rather than a round at a time in numpy:
+~1.2 us per binary decision against ~20 us of numpy calls per round, so it wins while a round has few
+lanes (and the numpy path's calls are then shared by at least 17 lanes). The two paths give the same
+result and the same error."""
 
 ONE = 1 << 16
 RUN_THRESHOLDS = np.array([1, 3, 7, 15, 31, 63], dtype=np.int64)
@@ -110,11 +178,12 @@ def lane_count(numel: int) -> int:
     return min(MAX_LANES, max(1, -(-numel // LANE_SPAN)))
 
 
-ROUND_SECONDS = 40e-6
-DECISION_SECONDS = 0.27e-6
-"""Encoding cost on the 2-core reference machine: ~40 us of numpy overhead per round and ~0.27 us per
-binary decision (fitted on LeNet-5 fc1 and a 102.8M-weight VGG-16 fc6 layer: 0.9 s and 35 s).
-Decoding takes about half as long."""
+_COSTS = {"native": (0.0, 20e-9), "python": (40e-6, 0.27e-6)}
+"""Encoding cost on the 2-core reference machine, per round and per binary decision. Python: ~40 us of
+numpy overhead per round and ~0.27 us per decision (fitted on LeNet-5 fc1 and a 102.8M-weight VGG-16
+fc6 layer: 0.9 s and 35 s). Native: ~16-26 ns per decision, the value-mode choice included, and no
+per-round cost worth modelling (``benchmarks/results/rans_speed.json``). Decoding takes about half."""
+ROUND_SECONDS, DECISION_SECONDS = _COSTS[IMPLEMENTATION]
 
 
 def estimated_seconds(numel: int, kept: int, width: int, sparse: bool) -> float:
@@ -309,15 +378,28 @@ def _value_phase(
     return out
 
 
-def _value_cost(
-    positions: np.ndarray, symbols: np.ndarray, numel: int, cols: int, lanes: int, width: int, mode: int
-) -> float:
-    """Bits the value phase would take in ``mode``, from the final counts of every tree node (the
-    adaptive estimator's cost depends only on them, up to the lockstep delay): how the encoder picks a
-    mode without running the coder once per mode. Node counts come from one ``bincount`` per level
-    (the slots are few: at most 9 x 2^16), summed in slot order as the reference does."""
-    if symbols.size == 0:
-        return 0.0
+def _value_slots(width: int, mode: int) -> int:
+    """Contexts of the value phase: ``2^width`` tree nodes per context set (one set, or ``2^m + 1``)."""
+    return ((1 << min(mode, width)) + 1 if mode else 1) << width
+
+
+def _value_pairs(
+    mask: npt.NDArray[np.bool_] | None,
+    symbols: np.ndarray,
+    numel: int,
+    cols: int,
+    lanes: int,
+    width: int,
+    mode: int,
+) -> npt.NDArray[np.int64]:
+    """The value phase's final ``(n0, n1)`` of every slot in ``mode`` (shape ``(slots, 2)``), without
+    coding: by the C core, or one ``bincount`` per level in numpy."""
+    slots = _value_slots(width, mode)
+    if _native is not None:
+        pairs = np.zeros((slots, 2), dtype=np.int64)
+        _native.value_counts(lanes, numel, cols, width, mode, mask, symbols, pairs)
+        return pairs
+    positions = np.arange(numel, dtype=np.int64) if mask is None else np.flatnonzero(mask)
     start, _ = _bands(numel, lanes)
     lane_of = np.searchsorted(start, positions, side="right") - 1
     rows = positions // max(cols, 1)
@@ -328,14 +410,35 @@ def _value_cost(
         same[1:] = (lane_of[1:] == lane_of[:-1]) & (rows[1:] == rows[:-1])
         prev = np.concatenate(([0], symbols[:-1] >> (width - bits)))
         ctx = np.where(same, prev, 1 << bits)
-    slots = ((1 << min(mode, width)) + 1 if mode else 1) << width
+    pairs = np.zeros(2 * slots, dtype=np.int64)
+    for level in range(width):  # the levels' nodes are disjoint: each slot is counted at one level
+        node = (symbols >> (width - level)) | (1 << level)
+        bit = (symbols >> (width - 1 - level)) & 1
+        pairs += np.bincount(((ctx << width) + node) * 2 + bit, minlength=2 * slots)
+    return pairs.reshape(slots, 2)
+
+
+def _value_cost(
+    mask: npt.NDArray[np.bool_] | None,
+    symbols: np.ndarray,
+    numel: int,
+    cols: int,
+    lanes: int,
+    width: int,
+    mode: int,
+) -> float:
+    """Bits the value phase would take in ``mode``, from the final counts of every tree node (the
+    adaptive estimator's cost depends only on them, up to the lockstep delay): how the encoder picks a
+    mode without running the coder once per mode. Summed level by level in slot order, as the reference
+    does, so that the floats (and so the chosen mode, even on a near tie) are the same."""
+    if symbols.size == 0:
+        return 0.0
+    table = _value_pairs(mask, symbols, numel, cols, lanes, width, mode).reshape(-1, 1 << width, 2)
     total = 0.0
     half = math.lgamma(0.5)
     for level in range(width):
-        node = (symbols >> (width - level)) | (1 << level)
-        bit = (symbols >> (width - 1 - level)) & 1
-        pair = np.bincount(((ctx << width) + node) * 2 + bit, minlength=2 * slots).reshape(slots, 2)
-        used = pair[(pair[:, 0] + pair[:, 1]) > 0]
+        part = table[:, 1 << level : 2 << level].reshape(-1, 2)
+        used = part[(part[:, 0] + part[:, 1]) > 0]
         for a, b in zip(used[:, 0].tolist(), used[:, 1].tolist(), strict=True):
             total += math.lgamma(a + b + 1) + 2 * half - math.lgamma(a + 0.5) - math.lgamma(b + 0.5)
     return total / math.log(2)
@@ -449,27 +552,46 @@ def encode(
     sym = np.asarray(symbols, dtype=np.int64).ravel()
     if sym.size and (int(sym.min()) < 0 or int(sym.max()) >> width):
         raise ValueError(f"symbols must lie in [0, 2^{width})")
-    mask_rounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    flat = None
     if mask is not None:
-        flat = np.asarray(mask, dtype=bool).ravel()
+        flat = np.ascontiguousarray(mask, dtype=bool).ravel()
         if flat.size != numel or int(np.count_nonzero(flat)) != sym.size:
             raise ValueError("mask and symbols disagree")
-        rec = _Recorder()
-        _mask_phase(flat, numel, cols, lanes, rec)
-        mask_rounds = rec.rounds
-        positions = np.flatnonzero(flat)
+    elif sym.size != numel:
+        raise ValueError("a dense tensor needs one symbol per position")
+    if mode is None:
+        modes = [m for m in VALUE_MODES if m <= width]
+        chosen = min(modes, key=lambda m: (_value_cost(flat, sym, numel, cols, lanes, width, m), m))
     else:
-        if sym.size != numel:
-            raise ValueError("a dense tensor needs one symbol per position")
-        positions = np.arange(numel, dtype=np.int64)
-    modes = [m for m in VALUE_MODES if m <= width] if mode is None else [mode]
-    chosen = min(modes, key=lambda m: (_value_cost(positions, sym, numel, cols, lanes, width, m), m))
-    rec = _Recorder()
-    _value_phase(positions, sym, numel, cols, lanes, width, 1 << width, chosen, rec)
-    data, reads = _rans_encode(lanes, mask_rounds + rec.rounds)
-    mask_words = sum(reads[: len(mask_rounds)])
+        chosen = mode
+    if _native is not None:
+        data, mask_words = _native.encode(lanes, numel, cols, width, chosen, flat, sym)
+    else:
+        data, mask_words = _encode_python(flat, sym, numel, cols, lanes, width, chosen)
     index = 4 * lanes + 2 * mask_words if mask is not None else 0
     return Coded(data, index, len(data) - index, chosen)
+
+
+def _encode_python(
+    mask: npt.NDArray[np.bool_] | None,
+    sym: npt.NDArray[np.int64],
+    numel: int,
+    cols: int,
+    lanes: int,
+    width: int,
+    mode: int,
+) -> tuple[bytes, int]:
+    """The stream and the words its mask phase reads, a round at a time in numpy (no extension)."""
+    mask_rounds: list[tuple[np.ndarray | None, np.ndarray, np.ndarray]] = []
+    positions = np.arange(numel, dtype=np.int64) if mask is None else np.flatnonzero(mask)
+    if mask is not None:
+        rec = _Recorder()
+        _mask_phase(mask, numel, cols, lanes, rec)
+        mask_rounds = rec.rounds
+    rec = _Recorder()
+    _value_phase(positions, sym, numel, cols, lanes, width, 1 << width, mode, rec)
+    data, reads = _rans_encode(lanes, mask_rounds + rec.rounds)
+    return data, sum(reads[: len(mask_rounds)])
 
 
 def decode(
@@ -487,10 +609,11 @@ def decode(
     if mode not in VALUE_MODES:
         raise SqcFormatError(f"unknown value mode {mode}")
     numel = math.prod(shape)
-    if numel > LANE_SPAN + MAX_POSITIONS_PER_BYTE * len(data):
-        raise SqcFormatError(f"{numel:,} positions cannot be context-coded in {len(data):,} bytes")
+    _check_sizes(numel, len(data), sparse, width)
     _, cols = matrix_shape(shape)
     lanes = lane_count(numel)
+    if _native is not None:
+        return _decode_native(data, numel, cols, lanes, sparse, width, alphabet, mode)
     if lanes <= SCALAR_LANES:
         return _decode_scalar(data, numel, cols, lanes, sparse, width, alphabet, mode)
     return _decode_rounds(data, numel, cols, lanes, sparse, width, alphabet, mode)
@@ -511,12 +634,61 @@ def _decode_rounds(
     if sparse:
         mask = _mask_phase(None, numel, cols, lanes, dec)
         positions = np.flatnonzero(mask)
+        _check_decisions(decisions(numel, positions.size, width, True), len(data))
     else:
         mask = None
         positions = np.arange(numel, dtype=np.int64)
     index = 4 * lanes + 2 * dec.pos if sparse else 0
     symbols = _value_phase(positions, None, numel, cols, lanes, width, alphabet, mode, dec)
     dec.finish()
+    return mask, symbols, index
+
+
+def _stream_states(raw: memoryview, lanes: int) -> npt.NDArray[np.uint32]:
+    """The lanes' initial states (a writable copy), after the stream's length and state checks."""
+    if len(raw) < 4 * lanes or (len(raw) - 4 * lanes) % 2:
+        raise SqcFormatError(f"rANS stream of {len(raw)} bytes for {lanes} lanes")
+    x = np.frombuffer(raw[: 4 * lanes], dtype="<u4").astype(np.uint32)
+    if bool((x < ONE).any()):
+        raise SqcFormatError("rANS initial state below 2^16")
+    return x
+
+
+def _decode_native(
+    data: bytes | memoryview,
+    numel: int,
+    cols: int,
+    lanes: int,
+    sparse: bool,
+    width: int,
+    alphabet: int,
+    mode: int,
+) -> tuple[npt.NDArray[np.bool_] | None, npt.NDArray[np.int64], int]:
+    """:func:`decode` by the C core: the same checks in the same order as the Python paths; memory is
+    the mask (``numel`` bytes) and the symbols (8 bytes each), both within the checked caps."""
+    assert _native is not None
+    raw = memoryview(data).cast("B")
+    x = _stream_states(raw, lanes)
+    words = (len(raw) - 4 * lanes) // 2
+    mask: npt.NDArray[np.bool_] | None = None
+    try:
+        used = 0
+        if sparse:
+            mask = np.zeros(numel, dtype=np.bool_)
+            used = _native.mask_decode(raw, lanes, numel, cols, x, mask)
+            kept = int(np.count_nonzero(mask))
+            _check_decisions(decisions(numel, kept, width, True), len(raw))
+        else:
+            kept = numel
+        index = 4 * lanes + 2 * used if sparse else 0
+        symbols = np.empty(kept, dtype=np.int64)
+        used = _native.values_decode(raw, lanes, numel, cols, width, alphabet, mode, x, used, mask, symbols)
+    except _native.StreamError as exc:
+        raise SqcFormatError(str(exc)) from None
+    if used != words:
+        raise SqcFormatError(f"{words - used} unused words after the rANS stream")
+    if bool((x != ONE).any()):
+        raise SqcFormatError("rANS final state check failed (corrupt stream)")
     return mask, symbols, index
 
 
@@ -614,6 +786,7 @@ def _decode_scalar(
                     run[j] = r + 1
         mask = np.frombuffer(kept_at, dtype=np.bool_)
         positions = np.flatnonzero(mask)
+        _check_decisions(decisions(numel, positions.size, width, True), len(raw))
     else:
         positions = np.arange(numel, dtype=np.int64)
     index_bytes = 4 * lanes + 2 * w if sparse else 0

@@ -43,6 +43,8 @@ from sqc.errors import SqcFormatError
 
 __all__ = [
     "LANE_SPAN",
+    "MAX_DECISIONS_BASE",
+    "MAX_DECISIONS_PER_BYTE",
     "MAX_LANES",
     "MAX_POSITIONS_PER_BYTE",
     "MAX_WIDTH",
@@ -66,6 +68,20 @@ MAX_POSITIONS_PER_BYTE = 512
 """A context-coded tensor of ``n`` positions needs at least ``(n - 2^14) / 512`` stream bytes: coding
 costs one Python-level round per position per lane, so this caps the work a hostile file can ask for
 (real layers need 4-40 positions per byte; a 99.9 %-pruned one about 500, 99.95 % falls back to Huffman)."""
+
+MAX_DECISIONS_BASE = 256
+MAX_DECISIONS_PER_BYTE = 640
+"""A stream of ``n`` bytes holds at most ``256 + 640 * n`` binary decisions (mask positions plus
+``width`` per kept symbol): a reader checks the mask part before decoding and the whole after the mask."""
+
+
+def _check_decisions(count: int, nbytes: int) -> None:
+    budget = MAX_DECISIONS_BASE + MAX_DECISIONS_PER_BYTE * nbytes
+    if count > budget:
+        raise SqcFormatError(
+            f"{count:,} binary decisions cannot be context-coded in {nbytes:,} bytes (at most {budget:,})"
+        )
+
 
 ONE = 1 << 16
 RUN_THRESHOLDS = np.array([1, 3, 7, 15, 31, 63], dtype=np.int64)
@@ -391,12 +407,14 @@ def decode(
     numel = math.prod(shape)
     if numel > LANE_SPAN + MAX_POSITIONS_PER_BYTE * len(data):
         raise SqcFormatError(f"{numel:,} positions cannot be context-coded in {len(data):,} bytes")
+    _check_decisions(numel if sparse else numel * width, len(data))
     _, cols = matrix_shape(shape)
     lanes = lane_count(numel)
     dec = _Decoder(data, lanes)
     if sparse:
         mask = _mask_phase(None, numel, cols, lanes, dec)
         positions = np.flatnonzero(mask)
+        _check_decisions(numel + positions.size * width, len(data))
     else:
         mask = None
         positions = np.arange(numel, dtype=np.int64)

@@ -349,7 +349,8 @@ def _layout_sparse(state: TensorState, codec: int, want: bool, wants: int, info:
 
 def _layout_context(state: TensorState, codec: int, info: Breakdown) -> bytes | None:
     """The context-coded layout, or None where it does not apply (float values, symbols wider than
-    :data:`rans.MAX_WIDTH`, or more positions per stream byte than a reader accepts)."""
+    :data:`rans.MAX_WIDTH`, or more positions or binary decisions per stream byte than a reader accepts:
+    :func:`rans.fits`)."""
     if codec == RAW_F32:
         return None
     symbols, _, width = _symbols(state)
@@ -358,7 +359,7 @@ def _layout_context(state: TensorState, codec: int, info: Breakdown) -> bytes | 
     mask = None if state.mask is None else state.mask.flatten().numpy()
     kept = symbols if mask is None else symbols[mask]
     coded = rans.encode(mask, kept, state.shape, width)
-    if state.numel > rans.LANE_SPAN + rans.MAX_POSITIONS_PER_BYTE * len(coded.data):
+    if not rans.fits(state.numel, int(kept.size), width, mask is not None, len(coded.data)):
         return None
     out = Writer()
     out.u8(CONTEXT_CODED | WANTS_RANS | (SPARSE if mask is not None else 0))
@@ -564,7 +565,9 @@ def _decode_context(
     except SqcFormatError as exc:
         raise SqcFormatError(f"{stream.what} of tensor {state.name}: {exc}", stream.base) from None
     numel = state.numel
-    codes = symbols if state.codebook is not None else symbols + state.fmt.qmin  # type: ignore[union-attr]
+    codes = symbols
+    if state.codebook is None:  # in place: the symbols can be tens of millions of int64
+        codes += state.fmt.qmin  # type: ignore[union-attr]
     full = np.zeros(numel, dtype=_code_dtype(state))
     if mask is None:
         full[:] = codes

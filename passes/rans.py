@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqc.formats.rans import DECISION_SECONDS, ROUND_SECONDS, estimated_seconds
+from sqc.formats.rans import IMPLEMENTATION, estimated_seconds
 from sqc.ir import CompressedModel
 from sqc.pass_base import Pass, PassContext, PassResult
 from sqc.passes._common import byte_totals, selected, set_coder
@@ -42,12 +42,14 @@ class Rans(Pass):
                 continue
             width = state.bits_per_weight()
             seconds = estimated_seconds(state.numel, state.kept, int(width), state.mask is not None)
-            ctx.note(f"rans: {state.name} ({state.numel:,} weights, ~{seconds:.0f} s)")
+            ctx.note(
+                f"rans: {state.name} ({state.numel:,} weights, ~{seconds:.0f} s, {IMPLEMENTATION} coder)"
+            )
             if seconds > SLOW_SECONDS:
                 diagnostics.append(
                     f"{state.name}: rANS coding of {state.numel:,} weights takes about {seconds:.0f} s here "
-                    f"(~{ROUND_SECONDS * 1e6:.0f} us per round and {DECISION_SECONDS * 1e6:.2f} us per "
-                    "decision; decoding about half): use huffman for this layer (layers=) if that is too slow"
+                    f"({IMPLEMENTATION} coder; decoding about half): use huffman for this layer (layers=) if "
+                    "that is too slow"
                 )
             layers[state.name] = set_coder(state, "rans")
         stats = byte_totals(layers)

@@ -226,11 +226,12 @@ def _rans_stream(
 ) -> Stream | None:
     """The tensor's context-coded stream as the container writes it (``rans.encode`` is deterministic),
     or None where the C layout cannot use it: not asked for, symbols too wide, a reader's position
-    limit, or a layout (``sparse=never``/``always``) other than the stream's own."""
+    or decision limit (:func:`rans.fits`, as the container), or a layout (``sparse=never``/``always``)
+    other than the stream's own."""
     if not keep or width > rans.MAX_WIDTH or sparse != (mask is not None):
         return None
     coded = rans.encode(mask, kept_symbols, state.shape, width)
-    if state.numel > rans.LANE_SPAN + rans.MAX_POSITIONS_PER_BYTE * len(coded.data):
+    if not rans.fits(state.numel, int(kept_symbols.size), width, sparse, len(coded.data)):
         return None
     return Stream("rans", width, int(kept_symbols.size), alphabet, coded.data, coded.value_mode)
 

@@ -329,7 +329,7 @@ def test_fast_coder_writes_the_reference_bytes(
         plain.value_bytes,
         plain.value_mode,
     )
-    if numel > rans.LANE_SPAN + rans.MAX_POSITIONS_PER_BYTE * len(fast.data):
+    if not rans.fits(numel, symbols.size, width, sparse, len(fast.data)):
         # denser than a reader accepts (e.g. a whole large tensor pruned codes to a few bytes): the
         # decoder refuses it as a bomb, and the container never writes it (it falls back to Huffman)
         with pytest.raises(SqcFormatError, match="cannot be context-coded"):
@@ -359,4 +359,6 @@ def test_rans_warns_with_the_estimate_on_a_slow_tensor(monkeypatch) -> None:
     artifact = sqc.compress(_mlp(), [(1, 64)], "prune{sparsity=0.8},share{bits=5},rans")
     diagnostics = artifact.report[-1].diagnostics
     assert len(diagnostics) == 2 and "0.weight: rANS coding of 3,072 weights takes about" in diagnostics[0]
-    assert rans.estimated_seconds(102_760_448, 4_110_418, 5, True) == pytest.approx(35, rel=0.1)
+    # VGG-16 fc6 (102.8M weights, 4 % kept, 5 bits): 35 s in numpy, ~2.5 s with the C core
+    expected = 35 if rans.IMPLEMENTATION == "python" else 2.5
+    assert rans.estimated_seconds(102_760_448, 4_110_418, 5, True) == pytest.approx(expected, rel=0.1)

@@ -203,8 +203,9 @@ def sparse_empty() -> tuple[int, bytes]:
 def rans_busy(tensors: int = 1) -> bytes:
     """A valid file of ``tensors`` dense 16-bit fixed-point tensors of 16,384 codes, all 0 but one, each
     context-coded in a 20-byte rANS stream (what ``rans.encode`` writes for them): 262,144 binary
-    decisions per tensor from ~60 bytes of file. The format allows it, so a reader must decode it; the
-    question is only how fast (``benchmarks/fuzz_container.py --bounds``)."""
+    decisions per tensor from ~60 bytes of file. Format 1.2 as first written allowed it (a reader had to
+    decode it, ~40 ms of numpy per byte); the decision cap (FORMAT.md: at most 256 + 640 per stream
+    byte) now refuses it before decoding (``benchmarks/fuzz_container.py --bounds``)."""
     from sqc.formats.tensor_codec import CONTEXT_CODED, WANTS_RANS
 
     stream = bytes.fromhex("00041000700c373d28bf213dbd05d6e5582ddc2d")  # rans.encode, value mode 0

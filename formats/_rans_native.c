@@ -1,0 +1,883 @@
+/* Native core of sqc's context-adaptive binary rANS coder (formats/rans.py, FORMAT.md "Context-coded
+ * layout").
+ *
+ * Why: the numpy/Python coder costs 0.3-1.2 us per binary decision because the model is inherently
+ * sequential (a round's probabilities depend on every earlier decision). Written out in C the same
+ * loops cost a few nanoseconds per decision. This file computes exactly what formats/rans.py and
+ * formats/rans_reference.py compute (tests compare bytes, symbols and errors); the Python module does
+ * the argument checks, the stream-length and initial-state checks, the final checks and the mode
+ * choice, and calls three functions here:
+ *
+ *   mask_decode(data, lanes, numel, cols, x, mask) -> words read
+ *       the mask phase: every position's kept/pruned decision into the writable byte buffer `mask`
+ *       (numel bytes), lane states `x` (writable uint32, little-endian host order) updated in place.
+ *   values_decode(data, lanes, numel, cols, width, alphabet, mode, x, next_word, mask, out) -> words read
+ *       the value phase: the kept symbols into the writable int64 buffer `out`; `mask` is the decoded
+ *       mask (or None for a dense tensor), `next_word` the first word the phase reads.
+ *   encode(lanes, numel, cols, width, mode, mask, symbols) -> (stream bytes, words read by the mask phase)
+ *       both phases with known decisions (their probabilities recorded), then the rANS pass in reverse.
+ *   value_counts(lanes, numel, cols, width, mode, mask, symbols, pairs)
+ *       the final (n0, n1) of every value context in `mode` into the writable int64 buffer `pairs`, from
+ *       which rans._value_cost sums a mode's cost (in Python, with math.lgamma, for the same floats).
+ *
+ * A corrupt stream raises StreamError (a ValueError) with the message the Python decoder raises as
+ * SqcFormatError. The heavy loops run without the GIL. Memory: a decoder allocates per-lane arrays,
+ * per-column statistics (cols <= numel) and the context tables of the value mode (at most
+ * 9 * 2^16 slots); the caller has checked numel against the stream's length before calling.
+ *
+ * All arithmetic is unsigned and exact: states are below 2^32 and frequencies below 2^16 (their
+ * products fit in 32 bits, see rans_step), counts in 64 bits. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ONE 65536u
+#define RUN_LUT_SIZE 64u
+#define COLUMN_BUCKETS 10u
+#define MASK_CONTEXTS 70u
+#define NO_ROW UINT64_MAX
+
+enum { OK = 0, ERR_EARLY = 1, ERR_ALPHABET = 2, ERR_NOMEM = 3, ERR_SHAPE = 4 };
+
+static PyObject *StreamError;
+
+/* ------------------------------------------------------------------------------------ the model */
+
+/* run bucket * 10 for a run of r < 64 pruned positions (longer runs share the last bucket) */
+static uint8_t run_ctx[RUN_LUT_SIZE];
+
+static void init_tables(void)
+{
+    static const uint32_t thresholds[6] = {1u, 3u, 7u, 15u, 31u, 63u};
+    uint32_t r, k;
+    for (r = 0; r < RUN_LUT_SIZE; r++) {
+        uint32_t rb = 0;
+        for (k = 0; k < 6u; k++) {
+            rb += r >= thresholds[k];
+        }
+        run_ctx[r] = (uint8_t)(rb * COLUMN_BUCKETS);
+    }
+}
+
+/* P(1) from the counts (Krichevsky-Trofimov, 16-bit, clamped to [1, 65535]). */
+static inline uint32_t kt_p1(uint64_t total, uint64_t ones)
+{
+    /* ((2 n1 + 1) << 16) div (2 (n0 + n1) + 2) = ((2 n1 + 1) << 15) div (n0 + n1 + 1): both even */
+    uint64_t num = (2u * ones + 1u) << 15, den = total + 1u, p;
+    p = (num >> 32) == 0 && (den >> 32) == 0 ? (uint32_t)num / (uint32_t)den : num / den; /* 32-bit: faster */
+    return p < 1u ? 1u : (p > 65535u ? 65535u : (uint32_t)p);
+}
+
+/* The mask context bucket of a column: 0 nothing seen, 1/2 none kept (in < 4 / >= 4), else density. */
+static inline uint32_t column_bucket(uint64_t kept, uint64_t seen)
+{
+    if (seen == 0) {
+        return 0;
+    }
+    if (kept == 0) {
+        return seen < 4u ? 1u : 2u;
+    }
+    /* 3 + min(6, bit_length(64 * kept div seen)) without dividing: 64 * kept div seen >= 2^i exactly
+     * when 64 * kept >= seen << i (seen <= 2^40: no overflow) */
+    kept <<= 6;
+    return 3u + (kept >= seen) + (kept >= seen << 1) + (kept >= seen << 2) + (kept >= seen << 3) +
+           (kept >= seen << 4) + (kept >= seen << 5);
+}
+
+static inline uint64_t lane_start(uint64_t numel, uint32_t lanes, uint32_t j)
+{
+    return (uint64_t)j * numel / lanes; /* j <= 4096 and numel <= 2^34: no overflow */
+}
+
+/* ------------------------------------------------------------------------------- the rANS coder */
+
+/* Either side of the coder. Decoding: lane states and the word stream. Encoding: the probability of
+ * every decision, in decoding order, for the reverse pass. */
+typedef struct {
+    int decoding;
+    uint32_t *x;
+    const uint8_t *words; /* u16 little-endian */
+    uint64_t nwords, next;
+    uint16_t *probs;
+    uint64_t nprobs;
+} coder_t;
+
+/* One decision of probability p (of a 1) in lane j. Decoding returns the bit read, or -1 when the
+ * stream has no word left; encoding records p and returns `bit`. */
+static inline int code_bit(coder_t *c, uint32_t j, uint32_t p, int bit)
+{
+    uint32_t x, f0, s;
+    if (!c->decoding) {
+        c->probs[c->nprobs++] = (uint16_t)p;
+        return bit;
+    }
+    x = c->x[j];
+    f0 = ONE - p;
+    s = x & 0xFFFFu;
+    bit = s >= f0;
+    {
+        /* branch-free (the bit is data): f = p or f0, start = f0 or 0;
+         * f * (x >> 16) + (s - start) < f * 2^16 <= 2^32 - 2^16: fits */
+        uint32_t sel = 0u - (uint32_t)bit;
+        uint32_t start = f0 & sel, f = (p & sel) | (f0 & ~sel);
+        x = f * (x >> 16) + s - start;
+    }
+    if (x < ONE) {
+        const uint8_t *w;
+        if (c->next >= c->nwords) {
+            return -1;
+        }
+        w = c->words + 2u * c->next++;
+        x = (x << 16) | (uint32_t)w[0] | ((uint32_t)w[1] << 8);
+    }
+    c->x[j] = x;
+    return bit;
+}
+
+/* ---------------------------------------------------------------------------------- mask phase */
+
+/* Scratch of the mask phase: per column and per lane, and the round's deferred column updates (only
+ * when two lanes can meet in one column within a round). */
+typedef struct {
+    uint64_t *col_kept, *col_seen, *run, *col, *start, *bcol;
+    uint8_t *bbit;
+} mask_scratch_t;
+
+static void mask_free(mask_scratch_t *m)
+{
+    free(m->col_kept);
+    free(m->col_seen);
+    free(m->run);
+    free(m->col);
+    free(m->start);
+    free(m->bcol);
+    free(m->bbit);
+}
+
+/* Whether no two lanes start in the same column: then they never meet in one (they advance together),
+ * and a lane may update its column's statistics at once instead of after the round. */
+static int distinct_columns(const uint64_t *col, uint32_t lanes, uint64_t cols)
+{
+    uint8_t *seen;
+    uint32_t j;
+    int distinct = 1;
+    if (lanes == 1u) {
+        return 1;
+    }
+    if (cols < lanes) {
+        return 0;
+    }
+    seen = calloc(cols, 1);
+    if (!seen) {
+        return 0; /* the deferred path is always correct */
+    }
+    for (j = 0; j < lanes && distinct; j++) {
+        distinct = !seen[col[j]];
+        seen[col[j]] = 1;
+    }
+    free(seen);
+    return distinct;
+}
+
+/* Every position's kept decision, round by round (round t = position start_j + t of each lane that has
+ * one), each lane reading the probabilities and column statistics as they were at the start of the
+ * round. Probabilities are a table refreshed after the round (so the counts may change at once); column
+ * statistics change at once when lanes never share a column, else after the round. `mask` is read
+ * (encoding) or written (decoding). */
+static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint8_t *mask)
+{
+    mask_scratch_t m = {0};
+    uint64_t counts[MASK_CONTEXTS][2] = {{0}};
+    uint32_t ptab[MASK_CONTEXTS];
+    uint8_t *touched = NULL;
+    uint64_t longest = 0, t;
+    uint32_t j, i;
+    int status = OK, distinct;
+    if (numel == 0) {
+        return OK;
+    }
+    m.col_kept = calloc(cols, sizeof *m.col_kept);
+    m.col_seen = calloc(cols, sizeof *m.col_seen);
+    m.run = calloc(lanes, sizeof *m.run);
+    m.col = calloc(lanes, sizeof *m.col);
+    m.start = calloc((size_t)lanes + 1u, sizeof *m.start);
+    m.bcol = calloc(lanes, sizeof *m.bcol);
+    m.bbit = calloc(lanes, sizeof *m.bbit);
+    touched = calloc(lanes, 1);
+    if (!m.col_kept || !m.col_seen || !m.run || !m.col || !m.start || !m.bcol || !m.bbit || !touched) {
+        free(touched);
+        mask_free(&m);
+        return ERR_NOMEM;
+    }
+    for (i = 0; i < MASK_CONTEXTS; i++) {
+        ptab[i] = kt_p1(0, 0);
+    }
+    for (j = 0; j <= lanes; j++) {
+        m.start[j] = lane_start(numel, lanes, j);
+    }
+    for (j = 0; j < lanes; j++) {
+        uint64_t len = m.start[j + 1u] - m.start[j];
+        longest = len > longest ? len : longest;
+        m.col[j] = m.start[j] % cols;
+    }
+    {
+        /* locals the compiler can keep in registers (byte stores may alias anything reachable) */
+        uint64_t *restrict col_kept = m.col_kept, *restrict col_seen = m.col_seen, *restrict run = m.run;
+        uint64_t *restrict lane_col = m.col, *restrict start = m.start, *restrict bcol = m.bcol;
+        uint8_t *restrict bbit = m.bbit;
+        coder_t io = *c;
+        distinct = distinct_columns(lane_col, lanes, cols);
+        for (t = 0; t < longest; t++) {
+            uint32_t n = 0;
+            for (j = 0; j < lanes; j++) {
+                uint64_t pos = start[j] + t, col = lane_col[j], r;
+                uint32_t ctx;
+                int bit;
+                if (pos >= start[j + 1u]) {
+                    continue;
+                }
+                r = col ? run[j] : 0u;
+                ctx = run_ctx[r < RUN_LUT_SIZE - 1u ? r : RUN_LUT_SIZE - 1u] +
+                      column_bucket(col_kept[col], col_seen[col]);
+                bit = code_bit(&io, j, ptab[ctx], io.decoding ? 0 : mask[pos] != 0); /* decoding: unread */
+                if (bit < 0) {
+                    status = ERR_EARLY;
+                    goto done;
+                }
+                if (io.decoding) {
+                    mask[pos] = (uint8_t)bit;
+                }
+                counts[ctx][bit]++;
+                touched[n] = (uint8_t)ctx;
+                if (distinct) {
+                    col_seen[col]++;
+                    col_kept[col] += (uint64_t)bit;
+                } else {
+                    bcol[n] = col;
+                    bbit[n] = (uint8_t)bit;
+                }
+                n++;
+                run[j] = (r + 1u) & ((uint64_t)bit - 1u); /* 0 after a kept position */
+                lane_col[j] = col + 1u == cols ? 0u : col + 1u;
+            }
+            for (i = 0; !distinct && i < n; i++) { /* deferred column updates (lanes sharing columns) */
+                col_seen[bcol[i]]++;
+                col_kept[bcol[i]] += bbit[i];
+            }
+            /* the probabilities the next round reads: of the contexts the round touched, or all of them
+             * when that is fewer divisions */
+            if (n >= MASK_CONTEXTS) {
+                for (i = 0; i < MASK_CONTEXTS; i++) {
+                    ptab[i] = kt_p1(counts[i][0] + counts[i][1], counts[i][1]);
+                }
+            } else {
+                for (i = 0; i < n; i++) {
+                    uint32_t ctx = touched[i];
+                    ptab[ctx] = kt_p1(counts[ctx][0] + counts[ctx][1], counts[ctx][1]);
+                }
+            }
+        }
+        c->next = io.next;
+        c->nprobs = io.nprobs;
+    }
+done:
+    free(touched);
+    mask_free(&m);
+    return status;
+}
+
+/* --------------------------------------------------------------------------------- value phase */
+
+/* One context of the value phase. `p` stores the probability XOR 0x8000 so that the zero-filled
+ * (lazily mapped) initial table means p = 32768, that of a context never seen: a short stream costs only
+ * the table pages it touches (one per slot, the fields together), not the whole 9 * 2^16-slot table. */
+typedef struct {
+    uint64_t total, ones;
+    uint16_t p;
+    uint8_t dirty;
+} slot_t;
+
+/* Scratch of the value phase. */
+typedef struct {
+    uint64_t *per_lane, *first, *cur, *start, *prev_row, *prev_sym, *row, *base, *node;
+    uint32_t *active, *dirty;
+    slot_t *slot;
+} value_scratch_t;
+
+static void value_free(value_scratch_t *v)
+{
+    free(v->per_lane);
+    free(v->first);
+    free(v->cur);
+    free(v->start);
+    free(v->prev_row);
+    free(v->prev_sym);
+    free(v->row);
+    free(v->base);
+    free(v->node);
+    free(v->active);
+    free(v->dirty);
+    free(v->slot);
+}
+
+/* The per-lane arrays every pass over the kept positions needs. */
+static int value_lanes_alloc(value_scratch_t *v, uint32_t lanes)
+{
+    v->per_lane = calloc(lanes, sizeof *v->per_lane);
+    v->first = calloc(lanes, sizeof *v->first);
+    v->cur = calloc(lanes, sizeof *v->cur);
+    v->start = calloc((size_t)lanes + 1u, sizeof *v->start);
+    v->prev_row = calloc(lanes, sizeof *v->prev_row);
+    v->prev_sym = calloc(lanes, sizeof *v->prev_sym);
+    v->active = calloc(lanes, sizeof *v->active);
+    return v->per_lane && v->first && v->cur && v->start && v->prev_row && v->prev_sym && v->active;
+}
+
+/* The lanes' geometry for the value phase: kept positions per lane (from the mask, or every position),
+ * where each lane's symbols begin in the symbol array, and the sum (the caller's symbol count). */
+static uint64_t value_geometry(value_scratch_t *v, uint64_t numel, uint32_t lanes, const uint8_t *mask)
+{
+    uint64_t total = 0, pos;
+    uint32_t j;
+    for (j = 0; j <= lanes; j++) {
+        v->start[j] = lane_start(numel, lanes, j);
+    }
+    for (j = 0; j < lanes; j++) {
+        uint64_t n = 0;
+        if (mask) {
+            for (pos = v->start[j]; pos < v->start[j + 1u]; pos++) {
+                n += mask[pos] != 0;
+            }
+        } else {
+            n = v->start[j + 1u] - v->start[j];
+        }
+        v->per_lane[j] = n;
+        v->first[j] = total;
+        v->cur[j] = v->start[j];
+        v->prev_row[j] = NO_ROW;
+        total += n;
+    }
+    return total;
+}
+
+/* The next kept position of lane j (its t-th: the lane holds per_lane[j] of them) and its row. */
+static inline uint64_t next_kept(value_scratch_t *v, uint32_t j, const uint8_t *mask)
+{
+    uint64_t pos = v->cur[j];
+    if (mask) {
+        while (!mask[pos]) {
+            pos++;
+        }
+    }
+    v->cur[j] = pos + 1u;
+    return pos;
+}
+
+static inline uint64_t row_of(uint64_t pos, uint64_t row_len)
+{
+    return (pos >> 32) == 0 && (row_len >> 32) == 0 ? (uint32_t)pos / (uint32_t)row_len : pos / row_len;
+}
+
+/* Code (encoding) or decode the kept symbols: round t = the t-th kept position of each lane that has
+ * one; its `width` bits MSB first down a binary tree, level by level across the round's lanes, in the
+ * context set of the mode (the top bits of the lane's previous symbol in the same row, or "none").
+ * Every lane reads the probabilities as they were at the start of the round (the table is refreshed
+ * after it); a lane's levels touch distinct slots, so the counts may change at once. Decoding refuses a
+ * symbol >= alphabet at the end of its round. */
+static int value_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t width, uint32_t mode,
+                       uint64_t alphabet, const uint8_t *mask, int64_t *symbols, uint64_t count)
+{
+    value_scratch_t v = {0};
+    uint32_t ctx_bits = mode < width ? mode : width;
+    uint64_t none = mode ? (1u << ctx_bits) : 0u, slots = (none + 1u) << width, top = 1u << width;
+    uint64_t rounds = 0, t, row_len = cols ? cols : 1u;
+    uint32_t j, a, level;
+    int status = OK;
+    if (!value_lanes_alloc(&v, lanes)) {
+        value_free(&v);
+        return ERR_NOMEM;
+    }
+    v.row = calloc(lanes, sizeof *v.row);
+    v.base = calloc(lanes, sizeof *v.base);
+    v.node = calloc(lanes, sizeof *v.node);
+    v.dirty = calloc((size_t)lanes * width, sizeof *v.dirty);
+    v.slot = calloc(slots, sizeof *v.slot);
+    if (!v.row || !v.base || !v.node || !v.dirty || !v.slot) {
+        value_free(&v);
+        return ERR_NOMEM;
+    }
+    if (value_geometry(&v, numel, lanes, mask) != count) {
+        value_free(&v);
+        return ERR_SHAPE;
+    }
+    for (j = 0; j < lanes; j++) {
+        rounds = v.per_lane[j] > rounds ? v.per_lane[j] : rounds;
+    }
+    {
+        /* locals the compiler can keep in registers (byte stores may alias anything reachable) */
+        const uint64_t *restrict per_lane_ = v.per_lane, *restrict first_ = v.first;
+        uint64_t *restrict prev_row_ = v.prev_row, *restrict prev_sym_ = v.prev_sym, *restrict row_ = v.row;
+        uint64_t *restrict base_ = v.base, *restrict node_ = v.node;
+        uint32_t *restrict active_ = v.active, *restrict dirty_ = v.dirty;
+        slot_t *restrict slot_ = v.slot;
+        coder_t io = *c;
+        for (t = 0; t < rounds; t++) {
+            uint32_t n = 0, ndirty = 0;
+            for (j = 0; j < lanes; j++) { /* the round's lanes, their positions and context sets */
+                uint64_t row;
+                if (t >= per_lane_[j]) {
+                    continue;
+                }
+                base_[n] = 0;
+                if (mode) {
+                    row = row_of(next_kept(&v, j, mask), row_len);
+                    row_[n] = row;
+                    base_[n] = (prev_row_[j] == row ? prev_sym_[j] >> (width - ctx_bits) : none) << width;
+                }
+                node_[n] = 1u;
+                active_[n++] = j;
+            }
+            for (level = 0; level < width; level++) {
+                for (a = 0; a < n; a++) {
+                    uint64_t slot = base_[a] + node_[a];
+                    int want = 0, bit;
+                    j = active_[a];
+                    if (!io.decoding) {
+                        want = (int)(((uint64_t)symbols[first_[j] + t] >> (width - 1u - level)) & 1u);
+                    }
+                    bit = code_bit(&io, j, (uint32_t)slot_[slot].p ^ 0x8000u, want);
+                    if (bit < 0) {
+                        status = ERR_EARLY;
+                        goto done;
+                    }
+                    slot_[slot].total++;
+                    slot_[slot].ones += (uint64_t)bit;
+                    if (!slot_[slot].dirty) {
+                        slot_[slot].dirty = 1;
+                        dirty_[ndirty++] = (uint32_t)slot;
+                    }
+                    node_[a] = 2u * node_[a] + (uint64_t)bit;
+                }
+            }
+            for (a = 0; a < ndirty; a++) { /* the probabilities the next round reads */
+                slot_t *ctx = &slot_[dirty_[a]];
+                ctx->p = (uint16_t)(kt_p1(ctx->total, ctx->ones) ^ 0x8000u);
+                ctx->dirty = 0;
+            }
+            for (a = 0; a < n; a++) {
+                uint64_t sym = node_[a] - top;
+                if (io.decoding && sym >= alphabet) {
+                    status = ERR_ALPHABET;
+                    goto done;
+                }
+                j = active_[a];
+                if (io.decoding) {
+                    symbols[first_[j] + t] = (int64_t)sym;
+                }
+                prev_sym_[j] = sym;
+                prev_row_[j] = row_[a];
+            }
+        }
+        c->next = io.next;
+        c->nprobs = io.nprobs;
+    }
+done:
+    value_free(&v);
+    return status;
+}
+
+/* The value phase's final counts in `mode` (n0, n1 of every slot), without coding: what the encoder's
+ * mode choice (rans._value_cost) sums its cost from. The same lanes and contexts as value_phase. */
+static int value_counts(uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t width, uint32_t mode,
+                        const uint8_t *mask, const int64_t *symbols, uint64_t count, int64_t *pairs)
+{
+    value_scratch_t v = {0};
+    uint32_t ctx_bits = mode < width ? mode : width;
+    uint64_t none = mode ? (1u << ctx_bits) : 0u, row_len = cols ? cols : 1u, k;
+    uint32_t j, level;
+    if (!value_lanes_alloc(&v, lanes)) {
+        value_free(&v);
+        return ERR_NOMEM;
+    }
+    if (value_geometry(&v, numel, lanes, mask) != count) {
+        value_free(&v);
+        return ERR_SHAPE;
+    }
+    for (j = 0; j < lanes; j++) {
+        for (k = v.first[j]; k < v.first[j] + v.per_lane[j]; k++) {
+            uint64_t sym = (uint64_t)symbols[k], base = 0, node = 1u;
+            if (mode) {
+                uint64_t row = row_of(next_kept(&v, j, mask), row_len);
+                base = (v.prev_row[j] == row ? v.prev_sym[j] >> (width - ctx_bits) : none) << width;
+                v.prev_row[j] = row;
+                v.prev_sym[j] = sym;
+            }
+            for (level = 0; level < width; level++) {
+                uint64_t bit = (sym >> (width - 1u - level)) & 1u;
+                pairs[2u * (base + node) + bit]++;
+                node = 2u * node + bit;
+            }
+        }
+    }
+    value_free(&v);
+    return OK;
+}
+
+/* ------------------------------------------------------------------------- the reverse rANS pass */
+
+/* One decision in reverse (encoding), state x of its lane: emit a word when x would overflow, then
+ * push the decision. The words go from the end of `out` downwards, so they end in stream order. */
+static inline void rans_push(uint32_t *x, uint32_t p, int bit, uint16_t *out, uint64_t *emitted, uint64_t end)
+{
+    uint32_t f = bit ? p : ONE - p, start = bit ? ONE - p : 0u, v = *x;
+    if (v >= (f << 16)) {
+        out[end - 1u - (*emitted)++] = (uint16_t)(v & 0xFFFFu);
+        v >>= 16;
+    }
+    *x = ((v / f) << 16) + v % f + start;
+}
+
+/* The stream of the decisions whose probabilities `probs[0..n)` the forward pass recorded: the same
+ * loops in reverse (rounds, levels and lanes backwards). Each decision emits at most one word and is
+ * read before its word is written, so the words overwrite `probs` from the end: the stream's words
+ * are probs[n - emitted .. n). Returns the words the mask phase reads. */
+static int rans_reverse(uint16_t *probs, uint64_t n, uint32_t *x, uint64_t numel, uint32_t lanes, uint32_t width,
+                        const uint8_t *mask, const int64_t *symbols, uint64_t count, uint64_t *emitted,
+                        uint64_t *mask_words)
+{
+    value_scratch_t v = {0};
+    uint64_t i = n, rounds = 0, t, longest = 0;
+    uint32_t j, level;
+    int a;
+    *emitted = 0;
+    if (!value_lanes_alloc(&v, lanes)) {
+        value_free(&v);
+        return ERR_NOMEM;
+    }
+    if (value_geometry(&v, numel, lanes, mask) != count) {
+        value_free(&v);
+        return ERR_SHAPE;
+    }
+    for (j = 0; j < lanes; j++) {
+        x[j] = ONE;
+        rounds = v.per_lane[j] > rounds ? v.per_lane[j] : rounds;
+        longest = v.start[j + 1u] - v.start[j] > longest ? v.start[j + 1u] - v.start[j] : longest;
+    }
+    for (t = rounds; t-- > 0;) {
+        int active = 0;
+        for (j = 0; j < lanes; j++) {
+            if (t < v.per_lane[j]) {
+                v.active[active++] = j;
+            }
+        }
+        for (level = width; level-- > 0;) {
+            for (a = active - 1; a >= 0; a--) {
+                uint64_t sym;
+                j = v.active[a];
+                sym = (uint64_t)symbols[v.first[j] + t];
+                rans_push(&x[j], probs[--i], (int)((sym >> (width - 1u - level)) & 1u), probs, emitted, n);
+            }
+        }
+    }
+    *mask_words = *emitted;
+    if (mask) {
+        for (t = longest; t-- > 0;) {
+            for (j = lanes; j-- > 0;) {
+                uint64_t pos = v.start[j] + t;
+                if (pos < v.start[j + 1u]) {
+                    rans_push(&x[j], probs[--i], mask[pos] != 0, probs, emitted, n);
+                }
+            }
+        }
+    }
+    *mask_words = *emitted - *mask_words;
+    value_free(&v);
+    return i == 0 ? OK : ERR_SHAPE;
+}
+
+/* ------------------------------------------------------------------------------ Python bindings */
+
+static int raise_status(int status, uint64_t alphabet)
+{
+    switch (status) {
+    case ERR_EARLY:
+        PyErr_SetString(StreamError, "rANS stream ends early (truncated or corrupt)");
+        break;
+    case ERR_ALPHABET:
+        PyErr_Format(StreamError, "context-coded symbol outside the alphabet of %llu",
+                     (unsigned long long)alphabet);
+        break;
+    case ERR_NOMEM:
+        PyErr_NoMemory();
+        break;
+    default:
+        PyErr_SetString(PyExc_ValueError, "mask, symbols and shape disagree");
+    }
+    return -1;
+}
+
+/* The geometry arguments every function takes, checked: lanes in 1..4096, cols dividing numel. */
+static int check_geometry(uint64_t lanes, uint64_t numel, uint64_t cols)
+{
+    if (lanes < 1u || lanes > 4096u || numel > (1ull << 40) || (numel && (cols == 0 || numel % cols))) {
+        PyErr_SetString(PyExc_ValueError, "bad lanes, numel or cols");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_mask_decode(PyObject *self, PyObject *args)
+{
+    Py_buffer data, x, mask;
+    unsigned long long lanes, numel, cols;
+    coder_t c = {0};
+    int status;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*KKKw*w*", &data, &lanes, &numel, &cols, &x, &mask)) {
+        return NULL;
+    }
+    status = check_geometry(lanes, numel, cols);
+    if (!status && ((uint64_t)x.len != 4u * lanes || (uint64_t)mask.len != numel ||
+                    (uint64_t)data.len < 4u * lanes)) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes disagree with the geometry");
+        status = -1;
+    }
+    if (!status) {
+        c.decoding = 1;
+        c.x = x.buf;
+        c.words = (const uint8_t *)data.buf + 4u * lanes;
+        c.nwords = ((uint64_t)data.len - 4u * lanes) / 2u;
+        Py_BEGIN_ALLOW_THREADS
+        status = mask_phase(&c, numel, cols, (uint32_t)lanes, mask.buf);
+        Py_END_ALLOW_THREADS
+        if (status) {
+            status = raise_status(status, 0);
+        }
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&mask);
+    return status ? NULL : PyLong_FromUnsignedLongLong(c.next);
+}
+
+static PyObject *py_values_decode(PyObject *self, PyObject *args)
+{
+    Py_buffer data, x, out, mask = {0};
+    PyObject *mask_obj;
+    unsigned long long lanes, numel, cols, width, alphabet, mode, next;
+    coder_t c = {0};
+    int status;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*KKKKKKw*KOw*", &data, &lanes, &numel, &cols, &width, &alphabet, &mode, &x,
+                          &next, &mask_obj, &out)) {
+        return NULL;
+    }
+    status = check_geometry(lanes, numel, cols);
+    if (!status && mask_obj != Py_None && PyObject_GetBuffer(mask_obj, &mask, PyBUF_SIMPLE)) {
+        status = -1;
+    }
+    if (!status && (width < 1u || width > 16u || mode > 3u || (uint64_t)x.len != 4u * lanes ||
+                    (uint64_t)out.len % 8u || (uint64_t)data.len < 4u * lanes ||
+                    next > ((uint64_t)data.len - 4u * lanes) / 2u ||
+                    (mask.buf && (uint64_t)mask.len != numel))) {
+        PyErr_SetString(PyExc_ValueError, "bad width, mode or buffer sizes");
+        status = -1;
+    }
+    if (!status) {
+        c.decoding = 1;
+        c.x = x.buf;
+        c.words = (const uint8_t *)data.buf + 4u * lanes;
+        c.nwords = ((uint64_t)data.len - 4u * lanes) / 2u;
+        c.next = next;
+        Py_BEGIN_ALLOW_THREADS
+        status = value_phase(&c, numel, cols, (uint32_t)lanes, (uint32_t)width, (uint32_t)mode, alphabet,
+                             mask.buf, out.buf, (uint64_t)out.len / 8u);
+        Py_END_ALLOW_THREADS
+        if (status) {
+            status = raise_status(status, alphabet);
+        }
+    }
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    if (mask.buf) {
+        PyBuffer_Release(&mask);
+    }
+    return status ? NULL : PyLong_FromUnsignedLongLong(c.next);
+}
+
+/* The stream: the lane states (u32) then the words (u16), little-endian. */
+static PyObject *stream_bytes(const uint32_t *x, uint32_t lanes, const uint16_t *words, uint64_t n)
+{
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4u * (uint64_t)lanes + 2u * n));
+    uint8_t *b;
+    uint64_t i;
+    if (!out) {
+        return NULL;
+    }
+    b = (uint8_t *)PyBytes_AS_STRING(out);
+    for (i = 0; i < lanes; i++) {
+        *b++ = (uint8_t)x[i];
+        *b++ = (uint8_t)(x[i] >> 8);
+        *b++ = (uint8_t)(x[i] >> 16);
+        *b++ = (uint8_t)(x[i] >> 24);
+    }
+    for (i = 0; i < n; i++) {
+        *b++ = (uint8_t)words[i];
+        *b++ = (uint8_t)(words[i] >> 8);
+    }
+    return out;
+}
+
+static PyObject *py_encode(PyObject *self, PyObject *args)
+{
+    Py_buffer symbols, mask = {0};
+    PyObject *mask_obj, *result = NULL, *stream;
+    unsigned long long lanes, numel, cols, width, mode;
+    uint64_t count, decisions, emitted = 0, mask_words = 0;
+    coder_t c = {0};
+    uint32_t *x = NULL;
+    int status;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKKKKOy*", &lanes, &numel, &cols, &width, &mode, &mask_obj, &symbols)) {
+        return NULL;
+    }
+    status = check_geometry(lanes, numel, cols);
+    if (!status && mask_obj != Py_None && PyObject_GetBuffer(mask_obj, &mask, PyBUF_SIMPLE)) {
+        status = -1;
+    }
+    count = (uint64_t)symbols.len / 8u;
+    if (!status && (width < 1u || width > 16u || mode > 3u || (uint64_t)symbols.len % 8u ||
+                    (mask.buf && (uint64_t)mask.len != numel))) {
+        PyErr_SetString(PyExc_ValueError, "bad width, mode or buffer sizes");
+        status = -1;
+    }
+    if (!status) {
+        decisions = (mask.buf ? numel : 0u) + count * width;
+        c.probs = malloc((decisions ? decisions : 1u) * sizeof *c.probs);
+        x = malloc(lanes * sizeof *x);
+        if (!c.probs || !x) {
+            PyErr_NoMemory();
+            status = -1;
+        }
+    }
+    if (!status) {
+        Py_BEGIN_ALLOW_THREADS
+        if (mask.buf) {
+            status = mask_phase(&c, numel, cols, (uint32_t)lanes, mask.buf);
+        }
+        if (!status) {
+            status = value_phase(&c, numel, cols, (uint32_t)lanes, (uint32_t)width, (uint32_t)mode,
+                                 UINT64_MAX, mask.buf, symbols.buf, count);
+        }
+        if (!status && c.nprobs != decisions) {
+            status = ERR_SHAPE;
+        }
+        if (!status) {
+            status = rans_reverse(c.probs, decisions, x, numel, (uint32_t)lanes, (uint32_t)width, mask.buf,
+                                  symbols.buf, count, &emitted, &mask_words);
+        }
+        Py_END_ALLOW_THREADS
+        if (status) {
+            status = raise_status(status, 0);
+        }
+    }
+    if (!status) {
+        stream = stream_bytes(x, (uint32_t)lanes, c.probs + (decisions - emitted), emitted);
+        if (stream) {
+            result = Py_BuildValue("(NK)", stream, (unsigned long long)mask_words);
+        }
+    }
+    free(c.probs);
+    free(x);
+    PyBuffer_Release(&symbols);
+    if (mask.buf) {
+        PyBuffer_Release(&mask);
+    }
+    return result;
+}
+
+static PyObject *py_value_counts(PyObject *self, PyObject *args)
+{
+    Py_buffer symbols, pairs, mask = {0};
+    PyObject *mask_obj;
+    unsigned long long lanes, numel, cols, width, mode;
+    uint64_t slots;
+    int status;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KKKKKOy*w*", &lanes, &numel, &cols, &width, &mode, &mask_obj, &symbols,
+                          &pairs)) {
+        return NULL;
+    }
+    status = check_geometry(lanes, numel, cols);
+    if (!status && mask_obj != Py_None && PyObject_GetBuffer(mask_obj, &mask, PyBUF_SIMPLE)) {
+        status = -1;
+    }
+    if (!status) {
+        uint32_t m = mode < width ? (uint32_t)mode : (uint32_t)width;
+        slots = ((mode ? (1u << m) : 0u) + 1u) << width;
+        if (width < 1u || width > 16u || mode > 3u || (uint64_t)symbols.len % 8u ||
+            (uint64_t)pairs.len != 16u * slots || (mask.buf && (uint64_t)mask.len != numel)) {
+            PyErr_SetString(PyExc_ValueError, "bad width, mode or buffer sizes");
+            status = -1;
+        }
+    }
+    if (!status) {
+        Py_BEGIN_ALLOW_THREADS
+        status = value_counts(numel, cols, (uint32_t)lanes, (uint32_t)width, (uint32_t)mode, mask.buf,
+                              symbols.buf, (uint64_t)symbols.len / 8u, pairs.buf);
+        Py_END_ALLOW_THREADS
+        if (status) {
+            status = raise_status(status, 0);
+        }
+    }
+    PyBuffer_Release(&symbols);
+    PyBuffer_Release(&pairs);
+    if (mask.buf) {
+        PyBuffer_Release(&mask);
+    }
+    if (status) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"value_counts", py_value_counts, METH_VARARGS,
+     "value_counts(lanes, numel, cols, width, mode, mask, symbols, pairs): the value phase's final counts."},
+    {"mask_decode", py_mask_decode, METH_VARARGS,
+     "mask_decode(data, lanes, numel, cols, x, mask) -> words read: the mask phase."},
+    {"values_decode", py_values_decode, METH_VARARGS,
+     "values_decode(data, lanes, numel, cols, width, alphabet, mode, x, next_word, mask, out) -> words read."},
+    {"encode", py_encode, METH_VARARGS,
+     "encode(lanes, numel, cols, width, mode, mask, symbols) -> (stream, words read by the mask phase)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_rans_native",
+    .m_doc = "Native core of sqc's context-adaptive binary rANS coder (formats/rans.py).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__rans_native(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (!m) {
+        return NULL;
+    }
+    init_tables();
+    StreamError = PyErr_NewException("sqc.formats._rans_native.StreamError", PyExc_ValueError, NULL);
+    if (!StreamError || PyModule_AddObjectRef(m, "StreamError", StreamError) < 0) {
+        Py_XDECREF(StreamError);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
