@@ -13,7 +13,7 @@ from typing import Any
 from torch import fx
 
 from sqc.errors import SqcError, SqcFormatError
-from sqc.formats.container import ENTRY_SIZE, HEADER_SIZE, Layout, read_layout
+from sqc.formats.container import ENTRY_SIZE, HEADER_SIZE, Layout, read_layout, without_cycle_collection
 from sqc.formats.graph_codec import BYTES_PER_NODE, NODE_BASE, decode_graph
 from sqc.formats.tensor_codec import CODEC_NAMES
 from sqc.ir import CompressedModel
@@ -84,7 +84,8 @@ def _container_compute(layout: Layout, where: str) -> dict[str, tuple[int, int]]
 def inspect_container(data: bytes, where: str) -> dict[str, Any]:
     """Per-layer and per-component byte accounting of a ``.sqc`` file."""
     try:
-        layout = read_layout(data)
+        with without_cycle_collection():
+            layout = read_layout(data)
     except SqcFormatError as exc:
         raise SqcFormatError(f"{where}: {exc}") from None
     size = layout.size

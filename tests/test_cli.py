@@ -298,3 +298,25 @@ def test_no_verify_skips_the_verifier(cli, workdir, monkeypatch):
     assert cli("compress", "small.pt", *ARCH, "-p", "prune,quant", "-o", "n.sqc", "--no-verify").code == 0
     assert calls == []
     assert (workdir / "v.sqc").read_bytes() == (workdir / "n.sqc").read_bytes()
+
+
+def test_inspect_draws_the_largest_layers_and_sums_the_rest(cli, tmp_path: Path, monkeypatch):
+    """A table row costs ~1 ms to draw: a file of thousands of layers shows the largest 200 in file order
+    and one row for the rest (bytes still add up); ``--all`` and ``--json`` give every layer."""
+    from torch import nn
+
+    from sqc.cli import TABLE_LAYERS
+
+    monkeypatch.chdir(tmp_path)
+    layers = [nn.Linear(4, 4) for _ in range(TABLE_LAYERS + 5)] + [nn.Linear(4, 64), nn.Linear(64, 4)]
+    sqc.compress(nn.Sequential(*layers), [(1, 4)], "quant{bits=4},huffman").save(tmp_path / "m.sqc")
+    shown = cli("inspect", "m.sqc")
+    assert shown.code == 0, shown.err
+    assert (
+        "smaller layers: --all" in shown.out
+        and f"{TABLE_LAYERS + 5 + 2 - TABLE_LAYERS:,} smaller" in shown.out
+    )
+    everything = cli("inspect", "m.sqc", "--all")
+    assert "smaller layers" not in everything.out and len(everything.out) > len(shown.out)
+    info = json.loads(cli("inspect", "m.sqc", "--json").out)
+    assert len(info["layers"]) == TABLE_LAYERS + 7
