@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+import numpy as np
 import torch
 
 from sqc.errors import PipelineError
@@ -52,7 +53,7 @@ class Prune(Pass):
     establishes = frozenset({"pruned"})
 
     sparsity: float = 0.9
-    scope: Literal["layer", "global"] = "layer"
+    scope: Literal["layer", "global", "lamp"] = "layer"
     per_layer: LayerMap = ()
     layers: str = "*"
     schedule: Literal["oneshot", "agp"] = "oneshot"
@@ -73,9 +74,9 @@ class Prune(Pass):
             check_range("budget", self.budget, 0.0, float("inf"))
             if self.target != "auto":
                 raise OptionError("budget", "only applies with target=auto")
-        if self.target == "auto" and self.scope == "global":
+        if self.target == "auto" and self.scope != "layer":
             raise OptionError(
-                "scope", "target=auto chooses a sparsity per layer; scope=global does not apply"
+                "scope", f"target=auto chooses a sparsity per layer; scope={self.scope} does not apply"
             )
 
     def context_needs(self) -> frozenset[str]:
@@ -192,19 +193,22 @@ class Prune(Pass):
         return PassResult(changed, stats, layers, unused_overrides(model, self.per_layer))
 
     def _thresholds(self, states: list[TensorState]) -> dict[str, float]:
-        """The magnitude at or below which each tensor's weights go: per layer, or one for a global pool."""
+        """The magnitude at or below which each tensor's weights go: per layer, one for a global pool,
+        or (``lamp``) one per layer of the pool, from a single LAMP score threshold."""
         groups: list[tuple[list[TensorState], float]] = []
         pool = []
         for state in states:
             if is_overridden(state, self.per_layer):
                 groups.append(([state], override(state, self.per_layer, self.sparsity)))
-            elif self.scope == "global":
+            elif self.scope in ("global", "lamp"):
                 pool.append(state)
             else:
                 groups.append(([state], self.sparsity))
-        if pool:
-            groups.append((pool, self.sparsity))
         thresholds = {}
+        if pool and self.scope == "lamp":
+            thresholds.update(lamp_thresholds(pool, self.sparsity))
+        elif pool:
+            groups.append((pool, self.sparsity))
         for group, sparsity in groups:
             threshold = magnitude_threshold(group, sparsity)
             thresholds.update({s.name: threshold for s in group})
@@ -220,7 +224,11 @@ def magnitude_threshold(group: list[TensorState], sparsity: float) -> float:
     parts = [s.decode().abs().flatten() for s in group]
     magnitudes = (torch.cat(parts) if len(parts) > 1 else parts[0]).numpy()
     del parts
-    drop = round(sparsity * magnitudes.size)
+    return _kth_smallest(magnitudes, round(sparsity * magnitudes.size))
+
+
+def _kth_smallest(magnitudes: np.ndarray, drop: int) -> float:
+    """The ``drop``-th smallest of ``magnitudes`` (which it reorders), or -1 when nothing is dropped."""
     if not drop:
         return -1.0
     # selection in place on our own copy: O(n), no index tensor (kthvalue needs one) and no second
@@ -266,3 +274,94 @@ def apply_threshold(state: TensorState, threshold: float) -> tuple[bool, float]:
 def prune_layer(state: TensorState, sparsity: float) -> bool:
     """Prune one record to ``sparsity`` on its own (the caller syncs the module); True if it changed."""
     return apply_threshold(state, magnitude_threshold([state], sparsity))[0]
+
+
+LAMP_CHUNK = 1 << 20
+"""Weights per step of the LAMP score sweep: the float64 temporaries stay at a few MB per step."""
+
+
+def lamp_thresholds(group: list[TensorState], sparsity: float) -> dict[str, float]:
+    """Per-layer magnitude thresholds that prune the ``sparsity`` of ``group`` with the lowest LAMP scores.
+
+    LAMP (Lee, Park, Mo, Ahn, Shin, ICLR 2021) scores a weight ``u`` of a layer by ``w_u**2`` over the
+    sum of ``w_v**2`` of every weight ``v`` of that layer at least as large: its share of what the layer
+    keeps if everything smaller goes. Scores are comparable across layers, so one global threshold on
+    them gives each layer its own sparsity, and each layer's largest weight scores 1: unlike a global
+    magnitude threshold, it never empties a layer of small weights (a layer cut off cuts the network).
+    Within a layer the score grows with the magnitude, so the score threshold is a magnitude threshold
+    per layer, applied like any other. Weights already pruned are magnitude 0 (score 0): they count
+    towards the target and stay pruned. Ties in magnitude share a score and go together.
+    """
+    scores = [lamp_scores(state.decode().abs().flatten().numpy()) for state in group]
+    total = sum(s.size for s in scores)
+    drop = round(sparsity * total)
+    if not drop:
+        return {state.name: -1.0 for state in group}
+    cut = _kth_of_sorted(scores, drop)
+    counts = [int(np.searchsorted(s, cut, "right")) for s in scores]
+    del scores
+    out = {}
+    for state, count in zip(
+        group, counts, strict=True
+    ):  # the ``count`` smallest magnitudes are the pruned ones
+        out[state.name] = _kth_smallest(state.decode().abs().flatten().numpy(), count)
+    return out
+
+
+def lamp_scores(magnitudes: np.ndarray) -> np.ndarray:
+    """LAMP scores of one layer's weight ``magnitudes``, sorted ascending (float32; the array is reused).
+
+    ``score(u) = w_u**2 / sum(w_v**2 for |w_v| >= |w_u|)``: weights of equal magnitude share the score
+    of the first of them (their sum includes all of them), so a tie is never split. The suffix sums run
+    from the largest weight down in chunks of about :data:`LAMP_CHUNK` (float64 within a chunk, one
+    float64 carry between chunks). Chunks end on tie-group boundaries; a group larger than a chunk
+    (the pruned zeros, say) has one score and is filled without temporaries.
+    """
+    ordered = np.sort(magnitudes.astype(np.float32, copy=False))
+    high, above = ordered.size, 0.0  # ``above``: the sum of squares of every weight from ``high`` up
+    while high > 0:
+        low = max(0, high - LAMP_CHUNK)
+        value = ordered[low]
+        rest = ordered[:high]  # still magnitudes (scores replace them from ``high`` up)
+        start = int(np.searchsorted(rest, value, "left"))
+        if start < low:  # a tie group crosses the chunk's lower edge
+            end = int(np.searchsorted(rest, value, "right"))
+            if end < high:  # score the weights above it first; the group starts the next step
+                low = end
+            else:  # the group reaches the top of what is left: one score for all of it
+                square = float(value) ** 2
+                above += (high - start) * square
+                ordered[start:high] = square / above if above > 0 else 0.0
+                high = start
+                continue
+        above = _lamp_chunk(ordered[low:high], above)
+        high = low
+    return ordered
+
+
+def _lamp_chunk(chunk: np.ndarray, above: float) -> float:
+    """Overwrite an ascending ``chunk`` (no tie group crossing its edges) with its LAMP scores, given
+    the sum of squares ``above`` it; returns the sum of squares from the chunk's first weight up."""
+    values = chunk.astype(np.float64)
+    squares = values * values
+    sums = np.cumsum(squares[::-1])[::-1] + above  # sums[i]: the squares from weight i to the top
+    denominators = sums[np.searchsorted(values, values, "left")]  # from the first of each tie group
+    chunk[:] = np.divide(squares, denominators, out=np.zeros_like(squares), where=denominators > 0)
+    return float(sums[0])
+
+
+def _kth_of_sorted(arrays: list[np.ndarray], k: int) -> np.float32:
+    """The ``k``-th smallest value (1-based) of several ascending float32 arrays of values >= 0, exactly.
+
+    Non-negative float32 values order as their bit patterns do, so a binary search over the 2^31
+    patterns (counting with ``searchsorted`` on each array) finds it in 31 steps without merging.
+    """
+    low, high = 0, 0x7F800000  # bit patterns of 0.0 and +inf
+    while low < high:
+        mid = (low + high) // 2
+        value = np.array(mid, dtype=np.uint32).view(np.float32)
+        if sum(int(np.searchsorted(a, value, "right")) for a in arrays) >= k:
+            high = mid
+        else:
+            low = mid + 1
+    return np.array(low, dtype=np.uint32).view(np.float32)
