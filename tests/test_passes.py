@@ -28,7 +28,7 @@ def run(model, text, shape=(1, 64)):
 
 
 def test_prune_per_layer_hits_the_target(mlp):
-    ir = run(mlp, "prune{sparsity=0.75}")
+    ir = run(mlp, "prune{sparsity=0.75 scope=layer}")
     for state in ir.weights():
         assert state.mask is not None
         assert state.density == pytest.approx(0.25, abs=1 / state.numel)
@@ -157,6 +157,25 @@ def test_prune_target_auto_takes_no_pooled_scope():
     for scope in ("global", "lamp"):
         with pytest.raises(PipelineError, match=f"scope={scope} does not apply"):
             Pipeline.parse(f"prune{{target=auto scope={scope}}}")
+
+
+def test_prune_defaults_to_global_magnitude(mlp):
+    """The default that measured best at equal size (benchmarks/bench_defaults.py): one magnitude
+    threshold for all layers, so the layers end at different densities; scope=layer stays an option."""
+    from sqc.passes.prune import Prune
+
+    assert Pipeline.parse("prune").passes[0].scope == "global" == Prune().scope
+    default = {s.name: s.mask for s in run(mlp, "prune{sparsity=0.8}").weights()}
+    pooled = {s.name: s.mask for s in run(mlp, "prune{sparsity=0.8 scope=global}").weights()}
+    assert all(torch.equal(default[name], pooled[name]) for name in default)
+    layer = {s.layer: s.density for s in run(mlp, "prune{sparsity=0.8 scope=layer}").weights()}
+    assert layer["fc1"] == pytest.approx(layer["fc2"], abs=0.01)
+    densities = [float(m.float().mean()) for m in default.values()]
+    assert abs(densities[0] - densities[1]) > 0.01
+    # target=auto allocates per layer: the default pooled scope gives way, and says so in the text
+    auto = Pipeline.parse("prune{target=auto}")
+    assert auto.passes[0].scope == "layer" == Prune(target="auto").scope
+    assert "scope=layer" in str(auto) and Pipeline.parse(str(auto)) == auto
 
 
 def test_prune_overrides_and_cumulative(mlp):
