@@ -247,11 +247,15 @@ def magnitude_threshold(group: list[TensorState], sparsity: float) -> float:
     """The magnitude at or below which weights go so that ``sparsity`` of the group is pruned.
 
     Weights already pruned count as magnitude 0, so pruning is cumulative. Ties at the threshold
-    are pruned together.
+    are pruned together. The group's magnitudes are written layer by layer into one float32 array
+    (no per-layer copies to concatenate: a global pool of VGG-16's 138M weights costs 553 MB, not
+    twice that).
     """
-    parts = [s.decode().abs().flatten() for s in group]
-    magnitudes = (torch.cat(parts) if len(parts) > 1 else parts[0]).numpy()
-    del parts
+    magnitudes = np.empty(sum(s.numel for s in group), dtype=np.float32)
+    pool, start = torch.from_numpy(magnitudes), 0
+    for state in group:
+        pool[start : start + state.numel].copy_(state.decode().reshape(-1)).abs_()
+        start += state.numel
     return _kth_smallest(magnitudes, round(sparsity * magnitudes.size))
 
 
