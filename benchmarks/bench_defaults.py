@@ -21,7 +21,8 @@ against every other, else the old default stays. A reference size outside a choi
 measurement.
 
 Run: ``python benchmarks/bench_defaults.py [--write]``; ``--write`` also replaces the generated tables
-in ``benchmarks/README.md`` (between ``<!-- defaults:begin -->`` and ``<!-- defaults:end -->``).
+in ``benchmarks/README.md`` (between ``<!-- defaults:begin -->`` and ``<!-- defaults:end -->``);
+``--tables-only`` renders them from the JSON without measuring.
 Writes ``benchmarks/results/defaults.json``. About 5 minutes on a quiet 2-core machine (15 under load).
 """
 
@@ -362,7 +363,16 @@ def write_readme(section: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="also update the tables in benchmarks/README.md")
+    parser.add_argument(
+        "--tables-only", action="store_true", help="measure nothing: render results/defaults.json's tables"
+    )
     args = parser.parse_args()
+    if args.tables_only:
+        section = render(json.loads((RESULTS / "defaults.json").read_text(encoding="utf-8")))
+        print(section)
+        if args.write:
+            write_readme(section)
+        return
     torch.set_num_threads(1)  # LeNets are small; one thread is steadier on a shared 2-core machine
     x, y = load_mnist("test")
     started = time.perf_counter()

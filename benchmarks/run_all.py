@@ -16,6 +16,8 @@
 9. ``bench_hls.py``:     sqc's HLS project vs hls4ml on the LeNets (C simulation); results/hls.json.
 10. ``bench_zoo.py``:    reach: one row per architecture family (CNNs, transformers, RNNs; route, size,
                          time, output error, with and without prune-channels); results/bench_zoo.json.
+11. ``bench_defaults.py``: prune's scope, share's init and quant's granularity at equal size on both
+                         LeNets (issue 16); results/defaults.json and, unless ``--quick``, its README tables.
 
 Each runs in its own process with this interpreter, one after the other (the machine has two cores;
 running them side by side would spoil every timing). Output streams through; a failing benchmark is
@@ -42,7 +44,19 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("huffman", "lenet", "coding", "scale", "executors", "mnist", "channels", "c", "hls", "zoo")
+BENCHMARKS = (
+    "huffman",
+    "lenet",
+    "coding",
+    "scale",
+    "executors",
+    "mnist",
+    "channels",
+    "c",
+    "hls",
+    "zoo",
+    "defaults",
+)
 
 
 def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
@@ -73,6 +87,7 @@ def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
         "c": [py, str(HERE / "bench_c_target.py"), "--runs", "3" if quick else "20"],
         "hls": [py, str(HERE / "bench_hls.py")],
         "zoo": [py, str(HERE / "bench_zoo.py"), *(["--only", "lstm,transformer_encoder"] if quick else [])],
+        "defaults": [py, str(HERE / "bench_defaults.py"), *([] if quick else ["--write"])],
     }
 
 
