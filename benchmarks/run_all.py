@@ -20,6 +20,8 @@
                          90 %-pruned, bytes vs accuracy and MSE (NNCodec runs in ``.venv-nncodec``, which
                          ``make bench`` installs); results/nncodec.json and nncodec.png (``--quick``: the
                          LeNets only).
+12. ``bench_defaults.py``: prune's scope, share's init and quant's granularity at equal size on both
+                         LeNets (issue 16); results/defaults.json and, unless ``--quick``, its README tables.
 
 Each runs in its own process with this interpreter, one after the other (the machine has two cores;
 running them side by side would spoil every timing). Output streams through; a failing benchmark is
@@ -58,6 +60,7 @@ BENCHMARKS = (
     "hls",
     "zoo",
     "nncodec",
+    "defaults",
 )
 
 
@@ -90,6 +93,7 @@ def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
         "hls": [py, str(HERE / "bench_hls.py")],
         "zoo": [py, str(HERE / "bench_zoo.py"), *(["--only", "lstm,transformer_encoder"] if quick else [])],
         "nncodec": [py, str(HERE / "bench_nncodec.py"), *(["--quick"] if quick else [])],
+        "defaults": [py, str(HERE / "bench_defaults.py"), *([] if quick else ["--write"])],
     }
 
 

@@ -15,7 +15,13 @@ ARCH = ("--arch", "sqc_test_models:Small")
 
 def test_compress_inspect_decompress(cli, workdir: Path):
     result = cli(
-        "compress", "small.pt", *ARCH, "--passes", "prune{sparsity=0.5},share{bits=4},huffman", "-o", "s.sqc"
+        "compress",
+        "small.pt",
+        *ARCH,
+        "--passes",
+        "prune{sparsity=0.5 scope=layer},share{bits=4},huffman",
+        "-o",
+        "s.sqc",
     )
     assert result.code == 0, result.err
     assert "wrote s.sqc" in result.out and "smaller than fp32" in result.out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,6 +14,8 @@ from sqc.errors import PipelineError, SqcError
 from sqc.frontend import trace
 from sqc.ir import FixedPoint, TensorState, all_finite
 from sqc.pass_base import PassContext
+from sqc.passes import prune as prune_module
+from sqc.passes.prune import lamp_scores
 from sqc.passes.quant import best_format
 from sqc.passes.share import kmeans_1d
 from sqc.pipeline import Pipeline
@@ -25,7 +28,7 @@ def run(model, text, shape=(1, 64)):
 
 
 def test_prune_per_layer_hits_the_target(mlp):
-    ir = run(mlp, "prune{sparsity=0.75}")
+    ir = run(mlp, "prune{sparsity=0.75 scope=layer}")
     for state in ir.weights():
         assert state.mask is not None
         assert state.density == pytest.approx(0.25, abs=1 / state.numel)
@@ -50,6 +53,129 @@ def test_prune_global_ranks_all_layers_together(mlp):
     for s in weights:
         original = dict(mlp.named_parameters())[s.name].detach().abs()
         assert float(original[s.mask].min()) >= threshold
+
+
+def lamp_reference(magnitudes: np.ndarray) -> np.ndarray:
+    """LAMP scores straight from the definition, sorted ascending: w_u^2 over the squares of every
+    weight of the layer at least as large."""
+    ordered = np.sort(np.abs(magnitudes).astype(np.float64))
+    out = [v * v / (ordered[ordered >= v] ** 2).sum() if v else 0.0 for v in ordered]
+    return np.array(out)
+
+
+def test_lamp_scores_by_hand():
+    # squares 1, 4, 9: 1/(1+4+9), 4/(4+9), 9/9 -- every layer's largest weight scores 1
+    assert lamp_scores(np.float32([3, 1, 2])).tolist() == pytest.approx([1 / 14, 4 / 13, 1.0])
+    # equal magnitudes share the score of the first of them (4 / (4 + 4)): a tie is never split
+    assert lamp_scores(np.float32([2, 1, 2])).tolist() == pytest.approx([1 / 9, 0.5, 0.5])
+    # weights already pruned are zeros and score 0, an all-zero layer too
+    assert lamp_scores(np.float32([0, 0, 3])).tolist() == [0.0, 0.0, 1.0]
+    assert lamp_scores(np.float32([0, 0])).tolist() == [0.0, 0.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(st.integers(min_value=0, max_value=6), min_size=1, max_size=80),
+    chunk=st.sampled_from([1, 2, 3, 7, 1 << 20]),
+)
+def test_lamp_scores_in_chunks_follow_the_definition(values, chunk):
+    """Many ties and tiny chunks: tie groups that cross chunk edges, and groups larger than a chunk."""
+    magnitudes = np.float32(values) / 4
+    saved = prune_module.LAMP_CHUNK
+    prune_module.LAMP_CHUNK = chunk
+    try:
+        scores = lamp_scores(magnitudes.copy())
+    finally:
+        prune_module.LAMP_CHUNK = saved
+    assert scores == pytest.approx(lamp_reference(magnitudes), rel=1e-6)
+
+
+def test_prune_lamp_prunes_the_lowest_scores_of_all_layers(mlp):
+    ir = run(mlp, "prune{sparsity=0.7 scope=lamp}")
+    weights = list(ir.weights())
+    original = {s.name: dict(mlp.named_parameters())[s.name].detach().flatten().numpy() for s in weights}
+    pruned, kept = [], []
+    for s in weights:
+        values = original[s.name]
+        mask = s.mask.flatten().numpy()
+        ordered = np.sort(np.abs(values))
+        scores = lamp_reference(values)
+        score_of = dict(zip(ordered.tolist(), scores.tolist(), strict=True))  # random weights: no ties
+        pruned += [score_of[abs(float(v))] for v in values[~mask]]
+        kept += [score_of[abs(float(v))] for v in values[mask]]
+    total = sum(s.numel for s in weights)
+    assert len(pruned) == round(0.7 * total)
+    assert max(pruned) <= min(kept)
+    # the layers end at different densities: the score, not one magnitude, decides
+    densities = [s.density for s in weights]
+    assert max(densities) - min(densities) > 0.01
+
+
+def tiny_last_layer(mlp):
+    """``mlp`` with fc2's weights 1000x smaller than fc1's: a global magnitude threshold empties fc2."""
+    with torch.no_grad():
+        mlp.fc2.weight.mul_(1e-3)
+    return mlp
+
+
+@pytest.mark.parametrize("sparsity", [0.9, 0.99])
+def test_prune_lamp_never_empties_a_layer_where_global_does(mlp, sparsity):
+    model = tiny_last_layer(mlp)
+    flat = {s.layer: s.kept for s in run(model, f"prune{{sparsity={sparsity} scope=global}}").weights()}
+    assert flat["fc2"] == 0  # the network is cut: every logit is a constant
+    ir = run(model, f"prune{{sparsity={sparsity} scope=lamp}}")
+    states = {s.layer: s for s in ir.weights()}
+    assert states["fc2"].kept > 0 and states["fc1"].kept > 0
+    # every layer keeps its largest weight (score 1)
+    for s in ir.weights():
+        original = dict(model.named_parameters())[s.name].detach().abs()
+        assert bool(s.mask.flatten()[original.flatten().argmax()])
+    total = sum(s.numel for s in ir.weights())
+    assert 1 - sum(s.kept for s in ir.weights()) / total == pytest.approx(sparsity, abs=1 / total)
+
+
+def test_prune_lamp_is_cumulative_and_honours_overrides_and_layers(mlp):
+    first = run(mlp, "prune{sparsity=0.5 scope=layer}")
+    both = run(mlp, "prune{sparsity=0.5 scope=layer},prune{sparsity=0.8 scope=lamp}")
+    for a, b in zip(first.weights(), both.weights(), strict=True):
+        assert not bool((b.mask & ~a.mask).any())  # weights already pruned stay pruned
+    total = sum(s.numel for s in both.weights())
+    assert 1 - sum(s.kept for s in both.weights()) / total == pytest.approx(0.8, abs=1 / total)
+    assert not run(mlp, "prune{sparsity=0.5 scope=lamp},prune{sparsity=0.5 scope=lamp}").report[1].changed
+
+    ir = run(mlp, "prune{sparsity=0.8 scope=lamp per_layer=fc2:0.5}")
+    densities = {s.layer: s.density for s in ir.weights()}
+    assert densities["fc2"] == pytest.approx(0.5, abs=1 / 480)
+    assert densities["fc1"] == pytest.approx(0.2, abs=1 / 3072)  # a pool of one layer: its own sparsity
+
+    ir = run(mlp, "prune{sparsity=0.8 scope=lamp layers=fc1}")
+    masks = {s.layer: s.mask for s in ir.weights()}
+    assert masks["fc2"] is None and masks["fc1"] is not None
+
+
+def test_prune_target_auto_takes_no_pooled_scope():
+    for scope in ("global", "lamp"):
+        with pytest.raises(PipelineError, match=f"scope={scope} does not apply"):
+            Pipeline.parse(f"prune{{target=auto scope={scope}}}")
+
+
+def test_prune_defaults_to_global_magnitude(mlp):
+    """The default that measured best at equal size (benchmarks/bench_defaults.py): one magnitude
+    threshold for all layers, so the layers end at different densities; scope=layer stays an option."""
+    from sqc.passes.prune import Prune
+
+    assert Pipeline.parse("prune").passes[0].scope == "global" == Prune().scope
+    default = {s.name: s.mask for s in run(mlp, "prune{sparsity=0.8}").weights()}
+    pooled = {s.name: s.mask for s in run(mlp, "prune{sparsity=0.8 scope=global}").weights()}
+    assert all(torch.equal(default[name], pooled[name]) for name in default)
+    layer = {s.layer: s.density for s in run(mlp, "prune{sparsity=0.8 scope=layer}").weights()}
+    assert layer["fc1"] == pytest.approx(layer["fc2"], abs=0.01)
+    densities = [float(m.float().mean()) for m in default.values()]
+    assert abs(densities[0] - densities[1]) > 0.01
+    # target=auto allocates per layer: the default pooled scope gives way, and says so in the text
+    auto = Pipeline.parse("prune{target=auto}")
+    assert auto.passes[0].scope == "layer" == Prune(target="auto").scope
+    assert "scope=layer" in str(auto) and Pipeline.parse(str(auto)) == auto
 
 
 def test_prune_overrides_and_cumulative(mlp):

@@ -15,7 +15,7 @@ from sqc.pipeline import Pipeline, tokenize
 def test_defaults_print_every_option():
     text = str(Pipeline.parse("prune,quant,huffman"))
     assert text == (
-        'prune{sparsity=0.9 scope=layer per_layer="" layers=* schedule=oneshot steps=4 epochs=1 lr=0.01 '
+        'prune{sparsity=0.9 scope=global per_layer="" layers=* schedule=oneshot steps=4 epochs=1 lr=0.01 '
         "target=fixed budget=none},"
         'quant{bits=8 granularity=tensor per_layer="" layers=* params=0 qp=none rdo=0.1 budget=none},'
         "huffman{layers=*}"

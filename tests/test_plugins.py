@@ -229,7 +229,7 @@ def tiny(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
 def test_clip_keeps_the_pruning_mask_and_reports_per_layer(
     plugin_installed: None, tiny: torch.nn.Module
 ) -> None:
-    artifact = sqc.compress(tiny, [(1, 16)], "prune{sparsity=0.5},clip{limit=0.05}")
+    artifact = sqc.compress(tiny, [(1, 16)], "prune{sparsity=0.5 scope=layer},clip{limit=0.05}")
     report = artifact.report[-1]
     assert report.spec == "clip{limit=0.05 layers=*}"
     for name in ("fc1.weight", "fc2.weight"):

@@ -141,7 +141,7 @@ def test_samples_evaluates_on_a_subset():
 
 def test_sweep_starts_at_the_current_sparsity():
     ctx = context()
-    ir = run('prune{sparsity=0.6},sensitivity{sparsities=0.5;0.6;0.8 bits=""}', ctx)
+    ir = run('prune{sparsity=0.6 scope=layer},sensitivity{sparsities=0.5;0.6;0.8 bits=""}', ctx)
     prune = cached_analysis(ctx).prune["fc1.weight"]
     assert [p.value for p in prune] == [0.599609, 0.8]  # 614 of 1024 pruned: 0.5, 0.6 are reached
     assert ir.tensors["fc1.weight"].density == pytest.approx(0.4, abs=1e-3)
