@@ -74,6 +74,7 @@ def _all_paths(
 )
 @example((2, 8200), 3, True, 0.2, 1, 0)  # two lanes that meet in one column every round
 @example((3, 5500), 5, False, 1.0, 2, 1)  # two lanes, dense
+@example((6, 700), 1, False, 0.0, 0, 1)  # a stream too short for its decisions: refused by every path
 def test_both_decoder_paths_read_what_the_reference_reads(
     shape: tuple[int, ...], width: int, sparse: bool, density: float, mode: int, seed: int
 ) -> None:
@@ -99,7 +100,10 @@ def test_both_decoder_paths_read_what_the_reference_reads(
         assert scalar == reference
         assert rounds == reference
     scalar, _, _ = _all_paths(data, shape, sparse, width, alphabet, mode)
-    assert not isinstance(scalar, str) and scalar[1] == symbols.tolist()
+    if rans.fits(numel, kept, width, sparse, len(data)):  # beyond the decision cap writers fall back
+        assert not isinstance(scalar, str) and scalar[1] == symbols.tolist()
+    else:
+        assert isinstance(scalar, str) and "decisions" in scalar
 
 
 def test_the_round_path_still_decodes_many_lanes() -> None:
