@@ -197,7 +197,11 @@ def smallest_at_cap() -> tuple[bytes, int]:
 
 def timed(argv: list[str]) -> dict[str, Any]:
     """Wall time, peak RSS and the last line of output of a fresh process."""
-    proc = subprocess.run(["/usr/bin/time", "-v", *argv], capture_output=True, text=True, check=False)
+    # run outside the repository: `python -c` puts the current directory first on sys.path, and the
+    # source tree's formats/ has no compiled coder (the numpy fallback would be timed instead)
+    proc = subprocess.run(
+        ["/usr/bin/time", "-v", *argv], capture_output=True, text=True, check=False, cwd=tempfile.gettempdir()
+    )
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
     user = re.search(r"User time \(seconds\): ([\d.]+)", proc.stderr)
     system = re.search(r"System time \(seconds\): ([\d.]+)", proc.stderr)

@@ -146,9 +146,12 @@ class FixedPoint:
         return torch.round(scaled).clamp_(self.qmin, self.qmax).to(CODE_DTYPE)
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
-        """Integer codes -> float32 values; exact because ``|code * mult| < 2**24`` and the rest of the
-        step is a power of two."""
-        return (codes.to(torch.float64) * self.scale(tuple(codes.shape))).to(torch.float32)
+        """Integer codes -> float32 values, computed in float32 and exact: ``|code * mult| < 2**24`` fits
+        the float32 significand, the step (at most 8 significant bits) is a float32 too, and the rest of
+        the product is a power of two between 2**-64 and 2**64, inside float32's normal range. (Half the
+        memory of a float64 product: a 42M-weight tensor loads in 650 MB instead of 1 GB.)"""
+        values = codes.to(torch.float32)
+        return values.mul_(self.scale(tuple(codes.shape)).to(torch.float32))
 
 
 @dataclass
