@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
 from sqc.errors import PipelineError
 from sqc.ir import MAX_SCALED_BITS, CompressedModel, FixedPoint, TensorState, slices
-from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, Stat, check_range
+from sqc.pass_base import QUIET, LayerMap, OptionError, Pass, PassContext, PassResult, Stat, check_range
 from sqc.passes._common import (
     change_stats,
     encoded_bytes,
@@ -69,9 +70,9 @@ class Quant(Pass):
     per_layer: LayerMap = ()
     layers: str = "*"
     params: int = 0
-    qp: int | Literal["auto"] | None = None
-    rdo: float = DEFAULT_RDO
-    budget: float | None = None
+    qp: int | Literal["auto"] | None = field(default=None, metadata=QUIET)
+    rdo: float = field(default=DEFAULT_RDO, metadata=QUIET)
+    budget: float | None = field(default=None, metadata=QUIET)
 
     def __post_init__(self) -> None:
         check_range("bits", self.bits, 2, 16)
@@ -99,6 +100,13 @@ class Quant(Pass):
 
     def context_needs(self) -> frozenset[str]:
         return frozenset({"evaluate"}) if self.qp == "auto" else frozenset()
+
+    def is_default(self, option: dataclasses.Field[Any]) -> bool:
+        # rdo means something only with a step: spelt out whenever qp is, so a reproducer never
+        # depends on rdo's default
+        if option.name == "rdo" and self.qp is not None:
+            return False
+        return super().is_default(option)
 
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
         if self.qp == "auto":

@@ -29,7 +29,7 @@ from sqc.allocation import Choice, allocate
 from sqc.errors import PipelineError
 from sqc.executors import Executor, Stopwatch, callable_name, local_workers, run_tasks, unpicklable
 from sqc.ir import Coder, CompressedModel, PassRecord, TensorState
-from sqc.pass_base import OptionError, Pass, PassContext, PassResult, Stat, check_range
+from sqc.pass_base import QUIET, OptionError, Pass, PassContext, PassResult, Stat, check_range
 from sqc.passes._common import encoded_bytes, selected
 
 Kind = Literal["prune", "share", "quant"]
@@ -510,7 +510,7 @@ class Sensitivity(Pass):
     rate_bits: int = 5
     layers: str = "*"
     reuse: str = ""
-    qps: str = ""
+    qps: str = field(default="", metadata=QUIET)
 
     def __post_init__(self) -> None:
         parse_sweep(self.sparsities, "sparsities", whole=False, low=0.0, high=0.9999)

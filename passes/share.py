@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 
 from sqc.errors import PipelineError
 from sqc.ir import CompressedModel, TensorState, index_dtype
-from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, check_range
+from sqc.pass_base import QUIET, LayerMap, OptionError, Pass, PassContext, PassResult, check_range
 from sqc.passes._common import (
     change_stats,
     encoded_bytes,
@@ -59,7 +59,7 @@ class Share(Pass):
     iterations: int = 50
     layers: str = "*"
     budget: float | None = None
-    rdo: float = 0.0
+    rdo: float = field(default=0.0, metadata=QUIET)
 
     def __post_init__(self) -> None:
         if self.bits != "auto":

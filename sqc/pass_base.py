@@ -177,6 +177,11 @@ class PassContext:
         self._analyses = {k: v for k, v in self._analyses.items() if k in keep}
 
 
+QUIET = {"quiet": True}
+"""Field metadata of an option left out of the canonical text while it holds its default (see
+:meth:`Pass.spec`)."""
+
+
 @dataclass(frozen=True)
 class Pass:
     """Base class of every pass. Subclasses are ``@dataclass(frozen=True)`` with typed option fields."""
@@ -225,12 +230,21 @@ class Pass:
             raise PipelineError(f"pass {cls.name}: {exc}") from None
 
     def spec(self) -> str:
-        """The canonical text of this pass with every option spelt out; parses back to an equal pass."""
-        opts = self.options()
+        """The canonical text of this pass with every option spelt out; parses back to an equal pass.
+
+        An option declared ``quiet`` (``field(default=..., metadata=QUIET)``: one that switches a later
+        feature on) is left out while it holds its default, so that adding such an option to a pass
+        changes neither the text of existing pipelines nor the files they write (the text is stored in
+        every file, twice)."""
+        opts = [f for f in self.options() if not (f.metadata.get("quiet") and self.is_default(f))]
         if not opts:
             return self.name
         body = " ".join(f"{f.name}={format_value(getattr(self, f.name))}" for f in opts)
         return f"{self.name}{{{body}}}"
+
+    def is_default(self, option: dataclasses.Field[Any]) -> bool:
+        """Whether ``option`` holds its default value (what a quiet option's omission means)."""
+        return bool(getattr(self, option.name) == option.default)
 
     def __str__(self) -> str:
         return self.spec()

@@ -17,9 +17,17 @@ def test_defaults_print_every_option():
     assert text == (
         'prune{sparsity=0.9 scope=global per_layer="" layers=* schedule=oneshot steps=4 epochs=1 lr=0.01 '
         "target=fixed budget=none},"
-        'quant{bits=8 granularity=tensor per_layer="" layers=* params=0 qp=none rdo=0.1 budget=none},'
-        "huffman{layers=*}"
+        'quant{bits=8 granularity=tensor per_layer="" layers=* params=0},huffman{layers=*}'
     )
+
+
+def test_options_that_switch_a_feature_on_are_spelt_out_only_when_used():
+    """Quiet options (qp, rdo, budget of quant; rdo of share; qps of sensitivity) keep existing pipelines'
+    text, and so the files they write, as they were; once set they are spelt out, rdo with its qp."""
+    assert "rdo" not in str(Pipeline.parse("share,quant"))
+    shared, stepped = str(Pipeline.parse("share{rdo=0.5}")), str(Pipeline.parse("quant{qp=-20}"))
+    assert "rdo=0.5" in shared and "qp=-20 rdo=0.1" in stepped and "budget" not in stepped
+    assert Pipeline.parse(stepped) == Pipeline.parse("quant{qp=-20}")
 
 
 def test_canonical_text_round_trips():
