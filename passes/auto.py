@@ -34,7 +34,7 @@ from sqc.errors import PipelineError
 from sqc.ir import CompressedModel, TensorState
 from sqc.pass_base import Pass, PassContext, PassResult, Stat, check_range
 from sqc.passes._common import change_stats, encoded_bytes, selected, totals
-from sqc.passes.prune import prune_layer
+from sqc.passes.prune import Prune
 from sqc.passes.sensitivity import (
     Analysis,
     Fields,
@@ -120,13 +120,17 @@ class Auto(Pass):
         before = {s.name: (s.decode(), encoded_bytes(s)) for s in states}
 
         def pruning(values: dict[str, float]) -> None:
-            for step in range(1, self.steps + 1):
-                scale = 1 - (1 - step / self.steps) ** 3
-                ctx.note(f"auto: prune stage {step}/{self.steps}")
-                for state in states:
-                    prune_layer(state, values[state.name] * scale)
-                model.sync([s.name for s in states])
-                ctx.finetune(model, 1, self.lr)
+            # prune's own AGP stages (one epoch of masked retraining after each, divergence retried)
+            stages = Prune(
+                per_layer=tuple(values.items()),
+                layers=self.layers,
+                scope="layer",
+                schedule="agp",
+                steps=self.steps,
+                epochs=1,
+                lr=self.lr,
+            )
+            stages.run(model, ctx)
             if self.epochs:
                 ctx.finetune(model, self.epochs, self.lr)
 
@@ -145,11 +149,11 @@ class Auto(Pass):
         pruned, prune_probes, prune_notes = self._search(
             model, ctx, states, "prune", sweeps["prune"], pruning, reference, tolerance * (1 - self.reserve)
         )
-        restore(model, thawed(pruned.state))
+        restore(model, frozen(pruned.state))
         shared, share_probes, share_notes = self._search(
             model, ctx, states, "share", sweeps["share"], sharing, reference, tolerance
         )
-        restore(model, thawed(shared.state))
+        restore(model, frozen(shared.state))
         after = ctx.evaluate(model)
         layers: dict[str, dict[str, Stat]] = {}
         sparsity, bits = dict(pruned.values), dict(shared.values)
@@ -211,7 +215,7 @@ class Auto(Pass):
             values = tuple((name, curves[name][index].value) for name, index in sorted(choice.items()))
             if values in probes:
                 return probes[values]
-            restore(model, thawed(start))
+            restore(model, frozen(start))
             ctx.note(f"auto: {kind} probe (relaxation {relaxation:g})", len(probes), rounds)
             apply(dict(values))
             drop = reference - ctx.evaluate(model)
@@ -273,13 +277,9 @@ def monotone_drops(probes: list[Probe]) -> list[float]:
 
 def frozen(saved: dict[str, Fields]) -> dict[str, Fields]:
     """A snapshot that training cannot reach: fine-tuning writes a dense record's tensor in place (the
-    module's parameter shares its storage), so a probe's state is kept as copies."""
+    module's parameter shares its storage), so a probe's state is kept as copies, and restored as fresh
+    copies of those, so that the stored one stays as it was whatever trains next."""
     return {name: tuple(_copy(value) for value in fields) for name, fields in saved.items()}
-
-
-def thawed(saved: dict[str, Fields]) -> dict[str, Fields]:
-    """Copies of a frozen snapshot to restore: the stored one stays as it was whatever trains next."""
-    return frozen(saved)
 
 
 def _copy(value: object) -> object:

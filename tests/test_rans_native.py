@@ -18,6 +18,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from sqc_rans_cases import random_case  # tests/models_pkg, on the path (conftest.py)
 
 from sqc.errors import SqcFormatError
 from sqc.formats import rans, rans_reference
@@ -85,13 +86,8 @@ def test_the_c_core_writes_and_reads_what_python_does(
 ) -> None:
     rng = np.random.default_rng(seed)
     numel = math.prod(shape)
-    alphabet = int(rng.integers(max(1, (1 << width) // 2), (1 << width) + 1))
-    mask = rng.random(numel) < density if sparse else None
-    kept = numel if mask is None else int(mask.sum())
-    if rng.random() < 0.5:
-        symbols = rng.integers(0, alphabet, kept)
-    else:
-        symbols = np.minimum(rng.geometric(0.4, kept) - 1, alphabet - 1)
+    alphabet, mask, symbols = random_case(rng, shape, width, sparse, density)
+    kept = symbols.size
     fixed = None if mode is None else min(mode, width)
     native, python = _both(monkeypatch, lambda: rans.encode(mask, symbols, shape, width, fixed))
     assert native == python
