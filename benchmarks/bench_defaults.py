@@ -9,7 +9,9 @@ checks that) against the whole ``.sqc`` file's bytes:
 * ``prune{sparsity=0.9 scope=global},share{bits=b init=linear|density},huffman``, b from 2 to 8, and
   ``share{bits=b rdo=r}`` points to show where the entropy-constrained option lands;
 * ``quant{bits=b granularity=tensor|channel},huffman``, b from 3 to 10, on the dense model and after
-  ``prune{sparsity=0.9 scope=global}``.
+  ``prune{sparsity=0.9 scope=global}``;
+* ``prune{sparsity=0.9 scope=global},quant{bits=b params=0|16},huffman``, b from 3 to 10: float32 or
+  16-bit fixed-point biases.
 
 The choices reach different sizes at the same nominal setting (global pruning empties the big layers,
 whose index is cheap; density-initialised centroids are used more evenly, so Huffman saves less), so
@@ -18,7 +20,10 @@ own curve at reference sizes, the geometric mean of the choices' sizes at the na
 0.8, 0.9, 0.95; bits 3-6; bits 4, 6, 8). The rule (:func:`pick`): at equal size the higher top-1 wins,
 by more than 0.1 points or it is a tie; the default is the choice that wins more often than it loses
 against every other, else the old default stays. A reference size outside a choice's curve counts as no
-measurement.
+measurement. ``params`` is a different question (:func:`pick_saving`): 16-bit biases change outputs by
+~2^-16 and only save bytes, which an equal-size duel cannot see on models whose biases are a few
+percent of the file, so the smaller choice wins when it is smaller at every setting and never loses more
+than the margin.
 
 Run: ``python benchmarks/bench_defaults.py [--write]``; ``--write`` also replaces the generated tables
 in ``benchmarks/README.md`` (between ``<!-- defaults:begin -->`` and ``<!-- defaults:end -->``);
@@ -155,6 +160,7 @@ def run(x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
         "share_rdo": {},
         "quant_dense": {},
         "quant_pruned": {},
+        "quant_params": {},
     }
     for name, (factory, checkpoint) in MODELS.items():
         model = factory()
@@ -199,6 +205,14 @@ def run(x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
             QUANT_GRID,
             lambda c, b: f"{BASE_PRUNE},quant{{bits={b} granularity={c}}},huffman",
         )
+        quant_params = sweep(
+            model,
+            x,
+            y,
+            ["0", "16"],
+            QUANT_GRID,
+            lambda c, b: f"{BASE_PRUNE},quant{{bits={b} params={c}}},huffman",
+        )
         print(f"{name}: swept in {time.perf_counter() - started:.0f} s", flush=True)
         experiments["prune"][name] = {
             "fp32": fp32,
@@ -215,6 +229,7 @@ def run(x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
             "curves": quant_pruned,
             "equal_size": equal_size(quant_pruned, QUANT_NAMED),
         }
+        experiments["quant_params"][name] = {"curves": quant_params}
     picks = {
         "prune.scope": pick(
             [v["equal_size"] for v in experiments["prune"].values()], ["layer", "global", "lamp"], "layer"
@@ -227,8 +242,26 @@ def run(x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
             ["tensor", "channel"],
             "tensor",
         ),
+        "quant.params": pick_saving([v["curves"] for v in experiments["quant_params"].values()], "16", "0"),
     }
     return {"experiments": experiments, "picks": picks}
+
+
+def pick_saving(curves: list[dict[str, list[Point]]], saver: str, incumbent: str) -> dict[str, Any]:
+    """For an option that only saves bytes: ``saver`` becomes the default when, at every setting of
+    every model, its file is smaller than the ``incumbent``'s and its top-1 is not lower by more than
+    :data:`MARGIN` points; else the incumbent stays. Also the largest top-1 loss and the byte savings."""
+    pairs = [(s, i) for c in curves for s, i in zip(c[saver], c[incumbent], strict=True)]
+    worst = max(i["top1"] - s["top1"] for s, i in pairs)
+    smaller = all(s["bytes"] < i["bytes"] for s, i in pairs)
+    saved = [i["bytes"] - s["bytes"] for s, i in pairs]
+    wins = smaller and worst <= MARGIN
+    return {
+        "default": saver if wins else incumbent,
+        "incumbent": incumbent,
+        "worst_top1_loss": round(worst, 2),
+        "bytes_saved": [min(saved), max(saved)],
+    }
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -348,6 +381,18 @@ def render(result: dict[str, Any]) -> str:
             *equal_table(ex[key], grains, "bits", bits),
         ]
     out += ["", "Dense and pruned counted together: " + pick_line(picks["quant.granularity"], "granularity")]
+    saving = picks["quant.params"]
+    out += [
+        "",
+        f"**`{BASE_PRUNE},quant{{bits=b params=…}},huffman`** (biases float32 or 16-bit fixed point):",
+        "",
+        *nominal_table(ex["quant_params"], ["0", "16"], QUANT_NAMED, "bits", str),
+        "",
+        f"At every width 3–10 on both models, `params=16` saves {saving['bytes_saved'][0]:,}–"
+        f"{saving['bytes_saved'][1]:,} B and loses at most {saving['worst_top1_loss']:.2f} top-1 points. "
+        f"**Default: `params={saving['default']}`**"
+        + (" (unchanged)." if saving["default"] == saving["incumbent"] else f" (was `{saving['incumbent']}`)."),
+    ]
     return "\n".join(out) + "\n"
 
 

@@ -296,8 +296,10 @@ def test_quant_after_share_rounds_the_codebook(mlp):
 def test_quant_params_stores_biases_in_fixed_point(mlp, tmp_path):
     import sqc
 
-    floats = sqc.compress(mlp, [(1, 64)], "prune{sparsity=0.5},share{bits=4},quant{bits=12},huffman")
+    floats = sqc.compress(mlp, [(1, 64)], "prune{sparsity=0.5},share{bits=4},quant{bits=12 params=0},huffman")
     fixed = sqc.compress(mlp, [(1, 64)], "prune{sparsity=0.5},share{bits=4},quant{bits=12 params=10},huffman")
+    default = sqc.compress(mlp, [(1, 64)], "prune{sparsity=0.5},share{bits=4},quant{bits=12},huffman")
+    assert default.model.tensors["fc1.bias"].fmt.bits == 16  # the default: 16-bit biases
     bias = fixed.model.tensors["fc1.bias"]
     assert bias.kind == "fixed" and bias.fmt is not None and bias.fmt.bits == 10
     assert floats.model.tensors["fc1.bias"].kind == "dense"

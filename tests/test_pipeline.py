@@ -17,7 +17,7 @@ def test_defaults_print_every_option():
     assert text == (
         'prune{sparsity=0.9 scope=global per_layer="" layers=* schedule=oneshot steps=4 epochs=1 lr=0.01 '
         "target=fixed budget=none},"
-        'quant{bits=8 granularity=tensor per_layer="" layers=* params=0},huffman{layers=*}'
+        'quant{bits=8 granularity=tensor per_layer="" layers=* params=16},huffman{layers=*}'
     )
 
 
