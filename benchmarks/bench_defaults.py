@@ -382,6 +382,7 @@ def render(result: dict[str, Any]) -> str:
         ]
     out += ["", "Dense and pruned counted together: " + pick_line(picks["quant.granularity"], "granularity")]
     saving = picks["quant.params"]
+    was = saving["incumbent"]
     out += [
         "",
         f"**`{BASE_PRUNE},quant{{bits=b params=…}},huffman`** (biases float32 or 16-bit fixed point):",
@@ -391,7 +392,7 @@ def render(result: dict[str, Any]) -> str:
         f"At every width 3–10 on both models, `params=16` saves {saving['bytes_saved'][0]:,}–"
         f"{saving['bytes_saved'][1]:,} B and loses at most {saving['worst_top1_loss']:.2f} top-1 points. "
         f"**Default: `params={saving['default']}`**"
-        + (" (unchanged)." if saving["default"] == saving["incumbent"] else f" (was `{saving['incumbent']}`)."),
+        + (" (unchanged)." if saving["default"] == saving["incumbent"] else f" (was `{was}`)."),
     ]
     return "\n".join(out) + "\n"
 
