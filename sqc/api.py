@@ -369,9 +369,9 @@ def simulate(
     ``model``: a ``.sqc`` file, an :class:`Artifact` or its IR, legalized on ``calib`` with ``options``
     exactly as ``sqc lower --target c|hls --calib ... --option ...`` does; or the ``program`` of an
     earlier result (already calibrated). ``calib`` and ``x``: a data file (``x_val``/``x``, labels
-    optional), a tensor or array of inputs, or a loader of ``x`` or ``(x, y)`` batches. ``options``:
-    the legalization options (``act_bits``, ``weight_bits``, ``sparse``, ``calib_samples``) as
-    ``["act_bits=16"]`` or ``{"act_bits": 16}``.
+    optional), a tensor or array of inputs, or a loader of ``x`` or ``(x, y)`` batches (the labels of
+    ``x``, if any, come back as ``labels``). ``options``: the legalization options (``act_bits``,
+    ``weight_bits``, ``sparse``, ``calib_samples``) as ``["act_bits=16"]`` or ``{"act_bits": 16}``.
 
     The result's ``codes`` equal the C target's output codes bit for bit (and HLS C simulation's);
     ``values`` are them as real numbers, e.g. ``(sim.values.argmax(-1) == y).float().mean()`` is the

@@ -94,7 +94,8 @@ def find_ap_types(explicit: str | Path | None = None) -> Path | None:
     spec = find_spec("hls4ml")
     if spec is not None and spec.origin:
         candidates.append(Path(spec.origin).parent / "templates" / "vivado" / "ap_types")
-    return next((c for c in candidates if (c / "ap_fixed.h").is_file()), None)
+    found = next((c for c in candidates if (c / "ap_fixed.h").is_file()), None)
+    return found.resolve() if found is not None else None  # absolute: recorded in a Makefile elsewhere
 
 
 # ------------------------------------------------------------------------------------------------

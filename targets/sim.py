@@ -42,12 +42,14 @@ class Simulation:
     ``codes``: int64 output codes, ``(samples, *output shape)``; ``frac``: the output format (a value
     is ``code * 2**-frac``); ``input_codes``: the quantized inputs, ``(samples, *input shape)``;
     ``program``: the integer program (pass it back to :func:`sqc.simulate` to run other inputs without
-    calibrating again)."""
+    calibrating again); ``labels``: the inputs' class labels when they came with some (a data file
+    with ``y_val``, ``(x, y)`` batches), else None."""
 
     codes: torch.Tensor
     frac: int
     input_codes: torch.Tensor
     program: IntProgram
+    labels: torch.Tensor | None = None
 
     @property
     def values(self) -> torch.Tensor:
@@ -59,11 +61,11 @@ class Simulation:
         return self.program.act_bits
 
 
-def run(program: IntProgram, x: torch.Tensor) -> Simulation:
+def run(program: IntProgram, x: torch.Tensor, labels: torch.Tensor | None = None) -> Simulation:
     """Simulate ``program`` on float inputs ``x`` (quantized with its input format first)."""
     out = program.tensors[program.output]
     codes = simulate(program, x).reshape((x.shape[0], *out.shape))
-    return Simulation(codes, out.fmt.frac, quantize_input(program, x), program)
+    return Simulation(codes, out.fmt.frac, quantize_input(program, x), program, labels)
 
 
 def inputs_for(program: IntProgram, data: CalibData) -> torch.Tensor:
@@ -175,4 +177,5 @@ def simulate_model(
             )
         opts, _ = LowerOptions.parse(options)
         program = legalize(model, calibration_data(calib, opts.calib_samples, model), opts)
-    return run(program, inputs_for(program, calibration_data(x)))
+    data = calibration_data(x)
+    return run(program, inputs_for(program, data), data.y)

@@ -269,6 +269,8 @@ def test_lower_sim_files_and_errors(lenet_sqc: Path, tmp_path: Path, cli: Callab
     assert lines[-1].startswith("top-1 on labels: float")
     sim = sqc.simulate(lenet_sqc, MNIST, calib=tmp_path / "calib.npz")
     assert np.array_equal(np.load(npy), sim.codes.numpy())
+    assert sim.labels is not None and np.array_equal(sim.labels.numpy(), mnist()[1])
+    assert lines[-1].endswith(f"integer {float((sim.values.argmax(-1) == sim.labels).double().mean()):.2%}")
     for argv, message in (
         (("-o", tmp_path / "o.csv", "--calib", MNIST), "target sim writes .npz"),
         (("-o", tmp_path / "o.npz"), "needs --calib FILE"),
