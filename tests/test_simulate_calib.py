@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sqc_lenet import MNIST, lenet, mnist  # tests/models_pkg, on the path (conftest.py)
 
 import sqc
 from sqc.data import DataError
@@ -32,8 +32,6 @@ from sqc.targets.hls import HlsError, build_files, find_ap_types
 from sqc.targets.legalize import LowerOptions, legalize
 from sqc.targets.simulate import simulate
 
-ROOT = Path(__file__).resolve().parents[1]
-MNIST = ROOT / "examples" / "mnist_test_1k.npz"
 CC, GXX, MAKE = shutil.which("cc"), shutil.which("g++"), shutil.which("make")
 AP_TYPES = find_ap_types()
 needs_cc = pytest.mark.skipif(CC is None or MAKE is None, reason="needs a C compiler (cc) and make")
@@ -41,21 +39,6 @@ needs_csim = pytest.mark.skipif(
     GXX is None or MAKE is None or AP_TYPES is None,
     reason="C simulation needs g++, make and the ap_types headers (pip install hls4ml or set SQC_AP_TYPES)",
 )
-
-
-def lenet(name: str) -> nn.Module:
-    spec = importlib.util.spec_from_file_location("sqc_examples_lenet", ROOT / "examples" / "lenet.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = getattr(module, name)()
-    model.load_state_dict(torch.load(ROOT / "examples" / f"{name.lower()}.pt", weights_only=True))
-    return model.eval()
-
-
-def mnist() -> tuple[np.ndarray, np.ndarray]:
-    with np.load(MNIST) as data:
-        return data["x_val"], data["y_val"]
 
 
 @pytest.fixture(scope="module")
