@@ -7,6 +7,7 @@ The Python API (the CLI is a thin layer over it)::
     artifact.save("model.sqc")
     restored = sqc.load("model.sqc")     # a runnable torch.fx.GraphModule
     table = sqc.inspect("model.sqc")     # where every byte goes
+    sim = sqc.simulate("model.sqc", x, calib="data.npz")  # the C/HLS targets' integer outputs
 """
 
 import os as _os
@@ -20,8 +21,8 @@ if not _os.path.isdir(_os.path.join(_here, "formats")) and _os.path.isdir(
 ):
     __path__.append(_os.path.normpath(_os.path.join(_here, "..")))
 
-from sqc.api import Artifact, compress, inspect, load  # noqa: E402
+from sqc.api import Artifact, compress, inspect, load, simulate  # noqa: E402
 from sqc.errors import SqcError, SqcFormatError  # noqa: E402
 
-__all__ = ["Artifact", "SqcError", "SqcFormatError", "compress", "inspect", "load"]
+__all__ = ["Artifact", "SqcError", "SqcFormatError", "compress", "inspect", "load", "simulate"]
 __version__ = "0.1.0"

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,11 @@ from sqc.loaders import (
 from sqc.loading import load_model
 from sqc.pass_base import Pass, PassContext, PassResult, TrainFn
 from sqc.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from sqc.targets.calib import CalibSource
+    from sqc.targets.integer import IntProgram
+    from sqc.targets.sim import Simulation
 
 DEFAULT_PIPELINE = "prune,quant,huffman"
 
@@ -350,3 +355,33 @@ def inspect(target: str | Path | Artifact, **model_options: Any) -> dict[str, An
     if path.suffix == ".sqc" or head.startswith(MAGIC):
         return inspect_container(read_regular(path), str(path))
     return inspect_model(path, **model_options)
+
+
+def simulate(
+    model: str | Path | Artifact | CompressedModel | IntProgram,
+    x: CalibSource,
+    *,
+    calib: CalibSource | None = None,
+    options: list[str] | dict[str, object] | None = None,
+) -> Simulation:
+    """The integer outputs the C and HLS targets will compute for inputs ``x``, without building them.
+
+    ``model``: a ``.sqc`` file, an :class:`Artifact` or its IR, legalized on ``calib`` with ``options``
+    exactly as ``sqc lower --target c|hls --calib ... --option ...`` does; or the ``program`` of an
+    earlier result (already calibrated). ``calib`` and ``x``: a data file (``x_val``/``x``, labels
+    optional), a tensor or array of inputs, or a loader of ``x`` or ``(x, y)`` batches (the labels of
+    ``x``, if any, come back as ``labels``). ``options``: the legalization options (``act_bits``,
+    ``weight_bits``, ``sparse``, ``calib_samples``) as ``["act_bits=16"]`` or ``{"act_bits": 16}``.
+
+    The result's ``codes`` equal the C target's output codes bit for bit (and HLS C simulation's);
+    ``values`` are them as real numbers, e.g. ``(sim.values.argmax(-1) == y).float().mean()`` is the
+    deployed top-1 accuracy.
+    """
+    from sqc.targets.sim import simulate_model
+
+    if isinstance(model, Artifact):
+        model = model.model
+    elif isinstance(model, (str, Path)):
+        model = read(model)
+    pairs = [f"{k}={v}" for k, v in options.items()] if isinstance(options, dict) else options
+    return simulate_model(model, x, calib, pairs)

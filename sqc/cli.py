@@ -534,12 +534,24 @@ def decompress(
 @app.command()
 def lower(
     path: Annotated[Path, typer.Argument(help="the .sqc file")],
-    target: Annotated[str, typer.Option("--target", "-t", help="a target: pytorch, c, hls, a plugin's")],
+    target: Annotated[str, typer.Option("--target", "-t", help="a target: pytorch, c, hls, sim, a plugin's")],
     output: Annotated[Path, typer.Option("-o", "--output", help="where the target writes")],
     force: ForceOpt = False,
     calib: Annotated[
         Path | None,
-        typer.Option("--calib", help="calibration data for integer targets (.npz/.pt with x_val, y_val)"),
+        typer.Option(
+            "--calib",
+            help="calibration inputs for integer targets: .npz/.pt with x_val (y_val optional: adds top-1), "
+            "or a .pt tensor",
+        ),
+    ] = None,
+    loaders: Annotated[
+        str | None,
+        typer.Option(
+            "--loaders",
+            help="pkg.module:fn returning (train_loader, val_loader): calibrate on val_loader's x or (x, y) "
+            "batches, instead of --calib",
+        ),
     ] = None,
     option: Annotated[
         list[str] | None,
@@ -547,7 +559,7 @@ def lower(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Lower a .sqc file for a target (built in: pytorch, c, hls; plugins add theirs)."""
+    """Lower a .sqc file for a target (built in: pytorch, c, hls, sim; plugins add theirs)."""
     from sqc.registry import entries, lookup
 
     entry = lookup("sqc.targets", target)
@@ -556,17 +568,19 @@ def lower(
     lowering = entry.load()
     refuse_input(output, [path, calib])  # whatever the target writes there, never over an input
     extra: dict[str, Any] = {}
-    if calib is not None or option:
+    if calib is not None and loaders is not None:
+        raise SqcError("give either --calib or --loaders, not both")
+    if calib is not None or loaders is not None or option:
         if not getattr(lowering, "takes_options", False):
-            raise SqcError(f"target {target} takes no --calib or --option")
-        extra = {"calib": calib, "options": option or []}
+            raise SqcError(f"target {target} takes no --calib, --loaders or --option")
+        extra = {"calib": calib if loaders is None else _loaders(loaders), "options": option or []}
     result = lowering.lower(path, output, force=force, **extra)
     if not isinstance(result, dict):
         result = {"output": str(output), "bytes": result}
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    if "summary" in result:  # a target that renders its own report (hls)
+    if "summary" in result:  # a target that renders its own report (hls, sim)
         for line in result["summary"]:
             out.print(shown(line))
         return
@@ -579,12 +593,9 @@ def lower(
     out.print(f"{rom}; RAM {result['ram_bytes']:,} bytes ({ram})")
     for line in result.get("notes", []):
         out.print(f"note: {shown(line)}")
-    acc = result.get("accuracy")
-    if acc:
-        agree = acc["top1_agreement"]
-        line = f"integer vs float model on {int(acc['samples'])} inputs: top-1 agreement {agree:.2%}"
-        if "int_top1" in acc:
-            line += f"; top-1 float {acc['float_top1']:.2%}, integer {acc['int_top1']:.2%}"
+    from sqc.targets.simulate import accuracy_lines
+
+    for line in accuracy_lines(result.get("accuracy")):
         out.print(line)
 
 

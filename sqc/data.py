@@ -63,6 +63,13 @@ class Dataset:
 def load_data(path: Path) -> Dataset:
     """Read and validate a data file; every problem is a :class:`DataError` naming the file and key."""
     path = Path(path)
+    return _validate(path, read_arrays(path))
+
+
+def read_arrays(path: Path, bare: str | None = None) -> dict[str, torch.Tensor]:
+    """The checked tensors of a ``.npz`` or ``.pt`` data file by key, without code execution. A ``.pt``
+    holding one bare tensor is accepted as key ``bare`` when given (inputs-only files)."""
+    path = Path(path)
     require_regular(path, DataError, "data file", "no such data file")
     arrays: dict[str, torch.Tensor] = {}
     try:
@@ -73,8 +80,11 @@ def load_data(path: Path) -> Dataset:
                     arrays[key] = torch.from_numpy(np.ascontiguousarray(archive[key]))
         else:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+            if bare is not None and isinstance(loaded, torch.Tensor):
+                loaded = {bare: loaded}
             if not isinstance(loaded, dict):
-                raise DataError(f"{path}: holds a {type(loaded).__name__}, expected a dict of tensors")
+                expected = "a tensor or a dict of tensors" if bare is not None else "a dict of tensors"
+                raise DataError(f"{path}: holds a {type(loaded).__name__}, expected {expected}")
             for key, value in loaded.items():
                 if not isinstance(value, torch.Tensor):
                     raise DataError(f"{path}: {key} is a {type(value).__name__}, expected a tensor")
@@ -88,7 +98,7 @@ def load_data(path: Path) -> Dataset:
         raise DataError(f"{path}: cannot read data ({first})") from None
     for key, value in arrays.items():
         _check_tensor(path, key, value)
-    return _validate(path, arrays)
+    return arrays
 
 
 def check_archive(path: Path) -> None:
@@ -175,11 +185,7 @@ def _validate(path: Path, arrays: dict[str, torch.Tensor]) -> Dataset:
     out: dict[str, torch.Tensor] = {}
     for xk, yk in pairs:
         x, y = arrays[xk], arrays[yk]
-        if not (x.is_floating_point() or x.dtype == torch.uint8):
-            raise DataError(f"{path}: {xk} has dtype {x.dtype}, expected floating point")
-        if x.dim() < 2 or x.shape[0] == 0:
-            shape = tuple(x.shape)
-            raise DataError(f"{path}: {xk} has shape {shape}, expected (samples, ...) with samples > 0")
+        xf = float_inputs(path, xk, x)
         if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
             got = f"{y.dtype} {tuple(y.shape)}"
             raise DataError(f"{path}: {yk} must be a 1-D integer label vector, got {got}")
@@ -191,14 +197,25 @@ def _validate(path: Path, arrays: dict[str, torch.Tensor]) -> Dataset:
             raise DataError(f"{path}: {xk} has {x.shape[0]} samples but {yk} has {y.shape[0]}")
         if int(y.min()) < 0:
             raise DataError(f"{path}: {yk} holds a negative label ({int(y.min())})")
-        xf = x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
-        if not bool(torch.isfinite(xf).all()):
-            raise DataError(f"{path}: {xk} contains NaN or Inf")
         out[xk], out[yk] = xf, y.to(torch.int64)
     if "x_train" in out and out["x_train"].shape[1:] != out["x_val"].shape[1:]:
         train, val = tuple(out["x_train"].shape[1:]), tuple(out["x_val"].shape[1:])
         raise DataError(f"{path}: x_train samples have shape {train} but x_val samples {val}")
     return Dataset(out["x_val"], out["y_val"], out.get("x_train"), out.get("y_train"), str(path))
+
+
+def float_inputs(path: Path | str, key: str, x: torch.Tensor) -> torch.Tensor:
+    """Inputs of a data file as float32 ``(samples, ...)``: floating point, or uint8 read as ``/255``;
+    finite, and at least one sample."""
+    if not (x.is_floating_point() or x.dtype == torch.uint8):
+        raise DataError(f"{path}: {key} has dtype {x.dtype}, expected floating point")
+    if x.dim() < 2 or x.shape[0] == 0:
+        shape = tuple(x.shape)
+        raise DataError(f"{path}: {key} has shape {shape}, expected (samples, ...) with samples > 0")
+    xf = x.to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x.to(torch.float32)
+    if not bool(torch.isfinite(xf).all()):
+        raise DataError(f"{path}: {key} contains NaN or Inf")
+    return xf
 
 
 def check_labels(data: Dataset, model: nn.Module) -> None:

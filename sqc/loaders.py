@@ -119,6 +119,12 @@ def _checked(pair: Any, where: str) -> Loaders:
 def batches(loader: Iterable[Any], source: str, role: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The ``(x, y)`` batches of ``loader``, each checked: two tensors, integer labels, one per sample.
     A loader that fails while producing a batch is reported like a bad batch, in one line."""
+    for number, batch in raw_batches(loader, source, role):
+        yield check_batch(batch, source, role, number)
+
+
+def raw_batches(loader: Iterable[Any], source: str, role: str) -> Iterator[tuple[int, Any]]:
+    """``(number, batch)`` of ``loader``, unchecked (from 1); a loader that fails is one line."""
     iterator: Iterator[Any] | None = None
     number = 0
     while True:
@@ -133,7 +139,7 @@ def batches(loader: Iterable[Any], source: str, role: str) -> Iterator[tuple[tor
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             detail = f"{type(exc).__name__}{': ' if first else ''}{' '.join(first.split())[:200]}"
             raise LoaderError(f"{source}: the {role} loader failed at batch {number} ({detail})") from None
-        yield check_batch(batch, source, role, number)
+        yield number, batch
 
 
 def check_batch(batch: Any, source: str, role: str, number: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,6 +48,9 @@ from sqc.targets.integer import (
     chw,
 )
 from sqc.targets.simulate import regular_windows
+
+if TYPE_CHECKING:
+    from sqc.targets.calib import CalibSource
 
 STATIC_FILES = ("sqc_kernels.c", "sqc_kernels.h", "sqc_weights.inc", "main.c", "Makefile")
 _CTYPES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "sqc_act_t": 0}
@@ -566,30 +570,28 @@ class CTarget:
         output: Path,
         *,
         force: bool = False,
-        calib: Path | None = None,
+        calib: CalibSource | None = None,
         options: list[str] | None = None,
     ) -> dict:
         from sqc.formats.container import read
-        from sqc.targets.legalize import LowerOptions, calibration_inputs, legalize, require_calib
+        from sqc.targets.calib import calib_file, calibration_data
+        from sqc.targets.legalize import LowerOptions, legalize, require_calib
         from sqc.targets.simulate import compare
 
         opts, extra = LowerOptions.parse(options, known_extra=("arena",))
         calib = require_calib("c", calib)
         model = read(Path(source))
-        program = legalize(model, calib, opts, keep_rans=True)
+        data = calibration_data(calib, opts.calib_samples, model)
+        program = legalize(model, data, opts, keep_rans=True)
         report = write_project(
             program,
             Path(output),
             model_name=Path(source).stem,
             force=force,
             arena=extra.get("arena", "static"),
-            inputs=(source, calib),
+            inputs=(source, calib_file(calib)),
         )
-        from sqc.data import load_data
-
-        x = calibration_inputs(model, Path(calib), opts.calib_samples)
-        labels = load_data(Path(calib)).y_val[: x.shape[0]]
-        report["accuracy"] = compare(program, model.graph_module.eval(), x, labels)
+        report["accuracy"] = compare(program, model.graph_module.eval(), data.x, data.y)
         report["notes"] = program.notes
         report["options"] = program.options
         report["output_dir"] = str(output)

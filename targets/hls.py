@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from importlib.util import find_spec
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -57,9 +58,13 @@ from sqc.targets.integer import (
     Weights,
     chw,
 )
+from sqc.targets.simulate import accuracy_lines
 
-STATIC_FILES = ("sqc_hls.h", "tb.cpp", "Makefile")
-EXTRA_OPTIONS = ("reuse", "interface", "part", "clock", "tb_samples")
+if TYPE_CHECKING:
+    from sqc.targets.calib import CalibSource
+
+STATIC_FILES = ("sqc_hls.h", "tb.cpp")
+EXTRA_OPTIONS = ("reuse", "interface", "part", "clock", "tb_samples", "ap_types")
 DENSE_BITS = 16  # hls4ml's default precision ap_fixed<16,6>
 BRAM18_SHAPES = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))
 LUTRAM_BITS = 1024  # banks this small are distributed memory / registers, not block RAM
@@ -73,17 +78,24 @@ def template(name: str) -> str:
     return resources.files("sqc.targets").joinpath("hls_templates", name).read_text(encoding="utf-8")
 
 
-def find_ap_types() -> Path | None:
-    """The directory with ``ap_fixed.h``: ``$SQC_AP_TYPES``, else the hls4ml wheel's copy (not imported)."""
+def find_ap_types(explicit: str | Path | None = None) -> Path | None:
+    """The directory with ``ap_fixed.h``: ``explicit`` (``--option ap_types=DIR``, which must hold it),
+    else ``$SQC_AP_TYPES``, else the hls4ml wheel's copy in sqc's own environment (not imported)."""
     import os
 
+    if explicit:
+        where = Path(explicit).expanduser().resolve()
+        if not (where / "ap_fixed.h").is_file():
+            raise HlsError(f"--option ap_types={explicit}: no ap_fixed.h in that directory")
+        return where
     candidates = []
     if os.environ.get("SQC_AP_TYPES"):
         candidates.append(Path(os.environ["SQC_AP_TYPES"]))
     spec = find_spec("hls4ml")
     if spec is not None and spec.origin:
         candidates.append(Path(spec.origin).parent / "templates" / "vivado" / "ap_types")
-    return next((c for c in candidates if (c / "ap_fixed.h").is_file()), None)
+    found = next((c for c in candidates if (c / "ap_fixed.h").is_file()), None)
+    return found.resolve() if found is not None else None  # absolute: recorded in a Makefile elsewhere
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,6 +110,8 @@ class HlsOptions:
     interface: ``stream`` (AXI-stream ports) or ``mm`` (AXI memory-mapped, s_axilite control).
     part / clock: the FPGA part and clock period in ns written into ``build.tcl``.
     tb_samples: how many calibration inputs become the testbench's golden data.
+    ap_types: the ap_fixed/ap_int header directory the emitted Makefile records (default: found as
+    :func:`find_ap_types` finds it, at lowering time).
     """
 
     reuse: str = "1"
@@ -106,6 +120,7 @@ class HlsOptions:
     clock: float = 5.0
     tb_samples: int = 100
     table: tuple[tuple[str, int], ...] = field(default=(), repr=False)
+    ap_types: str = ""
 
     @staticmethod
     def parse(extra: dict[str, str]) -> HlsOptions:
@@ -136,7 +151,7 @@ class HlsOptions:
             raise HlsError(f"--option clock={clock}: expected a period in ns")
         if samples < 1:
             raise HlsError(f"--option tb_samples={samples}: expected a positive count")
-        return HlsOptions(reuse, interface, part, clock, samples, tuple(table))
+        return HlsOptions(reuse, interface, part, clock, samples, tuple(table), extra.get("ap_types", ""))
 
     def reuse_for(self, layer: str, tensor: str) -> int:
         """The last matching entry wins, so ``*:16;fc1:4`` reads naturally; no match means 1."""
@@ -762,6 +777,8 @@ def write_project(
     files["build.tcl"] = tcl.encode("utf-8")
     for name in STATIC_FILES:
         files[name] = resources.files("sqc.targets").joinpath("hls_templates", name).read_bytes()
+    headers = find_ap_types(opts.ap_types or None)
+    files.update(build_files(model_name, headers))
     dtype = np.int8 if bits == 8 else np.int16
     samples = 0
     if golden is not None:
@@ -770,7 +787,24 @@ def write_project(
         files["tb_input.bin"] = np.asarray(codes_in, dtype=dtype).tobytes()
         files["tb_output.bin"] = np.asarray(codes_out, dtype=dtype).tobytes()
     write_files(out_dir, files, force=force, inputs=inputs)
-    return report(wr, opts, samples)
+    result = report(wr, opts, samples)
+    result["ap_types"] = str(headers) if headers is not None else None
+    return result
+
+
+def build_files(model_name: str, headers: Path | None) -> dict[str, bytes]:
+    """``Makefile`` and ``README.md`` with the ap_types directory found at lowering time recorded, so
+    that ``make csim`` builds wherever the project lands, whatever ``python3`` is on PATH there
+    (``make csim AP_TYPES=...`` overrides it)."""
+    where = "" if headers is None else str(headers)
+    if any(c in where for c in '"\n\r'):
+        raise HlsError(f"{where}: an ap_types path with quotes or line breaks cannot go in a Makefile")
+    makefile = template("Makefile").replace("{{AP_TYPES}}", where.replace("$", "$$").replace("#", "\\#"))
+    status = f"AP_TYPES ?= {where}" if headers is not None else "(none was found: pass AP_TYPES=... to make)"
+    readme = (
+        template("README.md.tmpl").replace("{{MODEL}}", model_name).replace("{{AP_TYPES_STATUS}}", status)
+    )
+    return {"Makefile": makefile.encode("utf-8"), "README.md": readme.encode("utf-8")}
 
 
 def report(wr: _Writer, opts: HlsOptions, samples: int) -> dict:
@@ -832,15 +866,14 @@ def summary(result: dict) -> list[str]:
         f"{t['other_bits']:,} bits"
     )
     lines.extend(f"note: {line}" for line in result.get("notes", []))
-    acc = result.get("accuracy")
-    if acc:
-        line = (
-            f"integer vs float model on {int(acc['samples'])} inputs: "
-            f"top-1 agreement {acc['top1_agreement']:.2%}"
-        )
-        if "int_top1" in acc:
-            line += f"; top-1 float {acc['float_top1']:.2%}, integer {acc['int_top1']:.2%}"
-        lines.append(line)
+    headers = result.get("ap_types")
+    lines.append(
+        f"make csim: AP_TYPES={headers} recorded in the Makefile"
+        if headers
+        else "make csim: no ap_types headers found (--option ap_types=DIR, $SQC_AP_TYPES or hls4ml): "
+        "pass AP_TYPES=DIR to make"
+    )
+    lines.extend(accuracy_lines(result.get("accuracy")))
     return lines
 
 
@@ -856,12 +889,12 @@ class HlsTarget:
         output: Path,
         *,
         force: bool = False,
-        calib: Path | None = None,
+        calib: CalibSource | None = None,
         options: list[str] | None = None,
     ) -> dict:
-        from sqc.data import load_data
         from sqc.formats.container import read
-        from sqc.targets.legalize import LowerOptions, calibration_inputs, legalize, require_calib
+        from sqc.targets.calib import calib_file, calibration_data
+        from sqc.targets.legalize import LowerOptions, legalize, require_calib
         from sqc.targets.simulate import compare, quantize_input, simulate
 
         opts, extra = LowerOptions.parse(options, EXTRA_OPTIONS)
@@ -871,8 +904,9 @@ class HlsTarget:
         for state in model.tensors.values():
             if state.coder not in ("raw", "huffman") and state.codes is None:
                 raise HlsError(f"tensor {state.name}: coder {state.coder} gives no integer codes to lay out")
-        program = legalize(model, calib, opts)
-        x = calibration_inputs(model, Path(calib), max(opts.calib_samples, hls.tb_samples))
+        data = calibration_data(calib, max(opts.calib_samples, hls.tb_samples), model)
+        program = legalize(model, data, opts)
+        x = data.x
         golden_x = x[: hls.tb_samples]
         codes = quantize_input(program, golden_x).reshape(golden_x.shape[0], -1).numpy()
         want = simulate(program, golden_x).reshape(golden_x.shape[0], -1).numpy()
@@ -883,10 +917,10 @@ class HlsTarget:
             golden=(codes, want),
             model_name=Path(source).stem,
             force=force,
-            inputs=(source, calib),
+            inputs=(source, calib_file(calib)),
         )
-        labels = load_data(Path(calib)).y_val[: opts.calib_samples]
-        result["accuracy"] = compare(program, model.graph_module.eval(), x[: opts.calib_samples], labels)
+        seen = data.head(opts.calib_samples)
+        result["accuracy"] = compare(program, model.graph_module.eval(), seen.x, seen.y)
         coded = sorted({w.name for w in program.weights if w.symbols.kind == "huffman"})
         notes = list(program.notes)
         if coded:

@@ -24,6 +24,7 @@ from sqc.errors import SqcError
 from sqc.formats import bitpack, huffman, rans, sparse_index
 from sqc.ir import CompressedModel, FixedPoint, TensorState
 from sqc.ops import aten_name, function_name
+from sqc.targets.calib import CalibSource, calibration_data
 from sqc.targets.integer import (
     ActFormat,
     Add,
@@ -55,14 +56,15 @@ class LowerError(SqcError):
     """A model, option or op the integer lowering cannot represent exactly."""
 
 
-def require_calib(target: str, calib: Path | None) -> Path:
-    """The calibration file an integer target cannot lower without (activation formats come from it)."""
+CALIB_HELP = "--calib FILE (a .npz/.pt with x_val, or a .pt tensor of inputs) or --loaders pkg.module:fn"
+
+
+def require_calib(target: str, calib: CalibSource | None) -> CalibSource:
+    """The calibration inputs an integer target cannot lower without (activation formats come from
+    them); labels are optional (:mod:`sqc.targets.calib`)."""
     if calib is None:
-        raise LowerError(
-            f"target {target} needs --calib FILE (a .npz/.pt with x_val): activation formats come from "
-            "calibration"
-        )
-    return Path(calib)
+        raise LowerError(f"target {target} needs {CALIB_HELP}: activation formats come from calibration")
+    return calib
 
 
 @dataclass(frozen=True)
@@ -153,19 +155,10 @@ class _Recorder(fx.Interpreter):
         return result
 
 
-def calibration_inputs(model: CompressedModel, path: Path, samples: int) -> torch.Tensor:
-    """The first ``samples`` validation inputs of a data file, shaped like the model's input."""
-    from sqc.data import load_data
-
-    if len(model.inputs) != 1:
-        raise LowerError(f"the integer targets take models with one input, this one has {len(model.inputs)}")
-    x = load_data(path).x_val[:samples]
-    want = model.inputs[0].shape[1:]
-    if tuple(x.shape[1:]) != tuple(want):
-        if math.prod(x.shape[1:]) != math.prod(want):
-            raise LowerError(f"{path}: x_val samples of shape {tuple(x.shape[1:])} do not fit input {want}")
-        x = x.reshape((x.shape[0], *want))
-    return x
+def calibration_inputs(model: CompressedModel, source: CalibSource, samples: int) -> torch.Tensor:
+    """The first ``samples`` calibration inputs (:func:`~sqc.targets.calib.calibration_data`), shaped
+    like the model's input."""
+    return calibration_data(source, samples, model).x
 
 
 def refuse_open_ops(model: CompressedModel) -> None:
@@ -970,12 +963,13 @@ class _Walk:
 
 def legalize(
     source: Path | CompressedModel,
-    calib_path: Path | None,
+    calib_path: CalibSource | None,
     opts: LowerOptions | None = None,
     *,
     keep_rans: bool = False,
 ) -> IntProgram:
-    """Read a ``.sqc`` file (or take a model), calibrate on ``calib_path`` and build the integer program.
+    """Read a ``.sqc`` file (or take a model), calibrate on ``calib_path`` (a data file, inputs or
+    loaders: :mod:`sqc.targets.calib`) and build the integer program.
 
     ``keep_rans``: keep rANS-coded tensors' context-coded streams (a ``rans`` :class:`Stream`) for a
     target whose runtime decodes them (the C target); off, they are stored packed or Huffman-coded."""
@@ -984,13 +978,10 @@ def legalize(
     opts = opts or LowerOptions()
     model = read(Path(source)) if not isinstance(source, CompressedModel) else source
     if calib_path is None:
-        raise LowerError(
-            "integer targets need --calib FILE (a .npz/.pt with x_val): activation formats come from "
-            "calibration"
-        )
+        raise LowerError(f"integer targets need {CALIB_HELP}: activation formats come from calibration")
     refuse_open_ops(model)
-    x = calibration_inputs(model, Path(calib_path), opts.calib_samples)
-    calib = calibrate(model, x)
+    data = calibration_data(calib_path, opts.calib_samples, model)
+    calib = calibrate(model, data.x)
     program = _Walk(model, calib, opts, keep_rans).run()
-    program.notes.insert(0, f"calibrated on {calib.samples} inputs of {calib_path}")
+    program.notes[:0] = [f"calibrated on {calib.samples} inputs of {data.source}", *data.notes]
     return program

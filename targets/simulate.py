@@ -203,16 +203,47 @@ def simulate(program: IntProgram, x: torch.Tensor, batch: int = 500) -> torch.Te
 
 
 def compare(
-    program: IntProgram, float_model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
+    program: IntProgram,
+    float_model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    codes: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Top-1 of the integer model vs the float model (and vs labels when given) on ``x``."""
-    codes = simulate(program, x)
+    """The integer model against the float model on ``x``: top-1 agreement and the largest and mean
+    absolute difference of the outputs (in output units, and in output LSBs); with labels ``y``, the
+    top-1 accuracy of both. ``codes``: the integer outputs when already simulated."""
+    codes = simulate(program, x) if codes is None else codes
     with torch.no_grad():
-        ref = float_model(x)
-    int_top = dequantize_output(program, codes).reshape(codes.shape[0], -1).argmax(-1)
-    float_top = ref.reshape(ref.shape[0], -1).argmax(-1)
-    report = {"samples": float(x.shape[0]), "top1_agreement": float((int_top == float_top).float().mean())}
+        ref = float_model(x).to(torch.float64)
+    n = codes.shape[0]
+    ints, floats = dequantize_output(program, codes).reshape(n, -1), ref.reshape(n, -1)
+    error = (ints - floats).abs()
+    lsb = 2.0 ** -program.tensors[program.output].fmt.frac
+    int_top, float_top = ints.argmax(-1), floats.argmax(-1)
+    report = {
+        "samples": float(n),
+        "top1_agreement": float((int_top == float_top).double().mean()),
+        "max_abs_error": float(error.max()),
+        "mean_abs_error": float(error.mean()),
+        "output_lsb": lsb,
+    }
     if y is not None:
-        report["float_top1"] = float((float_top == y).float().mean())
-        report["int_top1"] = float((int_top == y).float().mean())
+        report["float_top1"] = float((float_top == y).double().mean())
+        report["int_top1"] = float((int_top == y).double().mean())
     return report
+
+
+def accuracy_lines(acc: dict[str, float] | None) -> list[str]:
+    """The report's lines for :func:`compare`'s result (every integer target prints these)."""
+    if not acc:
+        return []
+    lsb = acc["output_lsb"]
+    lines = [
+        f"integer vs float model on {int(acc['samples'])} inputs: "
+        f"top-1 agreement {acc['top1_agreement']:.2%}, "
+        f"max |error| {acc['max_abs_error']:.4g} ({acc['max_abs_error'] / lsb:.3g} LSB), "
+        f"mean |error| {acc['mean_abs_error']:.4g}"
+    ]
+    if "int_top1" in acc:
+        lines.append(f"top-1 on labels: float {acc['float_top1']:.2%}, integer {acc['int_top1']:.2%}")
+    return lines
