@@ -33,6 +33,7 @@ BUILTIN_TARGETS: dict[str, str] = {
     "pytorch": "sqc.targets.pytorch:PyTorchTarget",
     "c": "sqc.targets.c:CTarget",
     "hls": "sqc.targets.hls:HlsTarget",
+    "onnx": "sqc.targets.onnx:OnnxTarget",
 }
 
 BUILTIN_FORMATS: dict[str, str] = {
