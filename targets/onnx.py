@@ -65,6 +65,26 @@ class Sym:
     name: str
 
 
+def _width(bits: int) -> int:
+    """The ONNX integer width that holds ``bits``-bit values: 4, 8, 16 or 32."""
+    return 4 if bits <= 4 else 8 if bits <= 8 else 16 if bits <= 16 else 32
+
+
+def _index_bits(entries: int) -> int:
+    return max(1, math.ceil(math.log2(max(2, entries))))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a record's integer codes went: ``codes`` (an initializer, every code or the kept ones),
+    ``positions`` (int64 positions of the kept ones, or None when dense), ``filled`` (some stored code
+    is the filler)."""
+
+    codes: str
+    positions: str | None
+    filled: bool
+
+
 class Unsupported(SqcError):
     """An op (or an argument of one) that has no ONNX form here."""
 
@@ -160,7 +180,12 @@ class Converter:
     def _fixed(self, state: TensorState) -> str:
         assert state.codes is not None and state.fmt is not None
         fmt = state.fmt
-        codes = self._packed(self.fresh(f"{state.name}.codes"), state.codes.numpy(), fmt.bits, True)
+        layout = self._layout(state, state.codes.numpy().astype(np.int64), fmt.bits, fmt.bits, 0, True)
+        codes = layout.codes
+        if layout.positions is not None:
+            codes = self._scatter(
+                state, self.op("Cast", [codes], to=self.onnx.TensorProto.INT32), layout.positions
+            )
         steps = np.asarray(fmt.steps, dtype=np.float32)
         if fmt.per_channel:
             scale = self.const(steps, f"{state.name}.scale")
@@ -171,19 +196,89 @@ class Converter:
     def _shared(self, state: TensorState) -> str:
         assert state.codes is not None and state.codebook is not None
         book = state.codebook.numpy().astype(np.float32)
-        codes = state.codes.numpy().astype(np.int64)
-        if state.mask is not None and not bool(state.mask.all()):
-            zero = np.flatnonzero((book == 0) & ~np.signbit(book))
-            if zero.size:
-                index = int(zero[0])
-            else:
-                index, book = book.size, np.append(book, np.float32(0.0))
-            codes = np.where(state.mask.numpy(), codes, index)
-        bits = max(1, math.ceil(math.log2(book.size)))
-        indices = self._packed(self.fresh(f"{state.name}.indices"), codes, bits, False)
-        wide = self.op("Cast", [indices], f"{state.name}.index", to=self.onnx.TensorProto.INT32)
+        zero = np.flatnonzero((book == 0) & ~np.signbit(book))
+        filler = int(zero[0]) if zero.size else book.size  # the entry a pruned position reads: +0.0
+        bits = _index_bits(book.size)
+        values = state.codes.numpy().astype(np.int64)
+        layout = self._layout(state, values, bits, _index_bits(filler + 1), filler)
+        if layout.filled and filler == book.size:
+            book = np.append(book, np.float32(0.0))
+        indices = self.op("Cast", [layout.codes], f"{state.name}.index", to=self.onnx.TensorProto.INT32)
         table = self.const(book, f"{state.name}.codebook")
-        return self.op("Gather", [table, wide], state.name, axis=0)
+        if layout.positions is None:
+            return self.op("Gather", [table, indices], state.name, axis=0)
+        kept = self.op("Gather", [table, indices], f"{state.name}.kept_values", axis=0)
+        return self._scatter(state, kept, layout.positions, state.name)
+
+    def _scatter(self, state: TensorState, kept: str, positions: str, name: str | None = None) -> str:
+        """``kept`` values (int32 codes or float32 weights) at ``positions`` of a zero tensor of the
+        record's shape: the sparse layout expanded (ONNX Runtime folds it once, at load)."""
+        dtype = np.float32 if name is not None else np.int32
+        zeros = self.op(
+            "ConstantOfShape",
+            [self.ints([state.numel], "numel")],
+            value=self.onnx.numpy_helper.from_array(np.zeros(1, dtype)),
+        )
+        scattered = self.op("ScatterElements", [zeros, positions, kept], axis=0)
+        return self.op(
+            "Reshape", [scattered, self.ints(list(state.shape), "shape")], name or f"{state.name}.codes"
+        )
+
+    def _layout(
+        self,
+        state: TensorState,
+        values: np.ndarray,
+        bits: int,
+        filler_bits: int,
+        filler: int,
+        signed: bool = False,
+    ) -> Layout:
+        """The integer codes of a record in whichever of two layouts takes fewer bytes:
+
+        * dense: every code (``filler`` at pruned positions), packed at the narrowest ONNX width;
+        * sparse: the kept codes and the gaps between their positions (Deep Compression's relative
+          index, at 4, 8 or 16 bits; a gap longer than the width allows takes ``filler`` entries on
+          pruned positions on the way), turned into positions by ``CumSum``.
+
+        ``filler_bits`` is the code width once ``filler`` must be representable (a codebook that needs a
+        +0.0 entry appended).
+        """
+        flat = values.reshape(-1)
+        mask = None if state.mask is None else state.mask.numpy().reshape(-1)
+        pruned = mask is not None and not bool(mask.all())
+        dense_bits = _width(filler_bits if pruned else bits)
+        best: tuple[float, int] = (flat.size * dense_bits / 8, 0)
+        kept = np.flatnonzero(mask) if pruned else np.empty(0, np.int64)
+        distance = np.diff(kept, prepend=-1)
+        for gap_bits in (4, 8, 16) if pruned else ():
+            fillers = int(((distance - 1) // ((1 << gap_bits) - 1)).sum())
+            cost = (kept.size + fillers) * (_width(filler_bits if fillers else bits) + gap_bits) / 8
+            best = min(best, (cost, gap_bits))
+        gap_bits = best[1]
+        if not gap_bits:
+            if pruned:
+                flat = np.where(mask, flat, filler)
+            codes = self._packed(
+                self.fresh(f"{state.name}.codes"), flat.reshape(values.shape), dense_bits, signed
+            )
+            return Layout(codes, None, pruned)
+        limit = (1 << gap_bits) - 1
+        fillers = (distance - 1) // limit
+        # each kept entry is preceded by its fillers: gaps of ``limit``, then the rest of its distance
+        last = np.cumsum(fillers + 1) - 1
+        gaps = np.full(int(last[-1]) + 1 if last.size else 0, limit, dtype=np.int64)
+        gaps[last] = distance - fillers * limit
+        entries = np.full(gaps.size, filler, dtype=np.int64)
+        entries[last] = flat[kept]
+        filled = bool(fillers.any())
+        codes = self._packed(
+            self.fresh(f"{state.name}.kept"), entries, _width(filler_bits if filled else bits), signed
+        )
+        steps = self._packed(self.fresh(f"{state.name}.gaps"), gaps, gap_bits, False)
+        tp = self.onnx.TensorProto
+        positions = self.op("CumSum", [self.op("Cast", [steps], to=tp.INT64), self.ints([0], "axis")])
+        positions = self.op("Sub", [positions, self.const(np.int64(1), "one")], f"{state.name}.positions")
+        return Layout(codes, positions, filled)
 
     # ---- values ----------------------------------------------------------------------------
 

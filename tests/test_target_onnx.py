@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import sqc
+from sqc.ir import CODE_DTYPE, FixedPoint, TensorState, index_dtype
 
 onnx = pytest.importorskip("onnx", reason="the onnx target needs onnx (pip install 'sqc[onnx]')")
 ort = pytest.importorskip("onnxruntime", reason="the onnx target's tests run models in onnxruntime")
@@ -135,22 +138,32 @@ def test_lenets_match_sqc_load_on_mnist(cli, tmp_path: Path, arch: str, pipeline
 def test_weights_stay_integer(cli, tmp_path: Path):
     """Quantized weights are integer initializers (4-bit packed where the codes fit), shared weights a
     float codebook and narrow indices: no float copy of a compressed weight is in the file."""
-    source = tmp_path / "m.sqc"
-    sqc.compress(lenet("LeNet5"), [(1, 1, 28, 28)], "prune{sparsity=0.9},quant{bits=4},huffman").save(source)
-    lower(cli, source, tmp_path / "q.onnx")
-    kinds = {i.name: i.data_type for i in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
     tp = onnx.TensorProto
-    assert kinds["fc1.weight.codes"] == tp.INT4 and kinds["conv1.weight.codes"] == tp.INT4
+
+    def initializers(pipeline: str, arch: str = "LeNet5") -> dict:
+        source, output = tmp_path / "m.sqc", tmp_path / "m.onnx"
+        sqc.compress(lenet(arch), [(1, 1, 28, 28)], pipeline).save(source, force=True)
+        result = cli("lower", source, "--target", "onnx", "-o", output, "--force")
+        assert result.code == 0, result.err
+        return {i.name: i for i in onnx.load(str(output)).graph.initializer}
+
+    dense = initializers("quant{bits=4},huffman")
+    assert dense["fc1.weight.codes"].data_type == tp.INT4 and dense["conv1.weight.codes"].data_type == tp.INT4
     assert not any(
-        name.startswith("fc1.weight") and t == tp.FLOAT and "scale" not in name for name, t in kinds.items()
+        i.data_type == tp.FLOAT and i.name.startswith("fc1.weight") and "scale" not in i.name
+        for i in dense.values()
     )
 
-    shared = tmp_path / "s.sqc"
-    sqc.compress(lenet("LeNet300"), [(1, 1, 28, 28)], "share{bits=4},huffman").save(shared)
-    lower(cli, shared, tmp_path / "s.onnx")
-    inits = {i.name: i for i in onnx.load(str(tmp_path / "s.onnx")).graph.initializer}
-    assert inits["fc1.weight.indices"].data_type == tp.UINT4
-    assert list(inits["fc1.weight.codebook"].dims) == [16]
+    shared = initializers("share{bits=4},huffman", "LeNet300")
+    assert shared["fc1.weight.codes"].data_type == tp.UINT4
+    assert list(shared["fc1.weight.codebook"].dims) == [16]
+
+    # pruned: the kept codes and their 4/8/16-bit position gaps, never every position
+    sparse = initializers("prune{sparsity=0.9},quant{bits=4},huffman")
+    assert sparse["fc1.weight.kept"].data_type == tp.INT4
+    assert sparse["fc1.weight.gaps"].data_type in (tp.UINT4, tp.UINT8, tp.UINT16)
+    assert "fc1.weight.codes" not in sparse
+    assert sparse["fc1.weight.kept"].dims[0] < 0.2 * 500 * 800  # 10 % kept, and a few filler entries
 
 
 def test_size_is_reported_next_to_the_sqc(cli, tmp_path: Path):
@@ -240,3 +253,59 @@ def test_options_and_missing_onnx(cli, tmp_path: Path, monkeypatch):
     missing = cli("lower", source, "--target", "onnx", "-o", out)
     assert missing.code == 1 and "pip install 'sqc[onnx]'" in missing.err
     assert not out.exists()
+
+
+@st.composite
+def records(draw) -> TensorState:
+    """A pruned/shared/fixed-point record: any density, runs of pruned weights longer than every gap
+    width (16-bit gaps need filler entries past 65,535), codebooks with and without a +0.0 entry."""
+    rows = draw(st.integers(1, 6))
+    cols = draw(st.sampled_from([1, 7, 300, 20_000]))
+    shape = (rows, cols)
+    numel = rows * cols
+    seed = draw(st.integers(0, 2**31))
+    generator = torch.Generator().manual_seed(seed)
+    density = draw(st.sampled_from([0.0, 0.001, 0.05, 0.5, 1.0]))
+    mask = torch.rand(shape, generator=generator) < density
+    if draw(st.booleans()):
+        mask = None
+    kind = draw(st.sampled_from(["fixed", "channel", "shared"]))
+    state = TensorState("layer.weight", shape, "weight")
+    if kind == "shared":
+        entries = draw(st.sampled_from([2, 15, 16, 17, 256, 300]))
+        book = torch.randn(entries, generator=generator)
+        if draw(st.booleans()):
+            book[entries // 2] = 0.0
+        state.codebook = book
+        state.codes = torch.randint(0, entries, shape, generator=generator).to(index_dtype(entries))
+    else:
+        bits = draw(st.sampled_from([2, 4, 5, 8, 12, 16, 20]))
+        frac = (3,) * rows if kind == "channel" else (5,)
+        mult = (3,) * len(frac) if bits <= 16 and draw(st.booleans()) else ()
+        state.fmt = FixedPoint(bits, frac, mult)
+        low, high = state.fmt.qmin, state.fmt.qmax
+        state.codes = torch.randint(low, high + 1, shape, generator=generator).to(CODE_DTYPE)
+    state.set_mask(mask)
+    assert numel == state.numel
+    return state
+
+
+@settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(records())
+def test_weight_layouts_decode_exactly(state: TensorState):
+    """Every layout the target chooses (dense or kept+gaps, with fillers, a codebook's zero entry
+    appended or its own) gives back in ONNX Runtime exactly the value the record decodes to."""
+    from sqc.targets.onnx import Converter
+
+    state.verify()
+    converter = Converter(None)  # type: ignore[arg-type]  # only the weight emitters are used
+    name = converter._fixed(state) if state.kind == "fixed" else converter._shared(state)
+    helper = onnx.helper
+    out = helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(state.shape))
+    graph = helper.make_graph(converter.nodes, "w", [], [out], initializer=converter.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+    want = state.decode().numpy()
+    assert np.array_equal(got, want) and np.array_equal(np.signbit(got), np.signbit(want))
