@@ -108,16 +108,18 @@ def main() -> None:
                     row[f"max_abs_diff_{label}"] = float(np.abs(got - want).max())
                     row[f"top1_agreement_{label}"] = float((got.argmax(1) == want.argmax(1)).mean())
                 rows.append(row)
+                exact = f"{row['max_abs_diff_fp32_session']:.2g} / {row['max_abs_diff_default_session']:.2g}"
+                agree = (
+                    f"{row['top1_agreement_fp32_session']:.1%} / {row['top1_agreement_default_session']:.1%}"
+                )
                 print(
                     f"{net:9} {name:17} sqc {row['sqc_bytes']:>9,}  onnx int {row['onnx_int_bytes']:>9,}  "
                     f"onnx fp32 {row['onnx_float_bytes']:>9,}  dense fp32 onnx {len(dense):>9,}  "
-                    f"diff {row['max_abs_diff_fp32_session']:.2g} / {row['max_abs_diff_default_session']:.2g}  "
-                    f"agree {row['top1_agreement_fp32_session']:.1%} / {row['top1_agreement_default_session']:.1%}",
+                    f"diff {exact}  agree {agree}",
                     flush=True,
                 )
     import onnx
     import onnxruntime
-
     from provenance import git_state
 
     results = {

@@ -181,10 +181,25 @@ def test_size_is_reported_next_to_the_sqc(cli, tmp_path: Path):
     assert_close(run_onnx(tmp_path / "dense.onnx", x), run_onnx(output, x))
 
 
+class BiRNN(nn.Module):
+    """Two bidirectional layers: ONNX's direction=bidirectional, the reverse weights' gates reordered."""
+
+    def __init__(self, kind: str = "LSTM") -> None:
+        super().__init__()
+        self.rnn = getattr(nn, kind)(8, 12, num_layers=2, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(24, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.rnn(x)
+        return self.fc(y[:, -1])
+
+
 def _zoo(name: str):
     import sqc_zoo_models as zoo
 
     return {
+        "bilstm": (BiRNN, "1,6,8"),
+        "bigru": (lambda: BiRNN("GRU"), "1,6,8"),
         "encoder": (zoo.Encoder, "1,10,32"),
         "lstm": (zoo.LSTMModel, "1,12,16"),
         "gru": (zoo.GRUModel, "1,12:int64"),
@@ -199,6 +214,8 @@ def _zoo(name: str):
         ("encoder", "prune{sparsity=0.5},quant{bits=8},huffman"),
         ("lstm", "prune{sparsity=0.5},share{bits=4},rans"),
         ("gru", "quant{bits=6},huffman"),
+        ("bilstm", "prune{sparsity=0.5},quant{bits=8},huffman"),
+        ("bigru", "share{bits=3},rans"),
     ],
 )
 def test_models_match_sqc_load(cli, tmp_path: Path, firenet, model: str, pipeline: str):
