@@ -31,13 +31,10 @@ MNIST = ROOT / "examples" / "mnist_test_1k.npz"
 
 
 def lenet(name: str) -> nn.Module:
-    import importlib.util
+    """The trained MNIST LeNets of ``examples/`` (``sqc.models`` has the same layer names)."""
+    from sqc.models import get_model
 
-    spec = importlib.util.spec_from_file_location("sqc_examples_lenet", ROOT / "examples" / "lenet.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = getattr(module, name)()
+    model = get_model(name.lower())
     model.load_state_dict(torch.load(ROOT / "examples" / f"{name.lower()}.pt", weights_only=True))
     return model.eval()
 
