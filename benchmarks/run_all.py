@@ -22,6 +22,8 @@
                          LeNets only).
 12. ``bench_defaults.py``: prune's scope, share's init and quant's granularity at equal size on both
                          LeNets (issue 16); results/defaults.json and, unless ``--quick``, its README tables.
+13. ``bench_onnx.py``:   the ONNX target on the LeNets: .sqc vs .onnx vs dense fp32 ONNX bytes, ONNX
+                         Runtime vs ``sqc.load`` on 1,000 images; results/onnx.json (needs onnxruntime).
 
 Each runs in its own process with this interpreter, one after the other (the machine has two cores;
 running them side by side would spoil every timing). Output streams through; a failing benchmark is
@@ -61,6 +63,7 @@ BENCHMARKS = (
     "zoo",
     "nncodec",
     "defaults",
+    "onnx",
 )
 
 
@@ -94,6 +97,7 @@ def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
         "zoo": [py, str(HERE / "bench_zoo.py"), *(["--only", "lstm,transformer_encoder"] if quick else [])],
         "nncodec": [py, str(HERE / "bench_nncodec.py"), *(["--quick"] if quick else [])],
         "defaults": [py, str(HERE / "bench_defaults.py"), *([] if quick else ["--write"])],
+        "onnx": [py, str(HERE / "bench_onnx.py")],
     }
 
 

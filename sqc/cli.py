@@ -534,7 +534,9 @@ def decompress(
 @app.command()
 def lower(
     path: Annotated[Path, typer.Argument(help="the .sqc file")],
-    target: Annotated[str, typer.Option("--target", "-t", help="a target: pytorch, c, hls, sim, a plugin's")],
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="a target: pytorch, c, hls, sim, onnx, a plugin's")
+    ],
     output: Annotated[Path, typer.Option("-o", "--output", help="where the target writes")],
     force: ForceOpt = False,
     calib: Annotated[
@@ -559,7 +561,7 @@ def lower(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Lower a .sqc file for a target (built in: pytorch, c, hls, sim; plugins add theirs)."""
+    """Lower a .sqc file for a target (built in: pytorch, c, hls, sim, onnx; plugins add theirs)."""
     from sqc.registry import entries, lookup
 
     entry = lookup("sqc.targets", target)

@@ -34,6 +34,7 @@ BUILTIN_TARGETS: dict[str, str] = {
     "c": "sqc.targets.c:CTarget",
     "hls": "sqc.targets.hls:HlsTarget",
     "sim": "sqc.targets.sim:SimTarget",
+    "onnx": "sqc.targets.onnx:OnnxTarget",
 }
 
 BUILTIN_FORMATS: dict[str, str] = {
