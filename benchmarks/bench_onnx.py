@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -123,14 +124,15 @@ def main() -> None:
     from provenance import git_state
 
     results = {
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
         "command": "python benchmarks/bench_onnx.py",
-        **git_state(),
+        "git": git_state(),
+        "loadavg_1min_at_end": round(os.getloadavg()[0], 1),
         "images": int(x.shape[0]),
         "rows": rows,
     }

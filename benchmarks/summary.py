@@ -239,6 +239,28 @@ def c_target(d: Json) -> Figures:
     )
 
 
+def onnx(d: Json) -> Figures:
+    """bench_onnx: the ONNX target keeps integer weights; the dense fp32 ONNX model is what a user
+    exports without sqc, and ONNX Runtime must compute what ``sqc.load`` computes."""
+    sqc, base, ratio, ok = [], [], [], True
+    for r in d["rows"]:
+        label = f"{'LeNet-300-100' if r['network'] == 'lenet300' else 'LeNet-5'} {r['pipeline_name']}"
+        ok &= r["top1_agreement_fp32_session"] == 1.0 and r["onnx_int_bytes"] < r["onnx_dense_fp32_bytes"]
+        sqc.append(f"{label}: {n(r['onnx_int_bytes'])} B (`.sqc` {n(r['sqc_bytes'])} B)")
+        base.append(f"{label}: {n(r['onnx_dense_fp32_bytes'])} B")
+        ratio.append(
+            f"{label}: {r['onnx_dense_fp32_bytes'] / r['onnx_int_bytes']:.1f}× smaller, "
+            f"max logit diff {r['max_abs_diff_fp32_session']:.1e}"
+        )
+    return (
+        "`--target onnx` file bytes, run in ONNX Runtime against `sqc.load`",
+        "<br>".join(sqc),
+        f"dense fp32 ONNX (onnx {d['onnx']}, ONNX Runtime {d['onnxruntime']}):<br>" + "<br>".join(base),
+        "<br>".join(ratio),
+        f"loads in ONNX Runtime, same top-1 as `sqc.load` on every image (issue 18): {met(ok)}",
+    )
+
+
 def hls(d: Json) -> Figures:
     """bench_hls: on an FPGA the weights' on-chip bits are the cost; hls4ml on the same checkpoints is
     the baseline, and C-simulation accuracy keeps the comparison honest."""
@@ -347,6 +369,7 @@ BENCHMARKS: tuple[tuple[str, str, str, Callable[[Json], Figures] | None], ...] =
     ("channels", "bench_channels.py", "channels.json", channels),
     ("c", "bench_c_target.py", "c_target.json", c_target),
     ("hls", "bench_hls.py", "hls.json", hls),
+    ("onnx", "bench_onnx.py", "onnx.json", onnx),
     ("zoo", "bench_zoo.py", "bench_zoo.json", zoo),
     ("nncodec", "bench_nncodec.py", "nncodec.json", nncodec),
 )
