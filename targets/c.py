@@ -43,6 +43,7 @@ from sqc.targets.integer import (
     Requant,
     Softmax,
     Stream,
+    Strided,
     Weights,
     chw,
 )
@@ -407,6 +408,10 @@ class _Emitter:
             elif isinstance(op, Pad):
                 args = [op.channels, *op.in_hw, *op.pads, op.fill]
                 self.run.append(f"    sqc_pad({x}, {y}, {', '.join(map(str, args))});")
+            elif isinstance(op, Strided):
+                dims = self.array("int32_t", f"{name}_dims", list(op.dims))
+                steps = self.array("int32_t", f"{name}_strides", list(op.strides))
+                self.run.append(_call("sqc_strided", x, y, len(op.dims), dims, steps, op.offset))
             else:  # legalization only produces the ops above
                 raise SqcError(f"node {op.name}: the C writer has no kernel for {type(op).__name__}")
 

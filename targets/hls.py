@@ -54,6 +54,7 @@ from sqc.targets.integer import (
     PRelu,
     Requant,
     Softmax,
+    Strided,
     Weights,
     chw,
 )
@@ -512,6 +513,14 @@ class _Writer:
         elif isinstance(op, Pad):
             dims = ", ".join(str(v) for v in (op.channels, *op.in_hw, *op.pads))
             body.append(f"    sqc::pad<{dims}>(x0, y, {op.fill});")
+        elif isinstance(op, Strided):
+            dims, wd = self.rom(f"{base}_dims", np.array(op.dims), signed=True)
+            steps, ws = self.rom(f"{base}_strides", np.array(op.strides), signed=True)
+            self.other_bits += (wd + ws) * len(op.dims)
+            rank, n_in = len(op.dims), ins[0].numel
+            body.append(
+                f"    sqc::strided<{out.numel}, {n_in}, {rank}>(x0, y, {dims}, {steps}, {op.offset});"
+            )
         else:  # legalization only produces the ops above
             raise HlsError(f"node {op.name}: the HLS writer has no kernel for {type(op).__name__}")
         body.append(f"    sqc::to_values<{out.numel}>(y, out);")

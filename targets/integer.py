@@ -255,6 +255,24 @@ class Pad(Op):
 
 
 @dataclass
+class Strided(Op):
+    """Data movement without arithmetic: ``y[i_0, .., i_r-1] = x[offset + sum_k i_k * strides[k]]`` over
+    the output's index space ``dims`` (row-major). One op for permute/transpose, slicing with any step,
+    integer indexing (a dimension dropped) and broadcasting (stride 0); the format is the input's."""
+
+    dims: tuple[int, ...]
+    strides: tuple[int, ...]
+    offset: int
+
+    def indices(self) -> np.ndarray:
+        """The flat input position of every output element, in output order."""
+        index = np.full((), self.offset, dtype=np.int64)
+        for n, stride in zip(self.dims, self.strides, strict=True):
+            index = index[..., None] + np.arange(n, dtype=np.int64) * stride
+        return index.reshape(-1)
+
+
+@dataclass
 class IntProgram:
     """A lowered model: tensors, ops in execution order, and what legalization decided and why."""
 

@@ -42,6 +42,7 @@ from sqc.targets.integer import (
     Requant,
     Softmax,
     Stream,
+    Strided,
     Tensor,
     Weights,
     choose_frac,
@@ -173,6 +174,8 @@ def refuse_open_ops(model: CompressedModel) -> None:
     targets have kernels for the vocabulary only (the PyTorch target runs every operator)."""
     for node in model.graph_module.graph.nodes:
         if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            if aten_name(node.target) in _ATEN_OPS:
+                continue
             raise LowerError(
                 f"node {node.name} ({aten_name(node.target) or node.target}): the integer targets have no "
                 "kernel for this operator (they lower sqc's op vocabulary; use --target pytorch)"
@@ -426,6 +429,69 @@ _SIGNATURES["adaptive_max_pool2d"] = _SIGNATURES["adaptive_max_pool1d"]
 _ALIASES = {"flatten", "reshape", "squeeze", "unsqueeze"}
 _CLAMPS = {"relu", "relu6", "hardtanh"}
 _LUTS = {"sigmoid", "tanh", "gelu", "silu"}
+MAX_RANK = 8  # dimensions of a Strided op after merging (the C kernel's counter array)
+
+# ATen operators (the open op set of exported graphs) that the integer targets lower, by schema name ->
+# the ``op_*`` handler that takes them.
+_ATEN_OPS = {
+    "aten::hardswish": "hardswish",
+    "aten::hardswish_": "hardswish",
+    "aten::hardsigmoid": "hardsigmoid",
+    "aten::hardsigmoid_": "hardsigmoid",
+    "aten::slice.Tensor": "slice",
+    "aten::select.int": "select",
+    "aten::unflatten.int": "reshape",
+    "aten::expand": "expand",
+}
+
+
+def _lut_function(op: str, node: fx.Node) -> Any:
+    """The float function a table op computes, in float64 (tables are rounded from it)."""
+    if op == "gelu":
+        approximate = str(_bind(node, op)["approximate"])
+        return lambda v: F.gelu(v, approximate=approximate)
+    return {
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "silu": F.silu,
+        "hardswish": F.hardswish,
+        "hardsigmoid": F.hardsigmoid,
+    }[op]
+
+
+def constant_epilogue(value: float, fmt: ActFormat, bound: int) -> tuple[int, int, int]:
+    """(B, M, S) of an epilogue channel whose output is the constant ``value`` for every accumulator
+    ``|acc| <= bound``: ``M = 1``, ``S = bitlen(bound) + 1``, ``B = k * 2^S`` with ``k`` the constant's code;
+    then ``rshift_round(acc + B, S) = k + floor((acc + 2^(S-1)) / 2^S) = k`` exactly (a zero-scale
+    batch-norm channel, ``INTEGER.md``)."""
+    k = max(fmt.qmin, min(fmt.qmax, round_half_even(value * 2.0**fmt.frac)))
+    s = int(bound).bit_length() + 1
+    return k << s, 1, s
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major element strides of a per-sample shape."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
+def merge_dims(dims: list[int], strides: list[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The same index walk in fewest dimensions: size-1 dimensions dropped, a dimension merged into the
+    one before it when the walk runs on contiguously (``stride[k] == stride[k+1] * dims[k+1]``)."""
+    out: list[list[int]] = []
+    for n, st in zip(dims, strides, strict=True):
+        if n == 1:
+            continue
+        if out and out[-1][1] == st * n:
+            out[-1] = [out[-1][0] * n, st]
+        else:
+            out.append([n, st])
+    if not out:
+        out = [[1, 1]]
+    return tuple(d for d, _ in out), tuple(st for _, st in out)
 
 
 def _bind(node: fx.Node, op: str) -> dict[str, Any]:
@@ -546,6 +612,8 @@ class _Walk:
 
     def call(self, node: fx.Node) -> None:
         op = self.opname(node)
+        if isinstance(node.target, torch._ops.OpOverload):
+            op = _ATEN_OPS.get(aten_name(node.target) or "", op)
         handler = getattr(self, f"op_{op}", None)
         if handler is None:
             raise self.fail(node, "op not supported by the integer targets")
@@ -558,6 +626,7 @@ class _Walk:
         """Fold a following batch norm and ReLU-like clamp; return the last node folded and the epilogue."""
         tail = node
         channels = w.shape[0]
+        constants: dict[int, float] = {}
         scale = torch.ones(channels, dtype=torch.float64)
         shift_add = torch.zeros(channels, dtype=torch.float64) if bias is None else bias.clone()
         bn = self.single_user(node, {"batch_norm"})
@@ -568,8 +637,11 @@ class _Walk:
             assert mean is not None and var is not None
             scale = 1.0 / torch.sqrt(var + float(a["eps"]))
             scale = scale * gamma if gamma is not None else scale
-            if bool((scale.abs() < 1e-12).any()):
-                raise self.fail(bn, "a batch-norm channel has a zero scale")
+            zero = scale.abs() < 1e-12
+            if bool(zero.any()):  # y = beta whatever the input: the channel folds to a constant
+                beta_ = beta if beta is not None else torch.zeros_like(scale)
+                constants = {int(c): float(beta_[c]) for c in torch.nonzero(zero).reshape(-1)}
+                scale = torch.where(zero, torch.ones_like(scale), scale)
             shift_add = shift_add - mean + (beta / scale if beta is not None else 0.0)
             self.fused.add(bn)
             tail = bn
@@ -598,6 +670,13 @@ class _Walk:
             mfrac = np.array([p[1] for p in pairs], dtype=np.int64)
         shift = facc + mfrac - fmt.frac
         l1 = np.abs(w.values.reshape(channels, -1)).sum(axis=1) * (1 << (x.fmt.bits - 1))
+        for c, value in constants.items():
+            bias_q[c], mult[c], shift[c] = constant_epilogue(value, fmt, int(l1[c]))
+        if constants:
+            self.notes.append(
+                f"{bn.name if bn is not None else node.name}: {len(constants)} batch-norm channel(s) with "
+                "a zero scale output their constant beta"
+            )
         bound = l1 + np.abs(bias_q)
         if int(bound.max()) >= 1 << 31:
             raise self.fail(
@@ -674,23 +753,37 @@ class _Walk:
         assert mean is not None and var is not None
         scale = 1.0 / torch.sqrt(var + float(a["eps"]))
         scale = scale * gamma if gamma is not None else scale
-        if bool((scale.abs() < 1e-12).any()):
-            raise self.fail(node, "a batch-norm channel has a zero scale")
-        add = -mean + (beta / scale if beta is not None else 0.0)
+        zero = scale.abs() < 1e-12
+        beta_ = beta if beta is not None else torch.zeros_like(scale)
+        # a zero-scale channel outputs beta whatever the input: _affine takes scale 0 as "add is the value"
+        add = torch.where(zero, beta_, -mean + beta_ / torch.where(zero, torch.ones_like(scale), scale))
+        scale = torch.where(zero, torch.zeros_like(scale), scale)
         channels = x.shape[0]
         self._affine(node, x, [float(s) for s in scale], [float(v) for v in add], channels)
 
     def _affine(
         self, node: fx.Node, x: Tensor, scales: list[float], adds: list[float], channels: int
     ) -> None:
-        """``y = (x + add) * scale`` per channel, as ``requant((x + B) * M, S)``."""
+        """``y = (x + add) * scale`` per channel, as ``requant((x + B) * M, S)``; a channel whose scale is 0
+        outputs the constant ``add`` (:func:`constant_epilogue`)."""
         fmt = self.fmt(node)
         pairs = [multiplier(s, f"node {node.name}") for s in scales]
-        bias = np.array([round_half_even(v * 2.0**x.fmt.frac) for v in adds], dtype=np.int64)
+        bias = np.array(
+            [
+                round_half_even(v * 2.0**x.fmt.frac) if s != 0 else 0
+                for v, s in zip(adds, scales, strict=True)
+            ],
+            dtype=np.int64,
+        )
         if bias.size and int(np.abs(bias).max()) + (1 << (x.fmt.bits - 1)) >= 1 << 31:
             raise self.fail(node, "the added constant does not fit the int32 accumulator")
         mult = np.array([p[0] for p in pairs], dtype=np.int64)
         shift = np.array([x.fmt.frac + p[1] - fmt.frac for p in pairs], dtype=np.int64)
+        for c, s in enumerate(scales):
+            if s == 0:
+                bias[c], mult[c], shift[c] = constant_epilogue(adds[c], fmt, 1 << (x.fmt.bits - 1))
+                if abs(int(bias[c])) + (1 << (x.fmt.bits - 1)) >= 1 << 31:
+                    raise self.fail(node, f"channel {c}: its constant output does not fit the int32 epilogue")
         self._check_shifts(node, shift)
         y = self.new(node, fmt)
         inner = x.numel // channels
@@ -737,13 +830,7 @@ class _Walk:
             raise self.fail(node, f"{op} is computed by a 2^bits-entry table: needs --option act_bits=8")
         fmt = self.fmt(node)
         codes = torch.arange(x.fmt.qmin, x.fmt.qmax + 1, dtype=torch.float64) * 2.0**-x.fmt.frac
-        fn = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu}.get(op)
-        if op == "gelu":
-            approximate = str(_bind(node, op)["approximate"])
-            values = F.gelu(codes, approximate=approximate)
-        else:
-            assert fn is not None
-            values = fn(codes)
+        values = _lut_function(op, node)(codes)
         table = torch.round(values * 2.0**fmt.frac).clamp(fmt.qmin, fmt.qmax).to(torch.int64).numpy()
         y = self.new(node, fmt)
         self.ops.append(Lut(node.name, [x.name], y.name, op, table))
@@ -751,6 +838,8 @@ class _Walk:
     op_tanh = op_sigmoid
     op_gelu = op_sigmoid
     op_silu = op_sigmoid
+    op_hardswish = op_sigmoid
+    op_hardsigmoid = op_sigmoid
 
     def op_softmax(self, node: fx.Node, op: str) -> None:
         a = _bind(node, op)
@@ -772,7 +861,10 @@ class _Walk:
         if isinstance(lhs, fx.Node) and isinstance(rhs, fx.Node):
             a, b = self.tensor(node, lhs), self.tensor(node, rhs)
             if a.shape != b.shape:
-                raise self.fail(node, f"broadcasting {a.shape} with {b.shape} is not supported")
+                shape = self.calib.shapes.get(node.name)
+                if shape is None:
+                    raise self.fail(node, "no tensor value seen during calibration")
+                a, b = self.broadcast(node, a, shape, 0), self.broadcast(node, b, shape, 1)
             fmt = self.fmt(node)
             if op in ("add", "sub"):
                 common = max(a.fmt.frac, b.fmt.frac)
@@ -831,6 +923,154 @@ class _Walk:
     op_reshape = op_flatten
     op_squeeze = op_flatten
     op_unsqueeze = op_flatten
+
+    def strided(self, node: fx.Node, x: Tensor, dims: list[int], strides: list[int], offset: int) -> None:
+        """Output ``node`` as the index walk (dims, strides, offset) over ``x``: an alias of x's slot when
+        the walk is x itself in order, else a :class:`Strided` op."""
+        shape = self.calib.shapes.get(node.name)
+        if shape is None or math.prod(shape) != math.prod(dims):
+            raise self.fail(node, f"output {shape} does not match the index walk {tuple(dims)}")
+        merged, steps = merge_dims(dims, strides)
+        if offset == 0 and steps == (1,) and merged[0] == x.numel:
+            self.new(node, x.fmt, slot=x.slot)
+            return
+        if len(merged) > MAX_RANK:
+            raise self.fail(
+                node, f"the index walk has {len(merged)} dimensions after merging (max {MAX_RANK})"
+            )
+        y = self.new(node, x.fmt)
+        self.ops.append(Strided(node.name, [x.name], y.name, merged, steps, offset))
+
+    def broadcast(self, node: fx.Node, x: Tensor, shape: tuple[int, ...], k: int) -> Tensor:
+        """``x`` expanded to ``shape`` (same rank; size-1 axes repeated, stride 0) as its own tensor."""
+        if x.shape == tuple(shape):
+            return x
+        merged, steps = merge_dims(list(shape), self._broadcast_strides(node, x, shape))
+        name = f"{node.name}_bcast{k}"
+        if name in self.tensors or len(merged) > MAX_RANK:
+            raise self.fail(node, f"cannot broadcast {x.shape} to {tuple(shape)}")
+        y = Tensor(name, tuple(shape), x.fmt, name)
+        self.tensors[name] = y
+        self.ops.append(Strided(name, [x.name], name, merged, steps, 0))
+        return y
+
+    def _axis(self, node: fx.Node, x: Tensor, dim: Any) -> int:
+        """A non-batch axis of ``x`` (0-based over the per-sample shape) from a full-tensor axis."""
+        rank = len(x.shape) + 1
+        d = int(dim)
+        d = d + rank if d < 0 else d
+        if not 0 < d < rank:
+            raise self.fail(node, f"axis {dim} is the batch axis or out of range (the batch axis stays put)")
+        return d - 1
+
+    def op_permute(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        order = node.args[1] if len(node.args) > 1 else node.kwargs.get("dims")
+        order = list(order) if isinstance(order, (list, tuple)) else list(node.args[1:])
+        rank = len(x.shape) + 1
+        if len(order) != rank or int(order[0]) % rank != 0:
+            raise self.fail(node, "permutations that move the batch axis are not supported")
+        axes = [self._axis(node, x, d) for d in order[1:]]
+        st = contiguous_strides(x.shape)
+        self.strided(node, x, [x.shape[a] for a in axes], [st[a] for a in axes], 0)
+
+    def op_transpose(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        a, b = (self._axis(node, x, d) for d in node.args[1:3])
+        axes = list(range(len(x.shape)))
+        axes[a], axes[b] = axes[b], axes[a]
+        st = contiguous_strides(x.shape)
+        self.strided(node, x, [x.shape[i] for i in axes], [st[i] for i in axes], 0)
+
+    def op_getitem(self, node: fx.Node, op: str) -> None:
+        """Basic indexing: integers, slices (any positive step), None and Ellipsis; the batch axis is
+        taken whole."""
+        x = self.tensor(node, node.args[0])
+        index = node.args[1]
+        items = list(index) if isinstance(index, tuple) else [index]
+        if any(not (i is None or i is Ellipsis or isinstance(i, (int, slice))) for i in items):
+            raise self.fail(
+                node, f"indexing with {index!r}: only integers, slices, None and ... are supported"
+            )
+        consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+        if Ellipsis in items:
+            at = items.index(Ellipsis)
+            items[at : at + 1] = [slice(None)] * (len(x.shape) + 1 - consumed)
+        items += [slice(None)] * (len(x.shape) + 1 - sum(1 for i in items if i is not None))
+        first = next(i for i in items if i is not None)
+        if first != slice(None) or items[0] is None:
+            raise self.fail(node, "indexing the batch axis is not supported")
+        sizes = [-1, *x.shape]
+        steps = [0, *contiguous_strides(x.shape)]
+        dims: list[int] = []
+        strides: list[int] = []
+        offset, axis = 0, 0
+        for item in items:
+            if item is None:
+                dims.append(1)
+                strides.append(0)
+                continue
+            if axis > 0:
+                n, st = sizes[axis], steps[axis]
+                if isinstance(item, int):
+                    if not -n <= item < n:
+                        raise self.fail(node, f"index {item} out of range for size {n}")
+                    offset += (item % n) * st
+                else:
+                    start, stop, step = item.indices(n)
+                    if step <= 0:
+                        raise self.fail(node, "slices with a non-positive step are not supported")
+                    offset += start * st
+                    dims.append(len(range(start, stop, step)))
+                    strides.append(st * step)
+            axis += 1
+        self.strided(node, x, dims, strides, offset)
+
+    def op_slice(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        args = [*node.args[1:], None, None, None, None][:4]
+        dim, start, end, step = (args[0] or 0), args[1], args[2], (args[3] or 1)
+        if int(dim) % (len(x.shape) + 1) == 0:  # export slices the batch axis whole: no data moves
+            if start not in (None, 0) or step != 1 or not (end is None or int(end) >= 1 << 62):
+                raise self.fail(node, "slicing the batch axis is not supported")
+            self.new(node, x.fmt, slot=x.slot)
+            return
+        axis = self._axis(node, x, dim)
+        end = None if end is not None and int(end) >= 1 << 62 else end
+        self._index_axis(node, x, axis, slice(start, end, step))
+
+    def op_select(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        self._index_axis(node, x, self._axis(node, x, node.args[1]), int(node.args[2]))
+
+    def _index_axis(self, node: fx.Node, x: Tensor, axis: int, item: int | slice) -> None:
+        n, st = x.shape[axis], contiguous_strides(x.shape)
+        dims, strides = list(x.shape), list(st)
+        if isinstance(item, int):
+            if not -n <= item < n:
+                raise self.fail(node, f"index {item} out of range for size {n}")
+            offset = (item % n) * st[axis]
+            del dims[axis], strides[axis]
+        else:
+            start, stop, step = item.indices(n)
+            if step <= 0:
+                raise self.fail(node, "slices with a non-positive step are not supported")
+            offset = start * st[axis]
+            dims[axis] = len(range(start, stop, step))
+            strides[axis] = st[axis] * step
+        self.strided(node, x, dims, strides, offset)
+
+    def op_expand(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        shape = self.calib.shapes.get(node.name)
+        if shape is None:
+            raise self.fail(node, "no tensor value seen during calibration")
+        self.strided(node, x, list(shape), self._broadcast_strides(node, x, tuple(shape)), 0)
+
+    def _broadcast_strides(self, node: fx.Node, x: Tensor, shape: tuple[int, ...]) -> list[int]:
+        if len(x.shape) != len(shape) or any(a not in (1, b) for a, b in zip(x.shape, shape, strict=True)):
+            raise self.fail(node, f"broadcasting {x.shape} to {tuple(shape)} is not supported")
+        return [0 if a == 1 else st for a, st in zip(x.shape, contiguous_strides(x.shape), strict=True)]
 
     def op_cat(self, node: fx.Node, op: str) -> None:
         a = _bind(node, op)

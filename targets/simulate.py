@@ -31,6 +31,7 @@ from sqc.targets.integer import (
     PRelu,
     Requant,
     Softmax,
+    Strided,
     Tensor,
 )
 
@@ -145,6 +146,8 @@ class Simulator:
             s = e.sum(dim=-1, keepdim=True)
             y = torch.div(e * (1 << (fmt.frac + 1)) + s, 2 * s, rounding_mode="floor")
             return y.clamp(fmt.qmin, fmt.qmax)
+        if isinstance(op, Strided):
+            return x.reshape(n, -1)[:, torch.from_numpy(op.indices())]
         if isinstance(op, Pad):
             top, bottom, left, right = op.pads
             v = x.reshape(n, op.channels, *op.in_hw)

@@ -799,3 +799,31 @@ void sqc_pad(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int3
         }
     }
 }
+
+void sqc_strided(const sqc_act_t *x, sqc_act_t *y, int32_t rank, const int32_t *dims, const int32_t *strides,
+                 int32_t offset)
+{
+    int32_t idx[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const int32_t inner = dims[rank - 1], step = strides[rank - 1];
+    int64_t n = 1, k, at = offset;
+    int32_t d, j;
+    for (d = 0; d < rank - 1; d++) {
+        n *= dims[d];
+    }
+    for (k = 0; k < n; k++) {
+        const sqc_act_t *src = x + at;
+        for (j = 0; j < inner; j++) {
+            y[j] = src[(int64_t)j * step];
+        }
+        y += inner;
+        /* odometer over the outer dimensions */
+        for (d = rank - 2; d >= 0; d--) {
+            at += strides[d];
+            if (++idx[d] < dims[d]) {
+                break;
+            }
+            at -= (int64_t)strides[d] * dims[d];
+            idx[d] = 0;
+        }
+    }
+}

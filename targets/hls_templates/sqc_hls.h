@@ -431,6 +431,30 @@ void pad(const code_t x[CH * H * W], code_t y[CH * (H + TOP + BOTTOM) * (W + LEF
 
 /* ---- the top function's ports ---- */
 
+/* Data movement: y[i] = x[offset + sum_k i_k * strides[k]] over the index space dims (row-major):
+ * permute, transpose, slicing, indexing, broadcasting (stride 0). */
+template <int N, int IN, int RANK, class T>
+void strided(const code_t x[IN], code_t y[N], const T dims[RANK], const T strides[RANK], int offset)
+{
+    int idx[RANK];
+    for (int d = 0; d < RANK; d++) {
+        idx[d] = 0;
+    }
+    int at = offset;
+    for (int i = 0; i < N; i++) {
+#pragma HLS PIPELINE II = 1
+        y[i] = x[at];
+        for (int d = RANK - 1; d >= 0; d--) {
+            at += int(strides[d]);
+            if (++idx[d] < int(dims[d])) {
+                break;
+            }
+            at -= int(strides[d]) * int(dims[d]);
+            idx[d] = 0;
+        }
+    }
+}
+
 template <int N, class T>
 void read_stream(hls::stream<T> &s, T v[N])
 {
