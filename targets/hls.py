@@ -478,8 +478,12 @@ class _Writer:
             body.append(f"    sqc::prelu<{op.channels}, {op.inner}>(x0, y, {mult}, {op.shift});")
         elif isinstance(op, Pool):
             names = []
+            # one type for the four window tables (the kernel takes them as one template type)
+            top = max(int(np.max(getattr(op, key))) for key in ("ys", "ye", "xs", "xe"))
             for key in ("ys", "ye", "xs", "xe"):
-                table, width = self.rom(f"{base}_{key}", getattr(op, key), signed=False)
+                table, width = self.rom(
+                    f"{base}_{key}", getattr(op, key), bits=max(1, top.bit_length()), signed=False
+                )
                 self.other_bits += width * int(getattr(op, key).size)
                 names.append(table)
             if op.divisor is None:

@@ -433,8 +433,8 @@ void pad(const code_t x[CH * H * W], code_t y[CH * (H + TOP + BOTTOM) * (W + LEF
 
 /* Data movement: y[i] = x[offset + sum_k i_k * strides[k]] over the index space dims (row-major):
  * permute, transpose, slicing, indexing, broadcasting (stride 0). */
-template <int N, int IN, int RANK, class T>
-void strided(const code_t x[IN], code_t y[N], const T dims[RANK], const T strides[RANK], int offset)
+template <int N, int IN, int RANK, class D, class T>
+void strided(const code_t x[IN], code_t y[N], const D dims[RANK], const T strides[RANK], int offset)
 {
     int idx[RANK];
     for (int d = 0; d < RANK; d++) {

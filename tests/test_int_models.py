@@ -1,0 +1,102 @@
+"""Goal models of issue 18 through the integer targets: a CREPE-tiny-like pitch tracker (conv stack over a
+1024-sample frame, the ``torchcrepe`` architecture built here with random weights: nothing is downloaded)
+and a MobileNetV3-like CNN (depthwise conv, squeeze-excitation, hardswish/hardsigmoid). Each lowers to C
+and HLS, bit-exact with the integer simulator, and keeps the float model's top-1 (the pitch bin for
+CREPE) on most inputs; the figures are printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sqc_int_check import MISSING, three_way
+from sqc_zoo_models import TimmLikeCNN
+
+import sqc
+from sqc.targets.legalize import LowerOptions, legalize
+from sqc.targets.simulate import dequantize_output, simulate
+
+needs_tools = pytest.mark.skipif(bool(MISSING), reason=f"needs {MISSING}")
+
+
+class CrepeTiny(nn.Module):
+    """torchcrepe's ``Crepe('tiny')`` layer for layer: six conv(k x 1)-ReLU-BN-maxpool blocks (BN after
+    the ReLU, so it stays a standalone affine), channels-first -> time-major flatten, 360 sigmoid bins."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        filters = [1, 128, 16, 16, 16, 32, 64]
+        kernels = [512, 64, 64, 64, 64, 64]
+        strides = [4, 1, 1, 1, 1, 1]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(filters[i], filters[i + 1], (kernels[i], 1), (strides[i], 1)) for i in range(6)
+        )
+        self.bns = nn.ModuleList(
+            nn.BatchNorm2d(f, eps=0.0010000000474974513, momentum=0.0) for f in filters[1:]
+        )
+        self.classifier = nn.Linear(256, 360)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, None, :, None]
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
+            x = F.pad(x, (0, 0, 254, 254) if i == 0 else (0, 0, 31, 32))
+            x = F.max_pool2d(bn(F.relu(conv(x))), (2, 1), (2, 1))
+        x = x.permute(0, 2, 1, 3).reshape(-1, 256)
+        return torch.sigmoid(self.classifier(x))
+
+
+def seeded(model: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def lower(model: nn.Module, x: torch.Tensor, tmp: Path, pipeline: str):
+    source = tmp / "model.sqc"
+    sqc.compress(model, [(1, *x.shape[1:])], pipeline).save(source, force=True)
+    calib = tmp / "calib.npz"
+    np.savez(calib, x_val=x.numpy(), y_val=np.zeros(x.shape[0], dtype=np.int64))
+    return legalize(source, calib, LowerOptions())
+
+
+def agreement(program, model: nn.Module, x: torch.Tensor) -> float:
+    got = dequantize_output(program, simulate(program, x)).reshape(x.shape[0], -1).argmax(-1)
+    with torch.no_grad():
+        ref = model(x).reshape(x.shape[0], -1).argmax(-1)
+    return float((got == ref).double().mean())
+
+
+@needs_tools
+def test_crepe_tiny_lowers_bit_exact(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = seeded(CrepeTiny())
+    t = torch.arange(1024) / 16000.0
+    freqs = 50.0 * 2 ** (torch.rand(48, 1) * 5)  # 50..1600 Hz tones with noise, normalized per frame
+    frames = torch.sin(2 * torch.pi * freqs * t) + 0.1 * torch.randn(48, 1024)
+    frames = (frames - frames.mean(1, keepdim=True)) / frames.std(1, keepdim=True)
+    program = lower(model, frames, tmp_path, "prune{sparsity=0.5},quant,huffman")
+    three_way(program, frames, tmp_path, hls_samples=4)
+    agree = agreement(program, model, frames)
+    print(f"\nCREPE-tiny-like: pitch-bin (argmax) agreement with the float model {agree:.0%}")
+    assert agree >= 0.5
+
+
+@needs_tools
+def test_mobilenetv3_like_lowers_bit_exact(tmp_path: Path) -> None:
+    model = seeded(TimmLikeCNN(width=8, stages=(1, 2)))
+    x = torch.randn(64, 3, 32, 32)
+    program = lower(model, x, tmp_path, "prune{sparsity=0.5},quant,huffman")
+    three_way(program, x, tmp_path, hls_samples=16)
+    agree = agreement(program, model, x)
+    print(f"\nMobileNetV3-like: top-1 agreement with the float model {agree:.0%}")
+    assert agree >= 0.7
