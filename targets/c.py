@@ -36,6 +36,7 @@ from sqc.targets.integer import (
     IntProgram,
     Linear,
     Lut,
+    LutInterp,
     Mul,
     Pad,
     Pool,
@@ -408,6 +409,9 @@ class _Emitter:
             elif isinstance(op, Pad):
                 args = [op.channels, *op.in_hw, *op.pads, op.fill]
                 self.run.append(f"    sqc_pad({x}, {y}, {', '.join(map(str, args))});")
+            elif isinstance(op, LutInterp):
+                table = self.array("int32_t", f"{name}_knots", op.table)
+                self.run.append(_call("sqc_lut_interp", x, y, dst.numel, table, op.shift))
             elif isinstance(op, Strided):
                 dims = self.array("int32_t", f"{name}_dims", list(op.dims))
                 steps = self.array("int32_t", f"{name}_strides", list(op.strides))

@@ -47,6 +47,7 @@ from sqc.targets.integer import (
     IntProgram,
     Linear,
     Lut,
+    LutInterp,
     Mul,
     Op,
     Pad,
@@ -517,6 +518,10 @@ class _Writer:
         elif isinstance(op, Pad):
             dims = ", ".join(str(v) for v in (op.channels, *op.in_hw, *op.pads))
             body.append(f"    sqc::pad<{dims}>(x0, y, {op.fill});")
+        elif isinstance(op, LutInterp):
+            table, width = self.rom(f"{base}_knots", op.table, signed=True)
+            self.other_bits += width * int(op.table.size)
+            body.append(f"    sqc::lut_interp<{out.numel}, {op.shift}>(x0, y, {table});")
         elif isinstance(op, Strided):
             dims, wd = self.rom(f"{base}_dims", np.array(op.dims), signed=True)
             steps, ws = self.rom(f"{base}_strides", np.array(op.strides), signed=True)

@@ -236,6 +236,17 @@ class Lut(Op):
 
 
 @dataclass
+class LutInterp(Op):
+    """Element-wise function by an interpolated table (activations wider than 8 bits): with
+    ``u = x - qmin``, ``j = u >> shift``, ``r = u & (2^shift - 1)``:
+    ``y = sat(rshift_round(table[j] * 2^shift + (table[j+1] - table[j]) * r, shift))``."""
+
+    function: str
+    table: np.ndarray
+    shift: int
+
+
+@dataclass
 class Softmax(Op):
     """Over the last axis: ``e = exp_table[max - x]``, ``y = floor((e * 2**(fy+1) + s) / (2 s))``."""
 

@@ -34,6 +34,7 @@ from sqc.targets.integer import (
     IntProgram,
     Linear,
     Lut,
+    LutInterp,
     Mul,
     Op,
     Pad,
@@ -429,6 +430,7 @@ _SIGNATURES["adaptive_max_pool2d"] = _SIGNATURES["adaptive_max_pool1d"]
 _ALIASES = {"flatten", "reshape", "squeeze", "unsqueeze"}
 _CLAMPS = {"relu", "relu6", "hardtanh"}
 _LUTS = {"sigmoid", "tanh", "gelu", "silu"}
+LUT_BITS = 10  # wider activations use 2^10 + 1 interpolation knots instead of a full table
 MAX_RANK = 8  # dimensions of a Strided op after merging (the C kernel's counter array)
 
 # ATen operators (the open op set of exported graphs) that the integer targets lower, by schema name ->
@@ -826,9 +828,16 @@ class _Walk:
 
     def op_sigmoid(self, node: fx.Node, op: str) -> None:
         x = self.tensor(node, node.args[0])
-        if x.fmt.bits > 8:
-            raise self.fail(node, f"{op} is computed by a 2^bits-entry table: needs --option act_bits=8")
         fmt = self.fmt(node)
+        if x.fmt.bits > LUT_BITS:
+            # knots every 2^shift codes, the last one at qmax + 1; linear interpolation in between
+            shift = x.fmt.bits - LUT_BITS
+            knots = torch.arange(0, (1 << LUT_BITS) + 1, dtype=torch.float64) * 2.0**shift + x.fmt.qmin
+            values = _lut_function(op, node)(knots * 2.0**-x.fmt.frac) * 2.0**fmt.frac
+            table = torch.round(values).clamp(-(1 << 30), 1 << 30).to(torch.int64).numpy()
+            y = self.new(node, fmt)
+            self.ops.append(LutInterp(node.name, [x.name], y.name, op, table, shift))
+            return
         codes = torch.arange(x.fmt.qmin, x.fmt.qmax + 1, dtype=torch.float64) * 2.0**-x.fmt.frac
         values = _lut_function(op, node)(codes)
         table = torch.round(values * 2.0**fmt.frac).clamp(fmt.qmin, fmt.qmax).to(torch.int64).numpy()

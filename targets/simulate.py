@@ -24,6 +24,7 @@ from sqc.targets.integer import (
     IntProgram,
     Linear,
     Lut,
+    LutInterp,
     Mul,
     Op,
     Pad,
@@ -139,6 +140,13 @@ class Simulator:
         if isinstance(op, Lut):
             src = self.program.tensors[op.inputs[0]].fmt
             return torch.from_numpy(op.table)[x - src.qmin]
+        if isinstance(op, LutInterp):
+            src = self.program.tensors[op.inputs[0]].fmt
+            u = x - src.qmin
+            j, r = u >> op.shift, u & ((1 << op.shift) - 1)
+            table = torch.from_numpy(op.table)
+            t = (table[j] << op.shift) + (table[j + 1] - table[j]) * r
+            return rshift_round(t, op.shift).clamp(fmt.qmin, fmt.qmax)
         if isinstance(op, Softmax):
             v = x.reshape(n, op.rows, op.cols)
             d = v.amax(dim=-1, keepdim=True) - v

@@ -827,3 +827,14 @@ void sqc_strided(const sqc_act_t *x, sqc_act_t *y, int32_t rank, const int32_t *
         }
     }
 }
+
+void sqc_lut_interp(const sqc_act_t *x, sqc_act_t *y, int32_t n, const int32_t *knots, int32_t shift)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        const int32_t u = (int32_t)x[i] - (int32_t)SQC_ACT_MIN;
+        const int32_t j = u >> shift, r = u & ((1 << shift) - 1);
+        const int64_t t = (int64_t)knots[j] * ((int64_t)1 << shift) + (int64_t)(knots[j + 1] - knots[j]) * r;
+        y[i] = (sqc_act_t)sqc_requant(t, shift, SQC_ACT_MIN, SQC_ACT_MAX);
+    }
+}

@@ -113,6 +113,10 @@ void sqc_softmax(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, c
                  int32_t out_frac);
 void sqc_pad(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int32_t w, int32_t top,
              int32_t bottom, int32_t left, int32_t right, int32_t fill);
+/* Interpolated table (activations over 8 bits): u = x - qmin, j = u >> shift, r = u mod 2^shift,
+ * y = sat(rshift_round(knots[j] * 2^shift + (knots[j+1] - knots[j]) * r, shift)). */
+void sqc_lut_interp(const sqc_act_t *x, sqc_act_t *y, int32_t n, const int32_t *knots, int32_t shift);
+
 /* Data movement: y[i] = x[offset + sum_k i_k * strides[k]] over the index space dims[0..rank) in
  * row-major order (permute, transpose, slicing, indexing, broadcasting with stride 0); rank <= 8. */
 void sqc_strided(const sqc_act_t *x, sqc_act_t *y, int32_t rank, const int32_t *dims, const int32_t *strides,

@@ -431,6 +431,25 @@ void pad(const code_t x[CH * H * W], code_t y[CH * (H + TOP + BOTTOM) * (W + LEF
 
 /* ---- the top function's ports ---- */
 
+/* Interpolated table (activations over 8 bits): u = x - qmin, j = u >> SHIFT, r = u mod 2^SHIFT,
+ * y = sat(rshift_round(knots[j] * 2^SHIFT + (knots[j+1] - knots[j]) * r, SHIFT)). */
+template <int N, int SHIFT, class T>
+void lut_interp(const code_t x[N], code_t y[N], const T knots[])
+{
+    for (int i = 0; i < N; i++) {
+#pragma HLS PIPELINE II = 1
+        int u = x[i].to_int() - QMIN;
+        int j = u >> SHIFT, r = u & ((1 << SHIFT) - 1);
+        wide_t lo = knots[j], hi = knots[j + 1];
+        wide_t t = lo;
+        t <<= SHIFT;
+        hi -= lo;
+        hi *= r;
+        t += hi;
+        y[i] = requant(t, SHIFT, QMIN, QMAX);
+    }
+}
+
 /* Data movement: y[i] = x[offset + sum_k i_k * strides[k]] over the index space dims (row-major):
  * permute, transpose, slicing, indexing, broadcasting (stride 0). */
 template <int N, int IN, int RANK, class D, class T>
