@@ -45,9 +45,11 @@ from sqc.targets.integer import (
     Clamp,
     Conv,
     IntProgram,
+    LayerNorm,
     Linear,
     Lut,
     LutInterp,
+    MatMul,
     Mul,
     Op,
     Pad,
@@ -518,6 +520,16 @@ class _Writer:
         elif isinstance(op, Pad):
             dims = ", ".join(str(v) for v in (op.channels, *op.in_hw, *op.pads))
             body.append(f"    sqc::pad<{dims}>(x0, y, {op.fill});")
+        elif isinstance(op, LayerNorm):
+            mult, wm = self.rom(f"{base}_mult", op.mult, signed=True)
+            bias, wb = self.rom(f"{base}_bias", op.bias, signed=True)
+            shift, ws = self.rom(f"{base}_shift", op.shift, signed=True)
+            self.other_bits += (wm + wb + ws) * op.cols
+            dims = f"{op.rows}, {op.cols}, {op.frac}"
+            body.append(f"    sqc::layer_norm<{dims}>(x0, y, {op.eps}LL, {mult}, {bias}, {shift});")
+        elif isinstance(op, MatMul):
+            dims = f"{op.batch}, {op.m}, {op.k}, {op.n}"
+            body.append(f"    sqc::matmul<{dims}>(x0, x1, y, {op.mult}, {op.shift});")
         elif isinstance(op, LutInterp):
             table, width = self.rom(f"{base}_knots", op.table, signed=True)
             self.other_bits += width * int(op.table.size)
@@ -587,9 +599,14 @@ class _Writer:
         pragmas.append("#pragma HLS ARRAY_PARTITION variable = x0 complete")
         src = self.program.tensors[op.inputs[0]]
         if isinstance(op, Linear):
-            kernel = (
-                f"    sqc::linear<{base}_l, {src.numel}>(x0, y, {sym}, {idx}, {cnt}, {rmap}, {b}, {m}, {s});"
-            )
+            n_in, n_out = src.numel // op.rows, self.program.tensors[op.output].numel // op.rows
+            kernel = f"    sqc::linear<{base}_l, {n_in}>(x0, y, {sym}, {idx}, {cnt}, {rmap}, {b}, {m}, {s});"
+            if op.rows > 1:  # the same product on every row of a (..., features) tensor
+                kernel = (
+                    f"    for (int r = 0; r < {op.rows}; r++) {{\n"
+                    + kernel.replace("(x0, y,", f"(x0 + r * {n_in}, y + r * {n_out},")
+                    + "\n    }"
+                )
             macs_dense = int(np.prod(w.shape))
             kind = "linear"
         else:

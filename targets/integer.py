@@ -159,6 +159,9 @@ class Conv(Op):
 class Linear(Op):
     weights: Weights
     requant: Requant
+    rows: int = 1
+    """Rows of input features (a linear over the last axis of a (..., features) tensor): each row is one
+    independent product with the same weights."""
 
 
 @dataclass
@@ -284,6 +287,34 @@ class Strided(Op):
 
 
 @dataclass
+class LayerNorm(Op):
+    """Over the last axis (``rows`` of ``cols``), integer-only (I-BERT style, ``INTEGER.md``):
+    ``s = sum x``, ``d = cols * x - s``, ``r = max(1, isqrt(floor(sum d^2 / cols) + eps))``,
+    ``z = floor(d * 2^frac / r)``, ``y = sat(rshift_round(z * mult[i] + bias[i], shift[i]))``."""
+
+    rows: int
+    cols: int
+    eps: int
+    frac: int
+    mult: np.ndarray
+    bias: np.ndarray
+    shift: np.ndarray
+
+
+@dataclass
+class MatMul(Op):
+    """Product of two activations: ``a`` (batch, m, k) times ``b`` (batch, k, n), int64 sums,
+    ``y = sat(rshift_round(acc * mult, shift))``."""
+
+    batch: int
+    m: int
+    k: int
+    n: int
+    mult: int
+    shift: int
+
+
+@dataclass
 class IntProgram:
     """A lowered model: tensors, ops in execution order, and what legalization decided and why."""
 
@@ -319,6 +350,17 @@ def rshift_round(value: int, shift: int) -> int:
     if shift > 0:
         return (value + (1 << (shift - 1))) >> shift
     return value * (1 << -shift)
+
+
+def isqrt(value: int) -> int:
+    """``floor(sqrt(value))`` by Newton's iteration from ``value`` itself (the C and HLS kernels run this
+    very loop): exact for every non-negative int64."""
+    if value < 2:
+        return value
+    x, y = value, (value + 1) >> 1
+    while y < x:
+        x, y = y, (y + value // y) >> 1
+    return x
 
 
 def choose_frac(max_abs: float, bits: int) -> int:

@@ -32,9 +32,11 @@ from sqc.targets.integer import (
     Clamp,
     Conv,
     IntProgram,
+    LayerNorm,
     Linear,
     Lut,
     LutInterp,
+    MatMul,
     Mul,
     Op,
     Pad,
@@ -138,9 +140,10 @@ class Calibration:
 
 
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, calib: Calibration) -> None:
+    def __init__(self, gm: fx.GraphModule, calib: Calibration, whole: bool = False) -> None:
         super().__init__(gm)
         self.calib = calib
+        self.whole = whole
 
     def run_node(self, n: fx.Node) -> Any:
         try:
@@ -151,7 +154,13 @@ class _Recorder(fx.Interpreter):
         if isinstance(result, torch.Tensor) and result.is_floating_point():
             peak = float(result.detach().abs().max()) if result.numel() else 0.0
             self.calib.max_abs[n.name] = max(self.calib.max_abs.get(n.name, 0.0), peak)
-            self.calib.shapes[n.name] = tuple(result.shape[1:])
+            self.calib.shapes[n.name] = tuple(result.shape if self.whole else result.shape[1:])
+            if n.op == "call_function" and aten_name(n.target) == "aten::scaled_dot_product_attention":
+                q, k = (self.env[a] for a in n.args[:2])  # type: ignore[index]
+                scale = n.kwargs.get("scale") or 1.0 / math.sqrt(q.shape[-1])
+                scores = float((q @ k.transpose(-2, -1)).abs().max()) * scale
+                key = f"{n.name}_scores"
+                self.calib.max_abs[key] = max(self.calib.max_abs.get(key, 0.0), scores)
         return result
 
 
@@ -183,12 +192,14 @@ def refuse_open_ops(model: CompressedModel) -> None:
             )
 
 
-def calibrate(model: CompressedModel, x: torch.Tensor, batch: int = 250) -> Calibration:
+def calibrate(model: CompressedModel, x: torch.Tensor, batch: int = 250, whole: bool = False) -> Calibration:
+    """Ranges and shapes of every node on ``x``. ``whole``: shapes are whole tensors (batch 1 each)."""
     calib = Calibration({}, {}, int(x.shape[0]))
     gm = model.graph_module.eval()
+    step = 1 if whole else batch
     with torch.no_grad():
-        for start in range(0, x.shape[0], batch):
-            _Recorder(gm, calib).run(x[start : start + batch])
+        for start in range(0, x.shape[0], step):
+            _Recorder(gm, calib, whole).run(x[start : start + step])
     return calib
 
 
@@ -430,6 +441,7 @@ _SIGNATURES["adaptive_max_pool2d"] = _SIGNATURES["adaptive_max_pool1d"]
 _ALIASES = {"flatten", "reshape", "squeeze", "unsqueeze"}
 _CLAMPS = {"relu", "relu6", "hardtanh"}
 _LUTS = {"sigmoid", "tanh", "gelu", "silu"}
+NORM_FRAC = 16  # fraction bits of LayerNorm's normalized value z = (x - mean) / std
 LUT_BITS = 10  # wider activations use 2^10 + 1 interpolation knots instead of a full table
 MAX_RANK = 8  # dimensions of a Strided op after merging (the C kernel's counter array)
 
@@ -444,6 +456,8 @@ _ATEN_OPS = {
     "aten::select.int": "select",
     "aten::unflatten.int": "reshape",
     "aten::expand": "expand",
+    "aten::layer_norm": "layer_norm",
+    "aten::scaled_dot_product_attention": "attention",
 }
 
 
@@ -469,6 +483,12 @@ def constant_epilogue(value: float, fmt: ActFormat, bound: int) -> tuple[int, in
     k = max(fmt.qmin, min(fmt.qmax, round_half_even(value * 2.0**fmt.frac)))
     s = int(bound).bit_length() + 1
     return k << s, 1, s
+
+
+def exp_table(fmt: ActFormat) -> np.ndarray:
+    """Softmax's ``E[d] = round_half_even(2^15 * exp(-d * 2^-fx))`` for every code difference d."""
+    diffs = torch.arange(0, 1 << fmt.bits, dtype=torch.float64) * 2.0**-fmt.frac
+    return torch.round(torch.exp(-diffs) * 2.0**15).to(torch.int64).numpy()
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -517,8 +537,14 @@ def _pair(value: Any, one_d: bool, height: int | None = 1) -> tuple[Any, Any]:
 
 class _Walk:
     def __init__(
-        self, model: CompressedModel, calib: Calibration, opts: LowerOptions, keep_rans: bool = False
+        self,
+        model: CompressedModel,
+        calib: Calibration,
+        opts: LowerOptions,
+        keep_rans: bool = False,
+        whole: bool = False,
     ) -> None:
+        self.lead = 0 if whole else 1  # axes of a graph tensor in front of the program's shapes (batch)
         self.keep_rans = keep_rans
         self.model = model
         self.calib = calib
@@ -741,11 +767,12 @@ class _Walk:
     def op_linear(self, node: fx.Node, op: str) -> None:
         a = _bind(node, op)
         x = self.tensor(node, a["input"])
-        if len(x.shape) != 1:
-            raise self.fail(node, f"input of per-sample shape {x.shape}: only (N, features) is supported")
         w = self._weights(node, a["weight"])
+        if not x.shape or x.shape[-1] != w.shape[1]:
+            raise self.fail(node, f"input of per-sample shape {x.shape} for {w.shape[1]} features")
         tail, requant = self._epilogue(node, w, x, self.param(node, a["bias"]))
-        self.ops.append(Linear(node.name, [x.name], tail.name, w, requant))
+        rows = x.numel // w.shape[1]
+        self.ops.append(Linear(node.name, [x.name], tail.name, w, requant, rows))
 
     def op_batch_norm(self, node: fx.Node, op: str) -> None:
         a = _bind(node, op)
@@ -854,19 +881,21 @@ class _Walk:
         a = _bind(node, op)
         x = self.tensor(node, a["input"])
         dim = a["dim"]
-        if dim is None or int(dim) not in (-1, len(x.shape)):
+        if dim is None or int(dim) not in (-1, len(x.shape) + self.lead - 1):
             raise self.fail(node, "softmax is supported over the last axis only")
         if x.fmt.bits > 8:
             raise self.fail(node, "softmax uses a 2^bits-entry exp table: needs --option act_bits=8")
         fmt = ActFormat(self.bits, self.bits - 1)
-        diffs = torch.arange(0, 1 << x.fmt.bits, dtype=torch.float64) * 2.0**-x.fmt.frac
-        table = torch.round(torch.exp(-diffs) * 2.0**15).to(torch.int64).numpy()
+        table = exp_table(x.fmt)
         y = self.new(node, fmt)
         cols = x.shape[-1]
         self.ops.append(Softmax(node.name, [x.name], y.name, x.numel // cols, cols, table))
 
     def _binary(self, node: fx.Node, op: str) -> None:
         lhs, rhs = node.args[0], node.args[1]
+        if any(isinstance(v, fx.Node) and v in self.value and self.value[v] is None for v in (lhs, rhs)):
+            self.value[node] = None  # arithmetic on sizes: only ever feeds reshape arguments
+            return
         if isinstance(lhs, fx.Node) and isinstance(rhs, fx.Node):
             a, b = self.tensor(node, lhs), self.tensor(node, rhs)
             if a.shape != b.shape:
@@ -965,21 +994,21 @@ class _Walk:
 
     def _axis(self, node: fx.Node, x: Tensor, dim: Any) -> int:
         """A non-batch axis of ``x`` (0-based over the per-sample shape) from a full-tensor axis."""
-        rank = len(x.shape) + 1
+        rank = len(x.shape) + self.lead
         d = int(dim)
         d = d + rank if d < 0 else d
-        if not 0 < d < rank:
+        if not self.lead <= d < rank:
             raise self.fail(node, f"axis {dim} is the batch axis or out of range (the batch axis stays put)")
-        return d - 1
+        return d - self.lead
 
     def op_permute(self, node: fx.Node, op: str) -> None:
         x = self.tensor(node, node.args[0])
         order = node.args[1] if len(node.args) > 1 else node.kwargs.get("dims")
         order = list(order) if isinstance(order, (list, tuple)) else list(node.args[1:])
-        rank = len(x.shape) + 1
-        if len(order) != rank or int(order[0]) % rank != 0:
+        rank = len(x.shape) + self.lead
+        if len(order) != rank or (self.lead and int(order[0]) % rank != 0):
             raise self.fail(node, "permutations that move the batch axis are not supported")
-        axes = [self._axis(node, x, d) for d in order[1:]]
+        axes = [self._axis(node, x, d) for d in order[self.lead :]]
         st = contiguous_strides(x.shape)
         self.strided(node, x, [x.shape[a] for a in axes], [st[a] for a in axes], 0)
 
@@ -1004,13 +1033,13 @@ class _Walk:
         consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
         if Ellipsis in items:
             at = items.index(Ellipsis)
-            items[at : at + 1] = [slice(None)] * (len(x.shape) + 1 - consumed)
-        items += [slice(None)] * (len(x.shape) + 1 - sum(1 for i in items if i is not None))
+            items[at : at + 1] = [slice(None)] * (len(x.shape) + self.lead - consumed)
+        items += [slice(None)] * (len(x.shape) + self.lead - sum(1 for i in items if i is not None))
         first = next(i for i in items if i is not None)
-        if first != slice(None) or items[0] is None:
+        if self.lead and (first != slice(None) or items[0] is None):
             raise self.fail(node, "indexing the batch axis is not supported")
-        sizes = [-1, *x.shape]
-        steps = [0, *contiguous_strides(x.shape)]
+        sizes = [-1] * self.lead + list(x.shape)
+        steps = [0] * self.lead + list(contiguous_strides(x.shape))
         dims: list[int] = []
         strides: list[int] = []
         offset, axis = 0, 0
@@ -1019,7 +1048,7 @@ class _Walk:
                 dims.append(1)
                 strides.append(0)
                 continue
-            if axis > 0:
+            if axis >= self.lead:
                 n, st = sizes[axis], steps[axis]
                 if isinstance(item, int):
                     if not -n <= item < n:
@@ -1039,7 +1068,7 @@ class _Walk:
         x = self.tensor(node, node.args[0])
         args = [*node.args[1:], None, None, None, None][:4]
         dim, start, end, step = (args[0] or 0), args[1], args[2], (args[3] or 1)
-        if int(dim) % (len(x.shape) + 1) == 0:  # export slices the batch axis whole: no data moves
+        if self.lead and int(dim) % (len(x.shape) + 1) == 0:  # export slices the batch axis whole
             if start not in (None, 0) or step != 1 or not (end is None or int(end) >= 1 << 62):
                 raise self.fail(node, "slicing the batch axis is not supported")
             self.new(node, x.fmt, slot=x.slot)
@@ -1210,11 +1239,110 @@ class _Walk:
         x = self.tensor(node, a["input"])
         dims = a["dim"] if isinstance(a["dim"], (tuple, list)) else [a["dim"]]
         rank = len(x.shape) + 1
+        if len(dims) == 1 and dims[0] is not None and (not self.lead or len(x.shape) not in (2, 3)):
+            self._mean_axis(node, x, self._axis(node, x, dims[0]))
+            return
         axes = sorted(int(d) % rank for d in dims if d is not None)
-        if len(x.shape) not in (2, 3) or axes != list(range(2, rank)):
+        if not self.lead or len(x.shape) not in (2, 3) or axes != list(range(2, rank)):
             raise self.fail(node, "mean is supported over all spatial axes only (global average pooling)")
         _, h, w = chw(x.shape)
         self._pool(node, x, "avg", [(0, h)], [(0, w)], np.array([h * w], dtype=np.int64))
+
+    # reductions, normalization and attention ---------------------------------------------------
+    def internal(self, name: str, shape: tuple[int, ...], fmt: ActFormat) -> Tensor:
+        """A tensor of the program that no graph node produces (a step inside one node's lowering)."""
+        if name in self.tensors:
+            raise LowerError(f"tensor {name}: the name is taken by a node")
+        tensor = Tensor(name, tuple(shape), fmt, name)
+        self.tensors[name] = tensor
+        return tensor
+
+    def _mean_axis(self, node: fx.Node, x: Tensor, axis: int) -> None:
+        """Mean over one axis: the axis is moved last (a strided copy) unless it is, then average pooling
+        over rows of it."""
+        outer, size = math.prod(x.shape[:axis]), x.shape[axis]
+        inner = math.prod(x.shape[axis + 1 :])
+        if inner > 1:
+            moved = self.internal(f"{node.name}_last", (outer * inner, 1, size), x.fmt)
+            self.ops.append(
+                Strided(moved.name, [x.name], moved.name, (outer, inner, size), (size * inner, 1, inner), 0)
+            )
+            x = moved
+        else:
+            x = Tensor(x.name, (outer, 1, size), x.fmt, x.slot)  # the same codes seen as (rows, 1, size)
+        self._pool(node, x, "avg", [(0, 1)], [(0, size)], np.array([size], dtype=np.int64))
+
+    def op_layer_norm(self, node: fx.Node, op: str) -> None:
+        """LayerNorm over the last axis, integer-only (``INTEGER.md``)."""
+        args = [*node.args, None, None, None, None][:5]
+        x = self.tensor(node, args[0])
+        shape, eps = list(args[1]), float(args[4] if args[4] is not None else 1e-5)
+        cols = x.shape[-1] if x.shape else 0
+        if shape != [cols]:
+            raise self.fail(node, f"normalized shape {shape}: only the last axis ({cols}) is supported")
+        if cols**3 * 2.0 ** (2 * x.fmt.bits) >= 2.0**62:
+            raise self.fail(node, f"{cols} features: the int64 sum of squares could overflow")
+        gamma, beta = self.param(node, args[2]), self.param(node, args[3])
+        gamma = gamma if gamma is not None else torch.ones(cols, dtype=torch.float64)
+        beta = beta if beta is not None else torch.zeros(cols, dtype=torch.float64)
+        fmt = self.fmt(node)
+        pairs = [multiplier(float(g), f"node {node.name}") for g in gamma]
+        mult = np.array([p[0] for p in pairs], dtype=np.int64)
+        shift = np.array([NORM_FRAC + p[1] - fmt.frac for p in pairs], dtype=np.int64)
+        bias = np.array(
+            [round_half_even(float(b) * 2.0 ** (NORM_FRAC + p[1])) for b, p in zip(beta, pairs, strict=True)],
+            dtype=np.int64,
+        )
+        self._check_shifts(node, shift)
+        e = round_half_even(cols * cols * eps * 2.0 ** (2 * x.fmt.frac))
+        y = self.new(node, fmt)
+        rows = x.numel // cols
+        self.ops.append(LayerNorm(node.name, [x.name], y.name, rows, cols, e, NORM_FRAC, mult, bias, shift))
+
+    def _matmul(self, node: fx.Node, a: Tensor, b: Tensor, y: Tensor, scale: float = 1.0) -> None:
+        if len(a.shape) < 2 or len(b.shape) < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+            raise self.fail(node, f"matmul of {a.shape} and {b.shape}: equal leading axes are supported")
+        mult, fm = (1, 0) if scale == 1.0 else multiplier(scale, f"node {node.name}")
+        shift = a.fmt.frac + b.fmt.frac + fm - y.fmt.frac
+        self._check_shifts(node, np.array([shift]))
+        m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+        batch = math.prod(a.shape[:-2])
+        self.ops.append(MatMul(y.name, [a.name, b.name], y.name, batch, m, k, n, mult, shift))
+
+    def op_matmul(self, node: fx.Node, op: str) -> None:
+        a, b = self.tensor(node, node.args[0]), self.tensor(node, node.args[1])
+        self._matmul(node, a, b, self.new(node, self.fmt(node)))
+
+    def op_attention(self, node: fx.Node, op: str) -> None:
+        """``softmax(q k^T * scale) v``: a strided transpose of k, an integer matmul (the scale folded into
+        its multiplier), the 8-bit softmax and a second matmul."""
+        q, k, v = (self.tensor(node, a) for a in node.args[:3])
+        extra = dict(zip(("attn_mask", "dropout_p", "is_causal"), node.args[3:6], strict=False))
+        extra |= {
+            key: node.kwargs[key] for key in ("attn_mask", "dropout_p", "is_causal") if key in node.kwargs
+        }
+        if extra.get("attn_mask") is not None or extra.get("is_causal") or float(extra.get("dropout_p") or 0):
+            raise self.fail(node, "attention masks, causal attention and dropout are not supported")
+        if q.fmt.bits > 8:
+            raise self.fail(node, "attention's softmax uses a 2^bits-entry exp table: needs act_bits=8")
+        scale = float(node.kwargs.get("scale") or 1.0 / math.sqrt(q.shape[-1]))
+        st = contiguous_strides(k.shape)
+        dims = [*k.shape[:-2], k.shape[-1], k.shape[-2]]
+        kt = self.internal(f"{node.name}_kT", tuple(dims), k.fmt)
+        merged, steps = merge_dims(dims, [*st[:-2], st[-1], st[-2]])
+        self.ops.append(Strided(kt.name, [k.name], kt.name, merged, steps, 0))
+        peak = self.calib.max_abs.get(f"{node.name}_scores", 0.0)
+        scores_shape = (*q.shape[:-1], k.shape[-2])
+        scores = self.internal(
+            f"{node.name}_scores", scores_shape, ActFormat(self.bits, choose_frac(peak, self.bits))
+        )
+        self._matmul(node, q, kt, scores, scale)
+        probs = self.internal(f"{node.name}_probs", scores_shape, ActFormat(self.bits, self.bits - 1))
+        cols = scores_shape[-1]
+        self.ops.append(
+            Softmax(probs.name, [scores.name], probs.name, scores.numel // cols, cols, exp_table(scores.fmt))
+        )
+        self._matmul(node, probs, v, self.new(node, self.fmt(node)))
 
 
 def legalize(
@@ -1240,6 +1368,17 @@ def legalize(
     refuse_open_ops(model)
     x = calibration_inputs(model, Path(calib_path), opts.calib_samples)
     calib = calibrate(model, x)
-    program = _Walk(model, calib, opts, keep_rans).run()
+    try:
+        program = _Walk(model, calib, opts, keep_rans).run()
+    except LowerError as exc:
+        if "batch axis" not in str(exc):
+            raise
+        # the graph moves or reshapes the batch axis (nn.MultiheadAttention works on (T, N, D)): lower
+        # the model for one sample at a time, whole tensors (batch 1) as the program's shapes
+        calib = calibrate(model, x, whole=True)
+        program = _Walk(model, calib, opts, keep_rans, whole=True).run()
+        program.notes.append(
+            "the graph moves the batch axis: lowered per sample (tensor shapes with batch 1)"
+        )
     program.notes.insert(0, f"calibrated on {calib.samples} inputs of {calib_path}")
     return program

@@ -100,3 +100,35 @@ def test_mobilenetv3_like_lowers_bit_exact(tmp_path: Path) -> None:
     agree = agreement(program, model, x)
     print(f"\nMobileNetV3-like: top-1 agreement with the float model {agree:.0%}")
     assert agree >= 0.7
+
+
+class Encoder(nn.Module):
+    """A 2-layer ``nn.TransformerEncoder`` (d_model 32, 4 heads, feed-forward 64) and a mean-pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x).mean(1))
+
+
+@needs_tools
+def test_transformer_encoder_lowers_bit_exact(tmp_path: Path) -> None:
+    """nn.MultiheadAttention works on (T, N, D) and folds the batch into the heads: the program is
+    lowered per sample; LayerNorm, attention (matmul, softmax, matmul) and row-wise linears integer-only."""
+    torch.manual_seed(0)
+    model = Encoder().eval()
+    x = torch.randn(48, 16, 32)
+    program = lower(model, x, tmp_path, "quant")
+    assert any("batch axis" in note for note in program.notes)
+    three_way(program, x, tmp_path, hls_samples=8)
+    agree = agreement(program, model, x)
+    got = dequantize_output(program, simulate(program, x)).reshape(x.shape[0], -1)
+    with torch.no_grad():
+        ref = model(x).double()
+    rel = float((got - ref).abs().max() / ref.abs().max())
+    print(f"\nTransformer encoder: top-1 agreement {agree:.0%}, max output error {rel:.1%} of its range")
+    assert agree >= 0.7

@@ -838,3 +838,63 @@ void sqc_lut_interp(const sqc_act_t *x, sqc_act_t *y, int32_t n, const int32_t *
         y[i] = (sqc_act_t)sqc_requant(t, shift, SQC_ACT_MIN, SQC_ACT_MAX);
     }
 }
+
+/* floor(sqrt(n)) by Newton's iteration from n (exact for every n; the simulator's math.isqrt) */
+static int64_t sqc_isqrt(int64_t n)
+{
+    int64_t x, y;
+    if (n < 2) {
+        return n;
+    }
+    x = n;
+    y = (x + 1) >> 1;
+    while (y < x) {
+        x = y;
+        y = (x + n / x) >> 1;
+    }
+    return x;
+}
+
+void sqc_layer_norm(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, int64_t eps, int32_t frac,
+                    const int16_t *mult, const int64_t *bias, const int8_t *shift)
+{
+    int32_t r, i;
+    for (r = 0; r < rows; r++) {
+        const sqc_act_t *v = x + (int64_t)r * cols;
+        sqc_act_t *out = y + (int64_t)r * cols;
+        int64_t s = 0, q = 0, root;
+        for (i = 0; i < cols; i++) {
+            s += v[i];
+        }
+        for (i = 0; i < cols; i++) {
+            const int64_t d = (int64_t)cols * v[i] - s;
+            q += d * d;
+        }
+        root = sqc_isqrt(q / cols + eps);
+        root = root < 1 ? 1 : root;
+        for (i = 0; i < cols; i++) {
+            const int64_t d = (int64_t)cols * v[i] - s;
+            const int64_t z = sqc_floor_div(d * ((int64_t)1 << frac), root);
+            out[i] = (sqc_act_t)sqc_requant(z * mult[i] + bias[i], shift[i], SQC_ACT_MIN, SQC_ACT_MAX);
+        }
+    }
+}
+
+void sqc_matmul(const sqc_act_t *a, const sqc_act_t *b, sqc_act_t *y, int32_t batch, int32_t m, int32_t k,
+                int32_t n, int32_t mult, int32_t shift)
+{
+    int32_t t, i, j, e;
+    for (t = 0; t < batch; t++) {
+        const sqc_act_t *pa = a + (int64_t)t * m * k, *pb = b + (int64_t)t * k * n;
+        sqc_act_t *py = y + (int64_t)t * m * n;
+        for (i = 0; i < m; i++) {
+            for (j = 0; j < n; j++) {
+                int64_t acc = 0;
+                for (e = 0; e < k; e++) {
+                    acc += (int64_t)pa[(int64_t)i * k + e] * pb[(int64_t)e * n + j];
+                }
+                py[(int64_t)i * n + j] = (sqc_act_t)sqc_requant(acc * mult, shift, SQC_ACT_MIN, SQC_ACT_MAX);
+            }
+        }
+    }
+}

@@ -431,6 +431,63 @@ void pad(const code_t x[CH * H * W], code_t y[CH * (H + TOP + BOTTOM) * (W + LEF
 
 /* ---- the top function's ports ---- */
 
+/* floor(sqrt(n)) by Newton's iteration from n (exact; the C target's loop) */
+inline long long isqrt(long long n)
+{
+    if (n < 2) {
+        return n;
+    }
+    long long x = n, y = (n + 1) >> 1;
+    while (y < x) {
+        x = y;
+        y = (x + n / x) >> 1;
+    }
+    return x;
+}
+
+/* LayerNorm over ROWS of COLS codes, integer-only (targets/INTEGER.md). */
+template <int ROWS, int COLS, int FRAC, class M, class B, class S>
+void layer_norm(const code_t x[ROWS * COLS], code_t y[ROWS * COLS], long long eps, const M mult[], const B bias[],
+                const S shift[])
+{
+    for (int r = 0; r < ROWS; r++) {
+        long long s = 0, q = 0;
+        for (int i = 0; i < COLS; i++) {
+            s += x[r * COLS + i].to_int();
+        }
+        for (int i = 0; i < COLS; i++) {
+            long long d = (long long)COLS * x[r * COLS + i].to_int() - s;
+            q += d * d;
+        }
+        long long root = isqrt(q / COLS + eps);
+        root = root < 1 ? 1 : root;
+        for (int i = 0; i < COLS; i++) {
+#pragma HLS PIPELINE II = 1
+            long long d = (long long)COLS * x[r * COLS + i].to_int() - s;
+            long long z = floor_div(d * (1LL << FRAC), root);
+            y[r * COLS + i] = requant(wide_t(z * (long long)mult[i] + (long long)bias[i]), int(shift[i]), QMIN, QMAX);
+        }
+    }
+}
+
+/* Product of activations: a (BATCH, M, K) x b (BATCH, K, N), 64-bit sums. */
+template <int BATCH, int M, int K, int N>
+void matmul(const code_t a[BATCH * M * K], const code_t b[BATCH * K * N], code_t y[BATCH * M * N], int mult, int shift)
+{
+    for (int t = 0; t < BATCH; t++) {
+        for (int i = 0; i < M; i++) {
+            for (int j = 0; j < N; j++) {
+                long long acc = 0;
+                for (int e = 0; e < K; e++) {
+#pragma HLS PIPELINE II = 1
+                    acc += (long long)a[(t * M + i) * K + e].to_int() * b[(t * K + e) * N + j].to_int();
+                }
+                y[(t * M + i) * N + j] = requant(wide_t(acc * mult), shift, QMIN, QMAX);
+            }
+        }
+    }
+}
+
 /* Interpolated table (activations over 8 bits): u = x - qmin, j = u >> SHIFT, r = u mod 2^SHIFT,
  * y = sat(rshift_round(knots[j] * 2^SHIFT + (knots[j+1] - knots[j]) * r, SHIFT)). */
 template <int N, int SHIFT, class T>
