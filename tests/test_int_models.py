@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sqc_int_check import MISSING, three_way
+from sqc_int_check import MISSING, simulate_tensor, three_way
 from sqc_zoo_models import TimmLikeCNN
 
 import sqc
+from sqc.targets.integer import MatMul
 from sqc.targets.legalize import LowerOptions, legalize
 from sqc.targets.simulate import dequantize_output, simulate
 
@@ -132,3 +133,16 @@ def test_transformer_encoder_lowers_bit_exact(tmp_path: Path) -> None:
     rel = float((got - ref).abs().max() / ref.abs().max())
     print(f"\nTransformer encoder: top-1 agreement {agree:.0%}, max output error {rel:.1%} of its range")
     assert agree >= 0.7
+    # one attention (q k^T matmul, 8-bit softmax table, matmul) against float attention of the same codes
+    scores = next(op for op in program.ops if isinstance(op, MatMul) and op.output.endswith("_scores"))
+    out = next(op for op in program.ops if isinstance(op, MatMul) and op.inputs[0].endswith("_probs"))
+    k_name = next(op.inputs[0] for op in program.ops if op.output == scores.inputs[1])
+    q, k, v = (
+        simulate_tensor(program, x, name).double() * 2.0 ** -program.tensors[name].fmt.frac
+        for name in (scores.inputs[0], k_name, out.inputs[1])
+    )
+    fy = program.tensors[out.output].fmt.frac
+    exact = F.scaled_dot_product_attention(q, k, v) * 2.0**fy
+    error = float((simulate_tensor(program, x, out.output).double() - exact).abs().max())
+    print(f"attention: error <= {error:.2f} output LSB (8-bit)")
+    assert error <= 6.0

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sqc_int_check import MISSING, three_way
+from sqc_int_check import MISSING, simulate_tensor, three_way
 
 import sqc
-from sqc.targets.integer import IntProgram, Lut, LutInterp, Strided
+from sqc.targets.integer import IntProgram, LayerNorm, Lut, LutInterp, Strided
 from sqc.targets.legalize import LowerOptions, legalize
 from sqc.targets.simulate import Simulator, dequantize_output, simulate
 
@@ -186,10 +186,39 @@ def test_zero_scale_batch_norm_folds_to_its_constant(tmp_path: Path) -> None:
     assert agree >= 0.8
 
 
-def simulate_tensor(program: IntProgram, x: torch.Tensor, name: str) -> torch.Tensor:
-    """The codes of one intermediate tensor (the program cut after the op that writes it)."""
-    from dataclasses import replace
+class Norm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(32, 32)
+        self.norm = nn.LayerNorm(32)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.bias.uniform_(-0.5, 0.5)
 
-    cut = next(i for i, op in enumerate(program.ops) if op.output == name)
-    head = replace(program, ops=program.ops[: cut + 1], output=name)
-    return simulate(head, x).reshape(x.shape[0], *program.tensors[name].shape)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fc(x))
+
+
+@needs_tools
+@pytest.mark.parametrize("bits", [8, 16])
+def test_layer_norm_integer_only(bits: int, tmp_path: Path) -> None:
+    """LayerNorm over rows of a (N, 8, 32) tensor: integer mean and variance, Newton's isqrt, a 16-bit
+    normalized value; its error against float LayerNorm of the same input codes is printed and bounded
+    (in output LSBs), and simulator = C = HLS csim."""
+    torch.manual_seed(0)
+    net = Norm().eval()
+    x = torch.randn(64, 8, 32)
+    program = lower(net, x, tmp_path, options=[f"act_bits={bits}"])
+    (op,) = [op for op in program.ops if isinstance(op, LayerNorm)]
+    src, dst = program.tensors[op.inputs[0]].fmt, program.tensors[op.output].fmt
+    codes = simulate_tensor(program, x, op.inputs[0])
+    got = Simulator(program).step(op, [codes], program.tensors[op.output], x.shape[0]).reshape(codes.shape)
+    want = F.layer_norm(
+        codes.double() * 2.0**-src.frac, (32,), net.norm.weight.double(), net.norm.bias.double()
+    )
+    exact = want * 2.0**dst.frac
+    inside = (exact >= dst.qmin) & (exact <= dst.qmax)
+    error = float((got.double() - exact)[inside].abs().max())
+    print(f"\nLayerNorm ({bits}-bit): error <= {error:.2f} output LSB")
+    assert error <= 1.0
+    three_way(program, x, tmp_path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,11 @@ def three_way(program: IntProgram, x: torch.Tensor, tmp: Path, hls_samples: int 
     differ = int((got != want[:k]).any(axis=1).sum())
     assert differ == 0, f"HLS csim: {differ} of {k} outputs differ from the integer simulator"
     return want
+
+
+def simulate_tensor(program: IntProgram, x: torch.Tensor, name: str) -> torch.Tensor:
+    """The codes of one intermediate tensor (the program cut after the op that writes its slot)."""
+    slot = program.tensors[name].slot
+    cut = next(i for i, op in enumerate(program.ops) if program.tensors[op.output].slot == slot)
+    head = replace(program, ops=program.ops[: cut + 1], output=name)
+    return simulate(head, x).reshape(x.shape[0], *program.tensors[name].shape)
