@@ -45,6 +45,7 @@ from sqc.targets.integer import (
     PRelu,
     Requant,
     Softmax,
+    SoftmaxPoly,
     Stream,
     Strided,
     Weights,
@@ -415,6 +416,9 @@ class _Emitter:
             elif isinstance(op, Pad):
                 args = [op.channels, *op.in_hw, *op.pads, op.fill]
                 self.run.append(f"    sqc_pad({x}, {y}, {', '.join(map(str, args))});")
+            elif isinstance(op, SoftmaxPoly):
+                args = [op.rows, op.cols, op.ln2, op.qb, f"{op.qc}LL", op.base, dst.fmt.frac]
+                self.run.append(_call("sqc_softmax_iexp", x, y, *args))
             elif isinstance(op, LayerNorm):
                 mult = self.array("int16_t", f"{name}_mult", op.mult)
                 bias = self.array("int64_t", f"{name}_bias", op.bias)

@@ -57,6 +57,7 @@ from sqc.targets.integer import (
     PRelu,
     Requant,
     Softmax,
+    SoftmaxPoly,
     Strided,
     Weights,
     chw,
@@ -520,6 +521,10 @@ class _Writer:
         elif isinstance(op, Pad):
             dims = ", ".join(str(v) for v in (op.channels, *op.in_hw, *op.pads))
             body.append(f"    sqc::pad<{dims}>(x0, y, {op.fill});")
+        elif isinstance(op, SoftmaxPoly):
+            dims = f"{op.rows}, {op.cols}"
+            args = f"{op.ln2}, {op.qb}, {op.qc}LL, {op.base}, {out.fmt.frac}"
+            body.append(f"    sqc::softmax_iexp<{dims}>(x0, y, {args});")
         elif isinstance(op, LayerNorm):
             mult, wm = self.rom(f"{base}_mult", op.mult, signed=True)
             bias, wb = self.rom(f"{base}_bias", op.bias, signed=True)

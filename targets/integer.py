@@ -259,6 +259,20 @@ class Softmax(Op):
 
 
 @dataclass
+class SoftmaxPoly(Op):
+    """Softmax over the last axis with I-BERT's integer exp (activations over 8 bits): with ``d = max - x``,
+    ``z = floor(d / ln2)``, ``p = d - z * ln2``, ``e = ((qb - p)^2 + qc) >> min(62, z + base)``;
+    then ``y = min(qmax, floor((e * 2^(fy+1) + s) / (2 s)))`` as :class:`Softmax`."""
+
+    rows: int
+    cols: int
+    ln2: int
+    qb: int
+    qc: int
+    base: int
+
+
+@dataclass
 class Pad(Op):
     """Constant padding of the last two axes (C, H, W) by (top, bottom, left, right) with ``fill``."""
 

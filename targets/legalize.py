@@ -44,6 +44,7 @@ from sqc.targets.integer import (
     PRelu,
     Requant,
     Softmax,
+    SoftmaxPoly,
     Stream,
     Strided,
     Tensor,
@@ -491,6 +492,19 @@ def exp_table(fmt: ActFormat) -> np.ndarray:
     return torch.round(torch.exp(-diffs) * 2.0**15).to(torch.int64).numpy()
 
 
+def iexp_constants(fmt: ActFormat) -> tuple[int, int, int, int]:
+    """I-BERT's integer exp for softmax (Kim et al. 2021): ``exp(-t) = 2^-z exp(-p)`` with ``t = z ln2 + p``,
+    and ``exp(-p) ~ 0.3585 (1.353 - p)^2 + 0.344`` on ``[0, ln2)``. In codes of ``fmt``: ``ln2``,
+    ``qb = 1.353``, ``qc = 0.344 / 0.3585`` (squared scale; the common factor 0.3585 * 2^-2fx cancels in
+    the normalization), and ``base``, the shift that keeps ``e`` within 30 bits."""
+    scale = 2.0**fmt.frac
+    ln2 = max(1, round_half_even(math.log(2) * scale))
+    qb = round_half_even(1.353 * scale)
+    qc = round_half_even(0.344 / 0.3585 * scale * scale)
+    base = max(0, (qb * qb + qc).bit_length() - 30)
+    return ln2, qb, qc, base
+
+
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Row-major element strides of a per-sample shape."""
     strides, step = [], 1
@@ -883,13 +897,17 @@ class _Walk:
         dim = a["dim"]
         if dim is None or int(dim) not in (-1, len(x.shape) + self.lead - 1):
             raise self.fail(node, "softmax is supported over the last axis only")
-        if x.fmt.bits > 8:
-            raise self.fail(node, "softmax uses a 2^bits-entry exp table: needs --option act_bits=8")
-        fmt = ActFormat(self.bits, self.bits - 1)
-        table = exp_table(x.fmt)
-        y = self.new(node, fmt)
+        y = self.new(node, ActFormat(self.bits, self.bits - 1))
+        self.softmax(x, y)
+
+    def softmax(self, x: Tensor, y: Tensor) -> None:
+        """Softmax over the last axis: the exp table at 8 bits, I-BERT's i-exp polynomial above."""
         cols = x.shape[-1]
-        self.ops.append(Softmax(node.name, [x.name], y.name, x.numel // cols, cols, table))
+        if x.fmt.bits <= 8:
+            self.ops.append(Softmax(y.name, [x.name], y.name, x.numel // cols, cols, exp_table(x.fmt)))
+            return
+        ln2, qb, qc, base = iexp_constants(x.fmt)
+        self.ops.append(SoftmaxPoly(y.name, [x.name], y.name, x.numel // cols, cols, ln2, qb, qc, base))
 
     def _binary(self, node: fx.Node, op: str) -> None:
         lhs, rhs = node.args[0], node.args[1]
@@ -1323,8 +1341,6 @@ class _Walk:
         }
         if extra.get("attn_mask") is not None or extra.get("is_causal") or float(extra.get("dropout_p") or 0):
             raise self.fail(node, "attention masks, causal attention and dropout are not supported")
-        if q.fmt.bits > 8:
-            raise self.fail(node, "attention's softmax uses a 2^bits-entry exp table: needs act_bits=8")
         scale = float(node.kwargs.get("scale") or 1.0 / math.sqrt(q.shape[-1]))
         st = contiguous_strides(k.shape)
         dims = [*k.shape[:-2], k.shape[-1], k.shape[-2]]
@@ -1338,10 +1354,7 @@ class _Walk:
         )
         self._matmul(node, q, kt, scores, scale)
         probs = self.internal(f"{node.name}_probs", scores_shape, ActFormat(self.bits, self.bits - 1))
-        cols = scores_shape[-1]
-        self.ops.append(
-            Softmax(probs.name, [scores.name], probs.name, scores.numel // cols, cols, exp_table(scores.fmt))
-        )
+        self.softmax(scores, probs)
         self._matmul(node, probs, v, self.new(node, self.fmt(node)))
 
 

@@ -35,6 +35,7 @@ from sqc.targets.integer import (
     PRelu,
     Requant,
     Softmax,
+    SoftmaxPoly,
     Strided,
     Tensor,
 )
@@ -150,10 +151,10 @@ class Simulator:
             table = torch.from_numpy(op.table)
             t = (table[j] << op.shift) + (table[j + 1] - table[j]) * r
             return rshift_round(t, op.shift).clamp(fmt.qmin, fmt.qmax)
-        if isinstance(op, Softmax):
+        if isinstance(op, (Softmax, SoftmaxPoly)):
             v = x.reshape(n, op.rows, op.cols)
             d = v.amax(dim=-1, keepdim=True) - v
-            e = torch.from_numpy(op.exp_table)[d]
+            e = torch.from_numpy(op.exp_table)[d] if isinstance(op, Softmax) else iexp(op, d)
             s = e.sum(dim=-1, keepdim=True)
             y = torch.div(e * (1 << (fmt.frac + 1)) + s, 2 * s, rounding_mode="floor")
             return y.clamp(fmt.qmin, fmt.qmax)
@@ -199,6 +200,13 @@ class Simulator:
                     total = window.sum(dim=(-2, -1))
                     out[:, :, oy, ox] = torch.div(2 * total + count, 2 * count, rounding_mode="floor")
         return out
+
+
+def iexp(op: SoftmaxPoly, d: torch.Tensor) -> torch.Tensor:
+    """I-BERT's integer exp of ``-d`` codes (``INTEGER.md``), up to softmax's common factor."""
+    z = torch.div(d, op.ln2, rounding_mode="floor")
+    t = op.qb - (d - z * op.ln2)
+    return torch.bitwise_right_shift(t * t + op.qc, (z + op.base).clamp(max=62))
 
 
 def layer_norm(op: LayerNorm, v: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

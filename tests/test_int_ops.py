@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from sqc_int_check import MISSING, simulate_tensor, three_way
 
 import sqc
-from sqc.targets.integer import IntProgram, LayerNorm, Lut, LutInterp, Strided
+from sqc.targets.integer import IntProgram, LayerNorm, Lut, LutInterp, Softmax, SoftmaxPoly, Strided
 from sqc.targets.legalize import LowerOptions, legalize
 from sqc.targets.simulate import Simulator, dequantize_output, simulate
 
@@ -221,4 +221,33 @@ def test_layer_norm_integer_only(bits: int, tmp_path: Path) -> None:
     error = float((got.double() - exact)[inside].abs().max())
     print(f"\nLayerNorm ({bits}-bit): error <= {error:.2f} output LSB")
     assert error <= 1.0
+    three_way(program, x, tmp_path)
+
+
+class Probabilities(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 24)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.fc(x) * 2.0, dim=-1)
+
+
+@needs_tools
+@pytest.mark.parametrize("bits", [8, 16])
+def test_softmax(bits: int, tmp_path: Path) -> None:
+    """Softmax over rows: the exp table at 8 bits, I-BERT's integer exp polynomial at 16 bits; the error
+    against float softmax of the same input codes is printed and bounded, and simulator = C = HLS."""
+    torch.manual_seed(0)
+    net = Probabilities().eval()
+    x = torch.randn(64, 4, 16)
+    program = lower(net, x, tmp_path, options=[f"act_bits={bits}"])
+    (op,) = [op for op in program.ops if isinstance(op, (Softmax, SoftmaxPoly))]
+    src, dst = program.tensors[op.inputs[0]].fmt, program.tensors[op.output].fmt
+    codes = simulate_tensor(program, x, op.inputs[0])
+    got = simulate_tensor(program, x, op.output).double()
+    exact = F.softmax(codes.double() * 2.0**-src.frac, dim=-1) * 2.0**dst.frac
+    error = float((got - exact).abs().max())
+    print(f"\nsoftmax ({bits}-bit): error <= {error:.2f} output LSB = {error * 2.0**-dst.frac:.2e}")
+    assert error <= (1.0 if bits == 8 else 32.0)
     three_way(program, x, tmp_path)

@@ -898,3 +898,35 @@ void sqc_matmul(const sqc_act_t *a, const sqc_act_t *b, sqc_act_t *y, int32_t ba
         }
     }
 }
+
+static int64_t sqc_iexp(int32_t d, int32_t ln2, int32_t qb, int64_t qc, int32_t base)
+{
+    const int32_t z = d / ln2; /* d >= 0: the quotient is the floor */
+    const int64_t t = (int64_t)qb - (d - (int64_t)z * ln2);
+    const int32_t s = z + base > 62 ? 62 : z + base;
+    return (t * t + qc) >> s; /* t * t + qc > 0 */
+}
+
+void sqc_softmax_iexp(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, int32_t ln2, int32_t qb,
+                      int64_t qc, int32_t base, int32_t out_frac)
+{
+    int32_t r, i;
+    for (r = 0; r < rows; r++) {
+        const sqc_act_t *v = x + (int64_t)r * cols;
+        int32_t m = v[0];
+        int64_t s = 0;
+        for (i = 1; i < cols; i++) {
+            if (v[i] > m) {
+                m = v[i];
+            }
+        }
+        for (i = 0; i < cols; i++) {
+            s += sqc_iexp(m - v[i], ln2, qb, qc, base);
+        }
+        for (i = 0; i < cols; i++) {
+            int64_t e = sqc_iexp(m - v[i], ln2, qb, qc, base);
+            int64_t q = (e * ((int64_t)1 << (out_frac + 1)) + s) / (2 * s);
+            y[(int64_t)r * cols + i] = (sqc_act_t)(q > SQC_ACT_MAX ? SQC_ACT_MAX : q);
+        }
+    }
+}

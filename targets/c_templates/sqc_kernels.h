@@ -113,6 +113,11 @@ void sqc_softmax(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, c
                  int32_t out_frac);
 void sqc_pad(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int32_t w, int32_t top,
              int32_t bottom, int32_t left, int32_t right, int32_t fill);
+/* Softmax with I-BERT's integer exp (targets/INTEGER.md): d = max - x, z = d / ln2, p = d - z ln2,
+ * e = ((qb - p)^2 + qc) >> min(62, z + base), y = min(qmax, floor((e 2^(fy+1) + s) / (2 s))). */
+void sqc_softmax_iexp(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, int32_t ln2, int32_t qb,
+                      int64_t qc, int32_t base, int32_t out_frac);
+
 /* LayerNorm over rows of cols codes, integer-only (targets/INTEGER.md): s = sum x, d = cols x - s,
  * r = max(1, isqrt(floor(sum d^2 / cols) + eps)), z = floor(d 2^frac / r),
  * y = sat(rshift_round(z mult[i] + bias[i], shift[i])). */

@@ -431,6 +431,38 @@ void pad(const code_t x[CH * H * W], code_t y[CH * (H + TOP + BOTTOM) * (W + LEF
 
 /* ---- the top function's ports ---- */
 
+/* I-BERT's integer exp of -d codes, up to softmax's common factor (targets/INTEGER.md) */
+inline long long iexp(int d, int ln2, int qb, long long qc, int base)
+{
+#pragma HLS INLINE
+    int z = d / ln2;
+    long long t = (long long)qb - (d - (long long)z * ln2);
+    int s = z + base > 62 ? 62 : z + base;
+    return (t * t + qc) >> s;
+}
+
+/* Softmax over rows of COLS with the integer exp (activations over 8 bits). */
+template <int ROWS, int COLS>
+void softmax_iexp(const code_t x[ROWS * COLS], code_t y[ROWS * COLS], int ln2, int qb, long long qc, int base,
+                  int out_frac)
+{
+    for (int r = 0; r < ROWS; r++) {
+        int m = x[r * COLS].to_int();
+        long long s = 0;
+        for (int i = 1; i < COLS; i++) {
+            m = x[r * COLS + i].to_int() > m ? x[r * COLS + i].to_int() : m;
+        }
+        for (int i = 0; i < COLS; i++) {
+            s += iexp(m - x[r * COLS + i].to_int(), ln2, qb, qc, base);
+        }
+        for (int i = 0; i < COLS; i++) {
+            long long e = iexp(m - x[r * COLS + i].to_int(), ln2, qb, qc, base);
+            long long q = (e * (1LL << (out_frac + 1)) + s) / (2 * s);
+            y[r * COLS + i] = code_t(q > QMAX ? QMAX : q);
+        }
+    }
+}
+
 /* floor(sqrt(n)) by Newton's iteration from n (exact; the C target's loop) */
 inline long long isqrt(long long n)
 {
