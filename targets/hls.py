@@ -408,6 +408,12 @@ class _Writer:
         self.roms.append(f"SQC_ROM({ap}, {carrier}, {name}, {flat.size}) = {{\n    {body}\n}};")
         return name, width
 
+    def counted_rom(self, name: str, values: np.ndarray, signed: bool = True) -> str:
+        """A ROM of a non-weight table whose bits count in the report's other ROM."""
+        rom, width = self.rom(name, values, signed=signed)
+        self.other_bits += width * max(1, int(np.asarray(values).size))
+        return rom
+
     def requant(self, base: str, rq: Requant) -> tuple[str, str, str, int]:
         bias, wb = self.rom(f"{base}_bias", rq.bias, signed=True)
         mult, wm = self.rom(f"{base}_mult", rq.mult, signed=True)
@@ -526,23 +532,20 @@ class _Writer:
             args = f"{op.ln2}, {op.qb}, {op.qc}LL, {op.base}, {out.fmt.frac}"
             body.append(f"    sqc::softmax_iexp<{dims}>(x0, y, {args});")
         elif isinstance(op, LayerNorm):
-            mult, wm = self.rom(f"{base}_mult", op.mult, signed=True)
-            bias, wb = self.rom(f"{base}_bias", op.bias, signed=True)
-            shift, ws = self.rom(f"{base}_shift", op.shift, signed=True)
-            self.other_bits += (wm + wb + ws) * op.cols
+            mult, bias, shift = (
+                self.counted_rom(f"{base}_{k}", getattr(op, k)) for k in ("mult", "bias", "shift")
+            )
             dims = f"{op.rows}, {op.cols}, {op.frac}"
             body.append(f"    sqc::layer_norm<{dims}>(x0, y, {op.eps}LL, {mult}, {bias}, {shift});")
         elif isinstance(op, MatMul):
             dims = f"{op.batch}, {op.m}, {op.k}, {op.n}"
             body.append(f"    sqc::matmul<{dims}>(x0, x1, y, {op.mult}, {op.shift});")
         elif isinstance(op, LutInterp):
-            table, width = self.rom(f"{base}_knots", op.table, signed=True)
-            self.other_bits += width * int(op.table.size)
+            table = self.counted_rom(f"{base}_knots", op.table)
             body.append(f"    sqc::lut_interp<{out.numel}, {op.shift}>(x0, y, {table});")
         elif isinstance(op, Strided):
-            dims, wd = self.rom(f"{base}_dims", np.array(op.dims), signed=True)
-            steps, ws = self.rom(f"{base}_strides", np.array(op.strides), signed=True)
-            self.other_bits += (wd + ws) * len(op.dims)
+            dims = self.counted_rom(f"{base}_dims", np.array(op.dims))
+            steps = self.counted_rom(f"{base}_strides", np.array(op.strides))
             rank, n_in = len(op.dims), ins[0].numel
             body.append(
                 f"    sqc::strided<{out.numel}, {n_in}, {rank}>(x0, y, {dims}, {steps}, {op.offset});"

@@ -758,27 +758,53 @@ void sqc_lut(const sqc_act_t *x, sqc_act_t *y, int32_t n, const sqc_act_t *table
     }
 }
 
-void sqc_softmax(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, const int32_t *exp_table,
-                 int32_t out_frac)
+static int32_t sqc_row_max(const sqc_act_t *v, int32_t cols)
+{
+    int32_t i, m = v[0];
+    for (i = 1; i < cols; i++) {
+        if (v[i] > m) {
+            m = v[i];
+        }
+    }
+    return m;
+}
+
+/* The exp code of a difference d: the table's entry, or I-BERT's integer exp (poly = {ln2, qb, qc, base}) */
+static int64_t sqc_exp_code(int32_t d, const int32_t *table, const int64_t *poly)
+{
+    int32_t z, shift;
+    int64_t t;
+    if (table) {
+        return table[d];
+    }
+    z = d / (int32_t)poly[0]; /* d >= 0: the quotient is the floor */
+    t = poly[1] - (d - (int64_t)z * poly[0]);
+    shift = z + poly[3] > 62 ? 62 : z + (int32_t)poly[3];
+    return (t * t + poly[2]) >> shift; /* t * t + qc > 0 */
+}
+
+static void sqc_softmax_rows(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, const int32_t *table,
+                             const int64_t *poly, int32_t out_frac)
 {
     int32_t r, i;
     for (r = 0; r < rows; r++) {
         const sqc_act_t *v = x + (int64_t)r * cols;
-        int32_t m = v[0];
+        const int32_t m = sqc_row_max(v, cols);
         int64_t s = 0;
-        for (i = 1; i < cols; i++) {
-            if (v[i] > m) {
-                m = v[i];
-            }
+        for (i = 0; i < cols; i++) {
+            s += sqc_exp_code(m - v[i], table, poly);
         }
         for (i = 0; i < cols; i++) {
-            s += exp_table[m - v[i]];
-        }
-        for (i = 0; i < cols; i++) {
-            int64_t q = ((int64_t)exp_table[m - v[i]] * ((int64_t)1 << (out_frac + 1)) + s) / (2 * s);
+            int64_t q = (sqc_exp_code(m - v[i], table, poly) * ((int64_t)1 << (out_frac + 1)) + s) / (2 * s);
             y[(int64_t)r * cols + i] = (sqc_act_t)(q > SQC_ACT_MAX ? SQC_ACT_MAX : q);
         }
     }
+}
+
+void sqc_softmax(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, const int32_t *exp_table,
+                 int32_t out_frac)
+{
+    sqc_softmax_rows(x, y, rows, cols, exp_table, 0, out_frac);
 }
 
 void sqc_pad(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int32_t w, int32_t top,
@@ -899,34 +925,9 @@ void sqc_matmul(const sqc_act_t *a, const sqc_act_t *b, sqc_act_t *y, int32_t ba
     }
 }
 
-static int64_t sqc_iexp(int32_t d, int32_t ln2, int32_t qb, int64_t qc, int32_t base)
-{
-    const int32_t z = d / ln2; /* d >= 0: the quotient is the floor */
-    const int64_t t = (int64_t)qb - (d - (int64_t)z * ln2);
-    const int32_t s = z + base > 62 ? 62 : z + base;
-    return (t * t + qc) >> s; /* t * t + qc > 0 */
-}
-
 void sqc_softmax_iexp(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, int32_t ln2, int32_t qb,
                       int64_t qc, int32_t base, int32_t out_frac)
 {
-    int32_t r, i;
-    for (r = 0; r < rows; r++) {
-        const sqc_act_t *v = x + (int64_t)r * cols;
-        int32_t m = v[0];
-        int64_t s = 0;
-        for (i = 1; i < cols; i++) {
-            if (v[i] > m) {
-                m = v[i];
-            }
-        }
-        for (i = 0; i < cols; i++) {
-            s += sqc_iexp(m - v[i], ln2, qb, qc, base);
-        }
-        for (i = 0; i < cols; i++) {
-            int64_t e = sqc_iexp(m - v[i], ln2, qb, qc, base);
-            int64_t q = (e * ((int64_t)1 << (out_frac + 1)) + s) / (2 * s);
-            y[(int64_t)r * cols + i] = (sqc_act_t)(q > SQC_ACT_MAX ? SQC_ACT_MAX : q);
-        }
-    }
+    const int64_t poly[4] = {ln2, qb, qc, base};
+    sqc_softmax_rows(x, y, rows, cols, 0, poly, out_frac);
 }

@@ -392,15 +392,21 @@ void lut(const code_t x[N], code_t y[N], const T table[])
 }
 
 /* Softmax over rows of COLS: e = table[max - x], y = min(qmax, floor((e * 2^(fy+1) + s) / (2 s))). */
+inline int row_max(const code_t v[], int cols)
+{
+    int m = v[0].to_int();
+    for (int i = 1; i < cols; i++) {
+        m = v[i].to_int() > m ? v[i].to_int() : m;
+    }
+    return m;
+}
+
 template <int ROWS, int COLS, class T>
 void softmax(const code_t x[ROWS * COLS], code_t y[ROWS * COLS], const T table[], int out_frac)
 {
     for (int r = 0; r < ROWS; r++) {
-        int m = x[r * COLS].to_int();
+        int m = row_max(x + r * COLS, COLS);
         long long s = 0;
-        for (int i = 1; i < COLS; i++) {
-            m = x[r * COLS + i].to_int() > m ? x[r * COLS + i].to_int() : m;
-        }
         for (int i = 0; i < COLS; i++) {
             s += (long long)table[m - x[r * COLS + i].to_int()];
         }
@@ -447,11 +453,8 @@ void softmax_iexp(const code_t x[ROWS * COLS], code_t y[ROWS * COLS], int ln2, i
                   int out_frac)
 {
     for (int r = 0; r < ROWS; r++) {
-        int m = x[r * COLS].to_int();
+        int m = row_max(x + r * COLS, COLS);
         long long s = 0;
-        for (int i = 1; i < COLS; i++) {
-            m = x[r * COLS + i].to_int() > m ? x[r * COLS + i].to_int() : m;
-        }
         for (int i = 0; i < COLS; i++) {
             s += iexp(m - x[r * COLS + i].to_int(), ln2, qb, qc, base);
         }
