@@ -462,6 +462,20 @@ _ATEN_OPS = {
 }
 
 
+# Handlers that read (C, H, W) per-sample layouts: not available when the program's shapes are whole
+# tensors (a graph that moves the batch axis, lowered per sample).
+_PER_SAMPLE_ONLY = frozenset(
+    {
+        "conv1d",
+        "conv2d",
+        "batch_norm",
+        "prelu",
+        "pad",
+        *(f"{k}_pool{d}" for k in ("max", "avg", "adaptive_max", "adaptive_avg") for d in ("1d", "2d")),
+    }
+)
+
+
 def _lut_function(op: str, node: fx.Node) -> Any:
     """The float function a table op computes, in float64 (tables are rounded from it)."""
     if op == "gelu":
@@ -656,6 +670,8 @@ class _Walk:
         op = self.opname(node)
         if isinstance(node.target, torch._ops.OpOverload):
             op = _ATEN_OPS.get(aten_name(node.target) or "", op)
+        if not self.lead and op in _PER_SAMPLE_ONLY:
+            raise self.fail(node, "not supported in a graph that moves the batch axis (lowered per sample)")
         handler = getattr(self, f"op_{op}", None)
         if handler is None:
             raise self.fail(node, "op not supported by the integer targets")
@@ -1131,12 +1147,7 @@ class _Walk:
     def op_cat(self, node: fx.Node, op: str) -> None:
         a = _bind(node, op)
         inputs = [self.tensor(node, t) for t in a["tensors"]]
-        rank = len(inputs[0].shape)
-        dim = int(a["dim"])
-        dim = dim + rank + 1 if dim < 0 else dim
-        if dim == 0:
-            raise self.fail(node, "concatenation along the batch axis is not supported")
-        axis = dim - 1
+        axis = self._axis(node, inputs[0], a["dim"])
         fmt = self.fmt(node)
         outer = math.prod(inputs[0].shape[:axis])
         inner = [math.prod(t.shape[axis:]) for t in inputs]
