@@ -35,15 +35,20 @@ from sqc.targets.integer import (
     Clamp,
     Conv,
     IntProgram,
+    LayerNorm,
     Linear,
     Lut,
+    LutInterp,
+    MatMul,
     Mul,
     Pad,
     Pool,
     PRelu,
     Requant,
     Softmax,
+    SoftmaxPoly,
     Stream,
+    Strided,
     Weights,
     chw,
 )
@@ -53,7 +58,7 @@ if TYPE_CHECKING:
     from sqc.targets.calib import CalibSource
 
 STATIC_FILES = ("sqc_kernels.c", "sqc_kernels.h", "sqc_weights.inc", "main.c", "Makefile")
-_CTYPES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "sqc_act_t": 0}
+_CTYPES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "int64_t": 8, "sqc_act_t": 0}
 
 
 def template(name: str) -> str:
@@ -362,9 +367,13 @@ class _Emitter:
             elif isinstance(op, Linear):
                 kind, w, idx, nidx = self.weights(op.weights)
                 rq = self.requant(name, op.requant)
-                self.run.append(
-                    _call(f"sqc_linear_{kind}", x, y, w, idx, f"{nidx}u", src.numel, dst.numel, rq)
-                )
+                n_in, n_out = src.numel // op.rows, dst.numel // op.rows
+                if op.rows > 1:  # the same product on every row of a (..., features) tensor
+                    self.run.append(f"    for (int32_t r = 0; r < {op.rows}; r++) {{")
+                    x, y = f"{x} + r * {n_in}", f"{y} + r * {n_out}"
+                self.run.append(_call(f"sqc_linear_{kind}", x, y, w, idx, f"{nidx}u", n_in, n_out, rq))
+                if op.rows > 1:
+                    self.run.append("    }")
             elif isinstance(op, Affine):
                 rq = self.requant(name, op.requant)
                 self.run.append(f"    sqc_affine({x}, {y}, {op.channels}, {op.inner}, {rq});")
@@ -411,6 +420,25 @@ class _Emitter:
             elif isinstance(op, Pad):
                 args = [op.channels, *op.in_hw, *op.pads, op.fill]
                 self.run.append(f"    sqc_pad({x}, {y}, {', '.join(map(str, args))});")
+            elif isinstance(op, SoftmaxPoly):
+                args = [op.rows, op.cols, op.ln2, op.qb, f"{op.qc}LL", op.base, dst.fmt.frac]
+                self.run.append(_call("sqc_softmax_iexp", x, y, *args))
+            elif isinstance(op, LayerNorm):
+                mult = self.array("int16_t", f"{name}_mult", op.mult)
+                bias = self.array("int64_t", f"{name}_bias", op.bias)
+                shift = self.array("int8_t", f"{name}_shift", op.shift)
+                args = [op.rows, op.cols, f"{op.eps}LL", op.frac, mult, bias, shift]
+                self.run.append(_call("sqc_layer_norm", x, y, *args))
+            elif isinstance(op, MatMul):
+                b = at(op.inputs[1])
+                self.run.append(_call("sqc_matmul", x, b, y, op.batch, op.m, op.k, op.n, op.mult, op.shift))
+            elif isinstance(op, LutInterp):
+                table = self.array("int32_t", f"{name}_knots", op.table)
+                self.run.append(_call("sqc_lut_interp", x, y, dst.numel, table, op.shift))
+            elif isinstance(op, Strided):
+                dims = self.array("int32_t", f"{name}_dims", list(op.dims))
+                steps = self.array("int32_t", f"{name}_strides", list(op.strides))
+                self.run.append(_call("sqc_strided", x, y, len(op.dims), dims, steps, op.offset))
             else:  # legalization only produces the ops above
                 raise SqcError(f"node {op.name}: the C writer has no kernel for {type(op).__name__}")
 

@@ -46,8 +46,11 @@ from sqc.targets.integer import (
     Clamp,
     Conv,
     IntProgram,
+    LayerNorm,
     Linear,
     Lut,
+    LutInterp,
+    MatMul,
     Mul,
     Op,
     Pad,
@@ -55,6 +58,8 @@ from sqc.targets.integer import (
     PRelu,
     Requant,
     Softmax,
+    SoftmaxPoly,
+    Strided,
     Weights,
     chw,
 )
@@ -418,6 +423,12 @@ class _Writer:
         self.roms.append(f"SQC_ROM({ap}, {carrier}, {name}, {flat.size}) = {{\n    {body}\n}};")
         return name, width
 
+    def counted_rom(self, name: str, values: np.ndarray, signed: bool = True) -> str:
+        """A ROM of a non-weight table whose bits count in the report's other ROM."""
+        rom, width = self.rom(name, values, signed=signed)
+        self.other_bits += width * max(1, int(np.asarray(values).size))
+        return rom
+
     def requant(self, base: str, rq: Requant) -> tuple[str, str, str, int]:
         bias, wb = self.rom(f"{base}_bias", rq.bias, signed=True)
         mult, wm = self.rom(f"{base}_mult", rq.mult, signed=True)
@@ -492,8 +503,12 @@ class _Writer:
             body.append(f"    sqc::prelu<{op.channels}, {op.inner}>(x0, y, {mult}, {op.shift});")
         elif isinstance(op, Pool):
             names = []
+            # one type for the four window tables (the kernel takes them as one template type)
+            top = max(int(np.max(getattr(op, key))) for key in ("ys", "ye", "xs", "xe"))
             for key in ("ys", "ye", "xs", "xe"):
-                table, width = self.rom(f"{base}_{key}", getattr(op, key), signed=False)
+                table, width = self.rom(
+                    f"{base}_{key}", getattr(op, key), bits=max(1, top.bit_length()), signed=False
+                )
                 self.other_bits += width * int(getattr(op, key).size)
                 names.append(table)
             if op.divisor is None:
@@ -527,6 +542,29 @@ class _Writer:
         elif isinstance(op, Pad):
             dims = ", ".join(str(v) for v in (op.channels, *op.in_hw, *op.pads))
             body.append(f"    sqc::pad<{dims}>(x0, y, {op.fill});")
+        elif isinstance(op, SoftmaxPoly):
+            dims = f"{op.rows}, {op.cols}"
+            args = f"{op.ln2}, {op.qb}, {op.qc}LL, {op.base}, {out.fmt.frac}"
+            body.append(f"    sqc::softmax_iexp<{dims}>(x0, y, {args});")
+        elif isinstance(op, LayerNorm):
+            mult, bias, shift = (
+                self.counted_rom(f"{base}_{k}", getattr(op, k)) for k in ("mult", "bias", "shift")
+            )
+            dims = f"{op.rows}, {op.cols}, {op.frac}"
+            body.append(f"    sqc::layer_norm<{dims}>(x0, y, {op.eps}LL, {mult}, {bias}, {shift});")
+        elif isinstance(op, MatMul):
+            dims = f"{op.batch}, {op.m}, {op.k}, {op.n}"
+            body.append(f"    sqc::matmul<{dims}>(x0, x1, y, {op.mult}, {op.shift});")
+        elif isinstance(op, LutInterp):
+            table = self.counted_rom(f"{base}_knots", op.table)
+            body.append(f"    sqc::lut_interp<{out.numel}, {op.shift}>(x0, y, {table});")
+        elif isinstance(op, Strided):
+            dims = self.counted_rom(f"{base}_dims", np.array(op.dims))
+            steps = self.counted_rom(f"{base}_strides", np.array(op.strides))
+            rank, n_in = len(op.dims), ins[0].numel
+            body.append(
+                f"    sqc::strided<{out.numel}, {n_in}, {rank}>(x0, y, {dims}, {steps}, {op.offset});"
+            )
         else:  # legalization only produces the ops above
             raise HlsError(f"node {op.name}: the HLS writer has no kernel for {type(op).__name__}")
         body.append(f"    sqc::to_values<{out.numel}>(y, out);")
@@ -584,9 +622,14 @@ class _Writer:
         pragmas.append("#pragma HLS ARRAY_PARTITION variable = x0 complete")
         src = self.program.tensors[op.inputs[0]]
         if isinstance(op, Linear):
-            kernel = (
-                f"    sqc::linear<{base}_l, {src.numel}>(x0, y, {sym}, {idx}, {cnt}, {rmap}, {b}, {m}, {s});"
-            )
+            n_in, n_out = src.numel // op.rows, self.program.tensors[op.output].numel // op.rows
+            kernel = f"    sqc::linear<{base}_l, {n_in}>(x0, y, {sym}, {idx}, {cnt}, {rmap}, {b}, {m}, {s});"
+            if op.rows > 1:  # the same product on every row of a (..., features) tensor
+                kernel = (
+                    f"    for (int r = 0; r < {op.rows}; r++) {{\n"
+                    + kernel.replace("(x0, y,", f"(x0 + r * {n_in}, y + r * {n_out},")
+                    + "\n    }"
+                )
             macs_dense = int(np.prod(w.shape))
             kind = "linear"
         else:

@@ -159,6 +159,9 @@ class Conv(Op):
 class Linear(Op):
     weights: Weights
     requant: Requant
+    rows: int = 1
+    """Rows of input features (a linear over the last axis of a (..., features) tensor): each row is one
+    independent product with the same weights."""
 
 
 @dataclass
@@ -236,12 +239,37 @@ class Lut(Op):
 
 
 @dataclass
+class LutInterp(Op):
+    """Element-wise function by an interpolated table (activations wider than 8 bits): with
+    ``u = x - qmin``, ``j = u >> shift``, ``r = u & (2^shift - 1)``:
+    ``y = sat(rshift_round(table[j] * 2^shift + (table[j+1] - table[j]) * r, shift))``."""
+
+    function: str
+    table: np.ndarray
+    shift: int
+
+
+@dataclass
 class Softmax(Op):
     """Over the last axis: ``e = exp_table[max - x]``, ``y = floor((e * 2**(fy+1) + s) / (2 s))``."""
 
     rows: int
     cols: int
     exp_table: np.ndarray
+
+
+@dataclass
+class SoftmaxPoly(Op):
+    """Softmax over the last axis with I-BERT's integer exp (activations over 8 bits): with ``d = max - x``,
+    ``z = floor(d / ln2)``, ``p = d - z * ln2``, ``e = ((qb - p)^2 + qc) >> min(62, z + base)``;
+    then ``y = min(qmax, floor((e * 2^(fy+1) + s) / (2 s)))`` as :class:`Softmax`."""
+
+    rows: int
+    cols: int
+    ln2: int
+    qb: int
+    qc: int
+    base: int
 
 
 @dataclass
@@ -252,6 +280,52 @@ class Pad(Op):
     in_hw: tuple[int, int]
     pads: tuple[int, int, int, int]
     fill: int
+
+
+@dataclass
+class Strided(Op):
+    """Data movement without arithmetic: ``y[i_0, .., i_r-1] = x[offset + sum_k i_k * strides[k]]`` over
+    the output's index space ``dims`` (row-major). One op for permute/transpose, slicing with any step,
+    integer indexing (a dimension dropped) and broadcasting (stride 0); the format is the input's."""
+
+    dims: tuple[int, ...]
+    strides: tuple[int, ...]
+    offset: int
+
+    def indices(self) -> np.ndarray:
+        """The flat input position of every output element, in output order."""
+        index = np.full((), self.offset, dtype=np.int64)
+        for n, stride in zip(self.dims, self.strides, strict=True):
+            index = index[..., None] + np.arange(n, dtype=np.int64) * stride
+        return index.reshape(-1)
+
+
+@dataclass
+class LayerNorm(Op):
+    """Over the last axis (``rows`` of ``cols``), integer-only (I-BERT style, ``INTEGER.md``):
+    ``s = sum x``, ``d = cols * x - s``, ``r = max(1, isqrt(floor(sum d^2 / cols) + eps))``,
+    ``z = floor(d * 2^frac / r)``, ``y = sat(rshift_round(z * mult[i] + bias[i], shift[i]))``."""
+
+    rows: int
+    cols: int
+    eps: int
+    frac: int
+    mult: np.ndarray
+    bias: np.ndarray
+    shift: np.ndarray
+
+
+@dataclass
+class MatMul(Op):
+    """Product of two activations: ``a`` (batch, m, k) times ``b`` (batch, k, n), int64 sums,
+    ``y = sat(rshift_round(acc * mult, shift))``."""
+
+    batch: int
+    m: int
+    k: int
+    n: int
+    mult: int
+    shift: int
 
 
 @dataclass
@@ -290,6 +364,17 @@ def rshift_round(value: int, shift: int) -> int:
     if shift > 0:
         return (value + (1 << (shift - 1))) >> shift
     return value * (1 << -shift)
+
+
+def isqrt(value: int) -> int:
+    """``floor(sqrt(value))`` by Newton's iteration from ``value`` itself (the C and HLS kernels run this
+    very loop): exact for every non-negative int64."""
+    if value < 2:
+        return value
+    x, y = value, (value + 1) >> 1
+    while y < x:
+        x, y = y, (y + value // y) >> 1
+    return x
 
 
 def choose_frac(max_abs: float, bits: int) -> int:

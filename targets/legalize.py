@@ -33,8 +33,11 @@ from sqc.targets.integer import (
     Clamp,
     Conv,
     IntProgram,
+    LayerNorm,
     Linear,
     Lut,
+    LutInterp,
+    MatMul,
     Mul,
     Op,
     Pad,
@@ -42,7 +45,9 @@ from sqc.targets.integer import (
     PRelu,
     Requant,
     Softmax,
+    SoftmaxPoly,
     Stream,
+    Strided,
     Tensor,
     Weights,
     choose_frac,
@@ -138,9 +143,10 @@ class Calibration:
 
 
 class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, calib: Calibration) -> None:
+    def __init__(self, gm: fx.GraphModule, calib: Calibration, whole: bool = False) -> None:
         super().__init__(gm)
         self.calib = calib
+        self.whole = whole
 
     def run_node(self, n: fx.Node) -> Any:
         try:
@@ -151,14 +157,14 @@ class _Recorder(fx.Interpreter):
         if isinstance(result, torch.Tensor) and result.is_floating_point():
             peak = float(result.detach().abs().max()) if result.numel() else 0.0
             self.calib.max_abs[n.name] = max(self.calib.max_abs.get(n.name, 0.0), peak)
-            self.calib.shapes[n.name] = tuple(result.shape[1:])
+            self.calib.shapes[n.name] = tuple(result.shape if self.whole else result.shape[1:])
+            if n.op == "call_function" and aten_name(n.target) == "aten::scaled_dot_product_attention":
+                q, k = (self.env[a] for a in n.args[:2])  # type: ignore[index]
+                scale = n.kwargs.get("scale") or 1.0 / math.sqrt(q.shape[-1])
+                scores = float((q @ k.transpose(-2, -1)).abs().max()) * scale
+                key = f"{n.name}_scores"
+                self.calib.max_abs[key] = max(self.calib.max_abs.get(key, 0.0), scores)
         return result
-
-
-def calibration_inputs(model: CompressedModel, source: CalibSource, samples: int) -> torch.Tensor:
-    """The first ``samples`` calibration inputs (:func:`~sqc.targets.calib.calibration_data`), shaped
-    like the model's input."""
-    return calibration_data(source, samples, model).x
 
 
 def refuse_open_ops(model: CompressedModel) -> None:
@@ -166,18 +172,22 @@ def refuse_open_ops(model: CompressedModel) -> None:
     targets have kernels for the vocabulary only (the PyTorch target runs every operator)."""
     for node in model.graph_module.graph.nodes:
         if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            if aten_name(node.target) in _ATEN_OPS:
+                continue
             raise LowerError(
                 f"node {node.name} ({aten_name(node.target) or node.target}): the integer targets have no "
                 "kernel for this operator (they lower sqc's op vocabulary; use --target pytorch)"
             )
 
 
-def calibrate(model: CompressedModel, x: torch.Tensor, batch: int = 250) -> Calibration:
+def calibrate(model: CompressedModel, x: torch.Tensor, batch: int = 250, whole: bool = False) -> Calibration:
+    """Ranges and shapes of every node on ``x``. ``whole``: shapes are whole tensors (batch 1 each)."""
     calib = Calibration({}, {}, int(x.shape[0]))
     gm = model.graph_module.eval()
+    step = 1 if whole else batch
     with torch.no_grad():
-        for start in range(0, x.shape[0], batch):
-            _Recorder(gm, calib).run(x[start : start + batch])
+        for start in range(0, x.shape[0], step):
+            _Recorder(gm, calib, whole).run(x[start : start + step])
     return calib
 
 
@@ -419,6 +429,106 @@ _SIGNATURES["adaptive_max_pool2d"] = _SIGNATURES["adaptive_max_pool1d"]
 _ALIASES = {"flatten", "reshape", "squeeze", "unsqueeze"}
 _CLAMPS = {"relu", "relu6", "hardtanh"}
 _LUTS = {"sigmoid", "tanh", "gelu", "silu"}
+NORM_FRAC = 16  # fraction bits of LayerNorm's normalized value z = (x - mean) / std
+LUT_BITS = 10  # wider activations use 2^10 + 1 interpolation knots instead of a full table
+MAX_RANK = 8  # dimensions of a Strided op after merging (the C kernel's counter array)
+
+# ATen operators (the open op set of exported graphs) that the integer targets lower, by schema name ->
+# the ``op_*`` handler that takes them.
+_ATEN_OPS = {
+    "aten::hardswish": "hardswish",
+    "aten::hardswish_": "hardswish",
+    "aten::hardsigmoid": "hardsigmoid",
+    "aten::hardsigmoid_": "hardsigmoid",
+    "aten::slice.Tensor": "slice",
+    "aten::select.int": "select",
+    "aten::unflatten.int": "reshape",
+    "aten::expand": "expand",
+    "aten::layer_norm": "layer_norm",
+    "aten::scaled_dot_product_attention": "attention",
+}
+
+
+# Handlers that read (C, H, W) per-sample layouts: not available when the program's shapes are whole
+# tensors (a graph that moves the batch axis, lowered per sample).
+_PER_SAMPLE_ONLY = frozenset(
+    {
+        "conv1d",
+        "conv2d",
+        "batch_norm",
+        "prelu",
+        "pad",
+        *(f"{k}_pool{d}" for k in ("max", "avg", "adaptive_max", "adaptive_avg") for d in ("1d", "2d")),
+    }
+)
+
+
+def _lut_function(op: str, node: fx.Node) -> Any:
+    """The float function a table op computes, in float64 (tables are rounded from it)."""
+    if op == "gelu":
+        approximate = str(_bind(node, op)["approximate"])
+        return lambda v: F.gelu(v, approximate=approximate)
+    return {
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "silu": F.silu,
+        "hardswish": F.hardswish,
+        "hardsigmoid": F.hardsigmoid,
+    }[op]
+
+
+def constant_epilogue(value: float, fmt: ActFormat, bound: int) -> tuple[int, int, int]:
+    """(B, M, S) of an epilogue channel whose output is the constant ``value`` for every accumulator
+    ``|acc| <= bound``: ``M = 1``, ``S = bitlen(bound) + 1``, ``B = k * 2^S`` with ``k`` the constant's code;
+    then ``rshift_round(acc + B, S) = k + floor((acc + 2^(S-1)) / 2^S) = k`` exactly (a zero-scale
+    batch-norm channel, ``INTEGER.md``)."""
+    k = max(fmt.qmin, min(fmt.qmax, round_half_even(value * 2.0**fmt.frac)))
+    s = int(bound).bit_length() + 1
+    return k << s, 1, s
+
+
+def exp_table(fmt: ActFormat) -> np.ndarray:
+    """Softmax's ``E[d] = round_half_even(2^15 * exp(-d * 2^-fx))`` for every code difference d."""
+    diffs = torch.arange(0, 1 << fmt.bits, dtype=torch.float64) * 2.0**-fmt.frac
+    return torch.round(torch.exp(-diffs) * 2.0**15).to(torch.int64).numpy()
+
+
+def iexp_constants(fmt: ActFormat) -> tuple[int, int, int, int]:
+    """I-BERT's integer exp for softmax (Kim et al. 2021): ``exp(-t) = 2^-z exp(-p)`` with ``t = z ln2 + p``,
+    and ``exp(-p) ~ 0.3585 (1.353 - p)^2 + 0.344`` on ``[0, ln2)``. In codes of ``fmt``: ``ln2``,
+    ``qb = 1.353``, ``qc = 0.344 / 0.3585`` (squared scale; the common factor 0.3585 * 2^-2fx cancels in
+    the normalization), and ``base``, the shift that keeps ``e`` within 30 bits."""
+    scale = 2.0**fmt.frac
+    ln2 = max(1, round_half_even(math.log(2) * scale))
+    qb = round_half_even(1.353 * scale)
+    qc = round_half_even(0.344 / 0.3585 * scale * scale)
+    base = max(0, (qb * qb + qc).bit_length() - 30)
+    return ln2, qb, qc, base
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major element strides of a per-sample shape."""
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
+def merge_dims(dims: list[int], strides: list[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The same index walk in fewest dimensions: size-1 dimensions dropped, a dimension merged into the
+    one before it when the walk runs on contiguously (``stride[k] == stride[k+1] * dims[k+1]``)."""
+    out: list[list[int]] = []
+    for n, st in zip(dims, strides, strict=True):
+        if n == 1:
+            continue
+        if out and out[-1][1] == st * n:
+            out[-1] = [out[-1][0] * n, st]
+        else:
+            out.append([n, st])
+    if not out:
+        out = [[1, 1]]
+    return tuple(d for d, _ in out), tuple(st for _, st in out)
 
 
 def _bind(node: fx.Node, op: str) -> dict[str, Any]:
@@ -442,8 +552,14 @@ def _pair(value: Any, one_d: bool, height: int | None = 1) -> tuple[Any, Any]:
 
 class _Walk:
     def __init__(
-        self, model: CompressedModel, calib: Calibration, opts: LowerOptions, keep_rans: bool = False
+        self,
+        model: CompressedModel,
+        calib: Calibration,
+        opts: LowerOptions,
+        keep_rans: bool = False,
+        whole: bool = False,
     ) -> None:
+        self.lead = 0 if whole else 1  # axes of a graph tensor in front of the program's shapes (batch)
         self.keep_rans = keep_rans
         self.model = model
         self.calib = calib
@@ -539,6 +655,10 @@ class _Walk:
 
     def call(self, node: fx.Node) -> None:
         op = self.opname(node)
+        if isinstance(node.target, torch._ops.OpOverload):
+            op = _ATEN_OPS.get(aten_name(node.target) or "", op)
+        if not self.lead and op in _PER_SAMPLE_ONLY:
+            raise self.fail(node, "not supported in a graph that moves the batch axis (lowered per sample)")
         handler = getattr(self, f"op_{op}", None)
         if handler is None:
             raise self.fail(node, "op not supported by the integer targets")
@@ -551,6 +671,7 @@ class _Walk:
         """Fold a following batch norm and ReLU-like clamp; return the last node folded and the epilogue."""
         tail = node
         channels = w.shape[0]
+        constants: dict[int, float] = {}
         scale = torch.ones(channels, dtype=torch.float64)
         shift_add = torch.zeros(channels, dtype=torch.float64) if bias is None else bias.clone()
         bn = self.single_user(node, {"batch_norm"})
@@ -561,8 +682,11 @@ class _Walk:
             assert mean is not None and var is not None
             scale = 1.0 / torch.sqrt(var + float(a["eps"]))
             scale = scale * gamma if gamma is not None else scale
-            if bool((scale.abs() < 1e-12).any()):
-                raise self.fail(bn, "a batch-norm channel has a zero scale")
+            zero = scale.abs() < 1e-12
+            if bool(zero.any()):  # y = beta whatever the input: the channel folds to a constant
+                beta_ = beta if beta is not None else torch.zeros_like(scale)
+                constants = {int(c): float(beta_[c]) for c in torch.nonzero(zero).reshape(-1)}
+                scale = torch.where(zero, torch.ones_like(scale), scale)
             shift_add = shift_add - mean + (beta / scale if beta is not None else 0.0)
             self.fused.add(bn)
             tail = bn
@@ -591,6 +715,13 @@ class _Walk:
             mfrac = np.array([p[1] for p in pairs], dtype=np.int64)
         shift = facc + mfrac - fmt.frac
         l1 = np.abs(w.values.reshape(channels, -1)).sum(axis=1) * (1 << (x.fmt.bits - 1))
+        for c, value in constants.items():
+            bias_q[c], mult[c], shift[c] = constant_epilogue(value, fmt, int(l1[c]))
+        if constants:
+            self.notes.append(
+                f"{bn.name if bn is not None else node.name}: {len(constants)} batch-norm channel(s) with "
+                "a zero scale output their constant beta"
+            )
         bound = l1 + np.abs(bias_q)
         if int(bound.max()) >= 1 << 31:
             raise self.fail(
@@ -653,11 +784,12 @@ class _Walk:
     def op_linear(self, node: fx.Node, op: str) -> None:
         a = _bind(node, op)
         x = self.tensor(node, a["input"])
-        if len(x.shape) != 1:
-            raise self.fail(node, f"input of per-sample shape {x.shape}: only (N, features) is supported")
         w = self._weights(node, a["weight"])
+        if not x.shape or x.shape[-1] != w.shape[1]:
+            raise self.fail(node, f"input of per-sample shape {x.shape} for {w.shape[1]} features")
         tail, requant = self._epilogue(node, w, x, self.param(node, a["bias"]))
-        self.ops.append(Linear(node.name, [x.name], tail.name, w, requant))
+        rows = x.numel // w.shape[1]
+        self.ops.append(Linear(node.name, [x.name], tail.name, w, requant, rows))
 
     def op_batch_norm(self, node: fx.Node, op: str) -> None:
         a = _bind(node, op)
@@ -667,23 +799,37 @@ class _Walk:
         assert mean is not None and var is not None
         scale = 1.0 / torch.sqrt(var + float(a["eps"]))
         scale = scale * gamma if gamma is not None else scale
-        if bool((scale.abs() < 1e-12).any()):
-            raise self.fail(node, "a batch-norm channel has a zero scale")
-        add = -mean + (beta / scale if beta is not None else 0.0)
+        zero = scale.abs() < 1e-12
+        beta_ = beta if beta is not None else torch.zeros_like(scale)
+        # a zero-scale channel outputs beta whatever the input: _affine takes scale 0 as "add is the value"
+        add = torch.where(zero, beta_, -mean + beta_ / torch.where(zero, torch.ones_like(scale), scale))
+        scale = torch.where(zero, torch.zeros_like(scale), scale)
         channels = x.shape[0]
         self._affine(node, x, [float(s) for s in scale], [float(v) for v in add], channels)
 
     def _affine(
         self, node: fx.Node, x: Tensor, scales: list[float], adds: list[float], channels: int
     ) -> None:
-        """``y = (x + add) * scale`` per channel, as ``requant((x + B) * M, S)``."""
+        """``y = (x + add) * scale`` per channel, as ``requant((x + B) * M, S)``; a channel whose scale is 0
+        outputs the constant ``add`` (:func:`constant_epilogue`)."""
         fmt = self.fmt(node)
         pairs = [multiplier(s, f"node {node.name}") for s in scales]
-        bias = np.array([round_half_even(v * 2.0**x.fmt.frac) for v in adds], dtype=np.int64)
+        bias = np.array(
+            [
+                round_half_even(v * 2.0**x.fmt.frac) if s != 0 else 0
+                for v, s in zip(adds, scales, strict=True)
+            ],
+            dtype=np.int64,
+        )
         if bias.size and int(np.abs(bias).max()) + (1 << (x.fmt.bits - 1)) >= 1 << 31:
             raise self.fail(node, "the added constant does not fit the int32 accumulator")
         mult = np.array([p[0] for p in pairs], dtype=np.int64)
         shift = np.array([x.fmt.frac + p[1] - fmt.frac for p in pairs], dtype=np.int64)
+        for c, s in enumerate(scales):
+            if s == 0:
+                bias[c], mult[c], shift[c] = constant_epilogue(adds[c], fmt, 1 << (x.fmt.bits - 1))
+                if abs(int(bias[c])) + (1 << (x.fmt.bits - 1)) >= 1 << 31:
+                    raise self.fail(node, f"channel {c}: its constant output does not fit the int32 epilogue")
         self._check_shifts(node, shift)
         y = self.new(node, fmt)
         inner = x.numel // channels
@@ -726,17 +872,18 @@ class _Walk:
 
     def op_sigmoid(self, node: fx.Node, op: str) -> None:
         x = self.tensor(node, node.args[0])
-        if x.fmt.bits > 8:
-            raise self.fail(node, f"{op} is computed by a 2^bits-entry table: needs --option act_bits=8")
         fmt = self.fmt(node)
+        if x.fmt.bits > LUT_BITS:
+            # knots every 2^shift codes, the last one at qmax + 1; linear interpolation in between
+            shift = x.fmt.bits - LUT_BITS
+            knots = torch.arange(0, (1 << LUT_BITS) + 1, dtype=torch.float64) * 2.0**shift + x.fmt.qmin
+            values = _lut_function(op, node)(knots * 2.0**-x.fmt.frac) * 2.0**fmt.frac
+            table = torch.round(values).clamp(-(1 << 30), 1 << 30).to(torch.int64).numpy()
+            y = self.new(node, fmt)
+            self.ops.append(LutInterp(node.name, [x.name], y.name, op, table, shift))
+            return
         codes = torch.arange(x.fmt.qmin, x.fmt.qmax + 1, dtype=torch.float64) * 2.0**-x.fmt.frac
-        fn = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "silu": F.silu}.get(op)
-        if op == "gelu":
-            approximate = str(_bind(node, op)["approximate"])
-            values = F.gelu(codes, approximate=approximate)
-        else:
-            assert fn is not None
-            values = fn(codes)
+        values = _lut_function(op, node)(codes)
         table = torch.round(values * 2.0**fmt.frac).clamp(fmt.qmin, fmt.qmax).to(torch.int64).numpy()
         y = self.new(node, fmt)
         self.ops.append(Lut(node.name, [x.name], y.name, op, table))
@@ -744,28 +891,39 @@ class _Walk:
     op_tanh = op_sigmoid
     op_gelu = op_sigmoid
     op_silu = op_sigmoid
+    op_hardswish = op_sigmoid
+    op_hardsigmoid = op_sigmoid
 
     def op_softmax(self, node: fx.Node, op: str) -> None:
         a = _bind(node, op)
         x = self.tensor(node, a["input"])
         dim = a["dim"]
-        if dim is None or int(dim) not in (-1, len(x.shape)):
+        if dim is None or int(dim) not in (-1, len(x.shape) + self.lead - 1):
             raise self.fail(node, "softmax is supported over the last axis only")
-        if x.fmt.bits > 8:
-            raise self.fail(node, "softmax uses a 2^bits-entry exp table: needs --option act_bits=8")
-        fmt = ActFormat(self.bits, self.bits - 1)
-        diffs = torch.arange(0, 1 << x.fmt.bits, dtype=torch.float64) * 2.0**-x.fmt.frac
-        table = torch.round(torch.exp(-diffs) * 2.0**15).to(torch.int64).numpy()
-        y = self.new(node, fmt)
+        y = self.new(node, ActFormat(self.bits, self.bits - 1))
+        self.softmax(x, y)
+
+    def softmax(self, x: Tensor, y: Tensor) -> None:
+        """Softmax over the last axis: the exp table at 8 bits, I-BERT's i-exp polynomial above."""
         cols = x.shape[-1]
-        self.ops.append(Softmax(node.name, [x.name], y.name, x.numel // cols, cols, table))
+        if x.fmt.bits <= 8:
+            self.ops.append(Softmax(y.name, [x.name], y.name, x.numel // cols, cols, exp_table(x.fmt)))
+            return
+        ln2, qb, qc, base = iexp_constants(x.fmt)
+        self.ops.append(SoftmaxPoly(y.name, [x.name], y.name, x.numel // cols, cols, ln2, qb, qc, base))
 
     def _binary(self, node: fx.Node, op: str) -> None:
         lhs, rhs = node.args[0], node.args[1]
+        if any(isinstance(v, fx.Node) and v in self.value and self.value[v] is None for v in (lhs, rhs)):
+            self.value[node] = None  # arithmetic on sizes: only ever feeds reshape arguments
+            return
         if isinstance(lhs, fx.Node) and isinstance(rhs, fx.Node):
             a, b = self.tensor(node, lhs), self.tensor(node, rhs)
             if a.shape != b.shape:
-                raise self.fail(node, f"broadcasting {a.shape} with {b.shape} is not supported")
+                shape = self.calib.shapes.get(node.name)
+                if shape is None:
+                    raise self.fail(node, "no tensor value seen during calibration")
+                a, b = self.broadcast(node, a, shape, 0), self.broadcast(node, b, shape, 1)
             fmt = self.fmt(node)
             if op in ("add", "sub"):
                 common = max(a.fmt.frac, b.fmt.frac)
@@ -825,15 +983,158 @@ class _Walk:
     op_squeeze = op_flatten
     op_unsqueeze = op_flatten
 
+    def strided(self, node: fx.Node, x: Tensor, dims: list[int], strides: list[int], offset: int) -> None:
+        """Output ``node`` as the index walk (dims, strides, offset) over ``x``: an alias of x's slot when
+        the walk is x itself in order, else a :class:`Strided` op."""
+        shape = self.calib.shapes.get(node.name)
+        if shape is None or math.prod(shape) != math.prod(dims):
+            raise self.fail(node, f"output {shape} does not match the index walk {tuple(dims)}")
+        merged, steps = merge_dims(dims, strides)
+        if offset == 0 and steps == (1,) and merged[0] == x.numel:
+            self.new(node, x.fmt, slot=x.slot)
+            return
+        if len(merged) > MAX_RANK:
+            raise self.fail(
+                node, f"the index walk has {len(merged)} dimensions after merging (max {MAX_RANK})"
+            )
+        y = self.new(node, x.fmt)
+        self.ops.append(Strided(node.name, [x.name], y.name, merged, steps, offset))
+
+    def broadcast(self, node: fx.Node, x: Tensor, shape: tuple[int, ...], k: int) -> Tensor:
+        """``x`` expanded to ``shape`` (same rank; size-1 axes repeated, stride 0) as its own tensor."""
+        if x.shape == tuple(shape):
+            return x
+        merged, steps = merge_dims(list(shape), self._broadcast_strides(node, x, shape))
+        name = f"{node.name}_bcast{k}"
+        if name in self.tensors or len(merged) > MAX_RANK:
+            raise self.fail(node, f"cannot broadcast {x.shape} to {tuple(shape)}")
+        y = Tensor(name, tuple(shape), x.fmt, name)
+        self.tensors[name] = y
+        self.ops.append(Strided(name, [x.name], name, merged, steps, 0))
+        return y
+
+    def _axis(self, node: fx.Node, x: Tensor, dim: Any) -> int:
+        """A non-batch axis of ``x`` (0-based over the per-sample shape) from a full-tensor axis."""
+        rank = len(x.shape) + self.lead
+        d = int(dim)
+        d = d + rank if d < 0 else d
+        if not self.lead <= d < rank:
+            raise self.fail(node, f"axis {dim} is the batch axis or out of range (the batch axis stays put)")
+        return d - self.lead
+
+    def op_permute(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        order = node.args[1] if len(node.args) > 1 else node.kwargs.get("dims")
+        order = list(order) if isinstance(order, (list, tuple)) else list(node.args[1:])
+        rank = len(x.shape) + self.lead
+        if len(order) != rank or (self.lead and int(order[0]) % rank != 0):
+            raise self.fail(node, "permutations that move the batch axis are not supported")
+        axes = [self._axis(node, x, d) for d in order[self.lead :]]
+        st = contiguous_strides(x.shape)
+        self.strided(node, x, [x.shape[a] for a in axes], [st[a] for a in axes], 0)
+
+    def op_transpose(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        a, b = (self._axis(node, x, d) for d in node.args[1:3])
+        axes = list(range(len(x.shape)))
+        axes[a], axes[b] = axes[b], axes[a]
+        st = contiguous_strides(x.shape)
+        self.strided(node, x, [x.shape[i] for i in axes], [st[i] for i in axes], 0)
+
+    def op_getitem(self, node: fx.Node, op: str) -> None:
+        """Basic indexing: integers, slices (any positive step), None and Ellipsis; the batch axis is
+        taken whole."""
+        x = self.tensor(node, node.args[0])
+        index = node.args[1]
+        items = list(index) if isinstance(index, tuple) else [index]
+        if any(not (i is None or i is Ellipsis or isinstance(i, (int, slice))) for i in items):
+            raise self.fail(
+                node, f"indexing with {index!r}: only integers, slices, None and ... are supported"
+            )
+        consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+        if Ellipsis in items:
+            at = items.index(Ellipsis)
+            items[at : at + 1] = [slice(None)] * (len(x.shape) + self.lead - consumed)
+        items += [slice(None)] * (len(x.shape) + self.lead - sum(1 for i in items if i is not None))
+        first = next(i for i in items if i is not None)
+        if self.lead and (first != slice(None) or items[0] is None):
+            raise self.fail(node, "indexing the batch axis is not supported")
+        sizes = [-1] * self.lead + list(x.shape)
+        steps = [0] * self.lead + list(contiguous_strides(x.shape))
+        dims: list[int] = []
+        strides: list[int] = []
+        offset, axis = 0, 0
+        for item in items:
+            if item is None:
+                dims.append(1)
+                strides.append(0)
+                continue
+            if axis >= self.lead:
+                n, st = sizes[axis], steps[axis]
+                if isinstance(item, int):
+                    if not -n <= item < n:
+                        raise self.fail(node, f"index {item} out of range for size {n}")
+                    offset += (item % n) * st
+                else:
+                    start, stop, step = item.indices(n)
+                    if step <= 0:
+                        raise self.fail(node, "slices with a non-positive step are not supported")
+                    offset += start * st
+                    dims.append(len(range(start, stop, step)))
+                    strides.append(st * step)
+            axis += 1
+        self.strided(node, x, dims, strides, offset)
+
+    def op_slice(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        args = [*node.args[1:], None, None, None, None][:4]
+        dim, start, end, step = (args[0] or 0), args[1], args[2], (args[3] or 1)
+        if self.lead and int(dim) % (len(x.shape) + 1) == 0:  # export slices the batch axis whole
+            if start not in (None, 0) or step != 1 or not (end is None or int(end) >= 1 << 62):
+                raise self.fail(node, "slicing the batch axis is not supported")
+            self.new(node, x.fmt, slot=x.slot)
+            return
+        axis = self._axis(node, x, dim)
+        end = None if end is not None and int(end) >= 1 << 62 else end
+        self._index_axis(node, x, axis, slice(start, end, step))
+
+    def op_select(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        self._index_axis(node, x, self._axis(node, x, node.args[1]), int(node.args[2]))
+
+    def _index_axis(self, node: fx.Node, x: Tensor, axis: int, item: int | slice) -> None:
+        n, st = x.shape[axis], contiguous_strides(x.shape)
+        dims, strides = list(x.shape), list(st)
+        if isinstance(item, int):
+            if not -n <= item < n:
+                raise self.fail(node, f"index {item} out of range for size {n}")
+            offset = (item % n) * st[axis]
+            del dims[axis], strides[axis]
+        else:
+            start, stop, step = item.indices(n)
+            if step <= 0:
+                raise self.fail(node, "slices with a non-positive step are not supported")
+            offset = start * st[axis]
+            dims[axis] = len(range(start, stop, step))
+            strides[axis] = st[axis] * step
+        self.strided(node, x, dims, strides, offset)
+
+    def op_expand(self, node: fx.Node, op: str) -> None:
+        x = self.tensor(node, node.args[0])
+        shape = self.calib.shapes.get(node.name)
+        if shape is None:
+            raise self.fail(node, "no tensor value seen during calibration")
+        self.strided(node, x, list(shape), self._broadcast_strides(node, x, tuple(shape)), 0)
+
+    def _broadcast_strides(self, node: fx.Node, x: Tensor, shape: tuple[int, ...]) -> list[int]:
+        if len(x.shape) != len(shape) or any(a not in (1, b) for a, b in zip(x.shape, shape, strict=True)):
+            raise self.fail(node, f"broadcasting {x.shape} to {tuple(shape)} is not supported")
+        return [0 if a == 1 else st for a, st in zip(x.shape, contiguous_strides(x.shape), strict=True)]
+
     def op_cat(self, node: fx.Node, op: str) -> None:
         a = _bind(node, op)
         inputs = [self.tensor(node, t) for t in a["tensors"]]
-        rank = len(inputs[0].shape)
-        dim = int(a["dim"])
-        dim = dim + rank + 1 if dim < 0 else dim
-        if dim == 0:
-            raise self.fail(node, "concatenation along the batch axis is not supported")
-        axis = dim - 1
+        axis = self._axis(node, inputs[0], a["dim"])
         fmt = self.fmt(node)
         outer = math.prod(inputs[0].shape[:axis])
         inner = [math.prod(t.shape[axis:]) for t in inputs]
@@ -954,11 +1255,105 @@ class _Walk:
         x = self.tensor(node, a["input"])
         dims = a["dim"] if isinstance(a["dim"], (tuple, list)) else [a["dim"]]
         rank = len(x.shape) + 1
+        if len(dims) == 1 and dims[0] is not None and (not self.lead or len(x.shape) not in (2, 3)):
+            self._mean_axis(node, x, self._axis(node, x, dims[0]))
+            return
         axes = sorted(int(d) % rank for d in dims if d is not None)
-        if len(x.shape) not in (2, 3) or axes != list(range(2, rank)):
+        if not self.lead or len(x.shape) not in (2, 3) or axes != list(range(2, rank)):
             raise self.fail(node, "mean is supported over all spatial axes only (global average pooling)")
         _, h, w = chw(x.shape)
         self._pool(node, x, "avg", [(0, h)], [(0, w)], np.array([h * w], dtype=np.int64))
+
+    # reductions, normalization and attention ---------------------------------------------------
+    def internal(self, name: str, shape: tuple[int, ...], fmt: ActFormat) -> Tensor:
+        """A tensor of the program that no graph node produces (a step inside one node's lowering)."""
+        if name in self.tensors:
+            raise LowerError(f"tensor {name}: the name is taken by a node")
+        tensor = Tensor(name, tuple(shape), fmt, name)
+        self.tensors[name] = tensor
+        return tensor
+
+    def _mean_axis(self, node: fx.Node, x: Tensor, axis: int) -> None:
+        """Mean over one axis: the axis is moved last (a strided copy) unless it is, then average pooling
+        over rows of it."""
+        outer, size = math.prod(x.shape[:axis]), x.shape[axis]
+        inner = math.prod(x.shape[axis + 1 :])
+        if inner > 1:
+            moved = self.internal(f"{node.name}_last", (outer * inner, 1, size), x.fmt)
+            self.ops.append(
+                Strided(moved.name, [x.name], moved.name, (outer, inner, size), (size * inner, 1, inner), 0)
+            )
+            x = moved
+        else:
+            x = Tensor(x.name, (outer, 1, size), x.fmt, x.slot)  # the same codes seen as (rows, 1, size)
+        self._pool(node, x, "avg", [(0, 1)], [(0, size)], np.array([size], dtype=np.int64))
+
+    def op_layer_norm(self, node: fx.Node, op: str) -> None:
+        """LayerNorm over the last axis, integer-only (``INTEGER.md``)."""
+        args = [*node.args, None, None, None, None][:5]
+        x = self.tensor(node, args[0])
+        shape, eps = list(args[1]), float(args[4] if args[4] is not None else 1e-5)
+        cols = x.shape[-1] if x.shape else 0
+        if shape != [cols]:
+            raise self.fail(node, f"normalized shape {shape}: only the last axis ({cols}) is supported")
+        if cols**3 * 2.0 ** (2 * x.fmt.bits) >= 2.0**62:
+            raise self.fail(node, f"{cols} features: the int64 sum of squares could overflow")
+        gamma, beta = self.param(node, args[2]), self.param(node, args[3])
+        gamma = gamma if gamma is not None else torch.ones(cols, dtype=torch.float64)
+        beta = beta if beta is not None else torch.zeros(cols, dtype=torch.float64)
+        fmt = self.fmt(node)
+        pairs = [multiplier(float(g), f"node {node.name}") for g in gamma]
+        mult = np.array([p[0] for p in pairs], dtype=np.int64)
+        shift = np.array([NORM_FRAC + p[1] - fmt.frac for p in pairs], dtype=np.int64)
+        bias = np.array(
+            [round_half_even(float(b) * 2.0 ** (NORM_FRAC + p[1])) for b, p in zip(beta, pairs, strict=True)],
+            dtype=np.int64,
+        )
+        self._check_shifts(node, shift)
+        e = round_half_even(cols * cols * eps * 2.0 ** (2 * x.fmt.frac))
+        y = self.new(node, fmt)
+        rows = x.numel // cols
+        self.ops.append(LayerNorm(node.name, [x.name], y.name, rows, cols, e, NORM_FRAC, mult, bias, shift))
+
+    def _matmul(self, node: fx.Node, a: Tensor, b: Tensor, y: Tensor, scale: float = 1.0) -> None:
+        if len(a.shape) < 2 or len(b.shape) < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+            raise self.fail(node, f"matmul of {a.shape} and {b.shape}: equal leading axes are supported")
+        mult, fm = (1, 0) if scale == 1.0 else multiplier(scale, f"node {node.name}")
+        shift = a.fmt.frac + b.fmt.frac + fm - y.fmt.frac
+        self._check_shifts(node, np.array([shift]))
+        m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+        batch = math.prod(a.shape[:-2])
+        self.ops.append(MatMul(y.name, [a.name, b.name], y.name, batch, m, k, n, mult, shift))
+
+    def op_matmul(self, node: fx.Node, op: str) -> None:
+        a, b = self.tensor(node, node.args[0]), self.tensor(node, node.args[1])
+        self._matmul(node, a, b, self.new(node, self.fmt(node)))
+
+    def op_attention(self, node: fx.Node, op: str) -> None:
+        """``softmax(q k^T * scale) v``: a strided transpose of k, an integer matmul (the scale folded into
+        its multiplier), the 8-bit softmax and a second matmul."""
+        q, k, v = (self.tensor(node, a) for a in node.args[:3])
+        extra = dict(zip(("attn_mask", "dropout_p", "is_causal"), node.args[3:6], strict=False))
+        extra |= {
+            key: node.kwargs[key] for key in ("attn_mask", "dropout_p", "is_causal") if key in node.kwargs
+        }
+        if extra.get("attn_mask") is not None or extra.get("is_causal") or float(extra.get("dropout_p") or 0):
+            raise self.fail(node, "attention masks, causal attention and dropout are not supported")
+        scale = float(node.kwargs.get("scale") or 1.0 / math.sqrt(q.shape[-1]))
+        st = contiguous_strides(k.shape)
+        dims = [*k.shape[:-2], k.shape[-1], k.shape[-2]]
+        kt = self.internal(f"{node.name}_kT", tuple(dims), k.fmt)
+        merged, steps = merge_dims(dims, [*st[:-2], st[-1], st[-2]])
+        self.ops.append(Strided(kt.name, [k.name], kt.name, merged, steps, 0))
+        peak = self.calib.max_abs.get(f"{node.name}_scores", 0.0)
+        scores_shape = (*q.shape[:-1], k.shape[-2])
+        scores = self.internal(
+            f"{node.name}_scores", scores_shape, ActFormat(self.bits, choose_frac(peak, self.bits))
+        )
+        self._matmul(node, q, kt, scores, scale)
+        probs = self.internal(f"{node.name}_probs", scores_shape, ActFormat(self.bits, self.bits - 1))
+        self.softmax(scores, probs)
+        self._matmul(node, probs, v, self.new(node, self.fmt(node)))
 
 
 def legalize(
@@ -982,6 +1377,17 @@ def legalize(
     refuse_open_ops(model)
     data = calibration_data(calib_path, opts.calib_samples, model)
     calib = calibrate(model, data.x)
-    program = _Walk(model, calib, opts, keep_rans).run()
+    try:
+        program = _Walk(model, calib, opts, keep_rans).run()
+    except LowerError as exc:
+        if "batch axis" not in str(exc):
+            raise
+        # the graph moves or reshapes the batch axis (nn.MultiheadAttention works on (T, N, D)): lower
+        # the model for one sample at a time, whole tensors (batch 1) as the program's shapes
+        calib = calibrate(model, data.x, whole=True)
+        program = _Walk(model, calib, opts, keep_rans, whole=True).run()
+        program.notes.append(
+            "the graph moves the batch axis: lowered per sample (tensor shapes with batch 1)"
+        )
     program.notes[:0] = [f"calibrated on {calib.samples} inputs of {data.source}", *data.notes]
     return program

@@ -9,6 +9,7 @@ HLS target after it) must reproduce these outputs bit for bit; any one-LSB diffe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,11 @@ from sqc.targets.integer import (
     Clamp,
     Conv,
     IntProgram,
+    LayerNorm,
     Linear,
     Lut,
+    LutInterp,
+    MatMul,
     Mul,
     Op,
     Pad,
@@ -31,6 +35,8 @@ from sqc.targets.integer import (
     PRelu,
     Requant,
     Softmax,
+    SoftmaxPoly,
+    Strided,
     Tensor,
 )
 
@@ -110,7 +116,7 @@ class Simulator:
             return _epilogue(torch.round(acc).to(torch.int64), op.requant)
         if isinstance(op, Linear):
             w = torch.from_numpy(op.weights.values).to(torch.float64)
-            acc = x.to(torch.float64) @ w.T
+            acc = x.reshape(n * op.rows, -1).to(torch.float64) @ w.T
             return _epilogue(torch.round(acc).to(torch.int64), op.requant)
         if isinstance(op, Affine):
             v = x.reshape(n, op.channels, op.inner)
@@ -138,13 +144,28 @@ class Simulator:
         if isinstance(op, Lut):
             src = self.program.tensors[op.inputs[0]].fmt
             return torch.from_numpy(op.table)[x - src.qmin]
-        if isinstance(op, Softmax):
+        if isinstance(op, LutInterp):
+            src = self.program.tensors[op.inputs[0]].fmt
+            u = x - src.qmin
+            j, r = u >> op.shift, u & ((1 << op.shift) - 1)
+            table = torch.from_numpy(op.table)
+            t = (table[j] << op.shift) + (table[j + 1] - table[j]) * r
+            return rshift_round(t, op.shift).clamp(fmt.qmin, fmt.qmax)
+        if isinstance(op, (Softmax, SoftmaxPoly)):
             v = x.reshape(n, op.rows, op.cols)
             d = v.amax(dim=-1, keepdim=True) - v
-            e = torch.from_numpy(op.exp_table)[d]
+            e = torch.from_numpy(op.exp_table)[d] if isinstance(op, Softmax) else iexp(op, d)
             s = e.sum(dim=-1, keepdim=True)
             y = torch.div(e * (1 << (fmt.frac + 1)) + s, 2 * s, rounding_mode="floor")
             return y.clamp(fmt.qmin, fmt.qmax)
+        if isinstance(op, LayerNorm):
+            return layer_norm(op, x.reshape(n, op.rows, op.cols), fmt.qmin, fmt.qmax)
+        if isinstance(op, MatMul):
+            a = x.reshape(n, op.batch, op.m, op.k)
+            acc = torch.matmul(a, xs[1].reshape(n, op.batch, op.k, op.n))  # int64: exact
+            return rshift_round(acc * op.mult, op.shift).clamp(fmt.qmin, fmt.qmax)
+        if isinstance(op, Strided):
+            return x.reshape(n, -1)[:, torch.from_numpy(op.indices())]
         if isinstance(op, Pad):
             top, bottom, left, right = op.pads
             v = x.reshape(n, op.channels, *op.in_hw)
@@ -179,6 +200,24 @@ class Simulator:
                     total = window.sum(dim=(-2, -1))
                     out[:, :, oy, ox] = torch.div(2 * total + count, 2 * count, rounding_mode="floor")
         return out
+
+
+def iexp(op: SoftmaxPoly, d: torch.Tensor) -> torch.Tensor:
+    """I-BERT's integer exp of ``-d`` codes (``INTEGER.md``), up to softmax's common factor."""
+    z = torch.div(d, op.ln2, rounding_mode="floor")
+    t = op.qb - (d - z * op.ln2)
+    return torch.bitwise_right_shift(t * t + op.qc, (z + op.base).clamp(max=62))
+
+
+def layer_norm(op: LayerNorm, v: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """``INTEGER.md``'s integer LayerNorm on (N, rows, cols) codes."""
+    s = v.sum(-1, keepdim=True)
+    d = op.cols * v - s
+    q = torch.div((d * d).sum(-1, keepdim=True), op.cols, rounding_mode="floor") + op.eps
+    root = torch.tensor([math.isqrt(int(e)) for e in q.reshape(-1)], dtype=torch.int64).reshape(q.shape)
+    z = torch.div(d * (1 << op.frac), root.clamp(min=1), rounding_mode="floor")
+    t = z * torch.from_numpy(op.mult) + torch.from_numpy(op.bias)
+    return rshift_round(t, torch.from_numpy(op.shift)).clamp(lo, hi)
 
 
 def regular_windows(starts: object, ends: object, size: int) -> tuple[int, int] | None:

@@ -339,10 +339,3 @@ def test_unsupported_op_names_the_node(tmp_path: Path, calib_npz: Callable[[torc
     artifact = sqc.compress(Unsupported().eval(), [(1, 16)], "quant")
     with pytest.raises(LowerError, match=r"node log_softmax \(log_softmax\): op not supported"):
         legalize(artifact.model, calib_npz(x))
-
-
-def test_sigmoid_needs_8_bit_tables(tmp_path: Path, calib_npz: Callable[[torch.Tensor], Path]) -> None:
-    model = nn.Sequential(nn.Linear(16, 4), nn.Sigmoid()).eval()
-    artifact = sqc.compress(model, [(1, 16)], "quant")
-    with pytest.raises(LowerError, match=r"node .*sigmoid.*act_bits=8"):
-        legalize(artifact.model, calib_npz(torch.rand(8, 16)), LowerOptions(act_bits=16))

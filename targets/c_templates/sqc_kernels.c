@@ -758,27 +758,53 @@ void sqc_lut(const sqc_act_t *x, sqc_act_t *y, int32_t n, const sqc_act_t *table
     }
 }
 
-void sqc_softmax(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, const int32_t *exp_table,
-                 int32_t out_frac)
+static int32_t sqc_row_max(const sqc_act_t *v, int32_t cols)
+{
+    int32_t i, m = v[0];
+    for (i = 1; i < cols; i++) {
+        if (v[i] > m) {
+            m = v[i];
+        }
+    }
+    return m;
+}
+
+/* The exp code of a difference d: the table's entry, or I-BERT's integer exp (poly = {ln2, qb, qc, base}) */
+static int64_t sqc_exp_code(int32_t d, const int32_t *table, const int64_t *poly)
+{
+    int32_t z, shift;
+    int64_t t;
+    if (table) {
+        return table[d];
+    }
+    z = d / (int32_t)poly[0]; /* d >= 0: the quotient is the floor */
+    t = poly[1] - (d - (int64_t)z * poly[0]);
+    shift = z + poly[3] > 62 ? 62 : z + (int32_t)poly[3];
+    return (t * t + poly[2]) >> shift; /* t * t + qc > 0 */
+}
+
+static void sqc_softmax_rows(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, const int32_t *table,
+                             const int64_t *poly, int32_t out_frac)
 {
     int32_t r, i;
     for (r = 0; r < rows; r++) {
         const sqc_act_t *v = x + (int64_t)r * cols;
-        int32_t m = v[0];
+        const int32_t m = sqc_row_max(v, cols);
         int64_t s = 0;
-        for (i = 1; i < cols; i++) {
-            if (v[i] > m) {
-                m = v[i];
-            }
+        for (i = 0; i < cols; i++) {
+            s += sqc_exp_code(m - v[i], table, poly);
         }
         for (i = 0; i < cols; i++) {
-            s += exp_table[m - v[i]];
-        }
-        for (i = 0; i < cols; i++) {
-            int64_t q = ((int64_t)exp_table[m - v[i]] * ((int64_t)1 << (out_frac + 1)) + s) / (2 * s);
+            int64_t q = (sqc_exp_code(m - v[i], table, poly) * ((int64_t)1 << (out_frac + 1)) + s) / (2 * s);
             y[(int64_t)r * cols + i] = (sqc_act_t)(q > SQC_ACT_MAX ? SQC_ACT_MAX : q);
         }
     }
+}
+
+void sqc_softmax(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, const int32_t *exp_table,
+                 int32_t out_frac)
+{
+    sqc_softmax_rows(x, y, rows, cols, exp_table, 0, out_frac);
 }
 
 void sqc_pad(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int32_t w, int32_t top,
@@ -798,4 +824,110 @@ void sqc_pad(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int3
             }
         }
     }
+}
+
+void sqc_strided(const sqc_act_t *x, sqc_act_t *y, int32_t rank, const int32_t *dims, const int32_t *strides,
+                 int32_t offset)
+{
+    int32_t idx[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const int32_t inner = dims[rank - 1], step = strides[rank - 1];
+    int64_t n = 1, k, at = offset;
+    int32_t d, j;
+    for (d = 0; d < rank - 1; d++) {
+        n *= dims[d];
+    }
+    for (k = 0; k < n; k++) {
+        const sqc_act_t *src = x + at;
+        for (j = 0; j < inner; j++) {
+            y[j] = src[(int64_t)j * step];
+        }
+        y += inner;
+        /* odometer over the outer dimensions */
+        for (d = rank - 2; d >= 0; d--) {
+            at += strides[d];
+            if (++idx[d] < dims[d]) {
+                break;
+            }
+            at -= (int64_t)strides[d] * dims[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+void sqc_lut_interp(const sqc_act_t *x, sqc_act_t *y, int32_t n, const int32_t *knots, int32_t shift)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        const int32_t u = (int32_t)x[i] - (int32_t)SQC_ACT_MIN;
+        const int32_t j = u >> shift, r = u & ((1 << shift) - 1);
+        const int64_t t = (int64_t)knots[j] * ((int64_t)1 << shift) + (int64_t)(knots[j + 1] - knots[j]) * r;
+        y[i] = (sqc_act_t)sqc_requant(t, shift, SQC_ACT_MIN, SQC_ACT_MAX);
+    }
+}
+
+/* floor(sqrt(n)) by Newton's iteration from n (exact for every n; the simulator's math.isqrt) */
+static int64_t sqc_isqrt(int64_t n)
+{
+    int64_t x, y;
+    if (n < 2) {
+        return n;
+    }
+    x = n;
+    y = (x + 1) >> 1;
+    while (y < x) {
+        x = y;
+        y = (x + n / x) >> 1;
+    }
+    return x;
+}
+
+void sqc_layer_norm(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, int64_t eps, int32_t frac,
+                    const int16_t *mult, const int64_t *bias, const int8_t *shift)
+{
+    int32_t r, i;
+    for (r = 0; r < rows; r++) {
+        const sqc_act_t *v = x + (int64_t)r * cols;
+        sqc_act_t *out = y + (int64_t)r * cols;
+        int64_t s = 0, q = 0, root;
+        for (i = 0; i < cols; i++) {
+            s += v[i];
+        }
+        for (i = 0; i < cols; i++) {
+            const int64_t d = (int64_t)cols * v[i] - s;
+            q += d * d;
+        }
+        root = sqc_isqrt(q / cols + eps);
+        root = root < 1 ? 1 : root;
+        for (i = 0; i < cols; i++) {
+            const int64_t d = (int64_t)cols * v[i] - s;
+            const int64_t z = sqc_floor_div(d * ((int64_t)1 << frac), root);
+            out[i] = (sqc_act_t)sqc_requant(z * mult[i] + bias[i], shift[i], SQC_ACT_MIN, SQC_ACT_MAX);
+        }
+    }
+}
+
+void sqc_matmul(const sqc_act_t *a, const sqc_act_t *b, sqc_act_t *y, int32_t batch, int32_t m, int32_t k,
+                int32_t n, int32_t mult, int32_t shift)
+{
+    int32_t t, i, j, e;
+    for (t = 0; t < batch; t++) {
+        const sqc_act_t *pa = a + (int64_t)t * m * k, *pb = b + (int64_t)t * k * n;
+        sqc_act_t *py = y + (int64_t)t * m * n;
+        for (i = 0; i < m; i++) {
+            for (j = 0; j < n; j++) {
+                int64_t acc = 0;
+                for (e = 0; e < k; e++) {
+                    acc += (int64_t)pa[(int64_t)i * k + e] * pb[(int64_t)e * n + j];
+                }
+                py[(int64_t)i * n + j] = (sqc_act_t)sqc_requant(acc * mult, shift, SQC_ACT_MIN, SQC_ACT_MAX);
+            }
+        }
+    }
+}
+
+void sqc_softmax_iexp(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, int32_t ln2, int32_t qb,
+                      int64_t qc, int32_t base, int32_t out_frac)
+{
+    const int64_t poly[4] = {ln2, qb, qc, base};
+    sqc_softmax_rows(x, y, rows, cols, 0, poly, out_frac);
 }

@@ -113,5 +113,29 @@ void sqc_softmax(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, c
                  int32_t out_frac);
 void sqc_pad(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h, int32_t w, int32_t top,
              int32_t bottom, int32_t left, int32_t right, int32_t fill);
+/* Softmax with I-BERT's integer exp (targets/INTEGER.md): d = max - x, z = d / ln2, p = d - z ln2,
+ * e = ((qb - p)^2 + qc) >> min(62, z + base), y = min(qmax, floor((e 2^(fy+1) + s) / (2 s))). */
+void sqc_softmax_iexp(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, int32_t ln2, int32_t qb,
+                      int64_t qc, int32_t base, int32_t out_frac);
+
+/* LayerNorm over rows of cols codes, integer-only (targets/INTEGER.md): s = sum x, d = cols x - s,
+ * r = max(1, isqrt(floor(sum d^2 / cols) + eps)), z = floor(d 2^frac / r),
+ * y = sat(rshift_round(z mult[i] + bias[i], shift[i])). */
+void sqc_layer_norm(const sqc_act_t *x, sqc_act_t *y, int32_t rows, int32_t cols, int64_t eps, int32_t frac,
+                    const int16_t *mult, const int64_t *bias, const int8_t *shift);
+
+/* Product of activations: a (batch, m, k) x b (batch, k, n), int64 sums, y = sat(rshift_round(acc mult,
+ * shift)). */
+void sqc_matmul(const sqc_act_t *a, const sqc_act_t *b, sqc_act_t *y, int32_t batch, int32_t m, int32_t k,
+                int32_t n, int32_t mult, int32_t shift);
+
+/* Interpolated table (activations over 8 bits): u = x - qmin, j = u >> shift, r = u mod 2^shift,
+ * y = sat(rshift_round(knots[j] * 2^shift + (knots[j+1] - knots[j]) * r, shift)). */
+void sqc_lut_interp(const sqc_act_t *x, sqc_act_t *y, int32_t n, const int32_t *knots, int32_t shift);
+
+/* Data movement: y[i] = x[offset + sum_k i_k * strides[k]] over the index space dims[0..rank) in
+ * row-major order (permute, transpose, slicing, indexing, broadcasting with stride 0); rank <= 8. */
+void sqc_strided(const sqc_act_t *x, sqc_act_t *y, int32_t rank, const int32_t *dims, const int32_t *strides,
+                 int32_t offset);
 
 #endif

@@ -392,15 +392,21 @@ void lut(const code_t x[N], code_t y[N], const T table[])
 }
 
 /* Softmax over rows of COLS: e = table[max - x], y = min(qmax, floor((e * 2^(fy+1) + s) / (2 s))). */
+inline int row_max(const code_t v[], int cols)
+{
+    int m = v[0].to_int();
+    for (int i = 1; i < cols; i++) {
+        m = v[i].to_int() > m ? v[i].to_int() : m;
+    }
+    return m;
+}
+
 template <int ROWS, int COLS, class T>
 void softmax(const code_t x[ROWS * COLS], code_t y[ROWS * COLS], const T table[], int out_frac)
 {
     for (int r = 0; r < ROWS; r++) {
-        int m = x[r * COLS].to_int();
+        int m = row_max(x + r * COLS, COLS);
         long long s = 0;
-        for (int i = 1; i < COLS; i++) {
-            m = x[r * COLS + i].to_int() > m ? x[r * COLS + i].to_int() : m;
-        }
         for (int i = 0; i < COLS; i++) {
             s += (long long)table[m - x[r * COLS + i].to_int()];
         }
@@ -430,6 +436,135 @@ void pad(const code_t x[CH * H * W], code_t y[CH * (H + TOP + BOTTOM) * (W + LEF
 }
 
 /* ---- the top function's ports ---- */
+
+/* I-BERT's integer exp of -d codes, up to softmax's common factor (targets/INTEGER.md) */
+inline long long iexp(int d, int ln2, int qb, long long qc, int base)
+{
+#pragma HLS INLINE
+    int z = d / ln2;
+    long long t = (long long)qb - (d - (long long)z * ln2);
+    int s = z + base > 62 ? 62 : z + base;
+    return (t * t + qc) >> s;
+}
+
+/* Softmax over rows of COLS with the integer exp (activations over 8 bits). */
+template <int ROWS, int COLS>
+void softmax_iexp(const code_t x[ROWS * COLS], code_t y[ROWS * COLS], int ln2, int qb, long long qc, int base,
+                  int out_frac)
+{
+    for (int r = 0; r < ROWS; r++) {
+        int m = row_max(x + r * COLS, COLS);
+        long long s = 0;
+        for (int i = 0; i < COLS; i++) {
+            s += iexp(m - x[r * COLS + i].to_int(), ln2, qb, qc, base);
+        }
+        for (int i = 0; i < COLS; i++) {
+            long long e = iexp(m - x[r * COLS + i].to_int(), ln2, qb, qc, base);
+            long long q = (e * (1LL << (out_frac + 1)) + s) / (2 * s);
+            y[r * COLS + i] = code_t(q > QMAX ? QMAX : q);
+        }
+    }
+}
+
+/* floor(sqrt(n)) by Newton's iteration from n (exact; the C target's loop) */
+inline long long isqrt(long long n)
+{
+    if (n < 2) {
+        return n;
+    }
+    long long x = n, y = (n + 1) >> 1;
+    while (y < x) {
+        x = y;
+        y = (x + n / x) >> 1;
+    }
+    return x;
+}
+
+/* LayerNorm over ROWS of COLS codes, integer-only (targets/INTEGER.md). */
+template <int ROWS, int COLS, int FRAC, class M, class B, class S>
+void layer_norm(const code_t x[ROWS * COLS], code_t y[ROWS * COLS], long long eps, const M mult[], const B bias[],
+                const S shift[])
+{
+    for (int r = 0; r < ROWS; r++) {
+        long long s = 0, q = 0;
+        for (int i = 0; i < COLS; i++) {
+            s += x[r * COLS + i].to_int();
+        }
+        for (int i = 0; i < COLS; i++) {
+            long long d = (long long)COLS * x[r * COLS + i].to_int() - s;
+            q += d * d;
+        }
+        long long root = isqrt(q / COLS + eps);
+        root = root < 1 ? 1 : root;
+        for (int i = 0; i < COLS; i++) {
+#pragma HLS PIPELINE II = 1
+            long long d = (long long)COLS * x[r * COLS + i].to_int() - s;
+            long long z = floor_div(d * (1LL << FRAC), root);
+            y[r * COLS + i] = requant(wide_t(z * (long long)mult[i] + (long long)bias[i]), int(shift[i]), QMIN, QMAX);
+        }
+    }
+}
+
+/* Product of activations: a (BATCH, M, K) x b (BATCH, K, N), 64-bit sums. */
+template <int BATCH, int M, int K, int N>
+void matmul(const code_t a[BATCH * M * K], const code_t b[BATCH * K * N], code_t y[BATCH * M * N], int mult, int shift)
+{
+    for (int t = 0; t < BATCH; t++) {
+        for (int i = 0; i < M; i++) {
+            for (int j = 0; j < N; j++) {
+                long long acc = 0;
+                for (int e = 0; e < K; e++) {
+#pragma HLS PIPELINE II = 1
+                    acc += (long long)a[(t * M + i) * K + e].to_int() * b[(t * K + e) * N + j].to_int();
+                }
+                y[(t * M + i) * N + j] = requant(wide_t(acc * mult), shift, QMIN, QMAX);
+            }
+        }
+    }
+}
+
+/* Interpolated table (activations over 8 bits): u = x - qmin, j = u >> SHIFT, r = u mod 2^SHIFT,
+ * y = sat(rshift_round(knots[j] * 2^SHIFT + (knots[j+1] - knots[j]) * r, SHIFT)). */
+template <int N, int SHIFT, class T>
+void lut_interp(const code_t x[N], code_t y[N], const T knots[])
+{
+    for (int i = 0; i < N; i++) {
+#pragma HLS PIPELINE II = 1
+        int u = x[i].to_int() - QMIN;
+        int j = u >> SHIFT, r = u & ((1 << SHIFT) - 1);
+        wide_t lo = knots[j], hi = knots[j + 1];
+        wide_t t = lo;
+        t <<= SHIFT;
+        hi -= lo;
+        hi *= r;
+        t += hi;
+        y[i] = requant(t, SHIFT, QMIN, QMAX);
+    }
+}
+
+/* Data movement: y[i] = x[offset + sum_k i_k * strides[k]] over the index space dims (row-major):
+ * permute, transpose, slicing, indexing, broadcasting (stride 0). */
+template <int N, int IN, int RANK, class D, class T>
+void strided(const code_t x[IN], code_t y[N], const D dims[RANK], const T strides[RANK], int offset)
+{
+    int idx[RANK];
+    for (int d = 0; d < RANK; d++) {
+        idx[d] = 0;
+    }
+    int at = offset;
+    for (int i = 0; i < N; i++) {
+#pragma HLS PIPELINE II = 1
+        y[i] = x[at];
+        for (int d = RANK - 1; d >= 0; d--) {
+            at += int(strides[d]);
+            if (++idx[d] < int(dims[d])) {
+                break;
+            }
+            at -= int(strides[d]) * int(dims[d]);
+            idx[d] = 0;
+        }
+    }
+}
 
 template <int N, class T>
 void read_stream(hls::stream<T> &s, T v[N])
