@@ -89,6 +89,16 @@ void sqc_linear_w8(const sqc_act_t *x, sqc_act_t *y, const int8_t *w, const uint
                    int32_t in, int32_t out, const sqc_requant_t *rq);
 void sqc_linear_w16(const sqc_act_t *x, sqc_act_t *y, const int16_t *w, const uint8_t *idx, uint32_t nidx,
                     int32_t in, int32_t out, const sqc_requant_t *rq);
+/* Sparse linear by input column: sqc_csc_* re-lays a layer's runtime entries out at start-up (cnt: one
+ * count per input column, d: row steps, cw: weights), sqc_linear_csc_* walks that layout. */
+int sqc_csc_w8(const uint8_t *idx, const int8_t *w, uint32_t nidx, int32_t in, int32_t out, uint16_t *cnt,
+               uint8_t *d, int8_t *cw, uint32_t cap, uint32_t *cur, int32_t *prev);
+int sqc_csc_w16(const uint8_t *idx, const int16_t *w, uint32_t nidx, int32_t in, int32_t out, uint16_t *cnt,
+                uint8_t *d, int16_t *cw, uint32_t cap, uint32_t *cur, int32_t *prev);
+void sqc_linear_csc_w8(const sqc_act_t *x, sqc_act_t *y, const int8_t *w, const uint8_t *d, const uint16_t *cnt,
+                       int32_t in, int32_t out, const sqc_requant_t *rq, int32_t *acc);
+void sqc_linear_csc_w16(const sqc_act_t *x, sqc_act_t *y, const int16_t *w, const uint8_t *d,
+                        const uint16_t *cnt, int32_t in, int32_t out, const sqc_requant_t *rq, int32_t *acc);
 void sqc_conv_w8(const sqc_act_t *x, sqc_act_t *y, const int8_t *w, const uint8_t *idx, uint32_t nidx,
                  const sqc_conv_t *c, const sqc_requant_t *rq, int32_t *acc);
 void sqc_conv_w16(const sqc_act_t *x, sqc_act_t *y, const int16_t *w, const uint8_t *idx, uint32_t nidx,
