@@ -48,6 +48,11 @@ from sqc.targets.integer import (
 )
 from sqc.targets.simulate import regular_windows
 
+LINEAR_LAYOUTS = ("auto", "column", "row", "entries")
+"""How sparse linear layers are laid out in RAM (writer option ``linear``): ``auto`` = ``column`` (by input
+column, zero inputs skipped), ``row`` (by output row) or ``entries`` (the decoded relative index walked as
+it is, no re-layout). By column was the fastest on both LeNets, even where few inputs are zero
+(``benchmarks/bench_c_target.py`` measures all three)."""
 STATIC_FILES = ("sqc_kernels.c", "sqc_kernels.h", "sqc_weights.inc", "main.c", "Makefile")
 _CTYPES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "sqc_act_t": 0}
 
@@ -195,6 +200,8 @@ class _Emitter:
     huff: int = 1
     slack: int = 0
     rans_scratch: int = 0
+    x16: int = 0
+    linear: str = "auto"
 
     def array(
         self, ctype: str, name: str, values: np.ndarray | bytes | list[int], weights: bool = False
@@ -327,42 +334,29 @@ class _Emitter:
         return kind, region, idx, nidx
 
     def csc_linear(
-        self,
-        kind: str,
-        w: str,
-        idx: str,
-        nidx: int,
-        entries: int,
-        cols: int,
-        rows: int,
-        x: str,
-        y: str,
-        rq: str,
+        self, kind: str, weights: tuple[str, str, int], entries: int, by_row: bool, args: tuple[object, ...]
     ) -> str:
-        """Re-lay a sparse linear layer out by input column at start-up (``sqc_csc``, from the runtime
-        entries just decoded into the scratch) and return its kernel call (``sqc_linear_csc``)."""
+        """Re-lay a sparse linear layer out at start-up (``sqc_csc``: by input column, or by output row,
+        from the runtime entries just decoded into the scratch) and return its kernel call
+        (``sqc_linear_csc``, skipping zero inputs, or ``sqc_linear_csr``)."""
+        w, idx, nidx = weights
+        x, y, cols, rows, rq = args
+        assert isinstance(cols, int) and isinstance(rows, int)
+        lines = rows if by_row else cols
         cw, at_w = self.place(kind, entries, False)
         d, at_d = self.place("idx", entries, False)
-        cnt, at_c = self.place("u16", cols, False)
-        self.tmp["cols"] = max(self.tmp["cols"], cols)
+        cnt, at_c = self.place("u16", lines, False)
+        self.tmp["cols"] = max(self.tmp["cols"], lines)
         layout = f"{cnt} + {at_c}, {d} + {at_d}, {cw} + {at_w}"
         self.init.append(
-            f"    if (sqc_csc_{kind}({idx}, {w}, {nidx}u, {cols}, {rows}, {layout}, {entries}u, "
-            "sqc_tmp_cur, sqc_tmp_prev) != 0) {\n        return -1;\n    }\n"
+            f"    if (sqc_csc_{kind}({idx}, {w}, {nidx}u, {cols}, {rows}, {int(by_row)}, {layout}, "
+            f"{entries}u, sqc_tmp_cur, sqc_tmp_prev) != 0) {{\n        return -1;\n    }}\n"
         )
+        call = [x, y, f"{cw} + {at_w}", f"{d} + {at_d}", f"{cnt} + {at_c}", cols, rows, rq]
+        if by_row:
+            return _call(f"sqc_linear_csr_{kind}", *call)
         self.acc = max(self.acc, rows)
-        return _call(
-            f"sqc_linear_csc_{kind}",
-            x,
-            y,
-            f"{cw} + {at_w}",
-            f"{d} + {at_d}",
-            f"{cnt} + {at_c}",
-            cols,
-            rows,
-            rq,
-            "sqc_acc",
-        )
+        return _call(f"sqc_linear_csc_{kind}", *call, "sqc_acc")
 
     def emit(self, offsets: dict[str, int]) -> None:
         p = self.program
@@ -388,6 +382,8 @@ class _Emitter:
                 self.rom.append(f"static const sqc_conv_t {name}_conv = {{{', '.join(map(str, fields))}}};")
                 self.acc = max(self.acc, geo.span)
                 self.slack = max(self.slack, geo.overread)
+                if geo.wide and kind == "w8" and p.act_bits == 8:  # the SSE2 kernel's int16 copy of x
+                    self.x16 = max(self.x16, cin * h * wd + geo.overread)
                 self.run.append(
                     _call(
                         f"sqc_conv_{kind}",
@@ -402,7 +398,12 @@ class _Emitter:
                     )
                 )
             elif isinstance(op, Linear):
-                entries = csc_entries(op.weights, src.numel, dst.numel)
+                by_row = self.linear == "row"
+                entries = (
+                    None
+                    if self.linear == "entries"
+                    else csc_entries(op.weights, src.numel, dst.numel, by_row)
+                )
                 kind, w, idx, nidx = self.weights(op.weights, tmp=entries is not None)
                 rq = self.requant(name, op.requant)
                 if entries is None:
@@ -410,7 +411,8 @@ class _Emitter:
                         _call(f"sqc_linear_{kind}", x, y, w, idx, f"{nidx}u", src.numel, dst.numel, rq)
                     )
                     continue
-                self.run.append(self.csc_linear(kind, w, idx, nidx, entries, src.numel, dst.numel, x, y, rq))
+                args = (x, y, src.numel, dst.numel, rq)
+                self.run.append(self.csc_linear(kind, (w, idx, nidx), entries, by_row, args))
             elif isinstance(op, Affine):
                 rq = self.requant(name, op.requant)
                 self.run.append(f"    sqc_affine({x}, {y}, {op.channels}, {op.inner}, {rq});")
@@ -461,10 +463,11 @@ class _Emitter:
                 raise SqcError(f"node {op.name}: the C writer has no kernel for {type(op).__name__}")
 
 
-def csc_entries(w: Weights, cols: int, rows: int) -> int | None:
-    """How many entries the by-column layout of a sparse linear layer holds (``sqc_csc`` in C: one per
-    runtime entry, plus a zero-weight step of 255 per 255 rows skipped within a column), or None when the
-    layer is dense or a column would hold more than 65535 entries (the row-major kernel is used)."""
+def csc_entries(w: Weights, cols: int, rows: int, by_row: bool = False) -> int | None:
+    """How many entries the by-column (or by-row) layout of a sparse linear layer holds (``sqc_csc`` in
+    C: one per runtime entry, plus a zero-weight step of 255 per 255 positions skipped along a line), or
+    None when the layer is dense or a line would hold more than 65535 entries (the kernel walking the
+    runtime entries is used)."""
     if not w.sparse or w.runtime_index is None:
         return None
     if w.runtime_index.size == 0:
@@ -472,13 +475,16 @@ def csc_entries(w: Weights, cols: int, rows: int) -> int | None:
     # a filler (255) spans 255 positions and carries a zero weight: the entry 254 of the C layout
     pos = np.cumsum(np.minimum(w.runtime_index.astype(np.int64), 254) + 1) - 1
     row, col = np.divmod(pos, cols)
-    order = np.lexsort((row, col))
-    row, col = row[order], col[order]
-    first = np.ones(row.size, dtype=bool)
-    first[1:] = col[1:] != col[:-1]
-    gap = np.where(first, row, row - np.roll(row, 1))
+    if int(row.max()) >= rows:
+        return None
+    line, minor = (row, col) if by_row else (col, row)
+    order = np.lexsort((minor, line))
+    line, minor = line[order], minor[order]
+    first = np.ones(line.size, dtype=bool)
+    first[1:] = line[1:] != line[:-1]
+    gap = np.where(first, minor, minor - np.roll(minor, 1))
     per = 1 + np.where(gap > 0, (gap - 1) // 255, 0)
-    if int(np.bincount(col, weights=per, minlength=cols).max()) > 65535 or int(row.max()) >= rows:
+    if int(np.bincount(line, weights=per, minlength=rows if by_row else cols).max()) > 65535:
         return None
     return int(per.sum())
 
@@ -508,6 +514,7 @@ def write_project(
     force: bool = False,
     arena: str = "static",
     inputs: Iterable[Path | None] = (),
+    linear: str = "auto",
 ) -> dict:
     """Write the C project for ``program`` into ``out_dir``; returns ROM/RAM figures.
 
@@ -518,13 +525,15 @@ def write_project(
     check_names((w.name for w in program.weights), "target c: ")
     if arena not in ("static", "caller"):
         raise SqcError(f"--option arena={arena}: expected static or caller")
+    if linear not in LINEAR_LAYOUTS:
+        raise SqcError(f"--option linear={linear}: expected {', '.join(LINEAR_LAYOUTS)}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SqcError(f"{out_dir}: exists and is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise SqcError(f"{out_dir}: already exists and is not empty (use --force to replace its files)")
     offsets, act_total = plan_activations(program)
-    em = _Emitter(program)
+    em = _Emitter(program, linear=linear)
     em.emit(offsets)
     _unique_declarations(em.rom)
     inp, outp = program.tensors[program.input], program.tensors[program.output]
@@ -544,6 +553,7 @@ def write_project(
         "huffman_scratch": 2 * em.huff,
         "rans_scratch": 4 * em.rans_scratch,
         "relayout_scratch": init_scratch,
+        "conv_int16_input": 2 * em.x16,
     }
     ram = sum(ram_parts.values())
     static_arena = arena == "static"
@@ -614,6 +624,11 @@ def write_project(
         "RAM_BYTES": str(ram),
         "ARENA_BYTES": str(arena_bytes),
         "ARENA_STATIC": "1" if static_arena else "0",
+        "KERNEL_CONFIG": (
+            f"#define SQC_CONV_X16 {em.x16}  /* int16 copy of a wide convolution's input (SSE2 kernel) */\n"
+            if em.x16
+            else ""
+        ),
         "NOTES": notes.replace("*/", "* /"),
         "ROM": "\n".join(em.rom) + "\n",
         "RAM": "\n".join(ram_decls) + "\n",
@@ -665,7 +680,7 @@ class CTarget:
         from sqc.targets.legalize import LowerOptions, calibration_inputs, legalize, require_calib
         from sqc.targets.simulate import compare
 
-        opts, extra = LowerOptions.parse(options, known_extra=("arena",))
+        opts, extra = LowerOptions.parse(options, known_extra=("arena", "linear"))
         calib = require_calib("c", calib)
         model = read(Path(source))
         program = legalize(model, calib, opts, keep_rans=True)
@@ -676,6 +691,7 @@ class CTarget:
             force=force,
             arena=extra.get("arena", "static"),
             inputs=(source, calib),
+            linear=extra.get("linear", "auto"),
         )
         from sqc.data import load_data
 

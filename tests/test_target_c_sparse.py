@@ -1,7 +1,8 @@
-"""The C target's by-column sparse linear layout (``sqc_csc_*`` at start-up, ``sqc_linear_csc_*`` per
-inference): bit-exact with the integer simulator at every density, 0 % and 100 % included, with empty
-rows and columns, gaps of more than 255 rows inside a column (zero-weight steps), zero inputs (whose
-columns the kernel skips), 8- and 16-bit activations, under ASan/UBSan."""
+"""The C target's re-laid-out sparse linear layers (``sqc_csc_*`` at start-up; per inference
+``sqc_linear_csc_*``, by input column, the default, or ``sqc_linear_csr_*``, by output row): bit-exact
+with the integer simulator at every density, 0 % and 100 % included, with empty rows and columns, gaps
+of more than 255 rows inside a column (zero-weight steps), zero inputs (whose columns the kernel skips),
+8- and 16-bit activations, under ASan/UBSan."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def check(
     options: list[str] | None = None,
     flags: list[str] = STRICT,
     empty_last: bool = False,
+    linear: str = "auto",
 ) -> list[int]:
     x = inputs(200)
     calib = tmp_path / "calib.npz"
@@ -73,11 +75,11 @@ def check(
     if empty_last:
         last = [op for op in program.ops if isinstance(op, Linear)][-1]
         last.weights = emptied(last.weights)
-    report = write_project(program, tmp_path / "c", force=True)
+    report = write_project(program, tmp_path / "c", force=True, linear=linear)
     linears = [op for op in program.ops if isinstance(op, Linear)]
     for op in linears:  # every layer here takes the by-column layout
         rows, cols = op.weights.shape
-        assert csc_entries(op.weights, cols, rows) is not None
+        assert csc_entries(op.weights, cols, rows, by_row=linear == "row") is not None
     assert report["ram"]["relayout_scratch"] > 0
     got = run_binary(build(tmp_path / "c", flags), quantize_input(program, x), program.act_bits, tmp_path)
     want = simulate(program, x).reshape(x.shape[0], -1).numpy()
@@ -86,19 +88,22 @@ def check(
 
 
 @needs_cc
+@pytest.mark.parametrize("linear", ["column", "row"])
 @pytest.mark.parametrize("sparsity", [0.5, 0.9, 0.99])
-def test_csc_bit_exact_across_densities(sparsity: float, tmp_path) -> None:
+def test_csc_bit_exact_across_densities(sparsity: float, linear: str, tmp_path) -> None:
     s = sparsity
-    kept = check(f"prune{{per_layer=0:{s};1:{s};2:{s}}},share{{bits=6}}", tmp_path)
+    kept = check(f"prune{{per_layer=0:{s};1:{s};2:{s}}},share{{bits=6}}", tmp_path, linear=linear)
     assert 0 < kept[0] < 600 * 64
 
 
 @needs_cc
-def test_csc_full_and_empty_layers(tmp_path) -> None:
+@pytest.mark.parametrize("linear", ["column", "row"])
+def test_csc_full_and_empty_layers(linear: str, tmp_path) -> None:
     """100 % density (sparse=always on unpruned layers) and 0 % (a layer with no weight left)."""
-    kept = check("quant", tmp_path, options=["sparse=always"])
+    kept = check("quant", tmp_path, options=["sparse=always"], linear=linear)
     assert kept == [600 * 64, 40 * 600, 10 * 40]
-    kept = check("prune{per_layer=0:0.5;1:0.5;2:0.5},share{bits=6},huffman", tmp_path, empty_last=True)
+    pipeline = "prune{per_layer=0:0.5;1:0.5;2:0.5},share{bits=6},huffman"
+    kept = check(pipeline, tmp_path, empty_last=True, linear=linear)
     assert kept[2] == 0
 
 
@@ -106,6 +111,7 @@ def test_csc_full_and_empty_layers(tmp_path) -> None:
 def test_csc_codebook_int16_and_sanitizers(tmp_path) -> None:
     """Shared weights (codebook), 16-bit activations and wide weights, built with ASan + UBSan."""
     check("prune{per_layer=0:0.8;1:0.8;2:0.8},share{bits=5},huffman", tmp_path, flags=SANITIZE)
+    check("prune{per_layer=0:0.8;1:0.8;2:0.8},share{bits=5}", tmp_path, flags=SANITIZE, linear="row")
     check(
         "prune{per_layer=0:0.8;1:0.8;2:0.8},share{bits=10}", tmp_path, options=["act_bits=16"], flags=SANITIZE
     )

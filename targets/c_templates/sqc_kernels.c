@@ -557,6 +557,41 @@ int sqc_rans_decode(const sqc_rans_t *r, sqc_sink_t *values, uint8_t *entries, u
 /* ---------------------------------------------------------------------------------------------- */
 /* layers with weights */
 
+#if SQC_ACT_BITS == 8 && defined(__SSE2__)
+#include <emmintrin.h>
+
+/* The flush below for a multiplier of 1 and a shift s >= 2, four outputs at a time in int32: t = acc +
+ * bias fits int32 (legalization's accumulator bound covers the bias), and floor((t + 2^(s-1)) / 2^s) =
+ * floor((floor(t / 2^(s-1)) + 1) / 2), where no step can overflow; the arithmetic shifts are SSE2's. */
+static void sqc_flush_x4(const int32_t *acc, sqc_act_t *out, int32_t oh, int32_t ow, int32_t as, int32_t bias,
+                         int32_t shift, int32_t lo, int32_t hi)
+{
+    const __m128i b = _mm_set1_epi32(bias), one = _mm_set1_epi32(1);
+    const __m128i vlo = _mm_set1_epi32(lo), vhi = _mm_set1_epi32(hi);
+    const __m128i count = _mm_cvtsi32_si128(shift - 1), one_bit = _mm_cvtsi32_si128(1);
+    int32_t oy, ox;
+    for (oy = 0; oy < oh; oy++) {
+        const int32_t *a = acc + (int64_t)oy * as;
+        for (ox = 0; ox + 4 <= ow; ox += 4) {
+            __m128i t = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(const void *)(a + ox)), b);
+            __m128i q = _mm_sra_epi32(_mm_add_epi32(_mm_sra_epi32(t, count), one), one_bit);
+            __m128i below = _mm_cmplt_epi32(q, vlo), above = _mm_cmpgt_epi32(q, vhi);
+            int32_t packed;
+            q = _mm_or_si128(_mm_and_si128(below, vlo), _mm_andnot_si128(below, q));
+            q = _mm_or_si128(_mm_and_si128(above, vhi), _mm_andnot_si128(above, q));
+            q = _mm_packs_epi32(q, q);
+            packed = _mm_cvtsi128_si32(_mm_packs_epi16(q, q));
+            memcpy(out + ox, &packed, 4);
+        }
+        for (; ox < ow; ox++) {
+            int32_t q = sqc_requant((int64_t)a[ox] + bias, shift, lo, hi);
+            out[ox] = (sqc_act_t)q;
+        }
+        out += ow;
+    }
+}
+#endif
+
 /* Requantize one output channel's accumulator plane (row stride c->as) and clear it for the next. The
  * usual case (a right shift) folds the bias and the rounding half into one constant and floors by
  * shifting t + 2^62 as unsigned: |t| < 2^47 + 2^61 (int32 accumulator and bias, 15-bit multiplier,
@@ -568,6 +603,13 @@ static void sqc_conv_flush(sqc_act_t *y, int32_t oc, const sqc_conv_t *c, const 
     int64_t bias = rq->bias[oc];
     int32_t mult = rq->mult[oc], shift = rq->shift[oc], lo = rq->lo, hi = rq->hi;
     int32_t oy, ox;
+#if SQC_ACT_BITS == 8 && defined(__SSE2__)
+    if (mult == 1 && shift >= 2) {
+        sqc_flush_x4(acc, out, oh, ow, as, (int32_t)bias, shift, lo, hi);
+        memset(acc, 0, (size_t)span * sizeof(int32_t));
+        return;
+    }
+#endif
     if (shift > 0) {
         const uint64_t k = (uint64_t)1 << 62;
         int64_t add = bias * mult + ((int64_t)1 << (shift - 1));
@@ -600,12 +642,65 @@ static void sqc_conv_flush(sqc_act_t *y, int32_t oc, const sqc_conv_t *c, const 
 #else
 #define SQC_P int32_t
 #endif
+#if SQC_ACT_BITS == 8 && defined(__SSE2__) && defined(SQC_CONV_X16)
+/* SSE2 (every x86-64): a wide convolution with 8-bit weights reads an int16 copy of its input, made once
+ * per call, so that _mm_madd_epi16 takes two weights per multiply (each product fits int16, a pair's sum
+ * int32: exact, the same integers as the portable loop). */
+#include <emmintrin.h>
+
+static int16_t sqc_x16[SQC_CONV_X16];
+
+static void sqc_widen(const sqc_act_t *x, int64_t n)
+{
+    int64_t i, m = n & ~(int64_t)15;
+    const __m128i zero = _mm_setzero_si128();
+    for (i = 0; i < m; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(x + i));
+        __m128i sign = _mm_cmpgt_epi8(zero, v);
+        _mm_storeu_si128((__m128i *)(void *)(sqc_x16 + i), _mm_unpacklo_epi8(v, sign));
+        _mm_storeu_si128((__m128i *)(void *)(sqc_x16 + i + 8), _mm_unpackhi_epi8(v, sign));
+    }
+    for (; i < n; i++) {
+        sqc_x16[i] = x[i];
+    }
+}
+
+/* a[i] += v0 x0[i] + v1 x1[i] + v2 x2[i] + v3 x3[i] for i < n (a multiple of 16), reading the int16
+ * copy at the offsets the pointers p[k] have in x */
+static void sqc_conv_axpy4_x16(int32_t *a, const sqc_act_t *x, const sqc_act_t *const *p, const int32_t *v,
+                               int32_t n)
+{
+    const int16_t *x0 = sqc_x16 + (p[0] - x), *x1 = sqc_x16 + (p[1] - x);
+    const int16_t *x2 = sqc_x16 + (p[2] - x), *x3 = sqc_x16 + (p[3] - x);
+    const __m128i w01 = _mm_set_epi16((short)v[1], (short)v[0], (short)v[1], (short)v[0], (short)v[1],
+                                      (short)v[0], (short)v[1], (short)v[0]);
+    const __m128i w23 = _mm_set_epi16((short)v[3], (short)v[2], (short)v[3], (short)v[2], (short)v[3],
+                                      (short)v[2], (short)v[3], (short)v[2]);
+    int32_t i;
+    for (i = 0; i < n; i += 8) {
+        __m128i l0 = _mm_loadu_si128((const __m128i *)(const void *)(x0 + i));
+        __m128i l1 = _mm_loadu_si128((const __m128i *)(const void *)(x1 + i));
+        __m128i l2 = _mm_loadu_si128((const __m128i *)(const void *)(x2 + i));
+        __m128i l3 = _mm_loadu_si128((const __m128i *)(const void *)(x3 + i));
+        __m128i lo = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi16(l0, l1), w01),
+                                   _mm_madd_epi16(_mm_unpacklo_epi16(l2, l3), w23));
+        __m128i hi = _mm_add_epi32(_mm_madd_epi16(_mm_unpackhi_epi16(l0, l1), w01),
+                                   _mm_madd_epi16(_mm_unpackhi_epi16(l2, l3), w23));
+        __m128i *out = (__m128i *)(void *)(a + i);
+        _mm_storeu_si128(out, _mm_add_epi32(_mm_loadu_si128(out), lo));
+        _mm_storeu_si128(out + 1, _mm_add_epi32(_mm_loadu_si128(out + 1), hi));
+    }
+}
+#define SQC_FN_X16 sqc_conv_axpy4_x16
+#endif
+
 #define SQC_W int8_t
 #define SQC_FN(name) name##_w8
 #include "sqc_weights.inc"
 #undef SQC_W
 #undef SQC_FN
 #undef SQC_P
+#undef SQC_FN_X16
 
 #define SQC_P int32_t
 #define SQC_W int16_t
