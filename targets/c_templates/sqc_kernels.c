@@ -560,37 +560,71 @@ int sqc_rans_decode(const sqc_rans_t *r, sqc_sink_t *values, uint8_t *entries, u
 #if SQC_ACT_BITS == 8 && defined(__SSE2__)
 #include <emmintrin.h>
 
-/* The flush below for a multiplier of 1 and a shift s >= 2, four outputs at a time in int32: t = acc +
+/* Requantization for a multiplier of 1 and a shift s >= 2, four values at a time in int32: t = acc +
  * bias fits int32 (legalization's accumulator bound covers the bias), and floor((t + 2^(s-1)) / 2^s) =
- * floor((floor(t / 2^(s-1)) + 1) / 2), where no step can overflow; the arithmetic shifts are SSE2's. */
+ * floor((floor(t / 2^(s-1)) + 1) / 2), where no step can overflow; the arithmetic shifts are SSE2's.
+ * Returns the four clamped codes as bytes. */
+static int32_t sqc_requant_x4(__m128i t, __m128i count, __m128i lo, __m128i hi)
+{
+    __m128i q = _mm_sra_epi32(_mm_add_epi32(_mm_sra_epi32(t, count), _mm_set1_epi32(1)), _mm_cvtsi32_si128(1));
+    __m128i below = _mm_cmplt_epi32(q, lo), above = _mm_cmpgt_epi32(q, hi);
+    q = _mm_or_si128(_mm_and_si128(below, lo), _mm_andnot_si128(below, q));
+    q = _mm_or_si128(_mm_and_si128(above, hi), _mm_andnot_si128(above, q));
+    q = _mm_packs_epi32(q, q);
+    return _mm_cvtsi128_si32(_mm_packs_epi16(q, q));
+}
+
+/* sqc_conv_flush with a multiplier of 1 and a shift >= 2 (sqc_requant_x4) */
 static void sqc_flush_x4(const int32_t *acc, sqc_act_t *out, int32_t oh, int32_t ow, int32_t as, int32_t bias,
                          int32_t shift, int32_t lo, int32_t hi)
 {
-    const __m128i b = _mm_set1_epi32(bias), one = _mm_set1_epi32(1);
-    const __m128i vlo = _mm_set1_epi32(lo), vhi = _mm_set1_epi32(hi);
-    const __m128i count = _mm_cvtsi32_si128(shift - 1), one_bit = _mm_cvtsi32_si128(1);
+    const __m128i b = _mm_set1_epi32(bias), vlo = _mm_set1_epi32(lo), vhi = _mm_set1_epi32(hi);
+    const __m128i count = _mm_cvtsi32_si128(shift - 1);
     int32_t oy, ox;
     for (oy = 0; oy < oh; oy++) {
         const int32_t *a = acc + (int64_t)oy * as;
         for (ox = 0; ox + 4 <= ow; ox += 4) {
             __m128i t = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(const void *)(a + ox)), b);
-            __m128i q = _mm_sra_epi32(_mm_add_epi32(_mm_sra_epi32(t, count), one), one_bit);
-            __m128i below = _mm_cmplt_epi32(q, vlo), above = _mm_cmpgt_epi32(q, vhi);
-            int32_t packed;
-            q = _mm_or_si128(_mm_and_si128(below, vlo), _mm_andnot_si128(below, q));
-            q = _mm_or_si128(_mm_and_si128(above, vhi), _mm_andnot_si128(above, q));
-            q = _mm_packs_epi32(q, q);
-            packed = _mm_cvtsi128_si32(_mm_packs_epi16(q, q));
+            int32_t packed = sqc_requant_x4(t, count, vlo, vhi);
             memcpy(out + ox, &packed, 4);
         }
         for (; ox < ow; ox++) {
-            int32_t q = sqc_requant((int64_t)a[ox] + bias, shift, lo, hi);
-            out[ox] = (sqc_act_t)q;
+            out[ox] = (sqc_act_t)sqc_requant((int64_t)a[ox] + bias, shift, lo, hi);
         }
         out += ow;
     }
 }
 #endif
+
+/* The epilogue of a linear layer: y[o] = requant((acc[o] + bias[o]) * mult[o]), four at a time where
+ * four neighbours share a multiplier of 1 and a shift >= 2 (SSE2). */
+static void sqc_linear_out(const int32_t *acc, sqc_act_t *y, int32_t n, const sqc_requant_t *rq)
+{
+    int32_t o = 0;
+#if SQC_ACT_BITS == 8 && defined(__SSE2__)
+    const __m128i vlo = _mm_set1_epi32(rq->lo), vhi = _mm_set1_epi32(rq->hi);
+    for (; o + 4 <= n; o += 4) {
+        const int16_t *m = rq->mult + o;
+        const int8_t *s = rq->shift + o;
+        if (m[0] == 1 && m[1] == 1 && m[2] == 1 && m[3] == 1 && s[0] >= 2 && s[1] == s[0] && s[2] == s[0] &&
+            s[3] == s[0]) {
+            __m128i t = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(const void *)(acc + o)),
+                                      _mm_loadu_si128((const __m128i *)(const void *)(rq->bias + o)));
+            int32_t packed = sqc_requant_x4(t, _mm_cvtsi32_si128(s[0] - 1), vlo, vhi);
+            memcpy(y + o, &packed, 4);
+        } else {
+            int32_t k;
+            for (k = o; k < o + 4; k++) {
+                y[k] = (sqc_act_t)sqc_requant(((int64_t)acc[k] + rq->bias[k]) * rq->mult[k], rq->shift[k], rq->lo,
+                                              rq->hi);
+            }
+        }
+    }
+#endif
+    for (; o < n; o++) {
+        y[o] = (sqc_act_t)sqc_requant(((int64_t)acc[o] + rq->bias[o]) * rq->mult[o], rq->shift[o], rq->lo, rq->hi);
+    }
+}
 
 /* Requantize one output channel's accumulator plane (row stride c->as) and clear it for the next. The
  * usual case (a right shift) folds the bias and the rounding half into one constant and floors by
@@ -665,33 +699,62 @@ static void sqc_widen(const sqc_act_t *x, int64_t n)
     }
 }
 
-/* a[i] += v0 x0[i] + v1 x1[i] + v2 x2[i] + v3 x3[i] for i < n (a multiple of 16), reading the int16
- * copy at the offsets the pointers p[k] have in x */
-static void sqc_conv_axpy4_x16(int32_t *a, const sqc_act_t *x, const sqc_act_t *const *p, const int32_t *v,
+/* a[i] += v0 x0[i] + ... + v7 x7[i] for i < n (a multiple of 16), reading the int16 copy at the
+ * offsets the pointers p[k] have in x: eight weights per pass over the accumulators */
+static void sqc_conv_axpy8_x16(int32_t *a, const sqc_act_t *x, const sqc_act_t *const *p, const int32_t *v,
                                int32_t n)
 {
     const int16_t *x0 = sqc_x16 + (p[0] - x), *x1 = sqc_x16 + (p[1] - x);
     const int16_t *x2 = sqc_x16 + (p[2] - x), *x3 = sqc_x16 + (p[3] - x);
-    const __m128i w01 = _mm_set_epi16((short)v[1], (short)v[0], (short)v[1], (short)v[0], (short)v[1],
-                                      (short)v[0], (short)v[1], (short)v[0]);
-    const __m128i w23 = _mm_set_epi16((short)v[3], (short)v[2], (short)v[3], (short)v[2], (short)v[3],
-                                      (short)v[2], (short)v[3], (short)v[2]);
+    const int16_t *x4 = sqc_x16 + (p[4] - x), *x5 = sqc_x16 + (p[5] - x);
+    const int16_t *x6 = sqc_x16 + (p[6] - x), *x7 = sqc_x16 + (p[7] - x);
+    __m128i w[4];
     int32_t i;
+    for (i = 0; i < 4; i++) { /* (v[2i], v[2i+1]) in every pair of int16 lanes */
+        short lo = (short)v[2 * i], hi = (short)v[2 * i + 1];
+        w[i] = _mm_set_epi16(hi, lo, hi, lo, hi, lo, hi, lo);
+    }
     for (i = 0; i < n; i += 8) {
-        __m128i l0 = _mm_loadu_si128((const __m128i *)(const void *)(x0 + i));
-        __m128i l1 = _mm_loadu_si128((const __m128i *)(const void *)(x1 + i));
-        __m128i l2 = _mm_loadu_si128((const __m128i *)(const void *)(x2 + i));
-        __m128i l3 = _mm_loadu_si128((const __m128i *)(const void *)(x3 + i));
-        __m128i lo = _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi16(l0, l1), w01),
-                                   _mm_madd_epi16(_mm_unpacklo_epi16(l2, l3), w23));
-        __m128i hi = _mm_add_epi32(_mm_madd_epi16(_mm_unpackhi_epi16(l0, l1), w01),
-                                   _mm_madd_epi16(_mm_unpackhi_epi16(l2, l3), w23));
+#define SQC_LD(p) _mm_loadu_si128((const __m128i *)(const void *)((p) + i))
+        __m128i l0 = SQC_LD(x0), l1 = SQC_LD(x1), l2 = SQC_LD(x2), l3 = SQC_LD(x3);
+        __m128i l4 = SQC_LD(x4), l5 = SQC_LD(x5), l6 = SQC_LD(x6), l7 = SQC_LD(x7);
+#undef SQC_LD
+        __m128i lo = _mm_add_epi32(_mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi16(l0, l1), w[0]),
+                                                 _mm_madd_epi16(_mm_unpacklo_epi16(l2, l3), w[1])),
+                                   _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi16(l4, l5), w[2]),
+                                                 _mm_madd_epi16(_mm_unpacklo_epi16(l6, l7), w[3])));
+        __m128i hi = _mm_add_epi32(_mm_add_epi32(_mm_madd_epi16(_mm_unpackhi_epi16(l0, l1), w[0]),
+                                                 _mm_madd_epi16(_mm_unpackhi_epi16(l2, l3), w[1])),
+                                   _mm_add_epi32(_mm_madd_epi16(_mm_unpackhi_epi16(l4, l5), w[2]),
+                                                 _mm_madd_epi16(_mm_unpackhi_epi16(l6, l7), w[3])));
         __m128i *out = (__m128i *)(void *)(a + i);
         _mm_storeu_si128(out, _mm_add_epi32(_mm_loadu_si128(out), lo));
         _mm_storeu_si128(out + 1, _mm_add_epi32(_mm_loadu_si128(out + 1), hi));
     }
 }
-#define SQC_FN_X16 sqc_conv_axpy4_x16
+/* the last k < 8 weights of an output channel: a pass per pair (a zero weight completes an odd count) */
+static void sqc_conv_rest_x16(int32_t *a, const sqc_act_t *x, const sqc_act_t *const *p, const int32_t *v,
+                              int32_t k, int32_t n)
+{
+    int32_t j, i;
+    for (j = 0; j < k; j += 2) {
+        const int16_t *x0 = sqc_x16 + (p[j] - x), *x1 = j + 1 < k ? sqc_x16 + (p[j + 1] - x) : x0;
+        short lo = (short)v[j], hi = j + 1 < k ? (short)v[j + 1] : 0;
+        const __m128i w = _mm_set_epi16(hi, lo, hi, lo, hi, lo, hi, lo);
+        for (i = 0; i < n; i += 8) {
+            __m128i l0 = _mm_loadu_si128((const __m128i *)(const void *)(x0 + i));
+            __m128i l1 = _mm_loadu_si128((const __m128i *)(const void *)(x1 + i));
+            __m128i *out = (__m128i *)(void *)(a + i);
+            _mm_storeu_si128(out, _mm_add_epi32(_mm_loadu_si128(out), _mm_madd_epi16(_mm_unpacklo_epi16(l0, l1), w)));
+            _mm_storeu_si128(out + 1,
+                             _mm_add_epi32(_mm_loadu_si128(out + 1), _mm_madd_epi16(_mm_unpackhi_epi16(l0, l1), w)));
+        }
+    }
+}
+#define SQC_FN_X16 sqc_conv_axpy8_x16
+#define SQC_CONV_BATCH 8
+#else
+#define SQC_CONV_BATCH 4
 #endif
 
 #define SQC_W int8_t
@@ -701,6 +764,8 @@ static void sqc_conv_axpy4_x16(int32_t *a, const sqc_act_t *x, const sqc_act_t *
 #undef SQC_FN
 #undef SQC_P
 #undef SQC_FN_X16
+#undef SQC_CONV_BATCH
+#define SQC_CONV_BATCH 4
 
 #define SQC_P int32_t
 #define SQC_W int16_t
