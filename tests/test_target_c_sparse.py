@@ -19,7 +19,17 @@ from sqc.targets.c import csc_entries, write_project
 from sqc.targets.integer import Linear, Stream, Weights
 from sqc.targets.legalize import LowerOptions, _best_index, _stream, legalize
 from sqc.targets.simulate import quantize_input, simulate
-from tests.test_target_c import SANITIZE, STRICT, build, needs_cc, run_binary
+from tests.test_target_c import (
+    MNIST,
+    SANITIZE,
+    STRICT,
+    build,
+    lenet,
+    lower_and_check,
+    mnist,
+    needs_cc,
+    run_binary,
+)
 
 
 def mlp() -> nn.Module:
@@ -141,3 +151,22 @@ def test_csc_entries_count_the_zero_weight_steps() -> None:
     )
     assert weights.runtime_index is not None and weights.runtime_index.size == 604
     assert csc_entries(weights, 3, 600) == 604 + 3
+
+
+@needs_cc
+@pytest.mark.parametrize(
+    "flags",
+    [
+        [*STRICT, "-DSQC_NO_AVX2"],  # the SSE2 int16 convolution and int32 epilogues only
+        [*STRICT, "-U__SSE2__"],  # the portable C loops only
+        SANITIZE,  # run-time AVX2 dispatch where the processor has it
+    ],
+    ids=["sse2", "portable", "sanitized"],
+)
+def test_vector_paths_bit_exact_on_lenet5(flags: list[str], tmp_path) -> None:
+    """LeNet-5 (wide 8-bit convolutions, unit-multiplier epilogues, by-column linear layers) gives the
+    simulator's bits whichever of the vector paths the build takes."""
+    images, _ = mnist()
+    lower_and_check(
+        lenet("LeNet5"), (1, 1, 28, 28), "prune,share,huffman", images[:200], tmp_path, MNIST, flags
+    )
