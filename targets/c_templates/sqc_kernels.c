@@ -885,7 +885,20 @@ void sqc_max_pool(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h,
             sqc_act_t *out = y + ((int64_t)c * oh + oy) * ow;
             if (kh == 2 && kw == 2) {
                 const sqc_act_t *r1 = r0 + w;
-                for (ox = 0; ox < ow; ox++) {
+                ox = 0;
+#if SQC_ACT_BITS == 8 && defined(__SSE2__)
+                if (sw == 2) { /* eight outputs from 16 columns: bytes in offset binary, unsigned maxima */
+                    const __m128i flip = _mm_set1_epi8((char)0x80), even = _mm_set1_epi16(0x00FF);
+                    for (; ox + 8 <= ow; ox += 8) {
+                        __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(r0 + 2 * ox));
+                        __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(r1 + 2 * ox));
+                        __m128i m = _mm_max_epu8(_mm_xor_si128(a, flip), _mm_xor_si128(b, flip));
+                        __m128i h = _mm_max_epi16(_mm_and_si128(m, even), _mm_srli_epi16(m, 8));
+                        _mm_storel_epi64((__m128i *)(void *)(out + ox), _mm_xor_si128(_mm_packus_epi16(h, h), flip));
+                    }
+                }
+#endif
+                for (; ox < ow; ox++) {
                     sqc_act_t a = r0[ox * sw] > r0[ox * sw + 1] ? r0[ox * sw] : r0[ox * sw + 1];
                     sqc_act_t b = r1[ox * sw] > r1[ox * sw + 1] ? r1[ox * sw] : r1[ox * sw + 1];
                     out[ox] = a > b ? a : b;
