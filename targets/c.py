@@ -57,6 +57,11 @@ from sqc.targets.simulate import regular_windows
 if TYPE_CHECKING:
     from sqc.targets.calib import CalibSource
 
+LINEAR_LAYOUTS = ("auto", "column", "row", "entries")
+"""How sparse linear layers are laid out in RAM (writer option ``linear``): ``auto`` = ``column`` (by input
+column, zero inputs skipped), ``row`` (by output row) or ``entries`` (the decoded relative index walked as
+it is, no re-layout). By column was the fastest on both LeNets, even where few inputs are zero
+(``benchmarks/bench_c_target.py`` measures all three)."""
 STATIC_FILES = ("sqc_kernels.c", "sqc_kernels.h", "sqc_weights.inc", "main.c", "Makefile")
 _CTYPES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4, "int64_t": 8, "sqc_act_t": 0}
 
@@ -198,11 +203,14 @@ class _Emitter:
     run: list[str] = field(default_factory=list)
     rom_bytes: int = 0
     rom_weights: int = 0
-    arena: dict[str, int] = field(default_factory=lambda: {"w8": 0, "w16": 0, "idx": 0})
+    arena: dict[str, int] = field(default_factory=lambda: {"w8": 0, "w16": 0, "u16": 0, "idx": 0})
+    tmp: dict[str, int] = field(default_factory=lambda: {"w8": 0, "w16": 0, "idx": 0, "cols": 0})
     acc: int = 1
     huff: int = 1
     slack: int = 0
     rans_scratch: int = 0
+    x16: int = 0
+    linear: str = "auto"
 
     def array(
         self, ctype: str, name: str, values: np.ndarray | bytes | list[int], weights: bool = False
@@ -242,8 +250,19 @@ class _Emitter:
         )
         return f"&{name}_rq"
 
-    def weights(self, w: Weights) -> tuple[str, str, str, int]:
-        """ROM streams, arena space and start-up decoding of one kernel; returns the kernel's arguments."""
+    def place(self, part: str, count: int, tmp: bool) -> tuple[str, int]:
+        """``count`` slots of one arena part (``sqc_w8``, ...), or of the start-up scratch (``sqc_tmp_w8``,
+        ..., shared by every layer that is re-laid out after decoding): the array and the offset."""
+        if tmp:
+            self.tmp[part] = max(self.tmp[part], count)
+            return f"sqc_tmp_{part}", 0
+        offset = self.arena[part]
+        self.arena[part] += count
+        return f"sqc_{part}", offset
+
+    def weights(self, w: Weights, tmp: bool = False) -> tuple[str, str, str, int]:
+        """ROM streams, arena space and start-up decoding of one kernel; returns the kernel's arguments.
+        ``tmp``: decode into the start-up scratch (the caller re-lays the entries out into the arena)."""
         base = _ident(w.name)
         wide = w.value_bits > 8
         kind = "w16" if wide else "w8"
@@ -254,17 +273,16 @@ class _Emitter:
             book16, book8 = (book, "0") if wide else ("0", book)
             book_size = int(w.codebook.size)
         if w.symbols.kind == "rans":
-            return self.rans_weights(w, kind, base, book8 if not wide else book16, book_size)
+            return self.rans_weights(w, kind, base, book8 if not wide else book16, book_size, tmp)
         values = self.stream(f"{base}_sym", w.symbols)
         # a sparse layer's runtime entries each carry a weight: the zero weights that replace fillers
         # take arena slots too, and the index sink moves the decoded weights up to their entries
         sparse = w.sparse and w.index is not None and w.runtime_index is not None
         count = int(w.runtime_index.size) if sparse and w.runtime_index is not None else w.symbols.count
         zeros = count - w.symbols.count
-        offset = self.arena[kind]
-        self.arena[kind] += count
-        region = f"sqc_{kind} + {offset}"
-        sink = f"sqc_{kind} + {offset + zeros}"
+        array, offset = self.place(kind, count, tmp)
+        region = f"{array} + {offset}"
+        sink = f"{array} + {offset + zeros}"
         self.init.append(
             _decode_block(
                 values,
@@ -281,11 +299,10 @@ class _Emitter:
         if sparse:
             assert w.index is not None
             index = self.stream(f"{base}_idx", w.index)
-            at = self.arena["idx"]
-            self.arena["idx"] += count
-            idx, nidx = f"sqc_idx + {at}", count
+            array, at = self.place("idx", count, tmp)
+            idx, nidx = f"{array} + {at}", count
             fields = {
-                "u8": f"sqc_idx + {at}",
+                "u8": idx,
                 "filler_in": f"{(1 << w.index_bits) - 1}u",
                 "cap": f"{count}u",
                 f"m{kind}": region,
@@ -295,7 +312,7 @@ class _Emitter:
         return kind, region, idx, nidx
 
     def rans_weights(
-        self, w: Weights, kind: str, base: str, book: str, book_size: int
+        self, w: Weights, kind: str, base: str, book: str, book_size: int, tmp: bool = False
     ) -> tuple[str, str, str, int]:
         """A context-coded tensor: the ROM keeps the .sqc's rANS stream; ``sqc_init`` decodes mask and
         symbols together into the same runtime layout as the other streams (``sqc_rans_decode``)."""
@@ -309,14 +326,12 @@ class _Emitter:
         fields += [str(int(sparse)), str(s.width), str(s.mode)]
         self.rom.append(f"static const sqc_rans_t {base}_rans = {{{', '.join(fields)}}};")
         self.rans_scratch = max(self.rans_scratch, rans_scratch_words(numel, cols, sparse, s.width, s.mode))
-        offset = self.arena[kind]
-        self.arena[kind] += count
-        region = f"sqc_{kind} + {offset}"
+        array, offset = self.place(kind, count, tmp)
+        region = f"{array} + {offset}"
         idx, nidx = "0", 0
         if sparse:
-            at = self.arena["idx"]
-            self.arena["idx"] += count
-            idx, nidx = f"sqc_idx + {at}", count
+            array, at = self.place("idx", count, tmp)
+            idx, nidx = f"{array} + {at}", count
         sink = {kind: region, "cap": f"{count}u", "book8" if kind == "w8" else "book16": book}
         sink |= {"book_size": f"{book_size}u", "offset": str(w.offset)}
         init = ", ".join(f".{k} = {v}" for k, v in sink.items() if v != "0")
@@ -326,6 +341,31 @@ class _Emitter:
             "SQC_RANS_SCRATCH) != 0) {\n            return -1;\n        }\n    }\n"
         )
         return kind, region, idx, nidx
+
+    def csc_linear(
+        self, kind: str, weights: tuple[str, str, int], entries: int, by_row: bool, args: tuple[object, ...]
+    ) -> str:
+        """Re-lay a sparse linear layer out at start-up (``sqc_csc``: by input column, or by output row,
+        from the runtime entries just decoded into the scratch) and return its kernel call
+        (``sqc_linear_csc``, skipping zero inputs, or ``sqc_linear_csr``)."""
+        w, idx, nidx = weights
+        x, y, cols, rows, rq = args
+        assert isinstance(cols, int) and isinstance(rows, int)
+        lines = rows if by_row else cols
+        cw, at_w = self.place(kind, entries, False)
+        d, at_d = self.place("idx", entries, False)
+        cnt, at_c = self.place("u16", lines, False)
+        self.tmp["cols"] = max(self.tmp["cols"], lines)
+        layout = f"{cnt} + {at_c}, {d} + {at_d}, {cw} + {at_w}"
+        self.init.append(
+            f"    if (sqc_csc_{kind}({idx}, {w}, {nidx}u, {cols}, {rows}, {int(by_row)}, {layout}, "
+            f"{entries}u, sqc_tmp_cur, sqc_tmp_prev) != 0) {{\n        return -1;\n    }}\n"
+        )
+        call = [x, y, f"{cw} + {at_w}", f"{d} + {at_d}", f"{cnt} + {at_c}", cols, rows, rq]
+        if by_row:
+            return _call(f"sqc_linear_csr_{kind}", *call)
+        self.acc = max(self.acc, rows)
+        return _call(f"sqc_linear_csc_{kind}", *call, "sqc_acc")
 
     def emit(self, offsets: dict[str, int]) -> None:
         p = self.program
@@ -351,6 +391,8 @@ class _Emitter:
                 self.rom.append(f"static const sqc_conv_t {name}_conv = {{{', '.join(map(str, fields))}}};")
                 self.acc = max(self.acc, geo.span)
                 self.slack = max(self.slack, geo.overread)
+                if geo.wide and kind == "w8" and p.act_bits == 8:  # the SSE2 kernel's int16 copy of x
+                    self.x16 = max(self.x16, cin * h * wd + geo.overread)
                 self.run.append(
                     _call(
                         f"sqc_conv_{kind}",
@@ -365,9 +407,19 @@ class _Emitter:
                     )
                 )
             elif isinstance(op, Linear):
-                kind, w, idx, nidx = self.weights(op.weights)
-                rq = self.requant(name, op.requant)
                 n_in, n_out = src.numel // op.rows, dst.numel // op.rows
+                by_row = self.linear == "row"
+                entries = (
+                    None
+                    if self.linear == "entries" or op.rows > 1  # rows > 1: the walk per row, below
+                    else csc_entries(op.weights, n_in, n_out, by_row)
+                )
+                kind, w, idx, nidx = self.weights(op.weights, tmp=entries is not None)
+                rq = self.requant(name, op.requant)
+                if entries is not None:
+                    args = (x, y, n_in, n_out, rq)
+                    self.run.append(self.csc_linear(kind, (w, idx, nidx), entries, by_row, args))
+                    continue
                 if op.rows > 1:  # the same product on every row of a (..., features) tensor
                     self.run.append(f"    for (int32_t r = 0; r < {op.rows}; r++) {{")
                     x, y = f"{x} + r * {n_in}", f"{y} + r * {n_out}"
@@ -443,6 +495,32 @@ class _Emitter:
                 raise SqcError(f"node {op.name}: the C writer has no kernel for {type(op).__name__}")
 
 
+def csc_entries(w: Weights, cols: int, rows: int, by_row: bool = False) -> int | None:
+    """How many entries the by-column (or by-row) layout of a sparse linear layer holds (``sqc_csc`` in
+    C: one per runtime entry, plus a zero-weight step of 255 per 255 positions skipped along a line), or
+    None when the layer is dense or a line would hold more than 65535 entries (the kernel walking the
+    runtime entries is used)."""
+    if not w.sparse or w.runtime_index is None:
+        return None
+    if w.runtime_index.size == 0:
+        return 0
+    # a filler (255) spans 255 positions and carries a zero weight: the entry 254 of the C layout
+    pos = np.cumsum(np.minimum(w.runtime_index.astype(np.int64), 254) + 1) - 1
+    row, col = np.divmod(pos, cols)
+    if int(row.max()) >= rows:
+        return None
+    line, minor = (row, col) if by_row else (col, row)
+    order = np.lexsort((minor, line))
+    line, minor = line[order], minor[order]
+    first = np.ones(line.size, dtype=bool)
+    first[1:] = line[1:] != line[:-1]
+    gap = np.where(first, minor, minor - np.roll(minor, 1))
+    per = 1 + np.where(gap > 0, (gap - 1) // 255, 0)
+    if int(np.bincount(line, weights=per, minlength=rows if by_row else cols).max()) > 65535:
+        return None
+    return int(per.sum())
+
+
 def _decode_block(stream: str, fields: dict[str, str], also_fail: str | None = None) -> str:
     """Start-up code decoding one ROM stream into the sink described by ``fields`` (designated
     initializers: every other field is zero)."""
@@ -468,6 +546,7 @@ def write_project(
     force: bool = False,
     arena: str = "static",
     inputs: Iterable[Path | None] = (),
+    linear: str = "auto",
 ) -> dict:
     """Write the C project for ``program`` into ``out_dir``; returns ROM/RAM figures.
 
@@ -478,27 +557,35 @@ def write_project(
     check_names((w.name for w in program.weights), "target c: ")
     if arena not in ("static", "caller"):
         raise SqcError(f"--option arena={arena}: expected static or caller")
+    if linear not in LINEAR_LAYOUTS:
+        raise SqcError(f"--option linear={linear}: expected {', '.join(LINEAR_LAYOUTS)}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SqcError(f"{out_dir}: exists and is not a directory")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise SqcError(f"{out_dir}: already exists and is not empty (use --force to replace its files)")
     offsets, act_total = plan_activations(program)
-    em = _Emitter(program)
+    em = _Emitter(program, linear=linear)
     em.emit(offsets)
     _unique_declarations(em.rom)
     inp, outp = program.tensors[program.input], program.tensors[program.output]
     act_bytes = 1 if program.act_bits == 8 else 2
     act_total += em.slack  # the wide convolution's vector loop reads up to 15 codes past a plane
     w16_bytes = 2 * em.arena["w16"]
-    w8_at, idx_at = w16_bytes, w16_bytes + em.arena["w8"]
+    u16_at = w16_bytes
+    w8_at = u16_at + 2 * em.arena["u16"]
+    idx_at = w8_at + em.arena["w8"]
     arena_bytes = idx_at + em.arena["idx"]
+    tmp = em.tmp
+    init_scratch = tmp["w8"] + 2 * tmp["w16"] + tmp["idx"] + 8 * tmp["cols"]
     ram_parts = {
         "activations": act_total * act_bytes,
         "weight_arena": arena_bytes,
         "accumulator": 4 * em.acc,
         "huffman_scratch": 2 * em.huff,
         "rans_scratch": 4 * em.rans_scratch,
+        "relayout_scratch": init_scratch,
+        "conv_int16_input": 2 * em.x16,
     }
     ram = sum(ram_parts.values())
     static_arena = arena == "static"
@@ -519,6 +606,20 @@ def write_project(
     ]
     if static_arena:
         ram_decls.append(f"static int16_t sqc_arena[{max(1, (arena_bytes + 1) // 2)}];")
+    if em.arena["u16"]:
+        ram_decls.insert(4, "static uint16_t *sqc_u16;")
+        ram_decls.insert(5, f"#define SQC_ARENA_U16 {u16_at}u")
+    if tmp["cols"]:
+        ram_decls.append("/* start-up only: runtime entries of a layer re-laid out by column (sqc_csc_*) */")
+        ram_decls += [
+            f"static {ctype} sqc_tmp_{part}[{max(1, tmp[part])}];"
+            for part, ctype in (("w8", "int8_t"), ("w16", "int16_t"), ("idx", "uint8_t"))
+            if any(f"sqc_tmp_{part} +" in line for line in em.init)
+        ]
+        ram_decls += [
+            f"static uint32_t sqc_tmp_cur[{tmp['cols']}];",
+            f"static int32_t sqc_tmp_prev[{tmp['cols']}];",
+        ]
     if em.rans_scratch:
         ram_decls += [
             f"#define SQC_RANS_SCRATCH {em.rans_scratch}u",
@@ -555,10 +656,16 @@ def write_project(
         "RAM_BYTES": str(ram),
         "ARENA_BYTES": str(arena_bytes),
         "ARENA_STATIC": "1" if static_arena else "0",
+        "KERNEL_CONFIG": (
+            f"#define SQC_CONV_X16 {em.x16}  /* int16 copy of a wide convolution's input (SSE2 kernel) */\n"
+            if em.x16
+            else ""
+        ),
         "NOTES": notes.replace("*/", "* /"),
         "ROM": "\n".join(em.rom) + "\n",
         "RAM": "\n".join(ram_decls) + "\n",
-        "INIT": "".join(em.init),
+        "INIT": ("    sqc_u16 = (uint16_t *)(void *)(base + SQC_ARENA_U16);\n" if em.arena["u16"] else "")
+        + "".join(em.init),
         "RUN": "\n".join(run) + "\n",
     }
     files: dict[str, bytes] = {}
@@ -606,7 +713,7 @@ class CTarget:
         from sqc.targets.legalize import LowerOptions, legalize, require_calib
         from sqc.targets.simulate import compare
 
-        opts, extra = LowerOptions.parse(options, known_extra=("arena",))
+        opts, extra = LowerOptions.parse(options, known_extra=("arena", "linear"))
         calib = require_calib("c", calib)
         model = read(Path(source))
         data = calibration_data(calib, opts.calib_samples, model)
@@ -618,6 +725,7 @@ class CTarget:
             force=force,
             arena=extra.get("arena", "static"),
             inputs=(source, calib_file(calib)),
+            linear=extra.get("linear", "auto"),
         )
         report["accuracy"] = compare(program, model.graph_module.eval(), data.x, data.y)
         report["notes"] = program.notes

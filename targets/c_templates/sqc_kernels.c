@@ -557,6 +557,75 @@ int sqc_rans_decode(const sqc_rans_t *r, sqc_sink_t *values, uint8_t *entries, u
 /* ---------------------------------------------------------------------------------------------- */
 /* layers with weights */
 
+#if SQC_ACT_BITS == 8 && defined(__SSE2__)
+#include <emmintrin.h>
+
+/* Requantization for a multiplier of 1 and a shift s >= 2, four values at a time in int32: t = acc +
+ * bias fits int32 (legalization's accumulator bound covers the bias), and floor((t + 2^(s-1)) / 2^s) =
+ * floor((floor(t / 2^(s-1)) + 1) / 2), where no step can overflow; the arithmetic shifts are SSE2's.
+ * Returns the four clamped codes as bytes. */
+static int32_t sqc_requant_x4(__m128i t, __m128i count, __m128i lo, __m128i hi)
+{
+    __m128i q = _mm_sra_epi32(_mm_add_epi32(_mm_sra_epi32(t, count), _mm_set1_epi32(1)), _mm_cvtsi32_si128(1));
+    __m128i below = _mm_cmplt_epi32(q, lo), above = _mm_cmpgt_epi32(q, hi);
+    q = _mm_or_si128(_mm_and_si128(below, lo), _mm_andnot_si128(below, q));
+    q = _mm_or_si128(_mm_and_si128(above, hi), _mm_andnot_si128(above, q));
+    q = _mm_packs_epi32(q, q);
+    return _mm_cvtsi128_si32(_mm_packs_epi16(q, q));
+}
+
+/* sqc_conv_flush with a multiplier of 1 and a shift >= 2 (sqc_requant_x4) */
+static void sqc_flush_x4(const int32_t *acc, sqc_act_t *out, int32_t oh, int32_t ow, int32_t as, int32_t bias,
+                         int32_t shift, int32_t lo, int32_t hi)
+{
+    const __m128i b = _mm_set1_epi32(bias), vlo = _mm_set1_epi32(lo), vhi = _mm_set1_epi32(hi);
+    const __m128i count = _mm_cvtsi32_si128(shift - 1);
+    int32_t oy, ox;
+    for (oy = 0; oy < oh; oy++) {
+        const int32_t *a = acc + (int64_t)oy * as;
+        for (ox = 0; ox + 4 <= ow; ox += 4) {
+            __m128i t = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(const void *)(a + ox)), b);
+            int32_t packed = sqc_requant_x4(t, count, vlo, vhi);
+            memcpy(out + ox, &packed, 4);
+        }
+        for (; ox < ow; ox++) {
+            out[ox] = (sqc_act_t)sqc_requant((int64_t)a[ox] + bias, shift, lo, hi);
+        }
+        out += ow;
+    }
+}
+#endif
+
+/* The epilogue of a linear layer: y[o] = requant((acc[o] + bias[o]) * mult[o]), four at a time where
+ * four neighbours share a multiplier of 1 and a shift >= 2 (SSE2). */
+static void sqc_linear_out(const int32_t *acc, sqc_act_t *y, int32_t n, const sqc_requant_t *rq)
+{
+    int32_t o = 0;
+#if SQC_ACT_BITS == 8 && defined(__SSE2__)
+    const __m128i vlo = _mm_set1_epi32(rq->lo), vhi = _mm_set1_epi32(rq->hi);
+    for (; o + 4 <= n; o += 4) {
+        const int16_t *m = rq->mult + o;
+        const int8_t *s = rq->shift + o;
+        if (m[0] == 1 && m[1] == 1 && m[2] == 1 && m[3] == 1 && s[0] >= 2 && s[1] == s[0] && s[2] == s[0] &&
+            s[3] == s[0]) {
+            __m128i t = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(const void *)(acc + o)),
+                                      _mm_loadu_si128((const __m128i *)(const void *)(rq->bias + o)));
+            int32_t packed = sqc_requant_x4(t, _mm_cvtsi32_si128(s[0] - 1), vlo, vhi);
+            memcpy(y + o, &packed, 4);
+        } else {
+            int32_t k;
+            for (k = o; k < o + 4; k++) {
+                y[k] = (sqc_act_t)sqc_requant(((int64_t)acc[k] + rq->bias[k]) * rq->mult[k], rq->shift[k], rq->lo,
+                                              rq->hi);
+            }
+        }
+    }
+#endif
+    for (; o < n; o++) {
+        y[o] = (sqc_act_t)sqc_requant(((int64_t)acc[o] + rq->bias[o]) * rq->mult[o], rq->shift[o], rq->lo, rq->hi);
+    }
+}
+
 /* Requantize one output channel's accumulator plane (row stride c->as) and clear it for the next. The
  * usual case (a right shift) folds the bias and the rounding half into one constant and floors by
  * shifting t + 2^62 as unsigned: |t| < 2^47 + 2^61 (int32 accumulator and bias, 15-bit multiplier,
@@ -568,6 +637,13 @@ static void sqc_conv_flush(sqc_act_t *y, int32_t oc, const sqc_conv_t *c, const 
     int64_t bias = rq->bias[oc];
     int32_t mult = rq->mult[oc], shift = rq->shift[oc], lo = rq->lo, hi = rq->hi;
     int32_t oy, ox;
+#if SQC_ACT_BITS == 8 && defined(__SSE2__)
+    if (mult == 1 && shift >= 2) {
+        sqc_flush_x4(acc, out, oh, ow, as, (int32_t)bias, shift, lo, hi);
+        memset(acc, 0, (size_t)span * sizeof(int32_t));
+        return;
+    }
+#endif
     if (shift > 0) {
         const uint64_t k = (uint64_t)1 << 62;
         int64_t add = bias * mult + ((int64_t)1 << (shift - 1));
@@ -600,12 +676,157 @@ static void sqc_conv_flush(sqc_act_t *y, int32_t oc, const sqc_conv_t *c, const 
 #else
 #define SQC_P int32_t
 #endif
+#if SQC_ACT_BITS == 8 && defined(__SSE2__) && defined(SQC_CONV_X16)
+/* SSE2 (every x86-64): a wide convolution with 8-bit weights reads an int16 copy of its input, made once
+ * per call, so that _mm_madd_epi16 takes two weights per multiply (each product fits int16, a pair's sum
+ * int32: exact, the same integers as the portable loop). */
+#include <emmintrin.h>
+
+static int16_t sqc_x16[SQC_CONV_X16];
+
+static void sqc_widen(const sqc_act_t *x, int64_t n)
+{
+    int64_t i, m = n & ~(int64_t)15;
+    const __m128i zero = _mm_setzero_si128();
+    for (i = 0; i < m; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(x + i));
+        __m128i sign = _mm_cmpgt_epi8(zero, v);
+        _mm_storeu_si128((__m128i *)(void *)(sqc_x16 + i), _mm_unpacklo_epi8(v, sign));
+        _mm_storeu_si128((__m128i *)(void *)(sqc_x16 + i + 8), _mm_unpackhi_epi8(v, sign));
+    }
+    for (; i < n; i++) {
+        sqc_x16[i] = x[i];
+    }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(SQC_NO_AVX2)
+/* The same eight-weight pass with AVX2, chosen at run time on processors that have it (as ONNX Runtime
+ * and BLAS libraries do), whatever flags the project is built with: 16 accumulators per step. The
+ * in-lane unpacks give outputs {0-3, 8-11} and {4-7, 12-15}; permutes put them back in order. */
+#include <immintrin.h>
+
+__attribute__((target("avx2"))) static void sqc_conv_axpy8_avx2(int32_t *a, const int16_t *const *xs,
+                                                                 const int32_t *v, int32_t n)
+{
+    __m256i w[4];
+    int32_t i, k;
+    for (k = 0; k < 4; k++) {
+        w[k] = _mm256_set1_epi32(v[2 * k + 1] * 65536 + (v[2 * k] & 0xFFFF)); /* (v0, v1) as int16 lanes */
+    }
+    for (i = 0; i < n; i += 16) {
+        __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+        __m256i *out = (__m256i *)(void *)(a + i);
+        for (k = 0; k < 4; k++) {
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(const void *)(xs[2 * k] + i));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(const void *)(xs[2 * k + 1] + i));
+            lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(l0, l1), w[k]));
+            hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(l0, l1), w[k]));
+        }
+        _mm256_storeu_si256(out, _mm256_add_epi32(_mm256_loadu_si256(out), _mm256_permute2x128_si256(lo, hi, 0x20)));
+        _mm256_storeu_si256(out + 1,
+                            _mm256_add_epi32(_mm256_loadu_si256(out + 1), _mm256_permute2x128_si256(lo, hi, 0x31)));
+    }
+}
+
+static int sqc_has_avx2(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2") ? 1 : 0;
+    }
+    return known;
+}
+#define SQC_AVX2 1
+#endif
+
+/* a[i] += v0 x0[i] + ... + v7 x7[i] for i < n (a multiple of 16), reading the int16 copy at the
+ * offsets the pointers p[k] have in x: eight weights per pass over the accumulators */
+static void sqc_conv_axpy8_x16(int32_t *a, const sqc_act_t *x, const sqc_act_t *const *p, const int32_t *v,
+                               int32_t n)
+{
+    const int16_t *x0 = sqc_x16 + (p[0] - x), *x1 = sqc_x16 + (p[1] - x);
+    const int16_t *x2 = sqc_x16 + (p[2] - x), *x3 = sqc_x16 + (p[3] - x);
+    const int16_t *x4 = sqc_x16 + (p[4] - x), *x5 = sqc_x16 + (p[5] - x);
+    const int16_t *x6 = sqc_x16 + (p[6] - x), *x7 = sqc_x16 + (p[7] - x);
+    __m128i w[4];
+    int32_t i;
+#ifdef SQC_AVX2
+    if (sqc_has_avx2()) {
+        const int16_t *xs[8];
+        xs[0] = x0, xs[1] = x1, xs[2] = x2, xs[3] = x3, xs[4] = x4, xs[5] = x5, xs[6] = x6, xs[7] = x7;
+        sqc_conv_axpy8_avx2(a, xs, v, n);
+        return;
+    }
+#endif
+    for (i = 0; i < 4; i++) { /* (v[2i], v[2i+1]) in every pair of int16 lanes */
+        short lo = (short)v[2 * i], hi = (short)v[2 * i + 1];
+        w[i] = _mm_set_epi16(hi, lo, hi, lo, hi, lo, hi, lo);
+    }
+    for (i = 0; i < n; i += 8) {
+#define SQC_LD(p) _mm_loadu_si128((const __m128i *)(const void *)((p) + i))
+        __m128i l0 = SQC_LD(x0), l1 = SQC_LD(x1), l2 = SQC_LD(x2), l3 = SQC_LD(x3);
+        __m128i l4 = SQC_LD(x4), l5 = SQC_LD(x5), l6 = SQC_LD(x6), l7 = SQC_LD(x7);
+#undef SQC_LD
+        __m128i lo = _mm_add_epi32(_mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi16(l0, l1), w[0]),
+                                                 _mm_madd_epi16(_mm_unpacklo_epi16(l2, l3), w[1])),
+                                   _mm_add_epi32(_mm_madd_epi16(_mm_unpacklo_epi16(l4, l5), w[2]),
+                                                 _mm_madd_epi16(_mm_unpacklo_epi16(l6, l7), w[3])));
+        __m128i hi = _mm_add_epi32(_mm_add_epi32(_mm_madd_epi16(_mm_unpackhi_epi16(l0, l1), w[0]),
+                                                 _mm_madd_epi16(_mm_unpackhi_epi16(l2, l3), w[1])),
+                                   _mm_add_epi32(_mm_madd_epi16(_mm_unpackhi_epi16(l4, l5), w[2]),
+                                                 _mm_madd_epi16(_mm_unpackhi_epi16(l6, l7), w[3])));
+        __m128i *out = (__m128i *)(void *)(a + i);
+        _mm_storeu_si128(out, _mm_add_epi32(_mm_loadu_si128(out), lo));
+        _mm_storeu_si128(out + 1, _mm_add_epi32(_mm_loadu_si128(out + 1), hi));
+    }
+}
+/* the last k < 8 weights of an output channel: a pass per pair (a zero weight completes an odd count) */
+static void sqc_conv_rest_x16(int32_t *a, const sqc_act_t *x, const sqc_act_t *const *p, const int32_t *v,
+                              int32_t k, int32_t n)
+{
+    int32_t j, i;
+#ifdef SQC_AVX2
+    if (k > 2 && sqc_has_avx2()) { /* one eight-weight pass, zero weights added */
+        const int16_t *xs[8];
+        int32_t vs[8];
+        for (j = 0; j < 8; j++) {
+            xs[j] = sqc_x16 + (p[j < k ? j : 0] - x);
+            vs[j] = j < k ? v[j] : 0;
+        }
+        sqc_conv_axpy8_avx2(a, xs, vs, n);
+        return;
+    }
+#endif
+    for (j = 0; j < k; j += 2) {
+        const int16_t *x0 = sqc_x16 + (p[j] - x), *x1 = j + 1 < k ? sqc_x16 + (p[j + 1] - x) : x0;
+        short lo = (short)v[j], hi = j + 1 < k ? (short)v[j + 1] : 0;
+        const __m128i w = _mm_set_epi16(hi, lo, hi, lo, hi, lo, hi, lo);
+        for (i = 0; i < n; i += 8) {
+            __m128i l0 = _mm_loadu_si128((const __m128i *)(const void *)(x0 + i));
+            __m128i l1 = _mm_loadu_si128((const __m128i *)(const void *)(x1 + i));
+            __m128i *out = (__m128i *)(void *)(a + i);
+            _mm_storeu_si128(out, _mm_add_epi32(_mm_loadu_si128(out), _mm_madd_epi16(_mm_unpacklo_epi16(l0, l1), w)));
+            _mm_storeu_si128(out + 1,
+                             _mm_add_epi32(_mm_loadu_si128(out + 1), _mm_madd_epi16(_mm_unpackhi_epi16(l0, l1), w)));
+        }
+    }
+}
+#define SQC_FN_X16 sqc_conv_axpy8_x16
+#define SQC_CONV_BATCH 8
+#else
+#define SQC_CONV_BATCH 4
+#endif
+
 #define SQC_W int8_t
 #define SQC_FN(name) name##_w8
 #include "sqc_weights.inc"
 #undef SQC_W
 #undef SQC_FN
 #undef SQC_P
+#undef SQC_FN_X16
+#undef SQC_CONV_BATCH
+#define SQC_CONV_BATCH 4
 
 #define SQC_P int32_t
 #define SQC_W int16_t
@@ -664,7 +885,20 @@ void sqc_max_pool(const sqc_act_t *x, sqc_act_t *y, int32_t channels, int32_t h,
             sqc_act_t *out = y + ((int64_t)c * oh + oy) * ow;
             if (kh == 2 && kw == 2) {
                 const sqc_act_t *r1 = r0 + w;
-                for (ox = 0; ox < ow; ox++) {
+                ox = 0;
+#if SQC_ACT_BITS == 8 && defined(__SSE2__)
+                if (sw == 2) { /* eight outputs from 16 columns: bytes in offset binary, unsigned maxima */
+                    const __m128i flip = _mm_set1_epi8((char)0x80), even = _mm_set1_epi16(0x00FF);
+                    for (; ox + 8 <= ow; ox += 8) {
+                        __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(r0 + 2 * ox));
+                        __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(r1 + 2 * ox));
+                        __m128i m = _mm_max_epu8(_mm_xor_si128(a, flip), _mm_xor_si128(b, flip));
+                        __m128i h = _mm_max_epi16(_mm_and_si128(m, even), _mm_srli_epi16(m, 8));
+                        _mm_storel_epi64((__m128i *)(void *)(out + ox), _mm_xor_si128(_mm_packus_epi16(h, h), flip));
+                    }
+                }
+#endif
+                for (; ox < ow; ox++) {
                     sqc_act_t a = r0[ox * sw] > r0[ox * sw + 1] ? r0[ox * sw] : r0[ox * sw + 1];
                     sqc_act_t b = r1[ox * sw] > r1[ox * sw + 1] ? r1[ox * sw] : r1[ox * sw + 1];
                     out[ox] = a > b ? a : b;
