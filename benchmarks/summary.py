@@ -289,6 +289,39 @@ def onnx(d: Json) -> Figures:
     )
 
 
+def int_models(d: Json) -> Figures:
+    """bench_int_models: issue 18's goal models on the integer targets; the compiled C (and HLS csim)
+    must equal ``sqc.simulate`` code for code, and the float model is what the deployed one is held to."""
+    sqc, base, ratio, ok = [], [], [], True
+    for r in d["rows"]:
+        label = f"{r['model']} ({r['act_bits']}-bit)"
+        hls_ok = r["hls_outputs_differing"] in (0, None)
+        ok &= r["c_outputs_differing"] == 0 and hls_ok
+        hls = (
+            f"HLS {r['hls_samples'] - r['hls_outputs_differing']}/{r['hls_samples']}"
+            if r["hls_outputs_differing"] is not None
+            else "HLS skipped"
+        )
+        exact = f"C {r['samples'] - r['c_outputs_differing']}/{r['samples']}, {hls}"
+        if "rpa_float" in r:
+            sqc.append(f"{label}: RPA {r['rpa_int']:.1f} %, {exact}")
+            base.append(f"{label}: RPA {r['rpa_float']:.1f} % (`sqc.load` {r['rpa_sqc_load']:.1f} %)")
+            ratio.append(
+                f"{label}: pitch bin {r['bin_agreement_int']:.1%}, ±1 bin {r['bin_within1_int']:.1%}"
+            )
+        else:
+            sqc.append(f"{label}: {exact}")
+            base.append(f"{label}: float top-1")
+            ratio.append(f"{label}: top-1 agreement {r['top1_agreement_int']:.1%}")
+    return (
+        "integer program (`sqc.simulate`) vs compiled C and HLS csim, and vs the float model",
+        "<br>".join(sqc),
+        "float model:<br>" + "<br>".join(base),
+        "integer vs float:<br>" + "<br>".join(ratio),
+        f"C and HLS bit-exact with the simulator on every input (issue 18): {met(ok)}",
+    )
+
+
 def hls(d: Json) -> Figures:
     """bench_hls: on an FPGA the weights' on-chip bits are the cost; hls4ml on the same checkpoints is
     the baseline, and C-simulation accuracy keeps the comparison honest."""
@@ -398,6 +431,7 @@ BENCHMARKS: tuple[tuple[str, str, str, Callable[[Json], Figures] | None], ...] =
     ("c", "bench_c_target.py", "c_target.json", c_target),
     ("hls", "bench_hls.py", "hls.json", hls),
     ("onnx", "bench_onnx.py", "onnx.json", onnx),
+    ("int_models", "bench_int_models.py", "int_models.json", int_models),
     ("zoo", "bench_zoo.py", "bench_zoo.json", zoo),
     ("nncodec", "bench_nncodec.py", "nncodec.json", nncodec),
 )

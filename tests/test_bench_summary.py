@@ -237,6 +237,35 @@ RESULTS: dict[str, Any] = {
 }
 
 
+RESULTS["int_models.json"] = {
+    "rows": [
+        {
+            "model": "CREPE-tiny",
+            "act_bits": 8,
+            "samples": 200,
+            "c_outputs_differing": 0,
+            "hls_samples": 4,
+            "hls_outputs_differing": 0,
+            "rpa_float": 99.5,
+            "rpa_sqc_load": 99.0,
+            "rpa_int": 98.5,
+            "bin_agreement_int": 0.785,
+            "bin_within1_int": 0.995,
+        },
+        {
+            "model": "MobileNetV3-like",
+            "act_bits": 8,
+            "samples": 200,
+            "c_outputs_differing": 0,
+            "hls_samples": 0,
+            "hls_outputs_differing": None,
+            "top1_agreement_int": 0.96,
+        },
+    ],
+    "git": GIT,
+}
+
+
 @pytest.fixture
 def results(tmp_path: Path) -> Path:
     out = tmp_path / "results"
@@ -265,10 +294,19 @@ def test_rows_carry_the_figure_the_same_run_baseline_the_ratio_and_the_target(re
         "channels",
         "c",
         "hls",
+        "onnx",
+        "int_models",
         "zoo",
         "nncodec",
     ]
     assert all(len(cells) == 8 for cells in table.values())
+
+    int_models = table["int_models"]
+    assert "CREPE-tiny (8-bit): RPA 98.5 %, C 200/200, HLS 4/4" in int_models[2]
+    assert "MobileNetV3-like (8-bit): C 200/200, HLS skipped" in int_models[2]
+    assert "CREPE-tiny (8-bit): RPA 99.5 % (`sqc.load` 99.0 %)" in int_models[3]
+    assert "pitch bin 78.5%, ±1 bin 99.5%" in int_models[4]
+    assert int_models[5].endswith("**met**")
 
     lenet = table["lenet"]
     assert "LeNet-300-100: 25,721 B (41.5× vs fp32)" in lenet[2]
