@@ -53,6 +53,7 @@ sys.path.append(str(HERE.parent / "tests" / "models_pkg"))  # appended: the inst
 
 from bench_nncodec import raw_pitch_accuracy, tones  # noqa: E402
 from provenance import git_state  # noqa: E402
+from sqc_int_check import simulate_tensor  # noqa: E402
 from sqc_int_models import Encoder, seeded, torchcrepe_model  # noqa: E402
 from sqc_zoo_models import TimmLikeCNN  # noqa: E402
 
@@ -200,6 +201,7 @@ def measure(case: Case, samples: int, hls_samples: int, work: Path) -> dict[str,
         row["rpa_float"] = raw_pitch_accuracy(ref, truth)
         row["rpa_sqc_load"] = raw_pitch_accuracy(loaded, truth)
         row["rpa_int"] = raw_pitch_accuracy(values, truth)
+        row["per_layer_rel_rms_error"] = crepe_per_layer(source, sim.program, x[:50])
         for name, got in agree.items():
             row[f"bin_agreement_{name}"] = float((got == bins).mean())
             row[f"bin_within1_{name}"] = float((np.abs(got - bins) <= 1).mean())
@@ -209,6 +211,29 @@ def measure(case: Case, samples: int, hls_samples: int, work: Path) -> dict[str,
     # what the integer targets alone cost: the integer program against the dequantized float model
     row["argmax_agreement_int_vs_sqc_load"] = float((agree["int"] == agree["sqc_load"]).mean())
     return row
+
+
+def crepe_per_layer(source: Path, program: Any, x: torch.Tensor) -> dict[str, float]:
+    """Where the integer CREPE loses precision: per program tensor (conv+ReLU, BN affine, pooling,
+    classifier logits, sigmoid), the RMS error of its dequantized codes relative to the RMS of the same
+    activation in ``sqc.load``'s float module (same weights: what is left is activation quantization)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    class Record(torch.fx.Interpreter):  # every node's value, by the node names the program reuses
+        def run_node(self, n: torch.fx.Node) -> Any:
+            seen[n.name] = out = super().run_node(n)
+            return out
+
+    with torch.no_grad():
+        Record(sqc.load(source)).run(x)
+    errors = {}
+    for op in program.ops:
+        if op.output in seen:
+            frac = program.tensors[op.output].fmt.frac
+            got = simulate_tensor(program, x, op.output).double() * 2.0**-frac
+            want = seen[op.output].double().reshape(got.shape)
+            errors[op.output] = float((got - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt())
+    return errors
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
