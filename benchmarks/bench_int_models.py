@@ -28,6 +28,7 @@ with a note. Runs on one thread.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
@@ -293,6 +294,7 @@ def main() -> None:
     print(table)
     result = {
         "benchmark": "bench_int_models.py",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "rows": rows,
         "notes": notes,
         "torch": torch.__version__,
