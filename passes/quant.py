@@ -311,7 +311,9 @@ def quantize_step(
             f"a scaled format holds {MAX_SCALED_BITS}: raise qp"
         )
     qmax = (1 << (bits - 1)) - 1
-    levels, _ = rdo_levels(kept.to(torch.float64) / exact, -qmax - 1, qmax, rdo)
+    levels, _ = rdo_levels(
+        kept.to(torch.float64) / exact, -qmax - 1, qmax, rdo, pruned=flat.numel() - kept.numel()
+    )
     top = int(levels.abs().max()) if levels.numel() else 0
     bits = max(2, top.bit_length() + 1)  # rate-distortion choices can only narrow the range
     if top:  # the least-squares step for these levels (8 significant bits): never a larger error
