@@ -16,6 +16,7 @@ from sqc.errors import PipelineError, SqcError
 from sqc.formats import container
 from sqc.formats.tensor_codec import decode_tensor, encode_tensor
 from sqc.ir import MAX_STEP_MULT, FixedPoint, TensorState
+from sqc.passes import _rate
 from sqc.passes._rate import rd_cost, rdo_levels, tree_costs
 from sqc.passes.quant import qp_step, quantize_step
 
@@ -97,6 +98,31 @@ def test_rdo_never_costs_more_than_rounding(seed: int, rdo: float) -> None:
     j_round = rd_cost(scaled, rounded, cost, -qmax - 1, rdo)
     assert bool((j_rdo <= j_round + 1e-12).all())
     assert float(j_rdo.sum()) < float(j_round.sum())  # and it finds something on Gaussian weights
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**31 - 1),
+    st.sampled_from([0.03, 0.1, 1.0]),
+    st.integers(min_value=0, max_value=50_000),
+    st.sampled_from([1, 3, 63]),
+)
+def test_rdo_native_and_numpy_choose_the_same_levels(seed: int, rdo: float, pruned: int, qmax: int) -> None:
+    """The C core's ``rdo_pick`` and the numpy path make the same choice for every weight, saturated
+    ones included (weights far outside the level range), with and without pruned positions."""
+    if _rate._native is None:
+        pytest.skip("the C core is not built")
+    gen = torch.Generator().manual_seed(seed)
+    scaled = torch.randn(3000, generator=gen, dtype=torch.float64) * (qmax / 2 + 1)
+    scaled[:10] *= 40  # beyond the range on both sides
+    native, native_table = rdo_levels(scaled, -qmax - 1, qmax, rdo, pruned=pruned)
+    saved, _rate._native = _rate._native, None
+    try:
+        numpy_levels, numpy_table = rdo_levels(scaled, -qmax - 1, qmax, rdo, pruned=pruned)
+    finally:
+        _rate._native = saved
+    assert torch.equal(native, numpy_levels)
+    assert np.array_equal(native_table, numpy_table)
 
 
 def test_tree_costs_are_the_order_zero_code_lengths() -> None:
