@@ -25,12 +25,12 @@ true pitch, on synthetic tones for CREPE-full), encode seconds (sqc: compress + 
 ``--runs``. Everything runs on one thread (``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1`` for the
 worker): deepCABAC is single-threaded, and on this 2-core shared machine a second thread only adds noise.
 
-The summary, per model x {dense, pruned} (rule ``EQUAL_ACCURACY_RULE``): NNCodec's anchor is its
-smallest bitstream whose metric is within 0.1 points of the float reference (its best point if none
-is); sqc's point is the smallest weight payload, over all templates, whose metric is at least the
-anchor's. The ratio sqc/NNCodec of those bytes (goal: <= 1.00, <= 0.90 pruned) and of their encode
-and decode times (goal: encode <= 1) are reported, with the byte ratio at NNCodec's MSE interpolated
-on each sqc template's curve for reference.
+The summary, per model x {dense, pruned} (rule ``EQUAL_ACCURACY_RULE``): one accuracy bar for both
+tools, 0.1 points below the float reference (NNCodec's best metric if it never gets that close); each
+tool's smallest point at or above the bar (NNCodec's is the anchor). "strict" holds sqc to the anchor's
+own metric instead, the earlier rule. The ratio sqc/NNCodec of those bytes (goal: <= 1.00, <= 0.90
+pruned) and of their encode and decode times (goal: encode <= 1) are reported, with the byte ratio
+at NNCodec's MSE interpolated on each sqc template's curve for reference.
 
 Run: ``python benchmarks/bench_nncodec.py [--quick] [--runs 3] [--only LeNet-5] [--template T ...]``.
 ``--quick``: the LeNets only. Writes ``benchmarks/results/nncodec.json`` and ``nncodec.png``.
@@ -96,10 +96,13 @@ PRUNE = "prune{sparsity=0.9,scope=global}"
 WITHIN_POINTS = 0.1  # "accuracy within 0.1 points of float"
 GOAL_DENSE, GOAL_PRUNED = 1.00, 0.90
 EQUAL_ACCURACY_RULE = (
-    "NNCodec's anchor: its smallest bitstream whose metric is within 0.1 points of the float reference "
-    "(the best NNCodec point if none is); sqc's point: the smallest weight payload over all templates whose "
-    "metric is >= the anchor's (none: no ratio). Ratios are sqc / NNCodec; bytes are the weight tensors' "
-    "coded bytes on both sides (biases and batch-norm parameters stay fp32 and are excluded)."
+    "Both tools at the same accuracy bar: the float reference minus 0.1 points (or NNCodec's best metric, "
+    "if none of its points is within 0.1 points). NNCodec's anchor: its smallest bitstream at or above the "
+    "bar; sqc's point: the smallest weight payload over all templates at or above it (none: no ratio). "
+    "'strict' also gives sqc's smallest payload at or above the anchor's own metric (the earlier rule, "
+    "which gives NNCodec's luckiest point and charges sqc its noise: 0.1 points of MNIST is 10 images). "
+    "Ratios are sqc / NNCodec; bytes are the weight tensors' coded bytes on both sides (biases and "
+    "batch-norm parameters stay fp32 and are excluded)."
 )
 
 
@@ -421,13 +424,24 @@ def summarize(points: list[dict[str, Any]], reference_metric: float, pruned: boo
         return {"note": "no NNCodec point"}
     near = [p for p in nnc if p["metric"] >= reference_metric - WITHIN_POINTS]
     anchor = min(near, key=lambda p: p["bytes"]) if near else max(nnc, key=lambda p: p["metric"])
-    reaching = [p for p in ours if p["metric"] >= anchor["metric"]]
+    bar = min(reference_metric - WITHIN_POINTS, anchor["metric"])
+    reaching = [p for p in ours if p["metric"] >= bar]
+    strict = [p for p in ours if p["metric"] >= anchor["metric"]]
     out: dict[str, Any] = {
         "reference_metric": reference_metric,
         "nncodec": {k: anchor[k] for k in ("setting", "bytes", "mse", "metric", "encode_s", "decode_s")},
         "nncodec_within_0.1_points": bool(near),
         "goal_bytes_ratio": goal,
+        "bar": bar,
     }
+    if strict:
+        best = min(strict, key=lambda p: p["bytes"])
+        out["strict"] = {
+            "pipeline": best["pipeline"],
+            "bytes": best["bytes"],
+            "metric": best["metric"],
+            "bytes_ratio": best["bytes"] / anchor["bytes"],
+        }
     families: dict[str, list[dict[str, Any]]] = {}
     for p in ours:
         families.setdefault(p["template"], []).append(p)
@@ -442,7 +456,7 @@ def summarize(points: list[dict[str, Any]], reference_metric: float, pruned: boo
         }
     if not reaching:
         out["sqc"] = None
-        out["note"] = f"no sqc point reaches NNCodec's {anchor['metric']:.2f}"
+        out["note"] = f"no sqc point reaches {bar:.2f}"
         out["goal_met"] = False
         return out
     point = min(reaching, key=lambda p: p["bytes"])
@@ -649,8 +663,9 @@ def markdown(result: dict[str, Any]) -> str:
             else:
                 body = q["pipeline"].removeprefix(PRUNE + ",")
                 ours = f"`{body}`: {q['bytes']:,} B, {q['metric']:.2f}, {times(q)}"
+                strict = f" ({s['strict']['bytes_ratio']:.2f}× strict)" if "strict" in s else " (— strict)"
                 ratios = [
-                    f"**{s['bytes_ratio']:.3f}×**",
+                    f"**{s['bytes_ratio']:.3f}×**{strict}",
                     mse_ratio,
                     f"{s['encode_ratio']:.1f}× ({s['passes_encode_ratio']:.1f}× passes only)",
                     f"{s['decode_ratio']:.1f}×",
