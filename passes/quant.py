@@ -58,6 +58,9 @@ class Quant(Pass):
     to minimise ``(w - code*step)**2 + lambda * R(code)`` with ``lambda = r * step**2`` and ``R`` the bits
     the context coder's own model charges (:func:`sqc.passes._rate.rdo_levels`): weights near a
     decision boundary move to the cheaper level, small ones to zero. ``rdo=0`` is plain rounding.
+    The stored step is then the least-squares scale of the chosen levels when that is closer, and zero
+    levels become pruned positions (a pruned tensor's always, an unpruned one's when at least half its
+    levels are zero): the context coder codes where the non-zero levels are more cheaply than zeros.
     """
 
     name = "quant"
