@@ -95,6 +95,7 @@ TEMPLATES: tuple[str, ...] = (
 PRUNE = "prune{sparsity=0.9,scope=global}"
 WITHIN_POINTS = 0.1  # "accuracy within 0.1 points of float"
 GOAL_DENSE, GOAL_PRUNED = 1.00, 0.90
+MAX_MSE_GAP = 4.0  # interpolate "at equal MSE" only between points at most this far apart in MSE
 EQUAL_ACCURACY_RULE = (
     "Both tools at the same accuracy bar: the float reference minus 0.1 points (or NNCodec's best metric, "
     "if none of its points is within 0.1 points). NNCodec's anchor: its smallest bitstream at or above the "
@@ -401,13 +402,17 @@ def interpolated_bytes(points: list[dict[str, Any]], target_mse: float) -> float
     """Bytes at ``target_mse`` on one curve, linear in log bytes vs log MSE between its two neighbours;
     None when the curve does not span that MSE. Only the curve's non-dominated points count: a point
     with more bytes and more error than another (e.g. a layer whose mostly-zero codes exceed the rANS
-    decision cap and fall back to Huffman) would otherwise bend the interpolation."""
+    decision cap and fall back to Huffman) would otherwise bend the interpolation; and neighbours more
+    than 4x apart in MSE (one bit of a uniform quantizer) give None: across such a gap the line says
+    nothing (LeNet-5's ``share{bits=4,rdo=1}`` and ``bits=5``, 4.4x apart, read as 0.51x NNCodec)."""
     curve = []
     for m, b in sorted((p["mse"], p["bytes"]) for p in points if p["mse"] > 0):
         if not curve or b < curve[-1][1]:
             curve.append((m, b))
     for (m0, b0), (m1, b1) in itertools.pairwise(curve):
         if m0 <= target_mse <= m1:
+            if m1 > MAX_MSE_GAP * m0:
+                return None
             if m1 == m0:
                 return float(min(b0, b1))
             t = (math.log(target_mse) - math.log(m0)) / (math.log(m1) - math.log(m0))
