@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1.0, help="RPA points auto may lose")
     parser.add_argument("--passes", default=AUTO, help="the automatic pipeline")
     parser.add_argument("--skip-uniform", action="store_true", help="only the automatic recipe")
+    parser.add_argument(
+        "--auto-from", type=Path, default=None, help="take the automatic run from this JSON (run the rest)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "crepe.json")
     args = parser.parse_args(argv)
@@ -138,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CREPE-full fp32: RPA {fp32['report']:.2f} ({fp32['decision']:.2f} on the decision tones)")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        runs.append(run("auto (eval only)", args.passes, decide, report, fp32, args.tolerance, Path(tmp)))
+        if args.auto_from is not None:
+            runs.append(json.loads(args.auto_from.read_text(encoding="utf-8"))["runs"][0])
+        else:
+            runs.append(run("auto (eval only)", args.passes, decide, report, fp32, args.tolerance, Path(tmp)))
         if not args.skip_uniform:
             for name, pipeline in UNIFORM.items():
                 runs.append(run(name, pipeline, decide, report, fp32, args.tolerance, Path(tmp)))

@@ -22,6 +22,9 @@
                          LeNets only).
 12. ``bench_defaults.py``: prune's scope, share's init and quant's granularity at equal size on both
                          LeNets (issue 16); results/defaults.json and, unless ``--quick``, its README tables.
+13. ``bench_crepe.py``:  CREPE-full compressed by ``auto`` with only an evaluation (issue 16);
+                         results/crepe.json (about 40 minutes under load; ``--quick``: without the
+                         uniform baselines).
 
 Each runs in its own process with this interpreter, one after the other (the machine has two cores;
 running them side by side would spoil every timing). Output streams through; a failing benchmark is
@@ -61,6 +64,7 @@ BENCHMARKS = (
     "zoo",
     "nncodec",
     "defaults",
+    "crepe",
 )
 
 
@@ -94,6 +98,7 @@ def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
         "zoo": [py, str(HERE / "bench_zoo.py"), *(["--only", "lstm,transformer_encoder"] if quick else [])],
         "nncodec": [py, str(HERE / "bench_nncodec.py"), *(["--quick"] if quick else [])],
         "defaults": [py, str(HERE / "bench_defaults.py"), *([] if quick else ["--write"])],
+        "crepe": [py, str(HERE / "bench_crepe.py"), *(["--skip-uniform"] if quick else [])],
     }
 
 
