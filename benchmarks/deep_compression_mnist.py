@@ -33,6 +33,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -367,6 +368,20 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def scrubbed(value: Any) -> Any:
+    """``value`` with this machine's paths made relative: the checkout's prefix dropped, a temporary
+    file named by its base name (a published result names no machine paths)."""
+    if isinstance(value, dict):
+        return {k: scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrubbed(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    text = value.replace(f"{REPO}/", "")
+    temp = "|".join(re.escape(t) for t in {tempfile.gettempdir(), "/tmp", "/var/tmp"})
+    return re.sub(rf"(?:{temp})/\S*", lambda m: f"<tmp>/{Path(m.group(0)).name}", text)
+
+
 def merge(paths: list[Path], out: Path) -> int:
     """One results JSON from several runs: the results side by side, the means over all of them, each
     run's command and provenance kept (``runs``), the first run's machine and evaluation."""
@@ -385,7 +400,7 @@ def merge(paths: list[Path], out: Path) -> int:
         "per_recipe": aggregate(results),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    out.write_text(json.dumps(scrubbed(doc), indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}: {len(results)} results from {len(docs)} runs")
     return 0
 
