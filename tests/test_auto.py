@@ -121,9 +121,7 @@ def test_eval_only_auto_finds_the_largest_exact_compression() -> None:
     model, x = exact_problem()
     evaluate = Unchanged(model, x)
     pipeline = "auto{sparsities=0.3;0.5;0.65;0.8;0.9 bits=6;4;3;2;1},rans"
-    artifact = sqc.compress(
-        model, [(1, 16)], pipeline, evaluate=evaluate, tolerance=0.02, executor="serial"
-    )
+    artifact = sqc.compress(model, [(1, 16)], pipeline, evaluate=evaluate, tolerance=0.02, executor="serial")
     record = artifact.report[0]
     first, second = (record.layers[name] for name in ("0.weight", "1.weight"))
     # every zero pruned (a sparsity of the sweep at or below the zeros' share prunes all of them: ties
