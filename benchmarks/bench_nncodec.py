@@ -201,10 +201,11 @@ def tones(count: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
     return torch.from_numpy(frames.astype(np.float32)), 1200 * np.log2(freq / 10.0)
 
 
-def crepe_rpa(count: int) -> Callable[[nn.Module], float]:
+def crepe_rpa(count: int, seed: int = 0) -> Callable[[nn.Module], float]:
     """Raw pitch accuracy in percent: frames whose decoded pitch is within 50 cents of the truth. The
-    pitch is CREPE's weighted average of the bin cents over argmax +- 4 bins."""
-    frames, truth = tones(count)
+    pitch is CREPE's weighted average of the bin cents over argmax +- 4 bins. ``seed`` draws the tones
+    (another seed: a set held out from the one decisions were made on)."""
+    frames, truth = tones(count, seed)
 
     def rpa(module: nn.Module) -> float:
         with torch.no_grad():

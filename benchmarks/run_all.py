@@ -24,6 +24,9 @@
                          LeNets (issue 16); results/defaults.json and, unless ``--quick``, its README tables.
 13. ``bench_onnx.py``:   the ONNX target on the LeNets: .sqc vs .onnx vs dense fp32 ONNX bytes, ONNX
                          Runtime vs ``sqc.load`` on 1,000 images; results/onnx.json (needs onnxruntime).
+14. ``bench_crepe.py``:  CREPE-full compressed by ``auto`` with only an evaluation (issue 16);
+                         results/crepe.json (about 40 minutes under load; ``--quick``: without the
+                         uniform baselines).
 
 Each runs in its own process with this interpreter, one after the other (the machine has two cores;
 running them side by side would spoil every timing). Output streams through; a failing benchmark is
@@ -64,6 +67,7 @@ BENCHMARKS = (
     "nncodec",
     "defaults",
     "onnx",
+    "crepe",
 )
 
 
@@ -98,6 +102,7 @@ def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
         "nncodec": [py, str(HERE / "bench_nncodec.py"), *(["--quick"] if quick else [])],
         "defaults": [py, str(HERE / "bench_defaults.py"), *([] if quick else ["--write"])],
         "onnx": [py, str(HERE / "bench_onnx.py")],
+        "crepe": [py, str(HERE / "bench_crepe.py"), *(["--skip-uniform"] if quick else [])],
     }
 
 

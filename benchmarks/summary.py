@@ -185,6 +185,57 @@ def deep_compression_mnist(d: Json) -> Figures:
     )
 
 
+AUTO_OF_HAND = 0.9
+"""Issue 16: the automatic recipe reaches at least this share of the hand-tuned ratio at its tolerance."""
+
+
+def mnist_auto(d: Json) -> Figures:
+    """deep_compression_mnist --recipes X,X_auto: issue 16 compares the automatic recipe with the hand
+    recipe run beside it (same seeds, same test set), so the row gives both means and their ratio."""
+    rows = {r["recipe"]: r for r in d["per_recipe"]}
+    sqc, base, ratio, target = [], [], [], []
+    for name, auto in rows.items():
+        if not name.endswith("_auto"):
+            continue
+        label = f"{name} ({auto['runs']} runs)"
+        sqc.append(f"{label}: {x(auto['mean_ratio'])} at {auto['mean_delta_points']:+.2f}")
+        hand = rows.get(name.removesuffix("_auto"))
+        if hand is None:
+            base.append(f"{name}: no hand recipe in this run")
+            ratio.append(f"{name}: —")
+            target.append(f"{name}: {met(False)}")
+            continue
+        base.append(f"{hand['recipe']}: {x(hand['mean_ratio'])} at {hand['mean_delta_points']:+.2f}")
+        share = auto["mean_ratio"] / hand["mean_ratio"]
+        ratio.append(f"{name}: {share:.2f}× the hand ratio")
+        ok = share >= AUTO_OF_HAND and round(auto["mean_delta_points"], 6) <= MNIST_DELTA_POINTS
+        target.append(f"{name}: {met(ok)}")
+    return (
+        f"the automatic recipe (`auto`, no per-layer numbers) beside the hand recipe, error on "
+        f"{d['evaluation']}, means over seeds",
+        "<br>".join(sqc),
+        "<br>".join(base),
+        "<br>".join(ratio),
+        f"≥ {AUTO_OF_HAND:.2f}× the hand ratio at ≤ fp32 + {MNIST_DELTA_POINTS} points (issue 16):<br>"
+        + "<br>".join(target),
+    )
+
+
+def crepe(d: Json) -> Figures:
+    """bench_crepe: issue 16's eval-only case; the baselines are the uniform settings run beside it."""
+    auto, *uniform = d["runs"]
+    t = d["target"]
+    return (
+        f"CREPE-full with only an evaluation (RPA % on {d['decision_tones']} synthetic tones decides, "
+        f"{d['report_tones']} other tones report, from the `.sqc` file), tolerance "
+        f"{d['tolerance_points']} points",
+        f"{auto['name']}: {x(auto['ratio'])}, RPA {auto['rpa_report']:.2f}",
+        "<br>".join(f"{u['name']}: {x(u['ratio'])}, RPA {u['rpa_report']:.2f}" for u in uniform) or "not run",
+        "<br>".join(f"{auto['ratio'] / u['ratio']:.2f}× {u['name']}" for u in uniform) or "—",
+        f"≥ {t['ratio']:.0f}× at RPA ≥ {t['rpa']:.0f} (issue 16): {met(d['met'])}",
+    )
+
+
 def channels(d: Json) -> Figures:
     """bench_channels: channel pruning is for speed as much as size, so the row pairs params, MACs and
     median latency before and after; the LeNet-5 variant adds the accuracy it costs."""
@@ -395,6 +446,8 @@ BENCHMARKS: tuple[tuple[str, str, str, Callable[[Json], Figures] | None], ...] =
     ("scale", "bench_scale.py", "scale.json", scale),
     ("executors", "bench_executors.py", "executors.json", executors),
     ("mnist", "deep_compression_mnist.py", "deep_compression_mnist.json", deep_compression_mnist),
+    ("mnist auto", "deep_compression_mnist.py", "deep_compression_mnist_auto.json", mnist_auto),
+    ("crepe", "bench_crepe.py", "crepe.json", crepe),
     ("channels", "bench_channels.py", "channels.json", channels),
     ("c", "bench_c_target.py", "c_target.json", c_target),
     ("hls", "bench_hls.py", "hls.json", hls),
