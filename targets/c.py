@@ -216,17 +216,13 @@ class VectorGeometry:
     size: int
 
 
+Pair = tuple[int, int]
+
+
 def conv_vector(
-    cin: int,
-    hw: tuple[int, int],
-    out_hw: tuple[int, int],
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
+    cin: int, hw: Pair, out_hw: Pair, kernel: Pair, stride: Pair, pad: Pair, dil: Pair
 ) -> VectorGeometry:
-    (h, w), (oh, ow), (kh, kw) = hw, out_hw, kernel
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    (h, w), (oh, ow), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = hw, out_hw, kernel, stride, pad, dil
     qh, qw = -(-(h + 2 * ph) // sh), -(-(w + 2 * pw) // sw)
     taps = [
         ((ky * dh % sh) * sw + kx * dw % sw) * qh * qw + (ky * dh // sh) * qw + kx * dw // sw
