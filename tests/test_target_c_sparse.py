@@ -175,7 +175,8 @@ def test_vector_paths_bit_exact_on_lenet5(flags: list[str], tmp_path) -> None:
 class Geometries(nn.Module):
     """Every convolution geometry the SSE2/AVX2 path flattens into unpadded stride-1 runs: padding,
     stride 2 with and without padding, a stride (3) that does not divide the padded input, dilation with
-    an asymmetric kernel and padding, grouped and depthwise, 1x1 with stride; non-square planes."""
+    an asymmetric kernel and padding, a stride on rows only, grouped and depthwise, 1x1 with stride;
+    non-square planes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -184,11 +185,12 @@ class Geometries(nn.Module):
             nn.Conv2d(8, 8, 3, stride=2, padding=1),  # 17x19
             nn.Conv2d(8, 8, 3, stride=2),  # 8x9
             nn.Conv2d(8, 8, (1, 3), padding=(0, 2), dilation=2),  # 8x9
-            nn.Conv2d(8, 8, 3, padding=1, groups=4),  # 8x9
-            nn.Conv2d(8, 8, 3, stride=3, padding=2, groups=8),  # 4x4
-            nn.Conv2d(8, 8, 1, stride=2),  # 2x2
+            nn.Conv2d(8, 8, (3, 1), stride=(2, 1)),  # 3x9: strided rows, whole unpadded columns
+            nn.Conv2d(8, 8, 3, padding=1, groups=4),  # 3x9
+            nn.Conv2d(8, 8, 3, stride=3, padding=2, groups=8),  # 2x4
+            nn.Conv2d(8, 8, 1, stride=2),  # 1x2
         )
-        self.head = nn.Linear(32, 10)
+        self.head = nn.Linear(16, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.convs(x), 1))
@@ -249,4 +251,4 @@ def test_padded_and_strided_convs_bit_exact_on_every_path(flags: list[str], pipe
     np.savez(calib, x_val=x.numpy(), y_val=np.zeros(x.shape[0], dtype=np.int64))
     lower_and_check(Geometries().eval(), (1, 3, 33, 37), pipeline, x, tmp_path, calib, flags)
     model_c = (tmp_path / "c" / "model.c").read_text()
-    assert model_c.count("_vtaps[") == 7  # every convolution has the vector geometry
+    assert model_c.count("_vtaps[") == 8  # every convolution has the vector geometry
