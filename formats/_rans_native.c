@@ -846,6 +846,78 @@ static PyObject *py_value_counts(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Rate-distortion level choice (sqc.passes._rate.rdo_levels): for each scaled weight x, the cheapest of
+ * floor(x), floor(x) + 1 (both saturated to qmin..qmax) and 0 under J(q) = (x - q)^2 + weighted[q - qmin],
+ * ties to the lower level, then to the non-zero one; the histogram of the choices is added to hist. The
+ * same operations, in the same order, as the numpy path (built with -ffp-contract=off: no fused
+ * multiply-add), so both choose the same levels. */
+static void rdo_pick(const double *x, uint64_t n, const double *weighted, int64_t qmin, int64_t qmax,
+                     double *levels, int64_t *hist)
+{
+    const double zero_rate = weighted[-qmin];
+    for (uint64_t i = 0; i < n; i++) {
+        double v = x[i];
+        double low;
+        if (v < (double)qmin) { /* also keeps the conversion below in range */
+            low = (double)qmin;
+        } else if (v >= (double)qmax) {
+            low = (double)qmax;
+        } else {
+            low = (double)(int64_t)v; /* truncation, then floor for negatives: floor() is a call */
+            low -= low > v ? 1.0 : 0.0;
+        }
+        if (low < (double)qmin) {
+            low = (double)qmin;
+        } else if (low > (double)qmax) {
+            low = (double)qmax;
+        }
+        double high = low + 1.0 > (double)qmax ? (double)qmax : low + 1.0;
+        double dl = v - low, dh = v - high;
+        double jl = dl * dl + weighted[(int64_t)low - qmin];
+        double jh = dh * dh + weighted[(int64_t)high - qmin];
+        double best = low, bj = jl;
+        if (jh < jl) {
+            best = high;
+            bj = jh;
+        }
+        if (v * v + zero_rate < bj) {
+            best = 0.0;
+        }
+        levels[i] = best;
+        hist[(int64_t)best - qmin]++;
+    }
+}
+
+static PyObject *py_rdo_pick(PyObject *self, PyObject *args)
+{
+    Py_buffer x, weighted, levels, hist;
+    long long qmin, qmax;
+    int status = 0;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*LLw*w*", &x, &weighted, &qmin, &qmax, &levels, &hist)) {
+        return NULL;
+    }
+    uint64_t alphabet = (uint64_t)(qmax - qmin) + 1u;
+    if (qmin > 0 || qmax < 0 || x.len % 8 || levels.len != x.len || (uint64_t)weighted.len < 8u * alphabet ||
+        (uint64_t)hist.len < 8u * alphabet) {
+        PyErr_SetString(PyExc_ValueError, "bad level range or buffer sizes");
+        status = -1;
+    }
+    if (!status) {
+        Py_BEGIN_ALLOW_THREADS
+        rdo_pick(x.buf, (uint64_t)x.len / 8u, weighted.buf, qmin, qmax, levels.buf, hist.buf);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&weighted);
+    PyBuffer_Release(&levels);
+    PyBuffer_Release(&hist);
+    if (status) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"value_counts", py_value_counts, METH_VARARGS,
      "value_counts(lanes, numel, cols, width, mode, mask, symbols, pairs): the value phase's final counts."},
@@ -853,6 +925,8 @@ static PyMethodDef methods[] = {
      "mask_decode(data, lanes, numel, cols, x, mask) -> words read: the mask phase."},
     {"values_decode", py_values_decode, METH_VARARGS,
      "values_decode(data, lanes, numel, cols, width, alphabet, mode, x, next_word, mask, out) -> words read."},
+    {"rdo_pick", py_rdo_pick, METH_VARARGS,
+     "rdo_pick(x, weighted, qmin, qmax, levels, hist): rate-distortion levels of float64 x; hist += counts."},
     {"encode", py_encode, METH_VARARGS,
      "encode(lanes, numel, cols, width, mode, mask, symbols) -> (stream, words read by the mask phase)."},
     {NULL, NULL, 0, NULL},

@@ -90,12 +90,15 @@ def _symbols(state: TensorState, positions: np.ndarray | None = None) -> tuple[n
 
 
 def _choose_stream(symbols: np.ndarray, alphabet: int, width: int, allow_huffman: bool) -> tuple[bytes, bool]:
-    """Packed or Huffman-coded bytes of a symbol stream, whichever is smaller (ties: packed)."""
-    packed = bitpack.pack(symbols, width, False)
+    """Packed or Huffman-coded bytes of a symbol stream, whichever is smaller (ties: packed). Both sizes
+    are known without building either stream (the Huffman one from the symbol counts), so only the
+    chosen one is built."""
     if not allow_huffman or symbols.size == 0:
-        return packed, False
-    coded = huffman.serialize(huffman.encode(symbols, alphabet))
-    return (coded, True) if len(coded) < len(packed) else (packed, False)
+        return bitpack.pack(symbols, width, False), False
+    counts = np.bincount(symbols, minlength=alphabet)
+    if huffman.encoded_size_from_counts(counts) < bitpack.packed_size(symbols.size, width):
+        return huffman.serialize(huffman.encode(symbols, alphabet)), True
+    return bitpack.pack(symbols, width, False), False
 
 
 def _index_bits_for(gaps: np.ndarray, allow_huffman: bool) -> int:

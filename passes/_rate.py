@@ -16,7 +16,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from sqc.formats.rans import IMPLEMENTATION
 from sqc.ir import slices
+
+if IMPLEMENTATION == "native":  # the same choice as the coder's (SQC_RANS=python: numpy for both)
+    from sqc.formats import _rans_native as _native
+else:
+    _native = None
 
 __all__ = ["RDO_ITERATIONS", "entropy_costs", "rd_cost", "rdo_levels", "tree_costs"]
 
@@ -52,7 +58,12 @@ def entropy_costs(histogram: npt.ArrayLike) -> npt.NDArray[np.float64]:
 
 
 def rdo_levels(
-    scaled: torch.Tensor, qmin: int, qmax: int, rdo: float, iterations: int = RDO_ITERATIONS
+    scaled: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    rdo: float,
+    iterations: int = RDO_ITERATIONS,
+    pruned: int = 0,
 ) -> tuple[torch.Tensor, npt.NDArray[np.float64]]:
     """Integer levels for ``scaled = weights / step`` minimising ``(scaled - q)**2 + rdo * R(q)`` (the
     distortion in squared steps, so ``lambda = rdo * step**2``), and the rate table used last.
@@ -60,36 +71,59 @@ def rdo_levels(
     ``R`` is :func:`tree_costs` of the levels themselves, refitted each iteration: each weight picks
     among rounding down, rounding up and zero under the current table. ``rdo = 0`` is plain rounding
     (half to even, then saturation); for every weight the choice never costs more than rounding under
-    the table it was made with.
+    the table it was made with. ``pruned`` counts positions outside ``scaled`` that are zero anyway
+    (a pruned tensor's mask): they are zeros in the histogram the table is fitted to, since a zero level
+    becomes a pruned position (:func:`sqc.passes.quant.zeros_pruned`) and costs what one costs, which on
+    a 90 %-pruned layer is a fraction of a bit, not the price of a rare symbol among the kept levels.
+    Computed by the C core when it is built (``rdo_pick``, about 3 ns a weight), else in numpy, slice by
+    slice, with the three candidates' errors kept between iterations; both make the same choices.
     """
-    flat = scaled.reshape(-1)
-    levels = torch.round(flat).clamp_(qmin, qmax)
+    flat = scaled.reshape(-1).to(torch.float64).numpy()
+    levels = np.clip(np.rint(flat), qmin, qmax)  # rint: half to even, as torch.round
     width = max(1, (qmax - qmin).bit_length())
-    table = tree_costs(np.bincount((levels - qmin).to(torch.int64).numpy(), minlength=1 << width), width)
-    if rdo <= 0 or flat.numel() == 0:
-        return levels.to(torch.int32), table
+    zero = np.zeros(1 << width, dtype=np.int64)
+    zero[-qmin] = pruned
+    table = tree_costs(np.bincount((levels - qmin).astype(np.int64), minlength=1 << width) + zero, width)
+    if rdo <= 0 or flat.size == 0:
+        return torch.from_numpy(levels.astype(np.int32)), table
+    if _native is not None:  # the C core: one pass per iteration, no candidate arrays
+        out = np.empty_like(flat)
+        for _ in range(iterations):
+            hist = zero.copy()
+            _native.rdo_pick(flat, np.ascontiguousarray(rdo * table), qmin, qmax, out, hist)
+            table = tree_costs(hist, width)
+        return torch.from_numpy(out.astype(np.int32)), table
+    parts = [_Candidates(flat[part], qmin, qmax) for part in slices(flat.size)]
     for _ in range(iterations):
-        cost = torch.from_numpy(table)
-        for part in slices(flat.numel()):
-            levels[part] = _pick(flat[part], levels[part], cost, qmin, qmax, rdo)
-        hist = np.bincount((levels - qmin).to(torch.int64).numpy(), minlength=1 << width)
+        weighted = rdo * table
+        hist = zero.copy()
+        for part, candidates in zip(slices(flat.size), parts, strict=True):
+            levels[part] = candidates.pick(weighted, qmin)
+            hist += np.bincount((levels[part] - qmin).astype(np.int64), minlength=1 << width)
         table = tree_costs(hist, width)
-    return levels.to(torch.int32), table
+    return torch.from_numpy(levels.astype(np.int32)), table
 
 
-def _pick(
-    scaled: torch.Tensor, rounded: torch.Tensor, cost: torch.Tensor, qmin: int, qmax: int, rdo: float
-) -> torch.Tensor:
-    """The cheapest of rounding down, rounding up, zero and plain rounding, under ``cost``."""
-    low = torch.floor(scaled).clamp_(qmin, qmax)
-    best = rounded.clone()
-    best_j = rd_cost(scaled, best, cost, qmin, rdo)
-    for candidate in (low, (low + 1).clamp_(qmin, qmax), torch.zeros_like(low)):
-        j = rd_cost(scaled, candidate, cost, qmin, rdo)
-        better = j < best_j
-        best = torch.where(better, candidate, best)
-        best_j = torch.where(better, j, best_j)
-    return best
+class _Candidates:
+    """One slice's candidate levels (rounding down, rounding up, zero) and their squared errors."""
+
+    def __init__(self, scaled: npt.NDArray[np.float64], qmin: int, qmax: int) -> None:
+        self.low = np.clip(np.floor(scaled), qmin, qmax)
+        self.high = np.minimum(self.low + 1, qmax)
+        self.low_error = (scaled - self.low) ** 2
+        self.high_error = (scaled - self.high) ** 2
+        self.zero_error = scaled**2
+        self.low_index = (self.low - qmin).astype(np.int64)
+        self.high_index = (self.high - qmin).astype(np.int64)
+
+    def pick(self, weighted: npt.NDArray[np.float64], qmin: int) -> npt.NDArray[np.float64]:
+        """The cheapest candidate of every weight under ``weighted = rdo * cost``."""
+        j_low = self.low_error + weighted[self.low_index]
+        j_high = self.high_error + weighted[self.high_index]
+        up = j_high < j_low
+        best = np.where(up, self.high, self.low)
+        best_j = np.where(up, j_high, j_low)
+        return np.where(self.zero_error + weighted[-qmin] < best_j, 0.0, best)
 
 
 def rd_cost(

@@ -19,6 +19,14 @@ how far to go is decided by measuring the *retrained* network:
 
 Decisions use the evaluation the run was given (the built-in one reads ``x_val``/``y_val`` of
 ``--data``; keep them out of the training data): never the test set, and the report names the split.
+Where the evaluation gives per-example outcomes (the built-in top-1 does), a probe counts as within only
+if its drop plus ``margin`` standard errors of it (paired per example against the starting network:
+:func:`paired`) is, so that a tolerance below the validation noise is not met by luck.
+
+Without training (only ``--eval``), the same search runs on the network as compressed: a pruning probe
+prunes to its allocation in one shot, a sharing probe shares, and each is measured as it is. The
+sensitivity curves still rank the layers, and the closed loop corrects what their additivity gets
+wrong (layers that each cost nothing alone may together cost everything).
 """
 
 from __future__ import annotations
@@ -49,6 +57,10 @@ from sqc.passes.share import share_record
 
 GROWTH = 4.0
 """Factor by which the relaxation grows while probes stay within the budget."""
+EVAL_ONLY_ROUNDS = 3
+"""Without retraining a probe costs one evaluation, so the search runs this many times the rounds."""
+DISTORTION_SAMPLE = 1 << 16
+"""Kept weights a sharing point's distortion is estimated on (k-means on a sample: a proxy suffices)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,13 @@ class Probe:
     drop: float
     state: dict[str, Fields]
     """Every record of the model after the probe (biases and norm statistics train too)."""
+    margin: float = 0.0
+    """``margin`` standard errors of the drop, paired per example against the model auto started from
+    (0 when the evaluation gives no per-example outcomes): decisions are made on ``drop + margin``."""
+
+    @property
+    def bound(self) -> float:
+        return self.drop + self.margin
 
 
 @dataclass(frozen=True)
@@ -70,14 +89,16 @@ class Auto(Pass):
     ``rounds`` closed-loop probes per stage; a pruning probe runs the AGP schedule (``steps`` stages of
     one epoch) plus ``epochs`` of masked retraining at ``lr``; a sharing probe retrains the centroids
     for ``share_epochs`` at ``share_lr``. ``reserve`` is the part of the tolerance the pruning search
-    leaves for sharing. ``sparsities`` and ``bits`` are the sensitivity sweeps the allocation chooses
-    from. Needs an evaluation and training (``--data`` with ``x_train``, or ``--eval`` and
-    ``--finetune``).
+    leaves for sharing. ``margin`` is how many paired standard errors a probe's drop must stay below
+    the budget by (when the evaluation gives per-example outcomes; 0: the raw drop). ``sparsities``
+    and ``bits`` are the sensitivity sweeps the allocation chooses from. Needs an evaluation; training
+    (``--data`` with ``x_train``, or ``--finetune``) when there is any is used, and without it the
+    probes are measured without retraining.
     """
 
     name = "auto"
     summary = "closed-loop prune + share for the tolerance: allocations measured after retraining"
-    needs = frozenset({"evaluate", "finetune"})
+    needs = frozenset({"evaluate"})
     conflicts = {
         "codes": "auto starts from float weights: put it before share and quant",
         "entropy-coded": "huffman or rans must come after every pass that changes weights",
@@ -92,6 +113,7 @@ class Auto(Pass):
     share_epochs: int = 1
     share_lr: float = 0.001
     reserve: float = 0.25
+    margin: float = 1.0
     sparsities: str = "0.5;0.7;0.8;0.85;0.9;0.93;0.95;0.97;0.98;0.99"
     bits: str = "8;6;5;4;3;2"
     layers: str = "*"
@@ -105,6 +127,7 @@ class Auto(Pass):
         check_range("lr", self.lr, 0.0, 10.0, low_open=True)
         check_range("share_lr", self.share_lr, 0.0, 10.0, low_open=True)
         check_range("reserve", self.reserve, 0.0, 0.99)
+        check_range("margin", self.margin, 0.0, 10.0)
         parse_sweep(self.sparsities, "sparsities", whole=False, low=0.0, high=0.9999)
         parse_sweep(self.bits, "bits", whole=True, low=1, high=16)
 
@@ -113,13 +136,19 @@ class Auto(Pass):
         coded = [s.name for s in states if s.codes is not None]
         if coded:
             raise PipelineError(f"auto compresses float weights, but {coded[0]} already holds codes")
-        entry = ctx.evaluate(model)
+        baseline = outcomes(model, ctx) if self.margin else None
+        entry = ctx.evaluate(model) if baseline is None else float(baseline.mean())
         recorded = reference_metric(model)
         reference = entry if recorded is None else recorded
         tolerance = max(0.0, ctx.tolerance - (reference - entry))
         before = {s.name: (s.decode(), encoded_bytes(s)) for s in states}
 
+        retrain = ctx.can_finetune
+
         def pruning(values: dict[str, float]) -> None:
+            if not retrain:  # eval-only: the allocation itself, in one shot
+                Prune(per_layer=tuple(values.items()), layers=self.layers, scope="layer").run(model, ctx)
+                return
             # prune's own AGP stages (one epoch of masked retraining after each, divergence retried)
             stages = Prune(
                 per_layer=tuple(values.items()),
@@ -139,7 +168,7 @@ class Auto(Pass):
                 model.release(state.name)
                 share_record(state, int(values[state.name]))
             model.sync([s.name for s in states])
-            if self.share_epochs:
+            if retrain and self.share_epochs:
                 ctx.finetune(model, self.share_epochs, self.share_lr)
 
         sweeps = {
@@ -147,11 +176,19 @@ class Auto(Pass):
             "share": parse_sweep(self.bits, "bits", whole=True, low=1, high=16),
         }
         pruned, prune_probes, prune_notes = self._search(
-            model, ctx, states, "prune", sweeps["prune"], pruning, reference, tolerance * (1 - self.reserve)
+            model,
+            ctx,
+            states,
+            "prune",
+            sweeps["prune"],
+            pruning,
+            reference,
+            tolerance * (1 - self.reserve),
+            baseline,
         )
         restore(model, frozen(pruned.state))
         shared, share_probes, share_notes = self._search(
-            model, ctx, states, "share", sweeps["share"], sharing, reference, tolerance
+            model, ctx, states, "share", sweeps["share"], sharing, reference, tolerance, baseline
         )
         restore(model, frozen(shared.state))
         after = ctx.evaluate(model)
@@ -170,6 +207,7 @@ class Auto(Pass):
             "metric_after": after,
             "tolerance": tolerance,
             "decided_on": ctx.evaluation_split,
+            "margin": self.margin if baseline is not None else 0.0,
             "prune_probes": _describe(prune_probes),
             "share_probes": _describe(share_probes),
             **totals(layers),
@@ -192,22 +230,32 @@ class Auto(Pass):
         apply: Callable[[dict[str, float]], None],
         reference: float,
         budget: float,
+        baseline: torch.Tensor | None,
     ) -> tuple[Probe, list[Probe], list[str]]:
-        """The smallest probe within ``budget`` (measured from ``reference``), the probes, and notes."""
+        """The smallest probe within ``budget`` (measured from ``reference``, with its margin when
+        ``baseline`` holds the starting model's per-example outcomes), the probes, and notes."""
         analysis = Analysis(rate_bits=5 if kind == "prune" else 0)
         sweeper = Sweeper(model, ctx, analysis)
         sweeper.ensure(kind, states, sweep, redo=True)
         assert analysis.metric is not None
-        curves = {
-            s.name: [
-                Choice(p.value, analysis.metric - p.metric, p.bytes) for p in analysis.curves(kind)[s.name]
+        scale = max(budget, 1e-4)  # a zero tolerance still relaxes: retraining may win it all back
+        retrain = ctx.can_finetune
+        # without retraining, each point also costs its weight distortion (see distortion()), at a
+        # price that lets all layers spend all of it at relaxation 1 and ever less below
+        price = 0.0 if retrain else scale / len(states)
+        curves = {}
+        for state in states:
+            points = analysis.curves(kind)[state.name]
+            costs = distortions(state, kind, [p.value for p in points]) if price else [0.0] * len(points)
+            curves[state.name] = [
+                Choice(p.value, analysis.metric - p.metric + price * cost, p.bytes)
+                for p, cost in zip(points, costs, strict=True)
             ]
-            for s in states
-        }
         everything = list(model.tensors.values())  # fine-tuning also moves biases and norm statistics
         start = frozen(snapshot(everything))
         rounds = self.rounds if kind == "prune" else self.share_rounds
-        scale = max(budget, 1e-4)  # a zero tolerance still relaxes: retraining may win it all back
+        if not retrain:  # a probe is one evaluation: cheap next to the sweep
+            rounds *= EVAL_ONLY_ROUNDS
         probes: dict[tuple[tuple[str, float], ...], Probe] = {}
 
         def probe(relaxation: float) -> Probe:
@@ -218,9 +266,10 @@ class Auto(Pass):
             restore(model, frozen(start))
             ctx.note(f"auto: {kind} probe (relaxation {relaxation:g})", len(probes), rounds)
             apply(dict(values))
-            drop = reference - ctx.evaluate(model)
+            metric, error = paired(model, ctx, baseline)
             predicted = sum(curves[name][index].bytes for name, index in choice.items())
-            found = Probe(relaxation, values, predicted, drop, frozen(snapshot(everything)))
+            state = frozen(snapshot(everything))
+            found = Probe(relaxation, values, predicted, reference - metric, state, self.margin * error)
             probes[values] = found
             return found
 
@@ -231,7 +280,7 @@ class Auto(Pass):
             if len(probes) >= rounds:
                 break
             found = probe(relaxation)
-            if found.drop <= budget + 1e-12:
+            if found.bound <= budget + 1e-12:
                 if within is None or found.predicted_bytes < within.predicted_bytes:
                     within = found
                 relaxation = relaxation * GROWTH if beyond is None else math.sqrt(relaxation * beyond)
@@ -246,14 +295,82 @@ class Auto(Pass):
         if chosen:
             best = min(chosen, key=lambda p: (p.predicted_bytes, p.drop))
         else:  # nothing fitted: keep the safest probe measured
-            best = min(measured, key=lambda p: (p.drop, p.predicted_bytes))
+            best = min(measured, key=lambda p: (p.bound, p.predicted_bytes))
             notes.append(f"auto: no {kind} probe stayed within {budget:.6g}; kept the one that lost least")
         return best, measured, notes
 
 
+def distortions(state: TensorState, kind: Kind, values: list[float]) -> list[float]:
+    """The share of the layer's weight energy (sum of squares) each point of its curve destroys: pruning
+    to sparsity ``value`` removes the smallest weights' energy; sharing with ``value`` bits leaves the
+    k-means error (estimated on a fixed sample of the kept weights).
+
+    Why: without retraining, a metric such as an accuracy on a few hundred inputs saturates. Many layers
+    then measure no drop at all, alone, up to high sparsities, so the allocation sends every layer
+    there and the network collapses, and no smaller relaxation changes the allocation. Priced in
+    beside the measured drops, the distortion ranks those points: a smaller relaxation then backs off,
+    the least damaging points last."""
+    weights = state.decode().reshape(-1).to(torch.float64)
+    if state.mask is not None:
+        weights = weights[state.mask.reshape(-1)]
+    energy = float((weights * weights).sum())
+    if not energy or not weights.numel():
+        return [0.0] * len(values)
+    if kind == "prune":
+        squares = (weights * weights).sort().values
+        removed = torch.cat([torch.zeros(1, dtype=torch.float64), squares.cumsum(0)])
+        pruned = state.numel - weights.numel()
+        drops = [min(weights.numel(), max(0, round(v * state.numel) - pruned)) for v in values]
+        return [float(removed[d]) / energy for d in drops]  # the ``d`` smallest kept weights go
+    from sqc.passes.share import kmeans_1d
+
+    if weights.numel() > DISTORTION_SAMPLE:
+        g = torch.Generator().manual_seed(0)
+        weights = weights[torch.randperm(weights.numel(), generator=g)[:DISTORTION_SAMPLE]]
+    out = []
+    for value in values:
+        codebook, codes = kmeans_1d(weights.float(), 1 << int(value))
+        error = codebook.double()[codes.long()] - weights
+        out.append(float((error * error).mean() / (weights * weights).mean()))
+    return out
+
+
+def outcomes(model: CompressedModel, ctx: PassContext) -> torch.Tensor | None:
+    """The evaluation's per-example outcomes (their mean is the metric), or None when the evaluation
+    does not give them: the built-in top-1 does (1 where right); a user's evaluation can, by being an
+    object with an ``outcomes(module) -> tensor`` method beside ``__call__``."""
+    from sqc.devices import on_device
+
+    per_example = getattr(ctx.evaluator(), "outcomes", None)
+    if per_example is None:
+        return None
+    with on_device(model.graph_module, ctx.device) as module:
+        return torch.as_tensor(per_example(module), dtype=torch.float64).reshape(-1).cpu()
+
+
+def paired(model: CompressedModel, ctx: PassContext, baseline: torch.Tensor | None) -> tuple[float, float]:
+    """The metric, and the standard error of its drop from ``baseline`` paired per example (0 without).
+
+    Why paired: two networks that differ little get most examples equally right, so the noise of their
+    difference is that of the examples they disagree on (McNemar's view), far below the noise of either
+    accuracy. A tolerance of 0.1 points on 5,000 validation images is below that noise, and taking the
+    smallest allocation that measured within it picks a lucky measurement: the test set then shows more
+    loss. Deciding on ``drop + margin * error`` keeps only allocations the data supports."""
+    if baseline is None:
+        return ctx.evaluate(model), 0.0
+    now = outcomes(model, ctx)
+    assert now is not None
+    if now.shape != baseline.shape:
+        raise PipelineError(f"the evaluation gave {now.numel()} outcomes, then {baseline.numel()}")
+    change = baseline - now
+    error = float(change.std() / math.sqrt(change.numel())) if change.numel() > 1 else 0.0
+    return float(now.mean()), error
+
+
 def monotone_drops(probes: list[Probe]) -> list[float]:
-    """Each probe's drop, smoothed so that a smaller allocation never counts as losing less than a larger
-    one (isotonic regression by pooling adjacent violators, over probes sorted by predicted bytes).
+    """Each probe's bound (drop + margin), smoothed so that a smaller allocation never counts as losing
+    less than a larger one (isotonic regression by pooling adjacent violators, over probes sorted by
+    predicted bytes).
 
     Why: a validation metric is noisy at the scale of a tight tolerance, and taking the smallest probe
     that happened to measure within it picks the luckiest measurement; pooling it with the larger probes
@@ -261,7 +378,7 @@ def monotone_drops(probes: list[Probe]) -> list[float]:
     order = sorted(range(len(probes)), key=lambda i: -probes[i].predicted_bytes)
     blocks: list[tuple[float, int]] = []  # (mean drop, count), drops non-decreasing as bytes fall
     for i in order:
-        mean, count = probes[i].drop, 1
+        mean, count = probes[i].bound, 1
         while blocks and blocks[-1][0] > mean:
             last, n = blocks.pop()
             mean, count = (last * n + mean * count) / (n + count), n + count
@@ -287,5 +404,5 @@ def _copy(value: object) -> object:
 
 
 def _describe(probes: list[Probe]) -> str:
-    """``relaxation:drop:bytes`` of each probe, in the order they ran (for the report)."""
-    return ";".join(f"{p.relaxation:.4g}:{p.drop:.4g}:{p.predicted_bytes}" for p in probes)
+    """``relaxation:drop:bytes:margin`` of each probe, in the order they ran (for the report)."""
+    return ";".join(f"{p.relaxation:.4g}:{p.drop:.4g}:{p.predicted_bytes}:{p.margin:.4g}" for p in probes)

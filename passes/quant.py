@@ -60,6 +60,9 @@ class Quant(Pass):
     to minimise ``(w - code*step)**2 + lambda * R(code)`` with ``lambda = r * step**2`` and ``R`` the bits
     the context coder's own model charges (:func:`sqc.passes._rate.rdo_levels`): weights near a
     decision boundary move to the cheaper level, small ones to zero. ``rdo=0`` is plain rounding.
+    The stored step is then the least-squares scale of the chosen levels when that is closer, and zero
+    levels become pruned positions (a pruned tensor's always, an unpruned one's when at least half its
+    levels are zero): the context coder codes where the non-zero levels are more cheaply than zeros.
     """
 
     name = "quant"
@@ -269,14 +272,35 @@ def best_format(values: torch.Tensor, bits: int, *, per_channel: bool) -> FixedP
     return FixedPoint(bits, tuple(int(f) for f in best_frac))
 
 
+ZEROS_AS_PRUNED = 0.5
+"""An unpruned tensor whose codes are at least this share zeros gets them as a pruning mask: the
+context coder then codes where the non-zero levels are (run and column contexts) and only their values,
+which on LeNet-5 measured 2.5-6 % fewer bytes than coding each zero as a symbol at 55-92 % zeros, and
+0.2 % more at 38 %."""
+
+
 def quant_record(state: TensorState, qp: int, rdo: float = DEFAULT_RDO) -> None:
-    """Quantize one record's weights in place at step ``2**(qp/4)`` (the caller syncs the module)."""
+    """Quantize one record's weights in place at step ``2**(qp/4)`` (the caller syncs the module).
+
+    Levels that come out zero are pruned positions afterwards (:func:`zeros_pruned`): the values do
+    not change, only how the coder is told where the zeros are."""
     values = state.decode()
     fmt, codes = quantize_step(values, qp_step(qp), state.mask, rdo, state.name)
-    mask = state.mask
+    mask = zeros_pruned(codes, state.mask)
     state.dense = None
     state.codes, state.fmt = codes, fmt
     state.set_mask(mask)
+
+
+def zeros_pruned(codes: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The mask after quantization: a pruned tensor drops its kept positions whose level is zero (its
+    mask is coded anyway, and a pruned position is cheaper than a kept zero); an unpruned one gets a mask
+    of its non-zero levels when they are at most ``1 - ZEROS_AS_PRUNED`` of it."""
+    nonzero = codes != 0
+    if mask is not None:
+        return mask & nonzero
+    kept = int(nonzero.sum())
+    return nonzero if codes.numel() and kept <= (1 - ZEROS_AS_PRUNED) * codes.numel() else None
 
 
 def quantize_step(
@@ -284,7 +308,10 @@ def quantize_step(
 ) -> tuple[FixedPoint, torch.Tensor]:
     """``(format, codes)`` for ``values`` at ``step`` (kept to 8 significant bits): codes as wide as
     the largest weight needs, chosen by :func:`~sqc.passes._rate.rdo_levels` among the kept weights
-    (pruned positions stay 0)."""
+    (pruned positions stay 0). The stored step is then the least-squares scale of those levels
+    (``<w, q> / <q, q>``, to 8 significant bits) when that is closer: rounding and the rate-distortion
+    choice leave a systematic shrinkage, which this removes (LeNet-5 at qp -19: weight MSE 17 % lower,
+    the same bytes)."""
     probe = FixedPoint.scaled(2, step)
     exact = probe.steps[0]
     flat = values.reshape(-1)
@@ -298,12 +325,23 @@ def quantize_step(
             f"a scaled format holds {MAX_SCALED_BITS}: raise qp"
         )
     qmax = (1 << (bits - 1)) - 1
-    levels, _ = rdo_levels(kept.to(torch.float64) / exact, -qmax - 1, qmax, rdo)
+    levels, _ = rdo_levels(
+        kept.to(torch.float64) / exact, -qmax - 1, qmax, rdo, pruned=flat.numel() - kept.numel()
+    )
     top = int(levels.abs().max()) if levels.numel() else 0
     bits = max(2, top.bit_length() + 1)  # rate-distortion choices can only narrow the range
+    if top:  # the least-squares step for these levels (8 significant bits): never a larger error
+        q = levels.to(torch.float64)
+        fitted = FixedPoint.scaled(2, float((kept.to(torch.float64) * q).sum() / (q * q).sum()))
+        if _error(kept, levels, fitted.steps[0]) < _error(kept, levels, exact):
+            probe = fitted
     codes = torch.zeros(flat.numel(), dtype=torch.int32)
     if mask is None:
         codes = levels
     else:
         codes[mask.reshape(-1)] = levels
     return FixedPoint(bits, probe.frac, probe.mult), codes.reshape(values.shape)
+
+
+def _error(values: torch.Tensor, levels: torch.Tensor, step: float) -> float:
+    return float(((values.to(torch.float64) - levels.to(torch.float64) * step) ** 2).sum())

@@ -246,15 +246,20 @@ class Top1:
     batch_size: int = 1000
 
     def __call__(self, model: nn.Module) -> float:
+        return int(self.outcomes(model).sum()) / self.x.shape[0]
+
+    def outcomes(self, model: nn.Module) -> torch.Tensor:
+        """Per sample, 1.0 where the model is right (the metric is their mean): what a paired
+        comparison of two models needs (``auto``'s confidence margin)."""
         model.eval()
         device = module_device(model)  # batches follow the module (see sqc.devices)
-        correct = 0
+        parts = []
         with torch.no_grad():
             for start in range(0, self.x.shape[0], self.batch_size):
                 logits = model(self.x[start : start + self.batch_size].to(device))
                 labels = self.y[start : start + self.batch_size].to(device)
-                correct += int((logits.argmax(-1) == labels).sum())
-        return correct / self.x.shape[0]
+                parts.append((logits.argmax(-1) == labels).cpu())
+        return torch.cat(parts).to(torch.float64) if parts else torch.zeros(0, dtype=torch.float64)
 
 
 def top1(data: Dataset, samples: int | None = None, batch_size: int = 1000) -> Evaluator:

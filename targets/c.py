@@ -195,6 +195,46 @@ def conv_taps(
     return ConvGeometry(np.array(taps, dtype=np.int64), ow, max(1, oh * ow), 0, 0)
 
 
+@dataclass(frozen=True)
+class VectorGeometry:
+    """Where the SSE2/AVX2 convolution reads: an int16 copy of the input, made once per call, padded and
+    split by stride phase so that every convolution becomes an unpadded stride-1 one. Per input channel
+    the copy holds ``sh * sw`` phase planes of ``qh`` x ``qw`` codes; phase ``(py, px)`` at ``(i, j)``
+    is the padded input at ``(i * sh + py, j * sw + px)`` (zero outside the input: the padding).
+    Output ``(oy, ox)`` of tap ``(ky, kx)`` then reads phase ``(ky dh mod sh, kx dw mod sw)`` at
+    ``(oy + ky dh div sh, ox + kx dw div sw)``: one contiguous run of ``wide`` accumulators (row stride
+    ``qw``, rounded up to a multiple of 16) from the tap's offset ``taps[t]`` in the channel's block.
+    Columns past the output width get products that are never read, at most one per weight, so
+    legalization's overflow bound holds for them too. ``size`` is the copy's length, including the
+    codes the last channel's rounded runs read past its block."""
+
+    qh: int
+    qw: int
+    taps: np.ndarray
+    span: int
+    wide: int
+    size: int
+
+
+Pair = tuple[int, int]
+
+
+def conv_vector(
+    cin: int, hw: Pair, out_hw: Pair, kernel: Pair, stride: Pair, pad: Pair, dil: Pair
+) -> VectorGeometry:
+    (h, w), (oh, ow), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = hw, out_hw, kernel, stride, pad, dil
+    qh, qw = -(-(h + 2 * ph) // sh), -(-(w + 2 * pw) // sw)
+    taps = [
+        ((ky * dh % sh) * sw + kx * dw % sw) * qh * qw + (ky * dh // sh) * qw + kx * dw // sw
+        for ky in range(kh)
+        for kx in range(kw)
+    ]
+    wide = -(-((oh - 1) * qw + ow) // 16) * 16
+    block = sh * sw * qh * qw
+    size = cin * block + max(0, max(taps) + wide - block)
+    return VectorGeometry(qh, qw, np.array(taps, dtype=np.int64), max(oh * qw, wide), wide, size)
+
+
 @dataclass
 class _Emitter:
     program: IntProgram
@@ -388,11 +428,17 @@ class _Emitter:
                 taps = self.array("int32_t", f"{name}_taps", geo.taps)
                 fields = [cin, h, wd, cout, oh, ow, kh, kw, *op.stride, *op.padding, *op.dilation, op.groups]
                 fields += [geo.row_stride, geo.span, geo.wide, taps]
-                self.rom.append(f"static const sqc_conv_t {name}_conv = {{{', '.join(map(str, fields))}}};")
                 self.acc = max(self.acc, geo.span)
                 self.slack = max(self.slack, geo.overread)
-                if geo.wide and kind == "w8" and p.act_bits == 8:  # the SSE2 kernel's int16 copy of x
-                    self.x16 = max(self.x16, cin * h * wd + geo.overread)
+                if kind == "w8" and p.act_bits == 8 and oh > 0 and ow > 0:  # the SSE2 kernel's int16 copy
+                    vec = conv_vector(cin, (h, wd), (oh, ow), (kh, kw), op.stride, op.padding, op.dilation)
+                    vtaps = self.array("int32_t", f"{name}_vtaps", vec.taps)
+                    fields += [vec.qh, vec.qw, vec.span, vec.wide, vtaps]
+                    self.acc = max(self.acc, vec.span)
+                    self.x16 = max(self.x16, vec.size)
+                else:
+                    fields += [0, 0, 0, 0, 0]
+                self.rom.append(f"static const sqc_conv_t {name}_conv = {{{', '.join(map(str, fields))}}};")
                 self.run.append(
                     _call(
                         f"sqc_conv_{kind}",

@@ -69,14 +69,70 @@ def test_auto_prunes_as_far_as_retraining_wins_back_and_stays_within_the_toleran
     assert one_shot.model.tensors["0.weight"].density > 0.5
 
 
-def test_auto_needs_training_and_float_weights() -> None:
+def test_auto_needs_an_evaluation_and_float_weights() -> None:
     model, _, _ = redundant_problem()
-    with pytest.raises(PipelineError, match=r"finetune|training"):
-        sqc.compress(model, [(1, 2 * PAIRS)], "auto", evaluate=lambda m: 0.0)
+    with pytest.raises(PipelineError, match=r"needs an evaluation"):
+        sqc.compress(model, [(1, 2 * PAIRS)], "auto")
     with pytest.raises(PipelineError, match=r"before share|codes"):
         sqc.compress(
             model, [(1, 2 * PAIRS)], "share,auto", evaluate=lambda m: 0.0, finetune=lambda m, e: None
         )
+
+
+def exact_problem() -> tuple[nn.Module, torch.Tensor]:
+    """Two layers whose weights are exactly zero at a known share (a half, and 51 of 64) and otherwise
+    take few distinct values (4, and 8): pruning up to that share and sharing with that many centroids
+    changes nothing; one step further changes every output. The right answer is known exactly."""
+    g = torch.Generator().manual_seed(0)
+
+    def weights(rows: int, cols: int, zeros: int, levels: list[float]) -> torch.Tensor:
+        count = rows * cols
+        values = torch.tensor(levels)[torch.arange(count - zeros) % len(levels)]
+        flat = torch.zeros(count)
+        flat[torch.randperm(count, generator=g)[: count - zeros]] = values
+        return flat.reshape(rows, cols)
+
+    first, second = nn.Linear(16, 16, bias=False), nn.Linear(16, 4, bias=False)
+    with torch.no_grad():
+        first.weight.copy_(weights(16, 16, 128, [-2.0, -1.0, 1.0, 2.0]))
+        second.weight.copy_(weights(4, 16, 51, [-4.0, -3.0, -2.0, -1.0, 1.0, 2.0, 3.0, 4.0]))
+    return nn.Sequential(first, second), torch.randn(200, 16, generator=g)
+
+
+class Unchanged:
+    """Share of inputs whose output is the original one (to 1e-4): per example, 1 where unchanged."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        self.x = x
+        with torch.no_grad():
+            self.reference = model(x)
+
+    def outcomes(self, module: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return ((module(self.x) - self.reference).abs().amax(dim=1) <= 1e-4).double()
+
+    def __call__(self, module: nn.Module) -> float:
+        return float(self.outcomes(module).mean())
+
+
+def test_eval_only_auto_finds_the_largest_exact_compression() -> None:
+    """Without training (an evaluation only), auto measures each probe as compressed: it prunes every
+    zero and shares each layer to exactly its number of distinct values, and no further."""
+    model, x = exact_problem()
+    evaluate = Unchanged(model, x)
+    pipeline = "auto{sparsities=0.3;0.5;0.65;0.8;0.9 bits=6;4;3;2;1},rans"
+    artifact = sqc.compress(model, [(1, 16)], pipeline, evaluate=evaluate, tolerance=0.02, executor="serial")
+    record = artifact.report[0]
+    first, second = (record.layers[name] for name in ("0.weight", "1.weight"))
+    # every zero pruned (a sparsity of the sweep at or below the zeros' share prunes all of them: ties
+    # go together) and nothing else; each layer's codebook exactly its distinct values
+    assert first["density"] == 0.5 and second["density"] == pytest.approx(13 / 64)
+    assert first["bits_per_weight"] == 2 and second["bits_per_weight"] == 3
+    assert evaluate(artifact.module()) == 1.0
+    assert record.stats["margin"] == 1.0  # the evaluation gives per-example outcomes
+    # it measured beyond the answer, and refused it
+    drops = [float(p.split(":")[1]) for p in str(record.stats["prune_probes"]).split(";")]
+    assert max(drops) > 0.02 and record.stats["metric_after"] == 1.0
 
 
 def test_monotone_drops_pool_a_lucky_measurement_with_the_larger_probes() -> None:

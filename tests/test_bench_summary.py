@@ -112,6 +112,30 @@ RESULTS: dict[str, Any] = {
             for name, t in (("serial", 22.093), ("serial 1 thread", 13.418), ("process x2", 15.916))
         },
     },
+    "deep_compression_mnist_auto.json": {
+        "date": "2026-12-07T16:00:00+00:00",
+        "evaluation": "MNIST test set",
+        "machine": MACHINE,
+        "git": {"commit": "17d710b", "tree_sources_modified": False},
+        "per_recipe": [
+            {"recipe": "lenet300", "runs": 3, "mean_ratio": 40.0, "mean_delta_points": 0.1},
+            {"recipe": "lenet300_auto", "runs": 3, "mean_ratio": 38.0, "mean_delta_points": 0.08},
+            {"recipe": "lenet5_auto", "runs": 3, "mean_ratio": 47.0, "mean_delta_points": 0.18},
+        ],
+    },
+    "crepe.json": {
+        "date": "2026-12-07T16:00:00+00:00",
+        "git": {"commit": "17d710b", "tree_sources_modified": False},
+        "decision_tones": 50,
+        "report_tones": 400,
+        "tolerance_points": 1.0,
+        "target": {"ratio": 25.0, "rpa": 99.0},
+        "met": True,
+        "runs": [
+            {"name": "auto (eval only)", "ratio": 30.0, "rpa_report": 99.5},
+            {"name": "uniform 70 % + 5 bits", "ratio": 20.0, "rpa_report": 99.75},
+        ],
+    },
     "deep_compression_mnist.json": {
         "date": "2026-11-22T07:04:27+00:00",
         "evaluation": "MNIST test set",
@@ -291,6 +315,8 @@ def test_rows_carry_the_figure_the_same_run_baseline_the_ratio_and_the_target(re
         "scale",
         "executors",
         "mnist",
+        "mnist auto",
+        "crepe",
         "channels",
         "c",
         "hls",
@@ -340,6 +366,16 @@ def test_rows_carry_the_figure_the_same_run_baseline_the_ratio_and_the_target(re
     assert "lenet300: 43.2×, 1.54 % (+0.15)" in mnist[2]
     assert "lenet5: 1.41× the paper's ratio" in mnist[4]
     assert "lenet300: **missed**<br>lenet5: **met**" in mnist[5]
+
+    auto = table["mnist auto"]
+    assert "lenet300_auto (3 runs): 38.0× at +0.08" in auto[2] and "lenet300: 40.0× at +0.10" in auto[3]
+    assert "lenet300_auto: 0.95× the hand ratio" in auto[4]
+    assert "lenet300_auto: **met**<br>lenet5_auto: **missed**" in auto[5]  # no hand recipe beside it
+    assert "lenet5_auto: no hand recipe in this run" in auto[3]
+
+    crepe = table["crepe"]
+    assert crepe[2] == "auto (eval only): 30.0×, RPA 99.50"
+    assert crepe[4] == "1.50× uniform 70 % + 5 bits" and crepe[5].endswith("**met**")
 
     channels = table["channels"]
     assert "resnet18: params 3.8×, MACs 3.8×, latency 2.7× (medians of 60)" in channels[4]

@@ -41,6 +41,7 @@ def tensors(draw: st.DrawFn) -> tuple[np.ndarray | None, np.ndarray, tuple[int, 
 
 @SETTINGS
 @given(tensors(), st.sampled_from([None, 0, 1, 2, 3]))
+@example((None, np.zeros(729, dtype=np.int64), (9, 9, 9), 6), None)  # 4,374 decisions, 6 bytes
 def test_rans_roundtrip(
     case: tuple[np.ndarray | None, np.ndarray, tuple[int, ...], int], mode: int | None
 ) -> None:
@@ -48,6 +49,13 @@ def test_rans_roundtrip(
     coded = rans.encode(mask, symbols, shape, width, mode)
     if mode is not None:
         assert coded.value_mode == mode
+    numel = math.prod(shape)
+    if not rans.fits(numel, len(symbols), width, mask is not None, len(coded.data)):
+        # past the decision cap (a near-constant tensor: thousands of decisions per byte): writers fall
+        # back to Huffman or packed, and a reader refuses the stream
+        with pytest.raises(SqcFormatError, match=r"binary decisions|positions"):
+            rans.decode(coded.data, shape, mask is not None, width, 1 << width, coded.value_mode)
+        return
     got_mask, got, index = rans.decode(
         coded.data, shape, mask is not None, width, 1 << width, coded.value_mode
     )

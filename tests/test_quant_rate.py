@@ -16,8 +16,9 @@ from sqc.errors import PipelineError, SqcError
 from sqc.formats import container
 from sqc.formats.tensor_codec import decode_tensor, encode_tensor
 from sqc.ir import MAX_STEP_MULT, FixedPoint, TensorState
+from sqc.passes import _rate
 from sqc.passes._rate import rd_cost, rdo_levels, tree_costs
-from sqc.passes.quant import qp_step, quantize_step
+from sqc.passes.quant import qp_step, quant_record, quantize_step
 
 
 @given(st.floats(min_value=2.0**-50, max_value=2.0**10, allow_nan=False, allow_infinity=False))
@@ -46,6 +47,44 @@ def test_scaled_dequantize_is_exact_and_quantize_inverts_it(
     want = [math.ldexp(float(c * mult), -frac) for c in codes.tolist()]
     assert values.tolist() == want
     assert torch.equal(fmt.quantize(values), codes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**31 - 1),
+    st.integers(min_value=-30, max_value=-8),
+    st.sampled_from([0.0, 0.1, 1.0]),
+    st.booleans(),
+)
+def test_qp_record_prunes_its_zero_levels_and_fits_its_step(
+    seed: int, qp: int, rdo: float, pruned: bool
+) -> None:
+    """After ``quant{qp}`` a record decodes to ``code * step`` exactly; a pruned record's mask keeps only
+    its non-zero levels, an unpruned one gets that mask when at least half the levels are zero; and the
+    stored step (the least-squares fit when closer) never has more error than the qp step itself."""
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.randn(16, 30, generator=gen) * 0.1
+    mask = torch.rand(16, 30, generator=gen) > 0.8 if pruned else None
+    state = TensorState("w", (16, 30), "weight", dense=values.clone())  # type: ignore[arg-type]
+    state.set_mask(mask)
+    quant_record(state, qp, rdo)
+    assert state.codes is not None and state.fmt is not None
+    nonzero = state.codes != 0
+    if mask is not None:
+        assert state.mask is not None and torch.equal(state.mask, mask & nonzero)
+    elif int(nonzero.sum()) <= 0.5 * nonzero.numel():
+        assert state.mask is not None and torch.equal(state.mask, nonzero)
+    else:
+        assert state.mask is None
+    step = state.fmt.steps[0]
+    decoded = state.decode().to(torch.float64)
+    assert torch.equal(decoded, state.codes.to(torch.float64) * step)
+    kept = torch.ones_like(values, dtype=torch.bool) if mask is None else mask
+    at_qp = FixedPoint.scaled(2, qp_step(qp)).steps[0]
+    reference = values.to(torch.float64)[kept]
+    fitted_error = float(((decoded[kept] - reference) ** 2).sum())
+    qp_error = float(((state.codes.to(torch.float64)[kept] * at_qp - reference) ** 2).sum())
+    assert fitted_error <= qp_error + 1e-15
 
 
 def test_scaled_format_limits() -> None:
@@ -97,6 +136,31 @@ def test_rdo_never_costs_more_than_rounding(seed: int, rdo: float) -> None:
     j_round = rd_cost(scaled, rounded, cost, -qmax - 1, rdo)
     assert bool((j_rdo <= j_round + 1e-12).all())
     assert float(j_rdo.sum()) < float(j_round.sum())  # and it finds something on Gaussian weights
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**31 - 1),
+    st.sampled_from([0.03, 0.1, 1.0]),
+    st.integers(min_value=0, max_value=50_000),
+    st.sampled_from([1, 3, 63]),
+)
+def test_rdo_native_and_numpy_choose_the_same_levels(seed: int, rdo: float, pruned: int, qmax: int) -> None:
+    """The C core's ``rdo_pick`` and the numpy path make the same choice for every weight, saturated
+    ones included (weights far outside the level range), with and without pruned positions."""
+    if _rate._native is None:
+        pytest.skip("the C core is not built")
+    gen = torch.Generator().manual_seed(seed)
+    scaled = torch.randn(3000, generator=gen, dtype=torch.float64) * (qmax / 2 + 1)
+    scaled[:10] *= 40  # beyond the range on both sides
+    native, native_table = rdo_levels(scaled, -qmax - 1, qmax, rdo, pruned=pruned)
+    saved, _rate._native = _rate._native, None
+    try:
+        numpy_levels, numpy_table = rdo_levels(scaled, -qmax - 1, qmax, rdo, pruned=pruned)
+    finally:
+        _rate._native = saved
+    assert torch.equal(native, numpy_levels)
+    assert np.array_equal(native_table, numpy_table)
 
 
 def test_tree_costs_are_the_order_zero_code_lengths() -> None:

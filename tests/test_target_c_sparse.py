@@ -15,7 +15,7 @@ import torch.nn as nn
 
 import sqc
 from sqc.formats import sparse_index
-from sqc.targets.c import csc_entries, write_project
+from sqc.targets.c import conv_vector, csc_entries, write_project
 from sqc.targets.integer import Linear, Stream, Weights
 from sqc.targets.legalize import LowerOptions, _best_index, _stream, legalize
 from sqc.targets.simulate import quantize_input, simulate
@@ -170,3 +170,85 @@ def test_vector_paths_bit_exact_on_lenet5(flags: list[str], tmp_path) -> None:
     lower_and_check(
         lenet("LeNet5"), (1, 1, 28, 28), "prune,share,huffman", images[:200], tmp_path, MNIST, flags
     )
+
+
+class Geometries(nn.Module):
+    """Every convolution geometry the SSE2/AVX2 path flattens into unpadded stride-1 runs: padding,
+    stride 2 with and without padding, a stride (3) that does not divide the padded input, dilation with
+    an asymmetric kernel and padding, a stride on rows only, grouped and depthwise, 1x1 with stride;
+    non-square planes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),  # 33x37
+            nn.Conv2d(8, 8, 3, stride=2, padding=1),  # 17x19
+            nn.Conv2d(8, 8, 3, stride=2),  # 8x9
+            nn.Conv2d(8, 8, (1, 3), padding=(0, 2), dilation=2),  # 8x9
+            nn.Conv2d(8, 8, (3, 1), stride=(2, 1)),  # 3x9: strided rows, whole unpadded columns
+            nn.Conv2d(8, 8, 3, padding=1, groups=4),  # 3x9
+            nn.Conv2d(8, 8, 3, stride=3, padding=2, groups=8),  # 2x4
+            nn.Conv2d(8, 8, 1, stride=2),  # 1x2
+        )
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.convs(x), 1))
+
+
+def test_conv_vector_layout_reads_the_padded_strided_input() -> None:
+    """The int16 copy's layout (sqc_widen_conv) and the tap offsets (conv_vector): every valid output
+    of every tap reads, at offset + oy * qw + ox, the padded input at (oy sh + ky dh, ox sw + kx dw)."""
+    rng = np.random.default_rng(0)
+    for (h, w), (kh, kw), stride, pad, dil in [
+        ((7, 9), (3, 3), (1, 1), (1, 1), (1, 1)),
+        ((8, 11), (3, 3), (2, 2), (1, 1), (1, 1)),
+        ((9, 10), (5, 3), (3, 2), (2, 0), (1, 2)),
+        ((6, 6), (1, 1), (2, 2), (0, 0), (1, 1)),
+    ]:
+        (sh, sw), (ph, pw), (dh, dw) = stride, pad, dil
+        oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        geo = conv_vector(2, (h, w), (oh, ow), (kh, kw), stride, pad, dil)
+        x = rng.integers(-128, 128, size=(2, h, w))
+        padded = np.pad(x, ((0, 0), (ph, ph + sh), (pw, pw + sw)))
+        block = sh * sw * geo.qh * geo.qw
+        copy = np.zeros(geo.size, dtype=np.int64)
+        for ch in range(2):
+            for py in range(sh):
+                for px in range(sw):
+                    phase = padded[ch, py::sh, px::sw][: geo.qh, : geo.qw]
+                    at = ch * block + (py * sw + px) * geo.qh * geo.qw
+                    copy[at : at + geo.qh * geo.qw] = phase.reshape(-1)
+        assert geo.wide % 16 == 0 and geo.wide >= (oh - 1) * geo.qw + ow
+        for ch in range(2):
+            for t, off in enumerate(geo.taps):
+                ky, kx = divmod(t, kw)
+                assert ch * block + off + geo.wide <= geo.size
+                for oy in range(oh):
+                    got = copy[ch * block + off + oy * geo.qw :][:ow]
+                    want = padded[ch, oy * sh + ky * dh, kx * dw : kx * dw + (ow - 1) * sw + 1 : sw]
+                    assert np.array_equal(got, want)
+
+
+@needs_cc
+@pytest.mark.parametrize("pipeline", ["prune{sparsity=0.6},quant,huffman", "quant"])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        STRICT,  # run-time AVX2 dispatch where the processor has it
+        [*STRICT, "-DSQC_NO_AVX2"],  # SSE2 only
+        [*STRICT, "-U__SSE2__"],  # the portable C loops only
+        SANITIZE,
+    ],
+    ids=["avx2", "sse2", "portable", "sanitized"],
+)
+def test_padded_and_strided_convs_bit_exact_on_every_path(flags: list[str], pipeline: str, tmp_path) -> None:
+    """Sparse and dense 8-bit convolutions of every geometry give the simulator's bits on each path."""
+    torch.manual_seed(5)
+    x = torch.rand(48, 3, 33, 37, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x_val=x.numpy(), y_val=np.zeros(x.shape[0], dtype=np.int64))
+    lower_and_check(Geometries().eval(), (1, 3, 33, 37), pipeline, x, tmp_path, calib, flags)
+    model_c = (tmp_path / "c" / "model.c").read_text()
+    assert model_c.count("_vtaps[") == 8  # every convolution has the vector geometry

@@ -574,16 +574,42 @@ static int32_t sqc_requant_x4(__m128i t, __m128i count, __m128i lo, __m128i hi)
     return _mm_cvtsi128_si32(_mm_packs_epi16(q, q));
 }
 
-/* sqc_conv_flush with a multiplier of 1 and a shift >= 2 (sqc_requant_x4) */
+/* floor((t + 2^(s-1)) / 2^s) of four int32 lanes t = acc + bias (sqc_requant_x4, unclamped) */
+static __m128i sqc_round_x4(const int32_t *a, __m128i b, __m128i count)
+{
+    __m128i t = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(const void *)a), b);
+    return _mm_sra_epi32(_mm_add_epi32(_mm_sra_epi32(t, count), _mm_set1_epi32(1)), _mm_cvtsi32_si128(1));
+}
+
+/* eight rounded lanes to int16 (saturating, which cannot change the result: lo and hi are 8-bit codes),
+ * then clamped to [lo, hi] */
+static __m128i sqc_clamp_x8(__m128i q0, __m128i q1, __m128i lo, __m128i hi)
+{
+    return _mm_min_epi16(_mm_max_epi16(_mm_packs_epi32(q0, q1), lo), hi);
+}
+
+/* sqc_conv_flush with a multiplier of 1 and a shift >= 2 (sqc_requant_x4): 16, 8 or 4 outputs a step */
 static void sqc_flush_x4(const int32_t *acc, sqc_act_t *out, int32_t oh, int32_t ow, int32_t as, int32_t bias,
                          int32_t shift, int32_t lo, int32_t hi)
 {
     const __m128i b = _mm_set1_epi32(bias), vlo = _mm_set1_epi32(lo), vhi = _mm_set1_epi32(hi);
+    const __m128i lo16 = _mm_set1_epi16((short)lo), hi16 = _mm_set1_epi16((short)hi);
     const __m128i count = _mm_cvtsi32_si128(shift - 1);
     int32_t oy, ox;
     for (oy = 0; oy < oh; oy++) {
         const int32_t *a = acc + (int64_t)oy * as;
-        for (ox = 0; ox + 4 <= ow; ox += 4) {
+        for (ox = 0; ox + 16 <= ow; ox += 16) {
+            __m128i l = sqc_clamp_x8(sqc_round_x4(a + ox, b, count), sqc_round_x4(a + ox + 4, b, count), lo16, hi16);
+            __m128i h = sqc_clamp_x8(sqc_round_x4(a + ox + 8, b, count), sqc_round_x4(a + ox + 12, b, count), lo16,
+                                     hi16);
+            _mm_storeu_si128((__m128i *)(void *)(out + ox), _mm_packs_epi16(l, h));
+        }
+        if (ox + 8 <= ow) {
+            __m128i l = sqc_clamp_x8(sqc_round_x4(a + ox, b, count), sqc_round_x4(a + ox + 4, b, count), lo16, hi16);
+            _mm_storel_epi64((__m128i *)(void *)(out + ox), _mm_packs_epi16(l, l));
+            ox += 8;
+        }
+        for (; ox + 4 <= ow; ox += 4) {
             __m128i t = _mm_add_epi32(_mm_loadu_si128((const __m128i *)(const void *)(a + ox)), b);
             int32_t packed = sqc_requant_x4(t, count, vlo, vhi);
             memcpy(out + ox, &packed, 4);
@@ -626,13 +652,14 @@ static void sqc_linear_out(const int32_t *acc, sqc_act_t *y, int32_t n, const sq
     }
 }
 
-/* Requantize one output channel's accumulator plane (row stride c->as) and clear it for the next. The
+/* Requantize one output channel's accumulator plane (row stride as) and clear its span for the next. The
  * usual case (a right shift) folds the bias and the rounding half into one constant and floors by
  * shifting t + 2^62 as unsigned: |t| < 2^47 + 2^61 (int32 accumulator and bias, 15-bit multiplier,
  * half <= 2^61), so the sum stays in [0, 2^63) and 2^62 is a multiple of 2^shift (shift <= 62). */
-static void sqc_conv_flush(sqc_act_t *y, int32_t oc, const sqc_conv_t *c, const sqc_requant_t *rq, int32_t *acc)
+static void sqc_conv_flush(sqc_act_t *y, int32_t oc, const sqc_conv_t *c, const sqc_requant_t *rq, int32_t *acc,
+                           int32_t as, int32_t span)
 {
-    const int32_t oh = c->oh, ow = c->ow, as = c->as, span = c->span; /* locals: stores may alias */
+    const int32_t oh = c->oh, ow = c->ow; /* locals: stores may alias */
     sqc_act_t *out = y + (int64_t)oc * oh * ow;
     int64_t bias = rq->bias[oc];
     int32_t mult = rq->mult[oc], shift = rq->shift[oc], lo = rq->lo, hi = rq->hi;
@@ -684,18 +711,62 @@ static void sqc_conv_flush(sqc_act_t *y, int32_t oc, const sqc_conv_t *c, const 
 
 static int16_t sqc_x16[SQC_CONV_X16];
 
-static void sqc_widen(const sqc_act_t *x, int64_t n)
+static void sqc_widen(const sqc_act_t *x, int16_t *d, int64_t n)
 {
     int64_t i, m = n & ~(int64_t)15;
     const __m128i zero = _mm_setzero_si128();
     for (i = 0; i < m; i += 16) {
         __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(x + i));
         __m128i sign = _mm_cmpgt_epi8(zero, v);
-        _mm_storeu_si128((__m128i *)(void *)(sqc_x16 + i), _mm_unpacklo_epi8(v, sign));
-        _mm_storeu_si128((__m128i *)(void *)(sqc_x16 + i + 8), _mm_unpackhi_epi8(v, sign));
+        _mm_storeu_si128((__m128i *)(void *)(d + i), _mm_unpacklo_epi8(v, sign));
+        _mm_storeu_si128((__m128i *)(void *)(d + i + 8), _mm_unpackhi_epi8(v, sign));
     }
     for (; i < n; i++) {
-        sqc_x16[i] = x[i];
+        d[i] = x[i];
+    }
+}
+
+/* The int16 copy of a convolution's input (sqc_conv_t: padded, split by stride phase): phase (py, px)
+ * of channel ch holds, at (i, j), the input at (i sh + py - ph, j sw + px - pw), 0 outside it. Stride 1
+ * copies whole rows (whole planes without column padding); other strides gather. */
+static void sqc_widen_conv(const sqc_act_t *x, const sqc_conv_t *c)
+{
+    const int32_t sh = c->sh, sw = c->sw, qh = c->qh, qw = c->qw, h = c->h, w = c->w;
+    int32_t ch, py, px, i, j;
+    int16_t *d = sqc_x16;
+    for (ch = 0; ch < c->cin; ch++) {
+        const sqc_act_t *plane = x + (int64_t)ch * h * w;
+        for (py = 0; py < sh; py++) {
+            for (px = 0; px < sw; px++) {
+                for (i = 0; i < qh; i++) {
+                    const int32_t iy = i * sh + py - c->ph;
+                    const sqc_act_t *src = plane + (int64_t)iy * w;
+                    if (iy < 0 || iy >= h) {
+                        memset(d, 0, (size_t)qw * sizeof(int16_t));
+                    } else if (sw == 1 && c->pw == 0 && qw == w) {
+                        /* unpadded rows: the remaining rows of the input in one run */
+                        int32_t last = (h - 1 + c->ph - py) / sh; /* the last phase row inside the input */
+                        int32_t rows = (last < qh - 1 ? last : qh - 1) - i + 1;
+                        if (sh == 1) {
+                            sqc_widen(src, d, (int64_t)rows * w);
+                            d += (int64_t)(rows - 1) * qw;
+                            i += rows - 1;
+                        } else {
+                            sqc_widen(src, d, w);
+                        }
+                    } else if (sw == 1) {
+                        memset(d, 0, (size_t)qw * sizeof(int16_t));
+                        sqc_widen(src, d + c->pw, w);
+                    } else {
+                        for (j = 0; j < qw; j++) {
+                            const int32_t ix = j * sw + px - c->pw;
+                            d[j] = (int16_t)(ix >= 0 && ix < w ? src[ix] : 0);
+                        }
+                    }
+                    d += qw;
+                }
+            }
+        }
     }
 }
 
@@ -741,14 +812,13 @@ static int sqc_has_avx2(void)
 #endif
 
 /* a[i] += v0 x0[i] + ... + v7 x7[i] for i < n (a multiple of 16), reading the int16 copy at the
- * offsets the pointers p[k] have in x: eight weights per pass over the accumulators */
-static void sqc_conv_axpy8_x16(int32_t *a, const sqc_act_t *x, const sqc_act_t *const *p, const int32_t *v,
-                               int32_t n)
+ * offsets p[k]: eight weights per pass over the accumulators */
+static void sqc_conv_axpy8_x16(int32_t *a, const int32_t *p, const int32_t *v, int32_t n)
 {
-    const int16_t *x0 = sqc_x16 + (p[0] - x), *x1 = sqc_x16 + (p[1] - x);
-    const int16_t *x2 = sqc_x16 + (p[2] - x), *x3 = sqc_x16 + (p[3] - x);
-    const int16_t *x4 = sqc_x16 + (p[4] - x), *x5 = sqc_x16 + (p[5] - x);
-    const int16_t *x6 = sqc_x16 + (p[6] - x), *x7 = sqc_x16 + (p[7] - x);
+    const int16_t *x0 = sqc_x16 + p[0], *x1 = sqc_x16 + p[1];
+    const int16_t *x2 = sqc_x16 + p[2], *x3 = sqc_x16 + p[3];
+    const int16_t *x4 = sqc_x16 + p[4], *x5 = sqc_x16 + p[5];
+    const int16_t *x6 = sqc_x16 + p[6], *x7 = sqc_x16 + p[7];
     __m128i w[4];
     int32_t i;
 #ifdef SQC_AVX2
@@ -782,8 +852,7 @@ static void sqc_conv_axpy8_x16(int32_t *a, const sqc_act_t *x, const sqc_act_t *
     }
 }
 /* the last k < 8 weights of an output channel: a pass per pair (a zero weight completes an odd count) */
-static void sqc_conv_rest_x16(int32_t *a, const sqc_act_t *x, const sqc_act_t *const *p, const int32_t *v,
-                              int32_t k, int32_t n)
+static void sqc_conv_rest_x16(int32_t *a, const int32_t *p, const int32_t *v, int32_t k, int32_t n)
 {
     int32_t j, i;
 #ifdef SQC_AVX2
@@ -791,7 +860,7 @@ static void sqc_conv_rest_x16(int32_t *a, const sqc_act_t *x, const sqc_act_t *c
         const int16_t *xs[8];
         int32_t vs[8];
         for (j = 0; j < 8; j++) {
-            xs[j] = sqc_x16 + (p[j < k ? j : 0] - x);
+            xs[j] = sqc_x16 + p[j < k ? j : 0];
             vs[j] = j < k ? v[j] : 0;
         }
         sqc_conv_axpy8_avx2(a, xs, vs, n);
@@ -799,7 +868,7 @@ static void sqc_conv_rest_x16(int32_t *a, const sqc_act_t *x, const sqc_act_t *c
     }
 #endif
     for (j = 0; j < k; j += 2) {
-        const int16_t *x0 = sqc_x16 + (p[j] - x), *x1 = j + 1 < k ? sqc_x16 + (p[j + 1] - x) : x0;
+        const int16_t *x0 = sqc_x16 + p[j], *x1 = j + 1 < k ? sqc_x16 + p[j + 1] : x0;
         short lo = (short)v[j], hi = j + 1 < k ? (short)v[j + 1] : 0;
         const __m128i w = _mm_set_epi16(hi, lo, hi, lo, hi, lo, hi, lo);
         for (i = 0; i < n; i += 8) {

@@ -55,11 +55,16 @@ typedef struct {
 /* A convolution's geometry, plus what legalization computed once for the kernel: `taps` holds, per
  * kernel tap (ky, kx), {input offset of its first valid output, that output's accumulator offset, valid
  * rows, valid columns}; `as` is the accumulator row stride, `span` the accumulators used; `wide` > 0
- * (a multiple of 16) is the run length of every tap when the plane has the input's row stride. */
+ * (a multiple of 16) is the run length of every tap when the plane has the input's row stride.
+ * The SSE2/AVX2 kernel (8-bit weights and activations) reads instead an int16 copy of the input, padded
+ * and split into sh * sw stride phases of qh x qw codes per channel, where every tap is one run of
+ * `qwide` accumulators (row stride qw, `qspan` used) from offset qtaps[tap] (qwide 0: not built). */
 typedef struct {
     int32_t cin, h, w, cout, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups;
     int32_t as, span, wide;
     const int32_t *taps;
+    int32_t qh, qw, qspan, qwide;
+    const int32_t *qtaps;
 } sqc_conv_t;
 
 int sqc_decode(const sqc_stream_t *s, sqc_sink_t *sink, uint16_t *scratch, uint32_t scratch_size);
