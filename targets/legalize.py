@@ -61,6 +61,11 @@ class LowerError(SqcError):
     """A model, option or op the integer lowering cannot represent exactly."""
 
 
+class BatchAxisError(LowerError):
+    """A node that moves, indexes or slices the batch axis: :func:`legalize` then lowers the model one
+    sample at a time (whole tensors, batch 1) instead of refusing it."""
+
+
 CALIB_HELP = "--calib FILE (a .npz/.pt with x_val, or a .pt tensor of inputs) or --loaders pkg.module:fn"
 
 
@@ -572,8 +577,8 @@ class _Walk:
         self.fused: set[fx.Node] = set()
 
     # helpers -----------------------------------------------------------------------------------
-    def fail(self, node: fx.Node, what: str) -> LowerError:
-        return LowerError(f"node {node.name} ({self.opname(node)}): {what}")
+    def fail(self, node: fx.Node, what: str, kind: type[LowerError] = LowerError) -> LowerError:
+        return kind(f"node {node.name} ({self.opname(node)}): {what}")
 
     @staticmethod
     def opname(node: fx.Node) -> str:
@@ -1019,7 +1024,11 @@ class _Walk:
         d = int(dim)
         d = d + rank if d < 0 else d
         if not self.lead <= d < rank:
-            raise self.fail(node, f"axis {dim} is the batch axis or out of range (the batch axis stays put)")
+            raise self.fail(
+                node,
+                f"axis {dim} is the batch axis or out of range (the batch axis stays put)",
+                BatchAxisError,
+            )
         return d - self.lead
 
     def op_permute(self, node: fx.Node, op: str) -> None:
@@ -1028,7 +1037,7 @@ class _Walk:
         order = list(order) if isinstance(order, (list, tuple)) else list(node.args[1:])
         rank = len(x.shape) + self.lead
         if len(order) != rank or (self.lead and int(order[0]) % rank != 0):
-            raise self.fail(node, "permutations that move the batch axis are not supported")
+            raise self.fail(node, "permutations that move the batch axis are not supported", BatchAxisError)
         axes = [self._axis(node, x, d) for d in order[self.lead :]]
         st = contiguous_strides(x.shape)
         self.strided(node, x, [x.shape[a] for a in axes], [st[a] for a in axes], 0)
@@ -1058,7 +1067,7 @@ class _Walk:
         items += [slice(None)] * (len(x.shape) + self.lead - sum(1 for i in items if i is not None))
         first = next(i for i in items if i is not None)
         if self.lead and (first != slice(None) or items[0] is None):
-            raise self.fail(node, "indexing the batch axis is not supported")
+            raise self.fail(node, "indexing the batch axis is not supported", BatchAxisError)
         sizes = [-1] * self.lead + list(x.shape)
         steps = [0] * self.lead + list(contiguous_strides(x.shape))
         dims: list[int] = []
@@ -1091,7 +1100,7 @@ class _Walk:
         dim, start, end, step = (args[0] or 0), args[1], args[2], (args[3] or 1)
         if self.lead and int(dim) % (len(x.shape) + 1) == 0:  # export slices the batch axis whole
             if start not in (None, 0) or step != 1 or not (end is None or int(end) >= 1 << 62):
-                raise self.fail(node, "slicing the batch axis is not supported")
+                raise self.fail(node, "slicing the batch axis is not supported", BatchAxisError)
             self.new(node, x.fmt, slot=x.slot)
             return
         axis = self._axis(node, x, dim)
@@ -1379,9 +1388,7 @@ def legalize(
     calib = calibrate(model, data.x)
     try:
         program = _Walk(model, calib, opts, keep_rans).run()
-    except LowerError as exc:
-        if "batch axis" not in str(exc):
-            raise
+    except BatchAxisError:
         # the graph moves or reshapes the batch axis (nn.MultiheadAttention works on (T, N, D)): lower
         # the model for one sample at a time, whole tensors (batch 1) as the program's shapes
         calib = calibrate(model, data.x, whole=True)
