@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 NNC     := .venv-nncodec
 SOURCES := $(shell find sqc passes formats targets -name '*.py' -o -name '*.md' -o -name '*.c' -o -path '*_templates/*') pyproject.toml
 
-.PHONY: test demo bench fuzz lint install clean
+.PHONY: test demo bench fuzz lint install clean goldens
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+# Rewrite tests/golden/ after an intended change to a pass or the IR's text form; review with git diff.
+goldens: $(STAMP)
+	$(BIN)/python tests/update_goldens.py
 
 # NNCodec, bench_nncodec.py's baseline, in a venv of its own: it pins numpy<2 and declares torchvision,
 # OpenCV, pandas and scikit-learn, whose registry wheels would bring a CUDA torch. Its tensor API needs none

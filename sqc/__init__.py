@@ -25,4 +25,16 @@ from sqc.api import Artifact, compress, inspect, load, simulate  # noqa: E402
 from sqc.errors import SqcError, SqcFormatError  # noqa: E402
 
 __all__ = ["Artifact", "SqcError", "SqcFormatError", "compress", "inspect", "load", "simulate"]
-__version__ = "0.1.0"
+
+
+def _version_of_installed() -> str:
+    """The version pyproject.toml declares (the one place it is written), as installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sqc")
+    except PackageNotFoundError:  # a checkout imported without installing
+        return "0+unknown"
+
+
+__version__ = _version_of_installed()

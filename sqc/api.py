@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from sqc.errors import SqcError
 from sqc.executors import Executor
 from sqc.frontend import trace
 from sqc.inputs import read_regular
+from sqc.instrument import PassInstrument
 from sqc.ir import CompressedModel, PassRecord
 from sqc.loaders import (
     Loaders,
@@ -94,6 +95,7 @@ def compress(
     verify: bool = True,
     progress: Callable[[str], None] | None = None,
     on_pass: Callable[[int, Pass, PassResult, float], None] | None = None,
+    instruments: Sequence[PassInstrument] = (),
     data: str | Path | Dataset | None = None,
     evaluate: Evaluator | None = None,
     finetune: FineTuner | None = None,
@@ -147,6 +149,10 @@ def compress(
     (fine-tuning steps, sweep points, allocation rounds) a :class:`sqc.progress.Note` that also says
     ``done`` of ``total``; :class:`sqc.progress.ProgressView` draws them as the command line does.
 
+    ``instruments`` (:mod:`sqc.instrument`: :class:`~sqc.instrument.PassTimer`,
+    :class:`~sqc.instrument.PrintIR`, or your own) see the IR before the first pass and around every
+    pass; ``on_pass`` hears each pass's result.
+
     A model file is read by :func:`sqc.loading.load_model` (``state_key``, ``strict``); what loading
     decided (a checkpoint key picked, a prefix removed, keys skipped) goes to ``on_note``, one line
     each, or is issued as a warning.
@@ -188,7 +194,7 @@ def compress(
     ctx.executor = run_on
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        passes.run(ir, ctx, verify=verify, on_pass=on_pass)
+        passes.run(ir, ctx, verify=verify, on_pass=on_pass, instruments=instruments)
     return Artifact(ir)
 
 
@@ -331,6 +337,26 @@ def read(path: str | Path) -> CompressedModel:
     from sqc.formats.container import read as read_container
 
     return read_container(Path(path))
+
+
+def ir_text(target: str | Path | Artifact | CompressedModel, **model_options: Any) -> str:
+    """The IR's stable text form (:mod:`sqc.ir_text`): of a ``.sqc`` file, an artifact, or a model file
+    as captured (``model_options``: ``arch``, ``input_shapes``, ``trust_pickle``, ``state_key``,
+    ``strict``, as :func:`inspect` takes them)."""
+    from sqc.formats.container import MAGIC
+    from sqc.ir_text import ir_text as render
+
+    if isinstance(target, Artifact):
+        return render(target.model)
+    if isinstance(target, CompressedModel):
+        return render(target)
+    path = Path(target)
+    head = read_regular(path, len(MAGIC))
+    if path.suffix == ".sqc" or head.startswith(MAGIC):
+        return render(read(path))
+    shapes = model_options.pop("input_shapes", None)
+    loaded = load_model(path, model_options.pop("arch", None), **model_options)
+    return render(trace(loaded.module, shapes or loaded.input_shapes, copy_weights=False))
 
 
 def load(path: str | Path) -> fx.GraphModule:

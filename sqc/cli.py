@@ -27,6 +27,7 @@ from sqc.sensitivity_cli import register as register_sensitivity
 app = typer.Typer(
     name="sqc",
     help="sqc — compress PyTorch models into a compact .sqc bitstream, inspect it, and lower it.",
+    context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -36,6 +37,29 @@ app = typer.Typer(
 # as markup, and control characters are escaped: much of what sqc prints comes from files.
 out = SafeConsole(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 err = SafeConsole(stderr=True, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        import torch
+
+        from sqc import __version__
+        from sqc.formats.container import VERSION
+
+        out.print(
+            f"sqc {__version__} (writes .sqc format {VERSION[0]}.{VERSION[1]}; torch {torch.__version__})"
+        )
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="print the version and exit", callback=_version, is_eager=True),
+    ] = False,
+) -> None:
+    """sqc — compress PyTorch models into a compact .sqc bitstream, inspect it, and lower it."""
 
 
 def _parse_shape(text: str) -> Any:
@@ -251,6 +275,20 @@ def compress(
     ] = 0,
     device: DeviceOpt = "cpu",
     loaders: LoadersOpt = None,
+    time_passes: Annotated[
+        bool,
+        typer.Option(
+            "--time-passes", help="after the run, a table of wall and CPU seconds per pass (stderr)"
+        ),
+    ] = False,
+    print_ir_after: Annotated[
+        str | None,
+        typer.Option(
+            "--print-ir-after",
+            help="print the IR's text form to stderr after these passes: pass names, 'capture' or "
+            "'all' (comma-separated)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Trace MODEL, run the pass pipeline, and write a .sqc file."""
@@ -275,6 +313,7 @@ def compress(
     check_output(output, force=force, inputs=[model, data, recipe])
     shapes = _examples(input_shape, example_inputs)
     rows: list[dict[str, Any]] = []
+    timer, instruments = _instruments(pipeline, time_passes, print_ir_after)
 
     def on_pass(index: int, pass_: Any, result: Any, seconds: float) -> None:
         rows.append(
@@ -301,6 +340,7 @@ def compress(
             verify=not no_verify,
             progress=view,
             on_pass=on_pass,
+            instruments=instruments,
             data=data,
             loaders=_loaders(loaders),
             device=where,
@@ -326,6 +366,10 @@ def compress(
         "pipeline": artifact.pipeline,
         "passes": rows,
     }
+    if timer is not None:
+        summary["timings"] = timer.rows()
+        if not as_json:
+            _print_timings(timer.rows())
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
@@ -334,6 +378,37 @@ def compress(
             f"{fp32 / size:.1f}x smaller than fp32 ({_human(fp32)})"
         )
         out.print(f"pipeline: {shown(artifact.pipeline)}")
+
+
+def _instruments(pipeline: Any, time_passes: bool, print_ir_after: str | None) -> tuple[Any, list[Any]]:
+    """The pass instruments ``--time-passes`` and ``--print-ir-after`` ask for (the timer innermost,
+    so that it does not time the printing)."""
+    from sqc.instrument import PassTimer, PrintIR, parse_print_selector
+
+    instruments: list[Any] = []
+    if print_ir_after is not None:
+        chosen = parse_print_selector(print_ir_after, [p.name for p in pipeline.passes])
+        instruments.append(PrintIR(chosen, lambda text: err.print(text, markup=False, highlight=False)))
+    timer = PassTimer() if time_passes else None
+    if timer is not None:
+        instruments.append(timer)
+    return timer, instruments
+
+
+def _print_timings(rows: list[dict[str, Any]]) -> None:
+    table = _table("pass execution timing", ["#", "pass", "wall s", "cpu s", "share"])
+    for row in rows:
+        table.add_row(
+            "" if row["index"] is None else str(row["index"]),
+            str(row["pass"]),
+            f"{row['wall_s']:.3f}",
+            f"{row['cpu_s']:.3f}",
+            f"{row['share']:.1%}",
+        )
+    table.columns[1].justify = "left"
+    if not err.is_terminal:
+        err.print("pass execution timing")
+    err.print(table)
 
 
 def _summary(stats: dict[str, Any]) -> str:
@@ -372,21 +447,30 @@ def inspect(
     show_all: Annotated[
         bool, typer.Option("--all", help=f"every layer in the table (default: the {TABLE_LAYERS} largest)")
     ] = False,
+    as_ir: Annotated[
+        bool, typer.Option("--ir", help="print the IR's text form (graph and tensor records) instead")
+    ] = False,
 ) -> None:
     """Show where every byte goes (per layer and component), or a model's params, bytes and FLOPs."""
     from sqc.api import inspect as run
 
     if not path.exists():
         raise SqcError(f"{path}: no such file")
-    shapes = _examples(input_shape, example_inputs)
-    info = run(
-        path,
-        arch=arch,
-        input_shapes=shapes,
-        trust_pickle=trust_pickle,
-        state_key=state_key,
-        strict=not no_strict,
-    )
+    model_options = {
+        "arch": arch,
+        "input_shapes": _examples(input_shape, example_inputs),
+        "trust_pickle": trust_pickle,
+        "state_key": state_key,
+        "strict": not no_strict,
+    }
+    if as_ir:
+        if as_json:
+            raise SqcError("give either --ir or --json, not both")
+        from sqc.api import ir_text
+
+        out.print(ir_text(path, **model_options), end="", markup=False, highlight=False)
+        return
+    info = run(path, **model_options)
     for note in info.get("notes", []):
         err.print(f"warning: {note}", markup=False)
     if as_json:
@@ -655,6 +739,23 @@ def _default(f: Any) -> str:
     from sqc.pass_base import format_value
 
     return format_value(f.default) if f.default is not MISSING else "required"
+
+
+@app.command("zoo")
+def zoo(as_json: JsonOpt = False) -> None:
+    """List the reference models (sqc.models) with parameters, fp32 size and input shape."""
+    from sqc.models import zoo_table
+
+    rows = zoo_table()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = _table("reference models", ["model", "params", "fp32", "input"])
+    for row in rows:
+        table.add_row(
+            row["name"], f"{row['params']:,}", _human(4 * row["params"]), "x".join(map(str, row["input"]))
+        )
+    _print_table(table, "reference models (use one with --arch sqc.models:NAME)")
 
 
 register_sensitivity(app)

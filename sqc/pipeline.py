@@ -18,13 +18,14 @@ import difflib
 import re
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqc.errors import PipelineError, SqcError
 from sqc.inputs import read_regular
+from sqc.instrument import PassInstrument
 from sqc.ir import CompressedModel, PassRecord
 from sqc.pass_base import OptionError, Pass, PassContext, PassResult, Stat
 from sqc.registry import entries, load_pass
@@ -229,8 +230,12 @@ class Pipeline:
         *,
         verify: bool = True,
         on_pass: Callable[[int, Pass, PassResult, float], None] | None = None,
+        instruments: Sequence[PassInstrument] = (),
     ) -> CompressedModel:
         """Run every pass in order; verify the IR after each unless told not to.
+
+        ``instruments`` (:mod:`sqc.instrument`) see every pass before it runs, in the order given, and
+        after it ran and the IR was verified, in reverse order.
 
         A failing pass stops the pipeline; its error names the pass and gives the reproducer (the
         canonical pipeline text up to and including the failing pass).
@@ -246,9 +251,13 @@ class Pipeline:
                 raise PipelineError(f"pass #{index} {pass_.name} needs training: {hint}")
         if verify:
             model.verify()
+        for instrument in instruments:
+            instrument.before_pipeline(model)
         for index, pass_ in enumerate(self.passes):
             started = time.perf_counter()
             ctx.note(f"[{index + 1}/{len(self.passes)}] {pass_.name}…")
+            for instrument in instruments:
+                instrument.before_pass(index + 1, pass_, model)
             try:
                 result = pass_.run(model, ctx)
                 if result.changed:
@@ -265,6 +274,8 @@ class Pipeline:
             model.report.append(
                 PassRecord(pass_.spec(), result.changed, _rounded(result.stats), layers, result.diagnostics)
             )
+            for instrument in reversed(instruments):
+                instrument.after_pass(index + 1, pass_, model, result, elapsed)
             if on_pass is not None:
                 on_pass(index, pass_, result, elapsed)
         model.pipeline = ",".join(filter(None, [model.pipeline, str(self)]))
