@@ -10,19 +10,8 @@ The Python API (the CLI is a thin layer over it)::
     sim = sqc.simulate("model.sqc", x, calib="data.npz")  # the C/HLS targets' integer outputs
 """
 
-import os as _os
-
-# In a source checkout the subpackages sqc.passes, sqc.formats and sqc.targets live beside this
-# directory (the repository's top-level passes/, formats/, targets/; the installed wheel maps them
-# inside sqc/). Let `python` started from the repository root import the checkout the same way.
-_here = _os.path.dirname(__file__)
-if not _os.path.isdir(_os.path.join(_here, "formats")) and _os.path.isdir(
-    _os.path.join(_here, "..", "formats")
-):
-    __path__.append(_os.path.normpath(_os.path.join(_here, "..")))
-
-from sqc.api import Artifact, compress, inspect, load, simulate  # noqa: E402
-from sqc.errors import SqcError, SqcFormatError  # noqa: E402
+from sqc.app.api import Artifact, compress, inspect, load, simulate
+from sqc.errors import SqcError, SqcFormatError
 
 __all__ = ["Artifact", "SqcError", "SqcFormatError", "compress", "inspect", "load", "simulate"]
 

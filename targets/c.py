@@ -26,7 +26,7 @@ import numpy as np
 
 from sqc.errors import SqcError
 from sqc.formats import rans
-from sqc.names import check_names, identifier
+from sqc.ir.names import check_names, identifier
 from sqc.outputs import write_files
 from sqc.targets.integer import (
     Add,
@@ -71,7 +71,8 @@ def template(name: str) -> str:
 
 
 def _ident(name: str) -> str:
-    """The C identifier stem of a tensor or node name (the mapping :mod:`sqc.names` checks names against)."""
+    """The C identifier stem of a tensor or node name (the mapping :mod:`sqc.ir.names` checks names
+    against)."""
     return "t_" + identifier(name)
 
 

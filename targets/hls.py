@@ -37,7 +37,7 @@ import numpy as np
 
 from sqc.errors import SqcError
 from sqc.formats import bitpack, huffman, sparse_index
-from sqc.names import check_names, identifier
+from sqc.ir.names import check_names, identifier
 from sqc.outputs import write_files
 from sqc.targets.integer import (
     Add,
@@ -376,7 +376,7 @@ _CARRIERS_UNSIGNED = ((8, "unsigned char"), (16, "unsigned short"), (32, "unsign
 
 
 def _ident(name: str) -> str:
-    """The HLS identifier stem of a node name or file name (the mapping :mod:`sqc.names` checks)."""
+    """The HLS identifier stem of a node name or file name (the mapping :mod:`sqc.ir.names` checks)."""
     return identifier(name)
 
 

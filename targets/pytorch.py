@@ -15,7 +15,7 @@ import torch
 
 from sqc.errors import SqcError
 from sqc.formats.container import read
-from sqc.frontend import example_inputs
+from sqc.frontend.trace import example_inputs
 from sqc.outputs import check_output, write_atomic
 
 KINDS = ("module", "state_dict", "export")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sqc.errors import SqcError
-from sqc.ir import CompressedModel
+from sqc.ir.records import CompressedModel
 from sqc.outputs import check_output, write_atomic
 from sqc.targets.calib import CalibData, CalibSource, calib_file, calibration_data, fit_inputs
 from sqc.targets.integer import IntProgram

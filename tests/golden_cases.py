@@ -1,7 +1,7 @@
 """The golden-file cases: a model, a pipeline, and the text they must give.
 
 Each case runs its pipeline with ``--print-ir-after all`` semantics (the IR as captured, then after
-every pass, in the stable text form of :mod:`sqc.ir_text`) and ends with the SHA-256 of the written
+every pass, in the stable text form of :mod:`sqc.ir.text`) and ends with the SHA-256 of the written
 ``.sqc`` and of the ``inspect`` JSON. The golden files in ``tests/golden/`` are what the test compares
 against; ``make goldens`` (``python tests/update_goldens.py``) rewrites them after an intended change,
 as LLVM's ``update_test_checks.py`` does, so that the diff is reviewed in git.
@@ -145,7 +145,7 @@ CASES = [
 def render(case: Case, workdir: Path) -> str:
     """What the golden file of ``case`` holds: every IR text, then the file's and inspect's SHA-256."""
     import sqc
-    from sqc.instrument import ALL, PrintIR
+    from sqc.compiler.instrument import ALL, PrintIR
 
     texts: list[str] = []
     artifact = sqc.compress(

@@ -293,7 +293,7 @@ def test_lower_to_the_pytorch_target(cli, workdir):
 
 
 def test_no_verify_skips_the_verifier(cli, workdir, monkeypatch):
-    from sqc.ir import CompressedModel
+    from sqc.ir.records import CompressedModel
 
     calls = []
     original = CompressedModel.verify
@@ -311,7 +311,7 @@ def test_inspect_draws_the_largest_layers_and_sums_the_rest(cli, tmp_path: Path,
     and one row for the rest (bytes still add up); ``--all`` and ``--json`` give every layer."""
     from torch import nn
 
-    from sqc.cli import TABLE_LAYERS
+    from sqc.app.cli.inspect import TABLE_LAYERS
 
     monkeypatch.chdir(tmp_path)
     layers = [nn.Linear(4, 4) for _ in range(TABLE_LAYERS + 5)] + [nn.Linear(4, 64), nn.Linear(64, 4)]

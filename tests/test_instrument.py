@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 
 import sqc
+from sqc.compiler.instrument import PassInstrument, PassTimer, PrintIR, parse_print_selector
 from sqc.errors import SqcError
-from sqc.instrument import PassInstrument, PassTimer, PrintIR, parse_print_selector
-from sqc.ir_text import ir_text
+from sqc.ir.text import ir_text
 
 ARCH = ("--arch", "sqc_test_models:Small")
 
@@ -41,7 +41,7 @@ class Tied(nn.Module):
 def test_a_file_read_back_has_the_text_of_the_ir_that_wrote_it(firenet, tmp_path: Path, pipeline: str):
     artifact = sqc.compress(firenet, [(1, 3, 16, 16)], pipeline)
     artifact.save(tmp_path / "m.sqc")
-    assert sqc.api.ir_text(tmp_path / "m.sqc") == ir_text(artifact.model)
+    assert sqc.app.api.ir_text(tmp_path / "m.sqc") == ir_text(artifact.model)
 
 
 def test_tied_weights_show_as_an_alias_and_survive_the_file(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_tied_weights_show_as_an_alias_and_survive_the_file(tmp_path: Path) -> N
     assert "alias head.weight = emb.weight" in text
     assert sum(line.startswith("tensor ") for line in text.splitlines()) == 1
     artifact.save(tmp_path / "t.sqc")
-    assert sqc.api.ir_text(tmp_path / "t.sqc") == text
+    assert sqc.app.api.ir_text(tmp_path / "t.sqc") == text
 
 
 def test_changing_one_weight_changes_one_line(mlp) -> None:
@@ -157,7 +157,7 @@ def test_cli_inspect_ir_of_a_file_and_of_a_model(cli, workdir: Path) -> None:
     assert cli("compress", "small.pt", *ARCH, "-p", "prune,quant,rans", "-o", "s.sqc").code == 0
     shown = cli("inspect", "s.sqc", "--ir")
     assert shown.code == 0, shown.err
-    assert shown.out == sqc.api.ir_text(workdir / "s.sqc")
+    assert shown.out == sqc.app.api.ir_text(workdir / "s.sqc")
     assert shown.out.startswith("; sqc ir 1\n; pipeline prune{") and " rans crc=" in shown.out
 
     captured = cli("inspect", "small.pt", *ARCH, "--ir")

@@ -2,7 +2,7 @@
 
 LLVM and MLIR print their IR between passes (``-print-after``) and test passes against checked-in text
 (``update_test_checks.py`` refreshes it). sqc does the same: :func:`ir_text` renders a
-:class:`~sqc.ir.CompressedModel` as lines that depend only on what the model *is* — the graph in the
+:class:`~sqc.ir.records.CompressedModel` as lines that depend only on what the model *is* — the graph in the
 op names the container stores, and for every tensor its role, shape, representation (float, shared,
 fixed point), density, coder and a CRC-32 of its exact values — never on addresses, dict order of the
 process, timings or the device. Two runs that give the same ``.sqc`` give the same text, and a pass that
@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import fx
 
-from sqc.ir import CompressedModel, TensorState
-from sqc.ops import FUNCTION_NAMES, aten_name
+from sqc.ir.ops import FUNCTION_NAMES, aten_name
+from sqc.ir.records import CompressedModel, TensorState
 
 TEXT_VERSION = 1
 

@@ -6,7 +6,7 @@ order (``before_pass`` in the order given, ``after_pass`` in reverse, as MLIR's
 Two are built in, behind ``sqc compress --time-passes`` and ``--print-ir-after``:
 
 * :class:`PassTimer` — wall and CPU seconds per pass (what ``-time-passes`` reports in LLVM);
-* :class:`PrintIR` — the IR's text form (:func:`sqc.ir_text.ir_text`) after the passes named, and
+* :class:`PrintIR` — the IR's text form (:func:`sqc.ir.text.ir_text`) after the passes named, and
   optionally after capture, for diffs between passes and for golden-file tests.
 
 Instruments observe; they never change the IR or the result.
@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from sqc.compiler.pass_base import Pass, PassResult
 from sqc.errors import SqcError
-from sqc.ir import CompressedModel
-from sqc.ir_text import ir_text
-from sqc.pass_base import Pass, PassResult
+from sqc.ir.records import CompressedModel
+from sqc.ir.text import ir_text
 
 
 class PassInstrument:

@@ -3,7 +3,7 @@
 Loading a pickle runs code from the file, so whole pickled modules are refused unless the user says
 ``--trust-pickle``; everything else goes through ``torch.load(weights_only=True)``, which only
 rebuilds tensors and plain containers, or through the ``safetensors`` library, which holds no pickle
-at all. A ``.pt2`` export needs no Python code, and :mod:`sqc.pt2` reads it without unpickling or
+at all. A ``.pt2`` export needs no Python code, and :mod:`sqc.frontend.pt2` reads it without unpickling or
 evaluating anything in it.
 
 Checkpoints come as people save them: weights under a key next to optimizer state (``--state-key``,
@@ -30,8 +30,8 @@ import torch.nn as nn
 
 from sqc.errors import ModelLoadError
 from sqc.formats.container import MAGIC
+from sqc.frontend.pt2 import clean, is_export_archive, read_program
 from sqc.inputs import require_regular
-from sqc.pt2 import clean, is_export_archive, read_program
 
 SEARCH_DEPTH = 3
 """How deep nested mappings are searched for a state_dict (``trainer.ema.model`` is depth 3)."""
@@ -87,7 +87,7 @@ def load_model(
     Nothing in the file runs unless ``trust_pickle``: ``torch.load`` is called with
     ``weights_only=True``, which rebuilds tensors and plain containers only and refuses any other
     pickled object (the file's own code is never imported or called); ``.safetensors`` files are read
-    by the safetensors library; ``.pt2`` archives by :func:`sqc.pt2.read_program`.
+    by the safetensors library; ``.pt2`` archives by :func:`sqc.frontend.pt2.read_program`.
 
     ``state_key`` names where the state_dict sits in a checkpoint (dotted for nesting:
     ``trainer.model``). ``strict=False`` loads a state_dict with keys missing or left over, and says
@@ -366,7 +366,7 @@ def _build_on_meta(factory: Any) -> Any:
 
 def _typed(program: Any, shapes: list[tuple[int, ...]]) -> list[Any]:
     """The program's input shapes with their dtypes (token ids are int64), as input specs."""
-    from sqc.ir import InputSpec
+    from sqc.ir.records import InputSpec
 
     user = set(program.graph_signature.user_inputs)
     values = [n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder" and n.name in user]

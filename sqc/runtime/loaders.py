@@ -1,6 +1,6 @@
 """A user's dataset, streamed: ``fn() -> (train_loader, val_loader)``.
 
-A data file (:mod:`sqc.data`) holds the whole dataset in memory, which suits MNIST and not ImageNet.
+A data file (:mod:`sqc.runtime.data`) holds the whole dataset in memory, which suits MNIST and not ImageNet.
 A loader is anything iterable, again and again, that yields ``(x, y)`` batches — typically a
 ``torch.utils.data.DataLoader`` over an image folder — so the built-in evaluator (top-1), fine-tuner,
 distillation and divergence guard can run on a dataset of any size: batches are taken one at a time
@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sqc.data import Batch, DataError, FineTuner, SGDRecipe, train_epochs
-from sqc.devices import labelled, module_device
-from sqc.progress import Listener
+from sqc.runtime.data import Batch, DataError, FineTuner, SGDRecipe, train_epochs
+from sqc.runtime.devices import labelled, module_device
+from sqc.runtime.progress import Listener
 
 
 class LoaderError(DataError):
@@ -75,7 +75,7 @@ def resolve_loaders(spec: LoadersSpec, option: str = "loaders") -> Loaders:
 
 def _resolve(spec: str, option: str) -> Callable[[], Any]:
     from sqc.errors import ModelLoadError
-    from sqc.loading import resolve_factory
+    from sqc.frontend.loading import resolve_factory
 
     try:
         return resolve_factory(spec)  # type: ignore[no-any-return]
@@ -224,7 +224,7 @@ def stream_finetuner(
     temperature: float = 4.0,
     progress: Listener | None = None,
 ) -> FineTuner:
-    """The built-in fine-tuner (:func:`sqc.data.train_epochs`) over the training loader's batches.
+    """The built-in fine-tuner (:func:`sqc.runtime.data.train_epochs`) over the training loader's batches.
 
     Distillation needs the uncompressed model's outputs for batches that only exist while they are
     streamed (shuffled, augmented), so ``teacher`` is a frozen copy of that model (:func:`teacher_of`)

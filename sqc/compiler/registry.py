@@ -41,6 +41,16 @@ BUILTIN_FORMATS: dict[str, str] = {
     "sqc": "sqc.formats.container:SqcFormat",
 }
 
+LAYER_TRANSFORMS: dict[str, str] = {
+    "prune": "sqc.passes.prune:prune_layer",
+    "share": "sqc.passes.share:share_record",
+    "quant": "sqc.passes.quant:quant_record",
+}
+"""What a sensitivity sweep does to one layer at one point of each kind of curve (a sparsity, a number of
+bits, a quantization step): the passes' own per-layer functions, by name, so that the compiler's sweeper
+(:mod:`sqc.compiler.sensitivity`) runs exactly what the passes do without importing the passes built on
+it."""
+
 _BUILTINS = {"sqc.passes": BUILTIN_PASSES, "sqc.targets": BUILTIN_TARGETS, "sqc.formats": BUILTIN_FORMATS}
 
 
@@ -87,9 +97,18 @@ def lookup(group: str, name: str) -> Entry | None:
     return entries(group).get(name)
 
 
+@cache
+def layer_transform(kind: str) -> Any:
+    """The function ``fn(record, value)`` that :data:`LAYER_TRANSFORMS` names for ``kind``."""
+    ref = LAYER_TRANSFORMS.get(kind)
+    if ref is None:
+        raise SqcError(f"no layer transform for {kind!r} (known: {', '.join(LAYER_TRANSFORMS)})")
+    return Entry(kind, ref, "sqc").load()
+
+
 def load_pass(name: str) -> type:
     """The pass class registered as ``name``; unknown names raise with the list of valid ones."""
-    from sqc.pass_base import Pass
+    from sqc.compiler.pass_base import Pass
 
     entry = lookup("sqc.passes", name)
     if entry is None:

@@ -3,7 +3,7 @@
 Symbolic tracing stops at the first thing it cannot follow: control flow on tensor values, a
 ``**kwargs`` forward (Hugging Face), an ``nn.LSTM``, a function outside sqc's vocabulary. ``torch.export``
 (non-strict: the forward runs as Python on fake tensors) follows all of these and gives an ATen graph,
-which :mod:`sqc.frontend` canonicalises like a ``.pt2`` program. What this module adds around it:
+which :mod:`sqc.frontend.trace` canonicalises like a ``.pt2`` program. What this module adds around it:
 
 * examples: a tensor per forward argument, in the dtype the user declared (token ids are int64);
 * inference settings: a forward taking ``use_cache`` is captured with ``use_cache=False`` (a key/value

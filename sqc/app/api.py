@@ -14,7 +14,15 @@ import torch
 import torch.nn as nn
 from torch import fx
 
-from sqc.data import (
+from sqc.compiler.instrument import PassInstrument
+from sqc.compiler.pass_base import Pass, PassContext, PassResult, TrainFn
+from sqc.compiler.pipeline import Pipeline
+from sqc.errors import SqcError
+from sqc.frontend.loading import load_model
+from sqc.frontend.trace import trace
+from sqc.inputs import read_regular
+from sqc.ir.records import CompressedModel, PassRecord
+from sqc.runtime.data import (
     Dataset,
     Evaluator,
     FineTuner,
@@ -24,14 +32,9 @@ from sqc.data import (
     teacher_logits,
     top1,
 )
-from sqc.devices import CPU, on_device, resolve_device
-from sqc.errors import SqcError
-from sqc.executors import Executor
-from sqc.frontend import trace
-from sqc.inputs import read_regular
-from sqc.instrument import PassInstrument
-from sqc.ir import CompressedModel, PassRecord
-from sqc.loaders import (
+from sqc.runtime.devices import CPU, on_device, resolve_device
+from sqc.runtime.executors import Executor
+from sqc.runtime.loaders import (
     Loaders,
     LoadersSpec,
     StreamTop1,
@@ -40,9 +43,6 @@ from sqc.loaders import (
     stream_finetuner,
     teacher_of,
 )
-from sqc.loading import load_model
-from sqc.pass_base import Pass, PassContext, PassResult, TrainFn
-from sqc.pipeline import Pipeline
 
 if TYPE_CHECKING:
     from sqc.targets.calib import CalibSource
@@ -114,7 +114,7 @@ def compress(
     token ids are int64); a ``.pt2`` file carries its own. ``pipeline`` is pipeline text or a
     :class:`Pipeline`.
 
-    Accuracy-aware passes use ``data`` (a data file or :class:`~sqc.data.Dataset`: top-1 accuracy and
+    Accuracy-aware passes use ``data`` (a data file or :class:`~sqc.runtime.data.Dataset`: top-1 accuracy and
     cross-entropy training), or ``evaluate(model) -> float`` (higher is better) and
     ``finetune(model, epochs)``, which take precedence; ``tolerance`` is the metric drop they may spend.
 
@@ -123,14 +123,14 @@ def compress(
     pipeline and seed give a byte-identical ``.sqc``. The caller's global RNG state is restored after.
 
     ``distill`` (α in [0, 1]) makes the built-in fine-tuner learn from the uncompressed model's logits
-    as well as the labels (knowledge distillation; see :func:`sqc.data.cross_entropy_finetuner`);
+    as well as the labels (knowledge distillation; see :func:`sqc.runtime.data.cross_entropy_finetuner`);
     ``weight_decay`` is its L2 penalty (use the one the model was trained with).
 
     ``loaders`` streams a dataset of any size instead of ``data`` (not both): ``"pkg.module:fn"`` or a
     function returning ``(train_loader, val_loader)``, or that pair — any re-iterable of ``(x, y)``
     batches, such as ``torch.utils.data.DataLoader``; ``train_loader`` may be ``None``. The built-in
     top-1 evaluator, fine-tuner, distillation and divergence guard then take batches one at a time
-    (see :mod:`sqc.loaders`).
+    (see :mod:`sqc.runtime.loaders`).
 
     ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; default the CPU) is where evaluation,
     sensitivity sweeps in this process and fine-tuning run: the module is moved there for them, the
@@ -146,14 +146,14 @@ def compress(
     device instead.
 
     ``progress`` hears what long work is doing, one note at a time: a ``str``, and for counted work
-    (fine-tuning steps, sweep points, allocation rounds) a :class:`sqc.progress.Note` that also says
-    ``done`` of ``total``; :class:`sqc.progress.ProgressView` draws them as the command line does.
+    (fine-tuning steps, sweep points, allocation rounds) a :class:`sqc.runtime.progress.Note` that also says
+    ``done`` of ``total``; :class:`sqc.runtime.progress.ProgressView` draws them as the command line does.
 
-    ``instruments`` (:mod:`sqc.instrument`: :class:`~sqc.instrument.PassTimer`,
-    :class:`~sqc.instrument.PrintIR`, or your own) see the IR before the first pass and around every
+    ``instruments`` (:mod:`sqc.compiler.instrument`: :class:`~sqc.compiler.instrument.PassTimer`,
+    :class:`~sqc.compiler.instrument.PrintIR`, or your own) see the IR before the first pass and around every
     pass; ``on_pass`` hears each pass's result.
 
-    A model file is read by :func:`sqc.loading.load_model` (``state_key``, ``strict``); what loading
+    A model file is read by :func:`sqc.frontend.loading.load_model` (``state_key``, ``strict``); what loading
     decided (a checkpoint key picked, a prefix removed, keys skipped) goes to ``on_note``, one line
     each, or is issued as a warning.
     """
@@ -340,11 +340,11 @@ def read(path: str | Path) -> CompressedModel:
 
 
 def ir_text(target: str | Path | Artifact | CompressedModel, **model_options: Any) -> str:
-    """The IR's stable text form (:mod:`sqc.ir_text`): of a ``.sqc`` file, an artifact, or a model file
+    """The IR's stable text form (:mod:`sqc.ir.text`): of a ``.sqc`` file, an artifact, or a model file
     as captured (``model_options``: ``arch``, ``input_shapes``, ``trust_pickle``, ``state_key``,
     ``strict``, as :func:`inspect` takes them)."""
     from sqc.formats.container import MAGIC
-    from sqc.ir_text import ir_text as render
+    from sqc.ir.text import ir_text as render
 
     if isinstance(target, Artifact):
         return render(target.model)
@@ -370,7 +370,7 @@ def load(path: str | Path) -> fx.GraphModule:
 
 def inspect(target: str | Path | Artifact, **model_options: Any) -> dict[str, Any]:
     """Where every byte goes (``.sqc``), or parameters, bytes and FLOPs per layer (a model file)."""
-    from sqc.inspection import inspect_container, inspect_model
+    from sqc.app.inspection import inspect_container, inspect_model
 
     if isinstance(target, Artifact):
         return inspect_container(target.to_bytes(), "<in memory>")

@@ -1,6 +1,6 @@
 """Progress of long work: the notes passes send, and how the command line shows them.
 
-There is one mechanism: a pass calls :meth:`sqc.pass_base.PassContext.note`, and the run's listener
+There is one mechanism: a pass calls :meth:`sqc.compiler.pass_base.PassContext.note`, and the run's listener
 (``sqc.compress(progress=fn)``) receives the text. Work that can be counted — fine-tuning steps,
 the points of a sensitivity sweep, the rounds of an allocation — says how far it is: the note is then
 a :class:`Note`, a ``str`` that also carries ``done`` and ``total``. A listener that only wants text

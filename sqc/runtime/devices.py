@@ -1,10 +1,10 @@
 """Where evaluation and training run: a device for the module copy, never for the IR.
 
-The records of the IR (:class:`~sqc.ir.TensorState`) are CPU tensors, always: they are what the
+The records of the IR (:class:`~sqc.ir.records.TensorState`) are CPU tensors, always: they are what the
 container encodes, and a file must not depend on the machine that wrote it. What runs on a device is
 the GraphModule's *view* of those records while an evaluation or a training loop uses it: its
 parameters, buffers and tensor constants are moved there for the duration and put back afterwards
-(:func:`on_device`; training moves its own copies, see :class:`sqc.training.Constraints`). Inputs
+(:func:`on_device`; training moves its own copies, see :class:`sqc.runtime.training.Constraints`). Inputs
 follow the module (:func:`module_device`), so the built-in evaluators and fine-tuners need no device
 of their own and stay picklable for the workers of a sensitivity sweep.
 
@@ -107,7 +107,7 @@ def on_device(
 
     Each tensor's ``.data`` is rebound to a copy on the device and, on exit (normal or not), to the
     very tensor it held before. That matters: the IR stamps which storage each parameter was bound to
-    at its last sync (:meth:`sqc.ir.CompressedModel.sync`), and putting back the same object keeps the
+    at its last sync (:meth:`sqc.ir.records.CompressedModel.sync`), and putting back the same object keeps the
     stamp valid, so the verifier need not decode and compare every record afterwards. Whatever the
     block did to the device copies (a user's evaluation that updates BatchNorm statistics) is
     discarded, as an evaluation must not change the model. On the CPU nothing happens.

@@ -23,9 +23,9 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 import torch
 
 from sqc.errors import PipelineError
-from sqc.executors import Executor
-from sqc.ir import CompressedModel
-from sqc.progress import emit
+from sqc.ir.records import CompressedModel
+from sqc.runtime.executors import Executor
+from sqc.runtime.progress import emit
 
 DIVERGENCE_RETRIES = 3
 """Fine-tuning attempts, each at a tenth of the previous learning rate, before a pass gives up."""
@@ -82,13 +82,14 @@ class PassContext:
         evaluation_split: str = "the evaluation function's data",
         device: str | torch.device | None = None,
     ) -> None:
-        from sqc.devices import resolve_device
+        from sqc.runtime.devices import resolve_device
 
         self.example_inputs = example_inputs
         self.evaluation_split = evaluation_split
         """What the metric is measured on, for reports of passes that decide by it."""
         self.device = resolve_device(device)
-        """Where evaluations and training run (the records stay on the CPU; see :mod:`sqc.devices`)."""
+        """Where evaluations and training run (the records stay on the CPU; see
+        :mod:`sqc.runtime.devices`)."""
         self.executor = executor if executor is not None else Executor()
         """Where independent evaluations (sensitivity sweep points) run; never changes a result."""
         self.seed = seed
@@ -117,7 +118,7 @@ class PassContext:
         """The metric (higher is better) of the model as the records say it is; with ``samples`` (and
         an evaluator that supports it) on the first ``samples`` validation samples only. It runs on
         the context's device, with the module moved there for the call and back after."""
-        from sqc.devices import on_device
+        from sqc.runtime.devices import on_device
 
         evaluator = self.evaluator(samples)
         with on_device(model.graph_module, self.device) as module:
@@ -139,11 +140,11 @@ class PassContext:
         """Train the model in place while its masks and shared weights stay intact; returns the
         learning rate that was used.
 
-        A training loop that reports divergence (:class:`~sqc.training.TrainingDiverged`, raised by
+        A training loop that reports divergence (:class:`~sqc.runtime.training.TrainingDiverged`, raised by
         the built-in fine-tuner) leaves the records as they were; the run is retried at a tenth of the
         learning rate, ``DIVERGENCE_RETRIES`` attempts in all, and each failed attempt is said in a
         note. (A user's ``--finetune`` loop chooses its own rate, so sqc does not watch it.)"""
-        from sqc.training import Constraints, TrainingDiverged
+        from sqc.runtime.training import Constraints, TrainingDiverged
 
         if self._finetune is None:
             raise PipelineError(

@@ -3,8 +3,8 @@
 Two graph sources are accepted: ``torch.fx.symbolic_trace`` of an ``nn.Module`` (non-tensor forward
 arguments with defaults are specialised through ``concrete_args``), and the ATen graph of a
 ``torch.export`` program — a ``.pt2``, or a module symbolic tracing cannot follow, captured by
-:mod:`sqc.capture`. Both are rewritten into one canonical form: modules become functional calls on
-``get_attr`` parameters, synonyms collapse to one name of the vocabulary in :mod:`sqc.ops`, dropout,
+:mod:`sqc.frontend.capture`. Both are rewritten into one canonical form: modules become functional calls on
+``get_attr`` parameters, synonyms collapse to one name of the vocabulary in :mod:`sqc.ir.ops`, dropout,
 asserts and other inference no-ops disappear, tied tensors become one record with aliases. An ATen
 operator the vocabulary lacks is kept as it is (the open op set: passes only transform weights); an
 operator a file could not store (a custom library's, one with side effects) is refused with the node,
@@ -26,10 +26,9 @@ import torch.nn.functional as F
 from torch import fx
 from torch.fx.node import Argument, map_arg
 
-from sqc.capture import INTERNAL_DIRS, export_module, output_structure, readable_names, user_frame
 from sqc.errors import ModelLoadError, TraceError
-from sqc.ir import MAX_INPUT_ELEMENTS, CompressedModel, InputSpec, TensorState, all_finite
-from sqc.ops import (
+from sqc.frontend.capture import INTERNAL_DIRS, export_module, output_structure, readable_names, user_frame
+from sqc.ir.ops import (
     FUNCTIONS,
     IDENTITY_FUNCTIONS,
     IDENTITY_METHODS,
@@ -39,6 +38,7 @@ from sqc.ops import (
     function_name,
     functional_variant,
 )
+from sqc.ir.records import MAX_INPUT_ELEMENTS, CompressedModel, InputSpec, TensorState, all_finite
 
 # ---------------------------------------------------------------------------------------------
 # tracing
@@ -439,7 +439,7 @@ def _functional_if_private(node: fx.Node, op: Any) -> Any:
 def canonicalize(
     source: fx.GraphModule, *, copy_weights: bool = True
 ) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
-    """Rewrite a traced or exported graph into the vocabulary of :mod:`sqc.ops`; ATen operators
+    """Rewrite a traced or exported graph into the vocabulary of :mod:`sqc.ir.ops`; ATen operators
     outside it are kept as they are (the open op set)."""
     exported = _is_aten_graph(source)
     b = _Builder(source, readable_names(source) if exported else None)

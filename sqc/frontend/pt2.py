@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 import torch
 
 from sqc.errors import ModelLoadError
-from sqc.ir import MAX_INPUT_ELEMENTS  # sqc builds inputs of the declared shapes to trace
+from sqc.ir.records import MAX_INPUT_ELEMENTS  # sqc builds inputs of the declared shapes to trace
 
 MAX_MEMBERS = 1 << 17
 """Members in one archive; a model with 100,000 distinct tensors still fits."""

@@ -5,8 +5,7 @@ the bytes the coder writes at each sparsity (and each number of bits), like Deep
 Figure 5 but with the rate beside the accuracy. ``--json`` prints what ``sensitivity{reuse=FILE}``
 reads back, so a later ``compress`` can allocate from it without measuring again.
 
-Registered on the main app by :func:`register`; it keeps its own option declarations so that it
-does not import :mod:`sqc.cli` before that module has finished loading.
+Registered on the main app by :func:`register`.
 """
 
 from __future__ import annotations
@@ -19,12 +18,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sqc.app.cli import options, render
+from sqc.app.cli.render import err, out
 from sqc.display import shown
 from sqc.errors import SqcError
 from sqc.outputs import write_atomic
 
 if TYPE_CHECKING:
-    from sqc.passes.sensitivity import Analysis
+    from sqc.compiler.sensitivity import Analysis
 
 EXTRA_HINT = "pip install 'sqc[plot]' (or pip install matplotlib)"
 
@@ -99,7 +100,6 @@ def sensitivity_command(
     """Per-layer metric and coded bytes vs sparsity and bits, each layer alone (a table and a PNG)."""
     from importlib.util import find_spec
 
-    from sqc.cli import _parse_shapes, err
     from sqc.outputs import check_output
 
     picture = None if no_png else (png or Path(f"{model.stem}.sensitivity.png"))
@@ -114,7 +114,7 @@ def sensitivity_command(
         data=data,
         eval_fn=eval_fn,
         arch=arch,
-        shapes=_parse_shapes(input_shape),
+        shapes=options.parse_shapes(input_shape),
         trust_pickle=trust_pickle,
         samples=samples,
         sparsities=sparsities,
@@ -132,10 +132,8 @@ def sensitivity_command(
     if as_json:
         print(json.dumps({**analysis.to_json(), "model": str(model)}, indent=2))
         return
-    render(analysis, str(model))
+    render_curves(analysis, str(model))
     if picture is not None:
-        from sqc.cli import out
-
         out.print(f"wrote {picture}")
 
 
@@ -161,16 +159,16 @@ def measure(
     """Load and trace the model, build the evaluation, run the ``sensitivity`` pass; the curves."""
     import gc
 
-    from sqc.cli import err
-    from sqc.data import check_labels, load_data, resolve_callable, top1
-    from sqc.devices import resolve_device
-    from sqc.executors import Executor
-    from sqc.frontend import trace
-    from sqc.loaders import StreamTop1, check_loaders, resolve_loaders
-    from sqc.loading import load_model
-    from sqc.pass_base import PassContext
-    from sqc.passes.sensitivity import Sensitivity, cached_analysis
-    from sqc.progress import ProgressView
+    from sqc.compiler.pass_base import PassContext
+    from sqc.compiler.sensitivity import cached_analysis
+    from sqc.frontend.loading import load_model
+    from sqc.frontend.trace import trace
+    from sqc.passes.sensitivity import Sensitivity
+    from sqc.runtime.data import check_labels, load_data, resolve_callable, top1
+    from sqc.runtime.devices import resolve_device
+    from sqc.runtime.executors import Executor
+    from sqc.runtime.loaders import StreamTop1, check_loaders, resolve_loaders
+    from sqc.runtime.progress import ProgressView
 
     run_on = Executor.from_options(executor, workers)
     where = resolve_device(device, "--device")
@@ -225,9 +223,8 @@ def measure(
     return cached_analysis(ctx)
 
 
-def render(analysis: Analysis, where: str) -> None:
+def render_curves(analysis: Analysis, where: str) -> None:
     """Two tables: metric and coded bytes at each sparsity, then at each number of bits."""
-    from sqc.cli import _print_table, _table
 
     subset = f", first {analysis.samples} samples" if analysis.samples else ""
     base = f"{where}: baseline metric {analysis.metric:.6g}{subset}"
@@ -241,12 +238,12 @@ def render(analysis: Analysis, where: str) -> None:
         heads = [f"{v:g}" if kind == "prune" else f"{int(v)} bits" for v in values]
         rate = f" (bytes after share{{bits={analysis.rate_bits}}},huffman)" if kind == "prune" else ""
         title = f"{base} — metric / coded bytes vs {label}{rate}"
-        table = _table(title, ["layer", "params", *heads])
+        table = render.table(title, ["layer", "params", *heads])
         for name in sorted(points_of):
             at = {p.value: p for p in points_of[name]}
             cells = [f"{at[v].metric:.4g} / {at[v].bytes:,}" if v in at else "" for v in values]
             table.add_row(name, f"{analysis.numel.get(name, 0):,}", *cells)
-        _print_table(table, title)
+        render.print_table(table, title)
 
 
 def allocations(passes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -276,7 +273,6 @@ def allocations(passes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def render_allocations(passes: list[dict[str, Any]]) -> None:
     """Print what ``prune{target=auto}`` / ``share{bits=auto}`` chose (for ``sqc inspect``)."""
-    from sqc.cli import _print_table, _table
 
     for found in allocations(passes):
         s = found["stats"]
@@ -287,7 +283,7 @@ def render_allocations(passes: list[dict[str, Any]]) -> None:
             f"measured {_g(s.get('metric_after', 0))} (reference {_g(s['metric_reference'])}, "
             f"{shown(s.get('backoffs', 0))} backoff(s))"
         )
-        table = _table(title, ["layer", what, "predicted drop", "bytes after"])
+        table = render.table(title, ["layer", what, "predicted drop", "bytes after"])
         for row in found["layers"]:
             drop = row["predicted_drop"]
             after = row["bytes_after"]
@@ -297,7 +293,7 @@ def render_allocations(passes: list[dict[str, Any]]) -> None:
                 "fixed" if drop is None else _g(drop),
                 "" if after is None else _g(after, ","),
             )
-        _print_table(table, title)
+        render.print_table(table, title)
 
 
 def _g(value: Any, spec: str = ".6g") -> str:

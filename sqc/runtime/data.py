@@ -22,11 +22,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sqc.devices import module_device
 from sqc.errors import SqcError
 from sqc.inputs import require_regular
-from sqc.progress import Listener, emit
-from sqc.training import DivergenceGuard
+from sqc.runtime.devices import module_device
+from sqc.runtime.progress import Listener, emit
+from sqc.runtime.training import DivergenceGuard
 
 Evaluator = Callable[[nn.Module], float]
 FineTuner = Callable[[nn.Module, int], None]
@@ -252,7 +252,7 @@ class Top1:
         """Per sample, 1.0 where the model is right (the metric is their mean): what a paired
         comparison of two models needs (``auto``'s confidence margin)."""
         model.eval()
-        device = module_device(model)  # batches follow the module (see sqc.devices)
+        device = module_device(model)  # batches follow the module (see sqc.runtime.devices)
         parts = []
         with torch.no_grad():
             for start in range(0, self.x.shape[0], self.batch_size):
@@ -290,7 +290,8 @@ def cross_entropy_finetuner(
     2015): ``(1 - α) · CE(labels) + α · T² · KL(softmax(teacher / T) ‖ softmax(student / T))``. The
     compressed network then learns the fp32 network's whole output distribution, not only its top-1.
 
-    Batches go to the device the module is on; ``progress`` hears every step (see :mod:`sqc.progress`).
+    Batches go to the device the module is on; ``progress`` hears every step (see
+    :mod:`sqc.runtime.progress`).
     """
     x, y = training_split(data)
     if not 0.0 <= distill <= 1.0:
@@ -407,7 +408,7 @@ def teacher_logits(model: nn.Module, data: Dataset, batch_size: int = 1000) -> t
 def resolve_callable(spec: str, what: str) -> Callable[..., object]:
     """``pkg.module:fn`` for ``--eval``/``--finetune`` (the current directory is importable)."""
     from sqc.errors import ModelLoadError
-    from sqc.loading import resolve_factory
+    from sqc.frontend.loading import resolve_factory
 
     try:
         return resolve_factory(spec)

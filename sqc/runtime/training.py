@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from sqc.devices import CPU, constants_on
-from sqc.ir import CompressedModel, TensorState
+from sqc.ir.records import CompressedModel, TensorState
+from sqc.runtime.devices import CPU, constants_on
 
 
 class TrainingDiverged(Exception):
@@ -83,7 +83,7 @@ def _cluster_sum(values: torch.Tensor, codes: torch.Tensor, clusters: int) -> to
 class Constraints:
     """Context manager keeping masks and weight sharing intact while ``model.graph_module`` trains.
 
-    ``device``: where the training copies live (see :mod:`sqc.devices`). Masks and codes go there with
+    ``device``: where the training copies live (see :mod:`sqc.runtime.devices`). Masks and codes go there with
     them; the records stay on the CPU, and the trained values come back to it on exit.
     """
 
@@ -216,7 +216,7 @@ def training(model: CompressedModel, device: str | torch.device | None = None) -
 
     With ``device`` (``"cuda"``, ``"mps"``) the module trains there — move your batches to it — and
     the trained values return to the CPU records when the block ends."""
-    from sqc.devices import resolve_device
+    from sqc.runtime.devices import resolve_device
 
     with Constraints(model, resolve_device(device)):
         yield model.graph_module

@@ -1,6 +1,6 @@
 """The sqc IR: a canonical torch.fx GraphModule plus one typed record per tensor.
 
-The graph says *what is computed* (a small, documented op vocabulary, see :mod:`sqc.ops`); the
+The graph says *what is computed* (a small, documented op vocabulary, see :mod:`sqc.ir.ops`); the
 :class:`TensorState` records say *how every parameter and buffer is stored*: dense floats, a pruning
 mask, a k-means codebook with integer codes, a fixed-point format, and the entropy coder. The records
 are the single source of truth. The GraphModule's parameters are a materialised view of them
@@ -15,13 +15,13 @@ import math
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import fx
 
 from sqc.errors import VerifyError
-from sqc.names import check_names
+from sqc.ir.names import check_names
 
 Role = Literal["weight", "param", "buffer"]
 Coder = Literal["raw", "huffman", "rans"]
@@ -152,6 +152,31 @@ class FixedPoint:
         memory of a float64 product: a 42M-weight tensor loads in 650 MB instead of 1 GB.)"""
         values = codes.to(torch.float32)
         return values.mul_(self.scale(tuple(codes.shape)).to(torch.float32))
+
+
+def best_format(values: torch.Tensor, bits: int, *, per_channel: bool) -> FixedPoint:
+    """The fixed-point format with the least squared error (per tensor, or per slice along axis 0)."""
+    if values.numel() == 0:  # nothing to fit: any format represents an empty tensor exactly
+        return FixedPoint(bits, (0,))
+    rows = values.reshape(values.shape[0], -1) if per_channel else values.reshape(1, -1)
+    rows = rows.to(torch.float64)
+    peak = rows.abs().amax(dim=1)
+    qmax = (1 << (bits - 1)) - 1
+    # the fraction length that just covers the peak; a zero row gets the finest representable step
+    cover = torch.where(
+        peak > 0, torch.floor(torch.log2(qmax / peak.clamp(min=1e-300))), torch.full_like(peak, 64.0 - bits)
+    ).clamp(-64 + 4, 64 - 4)
+    best_frac = cover.to(torch.int64)
+    best_err = torch.full_like(peak, math.inf)
+    for delta in (0, 1, 2, 3):  # finer steps that clip the largest values
+        frac = (cover + delta).to(torch.int64)
+        step = torch.pow(2.0, -frac.to(torch.float64)).unsqueeze(1)
+        codes = torch.round(rows / step).clamp(-qmax - 1, qmax)
+        err = ((codes * step - rows) ** 2).sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_frac = torch.where(better, frac, best_frac)
+    return FixedPoint(bits, tuple(int(f) for f in best_frac))
 
 
 @dataclass
@@ -550,3 +575,23 @@ def _still_synced(state: TensorState, held: torch.Tensor) -> bool:
 def matches(state: TensorState, pattern: str) -> bool:
     """A glob matches a tensor by its full name (``fc1.weight``) or its layer (``fc1``)."""
     return fnmatch.fnmatchcase(state.name, pattern) or fnmatch.fnmatchcase(state.layer, pattern)
+
+
+Fields = tuple[Any, ...]
+_FIELDS = ("dense", "mask", "codes", "codebook", "fmt", "coder")
+
+
+def snapshot(states: list[TensorState]) -> dict[str, Fields]:
+    """The records' value fields. Passes replace tensors and never write them in place, so holding
+    the references is an exact copy at no cost."""
+    return {s.name: tuple(getattr(s, f) for f in _FIELDS) for s in states}
+
+
+def restore(model: CompressedModel, saved: dict[str, Fields], names: list[str] | None = None) -> None:
+    """Put the snapshotted records back exactly and make the module compute them again."""
+    names = list(saved) if names is None else names
+    for name in names:
+        state = model.tensors[name]
+        for attr, value in zip(_FIELDS, saved[name], strict=True):
+            setattr(state, attr, value)
+    model.sync(names)

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqc.compiler.instrument import PassInstrument
+from sqc.compiler.pass_base import OptionError, Pass, PassContext, PassResult, Stat
+from sqc.compiler.registry import entries, load_pass
 from sqc.errors import PipelineError, SqcError
 from sqc.inputs import read_regular
-from sqc.instrument import PassInstrument
-from sqc.ir import CompressedModel, PassRecord
-from sqc.pass_base import OptionError, Pass, PassContext, PassResult, Stat
-from sqc.registry import entries, load_pass
+from sqc.ir.records import CompressedModel, PassRecord
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
 _BARE = re.compile(r'[^\s,{}"=]+')
@@ -234,7 +234,8 @@ class Pipeline:
     ) -> CompressedModel:
         """Run every pass in order; verify the IR after each unless told not to.
 
-        ``instruments`` (:mod:`sqc.instrument`) see every pass before it runs, in the order given, and
+        ``instruments`` (:mod:`sqc.compiler.instrument`) see every pass before it runs, in the order
+        given, and
         after it ran and the IR was verified, in reverse order.
 
         A failing pass stops the pipeline; its error names the pass and gives the reproducer (the
