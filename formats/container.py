@@ -279,11 +279,6 @@ def assemble(bodies: list[tuple[int, int, int, bytes]], version: tuple[int, int]
     return head.getvalue() + table_bytes + b"".join(b[3] for b in bodies)
 
 
-def deflate_json(obj: Any) -> bytes:
-    """The report section's encoding (and, with the node list, the graph section's)."""
-    return zlib.compress(json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8"), 9)
-
-
 def _deflate_preset(text: bytes, zdict: bytes) -> bytes:
     """Raw DEFLATE (level 9, 32 KiB window) of ``text`` with the preset dictionary ``zdict``."""
     packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=zdict)

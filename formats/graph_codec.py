@@ -130,11 +130,6 @@ def op_label(node: fx.Node) -> str:
     return name
 
 
-def encode_graph(gm: fx.GraphModule, tensor_index: dict[str, int], extra: dict[str, Any]) -> bytes:
-    """The graph section bytes: zlib(JSON) of the op list plus ``extra`` metadata."""
-    return zlib.compress(graph_text(graph_nodes(gm, tensor_index, set()), extra), 9)
-
-
 def graph_text(nodes: list[list[Any]], extra: dict[str, Any]) -> bytes:
     """The graph document as UTF-8 JSON: keys sorted, no spaces."""
     doc = {"schema": GRAPH_SCHEMA, "nodes": nodes, **extra}

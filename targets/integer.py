@@ -354,11 +354,6 @@ def round_half_even(value: float) -> int:
     return int(np.rint(value))
 
 
-def floor_shift(value: int, shift: int) -> int:
-    """``floor(value / 2**shift)``: the arithmetic right shift every backend must implement."""
-    return value >> shift
-
-
 def rshift_round(value: int, shift: int) -> int:
     """Round half up (toward +inf) of ``value * 2**-shift``; a non-positive shift multiplies exactly."""
     if shift > 0:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.util
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
-def _examples() -> None:
-    """Make ``examples`` importable; appended, so that ``sqc`` stays the installed package the suite tests."""
-    if str(ROOT) not in sys.path:
-        sys.path.append(str(ROOT))
-
-
 def _lenet300() -> nn.Module:
-    _examples()
-    from examples.lenet import LeNet300
-
-    model = LeNet300()
+    """``examples/lenet.py``'s network, loaded from its file (sys.path stays as it is)."""
+    spec = importlib.util.spec_from_file_location("sqc_golden_lenet", ROOT / "examples" / "lenet.py")
+    assert spec is not None and spec.loader is not None
+    lenet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lenet)
+    model = lenet.LeNet300()
     model.load_state_dict(torch.load(ROOT / "examples" / "lenet300.pt", weights_only=True))
     return model.eval()
 
@@ -111,8 +107,8 @@ class Case:
 
 
 def _demo_pipeline() -> str:
-    """``make demo``'s pipeline, read from ``examples/demo.py`` without running it (importing it would put
-    the checkout's ``sqc`` first on ``sys.path``)."""
+    """``make demo``'s pipeline, read from ``examples/demo.py`` without importing it (importing runs its
+    module-level set-up)."""
     tree = ast.parse((ROOT / "examples" / "demo.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PIPELINE" for t in node.targets):
