@@ -33,6 +33,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sqc.compiler.target import LowerReport, LowerRequest
 from sqc.errors import SqcError
 from sqc.ir.records import CompressedModel
 from sqc.outputs import check_output, write_atomic
@@ -86,17 +87,15 @@ class OnnxTarget:
     """Registered as target ``onnx``: ``sqc lower model.sqc --target onnx -o model.onnx``."""
 
     name = "onnx"
+    takes_calib = False
     takes_options = True
 
-    @staticmethod
-    def lower(source: Path, output: Path, *, force: bool = False, **given: Any) -> dict[str, Any]:
-        """``given`` is what ``lower`` passes a target that takes options: ``calib`` and ``options``."""
-        if given.get("calib") is not None:
-            raise SqcError("target onnx takes no --calib: its weights are the file's, its arithmetic float")
+    def lower(self, request: LowerRequest) -> LowerReport:
         weights = "int"
-        for text in given.get("options") or []:
+        for text in request.options:
             key, sep, value = text.partition("=")
             if not sep or key.strip() != "weights":
                 raise SqcError(f"--option {text}: target onnx takes only weights=int|float")
             weights = value.strip()
-        return write_onnx(Path(source), Path(output), force=force, weights=weights)
+        report = write_onnx(Path(request.source), Path(request.output), force=request.force, weights=weights)
+        return LowerReport("onnx", report["output"], report["bytes"], report.pop("summary"), report)

@@ -237,7 +237,7 @@ def test_distillation_over_loaders(net):
     plain = sqc.compress(net, [(1, 64)], pipeline, loaders=loaders_of(data)).to_bytes()
     distilled = sqc.compress(net, [(1, 64)], pipeline, loaders=loaders_of(data), distill=0.5).to_bytes()
     assert plain != distilled
-    with pytest.raises(SqcError, match="--distill needs the built-in fine-tuner"):
+    with pytest.raises(SqcError, match="distill= needs the built-in fine-tuner"):
         sqc.compress(net, [(1, 64)], "prune", loaders=(None, loaders_of(data)[1]), distill=0.5)
 
 

@@ -170,5 +170,5 @@ def test_compress_runs_its_sweep_on_the_executor_asked_for(cli_workspace):
         assert result.exit_code == 0, result.output
     assert Path("serial.sqc").read_bytes() == Path("pool.sqc").read_bytes()
     result = runner.invoke(app, [*common, "--executor", "threads", "-o", "x.sqc"])
-    assert result.exit_code != 0 and "--executor threads: must be one of" in str(result.exception)
+    assert result.exit_code != 0 and "executor=threads: must be one of" in str(result.exception)
     assert not Path("x.sqc").exists()

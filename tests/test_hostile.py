@@ -534,7 +534,7 @@ def run_sqc(*argv: str, cwd: Path, file_limit: int | None = None) -> subprocess.
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
     return subprocess.run(
-        [sys.executable, "-m", "sqc.app.cli", *argv],
+        [sys.executable, "-m", "sqc", *argv],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -366,7 +366,7 @@ def test_failing_pass_names_itself_and_the_reproducer(mlp):
     with pytest.raises(SqcError) as info:
         run(mlp, "prune,share{layers=nothing*}")
     assert "pass share failed" in str(info.value)
-    assert "--passes 'prune{sparsity=0.9" in str(info.value)
+    assert "pipeline='prune{sparsity=0.9" in str(info.value)
 
 
 def test_verifier_catches_a_bad_record(mlp):

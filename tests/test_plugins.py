@@ -54,9 +54,9 @@ def Factory():
 
 
 def sqc_command() -> list[str]:
-    """The installed ``sqc`` console script next to this interpreter (else ``python -m sqc.app.cli``)."""
+    """The installed ``sqc`` console script next to this interpreter (else ``python -m sqc``)."""
     script = Path(sys.executable).with_name("sqc")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sqc.app.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sqc"]
 
 
 def run_sqc(

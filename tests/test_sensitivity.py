@@ -319,7 +319,7 @@ def test_recipe_accepts_auto(tmp_path: Path):
 def test_auto_without_data_is_refused_before_anything_runs():
     ir = fresh_ir()
     for text in ("prune{target=auto}", "prune{sparsity=0.5},share{bits=auto}", "sensitivity"):
-        with pytest.raises(PipelineError, match="needs an evaluation: give --data or --eval"):
+        with pytest.raises(PipelineError, match="needs an evaluation: give data= or evaluate="):
             Pipeline.parse(text).run(ir, PassContext())
     assert not ir.report and all(s.mask is None and s.codes is None for s in ir.tensors.values())
     with pytest.raises(sqc.SqcError, match="prune needs an evaluation"):

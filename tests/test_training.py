@@ -344,15 +344,15 @@ def test_distill_through_compress_and_its_errors(net):
     plain = sqc.compress(net, [(1, 64)], pipeline, data=data).to_bytes()
     distilled = sqc.compress(net, [(1, 64)], pipeline, data=data, distill=0.5).to_bytes()
     assert plain != distilled  # the loss changed, so the trained centroids did
-    with pytest.raises(sqc.SqcError, match=r"--distill 1.5: must be in \[0, 1\]"):
+    with pytest.raises(sqc.SqcError, match=r"distill=1.5: must be in \[0, 1\]"):
         sqc.compress(net, [(1, 64)], pipeline, data=data, distill=1.5)
-    with pytest.raises(sqc.SqcError, match="--distill needs the built-in fine-tuner"):
+    with pytest.raises(sqc.SqcError, match="distill= needs the built-in fine-tuner"):
         sqc.compress(net, [(1, 64)], "prune", evaluate=lambda m: 1.0, distill=0.5)
-    with pytest.raises(sqc.SqcError, match="a --finetune function trains its own way"):
+    with pytest.raises(sqc.SqcError, match="a finetune= function trains its own way"):
         sqc.compress(net, [(1, 64)], pipeline, data=data, finetune=lambda m, e: None, distill=0.5)
-    with pytest.raises(sqc.SqcError, match="--weight-decay needs the built-in fine-tuner"):
+    with pytest.raises(sqc.SqcError, match="weight_decay= needs the built-in fine-tuner"):
         sqc.compress(net, [(1, 64)], "prune", evaluate=lambda m: 1.0, weight_decay=1e-4)
-    with pytest.raises(sqc.SqcError, match=r"--weight-decay 1.0: must be in \[0, 1\)"):
+    with pytest.raises(sqc.SqcError, match=r"weight_decay=1.0: must be in \[0, 1\)"):
         sqc.compress(net, [(1, 64)], pipeline, data=data, weight_decay=1.0)
 
 

@@ -158,7 +158,7 @@ def compress(
     each, or is issued as a warning.
     """
     if not 0 <= seed < 2**63:
-        raise SqcError(f"--seed {seed}: must be in [0, 2^63)")
+        raise SqcError(f"seed={seed}: must be in [0, 2^63)")
     run_on = Executor.from_options(executor, workers)
     where = resolve_device(device)
     if data is not None and loaders is not None:
@@ -220,15 +220,15 @@ def make_context(
     if loaders is not None:
         check_loaders(loaders, ir.graph_module)
     if not 0.0 <= distill <= 1.0:
-        raise SqcError(f"--distill {distill}: must be in [0, 1]")
+        raise SqcError(f"distill={distill}: must be in [0, 1]")
     if not 0.0 <= weight_decay < 1.0:
-        raise SqcError(f"--weight-decay {weight_decay}: must be in [0, 1)")
+        raise SqcError(f"weight_decay={weight_decay}: must be in [0, 1)")
     built_in_only = [
-        flag for flag, value in (("--distill", distill), ("--weight-decay", weight_decay)) if value
+        f"{name}=" for name, value in (("distill", distill), ("weight_decay", weight_decay)) if value
     ]
     if built_in_only and finetune is not None:
         raise SqcError(
-            f"{built_in_only[0]} is for the built-in fine-tuner; a --finetune function trains its own way"
+            f"{built_in_only[0]} is for the built-in fine-tuner; a finetune= function trains its own way"
         )
     trainer: TrainFn | None = None
     if finetune is not None:
@@ -240,12 +240,12 @@ def make_context(
         trainer = _loader_trainer(ir, loaders, distill, weight_decay, progress)
     elif built_in_only:
         raise SqcError(
-            f"{built_in_only[0]} needs the built-in fine-tuner: a --data file with x_train/y_train "
-            "(or --loaders with a train loader)"
+            f"{built_in_only[0]} needs the built-in fine-tuner: a data= file with x_train/y_train "
+            "(or loaders= with a train loader)"
         )
 
     if not math.isfinite(tolerance) or tolerance < 0:
-        raise SqcError(f"--tolerance {tolerance}: must be a finite, non-negative number")
+        raise SqcError(f"tolerance={tolerance}: must be a finite, non-negative number")
     built_in: Evaluator | None = None
     subset: Callable[[int], Evaluator] | None = None
     if dataset is not None:

@@ -127,9 +127,7 @@ class PassContext:
     def evaluator(self, samples: int | None = None) -> Callable[[torch.nn.Module], float]:
         """The callable :meth:`evaluate` uses for ``samples`` (what an executor ships to its workers)."""
         if self._evaluate is None:
-            raise PipelineError(
-                "this pass needs an evaluation: give --data or --eval pkg.module:fn (or --loaders)"
-            )
+            raise PipelineError("this pass needs an evaluation: give data= or evaluate= (or loaders=)")
         if samples and self._evaluate_subset is not None:
             if samples not in self._subsets:
                 self._subsets[samples] = self._evaluate_subset(samples)
@@ -148,7 +146,7 @@ class PassContext:
 
         if self._finetune is None:
             raise PipelineError(
-                "this pass needs training: give --data with x_train/y_train or --finetune (or --loaders)"
+                "this pass needs training: give data= with x_train/y_train or finetune= (or loaders=)"
             )
         for attempt in range(1, DIVERGENCE_RETRIES + 1):
             try:

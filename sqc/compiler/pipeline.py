@@ -245,10 +245,10 @@ class Pipeline:
             needs = pass_.context_needs()
             if "evaluate" in needs and not ctx.can_evaluate:
                 raise PipelineError(
-                    f"pass #{index} {pass_.name} needs an evaluation: give --data or --eval (or --loaders)"
+                    f"pass #{index} {pass_.name} needs an evaluation: give data= or evaluate= (or loaders=)"
                 )
             if "finetune" in needs and not ctx.can_finetune:
-                hint = "give --data with x_train/y_train, or --finetune (or --loaders with a train loader)"
+                hint = "give data= with x_train/y_train, or finetune= (or loaders= with a train loader)"
                 raise PipelineError(f"pass #{index} {pass_.name} needs training: {hint}")
         if verify:
             model.verify()
@@ -268,7 +268,7 @@ class Pipeline:
             except SqcError as exc:
                 prefix = ",".join(p.spec() for p in self.passes[: index + 1])
                 raise SqcError(
-                    f"pass {pass_.name} failed: {exc} [reproduce with --passes '{prefix}']"
+                    f"pass {pass_.name} failed: {exc} [reproduce with pipeline='{prefix}']"
                 ) from None
             elapsed = time.perf_counter() - started
             layers = {name: _rounded(stats) for name, stats in result.layers.items()}

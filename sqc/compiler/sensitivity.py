@@ -446,12 +446,12 @@ class Sweeper:
         name = callable_name(evaluator)
         if executor.kind == "ray":
             raise PipelineError(
-                f"--executor ray ships the evaluation to Ray workers, but {name} cannot be pickled ({why}): "
-                "make it a module-level function or a picklable object, or use --executor serial"
+                f"executor=ray ships the evaluation to Ray workers, but {name} cannot be pickled ({why}): "
+                "make it a module-level function or a picklable object, or use executor=serial"
             )
         self.diagnostics.append(
             f"sweep ran serially: the evaluation {name} cannot be pickled for the process pool ({why}); "
-            "make it a module-level function (or pass --executor serial to silence this)"
+            "make it a module-level function (or pass executor=serial to silence this)"
         )
         return Executor("serial")
 

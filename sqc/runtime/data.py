@@ -295,7 +295,7 @@ def cross_entropy_finetuner(
     """
     x, y = training_split(data)
     if not 0.0 <= distill <= 1.0:
-        raise SqcError(f"--distill {distill}: must be in [0, 1]")
+        raise SqcError(f"distill={distill}: must be in [0, 1]")
     if distill and (teacher is None or teacher.shape[0] != x.shape[0]):
         raise SqcError("distillation needs the teacher's logits for every training sample")
     soft = F.log_softmax(teacher / temperature, dim=-1) if distill and teacher is not None else None

@@ -72,9 +72,9 @@ class Executor:
         """The executor the ``--executor``/``--workers`` options ask for; a bad value is an error that
         names the option."""
         if kind not in KINDS:
-            raise SqcError(f"--executor {kind}: must be one of {', '.join(KINDS)}")
+            raise SqcError(f"executor={kind}: must be one of {', '.join(KINDS)}")
         if workers < 0:
-            raise SqcError(f"--workers {workers}: must be 0 (every CPU) or more")
+            raise SqcError(f"workers={workers}: must be 0 (every CPU) or more")
         return cls(kind, workers)  # type: ignore[arg-type]
 
     def describe(self) -> str:
@@ -172,7 +172,7 @@ def _run_process(
     except BrokenProcessPool as exc:
         raise PipelineError(
             f"the process pool's workers died ({exc}): a worker could not import or unpickle the model "
-            "or the evaluation, or ran out of memory; try --executor serial"
+            "or the evaluation, or ran out of memory; try executor=serial"
         ) from None
     return results
 
@@ -201,7 +201,7 @@ def _run_ray(
     try:
         import ray
     except ImportError:
-        raise PipelineError(f"--executor ray needs Ray: {RAY_HINT}") from None
+        raise PipelineError(f"executor=ray needs Ray: {RAY_HINT}") from None
     started = False
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from sqc.app.cli import catalog, compress, inspect, lower, sensitivity
-from sqc.app.cli.render import err, out, print_caret
+from sqc.app.cli.render import cli_wording, err, out, print_caret
 from sqc.display import shown
 from sqc.errors import PipelineError, SqcError
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command.main(args=argv if argv is not None else sys.argv[1:], prog_name="sqc", standalone_mode=False)
     except SqcError as exc:
-        err.print(f"sqc: error: {shown(' '.join(str(exc).split()))}", soft_wrap=True)
+        err.print(f"sqc: error: {shown(cli_wording(' '.join(str(exc).split())))}", soft_wrap=True)
         if isinstance(exc, PipelineError) and exc.source is not None and exc.column is not None:
             print_caret(exc.source, exc.column)
         return 1

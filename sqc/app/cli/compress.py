@@ -153,7 +153,7 @@ def compress(
                 f"{_summary(result.stats)} ({seconds:.2f} s)"
             )
             for line in result.diagnostics:
-                err.print(f"  warning: {shown(line)}")
+                err.print(f"  warning: {shown(render.cli_wording(line))}")
 
     with ProgressView(err, quiet=as_json, first="compressing…") as view:
         artifact = run(

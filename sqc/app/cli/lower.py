@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -69,42 +69,34 @@ def lower(
 ) -> None:
     """Lower a .sqc file for a target (built in: pytorch, c, hls, sim, onnx; plugins add theirs)."""
     from sqc.compiler.registry import entries, lookup
+    from sqc.compiler.target import LowerRequest, Target
 
     entry = lookup("sqc.targets", target)
     if entry is None:
         raise SqcError(f"unknown target {target!r} (known: {', '.join(entries('sqc.targets'))})")
-    lowering = entry.load()
+    made = entry.load()
+    lowering = made() if isinstance(made, type) else made
+    if not isinstance(lowering, Target):
+        raise SqcError(
+            f"{entry.ref} from {entry.package} is not an sqc target (see sqc.compiler.target.Target)"
+        )
     refuse_input(output, [path, calib])  # whatever the target writes there, never over an input
-    extra: dict[str, Any] = {}
     if calib is not None and loaders is not None:
         raise SqcError("give either --calib or --loaders, not both")
-    if calib is not None or loaders is not None or option:
-        if not getattr(lowering, "takes_options", False):
-            raise SqcError(f"target {target} takes no --calib, --loaders or --option")
-        extra = {
-            "calib": calib if loaders is None else options.resolve_loaders(loaders),
-            "options": option or [],
-        }
-    result = lowering.lower(path, output, force=force, **extra)
-    if not isinstance(result, dict):
-        result = {"output": str(output), "bytes": result}
+    if (calib is not None or loaders is not None) and not lowering.takes_calib:
+        raise SqcError(f"target {target} takes no --calib or --loaders: it needs no calibration")
+    if option and not lowering.takes_options:
+        raise SqcError(f"target {target} takes no --option")
+    request = LowerRequest(
+        path,
+        output,
+        force=force,
+        calib=calib if loaders is None else options.resolve_loaders(loaders),
+        options=tuple(option or ()),
+    )
+    report = lowering.lower(request)
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(report.to_json(), indent=2))
         return
-    if "summary" in result:  # a target that renders its own report (hls, sim)
-        for line in result["summary"]:
-            out.print(shown(line))
-        return
-    if "rom_bytes" not in result:
-        out.print(f"wrote {output}: {result['bytes']:,} bytes (target {target})")
-        return
-    ram = ", ".join(f"{k} {v:,}" for k, v in result["ram"].items())
-    out.print(f"wrote {output}/ (target {target})")
-    rom = f"ROM {result['rom_bytes']:,} bytes (weights {result['rom_weight_bytes']:,})"
-    out.print(f"{rom}; RAM {result['ram_bytes']:,} bytes ({ram})")
-    for line in result.get("notes", []):
-        out.print(f"note: {shown(line)}")
-    from sqc.targets.simulate import accuracy_lines
-
-    for line in accuracy_lines(result.get("accuracy")):
-        out.print(line)
+    for line in report.summary:
+        out.print(shown(line))

@@ -4,6 +4,7 @@ much of what sqc prints comes from files."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 from rich import box
@@ -13,6 +14,36 @@ from sqc.display import SafeConsole, shown
 
 # Off a terminal, print plain text at a width that never truncates a column. Nothing printed is read
 # as markup, and control characters are escaped: much of what sqc prints comes from files.
+SETTING_FLAGS = {
+    "seed": "--seed",
+    "distill": "--distill",
+    "weight_decay": "--weight-decay",
+    "tolerance": "--tolerance",
+    "executor": "--executor",
+    "workers": "--workers",
+    "data": "--data",
+    "evaluate": "--eval",
+    "finetune": "--finetune",
+    "loaders": "--loaders",
+    "pipeline": "--passes",
+}
+"""The API's keywords that the core's messages name, and the options the command line gives them as."""
+_SETTING = re.compile(r"(?<![\w.=\-])(" + "|".join(SETTING_FLAGS) + r")=(?=(\S?))")
+
+
+def cli_wording(message: str) -> str:
+    """A core message as the command line says it: ``seed=5: ...`` -> ``--seed 5: ...``, ``give data=
+    or evaluate=`` -> ``give --data or --eval``. The core names settings by the API's keywords (it does
+    not assume a command line); this edge translates them."""
+
+    def flag(match: re.Match[str]) -> str:
+        following = match.group(2)
+        joined = following and (following.isalnum() or following in "'\"-.[(")
+        return SETTING_FLAGS[match.group(1)] + (" " if joined else "")
+
+    return _SETTING.sub(flag, message)
+
+
 out = SafeConsole(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 err = SafeConsole(stderr=True, soft_wrap=True)
 

@@ -219,7 +219,7 @@ def measure(
         )
         result = sensitivity.run(ir, ctx)
     for line in result.diagnostics:
-        err.print(f"warning: {shown(line)}")
+        err.print(f"warning: {shown(render.cli_wording(line))}")
     return cached_analysis(ctx)
 
 
