@@ -398,7 +398,8 @@ class _Emitter:
         lines = rows if by_row else cols
         cw, at_w = self.place(kind, entries, False)
         d, at_d = self.place("idx", entries, False)
-        cnt, at_c = self.place("u16", lines, False)
+        # by row: a 16-bit count per row; by column: in + 1 32-bit start offsets (two 16-bit halves each)
+        cnt, at_c = self.place("u16", lines if by_row else 2 * (cols + 1), False)
         self.tmp["cols"] = max(self.tmp["cols"], lines)
         layout = f"{cnt} + {at_c}, {d} + {at_d}, {cw} + {at_w}"
         self.init.append(
