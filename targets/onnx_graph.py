@@ -179,7 +179,8 @@ class Converter:
         filler = int(zero[0]) if zero.size else book.size  # the entry a pruned position reads: +0.0
         bits = _index_bits(book.size)
         values = state.codes.numpy().astype(np.int64)
-        layout = self._layout(state, values, bits, _index_bits(filler + 1), filler)
+        # the width once the filler must be representable: never narrower than the codes themselves
+        layout = self._layout(state, values, bits, _index_bits(max(book.size, filler + 1)), filler)
         if layout.filled and filler == book.size:
             book = np.append(book, np.float32(0.0))
         indices = self.op("Cast", [layout.codes], f"{state.name}.index", to=self.onnx.TensorProto.INT32)
