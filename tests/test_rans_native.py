@@ -199,7 +199,7 @@ def test_both_writers_fall_back_at_the_cap() -> None:
     """A 6-bit layer of one repeated code: its rANS stream would be a few bytes for 120,000 decisions.
     The container stores it packed/Huffman-coded, and the C target's legalizer agrees (no rANS stream);
     a layer within the cap keeps rANS in both."""
-    from sqc.targets.legalize import _rans_stream
+    from sqc.targets.legalize.weights import _rans_stream
 
     flat = np.full((100, 200), 7)
     over = _fixed_state(flat)

@@ -1,18 +1,10 @@
-"""Legalization: a ``.sqc`` model -> the :class:`~sqc.targets.integer.IntProgram` every backend emits.
-
-Steps, each stated in ``targets/INTEGER.md``: calibrate activation ranges on the user's data with the
-decoded float model; give every tensor a power-of-two format; turn each weight record into integer
-values plus its ROM streams (codebook indices or fixed-point codes, relative sparse index, packed or
-Huffman-coded as in the container); fold batch norm and ReLU-like clamps into the preceding conv/linear
-epilogue; compute every bias, multiplier, shift and table. Anything outside the supported op set is an
-:class:`LowerError` naming the node — never a program that computes something else.
-"""
+"""The graph walk: one handler per op, each turning an fx node into integer ops of the program — batch
+norm and clamps folded into the epilogue of the conv/linear before them, every bias, multiplier, shift
+and table computed — or refusing it with the node's name."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -20,11 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from sqc.errors import SqcError
-from sqc.formats import bitpack, huffman, rans, sparse_index
 from sqc.ir.ops import aten_name, function_name
-from sqc.ir.records import CompressedModel, FixedPoint, TensorState, best_format
-from sqc.targets.calib import CalibSource, calibration_data
+from sqc.ir.records import CompressedModel
 from sqc.targets.integer import (
     ActFormat,
     Add,
@@ -46,7 +35,6 @@ from sqc.targets.integer import (
     Requant,
     Softmax,
     SoftmaxPoly,
-    Stream,
     Strided,
     Tensor,
     Weights,
@@ -55,308 +43,9 @@ from sqc.targets.integer import (
     multiplier,
     round_half_even,
 )
-
-
-class LowerError(SqcError):
-    """A model, option or op the integer lowering cannot represent exactly."""
-
-
-class BatchAxisError(LowerError):
-    """A node that moves, indexes or slices the batch axis: :func:`legalize` then lowers the model one
-    sample at a time (whole tensors, batch 1) instead of refusing it."""
-
-
-CALIB_HELP = "--calib FILE (a .npz/.pt with x_val, or a .pt tensor of inputs) or --loaders pkg.module:fn"
-
-
-def require_calib(target: str, calib: CalibSource | None) -> CalibSource:
-    """The calibration inputs an integer target cannot lower without (activation formats come from
-    them); labels are optional (:mod:`sqc.targets.calib`)."""
-    if calib is None:
-        raise LowerError(f"target {target} needs {CALIB_HELP}: activation formats come from calibration")
-    return calib
-
-
-@dataclass(frozen=True)
-class LowerOptions:
-    """Options of the integer targets (``--option key=value``).
-
-    act_bits: activation width (8 or 16). weight_bits: width given to float weights and float codebooks
-    that no pass quantized. sparse: ``auto`` stores a pruned layer sparse (relative index), ``never``
-    dense (pruned weights multiplied as zeros), ``always`` sparse even without a mask. calib_samples:
-    how many calibration inputs are run.
-    """
-
-    act_bits: int = 8
-    weight_bits: int = 8
-    sparse: Literal["auto", "always", "never"] = "auto"
-    calib_samples: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.act_bits not in (8, 16):
-            raise LowerError(f"--option act_bits={self.act_bits}: expected 8 or 16")
-        if not 2 <= self.weight_bits <= 16:
-            raise LowerError(f"--option weight_bits={self.weight_bits}: expected 2..16")
-        if self.sparse not in ("auto", "always", "never"):
-            raise LowerError(f"--option sparse={self.sparse}: expected auto, always or never")
-        if self.calib_samples < 1:
-            raise LowerError(f"--option calib_samples={self.calib_samples}: expected a positive count")
-
-    @staticmethod
-    def parse(
-        pairs: list[str] | None, known_extra: tuple[str, ...] = ()
-    ) -> tuple[LowerOptions, dict[str, str]]:
-        """``key=value`` strings -> options; keys in ``known_extra`` are returned for the writer."""
-        values: dict[str, Any] = {}
-        extra: dict[str, str] = {}
-        names = {f.name: f for f in fields(LowerOptions)}
-        for pair in pairs or []:
-            key, sep, value = pair.partition("=")
-            key, value = key.strip(), value.strip()
-            if not sep or not key:
-                raise LowerError(f"--option {pair!r}: expected key=value")
-            if key in known_extra:
-                extra[key] = value
-            elif key in names:
-                if names[key].type in ("int", int):
-                    try:
-                        values[key] = int(value)
-                    except ValueError:
-                        raise LowerError(f"--option {key}={value}: expected an integer") from None
-                else:
-                    values[key] = value
-            else:
-                known = ", ".join([*names, *known_extra])
-                raise LowerError(f"--option {key}: unknown option (known: {known})")
-        return LowerOptions(**values), extra
-
-    def as_dict(self) -> dict[str, str]:
-        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
-
-
-# ------------------------------------------------------------------------------------------------
-# calibration
-
-
-@dataclass
-class Calibration:
-    """Per node: the largest |value| seen and the per-sample output shape."""
-
-    max_abs: dict[str, float]
-    shapes: dict[str, tuple[int, ...]]
-    samples: int
-
-
-class _Recorder(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, calib: Calibration, whole: bool = False) -> None:
-        super().__init__(gm)
-        self.calib = calib
-        self.whole = whole
-
-    def run_node(self, n: fx.Node) -> Any:
-        try:
-            result = super().run_node(n)
-        except Exception as exc:
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
-            raise LowerError(f"calibration failed at node {n.name}: {reason}") from None
-        if isinstance(result, torch.Tensor) and result.is_floating_point():
-            peak = float(result.detach().abs().max()) if result.numel() else 0.0
-            self.calib.max_abs[n.name] = max(self.calib.max_abs.get(n.name, 0.0), peak)
-            self.calib.shapes[n.name] = tuple(result.shape if self.whole else result.shape[1:])
-            if n.op == "call_function" and aten_name(n.target) == "aten::scaled_dot_product_attention":
-                q, k = (self.env[a] for a in n.args[:2])  # type: ignore[index]
-                scale = n.kwargs.get("scale") or 1.0 / math.sqrt(q.shape[-1])
-                scores = float((q @ k.transpose(-2, -1)).abs().max()) * scale
-                key = f"{n.name}_scores"
-                self.calib.max_abs[key] = max(self.calib.max_abs.get(key, 0.0), scores)
-        return result
-
-
-def refuse_open_ops(model: CompressedModel) -> None:
-    """Refuse, before any work, a graph holding an ATen operator outside sqc's vocabulary: the integer
-    targets have kernels for the vocabulary only (the PyTorch target runs every operator)."""
-    for node in model.graph_module.graph.nodes:
-        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
-            if aten_name(node.target) in _ATEN_OPS:
-                continue
-            raise LowerError(
-                f"node {node.name} ({aten_name(node.target) or node.target}): the integer targets have no "
-                "kernel for this operator (they lower sqc's op vocabulary; use --target pytorch)"
-            )
-
-
-def calibrate(model: CompressedModel, x: torch.Tensor, batch: int = 250, whole: bool = False) -> Calibration:
-    """Ranges and shapes of every node on ``x``. ``whole``: shapes are whole tensors (batch 1 each)."""
-    calib = Calibration({}, {}, int(x.shape[0]))
-    gm = model.graph_module.eval()
-    step = 1 if whole else batch
-    with torch.no_grad():
-        for start in range(0, x.shape[0], step):
-            _Recorder(gm, calib, whole).run(x[start : start + step])
-    return calib
-
-
-# ------------------------------------------------------------------------------------------------
-# weights
-
-
-def _stream(symbols: np.ndarray, alphabet: int, width: int, want_huffman: bool) -> Stream:
-    """Packed, or Huffman-coded when the tensor asked for it and it is smaller (the container's rule)."""
-    symbols = np.ascontiguousarray(symbols, dtype=np.int64)
-    packed = bitpack.pack(symbols, width, False)
-    if want_huffman and symbols.size:
-        coded = huffman.serialize(huffman.encode(symbols, alphabet))
-        if len(coded) < len(packed):
-            return Stream("huffman", width, int(symbols.size), alphabet, coded)
-    return Stream("packed", width, int(symbols.size), alphabet, packed)
-
-
-def _best_index(mask: np.ndarray, want_huffman: bool) -> tuple[int, Stream]:
-    """The relative-index width in 1..8 with the smallest stream (entries fit a byte in RAM)."""
-    best: tuple[int, Stream] | None = None
-    for bits in range(1, 9):
-        entries = sparse_index.encode_gaps(mask, bits)
-        stream = _stream(entries, 1 << bits, bits, want_huffman)
-        if best is None or len(stream.data) < len(best[1].data):
-            best = (bits, stream)
-    assert best is not None
-    return best
-
-
-def _rans_stream(
-    state: TensorState,
-    mask: np.ndarray | None,
-    sparse: bool,
-    kept_symbols: np.ndarray,
-    width: int,
-    alphabet: int,
-    keep: bool,
-) -> Stream | None:
-    """The tensor's context-coded stream as the container writes it (``rans.encode`` is deterministic),
-    or None where the C layout cannot use it: not asked for, symbols too wide, a reader's position
-    or decision limit (:func:`rans.fits`, as the container), or a layout (``sparse=never``/``always``)
-    other than the stream's own."""
-    if not keep or width > rans.MAX_WIDTH or sparse != (mask is not None):
-        return None
-    coded = rans.encode(mask, kept_symbols, state.shape, width)
-    if not rans.fits(state.numel, int(kept_symbols.size), width, sparse, len(coded.data)):
-        return None
-    return Stream("rans", width, int(kept_symbols.size), alphabet, coded.data, coded.value_mode)
-
-
-def legalize_weights(
-    state: TensorState, opts: LowerOptions, notes: list[str], keep_rans: bool = False
-) -> Weights:
-    """Integer values and ROM streams of one kernel; float parts get the stated default format.
-
-    A tensor that asked for ``rans`` keeps its context-coded stream (the same bytes the container
-    writes) when ``keep_rans`` and it is the smallest layout, as in the container; otherwise it is
-    stored packed or Huffman-coded like a ``huffman`` tensor (the container's own fallback)."""
-
-    shape = state.shape
-    channels = shape[0]
-    flat_mask = state.mask.reshape(-1).numpy() if state.mask is not None else None
-    want = state.coder in ("huffman", "rans")
-    codebook: np.ndarray | None = None
-    offset = 0
-    mults: tuple[int, ...] = ()
-    if state.codebook is not None and state.codes is not None:
-        fmt = state.fmt
-        if fmt is None:
-            fmt = best_format(state.codebook, opts.weight_bits, per_channel=False)
-            error = float((fmt.dequantize(fmt.quantize(state.codebook)) - state.codebook).abs().max())
-            notes.append(
-                f"{state.name}: float codebook of {state.codebook.numel()} entries quantized to "
-                f"{fmt.bits}-bit fixed point (frac {fmt.frac[0]}, max error {error:.3g})"
-            )
-            origin = f"codebook {state.codebook.numel()}, quantized here to {fmt.bits} bits"
-        else:
-            origin = f"codebook {state.codebook.numel()} x {fmt.bits}-bit"
-        codebook = fmt.quantize(state.codebook).numpy().astype(np.int64)
-        symbols = state.codes.reshape(-1).numpy().astype(np.int64)
-        alphabet = codebook.size
-        values = codebook[symbols]
-        if flat_mask is not None:
-            values = np.where(flat_mask, values, 0)
-        value_bits = fmt.bits
-        frac = (fmt.frac[0],) * channels
-    else:
-        if state.codes is not None and state.fmt is not None:
-            fmt = state.fmt
-            codes = state.codes
-            origin = f"fixed {fmt.bits}-bit" + (" per channel" if fmt.per_channel else "")
-        else:
-            assert state.dense is not None
-            fmt = best_format(state.dense, opts.weight_bits, per_channel=False)
-            codes = fmt.quantize(state.dense)
-            error = float((fmt.dequantize(codes) - state.dense).abs().max())
-            notes.append(
-                f"{state.name}: float weights quantized to {fmt.bits}-bit fixed point "
-                f"(frac {fmt.frac[0]}, max error {error:.3g})"
-            )
-            origin = f"float, quantized here to {fmt.bits} bits"
-            want = False
-        values = codes.reshape(-1).numpy().astype(np.int64)
-        offset = FixedPoint(fmt.bits, (0,)).qmin
-        symbols = values - offset
-        alphabet = 1 << fmt.bits
-        value_bits = fmt.bits
-        frac = tuple(fmt.frac) if fmt.per_channel else (fmt.frac[0],) * channels
-        if fmt.mult:
-            mults = tuple(fmt.mult) if fmt.per_channel else (fmt.mult[0],) * channels
-            origin += f", step x{mults[0]}" if len(set(mults)) == 1 else ", scaled steps"
-    width = max(1, math.ceil(math.log2(alphabet))) if alphabet > 1 else 1
-    sparse = opts.sparse == "always" or (opts.sparse == "auto" and flat_mask is not None)
-    index: Stream | None = None
-    runtime_index: np.ndarray | None = None
-    index_bits = 0
-    if sparse:
-        keep = flat_mask if flat_mask is not None else np.ones(values.size, dtype=bool)
-        index_bits, index = _best_index(keep, want)
-        runtime_index = sparse_index.encode_gaps(keep, 8).astype(np.uint8)
-        kept_symbols = symbols[keep]
-        origin += f", sparse {keep.mean():.1%}"
-    else:
-        kept_symbols = symbols
-        if codebook is not None and flat_mask is not None:  # dense codebook layout: pruned -> a zero entry
-            zero = np.flatnonzero(codebook == 0)
-            if zero.size == 0:
-                codebook = np.append(codebook, 0)
-                alphabet = codebook.size
-                width = max(1, math.ceil(math.log2(alphabet)))
-                zero = np.array([alphabet - 1])
-            kept_symbols = np.where(flat_mask, symbols, int(zero[0]))
-        origin += ", dense"
-    stream = _stream(kept_symbols, alphabet, width, want)
-    if state.coder == "rans":
-        coded = _rans_stream(state, flat_mask, sparse, kept_symbols, width, alphabet, keep_rans)
-        rom = len(stream.data) + (len(index.data) if index is not None else 0)
-        if coded is not None and len(coded.data) < rom:
-            stream, index, index_bits = coded, None, 0
-        else:
-            notes.append(
-                f"{state.name}: rANS-coded in the .sqc; stored "
-                + ("packed or Huffman-coded (smaller)" if keep_rans else "packed or Huffman-coded")
-            )
-    return Weights(
-        name=state.name,
-        shape=shape,
-        values=values.reshape(shape),
-        frac=tuple(int(f) for f in frac),
-        mult=tuple(int(m) for m in mults),
-        value_bits=value_bits,
-        codebook=codebook,
-        offset=offset,
-        sparse=sparse,
-        index_bits=index_bits,
-        symbols=stream,
-        index=index,
-        origin=origin
-        + (", rans" if stream.kind == "rans" else "")
-        + (", huffman" if "huffman" in (stream.kind, index.kind if index else "") else ""),
-        runtime_index=runtime_index,
-    )
-
+from sqc.targets.legalize.calibrate import Calibration
+from sqc.targets.legalize.options import BatchAxisError, LowerError, LowerOptions
+from sqc.targets.legalize.weights import legalize_weights
 
 # ------------------------------------------------------------------------------------------------
 # the graph walk
@@ -451,6 +140,19 @@ _ATEN_OPS = {
     "aten::layer_norm": "layer_norm",
     "aten::scaled_dot_product_attention": "attention",
 }
+
+
+def refuse_open_ops(model: CompressedModel) -> None:
+    """Refuse, before any work, a graph holding an ATen operator outside sqc's vocabulary: the integer
+    targets have kernels for the vocabulary only (the PyTorch target runs every operator)."""
+    for node in model.graph_module.graph.nodes:
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+            if aten_name(node.target) in _ATEN_OPS:
+                continue
+            raise LowerError(
+                f"node {node.name} ({aten_name(node.target) or node.target}): the integer targets have no "
+                "kernel for this operator (they lower sqc's op vocabulary; use --target pytorch)"
+            )
 
 
 # Handlers that read (C, H, W) per-sample layouts: not available when the program's shapes are whole
@@ -554,7 +256,7 @@ def _pair(value: Any, one_d: bool, height: int | None = 1) -> tuple[Any, Any]:
     return items[0], items[-1]
 
 
-class _Walk:
+class GraphWalk:
     def __init__(
         self,
         model: CompressedModel,
@@ -1362,38 +1064,3 @@ class _Walk:
         probs = self.internal(f"{node.name}_probs", scores_shape, ActFormat(self.bits, self.bits - 1))
         self.softmax(scores, probs)
         self._matmul(node, probs, v, self.new(node, self.fmt(node)))
-
-
-def legalize(
-    source: Path | CompressedModel,
-    calib_path: CalibSource | None,
-    opts: LowerOptions | None = None,
-    *,
-    keep_rans: bool = False,
-) -> IntProgram:
-    """Read a ``.sqc`` file (or take a model), calibrate on ``calib_path`` (a data file, inputs or
-    loaders: :mod:`sqc.targets.calib`) and build the integer program.
-
-    ``keep_rans``: keep rANS-coded tensors' context-coded streams (a ``rans`` :class:`Stream`) for a
-    target whose runtime decodes them (the C target); off, they are stored packed or Huffman-coded."""
-    from sqc.formats.container import read
-
-    opts = opts or LowerOptions()
-    model = read(Path(source)) if not isinstance(source, CompressedModel) else source
-    if calib_path is None:
-        raise LowerError(f"integer targets need {CALIB_HELP}: activation formats come from calibration")
-    refuse_open_ops(model)
-    data = calibration_data(calib_path, opts.calib_samples, model)
-    calib = calibrate(model, data.x)
-    try:
-        program = _Walk(model, calib, opts, keep_rans).run()
-    except BatchAxisError:
-        # the graph moves or reshapes the batch axis (nn.MultiheadAttention works on (T, N, D)): lower
-        # the model for one sample at a time, whole tensors (batch 1) as the program's shapes
-        calib = calibrate(model, data.x, whole=True)
-        program = _Walk(model, calib, opts, keep_rans, whole=True).run()
-        program.notes.append(
-            "the graph moves the batch axis: lowered per sample (tensor shapes with batch 1)"
-        )
-    program.notes[:0] = [f"calibrated on {calib.samples} inputs of {data.source}", *data.notes]
-    return program
