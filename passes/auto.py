@@ -6,12 +6,18 @@ have won back: an automatic recipe built from them reached a quarter (LeNet-300-
 (LeNet-5) of the hand-tuned ratios. This pass closes the loop instead. The curves only rank the layers;
 how far to go is decided by measuring the *retrained* network:
 
-1. **Pruning.** From the pruning curves, the allocator gives the per-layer sparsities of the fewest
-   bytes whose predicted drop is ``r * tolerance``, for a relaxation ``r``. A probe prunes to them from
-   the original weights along the AGP schedule (``steps`` stages, an epoch of masked retraining after
-   each, then ``epochs`` more) and measures. ``r`` grows by 4x while probes stay within the pruning
-   share of the tolerance (``1 - reserve``), then is bisected (geometrically) between the last probe
-   within and the first beyond; ``rounds`` probes in all. The smallest probe within wins.
+1. **Pruning.** With retraining (``allocation=global``, the default then), a probe prunes all layers
+   together by global magnitude to one pooled sparsity of the ``sparsities`` sweep, from the original
+   weights along the AGP schedule (``steps`` stages, an epoch of masked retraining after each, then
+   ``epochs`` more), and measures; a binary search over the sweep finds the highest sparsity within
+   the pruning share of the tolerance (``1 - reserve``) in ``rounds`` probes. The per-layer
+   sparsities come out of the ranking (layers of many small weights lose most), not from the
+   sensitivity curves, which measure layers pruned alone and *not* retrained and so misrank them
+   (see :meth:`Auto._search_pooled`). Without retraining (``allocation=curves``, the default then),
+   the allocator gives, from the pruning curves, the per-layer sparsities of the fewest bytes whose
+   predicted drop is ``r * tolerance`` for a relaxation ``r``; a probe prunes to them and measures.
+   ``r`` grows by 4x while probes stay within, then is bisected (geometrically) between the last
+   probe within and the first beyond. The smallest probe within wins.
 2. **Sharing.** On that network, sharing curves are measured afresh (bits per layer, each layer alone),
    and the same search runs over their allocation, each probe sharing from the pruned weights and
    retraining the centroids (``share_epochs`` at ``share_lr``: trained quantization), until the whole
@@ -89,12 +95,16 @@ class Auto(Pass):
     """Prune and share every selected layer for ``--tolerance``, measured after retraining.
 
     ``rounds`` closed-loop probes per stage; a pruning probe runs the AGP schedule (``steps`` stages of
-    one epoch) plus ``epochs`` of masked retraining at ``lr``; a sharing probe retrains the centroids
-    for ``share_epochs`` at ``share_lr``. ``reserve`` is the part of the tolerance the pruning search
-    leaves for sharing. ``margin`` is how many paired standard errors a probe's drop must stay below
-    the budget by (when the evaluation gives per-example outcomes; 0: the raw drop). ``sparsities``
-    and ``bits`` are the sensitivity sweeps the allocation chooses from. Needs an evaluation; training
-    (``--data`` with ``x_train``, or ``--finetune``) when there is any is used, and without it the
+    one epoch) plus ``epochs`` of masked retraining at ``lr``. ``allocation`` is how a pruning probe
+    spreads its sparsity over the layers: ``global`` magnitude or ``lamp`` scores at one pooled
+    sparsity (searched over ``sparsities``), or ``curves``: the sensitivity allocation; ``auto``
+    (default) is ``global`` when there is training and ``curves`` when there is not. A sharing probe
+    retrains the centroids for ``share_epochs`` at ``share_lr``. ``reserve`` is the part of the
+    tolerance the pruning search leaves for sharing. ``margin`` is how many paired standard errors a
+    probe's drop must stay below the budget by (when the evaluation gives per-example outcomes; 0: the
+    raw drop). ``sparsities`` (pooled sparsities, or each layer's with ``curves``) and ``bits`` (each
+    layer's) are the sweeps the allocation chooses from. Needs an evaluation; training (``--data``
+    with ``x_train``, or ``--finetune``) when there is any is used, and without it the
     probes are measured without retraining.
     """
 
