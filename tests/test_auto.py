@@ -162,17 +162,20 @@ def test_with_training_auto_searches_one_global_sparsity() -> None:
     assert first["density"] == 0.5 and second["density"] == pytest.approx(13 / 64)
     assert evaluate(artifact.module()) == 1.0
 
-    # the sensitivity allocation stays available by name
-    forced = sqc.compress(
-        model,
-        [(1, 16)],
-        "auto{allocation=curves sparsities=0.3;0.5;0.65;0.8;0.9 bits=6;4;3;2;1}",
-        evaluate=evaluate,
-        finetune=lambda module, epochs: None,
-        tolerance=0.02,
-        executor="serial",
-    )
-    assert forced.report[0].stats["prune_allocation"] == "curves"
+    # LAMP scores rank the zeros first too; the sensitivity allocation stays available by name
+    for allocation in ("lamp", "curves"):
+        forced = sqc.compress(
+            model,
+            [(1, 16)],
+            f"auto{{allocation={allocation} sparsities=0.3;0.5;0.65;0.8;0.9 bits=6;4;3;2;1}}",
+            evaluate=evaluate,
+            finetune=lambda module, epochs: None,
+            tolerance=0.02,
+            executor="serial",
+        )
+        assert forced.report[0].stats["prune_allocation"] == allocation
+        assert forced.model.tensors["1.weight"].density == pytest.approx(13 / 64)
+        assert evaluate(forced.module()) == 1.0
 
 
 def test_monotone_drops_pool_a_lucky_measurement_with_the_larger_probes() -> None:
