@@ -44,22 +44,13 @@ from typing import Literal
 
 import torch
 
-from sqc.allocation import Choice, solve
+from sqc.compiler.allocation import Choice, solve
+from sqc.compiler.pass_base import Pass, PassContext, PassResult, Stat, check_range
+from sqc.compiler.sensitivity import Analysis, Kind, Sweeper, parse_sweep, reference_metric
 from sqc.errors import PipelineError
-from sqc.ir import CompressedModel, TensorState
-from sqc.pass_base import Pass, PassContext, PassResult, Stat, check_range
+from sqc.ir.records import CompressedModel, Fields, TensorState, restore, snapshot
 from sqc.passes._common import change_stats, encoded_bytes, selected, totals
 from sqc.passes.prune import Prune
-from sqc.passes.sensitivity import (
-    Analysis,
-    Fields,
-    Kind,
-    Sweeper,
-    parse_sweep,
-    reference_metric,
-    restore,
-    snapshot,
-)
 from sqc.passes.share import share_record
 
 GROWTH = 4.0
@@ -425,7 +416,7 @@ def outcomes(model: CompressedModel, ctx: PassContext) -> torch.Tensor | None:
     """The evaluation's per-example outcomes (their mean is the metric), or None when the evaluation
     does not give them: the built-in top-1 does (1 where right); a user's evaluation can, by being an
     object with an ``outcomes(module) -> tensor`` method beside ``__call__``."""
-    from sqc.devices import on_device
+    from sqc.runtime.devices import on_device
 
     per_example = getattr(ctx.evaluator(), "outcomes", None)
     if per_example is None:

@@ -35,10 +35,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sqc.compiler.target import LowerReport, LowerRequest
 from sqc.errors import SqcError
 from sqc.formats import bitpack, huffman, sparse_index
-from sqc.names import check_names, identifier
+from sqc.ir.names import check_names, identifier
 from sqc.outputs import write_files
+from sqc.targets.calib import calib_file
 from sqc.targets.integer import (
     Add,
     Affine,
@@ -63,10 +65,12 @@ from sqc.targets.integer import (
     Weights,
     chw,
 )
-from sqc.targets.simulate import accuracy_lines
+from sqc.targets.legalize import LowerOptions
+from sqc.targets.lowering import compared, integer_lowering, project_bytes
+from sqc.targets.simulate import accuracy_lines, quantize_input, simulate
 
 if TYPE_CHECKING:
-    from sqc.targets.calib import CalibSource
+    from sqc.ir.records import CompressedModel
 
 STATIC_FILES = ("sqc_hls.h", "tb.cpp")
 EXTRA_OPTIONS = ("reuse", "interface", "part", "clock", "tb_samples", "ap_types")
@@ -376,7 +380,7 @@ _CARRIERS_UNSIGNED = ((8, "unsigned char"), (16, "unsigned short"), (32, "unsign
 
 
 def _ident(name: str) -> str:
-    """The HLS identifier stem of a node name or file name (the mapping :mod:`sqc.names` checks)."""
+    """The HLS identifier stem of a node name or file name (the mapping :mod:`sqc.ir.names` checks)."""
     return identifier(name)
 
 
@@ -924,46 +928,26 @@ class HlsTarget:
     """Registered as target ``hls``: ``sqc lower model.sqc --target hls -o out/ --calib data.npz``."""
 
     name = "hls"
+    takes_calib = True
     takes_options = True
 
-    @staticmethod
-    def lower(
-        source: Path,
-        output: Path,
-        *,
-        force: bool = False,
-        calib: CalibSource | None = None,
-        options: list[str] | None = None,
-    ) -> dict:
-        from sqc.formats.container import read
-        from sqc.targets.calib import calib_file, calibration_data
-        from sqc.targets.legalize import LowerOptions, legalize, require_calib
-        from sqc.targets.simulate import compare, quantize_input, simulate
-
-        opts, extra = LowerOptions.parse(options, EXTRA_OPTIONS)
-        hls = HlsOptions.parse(extra)
-        calib = require_calib("hls", calib)
-        model = read(Path(source))
-        for state in model.tensors.values():
-            if state.coder not in ("raw", "huffman") and state.codes is None:
-                raise HlsError(f"tensor {state.name}: coder {state.coder} gives no integer codes to lay out")
-        data = calibration_data(calib, max(opts.calib_samples, hls.tb_samples), model)
-        program = legalize(model, data, opts)
-        x = data.x
-        golden_x = x[: hls.tb_samples]
+    def lower(self, request: LowerRequest) -> LowerReport:
+        hls = HlsOptions.parse(LowerOptions.parse(list(request.options), EXTRA_OPTIONS)[1])
+        lowering = integer_lowering(request, "hls", EXTRA_OPTIONS, samples=hls.tb_samples, check=_laid_out)
+        program, output = lowering.program, Path(request.output)
+        golden_x = lowering.data.x[: hls.tb_samples]
         codes = quantize_input(program, golden_x).reshape(golden_x.shape[0], -1).numpy()
         want = simulate(program, golden_x).reshape(golden_x.shape[0], -1).numpy()
         result = write_project(
             program,
-            Path(output),
+            output,
             options=hls,
             golden=(codes, want),
-            model_name=Path(source).stem,
-            force=force,
-            inputs=(source, calib_file(calib)),
+            model_name=Path(request.source).stem,
+            force=request.force,
+            inputs=(request.source, calib_file(request.calib)),
         )
-        seen = data.head(opts.calib_samples)
-        result["accuracy"] = compare(program, model.graph_module.eval(), seen.x, seen.y)
+        result["accuracy"] = compared(lowering)
         coded = sorted({w.name for w in program.weights if w.symbols.kind == "huffman"})
         notes = list(program.notes)
         if coded:
@@ -972,8 +956,14 @@ class HlsTarget:
                 "indices, a datapath reads fixed-width fields"
             )
         result["notes"] = notes
-        result["options"] = {**program.options, **extra}
+        result["options"] = {**program.options, **lowering.extra}
         result["output_dir"] = str(output)
-        result["bytes"] = sum(f.stat().st_size for f in Path(output).iterdir() if f.is_file())
-        result["summary"] = summary(result)
-        return result
+        return LowerReport("hls", str(output), project_bytes(output), summary(result), result)
+
+
+def _laid_out(model: CompressedModel, extra: dict[str, str]) -> None:
+    """The HLS datapath reads fixed-width fields: a float tensor the coder left without codes cannot be
+    laid out (Huffman-coded ones are decoded at lowering time)."""
+    for state in model.tensors.values():
+        if state.coder not in ("raw", "huffman") and state.codes is None:
+            raise HlsError(f"tensor {state.name}: coder {state.coder} gives no integer codes to lay out")

@@ -22,8 +22,8 @@ from torch import fx
 
 from sqc.errors import SqcError
 from sqc.formats import bitpack, huffman, rans, sparse_index
-from sqc.ir import CompressedModel, FixedPoint, TensorState
-from sqc.ops import aten_name, function_name
+from sqc.ir.ops import aten_name, function_name
+from sqc.ir.records import CompressedModel, FixedPoint, TensorState, best_format
 from sqc.targets.calib import CalibSource, calibration_data
 from sqc.targets.integer import (
     ActFormat,
@@ -252,7 +252,6 @@ def legalize_weights(
     A tensor that asked for ``rans`` keeps its context-coded stream (the same bytes the container
     writes) when ``keep_rans`` and it is the smallest layout, as in the container; otherwise it is
     stored packed or Huffman-coded like a ``huffman`` tensor (the container's own fallback)."""
-    from sqc.passes.quant import best_format
 
     shape = state.shape
     channels = shape[0]

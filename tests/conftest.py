@@ -97,7 +97,7 @@ class Result:
 
 def run_cli(*argv: str | Path) -> Result:
     """Run the sqc CLI in-process, as the console script would."""
-    from sqc.cli import main
+    from sqc.app.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with redirect_stdout(stdout), redirect_stderr(stderr):

@@ -23,7 +23,7 @@ from sqc_rans_cases import random_case  # tests/models_pkg, on the path (conftes
 from sqc.errors import SqcFormatError
 from sqc.formats import rans, rans_reference
 from sqc.formats.tensor_codec import encode_tensor
-from sqc.ir import TensorState
+from sqc.ir.records import TensorState
 
 NATIVE = rans._native
 needs_native = pytest.mark.skipif(NATIVE is None, reason="the C core is not built (or SQC_RANS=python)")
