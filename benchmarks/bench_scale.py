@@ -352,13 +352,13 @@ def worker_hotspots() -> dict[str, Any]:
         index_input = positions if first == "positions" else mask_np
 
     cases: list[tuple[str, str, Any]] = [
-        ("sqc/ir.py TensorState.kept", "installed sqc", lambda: state.kept),
+        ("sqc/ir/records.py TensorState.kept", "installed sqc", lambda: state.kept),
         ("  reference", "int(mask.sum()) (bool -> int64 copy)", lambda: int(mask.sum())),
         ("  reference", "torch.count_nonzero(mask)", lambda: int(torch.count_nonzero(mask))),
-        ("sqc/ir.py TensorState.verify", "installed sqc", state.verify),
+        ("sqc/ir/records.py TensorState.verify", "installed sqc", state.verify),
         ("  reference", "(codes[~mask] != 0).any() (gather)", lambda: bool((codes[~mask] != 0).any())),
         ("  reference", "((codes != 0) & ~mask).any()", lambda: bool(((codes != 0) & ~mask).any())),
-        ("sqc/ir.py TensorState.decode", "installed sqc", state.decode),
+        ("sqc/ir/records.py TensorState.decode", "installed sqc", state.decode),
         ("  reference", "codebook[codes] (the lookup alone)", lambda: codebook[codes]),
         (
             "  reference",
