@@ -69,6 +69,8 @@ class Breakdown:
     index_bits: int = 0
     kept: int = 0
     streams: dict[str, str] = field(default_factory=dict)
+    mask_model: int = 0
+    """The context-coded mask model (format 1.5 adds 1): the writer's cue for the file's version."""
 
     @property
     def total(self) -> int:
@@ -366,9 +368,10 @@ def _layout_context(state: TensorState, codec: int, info: Breakdown) -> bytes | 
         return None
     out = Writer()
     out.u8(CONTEXT_CODED | WANTS_RANS | (SPARSE if mask is not None else 0))
-    out.u8(coded.value_mode)
+    out.u8(coded.mode)
     out.sized(coded.data)
     info.index, info.values = coded.index_bytes, coded.value_bytes
+    info.mask_model = coded.mask_mode
     info.layout = "sparse" if mask is not None else "dense"
     info.streams = {"values": "rans"} | ({"index": "rans"} if mask is not None else {})
     return out.getvalue()
