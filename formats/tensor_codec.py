@@ -222,6 +222,14 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
         codec = RAW_F32
     prefix = out.getvalue()
     info.kept = state.kept
+    context_info = Breakdown()
+    context_body = _layout_context(state, codec, context_info) if state.coder == "rans" else None
+    if context_body is not None and len(context_body) < _zero_order_bound(state, codec):
+        # no packed or Huffman layout can be smaller: skip building them (the same choice, sooner)
+        info.index, info.values, info.layout = context_info.index, context_info.values, context_info.layout
+        info.streams, info.mask_model = context_info.streams, context_info.mask_model
+        info.header += len(context_body) - info.index - info.values
+        return codec, prefix + context_body, info
     sparse_info = Breakdown()
     sparse_body = (
         _layout_sparse(state, codec, want_huffman, wants, sparse_info) if state.mask is not None else None
@@ -236,8 +244,6 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
         if _dense_allowed(state, codec) and not dense_loses
         else None
     )
-    context_info = Breakdown()
-    context_body = _layout_context(state, codec, context_info) if state.coder == "rans" else None
     if sparse_body is not None and (dense_body is None or len(sparse_body) < len(dense_body)):
         body = sparse_body
         info.index, info.values, info.layout = sparse_info.index, sparse_info.values, "sparse"
@@ -249,8 +255,34 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
         body = context_body
         info.index, info.values, info.layout = context_info.index, context_info.values, context_info.layout
         info.index_bits, info.streams = 0, context_info.streams
+        info.mask_model = context_info.mask_model
     info.header += len(body) - info.index - info.values
     return codec, prefix + body, info
+
+
+def _zero_order_bound(state: TensorState, codec: int) -> float:
+    """Bytes below which no packed or Huffman layout of ``state`` can go: a packed or Huffman stream is
+    a uniquely decodable code of its symbols one by one, so (McMillan, Gibbs) it takes at least the
+    symbols' empirical zero-order entropy. Dense: that of every position's symbol. Sparse: that of the
+    kept values plus that of the gaps before them (an index entry stream, with or without fillers, codes
+    the gaps uniquely). Headers are left out and a byte of float slack taken off, so the bound is below
+    the truth: skipping the layouts it rules out never changes the choice."""
+    symbols, _, _ = _symbols(state)
+    dense = _entropy_bits(symbols) if _dense_allowed(state, codec) else math.inf
+    if state.mask is not None:
+        positions = np.flatnonzero(state.mask.flatten().numpy())
+        sparse = _entropy_bits(symbols[positions]) + _entropy_bits(sparse_index.gaps_of(positions))
+        dense = min(dense, sparse)
+    return dense / 8 * (1 - 1e-9) - 1
+
+
+def _entropy_bits(symbols: np.ndarray) -> float:
+    """``n * H`` of a symbol stream's empirical distribution, in bits."""
+    if symbols.size == 0:
+        return 0.0
+    counts = np.bincount(symbols.astype(np.int64))
+    counts = counts[counts > 0].astype(np.float64)
+    return float(-(counts * np.log2(counts / symbols.size)).sum())
 
 
 def _encode_typed(state: TensorState) -> tuple[int, bytes, Breakdown]:
