@@ -243,6 +243,42 @@ def test_tensor_sections_roundtrip_with_rans(index: int) -> None:
         assert "rans" not in info.streams.values()
 
 
+def _fixed_state(case: tuple[np.ndarray | None, np.ndarray, tuple[int, ...], int]) -> TensorState:
+    """A fixed-point record from a drawn mask and symbols (symbol ``s`` is code ``s - 2^(width-1)``)."""
+    mask, symbols, shape, width = case
+    codes = np.zeros(math.prod(shape), dtype=np.int32)
+    if mask is None:
+        codes[:] = symbols - (1 << (width - 1))
+    else:
+        codes[mask] = symbols - (1 << (width - 1))
+    return TensorState(
+        "w",
+        shape,
+        "weight",
+        fmt=FixedPoint(max(width, 2), (4,)),
+        codes=torch.from_numpy(codes).reshape(shape),
+        mask=None if mask is None else torch.from_numpy(mask).reshape(shape),
+    )
+
+
+@SETTINGS
+@given(tensors(), st.booleans())
+def test_packed_sizes_without_packing(
+    case: tuple[np.ndarray | None, np.ndarray, tuple[int, ...], int], shared: bool
+) -> None:
+    """The passes' price of a packed (coder ``raw``) record, counted without packing, is the length of
+    the section the writer builds, for fixed-point codes and (the same codes as indices) a codebook."""
+    state = _fixed_state(case)
+    if shared:
+        assert state.codes is not None
+        state.codes = state.codes - state.codes.min() if state.codes.numel() else state.codes
+        state.codebook = torch.linspace(-1, 1, int(state.codes.max()) + 1 if state.codes.numel() else 1)
+        state.fmt = None
+        if state.mask is not None:
+            state.codes = torch.where(state.mask, state.codes, torch.zeros_like(state.codes))
+    assert tensor_codec.encoded_size(state) == len(encode_tensor(state)[1])
+
+
 @settings(
     deadline=None,
     max_examples=60,
@@ -254,20 +290,7 @@ def test_skipping_layouts_below_the_entropy_bound_changes_nothing(
 ) -> None:
     """The writer skips the packed/Huffman layouts when the context-coded one is below their entropy
     bound: the section must be byte for byte what building every layout and keeping the smallest gives."""
-    mask, symbols, shape, width = case
-    codes = np.zeros(math.prod(shape), dtype=np.int32)
-    if mask is None:
-        codes[:] = symbols - (1 << (width - 1))
-    else:
-        codes[mask] = symbols - (1 << (width - 1))
-    state = TensorState(
-        "w",
-        shape,
-        "weight",
-        fmt=FixedPoint(max(width, 2), (4,)),
-        codes=torch.from_numpy(codes).reshape(shape),
-        mask=None if mask is None else torch.from_numpy(mask).reshape(shape),
-    )
+    state = _fixed_state(case)
     state.coder = "rans"
     fast = encode_tensor(state)
     with monkeypatch.context() as patch:
