@@ -95,26 +95,34 @@ static inline uint32_t column_bucket(uint64_t kept, uint64_t seen)
  * p >= 2^16, 24 for 0, else min(24, 2 (16 - L) + 1 + [p^2 < 2^(2L-1)]) with L = bit_length(p). */
 static inline uint32_t density_bucket(uint64_t p)
 {
-    uint32_t len = 0, b;
+    uint32_t len, b;
     if (p >= ONE) {
         return 0;
     }
     if (p == 0) {
         return DENSITY_BUCKETS - 1u;
     }
-    while ((p >> len) != 0) {
-        len++;
+#if defined(__GNUC__) || defined(__clang__)
+    len = 32u - (uint32_t)__builtin_clz((uint32_t)p); /* bit_length; 0 < p < 2^16 */
+#else
+    for (len = 0; (p >> len) != 0; len++) {
     }
+#endif
     b = 2u * (16u - len) + 1u + (p * p < (1ull << (2u * len - 1u)));
     return b < DENSITY_BUCKETS - 1u ? b : DENSITY_BUCKETS - 1u;
 }
 
 /* The row (in the lane) and column estimates shrunk toward the tensor's g, combined: row * col / g. */
+static inline uint64_t div_u64(uint64_t num, uint64_t den)
+{
+    return (num >> 32) == 0 && (den >> 32) == 0 ? (uint32_t)num / (uint32_t)den : num / den; /* 32-bit: faster */
+}
+
 static inline uint32_t density_context(uint64_t rk, uint64_t rs, uint64_t ck, uint64_t cs, uint64_t g, uint64_t r)
 {
-    uint64_t rp = ((rk << 16) + DENSITY_PRIOR * g) / (rs + DENSITY_PRIOR);
-    uint64_t cp = ((ck << 16) + DENSITY_PRIOR * g) / (cs + DENSITY_PRIOR);
-    return 2u * density_bucket(rp * cp / g) + (r != 0);
+    uint64_t rp = div_u64((rk << 16) + DENSITY_PRIOR * g, rs + DENSITY_PRIOR);
+    uint64_t cp = div_u64((ck << 16) + DENSITY_PRIOR * g, cs + DENSITY_PRIOR);
+    return 2u * density_bucket(div_u64(rp * cp, g)) + (r != 0);
 }
 
 static inline uint64_t lane_start(uint64_t numel, uint32_t lanes, uint32_t j)
