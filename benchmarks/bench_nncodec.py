@@ -89,6 +89,7 @@ TEMPLATES: tuple[str, ...] = (
     "share{bits=$B},quant{bits=8},rans",
     "share{bits=$B,rdo=1},quant{bits=16},rans",
     "quant{qp=$Q,rdo=0},rans",
+    "quant{qp=$Q,rdo=0.01},rans",
     "quant{qp=$Q,rdo=0.03},rans",
     "quant{qp=$Q},rans",
 )
