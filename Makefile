@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 NNC     := .venv-nncodec
 SOURCES := $(shell find sqc passes formats targets -name '*.py' -o -name '*.md' -o -name '*.c' -o -path '*_templates/*') pyproject.toml
 
-.PHONY: test demo bench fuzz lint install clean
+.PHONY: test demo bench fuzz lint install clean goldens
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,10 @@ $(VENV)/.torch: $(BIN)/python
 	touch $@
 
 # The project is installed (not editable) so tests run against what users get.
+# build/ is removed first: setuptools packs whatever it holds into the wheel, so a module deleted or moved
+# in the sources would otherwise stay installed.
 $(STAMP): $(VENV)/.torch $(SOURCES)
+	rm -rf build
 	$(BIN)/pip install -q ".[test,plot]"
 	$(BIN)/pip install -q --force-reinstall --no-deps .
 	$(BIN)/pip install -q --force-reinstall --no-deps ./tests/plugin_example
@@ -27,12 +30,19 @@ $(STAMP): $(VENV)/.torch $(SOURCES)
 install: $(STAMP)
 
 # The suite lints the product code; `make lint` also covers the benchmark scripts and formatting.
+# The layer contracts (pyproject.toml, [tool.importlinter]) are checked on the installed package, from a
+# directory where the checkout's sqc/ (without passes/, formats/, targets/ inside) is not importable.
 test: $(STAMP)
 	$(BIN)/ruff check sqc passes formats targets tests examples
+	cd $(VENV) && bin/lint-imports --no-cache ../pyproject.toml
 	$(BIN)/pytest -q
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+# Rewrite tests/golden/ after an intended change to a pass or the IR's text form; review with git diff.
+goldens: $(STAMP)
+	$(BIN)/python tests/update_goldens.py
 
 # NNCodec, bench_nncodec.py's baseline, in a venv of its own: it pins numpy<2 and declares torchvision,
 # OpenCV, pandas and scikit-learn, whose registry wheels would bring a CUDA torch. Its tensor API needs none

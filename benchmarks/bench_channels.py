@@ -47,19 +47,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
-try:
-    import sqc.models
-except ImportError:  # an installed sqc from before the zoo: use the checkout
-    sys.path.insert(0, str(REPO))
-    for name in [m for m in sys.modules if m == "sqc" or m.startswith("sqc.")]:
-        del sys.modules[name]
-
 import sqc  # noqa: E402
-from sqc.api import Artifact  # noqa: E402
-from sqc.data import Dataset  # noqa: E402
-from sqc.frontend import trace  # noqa: E402
-from sqc.inspection import describe_ir  # noqa: E402
+from sqc.app.api import Artifact  # noqa: E402
+from sqc.app.inspection import describe_ir  # noqa: E402
+from sqc.frontend.trace import trace  # noqa: E402
 from sqc.models import LeNet5, get_model  # noqa: E402
+from sqc.runtime.data import Dataset  # noqa: E402
 
 sys.path.append(str(REPO))
 from benchmarks.mnist import load_mnist  # noqa: E402

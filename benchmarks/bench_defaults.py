@@ -26,7 +26,7 @@ percent of the file, so the smaller choice wins when it is smaller at every sett
 than the margin.
 
 Run: ``python benchmarks/bench_defaults.py [--write]``; ``--write`` also replaces the generated tables
-in ``benchmarks/README.md`` (between ``<!-- defaults:begin -->`` and ``<!-- defaults:end -->``);
+in ``benchmarks/defaults.md`` (between ``<!-- defaults:begin -->`` and ``<!-- defaults:end -->``);
 ``--tables-only`` renders them from the JSON without measuring.
 Writes ``benchmarks/results/defaults.json``. About 5 minutes on a quiet 2-core machine (15 under load).
 """
@@ -53,7 +53,7 @@ import sqc
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
-README = HERE / "README.md"
+README = HERE / "defaults.md"
 BEGIN, END = "<!-- defaults:begin -->", "<!-- defaults:end -->"
 sys.path.append(str(REPO))  # for examples.lenet; appended so the installed sqc stays first
 
@@ -409,7 +409,7 @@ def write_readme(section: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="also update the tables in benchmarks/README.md")
+    parser.add_argument("--write", action="store_true", help="also update benchmarks/defaults.md")
     parser.add_argument(
         "--tables-only", action="store_true", help="measure nothing: render results/defaults.json's tables"
     )

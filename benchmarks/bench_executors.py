@@ -37,12 +37,13 @@ sys.path.append(str(REPO))
 sys.path.append(str(HERE))
 from provenance import git_state  # noqa: E402
 
-from sqc.data import Dataset, load_data, top1  # noqa: E402
-from sqc.executors import Executor  # noqa: E402
-from sqc.frontend import trace  # noqa: E402
+from sqc.compiler.pass_base import PassContext  # noqa: E402
+from sqc.compiler.sensitivity import Analysis, cached_analysis  # noqa: E402
+from sqc.frontend.trace import trace  # noqa: E402
 from sqc.models import lenet5  # noqa: E402
-from sqc.pass_base import PassContext  # noqa: E402
-from sqc.passes.sensitivity import Analysis, Sensitivity, cached_analysis  # noqa: E402
+from sqc.passes.sensitivity import Sensitivity  # noqa: E402
+from sqc.runtime.data import Dataset, load_data, top1  # noqa: E402
+from sqc.runtime.executors import Executor  # noqa: E402
 
 
 def dataset(path: str | None) -> tuple[Dataset, str]:

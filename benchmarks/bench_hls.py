@@ -48,8 +48,8 @@ import sqc  # noqa: E402
 from benchmarks.mnist import load_mnist  # noqa: E402
 from benchmarks.provenance import git_state  # noqa: E402
 from examples.lenet import LeNet5, LeNet300  # noqa: E402
-from sqc.data import Dataset  # noqa: E402
-from sqc.pipeline import Pipeline, recipe_settings  # noqa: E402
+from sqc.compiler.pipeline import Pipeline, recipe_settings  # noqa: E402
+from sqc.runtime.data import Dataset  # noqa: E402
 from sqc.targets.hls import HlsOptions, find_ap_types, write_project  # noqa: E402
 from sqc.targets.legalize import LowerOptions, legalize  # noqa: E402
 from sqc.targets.simulate import quantize_input, simulate  # noqa: E402

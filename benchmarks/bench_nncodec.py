@@ -63,8 +63,8 @@ import torch
 from torch import nn
 
 import sqc
+from sqc.compiler.pipeline import Pipeline
 from sqc.errors import SqcError
-from sqc.pipeline import Pipeline
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

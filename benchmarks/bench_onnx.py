@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import sqc  # noqa: E402
 from examples.lenet import LeNet5, LeNet300  # noqa: E402
-from sqc.frontend import trace  # noqa: E402
+from sqc.frontend.trace import trace  # noqa: E402
 from sqc.targets.onnx import to_onnx, write_onnx  # noqa: E402
 
 DATA = ROOT / "examples" / "mnist_test_1k.npz"

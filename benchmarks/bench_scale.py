@@ -171,14 +171,14 @@ class RssSampler(threading.Thread):
 
 
 def worker_compress(out: Path, pipeline: str, profile: Path | None, width: float = 1.0) -> dict[str, Any]:
-    """One compress + save in this process. ``sqc.api.trace`` and ``CompressedModel.verify`` are wrapped
+    """One compress + save in this process. ``sqc.app.api.trace`` and ``CompressedModel.verify`` are wrapped
     (same calls, same arguments) only to label the phases for the timers and the RSS sampler."""
     import torch
 
     import sqc
-    import sqc.api
-    from sqc.ir import CompressedModel
-    from sqc.pipeline import Pipeline
+    import sqc.app.api
+    from sqc.compiler.pipeline import Pipeline
+    from sqc.ir.records import CompressedModel
 
     sampler = RssSampler(stacks=profile is not None)
     sampler.start()
@@ -192,7 +192,7 @@ def worker_compress(out: Path, pipeline: str, profile: Path | None, width: float
     names = [p.name for p in Pipeline.parse(pipeline).passes]
     seconds: dict[str, float] = {}
     verifies = [0]
-    original_trace, original_verify = sqc.api.trace, CompressedModel.verify
+    original_trace, original_verify = sqc.app.api.trace, CompressedModel.verify
 
     def trace(*args: Any, **kwargs: Any) -> Any:
         sampler.set_phase("trace")
@@ -226,13 +226,13 @@ def worker_compress(out: Path, pipeline: str, profile: Path | None, width: float
 
         profiler = cProfile.Profile()
         profiler.enable()
-    sqc.api.trace, CompressedModel.verify = trace, verify  # type: ignore[method-assign]
+    sqc.app.api.trace, CompressedModel.verify = trace, verify  # type: ignore[method-assign]
     try:
         started = time.perf_counter()
         artifact = sqc.compress(model, [INPUT_SHAPE], pipeline, on_pass=on_pass)
         compress_s = time.perf_counter() - started
     finally:
-        sqc.api.trace, CompressedModel.verify = original_trace, original_verify  # type: ignore[method-assign]
+        sqc.app.api.trace, CompressedModel.verify = original_trace, original_verify  # type: ignore[method-assign]
     sampler.set_phase("save")
     started = time.perf_counter()
     size = artifact.save(out, force=True)
@@ -299,11 +299,11 @@ def worker_hotspots() -> dict[str, Any]:
     import numpy as np
     import torch
 
-    import sqc.ir
+    import sqc.ir.records
     from sqc.formats import huffman, tensor_codec
-    from sqc.ir import TensorState
+    from sqc.ir.records import TensorState
 
-    code_dtype = getattr(sqc.ir, "CODE_DTYPE", torch.int64)
+    code_dtype = getattr(sqc.ir.records, "CODE_DTYPE", torch.int64)
     shape = (4096, 25088)
     gen = torch.Generator().manual_seed(0)
     weights = torch.randn(shape, generator=gen)
@@ -490,7 +490,7 @@ def run_cli(model: Path, out: Path, pipeline: str, timeout: float) -> dict[str, 
     cmd = [
         sys.executable,
         "-m",
-        "sqc.cli",
+        "sqc.app.cli",
         "compress",
         str(model),
         "--arch",

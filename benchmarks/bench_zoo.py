@@ -50,7 +50,7 @@ from provenance import git_state  # noqa: E402
 
 import sqc  # noqa: E402
 from sqc.errors import SqcError  # noqa: E402
-from sqc.frontend import as_examples, build_ir, parse_input_spec, symbolic_trace  # noqa: E402
+from sqc.frontend.trace import as_examples, build_ir, parse_input_spec, symbolic_trace  # noqa: E402
 
 PIPELINES = {
     "quant8": "quant{bits=8},huffman",
@@ -145,7 +145,8 @@ def outputs_equal(a: Any, b: Any) -> bool:
 
 
 def route(model: nn.Module, specs: list[str]) -> str:
-    """``fx`` if symbolic tracing follows the model into the IR, else ``export`` (what sqc.frontend.trace
+    """``fx`` if symbolic tracing follows the model into the IR, else ``export`` (what
+    sqc.frontend.trace.trace
     does, step by step, to say which one it took)."""
     try:
         source, _ = symbolic_trace(model)

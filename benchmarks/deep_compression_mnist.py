@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 
 import sqc
-from sqc.data import Dataset
-from sqc.pipeline import Pipeline, recipe_settings
+from sqc.compiler.pipeline import Pipeline, recipe_settings
+from sqc.runtime.data import Dataset
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -58,7 +58,7 @@ def _load_engine(engine: str) -> Callable[[], None]:
 
         with atheris.instrument_imports(include=["sqc"]):
             import sqc.formats.container
-            import sqc.ir  # noqa: F401
+            import sqc.ir.records  # noqa: F401
     return lambda: None
 
 
@@ -108,9 +108,9 @@ def plug_trace_cmp_leak() -> bool:
 def make_target() -> Callable[[bytes], None]:
     import json
 
+    from sqc.app.inspection import inspect_container
     from sqc.errors import SqcFormatError
     from sqc.formats import container
-    from sqc.inspection import inspect_container
 
     def target(data: bytes) -> None:
         try:

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # for examples.lenet; appended: sqc is the installed package
 
 import sqc  # noqa: E402
 from examples.lenet import LeNet300  # noqa: E402
-from sqc.cli import main as sqc_main  # noqa: E402
+from sqc.app.cli import main as sqc_main  # noqa: E402
 
 PIPELINE = "prune{sparsity=0.9 scope=global},quant{bits=6},huffman"
 

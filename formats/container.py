@@ -52,8 +52,8 @@ from sqc.formats.tensor_codec import (
     encode_tensor_cached,
 )
 from sqc.inputs import read_regular
-from sqc.ir import MAX_INPUT_ELEMENTS, CompressedModel, InputSpec, PassRecord, TensorState
-from sqc.names import name_problem, names_problem, shown_name
+from sqc.ir.names import name_problem, names_problem, shown_name
+from sqc.ir.records import MAX_INPUT_ELEMENTS, CompressedModel, InputSpec, PassRecord, TensorState
 from sqc.outputs import write_atomic
 
 MAGIC = b"\x89SQC\r\n\x1a\n"
@@ -284,11 +284,6 @@ def assemble(bodies: list[tuple[int, int, int, bytes]], version: tuple[int, int]
     return head.getvalue() + table_bytes + b"".join(b[3] for b in bodies)
 
 
-def deflate_json(obj: Any) -> bytes:
-    """The report section's encoding (and, with the node list, the graph section's)."""
-    return zlib.compress(json.dumps(obj, separators=(",", ":"), sort_keys=True).encode("utf-8"), 9)
-
-
 def _deflate_preset(text: bytes, zdict: bytes) -> bytes:
     """Raw DEFLATE (level 9, 32 KiB window) of ``text`` with the preset dictionary ``zdict``."""
     packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=zdict)
@@ -447,7 +442,7 @@ def _is_int(value: Any, low: int, high: int) -> bool:
 
 
 def _name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a tensor name, or None: the shared rule of :mod:`sqc.names` (ASCII
+    """Why ``name`` cannot be a tensor name, or None: the shared rule of :mod:`sqc.ir.names` (ASCII
     identifier parts, no keyword, dunder or module attribute), which also keeps quotes, backslashes and
     control characters out of the source fx generates."""
     return name_problem(name)

@@ -4,16 +4,16 @@ Node entries (``FORMAT.md`` has the full schema)::
 
     ["in", name]                                   a graph input (placeholder)
     ["attr", name, tensor_index]                   a stored tensor (get_attr)
-    ["call", name, op, args, kwargs, shape|null]   a vocabulary function (sqc.ops.FUNCTIONS), or an
+    ["call", name, op, args, kwargs, shape|null]   a vocabulary function (sqc.ir.ops.FUNCTIONS), or an
                                                    ATen operator by schema name ("aten::layer_norm")
-    ["method", name, method, args, kwargs, null]   a vocabulary method (sqc.ops.METHODS)
+    ["method", name, method, args, kwargs, null]   a vocabulary method (sqc.ir.ops.METHODS)
     ["out", value]                                 the graph output
 
 Arguments are JSON values; a reference to an earlier node is ``{"%": index}``, a slice
 ``{"slice": [start, stop, step]}``, Ellipsis ``{"...": 0}``, a dtype ``{"dtype": "float32"}``, a layout,
 memory format or device (``{"device": "cpu"}``); lists and tuples both become lists and come back as
 tuples. The reader only accepts op names from the vocabulary or ATen operators that pass
-:func:`sqc.ops.resolve_aten`, and references to earlier nodes, so a file cannot name arbitrary code.
+:func:`sqc.ir.ops.resolve_aten`, and references to earlier nodes, so a file cannot name arbitrary code.
 
 torch.fx turns the graph into Python source, so everything from the file that reaches that source is
 checked first: node names must come back from fx's namespace unchanged (valid, unique identifiers),
@@ -34,7 +34,7 @@ import torch
 from torch import fx
 
 from sqc.errors import SqcFormatError
-from sqc.ops import FUNCTION_NAMES, FUNCTIONS, METHODS, aten_name, resolve_aten
+from sqc.ir.ops import FUNCTION_NAMES, FUNCTIONS, METHODS, aten_name, resolve_aten
 
 GRAPH_SCHEMA = 1
 MAX_JSON = 64 << 20  # inflate limit: a graph of a million nodes fits; a zip bomb does not
@@ -128,11 +128,6 @@ def op_label(node: fx.Node) -> str:
     if name is None:
         raise ValueError(f"node {node.name}: operator {node.target} cannot be stored")
     return name
-
-
-def encode_graph(gm: fx.GraphModule, tensor_index: dict[str, int], extra: dict[str, Any]) -> bytes:
-    """The graph section bytes: zlib(JSON) of the op list plus ``extra`` metadata."""
-    return zlib.compress(graph_text(graph_nodes(gm, tensor_index, set()), extra), 9)
 
 
 def graph_text(nodes: list[list[Any]], extra: dict[str, Any]) -> bytes:

@@ -336,13 +336,6 @@ class _Recorder:
         self.rounds.append((active, p1, bits))
         return bits
 
-    def ideal_bits(self) -> float:
-        total = 0.0
-        for _, p1, bits in self.rounds:
-            p = np.where(bits == 1, p1, ONE - p1).astype(np.float64)
-            total += float(-np.log2(p / ONE).sum())
-        return total
-
 
 def _rans_encode(
     lanes: int, rounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]]

@@ -1,4 +1,4 @@
-"""Encoding one :class:`~sqc.ir.TensorState` as a tensor section, and decoding it back exactly.
+"""Encoding one :class:`~sqc.ir.records.TensorState` as a tensor section, and decoding it back exactly.
 
 The layout is specified in ``FORMAT.md`` (section "Tensor sections"); in short: a codec byte in the
 section table (raw fp32, fixed-point codes, codebook + codes), a small codec header (format, fraction
@@ -21,7 +21,7 @@ import torch
 from sqc.errors import SqcFormatError
 from sqc.formats import bitpack, huffman, rans, sparse_index
 from sqc.formats.binio import Reader, Writer, varint
-from sqc.ir import CODE_DTYPE, FixedPoint, RecordVersion, Role, TensorState, all_finite, index_dtype
+from sqc.ir.records import CODE_DTYPE, FixedPoint, RecordVersion, Role, TensorState, all_finite, index_dtype
 
 RAW_F32, FIXED, CODEBOOK, RAW_TYPED = 0, 1, 2, 3
 CODEC_NAMES = {RAW_F32: "raw-f32", FIXED: "fixed", CODEBOOK: "codebook", RAW_TYPED: "raw-typed"}
@@ -183,7 +183,7 @@ def encode_tensor_cached(state: TensorState) -> tuple[int, bytes, Breakdown]:
 
     Passes report each layer's bytes before and after them and ``save`` writes the same sections
     again, so without this the same unchanged tensor would be encoded over and over (on VGG-16, 96
-    encodes instead of 32). The key is the record's :class:`~sqc.ir.RecordVersion` and its coder. The
+    encodes instead of 32). The key is the record's :class:`~sqc.ir.records.RecordVersion` and its coder. The
     payload is kept only for entropy-coded records (the last encoding before ``save``, no larger than
     the file); for the others the size is.
     """

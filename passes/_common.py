@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from sqc.compiler.pass_base import LayerMap, Stat
 from sqc.errors import PipelineError
-from sqc.ir import Coder, CompressedModel, TensorState, matches, slices
-from sqc.pass_base import LayerMap, Stat
+from sqc.ir.records import Coder, CompressedModel, TensorState, matches, slices
 
 
 def selected(model: CompressedModel, pattern: str, pass_name: str) -> list[TensorState]:

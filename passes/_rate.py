@@ -17,7 +17,7 @@ import numpy.typing as npt
 import torch
 
 from sqc.formats.rans import IMPLEMENTATION
-from sqc.ir import slices
+from sqc.ir.records import slices
 
 if IMPLEMENTATION == "native":  # the same choice as the coder's (SQC_RANS=python: numpy for both)
     from sqc.formats import _rans_native as _native

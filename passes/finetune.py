@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sqc.compiler.pass_base import Pass, PassContext, PassResult, check_range
 from sqc.errors import PipelineError
-from sqc.ir import CompressedModel
-from sqc.pass_base import Pass, PassContext, PassResult, check_range
+from sqc.ir.records import CompressedModel
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqc.ir import CompressedModel
-from sqc.pass_base import Pass, PassContext, PassResult
+from sqc.compiler.pass_base import Pass, PassContext, PassResult
+from sqc.ir.records import CompressedModel
 from sqc.passes._common import byte_totals, selected, set_coder
 
 

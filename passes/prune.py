@@ -8,9 +8,9 @@ from typing import Any, Final, Literal
 import numpy as np
 import torch
 
+from sqc.compiler.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, check_range
 from sqc.errors import PipelineError
-from sqc.ir import CompressedModel, TensorState, slices
-from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, check_range
+from sqc.ir.records import CompressedModel, TensorState, slices
 from sqc.passes._common import (
     change_stats,
     encoded_bytes,
@@ -153,7 +153,8 @@ class Prune(Pass):
         return result
 
     def _auto(self, model: CompressedModel, ctx: PassContext) -> PassResult:
-        from sqc.passes.sensitivity import auto_allocate, restore
+        from sqc.compiler.sensitivity import auto_allocate
+        from sqc.ir.records import restore
 
         states = selected(model, self.layers, self.name)
         fixed = {s.name: override(s, self.per_layer, 0.0) for s in states if is_overridden(s, self.per_layer)}

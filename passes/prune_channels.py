@@ -56,10 +56,10 @@ import networkx as nx
 import torch
 from torch import fx
 
+from sqc.compiler.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, Stat, check_range
 from sqc.errors import PipelineError
-from sqc.ir import CompressedModel
-from sqc.ops import FUNCTION_NAMES, aten_name
-from sqc.pass_base import LayerMap, OptionError, Pass, PassContext, PassResult, Stat, check_range
+from sqc.ir.ops import FUNCTION_NAMES, aten_name
+from sqc.ir.records import CompressedModel
 
 Unit = tuple[str, int]
 """A channel unit: (value node name, index of the unit along dim 1)."""
@@ -1176,7 +1176,7 @@ def remove_groups(model: CompressedModel, analysis: ChannelGraph, groups: list[G
 
     Returns the names of the tensors that changed. The caller verifies the IR.
     """
-    from sqc.frontend import example_inputs, propagate_shapes
+    from sqc.frontend.trace import example_inputs, propagate_shapes
 
     drop: dict[tuple[str, int], set[int]] = defaultdict(set)
     for group in groups:
@@ -1269,7 +1269,7 @@ class PruneChannels(Pass):
     sweep: str = "0.25;0.5;0.75"
 
     def __post_init__(self) -> None:
-        from sqc.passes.sensitivity import parse_sweep
+        from sqc.compiler.sensitivity import parse_sweep
 
         check_range("ratio", self.ratio, 0.0, 0.99)
         for layer, value in self.per_layer:
@@ -1349,14 +1349,15 @@ class PruneChannels(Pass):
         self, model: CompressedModel, ctx: PassContext, spaces: dict[Space, list[Group]]
     ) -> tuple[list[Group], dict[str, Stat], list[str]]:
         """Channel sensitivity and allocation: per space, the metric with the weakest ``sweep`` fractions
-        of its groups removed (the others as they are), then :func:`sqc.allocation.allocate` keeps the
+        of its groups removed (the others as they are), then
+        :func:`sqc.compiler.allocation.allocate` keeps the
         fewest parameters within the budget and verifies the combination, backing off if needed.
 
         Removal is measured without changing shapes: zeroing a group's filters and its consumers'
         columns computes exactly what removing it computes (the tests check this), and the module is
         put back from the records after every measurement."""
-        from sqc.allocation import Choice, allocate
-        from sqc.passes.sensitivity import parse_sweep, reference_metric
+        from sqc.compiler.allocation import Choice, allocate
+        from sqc.compiler.sensitivity import parse_sweep, reference_metric
 
         sweep = parse_sweep(self.sweep, "sweep", whole=False, low=0.0, high=0.99)
         entry = ctx.evaluate(model)
@@ -1469,7 +1470,7 @@ Space = tuple[str, ...]
 
 def _cost(model: CompressedModel) -> tuple[int, int]:
     """FLOPs and MACs of the model, counted as ``sqc inspect`` counts them."""
-    from sqc.inspection import compute
+    from sqc.ir.cost import compute
 
     counts = compute(model.graph_module.graph, lambda name: model.tensors[name].shape).values()
     return sum(c[0] for c in counts), sum(c[1] for c in counts)

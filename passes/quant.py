@@ -9,9 +9,18 @@ from typing import Any, Literal
 
 import torch
 
+from sqc.compiler.pass_base import (
+    QUIET,
+    LayerMap,
+    OptionError,
+    Pass,
+    PassContext,
+    PassResult,
+    Stat,
+    check_range,
+)
 from sqc.errors import PipelineError
-from sqc.ir import MAX_SCALED_BITS, CompressedModel, FixedPoint, TensorState, slices
-from sqc.pass_base import QUIET, LayerMap, OptionError, Pass, PassContext, PassResult, Stat, check_range
+from sqc.ir.records import MAX_SCALED_BITS, CompressedModel, FixedPoint, TensorState, best_format, slices
 from sqc.passes._common import (
     change_stats,
     encoded_bytes,
@@ -43,7 +52,8 @@ class Quant(Pass):
     The fraction length is chosen per tensor (or per output channel with ``granularity=channel``)
     among the lengths around the one that just covers the largest magnitude, keeping the one with the
     least squared error — clipping a rare outlier sometimes buys a finer step for everyone else.
-    Rounding is half to even, then saturation to the code range (see :class:`sqc.ir.FixedPoint`). After
+    Rounding is half to even, then saturation to the code range (see
+    :class:`sqc.ir.records.FixedPoint`). After
     ``share`` the codebook is quantized instead (always per tensor), and the codes stay.
 
     ``params=N`` also stores the other parameters — biases, BatchNorm affine, PReLU slopes — as
@@ -55,7 +65,7 @@ class Quant(Pass):
 
     ``qp=Q`` sets the rate instead of the width: every selected tensor gets the step ``2**(Q/4)`` (Q is
     NNCodec's quantization parameter at its default density; ``per_layer`` then overrides ``qp``), kept to
-    8 significant bits as ``mult * 2**-frac`` (a *scaled* format, :class:`sqc.ir.FixedPoint`), and the
+    8 significant bits as ``mult * 2**-frac`` (a *scaled* format, :class:`sqc.ir.records.FixedPoint`), and the
     codes are as wide as the largest weight needs: nothing is clipped. ``rdo=r`` then picks each code
     to minimise ``(w - code*step)**2 + lambda * R(code)`` with ``lambda = r * step**2`` and ``R`` the bits
     the context coder's own model charges (:func:`sqc.passes._rate.rdo_levels`): weights near a
@@ -168,7 +178,7 @@ class Quant(Pass):
 def _auto_quant(pass_: Quant, model: CompressedModel, ctx: PassContext) -> PassResult:
     """``qp=auto``: each layer's step from its sensitivity curve (metric and rANS-coded bytes per qp),
     allocated under the budget and verified like ``share{bits=auto}``."""
-    from sqc.passes.sensitivity import auto_allocate
+    from sqc.compiler.sensitivity import auto_allocate
 
     states = selected(model, pass_.layers, pass_.name)
     coded = [s.name for s in states if s.codes is not None]
@@ -245,31 +255,6 @@ def params_summary(others: dict[str, dict[str, Stat]]) -> dict[str, Stat]:
         "params": len(others),
         "params_max_abs_error": max(float(v["max_abs_error"]) for v in others.values()),
     }
-
-
-def best_format(values: torch.Tensor, bits: int, *, per_channel: bool) -> FixedPoint:
-    """The fixed-point format with the least squared error (per tensor, or per slice along axis 0)."""
-    if values.numel() == 0:  # nothing to fit: any format represents an empty tensor exactly
-        return FixedPoint(bits, (0,))
-    rows = values.reshape(values.shape[0], -1) if per_channel else values.reshape(1, -1)
-    rows = rows.to(torch.float64)
-    peak = rows.abs().amax(dim=1)
-    qmax = (1 << (bits - 1)) - 1
-    # the fraction length that just covers the peak; a zero row gets the finest representable step
-    cover = torch.where(
-        peak > 0, torch.floor(torch.log2(qmax / peak.clamp(min=1e-300))), torch.full_like(peak, 64.0 - bits)
-    ).clamp(-64 + 4, 64 - 4)
-    best_frac = cover.to(torch.int64)
-    best_err = torch.full_like(peak, math.inf)
-    for delta in (0, 1, 2, 3):  # finer steps that clip the largest values
-        frac = (cover + delta).to(torch.int64)
-        step = torch.pow(2.0, -frac.to(torch.float64)).unsqueeze(1)
-        codes = torch.round(rows / step).clamp(-qmax - 1, qmax)
-        err = ((codes * step - rows) ** 2).sum(dim=1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_frac = torch.where(better, frac, best_frac)
-    return FixedPoint(bits, tuple(int(f) for f in best_frac))
 
 
 ZEROS_AS_PRUNED = 0.5

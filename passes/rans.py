@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqc.compiler.pass_base import Pass, PassContext, PassResult
 from sqc.formats.rans import IMPLEMENTATION, estimated_seconds
-from sqc.ir import CompressedModel
-from sqc.pass_base import Pass, PassContext, PassResult
+from sqc.ir.records import CompressedModel
 from sqc.passes._common import byte_totals, selected, set_coder
 
 SLOW_SECONDS = 60.0

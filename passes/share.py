@@ -8,9 +8,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from sqc.compiler.pass_base import QUIET, LayerMap, OptionError, Pass, PassContext, PassResult, check_range
 from sqc.errors import PipelineError
-from sqc.ir import CompressedModel, TensorState, index_dtype
-from sqc.pass_base import QUIET, LayerMap, OptionError, Pass, PassContext, PassResult, check_range
+from sqc.ir.records import CompressedModel, TensorState, index_dtype
 from sqc.passes._common import (
     change_stats,
     encoded_bytes,
@@ -96,7 +96,7 @@ class Share(Pass):
         )
 
     def _auto(self, model: CompressedModel, ctx: PassContext) -> PassResult:
-        from sqc.passes.sensitivity import auto_allocate
+        from sqc.compiler.sensitivity import auto_allocate
 
         states = selected(model, self.layers, self.name)
         fixed = {s.name: override(s, self.per_layer, 0) for s in states if is_overridden(s, self.per_layer)}

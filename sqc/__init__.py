@@ -10,19 +10,54 @@ The Python API (the CLI is a thin layer over it)::
     sim = sqc.simulate("model.sqc", x, calib="data.npz")  # the C/HLS targets' integer outputs
 """
 
-import os as _os
 
-# In a source checkout the subpackages sqc.passes, sqc.formats and sqc.targets live beside this
-# directory (the repository's top-level passes/, formats/, targets/; the installed wheel maps them
-# inside sqc/). Let `python` started from the repository root import the checkout the same way.
-_here = _os.path.dirname(__file__)
-if not _os.path.isdir(_os.path.join(_here, "formats")) and _os.path.isdir(
-    _os.path.join(_here, "..", "formats")
-):
-    __path__.append(_os.path.normpath(_os.path.join(_here, "..")))
+def _map_checkout_subpackages() -> None:
+    """In a source checkout, make ``sqc.passes``, ``sqc.formats`` and ``sqc.targets`` the top-level
+    folders ``pyproject.toml``'s ``package-dir`` maps them from (an installed sqc has them inside).
 
-from sqc.api import Artifact, compress, inspect, load, simulate  # noqa: E402
+    Exactly those three, and only beside sqc's own ``pyproject.toml``: Python started in the checkout,
+    or a Ray worker that inherits the driver's ``sys.path``, then imports the same package an install
+    gives (without the compiled rANS core: its numpy twin writes the same bytes), and no other folder
+    of the repository becomes part of ``sqc``.
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    root = here.parent
+    if not (root / "pyproject.toml").is_file():
+        return
+    for name in ("passes", "formats", "targets"):
+        folder = root / name
+        if (here / name).is_dir() or not (folder / "__init__.py").is_file() or f"sqc.{name}" in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(
+            f"sqc.{name}", folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        globals()[name] = module
+
+
+_map_checkout_subpackages()
+
+from sqc.app.api import Artifact, compress, inspect, load, simulate  # noqa: E402
 from sqc.errors import SqcError, SqcFormatError  # noqa: E402
 
 __all__ = ["Artifact", "SqcError", "SqcFormatError", "compress", "inspect", "load", "simulate"]
-__version__ = "0.1.0"
+
+
+def _version_of_installed() -> str:
+    """The version pyproject.toml declares (the one place it is written), as installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sqc")
+    except PackageNotFoundError:  # a checkout imported without installing
+        return "0+unknown"
+
+
+__version__ = _version_of_installed()

@@ -1,1 +1,1 @@
-"""Targets that lower a compressed model: PyTorch (built in here), C and HLS later."""
+"""Targets that lower a compressed model: PyTorch, ONNX, the integer simulator, C and Vitis HLS."""

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sqc.compiler.target import LowerReport, LowerRequest
 from sqc.errors import SqcError
 from sqc.formats import rans
-from sqc.names import check_names, identifier
+from sqc.ir.names import check_names, identifier
 from sqc.outputs import write_files
+from sqc.targets.calib import calib_file
 from sqc.targets.integer import (
     Add,
     Affine,
@@ -52,10 +54,11 @@ from sqc.targets.integer import (
     Weights,
     chw,
 )
+from sqc.targets.lowering import compared, integer_lowering, integer_report, project_bytes
 from sqc.targets.simulate import regular_windows
 
 if TYPE_CHECKING:
-    from sqc.targets.calib import CalibSource
+    pass
 
 LINEAR_LAYOUTS = ("auto", "column", "row", "entries")
 """How sparse linear layers are laid out in RAM (writer option ``linear``): ``auto`` = ``column`` (by input
@@ -71,7 +74,8 @@ def template(name: str) -> str:
 
 
 def _ident(name: str) -> str:
-    """The C identifier stem of a tensor or node name (the mapping :mod:`sqc.names` checks names against)."""
+    """The C identifier stem of a tensor or node name (the mapping :mod:`sqc.ir.names` checks names
+    against)."""
     return "t_" + identifier(name)
 
 
@@ -395,7 +399,8 @@ class _Emitter:
         lines = rows if by_row else cols
         cw, at_w = self.place(kind, entries, False)
         d, at_d = self.place("idx", entries, False)
-        cnt, at_c = self.place("u16", lines, False)
+        # by row: a 16-bit count per row; by column: in + 1 32-bit start offsets (two 16-bit halves each)
+        cnt, at_c = self.place("u16", lines if by_row else 2 * (cols + 1), False)
         self.tmp["cols"] = max(self.tmp["cols"], lines)
         layout = f"{cnt} + {at_c}, {d} + {at_d}, {cw} + {at_w}"
         self.init.append(
@@ -744,39 +749,28 @@ class CTarget:
     """Registered as target ``c``: ``sqc lower model.sqc --target c -o out/ --calib data.npz``."""
 
     name = "c"
+    takes_calib = True
     takes_options = True
 
-    @staticmethod
-    def lower(
-        source: Path,
-        output: Path,
-        *,
-        force: bool = False,
-        calib: CalibSource | None = None,
-        options: list[str] | None = None,
-    ) -> dict:
-        from sqc.formats.container import read
-        from sqc.targets.calib import calib_file, calibration_data
-        from sqc.targets.legalize import LowerOptions, legalize, require_calib
-        from sqc.targets.simulate import compare
-
-        opts, extra = LowerOptions.parse(options, known_extra=("arena", "linear"))
-        calib = require_calib("c", calib)
-        model = read(Path(source))
-        data = calibration_data(calib, opts.calib_samples, model)
-        program = legalize(model, data, opts, keep_rans=True)
+    def lower(self, request: LowerRequest) -> LowerReport:
+        lowering = integer_lowering(request, "c", ("arena", "linear"), keep_rans=True)
+        output = Path(request.output)
         report = write_project(
-            program,
-            Path(output),
-            model_name=Path(source).stem,
-            force=force,
-            arena=extra.get("arena", "static"),
-            inputs=(source, calib_file(calib)),
-            linear=extra.get("linear", "auto"),
+            lowering.program,
+            output,
+            model_name=Path(request.source).stem,
+            force=request.force,
+            arena=lowering.extra.get("arena", "static"),
+            inputs=(request.source, calib_file(request.calib)),
+            linear=lowering.extra.get("linear", "auto"),
         )
-        report["accuracy"] = compare(program, model.graph_module.eval(), data.x, data.y)
-        report["notes"] = program.notes
-        report["options"] = program.options
+        report["accuracy"] = compared(lowering)
+        report["options"] = lowering.program.options
         report["output_dir"] = str(output)
-        report["bytes"] = sum(f.stat().st_size for f in Path(output).iterdir() if f.is_file())
-        return report
+        ram = ", ".join(f"{k} {v:,}" for k, v in report["ram"].items())
+        first = [
+            f"wrote {output}/ (target c)",
+            f"ROM {report['rom_bytes']:,} bytes (weights {report['rom_weight_bytes']:,}); "
+            f"RAM {report['ram_bytes']:,} bytes ({ram})",
+        ]
+        return integer_report("c", output, project_bytes(output), first, report, lowering.program.notes)

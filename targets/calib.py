@@ -4,9 +4,9 @@ Activation formats come from running the float model on representative inputs, w
 a pitch tracker or an embedding model has none. Calibration therefore takes any of:
 
 * a data file: a ``.npz`` or ``.pt`` with ``x_val`` (or ``x``) and optionally ``y_val`` (or ``y``),
-  or a ``.pt`` holding one tensor of inputs (read without executing code, as :mod:`sqc.data` reads);
+  or a ``.pt`` holding one tensor of inputs (read without executing code, as :mod:`sqc.runtime.data` reads);
 * inputs in memory: a tensor or array, or an ``(x, y)`` pair;
-* loaders (``--loaders pkg.module:fn``, the :mod:`sqc.loaders` contract): the validation loader's
+* loaders (``--loaders pkg.module:fn``, the :mod:`sqc.runtime.loaders` contract): the validation loader's
   batches, each ``x`` or ``(x, y)``; any other iterable of such batches in the API.
 
 Labels (1-D integers, one per input) add top-1 accuracy lines to the lowering report; the agreement of
@@ -26,9 +26,9 @@ from typing import Any, TypeAlias
 import numpy as np
 import torch
 
-from sqc.data import LABEL_DTYPES, DataError, float_inputs, read_arrays
-from sqc.ir import CompressedModel
-from sqc.loaders import LoaderError, Loaders, raw_batches
+from sqc.ir.records import CompressedModel
+from sqc.runtime.data import LABEL_DTYPES, DataError, float_inputs, read_arrays
+from sqc.runtime.loaders import LoaderError, Loaders, raw_batches
 
 X_KEYS, Y_KEYS = ("x_val", "x"), ("y_val", "y")
 
@@ -68,7 +68,7 @@ def calibration_data(
     source: CalibSource, samples: int | None = None, model: CompressedModel | None = None
 ) -> CalibData:
     """The first ``samples`` inputs (all when None) of ``source``, shaped like ``model``'s one input
-    when a model is given. Every problem is one :class:`~sqc.data.DataError` naming the source."""
+    when a model is given. Every problem is one :class:`~sqc.runtime.data.DataError` naming the source."""
     if isinstance(source, CalibData):
         data = source
     elif isinstance(source, (str, os.PathLike)):

@@ -35,10 +35,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sqc.compiler.target import LowerReport, LowerRequest
 from sqc.errors import SqcError
 from sqc.formats import bitpack, huffman, sparse_index
-from sqc.names import check_names, identifier
+from sqc.ir.names import check_names, identifier
 from sqc.outputs import write_files
+from sqc.targets.calib import calib_file
+from sqc.targets.hls_resources import layer_estimate, report, summary
 from sqc.targets.integer import (
     Add,
     Affine,
@@ -63,16 +66,15 @@ from sqc.targets.integer import (
     Weights,
     chw,
 )
-from sqc.targets.simulate import accuracy_lines
+from sqc.targets.legalize import LowerOptions
+from sqc.targets.lowering import compared, integer_lowering, project_bytes
+from sqc.targets.simulate import quantize_input, simulate
 
 if TYPE_CHECKING:
-    from sqc.targets.calib import CalibSource
+    from sqc.ir.records import CompressedModel
 
 STATIC_FILES = ("sqc_hls.h", "tb.cpp")
 EXTRA_OPTIONS = ("reuse", "interface", "part", "clock", "tb_samples", "ap_types")
-DENSE_BITS = 16  # hls4ml's default precision ap_fixed<16,6>
-BRAM18_SHAPES = ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512))
-LUTRAM_BITS = 1024  # banks this small are distributed memory / registers, not block RAM
 
 
 class HlsError(SqcError):
@@ -360,13 +362,6 @@ def _wraps(entries: list[np.ndarray], per: int, fill: int | None) -> int:
     return most
 
 
-def bram18(depth: int, width: int) -> int:
-    """18-Kbit blocks for one ROM bank in its best aspect ratio; small banks are LUTRAM (0 blocks)."""
-    if depth * width <= LUTRAM_BITS:
-        return 0
-    return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in BRAM18_SHAPES)
-
-
 # ------------------------------------------------------------------------------------------------
 # emission
 
@@ -376,7 +371,7 @@ _CARRIERS_UNSIGNED = ((8, "unsigned char"), (16, "unsigned short"), (32, "unsign
 
 
 def _ident(name: str) -> str:
-    """The HLS identifier stem of a node name or file name (the mapping :mod:`sqc.names` checks)."""
+    """The HLS identifier stem of a node name or file name (the mapping :mod:`sqc.ir.names` checks)."""
     return identifier(name)
 
 
@@ -648,12 +643,6 @@ class _Writer:
             kind = "conv"
         bits = lanes.bits()
         bits["codebook"] = book_bits
-        rom_bits = sum(bits.values())
-        shapes = [(lanes.len_s, lanes.sym_bits)] + ([(lanes.len_e, lanes.index_bits)] if lanes.sparse else [])
-        banks = sum(bram18(d, b) for d, b in shapes)
-        lutram = lanes.lanes * sum(d * b for d, b in shapes if bram18(d, b) == 0)
-        dense_banks = math.ceil(macs_dense / reuse)
-        dense_lutram = macs_dense * DENSE_BITS if bram18(reuse, DENSE_BITS) == 0 else 0
         self.layers.append(
             {
                 "layer": op.name,
@@ -667,20 +656,10 @@ class _Writer:
                 "cycles_per_lane": int(lanes.len_e),
                 "symbol_bits": lanes.sym_bits,
                 "index_bits": lanes.index_bits,
-                "rom_bits": rom_bits,
-                "rom": bits,
-                "epilogue_bits": epi_bits,
-                "bram18": lanes.lanes * banks,
-                "lutram_bits": lutram,
-                "dense": {
-                    "rom_bits": macs_dense * DENSE_BITS,
-                    "multipliers": dense_banks,
-                    "bram18": dense_banks * bram18(reuse, DENSE_BITS),
-                    "lutram_bits": dense_lutram,
-                    "bias_bits": lanes.out * DENSE_BITS,
-                },
+                **layer_estimate(lanes, bits, epi_bits, macs_dense, reuse),
             }
         )
+        rom_bits = sum(bits.values())
         comment = (
             f"{op.name}: {type(op).__name__} {w.shape}, {w.origin}; {lanes.lanes} lanes (reuse {reuse}), "
             f"{lanes.len_e} entries each; ROM {rom_bits} bits"
@@ -830,7 +809,7 @@ def write_project(
         files["tb_input.bin"] = np.asarray(codes_in, dtype=dtype).tobytes()
         files["tb_output.bin"] = np.asarray(codes_out, dtype=dtype).tobytes()
     write_files(out_dir, files, force=force, inputs=inputs)
-    result = report(wr, opts, samples)
+    result = report(wr.layers, wr.other_bits, opts, samples)
     result["ap_types"] = str(headers) if headers is not None else None
     return result
 
@@ -850,120 +829,30 @@ def build_files(model_name: str, headers: Path | None) -> dict[str, bytes]:
     return {"Makefile": makefile.encode("utf-8"), "README.md": readme.encode("utf-8")}
 
 
-def report(wr: _Writer, opts: HlsOptions, samples: int) -> dict:
-    layers = wr.layers
-    total = {
-        "rom_bits": sum(layer["rom_bits"] for layer in layers),
-        "multipliers": sum(layer["multipliers"] for layer in layers),
-        "bram18": sum(layer["bram18"] for layer in layers),
-        "lutram_bits": sum(layer["lutram_bits"] for layer in layers),
-        "epilogue_bits": sum(layer["epilogue_bits"] for layer in layers),
-        "other_bits": wr.other_bits,
-    }
-    dense = {
-        key: sum(layer["dense"][key] for layer in layers)
-        for key in ("rom_bits", "multipliers", "bram18", "lutram_bits", "bias_bits")
-    }
-    return {
-        "target": "hls",
-        "top": "sqc_top",
-        "interface": opts.interface,
-        "part": opts.part,
-        "clock_ns": opts.clock,
-        "reuse": opts.reuse,
-        "tb_samples": samples,
-        "layers": layers,
-        "total": total,
-        "dense_ap_fixed_16_6": dense,
-        "weight_storage_ratio": dense["rom_bits"] / max(1, total["rom_bits"]),
-    }
-
-
-def summary(result: dict) -> list[str]:
-    """The report as text lines for ``sqc lower`` (``--json`` prints the dict itself)."""
-    lines = [
-        f"wrote {result['output_dir']}/ (target hls, top sqc_top, interface {result['interface']}, "
-        f"part {result['part']}, clock {result['clock_ns']:g} ns)",
-        f"{'layer':<14}{'weights':>9}{'kept':>8}{'reuse':>6}{'mults':>7}{'ROM bits':>11}{'BRAM18':>7}"
-        f"  | dense ap_fixed<16,6>:{'mults':>8}{'ROM bits':>11}{'BRAM18':>7}",
-    ]
-    for layer in result["layers"]:
-        d = layer["dense"]
-        lines.append(
-            f"{layer['layer']:<14}{layer['weights']:>9,}{layer['kept']:>8,}{layer['reuse']:>6}"
-            f"{layer['multipliers']:>7,}{layer['rom_bits']:>11,}{layer['bram18']:>7}"
-            f"  | {'':<21}{d['multipliers']:>8,}{d['rom_bits']:>11,}{d['bram18']:>7}"
-        )
-    t, d = result["total"], result["dense_ap_fixed_16_6"]
-    lines.append(
-        f"{'total':<14}{'':>9}{'':>8}{'':>6}{t['multipliers']:>7,}{t['rom_bits']:>11,}{t['bram18']:>7}"
-        f"  | {'':<21}{d['multipliers']:>8,}{d['rom_bits']:>11,}{d['bram18']:>7}"
-    )
-    lines.append(
-        f"BRAM18 counts banks above {LUTRAM_BITS} bits in their best aspect ratio; smaller banks are LUTRAM: "
-        f"{t['lutram_bits']:,} bits (dense {d['lutram_bits']:,})"
-    )
-    lines.append(
-        f"weight ROM {result['weight_storage_ratio']:.1f}x smaller than dense ap_fixed<16,6>; epilogue "
-        f"constants {t['epilogue_bits']:,} bits (dense biases {d['bias_bits']:,}), other tables "
-        f"{t['other_bits']:,} bits"
-    )
-    lines.extend(f"note: {line}" for line in result.get("notes", []))
-    headers = result.get("ap_types")
-    lines.append(
-        f"make csim: AP_TYPES={headers} recorded in the Makefile"
-        if headers
-        else "make csim: no ap_types headers found (--option ap_types=DIR, $SQC_AP_TYPES or hls4ml): "
-        "pass AP_TYPES=DIR to make"
-    )
-    lines.extend(accuracy_lines(result.get("accuracy")))
-    return lines
-
-
 class HlsTarget:
     """Registered as target ``hls``: ``sqc lower model.sqc --target hls -o out/ --calib data.npz``."""
 
     name = "hls"
+    takes_calib = True
     takes_options = True
 
-    @staticmethod
-    def lower(
-        source: Path,
-        output: Path,
-        *,
-        force: bool = False,
-        calib: CalibSource | None = None,
-        options: list[str] | None = None,
-    ) -> dict:
-        from sqc.formats.container import read
-        from sqc.targets.calib import calib_file, calibration_data
-        from sqc.targets.legalize import LowerOptions, legalize, require_calib
-        from sqc.targets.simulate import compare, quantize_input, simulate
-
-        opts, extra = LowerOptions.parse(options, EXTRA_OPTIONS)
-        hls = HlsOptions.parse(extra)
-        calib = require_calib("hls", calib)
-        model = read(Path(source))
-        for state in model.tensors.values():
-            if state.coder not in ("raw", "huffman") and state.codes is None:
-                raise HlsError(f"tensor {state.name}: coder {state.coder} gives no integer codes to lay out")
-        data = calibration_data(calib, max(opts.calib_samples, hls.tb_samples), model)
-        program = legalize(model, data, opts)
-        x = data.x
-        golden_x = x[: hls.tb_samples]
+    def lower(self, request: LowerRequest) -> LowerReport:
+        hls = HlsOptions.parse(LowerOptions.parse(list(request.options), EXTRA_OPTIONS)[1])
+        lowering = integer_lowering(request, "hls", EXTRA_OPTIONS, samples=hls.tb_samples, check=_laid_out)
+        program, output = lowering.program, Path(request.output)
+        golden_x = lowering.data.x[: hls.tb_samples]
         codes = quantize_input(program, golden_x).reshape(golden_x.shape[0], -1).numpy()
         want = simulate(program, golden_x).reshape(golden_x.shape[0], -1).numpy()
         result = write_project(
             program,
-            Path(output),
+            output,
             options=hls,
             golden=(codes, want),
-            model_name=Path(source).stem,
-            force=force,
-            inputs=(source, calib_file(calib)),
+            model_name=Path(request.source).stem,
+            force=request.force,
+            inputs=(request.source, calib_file(request.calib)),
         )
-        seen = data.head(opts.calib_samples)
-        result["accuracy"] = compare(program, model.graph_module.eval(), seen.x, seen.y)
+        result["accuracy"] = compared(lowering)
         coded = sorted({w.name for w in program.weights if w.symbols.kind == "huffman"})
         notes = list(program.notes)
         if coded:
@@ -972,8 +861,14 @@ class HlsTarget:
                 "indices, a datapath reads fixed-width fields"
             )
         result["notes"] = notes
-        result["options"] = {**program.options, **extra}
+        result["options"] = {**program.options, **lowering.extra}
         result["output_dir"] = str(output)
-        result["bytes"] = sum(f.stat().st_size for f in Path(output).iterdir() if f.is_file())
-        result["summary"] = summary(result)
-        return result
+        return LowerReport("hls", str(output), project_bytes(output), summary(result), result)
+
+
+def _laid_out(model: CompressedModel, extra: dict[str, str]) -> None:
+    """The HLS datapath reads fixed-width fields: a float tensor the coder left without codes cannot be
+    laid out (Huffman-coded ones are decoded at lowering time)."""
+    for state in model.tensors.values():
+        if state.coder not in ("raw", "huffman") and state.codes is None:
+            raise HlsError(f"tensor {state.name}: coder {state.coder} gives no integer codes to lay out")

@@ -107,7 +107,7 @@ class Weights:
     """The sparse positions as 8-bit relative entries (filler 255): what a start-up decoder re-gaps the
     ROM index into, so that kernels meet as few fillers as possible whatever width ROM uses."""
     mult: tuple[int, ...] = ()
-    """Step multiplier of each output channel (a scaled format, :class:`sqc.ir.FixedPoint`): the real
+    """Step multiplier of each output channel (a scaled format, :class:`sqc.ir.records.FixedPoint`): the real
     weight is ``values * mult * 2**-frac``; the multiplier folds into the layer's requantization, so the
     accumulator still sums the stored codes. Empty: all 1."""
 
@@ -352,11 +352,6 @@ class IntProgram:
 def round_half_even(value: float) -> int:
     """Constants (biases, multipliers, table entries) are rounded half to even, like ``FixedPoint``."""
     return int(np.rint(value))
-
-
-def floor_shift(value: int, shift: int) -> int:
-    """``floor(value / 2**shift)``: the arithmetic right shift every backend must implement."""
-    return value >> shift
 
 
 def rshift_round(value: int, shift: int) -> int:

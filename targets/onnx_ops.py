@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import fx
 
-from sqc.ops import aten_name, function_name
-from sqc.targets.onnx import INT64_MAX, Converter, Sym, Unsupported
+from sqc.ir.ops import aten_name, function_name
+from sqc.targets.onnx_graph import INT64_MAX, Converter, Sym, Unsupported
 
 
 def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
+from sqc.compiler.target import LowerReport, LowerRequest
 from sqc.errors import SqcError
 from sqc.formats.container import read
-from sqc.frontend import example_inputs
+from sqc.frontend.trace import example_inputs
 from sqc.outputs import check_output, write_atomic
 
 KINDS = ("module", "state_dict", "export")
@@ -52,10 +53,16 @@ def write_model(source: Path, output: Path, kind: str = "module", *, force: bool
 
 
 class PyTorchTarget:
-    """Registered as target ``pytorch``: lowering writes a runnable module."""
+    """Registered as target ``pytorch``: lowering writes a runnable module (``.pt2``: a torch.export
+    program; otherwise a pickled ``fx.GraphModule``)."""
 
     name = "pytorch"
+    takes_calib = False
+    takes_options = False
 
-    @staticmethod
-    def lower(source: Path, output: Path, *, force: bool = False) -> int:
-        return write_model(source, output, "export" if output.suffix == ".pt2" else "module", force=force)
+    def lower(self, request: LowerRequest) -> LowerReport:
+        output = Path(request.output)
+        size = write_model(
+            request.source, output, "export" if output.suffix == ".pt2" else "module", force=request.force
+        )
+        return LowerReport("pytorch", str(output), size, [f"wrote {output}: {size:,} bytes (target pytorch)"])

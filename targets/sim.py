@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sqc.compiler.target import LowerReport, LowerRequest
 from sqc.errors import SqcError
-from sqc.ir import CompressedModel
+from sqc.ir.records import CompressedModel
 from sqc.outputs import check_output, write_atomic
 from sqc.targets.calib import CalibData, CalibSource, calib_file, calibration_data, fit_inputs
 from sqc.targets.integer import IntProgram
 from sqc.targets.legalize import LowerOptions, legalize, require_calib
+from sqc.targets.lowering import integer_lowering
 from sqc.targets.simulate import accuracy_lines, compare, dequantize_output, quantize_input, simulate
 
 SUFFIXES = (".npz", ".npy")
@@ -97,36 +99,26 @@ class SimTarget:
     """Registered as target ``sim``: ``sqc lower model.sqc --target sim -o out.npz --calib data.npz``."""
 
     name = "sim"
+    takes_calib = True
     takes_options = True
 
-    @staticmethod
-    def lower(
-        source: Path,
-        output: Path,
-        *,
-        force: bool = False,
-        calib: CalibSource | None = None,
-        options: list[str] | None = None,
-    ) -> dict:
-        from sqc.formats.container import read
-
-        output = Path(output)
+    def lower(self, request: LowerRequest) -> LowerReport:
+        source, output = Path(request.source), Path(request.output)
         if output.suffix not in SUFFIXES:
             raise SqcError(f"{output}: target sim writes .npz (codes, values, input codes) or .npy (codes)")
-        opts, extra = LowerOptions.parse(options, known_extra=("inputs",))
-        calib = require_calib("sim", calib)
+        _, extra = LowerOptions.parse(list(request.options), known_extra=("inputs",))
         more = Path(extra["inputs"]) if extra.get("inputs") else None
-        check_output(output, force=force, inputs=[Path(source), calib_file(calib), more])
-        model = read(Path(source))
-        data = calibration_data(calib, opts.calib_samples, model)
-        program = legalize(model, data, opts)
+        calib = require_calib("sim", request.calib)
+        check_output(output, force=request.force, inputs=[source, calib_file(calib), more])
+        lowering = integer_lowering(request, "sim", ("inputs",))
+        program, data = lowering.program, lowering.data
         if more is not None:
             data = calibration_data(more)
         x = inputs_for(program, data)
         sim = run(program, x)
         blob = npz_bytes(sim) if output.suffix == ".npz" else npy_bytes(sim)
-        write_atomic(output, blob, force=force, inputs=[Path(source), calib_file(calib), more])
-        accuracy = compare(program, model.graph_module.eval(), x, data.y, codes=sim.codes)
+        write_atomic(output, blob, force=request.force, inputs=[source, calib_file(calib), more])
+        accuracy = compare(program, lowering.model.graph_module.eval(), x, data.y, codes=sim.codes)
         report = {
             "target": "sim",
             "output": str(output),
@@ -139,8 +131,7 @@ class SimTarget:
             "notes": [*program.notes, *(data.notes if more is not None else [])],
             "options": program.options,
         }
-        report["summary"] = summary(report)
-        return report
+        return LowerReport("sim", str(output), len(blob), summary(report), report)
 
 
 def summary(report: dict) -> list[str]:

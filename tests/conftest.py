@@ -7,6 +7,7 @@ not on sys.path), so they check what users get.
 from __future__ import annotations
 
 import io
+import os
 import sys
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
@@ -17,9 +18,16 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from hypothesis import settings
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS / "models_pkg"))
+
+# Property tests draw the same examples on every run ("repeatable", the default: a commit's result
+# does not depend on luck, in CI or here); SQC_HYPOTHESIS=explore draws new ones to look for bugs.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("SQC_HYPOTHESIS", "repeatable"))
 
 
 class MLP(nn.Module):
@@ -97,7 +105,7 @@ class Result:
 
 def run_cli(*argv: str | Path) -> Result:
     """Run the sqc CLI in-process, as the console script would."""
-    from sqc.cli import main
+    from sqc.app.cli import main
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with redirect_stdout(stdout), redirect_stderr(stderr):

@@ -130,9 +130,52 @@ def test_eval_only_auto_finds_the_largest_exact_compression() -> None:
     assert first["bits_per_weight"] == 2 and second["bits_per_weight"] == 3
     assert evaluate(artifact.module()) == 1.0
     assert record.stats["margin"] == 1.0  # the evaluation gives per-example outcomes
+    assert record.stats["prune_allocation"] == "curves"  # no training: the sensitivity allocation
     # it measured beyond the answer, and refused it
     drops = [float(p.split(":")[1]) for p in str(record.stats["prune_probes"]).split(";")]
     assert max(drops) > 0.02 and record.stats["metric_after"] == 1.0
+
+
+def test_with_training_auto_searches_one_global_sparsity() -> None:
+    """With training, a pruning probe ranks all layers' weights together (global magnitude) at one
+    sparsity of the sweep, found by a binary search: on the exact problem (179 of 320 weights zero, 56 %)
+    the sweep's 0.3 and 0.5 prune every zero (ties go together) and lose nothing, 0.65 changes every
+    output. The per-layer sparsities come from the ranking: the zeros' shares, 0.5 and 51/64."""
+    model, x = exact_problem()
+    evaluate = Unchanged(model, x)
+    artifact = sqc.compress(
+        model,
+        [(1, 16)],
+        "auto{sparsities=0.3;0.5;0.65;0.8;0.9 bits=6;4;3;2;1}",
+        evaluate=evaluate,
+        finetune=lambda module, epochs: None,  # retraining offered (it wins nothing back here)
+        tolerance=0.02,
+        executor="serial",
+    )
+    record = artifact.report[0]
+    assert record.stats["prune_allocation"] == "global"
+    probes = [p.split(":") for p in str(record.stats["prune_probes"]).split(";")]
+    assert [float(p[0]) for p in probes] == [0.65, 0.3, 0.5]  # the middle, then halving the interval
+    assert float(probes[0][1]) > 0.02 and float(probes[1][1]) == float(probes[2][1]) == 0.0
+    first, second = (record.layers[name] for name in ("0.weight", "1.weight"))
+    assert first["target"] == 0.5 and second["target"] == pytest.approx(51 / 64, abs=1e-6)
+    assert first["density"] == 0.5 and second["density"] == pytest.approx(13 / 64)
+    assert evaluate(artifact.module()) == 1.0
+
+    # LAMP scores rank the zeros first too; the sensitivity allocation stays available by name
+    for allocation in ("lamp", "curves"):
+        forced = sqc.compress(
+            model,
+            [(1, 16)],
+            f"auto{{allocation={allocation} sparsities=0.3;0.5;0.65;0.8;0.9 bits=6;4;3;2;1}}",
+            evaluate=evaluate,
+            finetune=lambda module, epochs: None,
+            tolerance=0.02,
+            executor="serial",
+        )
+        assert forced.report[0].stats["prune_allocation"] == allocation
+        assert forced.model.tensors["1.weight"].density == pytest.approx(13 / 64)
+        assert evaluate(forced.module()) == 1.0
 
 
 def test_monotone_drops_pool_a_lucky_measurement_with_the_larger_probes() -> None:

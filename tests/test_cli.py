@@ -293,7 +293,7 @@ def test_lower_to_the_pytorch_target(cli, workdir):
 
 
 def test_no_verify_skips_the_verifier(cli, workdir, monkeypatch):
-    from sqc.ir import CompressedModel
+    from sqc.ir.records import CompressedModel
 
     calls = []
     original = CompressedModel.verify
@@ -311,7 +311,7 @@ def test_inspect_draws_the_largest_layers_and_sums_the_rest(cli, tmp_path: Path,
     and one row for the rest (bytes still add up); ``--all`` and ``--json`` give every layer."""
     from torch import nn
 
-    from sqc.cli import TABLE_LAYERS
+    from sqc.app.cli.inspect import TABLE_LAYERS
 
     monkeypatch.chdir(tmp_path)
     layers = [nn.Linear(4, 4) for _ in range(TABLE_LAYERS + 5)] + [nn.Linear(4, 64), nn.Linear(64, 4)]
@@ -326,3 +326,24 @@ def test_inspect_draws_the_largest_layers_and_sums_the_rest(cli, tmp_path: Path,
     assert "smaller layers" not in everything.out and len(everything.out) > len(shown.out)
     info = json.loads(cli("inspect", "m.sqc", "--json").out)
     assert len(info["layers"]) == TABLE_LAYERS + 7
+
+
+def test_the_core_names_api_keywords_and_the_command_line_its_options(cli, workdir, mlp):
+    """The core's messages name settings as the API does (``tolerance=-1.0``); the command line says
+    the same thing with its options (``--tolerance -1.0``)."""
+    from sqc.app.cli.render import cli_wording
+
+    with pytest.raises(sqc.SqcError, match=r"^tolerance=-1.0: must be a finite, non-negative number$"):
+        sqc.compress(mlp, [(1, 64)], "prune", tolerance=-1.0)
+    result = cli("compress", "small.pt", *ARCH, "-p", "prune", "-o", "t.sqc", "--tolerance", "-1")
+    assert result.code == 1
+    assert result.err.strip() == "sqc: error: --tolerance -1.0: must be a finite, non-negative number"
+    assert cli_wording("seed=5: must be in [0, 2^63)") == "--seed 5: must be in [0, 2^63)"
+    assert cli_wording("give data= or evaluate= (or loaders=)") == "give --data or --eval (or --loaders)"
+    assert cli_wording("weight_decay= needs it; a finetune= function") == (
+        "--weight-decay needs it; a --finetune function"
+    )
+    assert cli_wording("failed [reproduce with pipeline='prune{sparsity=0.9}']") == (
+        "failed [reproduce with --passes 'prune{sparsity=0.9}']"
+    )
+    assert cli_wording("prune{budget=none samples=0} x_data=1") == "prune{budget=none samples=0} x_data=1"

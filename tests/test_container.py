@@ -11,6 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sqc.compiler.pass_base import PassContext
+from sqc.compiler.pipeline import Pipeline
 from sqc.errors import SqcError, SqcFormatError
 from sqc.formats import container
 from sqc.formats.tensor_codec import (
@@ -20,10 +22,8 @@ from sqc.formats.tensor_codec import (
     encode_tensor_cached,
     encoded_size,
 )
-from sqc.frontend import trace
-from sqc.ir import FixedPoint, TensorState, index_dtype
-from sqc.pass_base import PassContext
-from sqc.pipeline import Pipeline
+from sqc.frontend.trace import trace
+from sqc.ir.records import FixedPoint, TensorState, index_dtype
 
 PIPELINES = [
     "prune{sparsity=0.9},share{bits=5},huffman",

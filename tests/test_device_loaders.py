@@ -18,12 +18,12 @@ from sqc_blobs import Net  # tests/models_pkg, on the path (conftest.py)
 from sqc_blobs import blobs as shared_blobs
 
 import sqc
-from sqc.data import Dataset, top1
-from sqc.devices import on_device, resolve_device
 from sqc.errors import SqcError
-from sqc.frontend import trace
-from sqc.loaders import LoaderError, StreamTop1, resolve_loaders
-from sqc.progress import Note, ProgressView
+from sqc.frontend.trace import trace
+from sqc.runtime.data import Dataset, top1
+from sqc.runtime.devices import on_device, resolve_device
+from sqc.runtime.loaders import LoaderError, StreamTop1, resolve_loaders
+from sqc.runtime.progress import Note, ProgressView
 
 PIPELINE = "prune{target=auto},finetune{epochs=1 lr=0.05},share{bits=3},finetune{epochs=1 lr=0.01},huffman"
 
@@ -115,7 +115,7 @@ def test_on_device_moves_the_module_and_puts_back_the_very_tensors(net):
     """The module copy is moved for the block (here to copies on the CPU, standing in for a device)
     and, afterwards, holds the exact tensors it held before: the IR's sync stamps still hold, so the
     records need no re-decoding, and nothing the block did to the copies survives."""
-    from sqc.ir import _still_synced
+    from sqc.ir.records import _still_synced
 
     ir = trace(net, [(1, 64)])
     ir.sync()  # as after any pass: every tensor stamped with the storage it was bound to
@@ -139,9 +139,9 @@ def test_a_sweep_on_an_accelerator_stays_in_this_process(net):
     """With a non-CPU device and ``workers=0``, a process-pool sweep runs here, on the device (a pool
     of CPU processes would each open their own context on it); a given number of workers is honoured,
     and they evaluate on their CPUs, which a note says."""
-    from sqc.executors import Executor
-    from sqc.pass_base import PassContext
-    from sqc.passes.sensitivity import Analysis, Sweeper
+    from sqc.compiler.pass_base import PassContext
+    from sqc.compiler.sensitivity import Analysis, Sweeper
+    from sqc.runtime.executors import Executor
 
     ir = trace(net, [(1, 64)])
     notes: list[str] = []
@@ -237,7 +237,7 @@ def test_distillation_over_loaders(net):
     plain = sqc.compress(net, [(1, 64)], pipeline, loaders=loaders_of(data)).to_bytes()
     distilled = sqc.compress(net, [(1, 64)], pipeline, loaders=loaders_of(data), distill=0.5).to_bytes()
     assert plain != distilled
-    with pytest.raises(SqcError, match="--distill needs the built-in fine-tuner"):
+    with pytest.raises(SqcError, match="distill= needs the built-in fine-tuner"):
         sqc.compress(net, [(1, 64)], "prune", loaders=(None, loaders_of(data)[1]), distill=0.5)
 
 
@@ -519,9 +519,9 @@ def test_notes_are_strings_that_may_count(net):
 
 
 def test_training_context_takes_a_device(net):
-    """``sqc.training.training(ir, device=…)`` checks the device like every entry point; on the CPU
+    """``sqc.runtime.training.training(ir, device=…)`` checks the device like every entry point; on the CPU
     the module trains in place and the records take the result."""
-    from sqc.training import training
+    from sqc.runtime.training import training
 
     ir = trace(net, [(1, 64)])
     with pytest.raises(SqcError, match="device=foo: not a device"), training(ir, device="foo"):

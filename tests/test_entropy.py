@@ -19,7 +19,7 @@ import sqc
 from sqc.errors import PipelineError, SqcFormatError
 from sqc.formats import container, rans, tensor_codec
 from sqc.formats.tensor_codec import decode_tensor, encode_tensor, encode_tensor_cached
-from sqc.ir import FixedPoint, TensorState
+from sqc.ir.records import FixedPoint, TensorState
 
 SETTINGS = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from sqc.data import top1
+from sqc.compiler.pass_base import PassContext
+from sqc.compiler.pipeline import Pipeline
+from sqc.compiler.sensitivity import Analysis, cached_analysis
 from sqc.errors import PipelineError, SqcError
-from sqc.executors import Executor, callable_name
-from sqc.pass_base import PassContext
-from sqc.passes.sensitivity import Analysis, cached_analysis
-from sqc.pipeline import Pipeline
+from sqc.runtime.data import top1
+from sqc.runtime.executors import Executor, callable_name
 
 # the Gated model and its data from test_sensitivity (tests are not importable as modules here)
 _spec = importlib.util.spec_from_file_location(
@@ -133,7 +133,7 @@ def cli_workspace(tmp_path: Path, monkeypatch):
     """A state_dict of the Small test model and a small data file in the working directory; the app."""
     from sqc_test_models import Small
 
-    from sqc.cli import app
+    from sqc.app.cli import app
 
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
@@ -170,5 +170,5 @@ def test_compress_runs_its_sweep_on_the_executor_asked_for(cli_workspace):
         assert result.exit_code == 0, result.output
     assert Path("serial.sqc").read_bytes() == Path("pool.sqc").read_bytes()
     result = runner.invoke(app, [*common, "--executor", "threads", "-o", "x.sqc"])
-    assert result.exit_code != 0 and "--executor threads: must be one of" in str(result.exception)
+    assert result.exit_code != 0 and "executor=threads: must be one of" in str(result.exception)
     assert not Path("x.sqc").exists()

@@ -11,9 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sqc.errors import ModelLoadError, TraceError
-from sqc.frontend import trace
-from sqc.loading import load_model
-from sqc.ops import FUNCTIONS
+from sqc.frontend.loading import load_model
+from sqc.frontend.trace import trace
+from sqc.ir.ops import FUNCTIONS
 
 
 def test_firenet_traces_to_the_vocabulary_and_computes_the_same(firenet):

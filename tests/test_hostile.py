@@ -30,15 +30,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import sqc
-from sqc import names as name_rule
+from sqc.compiler.pass_base import PassContext
+from sqc.compiler.pipeline import Pipeline
 from sqc.display import SafeConsole, shown
 from sqc.errors import SqcError, SqcFormatError
 from sqc.formats import container
-from sqc.frontend import trace
-from sqc.ir import MAX_INPUT_ELEMENTS
+from sqc.frontend.trace import trace
+from sqc.ir import names as name_rule
+from sqc.ir.records import MAX_INPUT_ELEMENTS
 from sqc.outputs import write_atomic, write_files
-from sqc.pass_base import PassContext
-from sqc.pipeline import Pipeline
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -182,7 +182,9 @@ def test_the_ir_refuses_a_model_whose_names_could_alias(tmp_path):
         sqc.compress(Ligature(), [(1, 8)], "quant")
     ir = tiny_ir()
     with pytest.raises(SqcError, match="not an ASCII identifier"):  # the check is the IR's, at construction
-        sqc.ir.CompressedModel(ir.graph_module, {"\u00fcber.weight": ir.tensors["fc1.weight"]}, ir.inputs)
+        sqc.ir.records.CompressedModel(
+            ir.graph_module, {"\u00fcber.weight": ir.tensors["fc1.weight"]}, ir.inputs
+        )
 
 
 def test_c_and_hls_identifiers_come_from_the_shared_mapping():
@@ -532,7 +534,7 @@ def run_sqc(*argv: str, cwd: Path, file_limit: int | None = None) -> subprocess.
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
     return subprocess.run(
-        [sys.executable, "-m", "sqc.cli", *argv],
+        [sys.executable, "-m", "sqc", *argv],
         cwd=cwd,
         capture_output=True,
         text=True,

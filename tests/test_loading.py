@@ -28,8 +28,8 @@ from safetensors.torch import save_file, save_model
 
 import sqc
 from sqc.errors import ModelLoadError
-from sqc.loading import load_model
-from sqc.pt2 import MAX_INPUT_ELEMENTS, read_program
+from sqc.frontend.loading import load_model
+from sqc.frontend.pt2 import MAX_INPUT_ELEMENTS, read_program
 
 ARCHES = '''
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -642,7 +642,7 @@ def test_dynamic_program_with_symbols_and_subgraphs_loads(tmp_path: Path):
     ],
 )
 def test_symbolic_sizes_torch_writes_are_read(expr: str):
-    from sqc.pt2 import _check_expr
+    from sqc.frontend.pt2 import _check_expr
 
     def refuse(message: str) -> None:
         raise AssertionError(message)
@@ -674,7 +674,7 @@ def test_symbolic_sizes_torch_writes_are_read(expr: str):
     ],
 )
 def test_symbolic_sizes_sympify_would_run_are_refused(expr: str):
-    from sqc.pt2 import _check_expr
+    from sqc.frontend.pt2 import _check_expr
 
     def refuse(message: str) -> None:
         raise ModelLoadError(message)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from sqc.errors import SqcError
-from sqc.frontend import trace
-from sqc.loading import load_model
+from sqc.frontend.loading import load_model
+from sqc.frontend.trace import trace
 from sqc.models import ZOO, Fire, SqueezeNet, get_model, param_count, squeezenet, zoo_table
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

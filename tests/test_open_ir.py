@@ -18,9 +18,9 @@ from sqc.errors import SqcFormatError
 from sqc.formats import container
 from sqc.formats.graph_codec import decode_graph, graph_nodes
 from sqc.formats.tensor_codec import RAW_TYPED, TYPED_DTYPES, decode_tensor, encode_tensor
-from sqc.frontend import as_examples, parse_input_spec, trace
-from sqc.ir import TensorState
-from sqc.ops import aten_name, resolve_aten
+from sqc.frontend.trace import as_examples, parse_input_spec, trace
+from sqc.ir.ops import aten_name, resolve_aten
+from sqc.ir.records import TensorState
 
 SETTINGS = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 aten = torch.ops.aten
@@ -307,7 +307,7 @@ def test_declared_input_sizes_are_capped_before_anything_is_built():
     import sys
     from pathlib import Path
 
-    from sqc.ir import MAX_INPUT_ELEMENTS
+    from sqc.ir.records import MAX_INPUT_ELEMENTS
 
     sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
     from crafted import craft, raw_tensor

@@ -10,15 +10,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sqc.compiler.pass_base import PassContext
+from sqc.compiler.pipeline import Pipeline
 from sqc.errors import PipelineError, SqcError
-from sqc.frontend import trace
-from sqc.ir import FixedPoint, TensorState, all_finite
-from sqc.pass_base import PassContext
+from sqc.frontend.trace import trace
+from sqc.ir.records import FixedPoint, TensorState, all_finite, best_format
 from sqc.passes import prune as prune_module
 from sqc.passes.prune import lamp_scores
-from sqc.passes.quant import best_format
 from sqc.passes.share import kmeans_1d
-from sqc.pipeline import Pipeline
 
 
 def run(model, text, shape=(1, 64)):
@@ -367,7 +366,7 @@ def test_failing_pass_names_itself_and_the_reproducer(mlp):
     with pytest.raises(SqcError) as info:
         run(mlp, "prune,share{layers=nothing*}")
     assert "pass share failed" in str(info.value)
-    assert "--passes 'prune{sparsity=0.9" in str(info.value)
+    assert "pipeline='prune{sparsity=0.9" in str(info.value)
 
 
 def test_verifier_catches_a_bad_record(mlp):

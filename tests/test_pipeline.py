@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sqc.compiler.pipeline import Pipeline, tokenize
 from sqc.errors import PipelineError
-from sqc.pipeline import Pipeline, tokenize
 
 
 def test_defaults_print_every_option():
@@ -171,7 +171,7 @@ def test_recipe_errors_name_the_file(tmp_path: Path, body, fragment):
 
 
 def test_recipe_settings_are_typed(tmp_path: Path):
-    from sqc.pipeline import recipe_settings
+    from sqc.compiler.pipeline import recipe_settings
 
     recipe = tmp_path / "r.toml"
     recipe.write_text(

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import sqc
-import sqc.registry
+import sqc.compiler.registry
 from sqc.errors import PipelineError, SqcError
 
 PLUGIN_DIST = "sqc-plugin-example"
@@ -54,9 +54,9 @@ def Factory():
 
 
 def sqc_command() -> list[str]:
-    """The installed ``sqc`` console script next to this interpreter (else ``python -m sqc.cli``)."""
+    """The installed ``sqc`` console script next to this interpreter (else ``python -m sqc``)."""
     script = Path(sys.executable).with_name("sqc")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sqc.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sqc"]
 
 
 def run_sqc(
@@ -103,13 +103,14 @@ def compress_args(passes: str, out: Path, model: str = "model.pt") -> list[str]:
 @pytest.fixture
 def fresh_registry() -> Iterator[None]:
     """Drop the registry cache around a test that fakes the entry points."""
-    sqc.registry.entries.cache_clear()
+    sqc.compiler.registry.entries.cache_clear()
     yield
-    sqc.registry.entries.cache_clear()
+    sqc.compiler.registry.entries.cache_clear()
 
 
 def fake_entry_points(monkeypatch: pytest.MonkeyPatch, offers: list[tuple[str, str, str]]) -> None:
-    """Make ``sqc.registry`` see exactly ``offers`` (name, module:attr, distribution) in ``sqc.passes``."""
+    """Make ``sqc.compiler.registry`` see exactly ``offers`` (name, module:attr, distribution) in
+    ``sqc.passes``."""
     points = [
         SimpleNamespace(name=name, value=value, group="sqc.passes", dist=SimpleNamespace(name=dist))
         for name, value, dist in offers
@@ -118,7 +119,7 @@ def fake_entry_points(monkeypatch: pytest.MonkeyPatch, offers: list[tuple[str, s
     def entry_points(*, group: str) -> list[SimpleNamespace]:
         return points if group == "sqc.passes" else []
 
-    monkeypatch.setattr(sqc.registry, "entry_points", entry_points)
+    monkeypatch.setattr(sqc.compiler.registry, "entry_points", entry_points)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -176,9 +177,9 @@ def test_compress_runs_the_plugin_pass(plugin_installed: None, model_dir: Path) 
     assert pipeline.endswith(",huffman{layers=*}")
 
     # the order check cannot see a model that already holds codes; the pass itself refuses it
-    from sqc.api import read
-    from sqc.pass_base import PassContext
-    from sqc.pipeline import Pipeline
+    from sqc.app.api import read
+    from sqc.compiler.pass_base import PassContext
+    from sqc.compiler.pipeline import Pipeline
 
     with pytest.raises(SqcError, match=r"pass clip failed: .*integer codes"):
         Pipeline.parse("clip").run(read(out), PassContext())
@@ -262,7 +263,7 @@ def test_clip_selects_layers_and_is_a_no_op_above_the_peak(
 
 @pytest.mark.parametrize("text", ["clip{limit=0}", "clip{limit=-0.5}", "clip{limit=nan}", "clip{limit=x}"])
 def test_clip_rejects_a_bad_limit(plugin_installed: None, text: str) -> None:
-    from sqc.pipeline import Pipeline
+    from sqc.compiler.pipeline import Pipeline
 
     with pytest.raises(PipelineError, match="option limit"):
         Pipeline.parse(text)
@@ -277,7 +278,7 @@ def test_duplicate_of_a_builtin_names_both_packages(
 ) -> None:
     fake_entry_points(monkeypatch, [("prune", "sqc_fake_dup.prune:Prune", "sqc-fake-dup")])
     with pytest.raises(SqcError) as caught:
-        sqc.registry.entries("sqc.passes")
+        sqc.compiler.registry.entries("sqc.passes")
     message = str(caught.value)
     assert "'prune'" in message
     assert "by sqc (sqc.passes.prune:Prune)" in message
@@ -289,7 +290,7 @@ def test_duplicate_between_plugins_names_both(monkeypatch: pytest.MonkeyPatch, f
         monkeypatch, [("dedup", "pkg_a:Dedup", "sqc-plugin-a"), ("dedup", "pkg_b:Dedup", "sqc-plugin-b")]
     )
     with pytest.raises(SqcError, match=r"sqc-plugin-a.*sqc-plugin-b"):
-        sqc.registry.entries("sqc.passes")
+        sqc.compiler.registry.entries("sqc.passes")
 
 
 def test_same_distribution_seen_twice_is_not_a_duplicate(
@@ -297,7 +298,7 @@ def test_same_distribution_seen_twice_is_not_a_duplicate(
 ) -> None:
     offer = ("dedup", "pkg_a:Dedup", "sqc-plugin-a")
     fake_entry_points(monkeypatch, [offer, offer])
-    table = sqc.registry.entries("sqc.passes")
+    table = sqc.compiler.registry.entries("sqc.passes")
     assert table["dedup"].package == "sqc-plugin-a"
     assert table["prune"].package == "sqc"
 
@@ -318,17 +319,17 @@ def test_plugin_that_fails_to_import_names_its_package(
             ("missing", "sqc_no_such_module_anywhere:Missing", "sqc-missing-plugin"),
         ],
     )
-    table = sqc.registry.entries("sqc.passes")  # listing imports nothing, so it still succeeds
+    table = sqc.compiler.registry.entries("sqc.passes")  # listing imports nothing, so it still succeeds
     assert table["broken"].package == "sqc-broken-plugin"
 
     with pytest.raises(SqcError) as caught:
-        sqc.registry.load_pass("broken")
+        sqc.compiler.registry.load_pass("broken")
     assert "sqc-broken-plugin" in str(caught.value) and "boom at import" in str(caught.value)
 
     with pytest.raises(SqcError, match="sqc-missing-plugin"):
-        sqc.registry.load_pass("missing")
+        sqc.compiler.registry.load_pass("missing")
 
-    from sqc.pipeline import Pipeline
+    from sqc.compiler.pipeline import Pipeline
 
     with pytest.raises(SqcError, match="sqc-broken-plugin"):
         Pipeline.parse("prune,broken")
@@ -339,7 +340,7 @@ def test_plugin_object_that_is_not_a_pass_is_refused(
 ) -> None:
     fake_entry_points(monkeypatch, [("notapass", "json:dumps", "sqc-odd-plugin")])
     with pytest.raises(SqcError, match=r"sqc-odd-plugin.*not an sqc Pass"):
-        sqc.registry.load_pass("notapass")
+        sqc.compiler.registry.load_pass("notapass")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -349,8 +350,8 @@ def test_plugin_object_that_is_not_a_pass_is_refused(
 def test_listing_the_registry_imports_no_pass(plugin_installed: None, tmp_path: Path) -> None:
     probe = (
         "import json, sys\n"
-        "import sqc.registry\n"
-        "table = sqc.registry.entries('sqc.passes')\n"
+        "import sqc.compiler.registry\n"
+        "table = sqc.compiler.registry.entries('sqc.passes')\n"
         "loaded = sorted(m for m in sys.modules if m.startswith(('sqc.passes', 'sqc_plugin_example')))\n"
         "print(json.dumps({'names': sorted(table), 'loaded': loaded}))\n"
     )

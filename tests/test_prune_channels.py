@@ -18,14 +18,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import sqc
-import sqc.data
+import sqc.runtime.data
+from sqc.app.inspection import describe_ir
+from sqc.compiler.pass_base import PassContext
+from sqc.compiler.pipeline import Pipeline
 from sqc.errors import SqcError
-from sqc.frontend import trace
-from sqc.inspection import describe_ir
+from sqc.frontend.trace import trace
 from sqc.models import LeNet5, ResNet, SqueezeNet
-from sqc.pass_base import PassContext
 from sqc.passes.prune_channels import PruneChannels
-from sqc.pipeline import Pipeline
 
 
 def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -264,15 +264,15 @@ def test_target_auto_keeps_the_metric_within_the_budget():
     examples = Path(__file__).resolve().parent.parent / "examples"
     model = lenet5()
     model.load_state_dict(torch.load(examples / "lenet5.pt", weights_only=True))
-    full = sqc.data.load_data(examples / "mnist_test_1k.npz")
-    data = sqc.data.Dataset(full.x_val[:250], full.y_val[:250])  # a few evaluations of 250 images
+    full = sqc.runtime.data.load_data(examples / "mnist_test_1k.npz")
+    data = sqc.runtime.data.Dataset(full.x_val[:250], full.y_val[:250])  # a few evaluations of 250 images
     pipeline = "prune-channels{target=auto budget=0.01 sweep=0.5;0.75}"
     artifact = sqc.compress(model, None, pipeline, data=data)
     stats = artifact.report[0].stats
     assert stats["metric_before"] - stats["metric_after"] <= 0.01 + 1e-9
     assert stats["params_after"] < stats["params_before"]
     # the metric measured by zeroing is the metric of the model with the channels removed
-    assert sqc.data.top1(data)(artifact.module()) == pytest.approx(stats["metric_after"], abs=1e-9)
+    assert sqc.runtime.data.top1(data)(artifact.module()) == pytest.approx(stats["metric_after"], abs=1e-9)
     with pytest.raises(SqcError, match="needs an evaluation"):
         sqc.compress(model, None, "prune-channels{target=auto}")
     with pytest.raises(SqcError, match="budget"):

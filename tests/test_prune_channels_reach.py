@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import sqc
 from sqc.errors import SqcError
-from sqc.frontend import trace
+from sqc.frontend.trace import trace
 from sqc.passes.prune_channels import Group, PruneChannels
 
 
@@ -289,12 +289,14 @@ def reference(model: nn.Module, groups: list[Group]) -> nn.Module:
     return zeroed
 
 
-def prune(case: str, options: str, tmp_path) -> tuple[nn.Module, sqc.api.Artifact, list[Group], torch.Tensor]:
+def prune(
+    case: str, options: str, tmp_path
+) -> tuple[nn.Module, sqc.app.api.Artifact, list[Group], torch.Tensor]:
     """Prune ``case``; check the pruned model against the oracle and the saved file against the IR."""
     factory, example = CASES[case]
     model = seeded(factory())
     x = example()
-    pass_ = sqc.pipeline.Pipeline.parse(f"prune-channels{{{options}}}").passes[0]
+    pass_ = sqc.compiler.pipeline.Pipeline.parse(f"prune-channels{{{options}}}").passes[0]
     assert isinstance(pass_, PruneChannels)
     _, groups, _ = pass_.plan(trace(model, [x]))
     assert groups, "the pass must find something to remove"
@@ -325,11 +327,11 @@ def logits(output: Any) -> torch.Tensor:
     return output["logits"] if isinstance(output, dict) else output.logits
 
 
-def shapes(artifact: sqc.api.Artifact) -> dict[str, tuple[int, ...]]:
+def shapes(artifact: sqc.app.api.Artifact) -> dict[str, tuple[int, ...]]:
     return {name: tuple(state.shape) for name, state in artifact.model.tensors.items()}
 
 
-def attention_heads(artifact: sqc.api.Artifact) -> list[int]:
+def attention_heads(artifact: sqc.app.api.Artifact) -> list[int]:
     """The head count each attention computes with, read from the pruned graph's shapes."""
     out = []
     for node in artifact.module().graph.nodes:
@@ -487,7 +489,7 @@ def conv1d_head(group: Group, layer: str, head: int = 8, width: int = 32) -> int
     return h
 
 
-def widths(artifact: sqc.api.Artifact) -> dict[str, list[Any]]:
+def widths(artifact: sqc.app.api.Artifact) -> dict[str, list[Any]]:
     """The shape argument of every reshape/view next to an ``addmm``, by the addmm it feeds or follows."""
     out: dict[str, list[Any]] = {}
     for node in artifact.module().graph.nodes:
@@ -549,7 +551,7 @@ def test_conv1d_filters_are_ranked_by_column_norm():
         model.h[0].c_fc.weight[:, 5].mul_(1e-3)  # one tiny column: the first hidden unit to go
         model.h[0].c_fc.weight[3].mul_(1e-3)  # a tiny row is an input feature, not a filter
     x = torch.randint(0, 100, (2, 8))
-    pass_ = sqc.pipeline.Pipeline.parse("prune-channels{ratio=0.01}").passes[0]
+    pass_ = sqc.compiler.pipeline.Pipeline.parse("prune-channels{ratio=0.01}").passes[0]
     assert isinstance(pass_, PruneChannels)
     _, chosen, _ = pass_.plan(trace(model, [x]))
     assert [g.sources for g in chosen if g.space == ("h.0.c_fc",)] == [[("h.0.c_fc.weight", 5)]]

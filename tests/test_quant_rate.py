@@ -15,7 +15,7 @@ import sqc
 from sqc.errors import PipelineError, SqcError
 from sqc.formats import container
 from sqc.formats.tensor_codec import decode_tensor, encode_tensor
-from sqc.ir import MAX_STEP_MULT, FixedPoint, TensorState
+from sqc.ir.records import MAX_STEP_MULT, FixedPoint, TensorState
 from sqc.passes import _rate
 from sqc.passes._rate import rd_cost, rdo_levels, tree_costs
 from sqc.passes.quant import qp_step, quant_record, quantize_step
@@ -259,8 +259,8 @@ def test_qp_auto_gives_the_sensitive_layer_the_finer_step_within_the_tolerance(t
 
 
 def test_quant_curves_round_trip_through_json_and_the_report() -> None:
-    from sqc.ir import PassRecord
-    from sqc.passes.sensitivity import Analysis, Point
+    from sqc.compiler.sensitivity import Analysis, Point
+    from sqc.ir.records import PassRecord
 
     analysis = Analysis(metric=0.9, samples=10, rate_bits=5)
     analysis.quant["fc1.weight"] = [Point(-30.0, 0.9, 900), Point(-20.0, 0.85, 400)]

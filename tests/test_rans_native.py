@@ -23,7 +23,7 @@ from sqc_rans_cases import random_case  # tests/models_pkg, on the path (conftes
 from sqc.errors import SqcFormatError
 from sqc.formats import rans, rans_reference
 from sqc.formats.tensor_codec import encode_tensor
-from sqc.ir import TensorState
+from sqc.ir.records import TensorState
 
 NATIVE = rans._native
 needs_native = pytest.mark.skipif(NATIVE is None, reason="the C core is not built (or SQC_RANS=python)")
@@ -202,7 +202,7 @@ def test_both_writers_fall_back_at_the_cap() -> None:
     """A 6-bit layer of one repeated code: its rANS stream would be a few bytes for 120,000 decisions.
     The container stores it packed/Huffman-coded, and the C target's legalizer agrees (no rANS stream);
     a layer within the cap keeps rANS in both."""
-    from sqc.targets.legalize import _rans_stream
+    from sqc.targets.legalize.weights import _rans_stream
 
     flat = np.full((100, 200), 7)
     over = _fixed_state(flat)

@@ -25,7 +25,7 @@ import torch.nn as nn
 from sqc_zoo_models import FAMILIES, BertLike, TupleInput
 
 import sqc
-from sqc.frontend import parse_input_spec, trace
+from sqc.frontend.trace import parse_input_spec, trace
 
 PRUNE_QUANT = "prune{sparsity=0.5},quant{bits=8},huffman"
 PRUNE_SHARE = "prune{sparsity=0.5},share{bits=5},huffman"

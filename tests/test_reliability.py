@@ -29,14 +29,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sqc
+from sqc.compiler.pass_base import PassContext
+from sqc.compiler.pipeline import Pipeline
 from sqc.errors import SqcError, SqcFormatError
 from sqc.formats import container, huffman
 from sqc.formats.binio import varint
 from sqc.formats.graph_codec import decode_graph, json_limit
 from sqc.formats.tensor_codec import CODEBOOK, FIXED, RAW_F32, decode_tensor
-from sqc.frontend import trace
-from sqc.pass_base import PassContext
-from sqc.pipeline import Pipeline
+from sqc.frontend.trace import trace
 
 TESTS = Path(__file__).parent
 CORPUS = TESTS / "fuzz" / "corpus"
@@ -157,7 +157,7 @@ def test_every_single_bit_flip_is_detected(pipeline):
 def test_every_single_bit_flip_of_a_rans_file_is_detected():
     from crafted import rans_files
 
-    from sqc.inspection import inspect_container
+    from sqc.app.inspection import inspect_container
 
     data = rans_files()["valid-rans-1.sqc"]  # quant codes and 8-bit fixed-point biases, rANS-coded
     streams = [t["streams"] for t in inspect_container(data, "x")["tensors"] if t["role"] == "weight"]
@@ -511,7 +511,7 @@ def test_same_input_same_bytes_whatever_the_hash_seed(firenet):
 def test_seed_is_stored_and_decides_the_bytes(mlp):
     """The seed drives the built-in fine-tuner's batch order: same seed, same bytes; another seed,
     other bytes; the seed is in the file; the caller's global RNG is left as it was."""
-    from sqc.data import Dataset
+    from sqc.runtime.data import Dataset
 
     g = torch.Generator().manual_seed(1)
     y = torch.randint(0, 10, (96,), generator=g)

@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import sqc
-from sqc.allocation import Choice, allocate, envelope, solve, step_back
-from sqc.data import Dataset, top1
+from sqc.compiler.allocation import Choice, allocate, envelope, solve, step_back
+from sqc.compiler.pass_base import PassContext
+from sqc.compiler.pipeline import Pipeline
+from sqc.compiler.sensitivity import Analysis, cached_analysis, load_analysis
 from sqc.errors import PipelineError
-from sqc.frontend import trace
-from sqc.pass_base import PassContext
-from sqc.passes.sensitivity import Analysis, cached_analysis, load_analysis
-from sqc.pipeline import Pipeline
+from sqc.frontend.trace import trace
+from sqc.runtime.data import Dataset, top1
 
 CLASSES = 16
 
@@ -319,7 +319,7 @@ def test_recipe_accepts_auto(tmp_path: Path):
 def test_auto_without_data_is_refused_before_anything_runs():
     ir = fresh_ir()
     for text in ("prune{target=auto}", "prune{sparsity=0.5},share{bits=auto}", "sensitivity"):
-        with pytest.raises(PipelineError, match="needs an evaluation: give --data or --eval"):
+        with pytest.raises(PipelineError, match="needs an evaluation: give data= or evaluate="):
             Pipeline.parse(text).run(ir, PassContext())
     assert not ir.report and all(s.mask is None and s.codes is None for s in ir.tensors.values())
     with pytest.raises(sqc.SqcError, match="prune needs an evaluation"):
@@ -335,7 +335,7 @@ def test_compress_api_with_data():
 
 
 def test_the_allocation_is_in_the_file_for_inspect(tmp_path: Path, capsys):
-    from sqc.sensitivity_cli import allocations, render_allocations
+    from sqc.app.cli.sensitivity import allocations, render_allocations
 
     path = tmp_path / "m.sqc"
     sqc.compress(
@@ -407,7 +407,7 @@ def test_reuse_refuses_another_models_curves(tmp_path: Path):
 
 @pytest.fixture
 def app() -> typer.Typer:
-    from sqc.sensitivity_cli import register
+    from sqc.app.cli.sensitivity import register
 
     app = typer.Typer()
     app.callback()(lambda: None)  # a group, so the command keeps its name

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from sqc_lenet import MNIST, lenet, mnist  # tests/models_pkg, on the path (conftest.py)
 
 import sqc
-from sqc.data import DataError
+from sqc.runtime.data import DataError
 from sqc.targets.calib import calibration_data
 from sqc.targets.hls import HlsError, build_files, find_ap_types
 from sqc.targets.legalize import LowerOptions, legalize

@@ -17,7 +17,8 @@ import sqc
 from sqc.formats import sparse_index
 from sqc.targets.c import conv_vector, csc_entries, write_project
 from sqc.targets.integer import Linear, Stream, Weights
-from sqc.targets.legalize import LowerOptions, _best_index, _stream, legalize
+from sqc.targets.legalize import LowerOptions, legalize
+from sqc.targets.legalize.weights import _best_index, _stream
 from sqc.targets.simulate import quantize_input, simulate
 from tests.test_target_c import (
     MNIST,

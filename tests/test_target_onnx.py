@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sqc
-from sqc.ir import CODE_DTYPE, FixedPoint, TensorState, index_dtype
+from sqc.ir.records import CODE_DTYPE, FixedPoint, TensorState, index_dtype
 
 onnx = pytest.importorskip("onnx", reason="the onnx target needs onnx (pip install 'sqc[onnx]')")
 ort = pytest.importorskip("onnxruntime", reason="the onnx target's tests run models in onnxruntime")
@@ -216,7 +216,7 @@ def _zoo(name: str):
     ],
 )
 def test_models_match_sqc_load(cli, tmp_path: Path, firenet, model: str, pipeline: str):
-    from sqc.frontend import parse_input_spec
+    from sqc.frontend.trace import parse_input_spec
 
     if model == "firenet":
         net, spec = firenet, parse_input_spec("1,3,16,16")
@@ -309,7 +309,23 @@ def records(draw) -> TensorState:
 def test_weight_layouts_decode_exactly(state: TensorState):
     """Every layout the target chooses (dense or kept+gaps, with fillers, a codebook's zero entry
     appended or its own) gives back in ONNX Runtime exactly the value the record decodes to."""
-    from sqc.targets.onnx import Converter
+    check_layout(state)
+
+
+def test_a_codebook_whose_zero_entry_has_a_small_index_keeps_wide_codes():
+    """17 centroids need 5-bit codes even when the +0.0 entry a pruned position reads is entry 8 (a
+    hypothesis find: the codes were packed at the filler's 4 bits, so code 16 read entry 0)."""
+    book = torch.randn(17, generator=torch.Generator().manual_seed(0))
+    book[8] = 0.0
+    state = TensorState("layer.weight", (1, 7), "weight")
+    state.codebook = book
+    state.codes = torch.tensor([[7, 0, 5, 4, 16, 0, 0]], dtype=torch.uint8)
+    state.set_mask(torch.tensor([[True, False, True, True, True, False, True]]))
+    check_layout(state)
+
+
+def check_layout(state: TensorState) -> None:
+    from sqc.targets.onnx_graph import Converter
 
     state.verify()
     converter = Converter(None)  # type: ignore[arg-type]  # only the weight emitters are used

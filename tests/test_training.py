@@ -13,10 +13,10 @@ import torch.nn as nn
 from sqc_blobs import Net, blobs  # tests/models_pkg, on the path (conftest.py)
 
 import sqc
-from sqc.data import DataError, Dataset, load_data, top1
-from sqc.frontend import trace
-from sqc.pipeline import Pipeline
-from sqc.training import Constraints
+from sqc.compiler.pipeline import Pipeline
+from sqc.frontend.trace import trace
+from sqc.runtime.data import DataError, Dataset, load_data, top1
+from sqc.runtime.training import Constraints
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_finetune_keeps_masks_and_codebooks_exactly(net):
 
 def test_constraints_hold_against_a_users_own_loop(net):
     ir = trace(net, [(1, 64)])
-    Pipeline.parse("prune{sparsity=0.7},share{bits=2}").run(ir, sqc.pass_base.PassContext())
+    Pipeline.parse("prune{sparsity=0.7},share{bits=2}").run(ir, sqc.compiler.pass_base.PassContext())
     before = {s.name: (s.mask.clone(), s.codes.clone()) for s in ir.weights()}
     data = blobs()
     with Constraints(ir):
@@ -314,7 +314,7 @@ def test_empty_data_file(tmp_path: Path, name: str):
 def test_distillation_pulls_the_student_towards_the_teacher(net):
     """With distill=1 the loss is only the KL to the teacher's softened logits: training a fresh
     student must bring its outputs towards the teacher's, which labels alone do not ask for."""
-    from sqc.data import cross_entropy_finetuner, teacher_logits
+    from sqc.runtime.data import cross_entropy_finetuner, teacher_logits
 
     data = blobs()
     teacher = teacher_logits(net, data)
@@ -344,15 +344,15 @@ def test_distill_through_compress_and_its_errors(net):
     plain = sqc.compress(net, [(1, 64)], pipeline, data=data).to_bytes()
     distilled = sqc.compress(net, [(1, 64)], pipeline, data=data, distill=0.5).to_bytes()
     assert plain != distilled  # the loss changed, so the trained centroids did
-    with pytest.raises(sqc.SqcError, match=r"--distill 1.5: must be in \[0, 1\]"):
+    with pytest.raises(sqc.SqcError, match=r"distill=1.5: must be in \[0, 1\]"):
         sqc.compress(net, [(1, 64)], pipeline, data=data, distill=1.5)
-    with pytest.raises(sqc.SqcError, match="--distill needs the built-in fine-tuner"):
+    with pytest.raises(sqc.SqcError, match="distill= needs the built-in fine-tuner"):
         sqc.compress(net, [(1, 64)], "prune", evaluate=lambda m: 1.0, distill=0.5)
-    with pytest.raises(sqc.SqcError, match="a --finetune function trains its own way"):
+    with pytest.raises(sqc.SqcError, match="a finetune= function trains its own way"):
         sqc.compress(net, [(1, 64)], pipeline, data=data, finetune=lambda m, e: None, distill=0.5)
-    with pytest.raises(sqc.SqcError, match="--weight-decay needs the built-in fine-tuner"):
+    with pytest.raises(sqc.SqcError, match="weight_decay= needs the built-in fine-tuner"):
         sqc.compress(net, [(1, 64)], "prune", evaluate=lambda m: 1.0, weight_decay=1e-4)
-    with pytest.raises(sqc.SqcError, match=r"--weight-decay 1.0: must be in \[0, 1\)"):
+    with pytest.raises(sqc.SqcError, match=r"weight_decay=1.0: must be in \[0, 1\)"):
         sqc.compress(net, [(1, 64)], pipeline, data=data, weight_decay=1.0)
 
 
@@ -385,7 +385,7 @@ def test_recipe_compress_table_sets_the_run(cli, tmp_path: Path, monkeypatch, ne
 
 
 def test_divergence_guard_tells_runaway_from_noisy_training():
-    from sqc.training import DivergenceGuard, TrainingDiverged
+    from sqc.runtime.training import DivergenceGuard, TrainingDiverged
 
     calm = DivergenceGuard(window=10)
     for step in range(500):  # a decreasing loss with spikes of 3x is training, not divergence
@@ -435,8 +435,8 @@ def test_finetune_retries_a_diverged_run_at_a_lower_rate(net):
 
 
 def test_finetune_gives_up_after_its_retries(net):
-    from sqc.pass_base import DIVERGENCE_RETRIES, PassContext
-    from sqc.training import TrainingDiverged
+    from sqc.compiler.pass_base import DIVERGENCE_RETRIES, PassContext
+    from sqc.runtime.training import TrainingDiverged
 
     rates: list[float] = []
 
@@ -447,7 +447,7 @@ def test_finetune_gives_up_after_its_retries(net):
         raise TrainingDiverged("the loss became nan at step 3")
 
     ir = trace(net, [(1, 64)])
-    Pipeline.parse("prune{sparsity=0.5}").run(ir, sqc.pass_base.PassContext())
+    Pipeline.parse("prune{sparsity=0.5}").run(ir, sqc.compiler.pass_base.PassContext())
     before = {name: state.decode().clone() for name, state in ir.tensors.items()}
     ctx = PassContext(finetune=always_diverges)
     with pytest.raises(

@@ -725,6 +725,63 @@ static void sqc_conv_flush(sqc_act_t *y, int32_t oc, const sqc_conv_t *c, const 
     memset(acc, 0, (size_t)span * sizeof(int32_t));
 }
 
+/* The by-column sparse linear layout (sqc_csc_*) keeps per input column the 32-bit offset of its first
+ * entry, in the arena's 16-bit region (two halves each; the arena only guarantees 2-byte alignment, so
+ * they go through memcpy, one unaligned load on x86). */
+static uint32_t sqc_start_at(const uint16_t *start, size_t j)
+{
+    uint32_t v;
+    memcpy(&v, start + 2 * j, sizeof v);
+    return v;
+}
+
+static void sqc_start_put(uint16_t *start, size_t j, uint32_t v)
+{
+    memcpy(start + 2 * j, &v, sizeof v);
+}
+
+/* Bit i set when x[i] != 0, for the first min(n, 16) inputs (n > 0): sixteen at a time with SSE2, so
+ * that the by-column kernel visits only the columns of nonzero inputs instead of testing each. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+static uint32_t sqc_nonzero16(const sqc_act_t *x, int32_t n)
+{
+    uint32_t z = 0;
+    int32_t i;
+#if defined(__SSE2__)
+    if (n >= 16) {
+        const __m128i zero = _mm_setzero_si128();
+#if SQC_ACT_BITS == 8
+        __m128i e = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)x), zero);
+#else
+        __m128i e = _mm_packs_epi16(_mm_cmpeq_epi16(_mm_loadu_si128((const __m128i *)(const void *)x), zero),
+                                    _mm_cmpeq_epi16(_mm_loadu_si128((const __m128i *)(const void *)(x + 8)), zero));
+#endif
+        return 0xffffu ^ (uint32_t)_mm_movemask_epi8(e);
+    }
+#endif
+    for (i = 0; i < n && i < 16; i++) {
+        z |= (uint32_t)(x[i] != 0) << i;
+    }
+    return z;
+}
+
+/* the index of the lowest set bit of z != 0 */
+static uint32_t sqc_lowest_bit(uint32_t z)
+{
+#if defined(__GNUC__)
+    return (uint32_t)__builtin_ctz(z);
+#else
+    uint32_t i = 0;
+    while ((z & 1u) == 0) {
+        z >>= 1;
+        i++;
+    }
+    return i;
+#endif
+}
+
 /* SQC_P: the type a single product w * x fits in. 8-bit weights times 8-bit activations fit int16
  * (|w * x| <= 2^14), which lets the vectorizer multiply eight at a time; the sum is still int32. */
 #if SQC_ACT_BITS == 8

@@ -95,17 +95,18 @@ void sqc_linear_w8(const sqc_act_t *x, sqc_act_t *y, const int8_t *w, const uint
                    int32_t in, int32_t out, const sqc_requant_t *rq);
 void sqc_linear_w16(const sqc_act_t *x, sqc_act_t *y, const int16_t *w, const uint8_t *idx, uint32_t nidx,
                     int32_t in, int32_t out, const sqc_requant_t *rq);
-/* Sparse linear re-laid out at start-up by sqc_csc_* from a layer's runtime entries (by input column,
- * or by output row: cnt, one count per line; d, steps along the line; cw, weights) and walked by
- * sqc_linear_csc_* (by column, skipping zero inputs) or sqc_linear_csr_* (by row). */
+/* Sparse linear re-laid out at start-up by sqc_csc_* from a layer's runtime entries (by input column:
+ * cnt, in + 1 32-bit start offsets in 16-bit halves; or by output row: cnt, one count per row; d, steps
+ * along the line; cw, weights) and walked by sqc_linear_csc_* (by column, visiting only the columns of
+ * nonzero inputs) or sqc_linear_csr_* (by row). */
 int sqc_csc_w8(const uint8_t *idx, const int8_t *w, uint32_t nidx, int32_t in, int32_t out, int32_t by_row,
                uint16_t *cnt, uint8_t *d, int8_t *cw, uint32_t cap, uint32_t *cur, int32_t *prev);
 int sqc_csc_w16(const uint8_t *idx, const int16_t *w, uint32_t nidx, int32_t in, int32_t out, int32_t by_row,
                 uint16_t *cnt, uint8_t *d, int16_t *cw, uint32_t cap, uint32_t *cur, int32_t *prev);
-void sqc_linear_csc_w8(const sqc_act_t *x, sqc_act_t *y, const int8_t *w, const uint8_t *d, const uint16_t *cnt,
-                       int32_t in, int32_t out, const sqc_requant_t *rq, int32_t *acc);
+void sqc_linear_csc_w8(const sqc_act_t *x, sqc_act_t *y, const int8_t *w, const uint8_t *d,
+                       const uint16_t *start, int32_t in, int32_t out, const sqc_requant_t *rq, int32_t *acc);
 void sqc_linear_csc_w16(const sqc_act_t *x, sqc_act_t *y, const int16_t *w, const uint8_t *d,
-                        const uint16_t *cnt, int32_t in, int32_t out, const sqc_requant_t *rq, int32_t *acc);
+                        const uint16_t *start, int32_t in, int32_t out, const sqc_requant_t *rq, int32_t *acc);
 void sqc_linear_csr_w8(const sqc_act_t *x, sqc_act_t *y, const int8_t *w, const uint8_t *d, const uint16_t *cnt,
                        int32_t in, int32_t out, const sqc_requant_t *rq);
 void sqc_linear_csr_w16(const sqc_act_t *x, sqc_act_t *y, const int16_t *w, const uint8_t *d,

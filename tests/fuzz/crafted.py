@@ -42,9 +42,9 @@ def seed_files() -> dict[str, bytes]:
     import torch.nn as nn
     import torch.nn.functional as F
 
-    from sqc.frontend import trace
-    from sqc.pass_base import PassContext
-    from sqc.pipeline import Pipeline
+    from sqc.compiler.pass_base import PassContext
+    from sqc.compiler.pipeline import Pipeline
+    from sqc.frontend.trace import trace
 
     class Tiny(nn.Module):
         def __init__(self) -> None:
@@ -120,9 +120,9 @@ def rans_files() -> dict[str, bytes]:
     import torch
     import torch.nn as nn
 
-    from sqc.frontend import trace
-    from sqc.pass_base import PassContext
-    from sqc.pipeline import Pipeline
+    from sqc.compiler.pass_base import PassContext
+    from sqc.compiler.pipeline import Pipeline
+    from sqc.frontend.trace import trace
 
     class Wide(nn.Module):
         def __init__(self) -> None:

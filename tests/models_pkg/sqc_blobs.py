@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sqc.data import Dataset
+from sqc.runtime.data import Dataset
 
 
 def blobs(n: int = 256, seed: int = 0, spread: float = 3.0) -> Dataset:

@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from sqc.compiler.pass_base import OptionError, Pass, PassContext, PassResult, Stat, check_range
 from sqc.errors import PipelineError
-from sqc.ir import CompressedModel
-from sqc.pass_base import OptionError, Pass, PassContext, PassResult, Stat, check_range
+from sqc.ir.records import CompressedModel
 
 
 @dataclass(frozen=True)

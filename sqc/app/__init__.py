@@ -1,0 +1,1 @@
+"""The application: the Python API (``api``), inspection, and the command line (``cli``)."""
