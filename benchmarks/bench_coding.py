@@ -195,9 +195,7 @@ def rans_at_scale(runs: int, big: bool) -> list[dict[str, Any]]:
     for name, r, c, density, n in cases:
         mask, kept = synthetic(r, c, density, 32)
         enc_t, coded = median(lambda m=mask, k=kept, s=(r, c): rans.encode(m, k, s, 5), n)
-        dec_t, got = median(
-            lambda d=coded.data, s=(r, c), v=coded.value_mode: rans.decode(d, s, True, 5, 32, v), n
-        )
+        dec_t, got = median(lambda d=coded.data, s=(r, c), v=coded.mode: rans.decode(d, s, True, 5, 32, v), n)
         assert np.array_equal(got[1], kept)
         rows.append(
             {

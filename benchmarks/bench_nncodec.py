@@ -89,6 +89,7 @@ TEMPLATES: tuple[str, ...] = (
     "share{bits=$B},quant{bits=8},rans",
     "share{bits=$B,rdo=1},quant{bits=16},rans",
     "quant{qp=$Q,rdo=0},rans",
+    "quant{qp=$Q,rdo=0.01},rans",
     "quant{qp=$Q,rdo=0.03},rans",
     "quant{qp=$Q},rans",
 )
@@ -309,13 +310,14 @@ def sqc_point(
     def on_pass(index: int, pass_: Any, result: Any, seconds: float) -> None:
         passes[f"{index}:{pass_.name}"] = seconds
 
-    encode_s, decode_s = [], []
+    encode_s, encode_cpu_s, decode_s = [], [], []
     file_bytes = 0
     for _ in range(runs):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         artifact = sqc.compress(model, bench.example, pipeline, on_pass=on_pass)
         file_bytes = artifact.save(path, force=True)
         encode_s.append(time.perf_counter() - started)
+        encode_cpu_s.append(time.process_time() - cpu)
     restored: nn.Module = nn.Module()
     for _ in range(runs):
         started = time.perf_counter()
@@ -337,6 +339,7 @@ def sqc_point(
         "mse": mse(reference, decoded),
         "metric": bench.evaluate(restored),
         "encode_s": statistics.median(encode_s),
+        "encode_cpu_s": statistics.median(encode_cpu_s),
         "decode_s": statistics.median(decode_s),
         "encode_runs_s": encode_s,
         "decode_runs_s": decode_s,
@@ -379,6 +382,7 @@ def nncodec_points(
                 "mse": mse(reference, decoded),
                 "metric": bench.evaluate(with_weights(model, decoded)),
                 "encode_s": row["encode_s"],
+                "encode_cpu_s": row["encode_cpu_s"],
                 "decode_s": row["decode_s"],
                 "encode_runs_s": row["encode_runs_s"],
                 "decode_runs_s": row["decode_runs_s"],
@@ -427,7 +431,9 @@ def summarize(points: list[dict[str, Any]], reference_metric: float, pruned: boo
     strict = [p for p in ours if p["metric"] >= anchor["metric"]]
     out: dict[str, Any] = {
         "reference_metric": reference_metric,
-        "nncodec": {k: anchor[k] for k in ("setting", "bytes", "mse", "metric", "encode_s", "decode_s")},
+        "nncodec": {
+            k: anchor[k] for k in ("setting", "bytes", "mse", "metric", "encode_s", "decode_s", *_cpu(anchor))
+        },
         "nncodec_within_0.1_points": bool(near),
         "goal_bytes_ratio": goal,
         "bar": bar,
@@ -470,17 +476,26 @@ def summarize(points: list[dict[str, Any]], reference_metric: float, pruned: boo
             "metric",
             "encode_s",
             "decode_s",
+            *_cpu(point),
         )
     }
     out["bytes_ratio"] = point["bytes"] / anchor["bytes"]
     out["file_bytes_ratio"] = point["file_bytes"] / anchor["bytes"]
     out["encode_ratio"] = point["encode_s"] / anchor["encode_s"]
+    cpu = "encode_cpu_s" in point and "encode_cpu_s" in anchor
+    if cpu:  # CPU time: what each side's encoder costs, whatever else the shared machine is running
+        out["encode_cpu_ratio"] = point["encode_cpu_s"] / anchor["encode_cpu_s"]
     # sqc's encode includes tracing the model and verifying the IR after each pass; its passes alone:
     out["sqc"]["passes_s"] = sum(point.get("pass_s", {}).values())
     out["passes_encode_ratio"] = out["sqc"]["passes_s"] / anchor["encode_s"]
     out["decode_ratio"] = point["decode_s"] / anchor["decode_s"]
-    out["goal_met"] = out["bytes_ratio"] <= goal and out["encode_ratio"] <= 1.0
+    out["goal_met"] = out["bytes_ratio"] <= goal and out["encode_cpu_ratio" if cpu else "encode_ratio"] <= 1.0
     return out
+
+
+def _cpu(point: dict[str, Any]) -> tuple[str, ...]:
+    """The CPU-time key, where the point has it (JSON from before it was measured has not)."""
+    return ("encode_cpu_s",) if "encode_cpu_s" in point else ()
 
 
 # ------------------------------------------------------------------------------------------- plot
@@ -619,8 +634,9 @@ def summary_line(model: str, variant: str, s: dict[str, Any]) -> str:
     q = s["sqc"]
     return (
         f"{head}; sqc {q['pipeline']} {q['bytes']:,} B at {q['metric']:.2f} -> bytes x{s['bytes_ratio']:.3f} "
-        f"(goal <= {s['goal_bytes_ratio']:.2f}), encode x{s['encode_ratio']:.2f}, "
-        f"decode x{s['decode_ratio']:.2f}"
+        f"(goal <= {s['goal_bytes_ratio']:.2f}), encode x{s['encode_ratio']:.2f}"
+        + (f" (CPU x{s['encode_cpu_ratio']:.2f})" if "encode_cpu_ratio" in s else "")
+        + f", decode x{s['decode_ratio']:.2f}"
     )
 
 
@@ -636,7 +652,8 @@ def resummarize(result: dict[str, Any]) -> None:
 
 
 def times(point: dict[str, Any]) -> str:
-    return f"{point['encode_s']:.2f} / {point['decode_s']:.3f} s"
+    cpu = f" ({point['encode_cpu_s']:.3f} CPU)" if "encode_cpu_s" in point else ""
+    return f"{point['encode_s']:.2f}{cpu} / {point['decode_s']:.3f} s"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -665,7 +682,8 @@ def markdown(result: dict[str, Any]) -> str:
                 ratios = [
                     f"**{s['bytes_ratio']:.3f}×**{strict}",
                     mse_ratio,
-                    f"{s['encode_ratio']:.1f}× ({s['passes_encode_ratio']:.1f}× passes only)",
+                    (f"**{s['encode_cpu_ratio']:.2f}×** CPU, " if "encode_cpu_ratio" in s else "")
+                    + f"{s['encode_ratio']:.1f}× wall ({s['passes_encode_ratio']:.1f}× passes only)",
                     f"{s['decode_ratio']:.1f}×",
                 ]
             ref = f"{record[variant]['reference_metric']:.2f} {record['metric'].split()[0]}"
@@ -739,8 +757,10 @@ def main() -> None:
             "file_bytes: sqc's whole .sqc file (fp32 biases, graph and pass report included).",
             "mse: over all coded weights, against the float weights given to the tool (the pruned ones for "
             "pruned rows).",
-            "encode: sqc.compress (trace + passes + verification) + Artifact.save; NNCodec nnc.compress. "
-            "decode: sqc.load (the runnable module); NNCodec nnc.decompress (arrays).",
+            "encode: sqc.compress (trace + passes + verification) + Artifact.save; NNCodec nnc.compress; "
+            "encode_s wall time, encode_cpu_s the process's CPU time (time.process_time), both medians of "
+            "the runs; the encode goal is judged on CPU time, which the shared machine's load does not "
+            "inflate. decode: sqc.load (the runnable module); NNCodec nnc.decompress (arrays).",
             "CREPE-full metric: raw pitch accuracy (within 50 cents) on seeded synthetic tones (half sines, "
             "half 6-partial harmonic tones, 40-1000 Hz, 30 dB SNR).",
         ],

@@ -116,7 +116,7 @@ def speed_row(
         try:
             enc_t, coded = median(lambda: rans.encode(mask, kept, shape, width), n)
             dec_t, got = median(
-                lambda c=coded: rans.decode(c.data, shape, mask is not None, width, 1 << width, c.value_mode),
+                lambda c=coded: rans.decode(c.data, shape, mask is not None, width, 1 << width, c.mode),
                 n,
             )
         finally:

@@ -8,7 +8,7 @@
  * the argument checks, the stream-length and initial-state checks, the final checks and the mode
  * choice, and calls three functions here:
  *
- *   mask_decode(data, lanes, numel, cols, x, mask) -> words read
+ *   mask_decode(data, lanes, numel, cols, model, x, mask) -> words read
  *       the mask phase: every position's kept/pruned decision into the writable byte buffer `mask`
  *       (numel bytes), lane states `x` (writable uint32, little-endian host order) updated in place.
  *   values_decode(data, lanes, numel, cols, width, alphabet, mode, x, next_word, mask, out) -> words read
@@ -39,6 +39,9 @@
 #define RUN_LUT_SIZE 64u
 #define COLUMN_BUCKETS 10u
 #define MASK_CONTEXTS 70u
+#define DENSITY_PRIOR 16u
+#define DENSITY_BUCKETS 25u
+#define DENSITY_CONTEXTS 50u
 #define NO_ROW UINT64_MAX
 
 enum { OK = 0, ERR_EARLY = 1, ERR_ALPHABET = 2, ERR_NOMEM = 3, ERR_SHAPE = 4 };
@@ -86,6 +89,40 @@ static inline uint32_t column_bucket(uint64_t kept, uint64_t seen)
     kept <<= 6;
     return 3u + (kept >= seen) + (kept >= seen << 1) + (kept >= seen << 2) + (kept >= seen << 3) +
            (kept >= seen << 4) + (kept >= seen << 5);
+}
+
+/* Mask model 1's bucket of a predicted kept probability p (16-bit fixed point; FORMAT.md): 0 for
+ * p >= 2^16, 24 for 0, else min(24, 2 (16 - L) + 1 + [p^2 < 2^(2L-1)]) with L = bit_length(p). */
+static inline uint32_t density_bucket(uint64_t p)
+{
+    uint32_t len, b;
+    if (p >= ONE) {
+        return 0;
+    }
+    if (p == 0) {
+        return DENSITY_BUCKETS - 1u;
+    }
+#if defined(__GNUC__) || defined(__clang__)
+    len = 32u - (uint32_t)__builtin_clz((uint32_t)p); /* bit_length; 0 < p < 2^16 */
+#else
+    for (len = 0; (p >> len) != 0; len++) {
+    }
+#endif
+    b = 2u * (16u - len) + 1u + (p * p < (1ull << (2u * len - 1u)));
+    return b < DENSITY_BUCKETS - 1u ? b : DENSITY_BUCKETS - 1u;
+}
+
+/* The row (in the lane) and column estimates shrunk toward the tensor's g, combined: row * col / g. */
+static inline uint64_t div_u64(uint64_t num, uint64_t den)
+{
+    return (num >> 32) == 0 && (den >> 32) == 0 ? (uint32_t)num / (uint32_t)den : num / den; /* 32-bit: faster */
+}
+
+static inline uint32_t density_context(uint64_t rk, uint64_t rs, uint64_t ck, uint64_t cs, uint64_t g, uint64_t r)
+{
+    uint64_t rp = div_u64((rk << 16) + DENSITY_PRIOR * g, rs + DENSITY_PRIOR);
+    uint64_t cp = div_u64((ck << 16) + DENSITY_PRIOR * g, cs + DENSITY_PRIOR);
+    return 2u * density_bucket(div_u64(rp * cp, g)) + (r != 0);
 }
 
 static inline uint64_t lane_start(uint64_t numel, uint32_t lanes, uint32_t j)
@@ -143,7 +180,7 @@ static inline int code_bit(coder_t *c, uint32_t j, uint32_t p, int bit)
 /* Scratch of the mask phase: per column and per lane, and the round's deferred column updates (only
  * when two lanes can meet in one column within a round). */
 typedef struct {
-    uint64_t *col_kept, *col_seen, *run, *col, *start, *bcol;
+    uint64_t *col_kept, *col_seen, *run, *row_kept, *row_seen, *col, *start, *bcol;
     uint8_t *bbit;
 } mask_scratch_t;
 
@@ -152,6 +189,8 @@ static void mask_free(mask_scratch_t *m)
     free(m->col_kept);
     free(m->col_seen);
     free(m->run);
+    free(m->row_kept);
+    free(m->row_seen);
     free(m->col);
     free(m->start);
     free(m->bcol);
@@ -188,13 +227,14 @@ static int distinct_columns(const uint64_t *col, uint32_t lanes, uint64_t cols)
  * round. Probabilities are a table refreshed after the round (so the counts may change at once); column
  * statistics change at once when lanes never share a column, else after the round. `mask` is read
  * (encoding) or written (decoding). */
-static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint8_t *mask)
+static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t model, uint8_t *mask)
 {
     mask_scratch_t m = {0};
     uint64_t counts[MASK_CONTEXTS][2] = {{0}};
     uint32_t ptab[MASK_CONTEXTS];
+    uint32_t contexts = model ? DENSITY_CONTEXTS : MASK_CONTEXTS;
     uint8_t *touched = NULL;
-    uint64_t longest = 0, t;
+    uint64_t longest = 0, t, all_kept = 0, all_seen = 0;
     uint32_t j, i;
     int status = OK, distinct;
     if (numel == 0) {
@@ -203,12 +243,15 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
     m.col_kept = calloc(cols, sizeof *m.col_kept);
     m.col_seen = calloc(cols, sizeof *m.col_seen);
     m.run = calloc(lanes, sizeof *m.run);
+    m.row_kept = calloc(lanes, sizeof *m.row_kept);
+    m.row_seen = calloc(lanes, sizeof *m.row_seen);
     m.col = calloc(lanes, sizeof *m.col);
     m.start = calloc((size_t)lanes + 1u, sizeof *m.start);
     m.bcol = calloc(lanes, sizeof *m.bcol);
     m.bbit = calloc(lanes, sizeof *m.bbit);
     touched = calloc(lanes, 1);
-    if (!m.col_kept || !m.col_seen || !m.run || !m.col || !m.start || !m.bcol || !m.bbit || !touched) {
+    if (!m.col_kept || !m.col_seen || !m.run || !m.row_kept || !m.row_seen || !m.col || !m.start || !m.bcol ||
+        !m.bbit || !touched) {
         free(touched);
         mask_free(&m);
         return ERR_NOMEM;
@@ -227,12 +270,16 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
     {
         /* locals the compiler can keep in registers (byte stores may alias anything reachable) */
         uint64_t *restrict col_kept = m.col_kept, *restrict col_seen = m.col_seen, *restrict run = m.run;
+        uint64_t *restrict row_kept = m.row_kept, *restrict row_seen = m.row_seen;
         uint64_t *restrict lane_col = m.col, *restrict start = m.start, *restrict bcol = m.bcol;
         uint8_t *restrict bbit = m.bbit;
         coder_t io = *c;
         distinct = distinct_columns(lane_col, lanes, cols);
         for (t = 0; t < longest; t++) {
             uint32_t n = 0;
+            /* model 1: the tensor's density so far (the decisions of earlier rounds), 16-bit, >= 1 */
+            uint64_t g = ((all_kept + 1u) << 16) / (all_seen + 2u);
+            g = g ? g : 1u;
             for (j = 0; j < lanes; j++) {
                 uint64_t pos = start[j] + t, col = lane_col[j], r;
                 uint32_t ctx;
@@ -241,8 +288,15 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
                     continue;
                 }
                 r = col ? run[j] : 0u;
-                ctx = run_ctx[r < RUN_LUT_SIZE - 1u ? r : RUN_LUT_SIZE - 1u] +
-                      column_bucket(col_kept[col], col_seen[col]);
+                if (model) {
+                    if (!col) {
+                        row_kept[j] = row_seen[j] = 0;
+                    }
+                    ctx = density_context(row_kept[j], row_seen[j], col_kept[col], col_seen[col], g, r);
+                } else {
+                    ctx = run_ctx[r < RUN_LUT_SIZE - 1u ? r : RUN_LUT_SIZE - 1u] +
+                          column_bucket(col_kept[col], col_seen[col]);
+                }
                 bit = code_bit(&io, j, ptab[ctx], io.decoding ? 0 : mask[pos] != 0); /* decoding: unread */
                 if (bit < 0) {
                     status = ERR_EARLY;
@@ -262,6 +316,10 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
                 }
                 n++;
                 run[j] = (r + 1u) & ((uint64_t)bit - 1u); /* 0 after a kept position */
+                row_kept[j] += (uint64_t)bit;
+                row_seen[j]++;
+                all_kept += (uint64_t)bit; /* g above was read before the round: the update may be now */
+                all_seen++;
                 lane_col[j] = col + 1u == cols ? 0u : col + 1u;
             }
             for (i = 0; !distinct && i < n; i++) { /* deferred column updates (lanes sharing columns) */
@@ -270,8 +328,8 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
             }
             /* the probabilities the next round reads: of the contexts the round touched, or all of them
              * when that is fewer divisions */
-            if (n >= MASK_CONTEXTS) {
-                for (i = 0; i < MASK_CONTEXTS; i++) {
+            if (n >= contexts) {
+                for (i = 0; i < contexts; i++) {
                     ptab[i] = kt_p1(counts[i][0] + counts[i][1], counts[i][1]);
                 }
             } else {
@@ -637,10 +695,15 @@ static PyObject *py_mask_decode(PyObject *self, PyObject *args)
     coder_t c = {0};
     int status;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*KKKw*w*", &data, &lanes, &numel, &cols, &x, &mask)) {
+    unsigned long long model;
+    if (!PyArg_ParseTuple(args, "y*KKKKw*w*", &data, &lanes, &numel, &cols, &model, &x, &mask)) {
         return NULL;
     }
     status = check_geometry(lanes, numel, cols);
+    if (!status && model > 1u) {
+        PyErr_SetString(PyExc_ValueError, "unknown mask model");
+        status = -1;
+    }
     if (!status && ((uint64_t)x.len != 4u * lanes || (uint64_t)mask.len != numel ||
                     (uint64_t)data.len < 4u * lanes)) {
         PyErr_SetString(PyExc_ValueError, "buffer sizes disagree with the geometry");
@@ -652,7 +715,7 @@ static PyObject *py_mask_decode(PyObject *self, PyObject *args)
         c.words = (const uint8_t *)data.buf + 4u * lanes;
         c.nwords = ((uint64_t)data.len - 4u * lanes) / 2u;
         Py_BEGIN_ALLOW_THREADS
-        status = mask_phase(&c, numel, cols, (uint32_t)lanes, mask.buf);
+        status = mask_phase(&c, numel, cols, (uint32_t)lanes, (uint32_t)model, mask.buf);
         Py_END_ALLOW_THREADS
         if (status) {
             status = raise_status(status, 0);
@@ -751,7 +814,7 @@ static PyObject *py_encode(PyObject *self, PyObject *args)
         status = -1;
     }
     count = (uint64_t)symbols.len / 8u;
-    if (!status && (width < 1u || width > 16u || mode > 3u || (uint64_t)symbols.len % 8u ||
+    if (!status && (width < 1u || width > 16u || mode > 7u || (mode > 3u && !mask.buf) || (uint64_t)symbols.len % 8u ||
                     (mask.buf && (uint64_t)mask.len != numel))) {
         PyErr_SetString(PyExc_ValueError, "bad width, mode or buffer sizes");
         status = -1;
@@ -768,10 +831,10 @@ static PyObject *py_encode(PyObject *self, PyObject *args)
     if (!status) {
         Py_BEGIN_ALLOW_THREADS
         if (mask.buf) {
-            status = mask_phase(&c, numel, cols, (uint32_t)lanes, mask.buf);
+            status = mask_phase(&c, numel, cols, (uint32_t)lanes, (uint32_t)(mode >> 2), mask.buf);
         }
         if (!status) {
-            status = value_phase(&c, numel, cols, (uint32_t)lanes, (uint32_t)width, (uint32_t)mode,
+            status = value_phase(&c, numel, cols, (uint32_t)lanes, (uint32_t)width, (uint32_t)(mode & 3u),
                                  UINT64_MAX, mask.buf, symbols.buf, count);
         }
         if (!status && c.nprobs != decisions) {
@@ -922,13 +985,14 @@ static PyMethodDef methods[] = {
     {"value_counts", py_value_counts, METH_VARARGS,
      "value_counts(lanes, numel, cols, width, mode, mask, symbols, pairs): the value phase's final counts."},
     {"mask_decode", py_mask_decode, METH_VARARGS,
-     "mask_decode(data, lanes, numel, cols, x, mask) -> words read: the mask phase."},
+     "mask_decode(data, lanes, numel, cols, model, x, mask) -> words read: the mask phase (model 0 or 1)."},
     {"values_decode", py_values_decode, METH_VARARGS,
      "values_decode(data, lanes, numel, cols, width, alphabet, mode, x, next_word, mask, out) -> words read."},
     {"rdo_pick", py_rdo_pick, METH_VARARGS,
      "rdo_pick(x, weighted, qmin, qmax, levels, hist): rate-distortion levels of float64 x; hist += counts."},
     {"encode", py_encode, METH_VARARGS,
-     "encode(lanes, numel, cols, width, mode, mask, symbols) -> (stream, words read by the mask phase)."},
+     "encode(lanes, numel, cols, width, mode, mask, symbols) -> (stream, words read by the mask phase); "
+     "mode = value mode | mask model << 2."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -57,14 +57,17 @@ from sqc.ir.records import MAX_INPUT_ELEMENTS, CompressedModel, InputSpec, PassR
 from sqc.outputs import write_atomic
 
 MAGIC = b"\x89SQC\r\n\x1a\n"
-VERSION = (1, 4)
+VERSION = (1, 5)
 """The newest format this sqc writes and reads. A file is written in the oldest format that holds it:
-1.2 unless the model needs what 1.3 added (ATen operators, typed buffers, tied tensors, ...), and 1.4
-only for scaled fixed-point weights (a free quantization step, ``quant{qp=..}``)."""
+1.2 unless the model needs what 1.3 added (ATen operators, typed buffers, tied tensors, ...), 1.4
+only for scaled fixed-point weights (a free quantization step, ``quant{qp=..}``), and 1.5 only for a
+context-coded mask in mask model 1 (row and column densities)."""
 
 
 def oldest_version(features: set[str]) -> tuple[int, int]:
     """The oldest format that holds a model using ``features`` (names from the writer's checks)."""
+    if "mask-model" in features:
+        return (1, 5)
     if "scaled" in features:
         return (1, 4)
     return (1, 3) if features else (1, 2)
@@ -208,6 +211,9 @@ def serialize(model: CompressedModel) -> bytes:
         features.add("typed")
     if any(s.fmt is not None and s.fmt.mult for s in model.tensors.values()):
         features.add("scaled")
+    encoded = [encode_tensor_cached(model.tensors[name]) for name in names]
+    if any(info.mask_model for _, _, info in encoded):
+        features.add("mask-model")
     version = oldest_version(features)
     meta: dict[str, Any] = {
         "inputs": [[s.name, list(s.shape), s.dtype] for s in model.inputs],
@@ -222,8 +228,7 @@ def serialize(model: CompressedModel) -> bytes:
     bodies: list[tuple[int, int, int, bytes]] = [
         (KIND_GRAPH, JSON_PRESET, NO_TENSOR, _deflate_preset(graph_text(nodes, meta), PRESET_DICTIONARY))
     ]
-    for i, name in enumerate(names):
-        codec, payload, _ = encode_tensor_cached(model.tensors[name])
+    for i, (codec, payload, _) in enumerate(encoded):
         bodies.append((KIND_TENSOR, codec, i, payload))
     records = [r.to_json() for r in model.report]
     for record in records:

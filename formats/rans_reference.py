@@ -13,7 +13,8 @@ Model (everything is integer arithmetic, so encoder, decoder and a C port agree 
 * Mask phase (only for a pruned tensor): round ``t`` codes position ``start_j + t`` of every lane that
   has one, as a binary decision "kept" with context ``run_bucket * 10 + column_bucket``: the run of
   pruned positions since the last kept one (or the row start) in the lane, log-bucketed, and the
-  density of the column so far over all lanes (see :func:`column_bucket`).
+  density of the column so far over all lanes (see :func:`column_bucket`). Mask model 1 (format 1.5,
+  bit 2 of the mode byte) predicts from the row's and the column's densities instead (:func:`density_bucket`).
 * Value phase: round ``t`` codes the ``t``-th kept position of every lane that has one: the symbol's
   ``width`` bits, most significant first, each a decision at its node of a binary tree (node 1 is the
   root, a node's children are ``2n`` and ``2n+1``), in a context set chosen by the value mode: 0 = one
@@ -43,6 +44,7 @@ from sqc.errors import SqcFormatError
 
 __all__ = [
     "LANE_SPAN",
+    "MASK_MODES",
     "MAX_DECISIONS_BASE",
     "MAX_DECISIONS_PER_BYTE",
     "MAX_LANES",
@@ -64,6 +66,10 @@ MAX_LANES = 4096
 MAX_WIDTH = 16
 """Widest symbol the value tree codes (a 2^16-entry codebook); wider fixed-point codes use Huffman."""
 VALUE_MODES = (0, 1, 2, 3)
+MASK_MODES = (0, 1)
+"""Mask models (format 1.5 adds 1): 0 = run x column density, 1 = row x column density (see
+:func:`density_bucket`). The stream's mode byte is ``value_mode | mask_mode << 2``; a dense tensor's
+mask mode is 0."""
 MAX_POSITIONS_PER_BYTE = 512
 """A context-coded tensor of ``n`` positions needs at least ``(n - 2^14) / 512`` stream bytes: coding
 costs one Python-level round per position per lane, so this caps the work a hostile file can ask for
@@ -88,6 +94,9 @@ RUN_THRESHOLDS = np.array([1, 3, 7, 15, 31, 63], dtype=np.int64)
 RUN_BUCKETS = 7
 COLUMN_BUCKETS = 10
 MASK_CONTEXTS = RUN_BUCKETS * COLUMN_BUCKETS
+DENSITY_PRIOR = 16
+DENSITY_BUCKETS = 25
+DENSITY_CONTEXTS = 2 * DENSITY_BUCKETS
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,12 @@ class Coded:
     index_bytes: int
     value_bytes: int
     value_mode: int
+    mask_mode: int = 0
+
+    @property
+    def mode(self) -> int:
+        """The stream's mode byte: ``value_mode | mask_mode << 2``."""
+        return self.value_mode | self.mask_mode << 2
 
 
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -142,15 +157,52 @@ def _bands(numel: int, lanes: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[n
     return edges[:-1], edges[1:] - edges[:-1]
 
 
+def density_bucket(
+    row_kept: npt.NDArray[np.int64],
+    row_seen: npt.NDArray[np.int64],
+    col_kept: npt.NDArray[np.int64],
+    col_seen: npt.NDArray[np.int64],
+    all_kept: int,
+    all_seen: int,
+) -> npt.NDArray[np.int64]:
+    """Mask model 1's bucket: the kept probability predicted from the row's and the column's density so
+    far, each shrunk toward the tensor's (``DENSITY_PRIOR`` pseudo-positions), as ``row * column /
+    overall``, in half-octave buckets of ``-log2`` (0: at least 1, ..., 24: below 2^-12).
+
+    In 16-bit fixed point: ``g = max(1, ((all_kept + 1) << 16) // (all_seen + 2))``; ``r = ((row_kept <<
+    16) + 16 g) // (row_seen + 16)``, ``c`` likewise for the column; ``p = r * c // g``. ``p >= 2^16``:
+    bucket 0; ``p = 0``: 24; else with ``L = bit_length(p)``: ``min(24, 2 (16 - L) + 1 + [p^2 < 2^(2L-1)])``.
+    """
+    g = max(1, ((all_kept + 1) << 16) // (all_seen + 2))
+    r = ((row_kept << 16) + DENSITY_PRIOR * g) // (row_seen + DENSITY_PRIOR)
+    c = ((col_kept << 16) + DENSITY_PRIOR * g) // (col_seen + DENSITY_PRIOR)
+    p = r * c // g
+    out = np.zeros(p.size, dtype=np.int64)
+    for i, v in enumerate(p.tolist()):
+        if v >= ONE:
+            out[i] = 0
+        elif v == 0:
+            out[i] = DENSITY_BUCKETS - 1
+        else:
+            length = v.bit_length()
+            half = 1 if v * v < 1 << (2 * length - 1) else 0
+            out[i] = min(DENSITY_BUCKETS - 1, 2 * (16 - length) + 1 + half)
+    return out
+
+
 def _mask_phase(
-    mask: npt.NDArray[np.bool_] | None, numel: int, cols: int, lanes: int, code: CodeFn
+    mask: npt.NDArray[np.bool_] | None, numel: int, cols: int, lanes: int, code: CodeFn, mask_mode: int = 0
 ) -> np.ndarray:
     """Code (or decode, when ``mask`` is None) the kept/pruned decision of every position."""
     start, length = _bands(numel, lanes)
-    counts = np.zeros((MASK_CONTEXTS, 2), dtype=np.int64)
+    contexts = DENSITY_CONTEXTS if mask_mode else MASK_CONTEXTS
+    counts = np.zeros((contexts, 2), dtype=np.int64)
     col_kept = np.zeros(cols, dtype=np.int64)
     col_seen = np.zeros(cols, dtype=np.int64)
     run = np.zeros(lanes, dtype=np.int64)
+    row_kept = np.zeros(lanes, dtype=np.int64)
+    row_seen = np.zeros(lanes, dtype=np.int64)
+    all_kept = all_seen = 0
     out = np.zeros(numel, dtype=bool)
     every = np.arange(lanes, dtype=np.int64)
     shortest = int(length.min()) if lanes else 0
@@ -159,9 +211,15 @@ def _mask_phase(
         lane_pos = start[active] + t
         col = lane_pos % cols
         r = np.where(col == 0, 0, run[active])
-        ctx = np.searchsorted(RUN_THRESHOLDS, r, side="right") * COLUMN_BUCKETS + column_bucket(
-            col_kept[col], col_seen[col]
-        )
+        if mask_mode:
+            rk = np.where(col == 0, 0, row_kept[active])
+            rs = np.where(col == 0, 0, row_seen[active])
+            bucket = density_bucket(rk, rs, col_kept[col], col_seen[col], all_kept, all_seen)
+            ctx = 2 * bucket + (r > 0)
+        else:
+            ctx = np.searchsorted(RUN_THRESHOLDS, r, side="right") * COLUMN_BUCKETS + column_bucket(
+                col_kept[col], col_seen[col]
+            )
         c = counts[ctx]
         known = None if mask is None else mask[lane_pos].astype(np.int64)
         bits = code(active, _p1(c[:, 0], c[:, 1]), known).astype(np.int64)
@@ -169,6 +227,11 @@ def _mask_phase(
         np.add.at(col_kept, col, bits)
         np.add.at(col_seen, col, 1)
         run[active] = np.where(bits == 1, 0, r + 1)
+        if mask_mode:
+            row_kept[active] = rk + bits
+            row_seen[active] = rs + 1
+        all_kept += int(bits.sum())
+        all_seen += int(bits.size)
         out[lane_pos] = bits.astype(bool)
     return out
 
@@ -350,7 +413,9 @@ def encode(
     """Code a tensor's mask (row-major, or None for a dense tensor) and its kept symbols.
 
     ``symbols`` are the kept positions' symbols in row-major order, each below ``2**width``. With
-    ``mode`` None every value mode is tried and the smallest stream kept (ties: the lower mode).
+    ``mode`` None every value mode is tried (by its estimated cost) and, for a sparse tensor, both mask
+    modes (by the stream's length), the smallest kept (ties: the lower mode); else ``mode`` is the
+    stream's mode byte.
     """
     if not 1 <= width <= MAX_WIDTH:
         raise ValueError(f"symbol width must be 1..{MAX_WIDTH}, got {width}")
@@ -360,27 +425,40 @@ def encode(
     sym = np.asarray(symbols, dtype=np.int64).ravel()
     if sym.size and (int(sym.min()) < 0 or int(sym.max()) >> width):
         raise ValueError(f"symbols must lie in [0, 2^{width})")
-    mask_rounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    if mode is not None and (mode & 3 not in VALUE_MODES or mode >> 2 not in MASK_MODES):
+        raise ValueError(f"unknown mode {mode}")
+    if mode is not None and mode >> 2 and mask is None:
+        raise ValueError("a mask model needs a mask")
+    flat = None
     if mask is not None:
         flat = np.asarray(mask, dtype=bool).ravel()
         if flat.size != numel or int(np.count_nonzero(flat)) != sym.size:
             raise ValueError("mask and symbols disagree")
-        rec = _Recorder()
-        _mask_phase(flat, numel, cols, lanes, rec)
-        mask_rounds = rec.rounds
         positions = np.flatnonzero(flat)
     else:
         if sym.size != numel:
             raise ValueError("a dense tensor needs one symbol per position")
         positions = np.arange(numel, dtype=np.int64)
-    modes = [m for m in VALUE_MODES if m <= width] if mode is None else [mode]
+    modes = [m for m in VALUE_MODES if m <= width] if mode is None else [mode & 3]
     chosen = min(modes, key=lambda m: (_value_cost(positions, sym, numel, cols, lanes, width, m), m))
-    rec = _Recorder()
-    _value_phase(positions, sym, numel, cols, lanes, width, 1 << width, chosen, rec)
-    data, reads = _rans_encode(lanes, mask_rounds + rec.rounds)
-    mask_words = sum(reads[: len(mask_rounds)])
-    index = 4 * lanes + 2 * mask_words if mask is not None else 0
-    return Coded(data, index, len(data) - index, chosen)
+    mask_modes = [mode >> 2] if mode is not None else (list(MASK_MODES) if flat is not None else [0])
+    best: Coded | None = None
+    for mask_mode in mask_modes:
+        mask_rounds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        if flat is not None:
+            rec = _Recorder()
+            _mask_phase(flat, numel, cols, lanes, rec, mask_mode)
+            mask_rounds = rec.rounds
+        rec = _Recorder()
+        _value_phase(positions, sym, numel, cols, lanes, width, 1 << width, chosen, rec)
+        data, reads = _rans_encode(lanes, mask_rounds + rec.rounds)
+        mask_words = sum(reads[: len(mask_rounds)])
+        index = 4 * lanes + 2 * mask_words if flat is not None else 0
+        coded = Coded(data, index, len(data) - index, chosen, mask_mode)
+        if best is None or len(coded.data) < len(best.data):
+            best = coded
+    assert best is not None
+    return best
 
 
 def decode(
@@ -395,8 +473,10 @@ def decode(
     :class:`SqcFormatError` (offsets are added by the caller)."""
     if not 1 <= width <= MAX_WIDTH:
         raise SqcFormatError(f"context-coded symbols of {width} bits (1..{MAX_WIDTH})")
-    if mode not in VALUE_MODES:
-        raise SqcFormatError(f"unknown value mode {mode}")
+    if mode & 3 not in VALUE_MODES or mode >> 2 not in MASK_MODES:
+        raise SqcFormatError(f"unknown mode {mode}")
+    if mode >> 2 and not sparse:
+        raise SqcFormatError(f"mode {mode}: a mask model for a dense tensor")
     numel = math.prod(shape)
     if numel > LANE_SPAN + MAX_POSITIONS_PER_BYTE * len(data):
         raise SqcFormatError(f"{numel:,} positions cannot be context-coded in {len(data):,} bytes")
@@ -405,13 +485,13 @@ def decode(
     lanes = lane_count(numel)
     dec = _Decoder(data, lanes)
     if sparse:
-        mask = _mask_phase(None, numel, cols, lanes, dec)
+        mask = _mask_phase(None, numel, cols, lanes, dec, mode >> 2)
         positions = np.flatnonzero(mask)
         _check_decisions(numel + positions.size * width, len(data))
     else:
         mask = None
         positions = np.arange(numel, dtype=np.int64)
     index = 4 * lanes + 2 * dec.pos if sparse else 0
-    symbols = _value_phase(positions, None, numel, cols, lanes, width, alphabet, mode, dec)
+    symbols = _value_phase(positions, None, numel, cols, lanes, width, alphabet, mode & 3, dec)
     dec.finish()
     return mask, symbols, index

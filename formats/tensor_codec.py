@@ -20,7 +20,7 @@ import torch
 
 from sqc.errors import SqcFormatError
 from sqc.formats import bitpack, huffman, rans, sparse_index
-from sqc.formats.binio import Reader, Writer
+from sqc.formats.binio import Reader, Writer, varint
 from sqc.ir.records import CODE_DTYPE, FixedPoint, RecordVersion, Role, TensorState, all_finite, index_dtype
 
 RAW_F32, FIXED, CODEBOOK, RAW_TYPED = 0, 1, 2, 3
@@ -69,6 +69,8 @@ class Breakdown:
     index_bits: int = 0
     kept: int = 0
     streams: dict[str, str] = field(default_factory=dict)
+    mask_model: int = 0
+    """The context-coded mask model (format 1.5 adds 1): the writer's cue for the file's version."""
 
     @property
     def total(self) -> int:
@@ -141,7 +143,39 @@ def encoded_size(state: TensorState) -> int:
         size = _raw_dense_size(state.numel)
         state.__dict__["_encoded"] = (RecordVersion(state), state.coder, size, None)
         return size
+    if state.coder == "raw" and state.codes is not None:
+        size = _packed_section_size(state)
+        state.__dict__["_encoded"] = (RecordVersion(state), state.coder, size, None)
+        return size
     return len(encode_tensor_cached(state)[1])
+
+
+def _packed_section_size(state: TensorState) -> int:
+    """``len(encode_tensor(state)[1])`` for codes that are only packed (coder ``raw``), from the counts:
+    the passes price every layer before and after them, and packing the streams only to measure them
+    was most of a LeNet's compress time. The same layout choice as :func:`encode_tensor` (tested)."""
+    codec, prefix, _ = _section_header(state)
+    if state.codebook is not None:
+        width = max(1, math.ceil(math.log2(state.codebook.numel())))
+    else:
+        assert state.fmt is not None
+        width = state.fmt.bits
+    dense = None
+    if _dense_allowed(state, codec):
+        values = bitpack.packed_size(state.numel, width)
+        dense = 1 + len(varint(values)) + values
+    if state.mask is None:
+        assert dense is not None
+        return len(prefix) + dense
+    positions = np.flatnonzero(state.mask.flatten().numpy())
+    kept = int(positions.size)
+    gaps = sparse_index.gaps_of(positions)
+    bits = _index_bits_for(gaps, False)
+    entries = kept + (int((gaps // ((1 << bits) - 1)).sum()) if kept else 0)
+    index, values = bitpack.packed_size(entries, bits), bitpack.packed_size(kept, width)
+    sparse = 2 + len(varint(entries)) + len(varint(kept)) + len(varint(index)) + index
+    sparse += len(varint(values)) + values
+    return len(prefix) + (sparse if dense is None or sparse < dense else dense)
 
 
 def encode_tensor_cached(state: TensorState) -> tuple[int, bytes, Breakdown]:
@@ -179,14 +213,10 @@ def _raw_dense_size(numel: int) -> int:
     return len(writer.getvalue()) + 4 * numel
 
 
-def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
-    """``(codec, payload, breakdown)`` of the tensor section for ``state``."""
-    if state.dense is not None and state.dense.dtype != torch.float32:
-        return _encode_typed(state)
+def _section_header(state: TensorState) -> tuple[int, bytes, Breakdown]:
+    """``(codec, codec header bytes, breakdown so far)``: everything of the section before its layout."""
     out = Writer()
     info = Breakdown()
-    want_huffman = state.coder in ("huffman", "rans")  # rans falls back to Huffman where that is smaller
-    wants = {"huffman": WANTS_HUFFMAN, "rans": WANTS_RANS}.get(state.coder, 0)
     if state.codebook is not None:
         codec = CODEBOOK
         out.varint(state.codebook.numel() - 1)
@@ -218,8 +248,25 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
         info.header = len(out.getvalue())
     else:
         codec = RAW_F32
-    prefix = out.getvalue()
     info.kept = state.kept
+    return codec, out.getvalue(), info
+
+
+def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
+    """``(codec, payload, breakdown)`` of the tensor section for ``state``."""
+    if state.dense is not None and state.dense.dtype != torch.float32:
+        return _encode_typed(state)
+    want_huffman = state.coder in ("huffman", "rans")  # rans falls back to Huffman where that is smaller
+    wants = {"huffman": WANTS_HUFFMAN, "rans": WANTS_RANS}.get(state.coder, 0)
+    codec, prefix, info = _section_header(state)
+    context_info = Breakdown()
+    context_body = _layout_context(state, codec, context_info) if state.coder == "rans" else None
+    if context_body is not None and len(context_body) < _zero_order_bound(state, codec):
+        # no packed or Huffman layout can be smaller: skip building them (the same choice, sooner)
+        info.index, info.values, info.layout = context_info.index, context_info.values, context_info.layout
+        info.streams, info.mask_model = context_info.streams, context_info.mask_model
+        info.header += len(context_body) - info.index - info.values
+        return codec, prefix + context_body, info
     sparse_info = Breakdown()
     sparse_body = (
         _layout_sparse(state, codec, want_huffman, wants, sparse_info) if state.mask is not None else None
@@ -234,8 +281,6 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
         if _dense_allowed(state, codec) and not dense_loses
         else None
     )
-    context_info = Breakdown()
-    context_body = _layout_context(state, codec, context_info) if state.coder == "rans" else None
     if sparse_body is not None and (dense_body is None or len(sparse_body) < len(dense_body)):
         body = sparse_body
         info.index, info.values, info.layout = sparse_info.index, sparse_info.values, "sparse"
@@ -247,8 +292,34 @@ def encode_tensor(state: TensorState) -> tuple[int, bytes, Breakdown]:
         body = context_body
         info.index, info.values, info.layout = context_info.index, context_info.values, context_info.layout
         info.index_bits, info.streams = 0, context_info.streams
+        info.mask_model = context_info.mask_model
     info.header += len(body) - info.index - info.values
     return codec, prefix + body, info
+
+
+def _zero_order_bound(state: TensorState, codec: int) -> float:
+    """Bytes below which no packed or Huffman layout of ``state`` can go: a packed or Huffman stream is
+    a uniquely decodable code of its symbols one by one, so (McMillan, Gibbs) it takes at least the
+    symbols' empirical zero-order entropy. Dense: that of every position's symbol. Sparse: that of the
+    kept values plus that of the gaps before them (an index entry stream, with or without fillers, codes
+    the gaps uniquely). Headers are left out and a byte of float slack taken off, so the bound is below
+    the truth: skipping the layouts it rules out never changes the choice."""
+    symbols, _, _ = _symbols(state)
+    dense = _entropy_bits(symbols) if _dense_allowed(state, codec) else math.inf
+    if state.mask is not None:
+        positions = np.flatnonzero(state.mask.flatten().numpy())
+        sparse = _entropy_bits(symbols[positions]) + _entropy_bits(sparse_index.gaps_of(positions))
+        dense = min(dense, sparse)
+    return dense / 8 * (1 - 1e-9) - 1
+
+
+def _entropy_bits(symbols: np.ndarray) -> float:
+    """``n * H`` of a symbol stream's empirical distribution, in bits."""
+    if symbols.size == 0:
+        return 0.0
+    counts = np.bincount(symbols.astype(np.int64))
+    counts = counts[counts > 0].astype(np.float64)
+    return float(-(counts * np.log2(counts / symbols.size)).sum())
 
 
 def _encode_typed(state: TensorState) -> tuple[int, bytes, Breakdown]:
@@ -366,9 +437,10 @@ def _layout_context(state: TensorState, codec: int, info: Breakdown) -> bytes | 
         return None
     out = Writer()
     out.u8(CONTEXT_CODED | WANTS_RANS | (SPARSE if mask is not None else 0))
-    out.u8(coded.value_mode)
+    out.u8(coded.mode)
     out.sized(coded.data)
     info.index, info.values = coded.index_bytes, coded.value_bytes
+    info.mask_model = coded.mask_mode
     info.layout = "sparse" if mask is not None else "dense"
     info.streams = {"values": "rans"} | ({"index": "rans"} if mask is not None else {})
     return out.getvalue()

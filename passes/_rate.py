@@ -88,10 +88,13 @@ def rdo_levels(
         return torch.from_numpy(levels.astype(np.int32)), table
     if _native is not None:  # the C core: one pass per iteration, no candidate arrays
         out = np.empty_like(flat)
+        last = None
         for _ in range(iterations):
             hist = zero.copy()
             _native.rdo_pick(flat, np.ascontiguousarray(rdo * table), qmin, qmax, out, hist)
-            table = tree_costs(hist, width)
+            if last is not None and np.array_equal(hist, last):
+                break  # the same histogram gives the same table, so the same choices from here on
+            table, last = tree_costs(hist, width), hist
         return torch.from_numpy(out.astype(np.int32)), table
     parts = [_Candidates(flat[part], qmin, qmax) for part in slices(flat.size)]
     for _ in range(iterations):

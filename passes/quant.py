@@ -310,15 +310,14 @@ def quantize_step(
             f"a scaled format holds {MAX_SCALED_BITS}: raise qp"
         )
     qmax = (1 << (bits - 1)) - 1
-    levels, _ = rdo_levels(
-        kept.to(torch.float64) / exact, -qmax - 1, qmax, rdo, pruned=flat.numel() - kept.numel()
-    )
+    wide = kept.to(torch.float64)  # converted once: the RDO and both error sums read it
+    levels, _ = rdo_levels(wide / exact, -qmax - 1, qmax, rdo, pruned=flat.numel() - kept.numel())
     top = int(levels.abs().max()) if levels.numel() else 0
     bits = max(2, top.bit_length() + 1)  # rate-distortion choices can only narrow the range
     if top:  # the least-squares step for these levels (8 significant bits): never a larger error
         q = levels.to(torch.float64)
-        fitted = FixedPoint.scaled(2, float((kept.to(torch.float64) * q).sum() / (q * q).sum()))
-        if _error(kept, levels, fitted.steps[0]) < _error(kept, levels, exact):
+        fitted = FixedPoint.scaled(2, float((wide * q).sum() / (q * q).sum()))
+        if _error(wide, q, fitted.steps[0]) < _error(wide, q, exact):
             probe = fitted
     codes = torch.zeros(flat.numel(), dtype=torch.int32)
     if mask is None:
@@ -329,4 +328,5 @@ def quantize_step(
 
 
 def _error(values: torch.Tensor, levels: torch.Tensor, step: float) -> float:
-    return float(((values.to(torch.float64) - levels.to(torch.float64) * step) ** 2).sum())
+    """Squared error of ``levels * step`` against ``values`` (both float64)."""
+    return float(((values - levels * step) ** 2).sum())

@@ -135,9 +135,10 @@ def rans_scratch_words(numel: int, cols: int, sparse: bool, width: int, mode: in
     states and cursors, the mask contexts and column statistics, the value contexts and a round's
     decisions. Only used inside ``sqc_init``."""
     lanes = rans.lane_count(numel)
-    m = min(mode, width)
-    none = (1 << m) if mode else 0
-    mask = 4 * lanes + 140 + 2 * cols if sparse else 0
+    value_mode = mode & 3  # the stream's mode byte: value mode | mask model << 2
+    m = min(value_mode, width)
+    none = (1 << m) if value_mode else 0
+    mask = 6 * lanes + 140 + 2 * cols if sparse else 0
     values = 4 * lanes + 2 * lanes * width + ((none + 1) << width) * 2
     return 10 * lanes + max(mask, values)
 

@@ -68,7 +68,7 @@ class Stream:
     (sqc's canonical Huffman layout, ``formats/huffman.py``), exactly as the ``.sqc`` format defines them.
 
     ``rans`` (only when legalization is asked to keep rANS streams, ``keep_rans=True``; other consumers
-    never see it): the context-coded layout of ``formats/FORMAT.md`` with value mode ``mode``; it codes
+    never see it): the context-coded layout of ``formats/FORMAT.md`` with mode byte ``mode``; it codes
     the mask too (the tensor's ``index`` is then None) and ``count`` kept symbols of ``width`` bits."""
 
     kind: Literal["packed", "huffman", "rans"]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import sqc
 from sqc.errors import PipelineError, SqcFormatError
 from sqc.formats import container, rans, tensor_codec
-from sqc.formats.tensor_codec import decode_tensor, encode_tensor
+from sqc.formats.tensor_codec import decode_tensor, encode_tensor, encode_tensor_cached
 from sqc.ir.records import FixedPoint, TensorState
 
 SETTINGS = settings(deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
@@ -40,25 +40,25 @@ def tensors(draw: st.DrawFn) -> tuple[np.ndarray | None, np.ndarray, tuple[int, 
 
 
 @SETTINGS
-@given(tensors(), st.sampled_from([None, 0, 1, 2, 3]))
+@given(tensors(), st.sampled_from([None, 0, 1, 2, 3, 4, 5, 6, 7]))
 @example((None, np.zeros(729, dtype=np.int64), (9, 9, 9), 6), None)  # 4,374 decisions, 6 bytes
 def test_rans_roundtrip(
     case: tuple[np.ndarray | None, np.ndarray, tuple[int, ...], int], mode: int | None
 ) -> None:
     mask, symbols, shape, width = case
+    if mode is not None and mask is None:
+        mode &= 3  # a mask model (mode >> 2) is for sparse tensors only
     coded = rans.encode(mask, symbols, shape, width, mode)
     if mode is not None:
-        assert coded.value_mode == mode
+        assert coded.mode == mode
     numel = math.prod(shape)
     if not rans.fits(numel, len(symbols), width, mask is not None, len(coded.data)):
         # past the decision cap (a near-constant tensor: thousands of decisions per byte): writers fall
         # back to Huffman or packed, and a reader refuses the stream
         with pytest.raises(SqcFormatError, match=r"binary decisions|positions"):
-            rans.decode(coded.data, shape, mask is not None, width, 1 << width, coded.value_mode)
+            rans.decode(coded.data, shape, mask is not None, width, 1 << width, coded.mode)
         return
-    got_mask, got, index = rans.decode(
-        coded.data, shape, mask is not None, width, 1 << width, coded.value_mode
-    )
+    got_mask, got, index = rans.decode(coded.data, shape, mask is not None, width, 1 << width, coded.mode)
     assert got.tolist() == symbols.tolist()
     assert (got_mask is None) == (mask is None)
     if mask is not None:
@@ -74,7 +74,7 @@ def test_rans_many_lanes_roundtrip() -> None:
     mask = rng.random(math.prod(shape)) < 0.1
     symbols = rng.integers(0, 40, int(mask.sum()))
     coded = rans.encode(mask, symbols, shape, 6)
-    got_mask, got, _ = rans.decode(coded.data, shape, True, 6, 40, coded.value_mode)
+    got_mask, got, _ = rans.decode(coded.data, shape, True, 6, 40, coded.mode)
     assert got_mask is not None and np.array_equal(got_mask, mask) and np.array_equal(got, symbols)
 
 
@@ -110,7 +110,7 @@ def test_rans_beats_huffman_on_structure() -> None:
 def test_rans_truncations_and_flips_raise_format_errors() -> None:
     mask, codes = _structured(6, 24, seed=3)
     coded = rans.encode(mask, codes, mask.shape, 5)
-    args = (mask.shape, True, 5, 32, coded.value_mode)
+    args = (mask.shape, True, 5, 32, coded.mode)
     for cut in range(len(coded.data)):
         with pytest.raises(SqcFormatError):
             rans.decode(coded.data[:cut], *args)
@@ -243,6 +243,62 @@ def test_tensor_sections_roundtrip_with_rans(index: int) -> None:
         assert "rans" not in info.streams.values()
 
 
+def _fixed_state(case: tuple[np.ndarray | None, np.ndarray, tuple[int, ...], int]) -> TensorState:
+    """A fixed-point record from a drawn mask and symbols (symbol ``s`` is code ``s - 2^(width-1)``)."""
+    mask, symbols, shape, width = case
+    codes = np.zeros(math.prod(shape), dtype=np.int32)
+    if mask is None:
+        codes[:] = symbols - (1 << (width - 1))
+    else:
+        codes[mask] = symbols - (1 << (width - 1))
+    return TensorState(
+        "w",
+        shape,
+        "weight",
+        fmt=FixedPoint(max(width, 2), (4,)),
+        codes=torch.from_numpy(codes).reshape(shape),
+        mask=None if mask is None else torch.from_numpy(mask).reshape(shape),
+    )
+
+
+@SETTINGS
+@given(tensors(), st.booleans())
+def test_packed_sizes_without_packing(
+    case: tuple[np.ndarray | None, np.ndarray, tuple[int, ...], int], shared: bool
+) -> None:
+    """The passes' price of a packed (coder ``raw``) record, counted without packing, is the length of
+    the section the writer builds, for fixed-point codes and (the same codes as indices) a codebook."""
+    state = _fixed_state(case)
+    if shared:
+        assert state.codes is not None
+        state.codes = state.codes - state.codes.min() if state.codes.numel() else state.codes
+        state.codebook = torch.linspace(-1, 1, int(state.codes.max()) + 1 if state.codes.numel() else 1)
+        state.fmt = None
+        if state.mask is not None:
+            state.codes = torch.where(state.mask, state.codes, torch.zeros_like(state.codes))
+    assert tensor_codec.encoded_size(state) == len(encode_tensor(state)[1])
+
+
+@settings(
+    deadline=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(tensors())
+def test_skipping_layouts_below_the_entropy_bound_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, case: tuple[np.ndarray | None, np.ndarray, tuple[int, ...], int]
+) -> None:
+    """The writer skips the packed/Huffman layouts when the context-coded one is below their entropy
+    bound: the section must be byte for byte what building every layout and keeping the smallest gives."""
+    state = _fixed_state(case)
+    state.coder = "rans"
+    fast = encode_tensor(state)
+    with monkeypatch.context() as patch:
+        patch.setattr(tensor_codec, "_zero_order_bound", lambda *_: -math.inf)
+        slow = encode_tensor(state)
+    assert fast[:2] == slow[:2] and fast[2].total == slow[2].total
+
+
 def test_tensor_section_corruption_is_a_format_error_with_offset() -> None:
     state = _states()[0]
     state.coder = "rans"
@@ -278,7 +334,9 @@ def test_rans_pass_through_the_container(tmp_path) -> None:
     path = tmp_path / "m.sqc"
     artifact.save(path)
     layout = container.read_layout(path.read_bytes())
-    assert layout.version == (1, 2) and container.VERSION == (1, 4)  # 1.2 holds every classic model
+    # 1.2 holds every classic model, unless a mask is coded in mask model 1 (format 1.5)
+    models = {encode_tensor_cached(s)[2].mask_model for s in artifact.model.tensors.values()}
+    assert layout.version == ((1, 5) if 1 in models else (1, 2)) and container.VERSION == (1, 5)
     assert layout.sections[0].codec == layout.sections[-1].codec == container.JSON_PRESET
     assert layout.report[-1].spec == "rans{layers=*}"
     restored = sqc.load(path)
@@ -303,7 +361,7 @@ def test_preset_sections_need_format_1_2() -> None:
     old[10:12] = (1).to_bytes(2, "little")  # claim 1.1: fixed header CRC is then wrong, and the codec
     with pytest.raises(SqcFormatError):
         container.read_layout(bytes(old))
-    assert container.read_layout(data).version == (1, 2)
+    assert container.read_layout(data).version in ((1, 2), (1, 5))  # 1.5: a mask in mask model 1
 
 
 # -- the fast coder against the plain one -----------------------------------------------------------
@@ -331,19 +389,19 @@ def test_fast_coder_writes_the_reference_bytes(
     kept = numel if mask is None else int(mask.sum())
     symbols = np.minimum(rng.geometric(0.3, kept) - 1, (1 << width) - 1)
     fast, plain = rans.encode(mask, symbols, shape, width), rans_reference.encode(mask, symbols, shape, width)
-    assert (fast.data, fast.index_bytes, fast.value_bytes, fast.value_mode) == (
+    assert (fast.data, fast.index_bytes, fast.value_bytes, fast.mode) == (
         plain.data,
         plain.index_bytes,
         plain.value_bytes,
-        plain.value_mode,
+        plain.mode,
     )
     if not rans.fits(numel, symbols.size, width, sparse, len(fast.data)):
         # denser than a reader accepts (e.g. a whole large tensor pruned codes to a few bytes): the
         # decoder refuses it as a bomb, and the container never writes it (it falls back to Huffman)
         with pytest.raises(SqcFormatError, match="cannot be context-coded"):
-            rans.decode(fast.data, shape, sparse, width, 1 << width, fast.value_mode)
+            rans.decode(fast.data, shape, sparse, width, 1 << width, fast.mode)
         return
-    got_mask, got, _ = rans.decode(fast.data, shape, sparse, width, 1 << width, fast.value_mode)
+    got_mask, got, _ = rans.decode(fast.data, shape, sparse, width, 1 << width, fast.mode)
     assert got.tolist() == symbols.tolist()
     if mask is not None:
         assert got_mask is not None and got_mask.tolist() == mask.tolist()

@@ -281,17 +281,23 @@ def runtime_entries(mask: np.ndarray | None, values: np.ndarray) -> tuple[np.nda
 
 
 def _rans_case(
-    harness: Path, mask: np.ndarray | None, symbols: np.ndarray, shape: tuple[int, ...], width: int
+    harness: Path,
+    mask: np.ndarray | None,
+    symbols: np.ndarray,
+    shape: tuple[int, ...],
+    width: int,
+    mask_mode: int | None = None,
 ) -> None:
+    """The C decoder against ``rans.decode`` on one tensor (``mask_mode``: force that mask model)."""
     coded = rans.encode(mask, symbols, shape, width)
+    if mask_mode is not None and mask is not None:
+        coded = rans.encode(mask, symbols, shape, width, coded.value_mode | mask_mode << 2)
     numel = int(np.prod(shape))
     _, cols = rans.matrix_shape(shape)
-    py_mask, py_symbols, _ = rans.decode(
-        coded.data, shape, mask is not None, width, 1 << width, coded.value_mode
-    )
+    py_mask, py_symbols, _ = rans.decode(coded.data, shape, mask is not None, width, 1 << width, coded.mode)
     want_entries, want_weights = runtime_entries(py_mask, py_symbols)
     count = numel if want_entries is None else int(want_entries.size)
-    argv = [numel, cols, int(mask is not None), width, 1 << width, coded.value_mode, count]
+    argv = [numel, cols, int(mask is not None), width, 1 << width, coded.mode, count]
     result = subprocess.run([str(harness), "rans", *map(str, argv)], input=coded.data, capture_output=True)
     assert result.returncode == 0, result.stderr.decode()
     out = result.stdout
@@ -312,15 +318,18 @@ rans_tensors = st.tuples(
     st.integers(1, 9),  # symbol width
     st.sampled_from([None, 0.02, 0.3, 0.9]),  # density (None: dense, no mask)
     st.integers(0, 2**32 - 1),  # seed
+    st.sampled_from([0, 1]),  # mask model (format 1.5 adds 1)
 )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rans_tensors)
-def test_c_rans_decoder_matches_python(harness: Path, case: tuple[int, int, int, float | None, int]) -> None:
+def test_c_rans_decoder_matches_python(
+    harness: Path, case: tuple[int, int, int, float | None, int, int]
+) -> None:
     """The emitted C decoder of the context-coded layout reads what formats/rans.py writes: the same mask
-    (as runtime entries) and symbols, every value mode, skewed and uniform symbols."""
-    rows, cols, width, density, seed = case
+    (as runtime entries) and symbols, every value mode and both mask models, skewed and uniform symbols."""
+    rows, cols, width, density, seed, mask_mode = case
     rng = np.random.default_rng(seed)
     shape = (rows, cols) if rows > 1 else (cols,)
     mask = None if density is None else rng.random(rows * cols) < density
@@ -328,7 +337,7 @@ def test_c_rans_decoder_matches_python(harness: Path, case: tuple[int, int, int,
     skew = rng.random() < 0.5
     high = 1 << width
     symbols = np.minimum(rng.geometric(0.5, kept) - 1, high - 1) if skew else rng.integers(0, high, kept)
-    _rans_case(harness, mask, symbols.astype(np.int64), shape, width)
+    _rans_case(harness, mask, symbols.astype(np.int64), shape, width, mask_mode)
 
 
 def test_c_rans_decoder_lanes_and_long_gaps(harness: Path) -> None:
@@ -339,5 +348,6 @@ def test_c_rans_decoder_lanes_and_long_gaps(harness: Path) -> None:
     mask = rng.random(36_003) < 0.004
     mask[:700] = False  # a gap spanning two filler lengths at the start
     mask[12_000:12_900] = False
-    _rans_case(harness, mask, rng.integers(0, 16, int(mask.sum())), shape, 4)
+    for mask_mode in (0, 1):
+        _rans_case(harness, mask, rng.integers(0, 16, int(mask.sum())), shape, 4, mask_mode)
     _rans_case(harness, None, rng.integers(0, 4, 20_000), (4, 5_000), 2)

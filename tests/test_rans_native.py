@@ -70,10 +70,11 @@ def _both(monkeypatch: pytest.MonkeyPatch, call: Any) -> tuple[Any, Any]:
     st.integers(1, 12),
     st.booleans(),
     st.floats(0.0, 1.0),
-    st.sampled_from([None, 0, 1, 2, 3]),
+    st.sampled_from([None, 0, 1, 2, 3, 4, 5, 6, 7]),  # value mode | mask model << 2
     st.integers(0, 2**32 - 1),
 )
 @example((2, 8200), 3, True, 0.2, 1, 0)  # two lanes that meet in one column every round
+@example((2, 8200), 3, True, 0.2, 5, 0)  # the same with mask model 1 (row and column densities)
 @example((7, 7001), 16, False, 1.0, 3, 1)  # three uneven lanes, the widest symbols, every context set
 def test_the_c_core_writes_and_reads_what_python_does(
     monkeypatch: pytest.MonkeyPatch,
@@ -88,7 +89,7 @@ def test_the_c_core_writes_and_reads_what_python_does(
     numel = math.prod(shape)
     alphabet, mask, symbols = random_case(rng, shape, width, sparse, density)
     kept = symbols.size
-    fixed = None if mode is None else min(mode, width)
+    fixed = None if mode is None else min(mode & 3, width) | (mode >> 2 << 2 if sparse else 0)
     native, python = _both(monkeypatch, lambda: rans.encode(mask, symbols, shape, width, fixed))
     assert native == python
     data = native.data
@@ -99,10 +100,10 @@ def test_the_c_core_writes_and_reads_what_python_does(
     noise = rng.integers(0, 256, 4 * lanes + 2 * int(rng.integers(0, len(data))), dtype=np.uint8).tobytes()
     cut = data[: int(rng.integers(len(data)))]
     for variant in (data, bytes(flipped), cut, noise, data + b"\0\0"):
-        args = (variant, shape, sparse, width, alphabet, native.value_mode)
+        args = (variant, shape, sparse, width, alphabet, native.mode)
         got, expected = _both(monkeypatch, lambda a=args: rans.decode(*a))
         assert got == expected
-    got, _ = _both(monkeypatch, lambda: rans.decode(data, shape, sparse, width, alphabet, native.value_mode))
+    got, _ = _both(monkeypatch, lambda: rans.decode(data, shape, sparse, width, alphabet, native.mode))
     if rans.fits(numel, kept, width, sparse, len(data)):
         assert got[1] == symbols.tolist() and got[2] == native.index_bytes
         assert got[0] == (None if mask is None else mask.tolist())
@@ -119,7 +120,7 @@ def test_many_lanes_and_the_mode_choice_agree(monkeypatch: pytest.MonkeyPatch) -
     symbols = np.minimum(rng.geometric(0.5, int(mask.sum())) - 1, 6)
     native, python = _both(monkeypatch, lambda: rans.encode(mask, symbols, shape, 3))
     assert native == python
-    got, expected = _both(monkeypatch, lambda: rans.decode(native.data, shape, True, 3, 7, native.value_mode))
+    got, expected = _both(monkeypatch, lambda: rans.decode(native.data, shape, True, 3, 7, native.mode))
     assert got == expected and got[1] == symbols.tolist()
 
 
@@ -129,8 +130,10 @@ def test_the_c_core_matches_the_plain_reference() -> None:
     shape = (9, 400)
     mask = rng.random(math.prod(shape)) < 0.3
     symbols = rng.integers(0, 20, int(mask.sum()))
-    fast, plain = rans.encode(mask, symbols, shape, 5), rans_reference.encode(mask, symbols, shape, 5)
-    assert (fast.data, fast.index_bytes, fast.value_mode) == (plain.data, plain.index_bytes, plain.value_mode)
+    for mode in (None, 1, 5):  # the encoder's choice, then each mask model
+        fast = rans.encode(mask, symbols, shape, 5, mode)
+        plain = rans_reference.encode(mask, symbols, shape, 5, mode)
+        assert (fast.data, fast.index_bytes, fast.mode) == (plain.data, plain.index_bytes, plain.mode)
 
 
 # -- the decision cap -------------------------------------------------------------------------------

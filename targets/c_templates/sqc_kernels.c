@@ -296,14 +296,15 @@ static int sqc_rans_mask(const sqc_rans_t *r, uint32_t lanes, sqc_rans_io_t *io,
                          const uint32_t *end, uint32_t *lpos)
 {
     uint32_t *run = w, *col = w + lanes, *bctx = w + 2u * lanes, *bbit = w + 3u * lanes;
-    uint32_t *counts = w + 4u * lanes, *seen = counts + 140u, *kcol = seen + r->cols;
-    uint32_t j, t, rounds = r->numel / lanes + 1u;
+    uint32_t *rkept = w + 4u * lanes, *rseen = w + 5u * lanes;
+    uint32_t *counts = w + 6u * lanes, *seen = counts + 140u, *kcol = seen + r->cols;
+    uint32_t j, t, rounds = r->numel / lanes + 1u, model = r->mode >> 2, akept = 0, aseen = 0;
     static const uint32_t runs[6] = {1u, 3u, 7u, 15u, 31u, 63u};
     for (j = 0; j < 140u + 2u * r->cols; j++) {
         counts[j] = 0;
     }
     for (j = 0; j < lanes; j++) {
-        run[j] = 0;
+        run[j] = rkept[j] = rseen[j] = 0;
         col[j] = sqc_lane_start(r, lanes, j) % r->cols;
         if (!entries) {
             kept[j] = inner[j] = 0;
@@ -311,6 +312,9 @@ static int sqc_rans_mask(const sqc_rans_t *r, uint32_t lanes, sqc_rans_io_t *io,
     }
     for (t = 0; t < rounds; t++) {
         uint32_t active = 0;
+        /* mask model 1: the tensor's density before this round, 16-bit fixed point, at least 1 */
+        uint64_t g = (((uint64_t)akept + 1u) << 16) / ((uint64_t)aseen + 2u);
+        g = g ? g : 1u;
         for (j = 0; j < lanes; j++) {
             uint32_t pos = sqc_lane_start(r, lanes, j) + t, rb = 0, cb, k, ctx;
             int bit;
@@ -320,23 +324,42 @@ static int sqc_rans_mask(const sqc_rans_t *r, uint32_t lanes, sqc_rans_io_t *io,
             }
             active++;
             if (col[j] == 0) {
-                run[j] = 0;
+                run[j] = rkept[j] = rseen[j] = 0;
             }
-            for (k = 0; k < 6u; k++) {
-                rb += run[j] >= runs[k];
-            }
-            if (seen[col[j]] == 0) {
-                cb = 0;
-            } else if (kcol[col[j]] == 0) {
-                cb = seen[col[j]] < 4u ? 1u : 2u;
-            } else {
-                uint32_t ratio = (uint32_t)(((uint64_t)kcol[col[j]] * 64u) / seen[col[j]]), len = 0;
-                while (len < 7u && ratio >= (1u << len)) {
-                    len++;
+            if (model) {
+                /* row (in the lane) and column densities shrunk toward g by 16 positions: row * col / g,
+                 * bucketed by half octaves of -log2 (FORMAT.md, mask model 1) */
+                uint64_t rp = (((uint64_t)rkept[j] << 16) + 16u * g) / ((uint64_t)rseen[j] + 16u);
+                uint64_t cp = (((uint64_t)kcol[col[j]] << 16) + 16u * g) / ((uint64_t)seen[col[j]] + 16u);
+                uint64_t p = rp * cp / g;
+                uint32_t len = 0, b = 24u;
+                if (p >= 65536u) {
+                    b = 0;
+                } else if (p) {
+                    while ((p >> len) != 0) {
+                        len++;
+                    }
+                    b = 2u * (16u - len) + 1u + (p * p < (1ull << (2u * len - 1u)));
+                    b = b < 24u ? b : 24u;
                 }
-                cb = 3u + (len < 6u ? len : 6u);
+                ctx = 2u * b + (run[j] != 0);
+            } else {
+                for (k = 0; k < 6u; k++) {
+                    rb += run[j] >= runs[k];
+                }
+                if (seen[col[j]] == 0) {
+                    cb = 0;
+                } else if (kcol[col[j]] == 0) {
+                    cb = seen[col[j]] < 4u ? 1u : 2u;
+                } else {
+                    uint32_t ratio = (uint32_t)(((uint64_t)kcol[col[j]] * 64u) / seen[col[j]]), len = 0;
+                    while (len < 7u && ratio >= (1u << len)) {
+                        len++;
+                    }
+                    cb = 3u + (len < 6u ? len : 6u);
+                }
+                ctx = rb * 10u + cb;
             }
-            ctx = rb * 10u + cb;
             bit = sqc_rans_bit(io, j, sqc_rans_p1(counts + 2u * ctx));
             if (bit < 0) {
                 return -1;
@@ -344,6 +367,8 @@ static int sqc_rans_mask(const sqc_rans_t *r, uint32_t lanes, sqc_rans_io_t *io,
             bctx[j] = ctx;
             bbit[j] = (uint32_t)bit;
             run[j] = bit ? 0u : run[j] + 1u;
+            rkept[j] += (uint32_t)bit;
+            rseen[j]++;
             if (bit && !entries) {
                 if (kept[j] == 0) {
                     first[j] = pos;
@@ -372,6 +397,8 @@ static int sqc_rans_mask(const sqc_rans_t *r, uint32_t lanes, sqc_rans_io_t *io,
         }
         for (j = 0; j < lanes; j++) { /* the round's updates, after all its decisions */
             if (bctx[j] != 0xFFFFFFFFu) {
+                akept += bbit[j];
+                aseen++;
                 counts[2u * bctx[j] + bbit[j]]++;
                 seen[col[j]]++;
                 kcol[col[j]] += bbit[j];
@@ -385,9 +412,10 @@ static int sqc_rans_mask(const sqc_rans_t *r, uint32_t lanes, sqc_rans_io_t *io,
 uint32_t sqc_rans_scratch(const sqc_rans_t *r)
 {
     uint32_t lanes = r->numel / 16384u + (r->numel % 16384u != 0);
-    uint32_t m = r->mode < r->width ? r->mode : r->width, none = r->mode ? (1u << m) : 0u, mask, values;
+    uint32_t vmode = r->mode & 3u, m = vmode < r->width ? vmode : r->width, none = vmode ? (1u << m) : 0u, mask;
+    uint32_t values;
     lanes = lanes < 1u ? 1u : (lanes > 4096u ? 4096u : lanes);
-    mask = r->sparse ? 4u * lanes + 140u + 2u * r->cols : 0u;
+    mask = r->sparse ? 6u * lanes + 140u + 2u * r->cols : 0u;
     values = 4u * lanes + 2u * lanes * r->width + ((none + 1u) << r->width) * 2u;
     return 10u * lanes + (mask > values ? mask : values);
 }
@@ -397,13 +425,14 @@ int sqc_rans_decode(const sqc_rans_t *r, sqc_sink_t *values, uint8_t *entries, u
 {
     uint32_t lanes = r->numel / 16384u + (r->numel % 16384u != 0);
     uint32_t *x, *kept, *first, *last, *inner, *cur, *end, *lpos, *vcur, *vpos, *w;
-    uint32_t m = r->mode < r->width ? r->mode : r->width, none = r->mode ? (1u << m) : 0u;
+    uint32_t vmode = r->mode & 3u, m = vmode < r->width ? vmode : r->width, none = vmode ? (1u << m) : 0u;
     uint32_t *counts, *prev_sym, *prev_row, *node, *ctx, *bslot, *bbit;
     uint32_t j, t, level, total = 0, most = 0;
     uint32_t prev = 0xFFFFFFFFu; /* the last kept position before a lane: all-ones = none */
     sqc_rans_io_t io;
     lanes = lanes < 1u ? 1u : (lanes > 4096u ? 4096u : lanes);
-    if (r->width < 1u || r->width > 16u || r->mode > 3u || r->cols == 0 || r->numel % r->cols != 0 ||
+    if (r->width < 1u || r->width > 16u || r->mode > 7u || (r->mode > 3u && !r->sparse) || r->cols == 0 ||
+        r->numel % r->cols != 0 ||
         r->size < 4u * lanes || (r->size - 4u * lanes) % 2u != 0 ||
         (uint64_t)r->numel > 16384u + 512u * (uint64_t)r->size || sqc_rans_scratch(r) > scratch_words) {
         return -1;
@@ -492,7 +521,7 @@ int sqc_rans_decode(const sqc_rans_t *r, sqc_sink_t *values, uint8_t *entries, u
                 vpos[j] += 1u;
             }
             row = vpos[j] / r->cols;
-            ctx[j] = r->mode == 0 ? 0u : (prev_row[j] == row ? prev_sym[j] >> (r->width - m) : none);
+            ctx[j] = vmode == 0 ? 0u : (prev_row[j] == row ? prev_sym[j] >> (r->width - m) : none);
             prev_row[j] = row;
             node[j] = 1u;
         }

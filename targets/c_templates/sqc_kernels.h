@@ -70,7 +70,8 @@ typedef struct {
 int sqc_decode(const sqc_stream_t *s, sqc_sink_t *sink, uint16_t *scratch, uint32_t scratch_size);
 
 /* A context-coded tensor (formats/FORMAT.md): the rANS stream, `numel` positions in rows of `cols`,
- * with a mask (sparse) or not, symbols of `width` bits below `alphabet`, value mode 0..3. */
+ * with a mask (sparse) or not, symbols of `width` bits below `alphabet`; mode = value mode (0..3) | mask
+ * model (0, 1: format 1.5, sparse only) << 2. */
 typedef struct {
     const uint8_t *data;
     uint32_t size;

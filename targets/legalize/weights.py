@@ -60,7 +60,7 @@ def _rans_stream(
     coded = rans.encode(mask, kept_symbols, state.shape, width)
     if not rans.fits(state.numel, int(kept_symbols.size), width, sparse, len(coded.data)):
         return None
-    return Stream("rans", width, int(kept_symbols.size), alphabet, coded.data, coded.value_mode)
+    return Stream("rans", width, int(kept_symbols.size), alphabet, coded.data, coded.mode)
 
 
 def legalize_weights(
