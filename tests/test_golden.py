@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from golden_cases import CASES, golden_path, render
+from golden_cases import CASES, golden_path, readme_pass_table, render
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -40,3 +40,12 @@ def test_every_golden_file_has_a_case() -> None:
     names = {golden_path(c).name for c in CASES}
     stray = sorted(p.name for p in golden_path(CASES[0]).parent.glob("*.ir") if p.name not in names)
     assert not stray, f"golden files without a case (delete them or add the case): {stray}"
+
+
+def test_the_readme_pass_table_is_what_the_registry_says() -> None:
+    """The README's table of passes, options and defaults is ``sqc passes --markdown``'s output (a
+    default changed in code changes it there too: ``make goldens`` rewrites it)."""
+    from sqc.app.cli.catalog import builtin_markdown
+
+    _, table, _ = readme_pass_table()
+    assert table == builtin_markdown(), "README.md's pass table is stale: run `make goldens`"

@@ -182,3 +182,10 @@ def test_cli_version_help_and_zoo(cli) -> None:
     assert rows["resnet18"]["input"] == [1, 3, 224, 224]
     table = cli("zoo")
     assert table.code == 0 and "squeezenet1_1" in table.out and "1,235,496" in table.out
+
+    from sqc.app.cli.catalog import builtin_markdown
+
+    markdown = cli("passes", "--markdown")
+    assert markdown.code == 0 and markdown.out == builtin_markdown()
+    assert markdown.out.startswith("| pass | options (defaults) | what it does |\n|---|---|---|\n| `prune` |")
+    assert "`clip`" not in markdown.out  # the README documents sqc's own passes, not installed plugins

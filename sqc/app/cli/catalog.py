@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from sqc.app.cli import render
 from sqc.app.cli.options import (
@@ -13,8 +15,33 @@ from sqc.app.cli.options import (
 )
 
 
-def list_passes(as_json: JsonOpt = False) -> None:
+def list_passes(
+    as_json: JsonOpt = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="the built-in passes as the README's Markdown table")
+    ] = False,
+) -> None:
     """List built-in and plugin passes with their options."""
+    rows = pass_rows()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if markdown:
+        print(builtin_markdown(), end="")
+        return
+    table = render.table("passes", ["pass", "from", "options (defaults)", "what it does"])
+    for row in rows:
+        opts = " ".join(f"{o['name']}={o['default']}" for o in row["options"]) or "-"
+        table.add_row(row["name"], row["package"], opts, row["summary"])
+    for column in table.columns[2:]:
+        column.no_wrap = False
+        column.justify = "left"
+    render.print_table(table, "passes")
+
+
+def pass_rows() -> list[dict[str, Any]]:
+    """Every registered pass (built in first, then plugins): name, package, summary, options with their
+    types and defaults, what it requires, and its canonical text with every default."""
     from sqc.compiler.registry import entries, load_pass
 
     rows = []
@@ -34,17 +61,21 @@ def list_passes(as_json: JsonOpt = False) -> None:
                 "default_spec": cls().spec(),
             }
         )
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
-    table = render.table("passes", ["pass", "from", "options (defaults)", "what it does"])
+    return rows
+
+
+def builtin_markdown() -> str:
+    """``sqc passes --markdown``: the README's table of sqc's own passes."""
+    return markdown_table([row for row in pass_rows() if row["package"] == "sqc"])
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The README's pass table: one row per pass, its options with their defaults, its summary."""
+    lines = ["| pass | options (defaults) | what it does |", "|---|---|---|"]
     for row in rows:
         opts = " ".join(f"{o['name']}={o['default']}" for o in row["options"]) or "-"
-        table.add_row(row["name"], row["package"], opts, row["summary"])
-    for column in table.columns[2:]:
-        column.no_wrap = False
-        column.justify = "left"
-    render.print_table(table, "passes")
+        lines.append(f"| `{row['name']}` | `{opts}` | {row['summary']} |")
+    return "\n".join(lines) + "\n"
 
 
 def _type_name(annotation: Any) -> str:
