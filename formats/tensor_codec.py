@@ -91,7 +91,7 @@ def _symbols(state: TensorState, positions: np.ndarray | None = None) -> tuple[n
     return codes - state.fmt.qmin, 1 << state.fmt.bits, state.fmt.bits
 
 
-def _choose_stream(symbols: np.ndarray, alphabet: int, width: int, allow_huffman: bool) -> tuple[bytes, bool]:
+def choose_stream(symbols: np.ndarray, alphabet: int, width: int, allow_huffman: bool) -> tuple[bytes, bool]:
     """Packed or Huffman-coded bytes of a symbol stream, whichever is smaller (ties: packed). Both sizes
     are known without building either stream (the Huffman one from the symbol counts), so only the
     chosen one is built."""
@@ -380,7 +380,7 @@ def _values_stream(
         chosen = values if positions is None else values[positions]
         return chosen.astype("<f4").tobytes(), False
     symbols, alphabet, width = _symbols(state, positions)
-    return _choose_stream(symbols, alphabet, width, want)
+    return choose_stream(symbols, alphabet, width, want)
 
 
 def _layout_dense(state: TensorState, codec: int, want: bool, wants: int, info: Breakdown) -> bytes:
@@ -404,7 +404,7 @@ def _layout_sparse(state: TensorState, codec: int, want: bool, wants: int, info:
     bits = _index_bits_for(gaps, want and codec != RAW_F32)
     entries = sparse_index.entries_for_gaps(gaps, bits)
     del gaps
-    index, index_coded = _choose_stream(entries, 1 << bits, bits, want)
+    index, index_coded = choose_stream(entries, 1 << bits, bits, want)
     flags = SPARSE | (VALUES_HUFFMAN if values_coded else 0) | (INDEX_HUFFMAN if index_coded else 0)
     out = Writer()
     out.u8(flags | wants)

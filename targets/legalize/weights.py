@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from sqc.formats import bitpack, huffman, rans, sparse_index
+from sqc.formats import rans, sparse_index
+from sqc.formats.tensor_codec import choose_stream
 from sqc.ir.records import FixedPoint, TensorState, best_format
 from sqc.targets.integer import (
     Stream,
@@ -20,14 +21,11 @@ from sqc.targets.legalize.options import LowerOptions
 
 
 def _stream(symbols: np.ndarray, alphabet: int, width: int, want_huffman: bool) -> Stream:
-    """Packed, or Huffman-coded when the tensor asked for it and it is smaller (the container's rule)."""
+    """Packed, or Huffman-coded when the tensor asked for it and it is smaller: the container's own choice
+    (:func:`sqc.formats.tensor_codec.choose_stream`), so ROM holds the streams the file would."""
     symbols = np.ascontiguousarray(symbols, dtype=np.int64)
-    packed = bitpack.pack(symbols, width, False)
-    if want_huffman and symbols.size:
-        coded = huffman.serialize(huffman.encode(symbols, alphabet))
-        if len(coded) < len(packed):
-            return Stream("huffman", width, int(symbols.size), alphabet, coded)
-    return Stream("packed", width, int(symbols.size), alphabet, packed)
+    data, coded = choose_stream(symbols, alphabet, width, want_huffman)
+    return Stream("huffman" if coded else "packed", width, int(symbols.size), alphabet, data)
 
 
 def _best_index(mask: np.ndarray, want_huffman: bool) -> tuple[int, Stream]:
