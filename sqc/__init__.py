@@ -15,7 +15,8 @@ def _map_checkout_subpackages() -> None:
     """In a source checkout, make ``sqc.passes``, ``sqc.formats`` and ``sqc.targets`` the top-level
     folders ``pyproject.toml``'s ``package-dir`` maps them from (an installed sqc has them inside).
 
-    Exactly those three, and only beside sqc's own ``pyproject.toml``: Python started in the checkout,
+    Exactly those three, and only in a source checkout (a ``pyproject.toml`` beside ``sqc/``; an
+    installed sqc has none there): Python started in the checkout,
     or a Ray worker that inherits the driver's ``sys.path``, then imports the same package an install
     gives (without the compiled rANS core: its numpy twin writes the same bytes), and no other folder
     of the repository becomes part of ``sqc``.
