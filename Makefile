@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 NNC     := .venv-nncodec
-SOURCES := $(shell find sqc passes formats targets -name '*.py' -o -name '*.md' -o -name '*.c' -o -path '*_templates/*') pyproject.toml
+SOURCES := $(shell find sqc passes formats targets -name '*.py' -o -name '*.md' -o -name '*.c' -o -path '*/templates/*') pyproject.toml
 
 .PHONY: test demo bench fuzz lint install clean goldens
 

@@ -198,7 +198,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("no system C compiler (cc) on PATH")
     work = tmp_path_factory.mktemp("harness")
     for name in ("sqc_kernels.c", "sqc_kernels.h", "sqc_weights.inc"):
-        text = resources.files("sqc.targets").joinpath("c_templates", name).read_text(encoding="utf-8")
+        text = resources.files("sqc.targets.c").joinpath("templates", name).read_text(encoding="utf-8")
         (work / name).write_text(text)
     (work / "model.h").write_text(
         "#include <stdint.h>\ntypedef int16_t sqc_act_t;\n#define SQC_ACT_BITS 16\n"

@@ -1,7 +1,7 @@
 """The C target: legalize a ``.sqc`` file into an integer program, then emit a self-contained C99 project.
 
 The writer only emits: every number it prints was decided by legalization (:mod:`sqc.targets.legalize`),
-and the kernels are the fixed text in ``c_templates/`` (copied verbatim). What it adds is layout: where
+and the kernels are the fixed text in ``templates/`` (copied verbatim). What it adds is layout: where
 each activation lives in one static buffer (first fit over the tensors' live ranges), where decoded
 weights go in the start-up arena, and how many bytes of ROM and RAM that makes.
 
@@ -70,7 +70,7 @@ _CTYPES = {"int8_t": 1, "uint8_t": 1, "int16_t": 2, "uint16_t": 2, "int32_t": 4,
 
 
 def template(name: str) -> str:
-    return resources.files("sqc.targets").joinpath("c_templates", name).read_text(encoding="utf-8")
+    return resources.files("sqc.targets.c").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 def _ident(name: str) -> str:
@@ -727,7 +727,7 @@ def write_project(
             text = text.replace("{{" + key + "}}", value)
         files[name] = text.encode("utf-8")
     for name in STATIC_FILES:
-        files[name] = resources.files("sqc.targets").joinpath("c_templates", name).read_bytes()
+        files[name] = resources.files("sqc.targets.c").joinpath("templates", name).read_bytes()
     write_files(out_dir, files, force=force, inputs=inputs)
     return {
         "rom_bytes": em.rom_bytes,

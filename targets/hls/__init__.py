@@ -6,7 +6,7 @@
 * ``model.cpp`` — one function per layer on ``ap_fixed``/``ap_int`` types with the program's formats,
   a top function ``sqc_top`` with ``#pragma HLS INTERFACE`` (AXI-stream or memory-mapped) and
   ``DATAFLOW`` between layers, and the ROMs;
-* ``sqc_hls.h`` — the kernels (templates, copied verbatim from ``hls_templates/``);
+* ``sqc_hls.h`` — the kernels (templates, copied verbatim from ``templates/``);
 * ``tb.cpp`` with ``tb_input.bin``/``tb_output.bin`` — a C-simulation testbench and golden codes from the
   PyTorch integer simulator; ``build.tcl`` (``vitis_hls -f build.tcl``) and a ``Makefile`` for g++.
 
@@ -41,7 +41,7 @@ from sqc.formats import bitpack, huffman, sparse_index
 from sqc.ir.names import check_names, identifier
 from sqc.outputs import write_files
 from sqc.targets.calib import calib_file
-from sqc.targets.hls_resources import layer_estimate, report, summary
+from sqc.targets.hls.resource_model import layer_estimate, report, summary
 from sqc.targets.integer import (
     Add,
     Affine,
@@ -82,7 +82,7 @@ class HlsError(SqcError):
 
 
 def template(name: str) -> str:
-    return resources.files("sqc.targets").joinpath("hls_templates", name).read_text(encoding="utf-8")
+    return resources.files("sqc.targets.hls").joinpath("templates", name).read_text(encoding="utf-8")
 
 
 def find_ap_types(explicit: str | Path | None = None) -> Path | None:
@@ -798,7 +798,7 @@ def write_project(
         tcl = tcl.replace("{{" + key + "}}", value)
     files["build.tcl"] = tcl.encode("utf-8")
     for name in STATIC_FILES:
-        files[name] = resources.files("sqc.targets").joinpath("hls_templates", name).read_bytes()
+        files[name] = resources.files("sqc.targets.hls").joinpath("templates", name).read_bytes()
     headers = find_ap_types(opts.ap_types or None)
     files.update(build_files(model_name, headers))
     dtype = np.int8 if bits == 8 else np.int16
