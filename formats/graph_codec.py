@@ -34,7 +34,7 @@ import torch
 from torch import fx
 
 from sqc.errors import SqcFormatError
-from sqc.ir.ops import FUNCTION_NAMES, FUNCTIONS, METHODS, aten_name, resolve_aten
+from sqc.ir.ops import FUNCTIONS, METHODS, resolve_aten, stored_name
 
 GRAPH_SCHEMA = 1
 MAX_JSON = 64 << 20  # inflate limit: a graph of a million nodes fits; a zip bomb does not
@@ -123,8 +123,7 @@ def _enum_name(table: dict[str, Any], value: Any) -> str:
 def op_label(node: fx.Node) -> str:
     """The name a ``call_function`` node's operator is stored under: a vocabulary name (``conv2d``) or
     an ATen schema name (``aten::layer_norm``)."""
-    name = FUNCTION_NAMES.get(node.target) if not isinstance(node.target, torch._ops.OpOverload) else None
-    name = name or aten_name(node.target)
+    name = stored_name(node.target)
     if name is None:
         raise ValueError(f"node {node.name}: operator {node.target} cannot be stored")
     return name

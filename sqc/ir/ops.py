@@ -235,3 +235,14 @@ def functional_variant(op: torch._ops.OpOverload) -> torch._ops.OpOverload | Non
         str(a.type) for a in schema.arguments
     ]
     return candidate if same_arguments else None
+
+
+def stored_name(target: Any) -> str | None:
+    """The name an fx ``call_function`` target is stored under: a vocabulary name (``conv2d``) or an ATen
+    schema name (``aten::layer_norm``); None for anything else. The container writes it and the IR's
+    text form prints it."""
+    if not isinstance(target, torch._ops.OpOverload):
+        name = FUNCTION_NAMES.get(target)
+        if name is not None:
+            return name
+    return aten_name(target)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from sqc.ir.ops import FUNCTION_NAMES, aten_name
+from sqc.ir.ops import stored_name
 from sqc.ir.records import CompressedModel, TensorState
 
 TEXT_VERSION = 1
@@ -116,9 +116,7 @@ def graph_lines(gm: fx.GraphModule) -> list[str]:
 def _op_name(node: fx.Node) -> str:
     if node.op == "call_method":
         return f".{node.target}"
-    if isinstance(node.target, torch._ops.OpOverload):
-        return aten_name(node.target) or str(node.target)
-    return FUNCTION_NAMES.get(node.target) or aten_name(node.target) or str(node.target)
+    return stored_name(node.target) or str(node.target)
 
 
 def _arg(value: Any) -> str:
