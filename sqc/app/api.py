@@ -343,7 +343,6 @@ def ir_text(target: str | Path | Artifact | CompressedModel, **model_options: An
     """The IR's stable text form (:mod:`sqc.ir.text`): of a ``.sqc`` file, an artifact, or a model file
     as captured (``model_options``: ``arch``, ``input_shapes``, ``trust_pickle``, ``state_key``,
     ``strict``, as :func:`inspect` takes them)."""
-    from sqc.formats.container import MAGIC
     from sqc.ir.text import ir_text as render
 
     if isinstance(target, Artifact):
@@ -351,8 +350,7 @@ def ir_text(target: str | Path | Artifact | CompressedModel, **model_options: An
     if isinstance(target, CompressedModel):
         return render(target)
     path = Path(target)
-    head = read_regular(path, len(MAGIC))
-    if path.suffix == ".sqc" or head.startswith(MAGIC):
+    if _is_container(path):
         return render(read(path))
     shapes = model_options.pop("input_shapes", None)
     loaded = load_model(path, model_options.pop("arch", None), **model_options)
@@ -374,13 +372,19 @@ def inspect(target: str | Path | Artifact, **model_options: Any) -> dict[str, An
 
     if isinstance(target, Artifact):
         return inspect_container(target.to_bytes(), "<in memory>")
-    from sqc.formats.container import MAGIC
-
     path = Path(target)
-    head = read_regular(path, len(MAGIC))  # a FIFO or a device would block or never end: refused first
-    if path.suffix == ".sqc" or head.startswith(MAGIC):
+    if _is_container(path):
         return inspect_container(read_regular(path), str(path))
     return inspect_model(path, **model_options)
+
+
+def _is_container(path: Path) -> bool:
+    """A ``.sqc`` by its name or its magic bytes (read first: a FIFO or a device would block or never
+    end, and is refused before anything else)."""
+    from sqc.formats.container import MAGIC
+
+    head = read_regular(path, len(MAGIC))
+    return path.suffix == ".sqc" or head.startswith(MAGIC)
 
 
 def simulate(
