@@ -9,6 +9,7 @@ each target does only what is its own in between.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,16 +42,16 @@ def integer_lowering(
     *,
     samples: int | None = None,
     keep_rans: bool = False,
-    check: Any = None,
+    check: Callable[[CompressedModel], None] | None = None,
 ) -> IntegerLowering:
     """Parse ``request.options`` (the integer options plus ``known_extra``), read the file, calibrate on
-    at least ``samples`` inputs (default: ``calib_samples``) and legalize. ``check(model, extra)`` runs on
+    at least ``samples`` inputs (default: ``calib_samples``) and legalize. ``check(model)`` runs on
     the model before calibration (a target's own refusals)."""
     opts, extra = LowerOptions.parse(list(request.options), known_extra)
     calib = require_calib(target, request.calib)
     model = read(Path(request.source))
     if check is not None:
-        check(model, extra)
+        check(model)
     data = calibration_data(calib, max(opts.calib_samples, samples or 0), model)
     program = legalize(model, data, opts, keep_rans=keep_rans)
     return IntegerLowering(model, data, program, opts, extra)

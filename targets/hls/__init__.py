@@ -866,7 +866,7 @@ class HlsTarget:
         return LowerReport("hls", str(output), project_bytes(output), summary(result), result)
 
 
-def _laid_out(model: CompressedModel, extra: dict[str, str]) -> None:
+def _laid_out(model: CompressedModel) -> None:
     """The HLS datapath reads fixed-width fields: a float tensor the coder left without codes cannot be
     laid out (Huffman-coded ones are decoded at lowering time)."""
     for state in model.tensors.values():
