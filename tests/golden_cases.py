@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import seeded
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -85,17 +86,8 @@ class SmallCNN(nn.Module):
 
 
 def _seeded(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        torch.manual_seed(0)
-        model = factory().eval()
-        with torch.no_grad():  # non-trivial BatchNorm statistics, so that they show in the pins
-            for module in model.modules():
-                if isinstance(module, nn.BatchNorm2d):
-                    module.running_mean.uniform_(-0.5, 0.5)
-                    module.running_var.uniform_(0.5, 2.0)
-        return model
-
-    return build
+    """``factory``'s model seeded as the suite seeds its models (:func:`conftest.seeded`)."""
+    return lambda: seeded(factory)
 
 
 @dataclass(frozen=True)
