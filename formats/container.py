@@ -55,6 +55,7 @@ from sqc.inputs import read_regular
 from sqc.ir.names import name_problem, names_problem, shown_name
 from sqc.ir.records import MAX_INPUT_ELEMENTS, CompressedModel, InputSpec, PassRecord, TensorState
 from sqc.outputs import write_atomic
+from sqc.version import PRODUCER
 
 MAGIC = b"\x89SQC\r\n\x1a\n"
 VERSION = (1, 5)
@@ -81,7 +82,10 @@ JSON_ZLIB, JSON_PRESET = 0, 1
 with the preset dictionary :data:`PRESET_DICTIONARY`. A model's fixed overhead is a few hundred bytes
 of JSON, mostly the same key names, op names and canonical pipeline text in every file; the dictionary
 halves it (LeNet-300-100: 1,015 -> 501 B), which decides whether a small model's file beats ``xz`` of
-its bare codes. Both sections use the same codec, and each decodes on its own."""
+its bare codes. Both sections use the same codec, and each decodes on its own.
+
+The dictionary is part of the format and never changes: its ``"producer":"sqc 0.1"`` is fixed text that
+the writers of 0.1 happen to repeat, not the writer's :data:`~sqc.version.PRODUCER`."""
 PRESET_DICTIONARY = "".join(
     [
         '"diagnostics":[],"changed":false,"stats":{},"layers":{}},{"changed":true,"diagnostics":[],',
@@ -219,7 +223,7 @@ def serialize(model: CompressedModel) -> bytes:
         "inputs": [[s.name, list(s.shape), s.dtype] for s in model.inputs],
         "tensors": [[name, list(model.tensors[name].shape), model.tensors[name].role] for name in names],
         "pipeline": model.pipeline,
-        "producer": "sqc 0.1",
+        "producer": PRODUCER,
         "seed": int(getattr(model, "seed", 0)),
         "header_crc32": header_crc(len(names) + 2, version),
     }

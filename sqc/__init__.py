@@ -47,18 +47,6 @@ _map_checkout_subpackages()
 
 from sqc.app.api import Artifact, compress, inspect, load, simulate  # noqa: E402
 from sqc.errors import SqcError, SqcFormatError  # noqa: E402
+from sqc.version import __version__ as __version__  # noqa: E402
 
 __all__ = ["Artifact", "SqcError", "SqcFormatError", "compress", "inspect", "load", "simulate"]
-
-
-def _version_of_installed() -> str:
-    """The version pyproject.toml declares (the one place it is written), as installed."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("sqc")
-    except PackageNotFoundError:  # a checkout imported without installing
-        return "0+unknown"
-
-
-__version__ = _version_of_installed()

@@ -172,6 +172,7 @@ def test_cli_version_help_and_zoo(cli) -> None:
     version = cli("--version")
     assert version.code == 0 and version.out.startswith(f"sqc {sqc.__version__} (writes .sqc format 1.")
     assert sqc.__version__ not in ("", "0+unknown")
+
     assert cli("-h").code == 0 and "compress" in cli("-h").out
     assert cli("compress", "-h").code == 0 and "--print-ir-after" in cli("compress", "-h").out
 
@@ -189,3 +190,15 @@ def test_cli_version_help_and_zoo(cli) -> None:
     assert markdown.code == 0 and markdown.out == builtin_markdown()
     assert markdown.out.startswith("| pass | options (defaults) | what it does |\n|---|---|---|\n| `prune` |")
     assert "`clip`" not in markdown.out  # the README documents sqc's own passes, not installed plugins
+
+
+def test_files_name_their_writer_by_the_package_version() -> None:
+    """One version string: the ``producer`` a file records is the major.minor of the package's own
+    version (pyproject.toml), and the format's preset dictionary does not follow it."""
+    from sqc.formats.container import PRESET_DICTIONARY, read_layout, serialize
+    from sqc.ir.records import CompressedModel
+
+    major_minor = ".".join(sqc.__version__.split(".")[:2])
+    ir: CompressedModel = sqc.compress(nn.Linear(4, 2), [(1, 4)], "quant{bits=8}").model
+    assert read_layout(serialize(ir)).meta["producer"] == f"sqc {major_minor}"
+    assert b'"producer":"sqc 0.1"' in PRESET_DICTIONARY  # fixed bytes of format 1.2
