@@ -40,14 +40,16 @@ def integer_lowering(
     target: str,
     known_extra: tuple[str, ...] = (),
     *,
+    options: tuple[LowerOptions, dict[str, str]] | None = None,
     samples: int | None = None,
     keep_rans: bool = False,
     check: Callable[[CompressedModel], None] | None = None,
 ) -> IntegerLowering:
-    """Parse ``request.options`` (the integer options plus ``known_extra``), read the file, calibrate on
-    at least ``samples`` inputs (default: ``calib_samples``) and legalize. ``check(model)`` runs on
-    the model before calibration (a target's own refusals)."""
-    opts, extra = LowerOptions.parse(list(request.options), known_extra)
+    """Parse ``request.options`` (the integer options plus ``known_extra``) unless the target already
+    did (``options``: what :meth:`LowerOptions.parse` returned, for a target whose own options decide
+    ``samples``), read the file, calibrate on at least ``samples`` inputs (default: ``calib_samples``)
+    and legalize. ``check(model)`` runs on the model before calibration (a target's own refusals)."""
+    opts, extra = options or LowerOptions.parse(list(request.options), known_extra)
     calib = require_calib(target, request.calib)
     model = read(Path(request.source))
     if check is not None:

@@ -106,11 +106,11 @@ class SimTarget:
         source, output = Path(request.source), Path(request.output)
         if output.suffix not in SUFFIXES:
             raise SqcError(f"{output}: target sim writes .npz (codes, values, input codes) or .npy (codes)")
-        _, extra = LowerOptions.parse(list(request.options), known_extra=("inputs",))
+        opts, extra = LowerOptions.parse(list(request.options), known_extra=("inputs",))
         more = Path(extra["inputs"]) if extra.get("inputs") else None
         calib = require_calib("sim", request.calib)
         check_output(output, force=request.force, inputs=[source, calib_file(calib), more])
-        lowering = integer_lowering(request, "sim", ("inputs",))
+        lowering = integer_lowering(request, "sim", options=(opts, extra))
         program, data = lowering.program, lowering.data
         if more is not None:
             data = calibration_data(more)

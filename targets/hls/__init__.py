@@ -837,8 +837,11 @@ class HlsTarget:
     takes_options = True
 
     def lower(self, request: LowerRequest) -> LowerReport:
-        hls = HlsOptions.parse(LowerOptions.parse(list(request.options), EXTRA_OPTIONS)[1])
-        lowering = integer_lowering(request, "hls", EXTRA_OPTIONS, samples=hls.tb_samples, check=_laid_out)
+        opts, extra = LowerOptions.parse(list(request.options), EXTRA_OPTIONS)
+        hls = HlsOptions.parse(extra)
+        lowering = integer_lowering(
+            request, "hls", options=(opts, extra), samples=hls.tb_samples, check=_laid_out
+        )
         program, output = lowering.program, Path(request.output)
         golden_x = lowering.data.x[: hls.tb_samples]
         codes = quantize_input(program, golden_x).reshape(golden_x.shape[0], -1).numpy()
