@@ -435,8 +435,8 @@ def test_finetune_retries_a_diverged_run_at_a_lower_rate(net):
 
 
 def test_finetune_gives_up_after_its_retries(net):
-    from sqc.compiler.pass_base import DIVERGENCE_RETRIES, PassContext
-    from sqc.runtime.training import TrainingDiverged
+    from sqc.compiler.pass_base import PassContext
+    from sqc.runtime.training import DIVERGENCE_RETRIES, TrainingDiverged
 
     rates: list[float] = []
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch import fx
 
 from sqc.compiler.instrument import PassInstrument
-from sqc.compiler.pass_base import Pass, PassContext, PassResult, TrainFn
+from sqc.compiler.pass_base import Pass, PassContext, PassResult
 from sqc.compiler.pipeline import Pipeline
 from sqc.errors import SqcError
 from sqc.frontend.loading import load_model
@@ -33,7 +33,7 @@ from sqc.runtime.data import (
     top1,
 )
 from sqc.runtime.devices import CPU, on_device, resolve_device
-from sqc.runtime.executors import Executor
+from sqc.runtime.executors import DEFAULT_EXECUTOR, Executor
 from sqc.runtime.loaders import (
     Loaders,
     LoadersSpec,
@@ -43,6 +43,7 @@ from sqc.runtime.loaders import (
     stream_finetuner,
     teacher_of,
 )
+from sqc.runtime.training import TrainFn
 
 if TYPE_CHECKING:
     from sqc.targets.calib import CalibSource
@@ -190,8 +191,8 @@ def compress(
         weight_decay,
         loaders=streamed,
         device=where,
+        executor=run_on,
     )
-    ctx.executor = run_on
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         passes.run(ir, ctx, verify=verify, on_pass=on_pass, instruments=instruments)
@@ -211,9 +212,10 @@ def make_context(
     *,
     loaders: Loaders | None = None,
     device: torch.device | None = None,
+    executor: Executor = DEFAULT_EXECUTOR,
 ) -> PassContext:
     """The pass context: built-in evaluator/fine-tuner from ``data`` or ``loaders`` unless the user
-    gave callables."""
+    gave callables; sweeps run on ``executor``."""
     dataset = load_data(Path(data)) if isinstance(data, (str, Path)) else data
     if dataset is not None:
         check_labels(dataset, ir.graph_module)
@@ -262,6 +264,7 @@ def make_context(
         tolerance=tolerance,
         evaluate_subset=subset if evaluate is None else None,
         device=device,
+        executor=executor,
     )
 
 

@@ -24,11 +24,10 @@ import torch
 
 from sqc.errors import PipelineError
 from sqc.ir.records import CompressedModel
-from sqc.runtime.executors import Executor
+from sqc.runtime.devices import on_device, resolve_device
+from sqc.runtime.executors import DEFAULT_EXECUTOR, Executor
 from sqc.runtime.progress import emit
-
-DIVERGENCE_RETRIES = 3
-"""Fine-tuning attempts, each at a tenth of the previous learning rate, before a pass gives up."""
+from sqc.runtime.training import TrainFn, train_with_retries
 
 Stat = float | int | str
 
@@ -54,15 +53,13 @@ class PassResult:
     diagnostics: list[str] = field(default_factory=list)
 
 
-TrainFn = Callable[[torch.nn.Module, int, float], None]
-"""``fn(module, epochs, lr)``: trains in place (a user's ``fn(model, epochs)`` ignores ``lr``)."""
-
-
 class PassContext:
     """State that lives for one pipeline run: example inputs, the evaluation and fine-tuning
     callables, the accuracy budget, cached analyses, progress reporting, and the device evaluation
     and training run on (``device``; passes never name one: they go through :meth:`evaluate` and
-    :meth:`finetune`, which move the module there and back).
+    :meth:`finetune`, which move the module there and back). The run's services come in from the
+    runtime: the executor sweeps use, and the training loop, whose divergence policy is
+    :func:`~sqc.runtime.training.train_with_retries`'s.
 
     Analyses are computed on first request and dropped whenever a pass reports ``changed``, unless that
     pass lists the analysis in its ``preserves``.
@@ -78,19 +75,17 @@ class PassContext:
         finetune: TrainFn | None = None,
         tolerance: float = 0.0,
         evaluate_subset: Callable[[int], Callable[[torch.nn.Module], float]] | None = None,
-        executor: Executor | None = None,
+        executor: Executor = DEFAULT_EXECUTOR,
         evaluation_split: str = "the evaluation function's data",
         device: str | torch.device | None = None,
     ) -> None:
-        from sqc.runtime.devices import resolve_device
-
         self.example_inputs = example_inputs
         self.evaluation_split = evaluation_split
         """What the metric is measured on, for reports of passes that decide by it."""
         self.device = resolve_device(device)
         """Where evaluations and training run (the records stay on the CPU; see
         :mod:`sqc.runtime.devices`)."""
-        self.executor = executor if executor is not None else Executor()
+        self.executor = executor
         """Where independent evaluations (sensitivity sweep points) run; never changes a result."""
         self.seed = seed
         self.tolerance = tolerance
@@ -118,8 +113,6 @@ class PassContext:
         """The metric (higher is better) of the model as the records say it is; with ``samples`` (and
         an evaluator that supports it) on the first ``samples`` validation samples only. It runs on
         the context's device, with the module moved there for the call and back after."""
-        from sqc.runtime.devices import on_device
-
         evaluator = self.evaluator(samples)
         with on_device(model.graph_module, self.device) as module:
             return float(evaluator(module))
@@ -136,31 +129,13 @@ class PassContext:
 
     def finetune(self, model: CompressedModel, epochs: int, lr: float) -> float:
         """Train the model in place while its masks and shared weights stay intact; returns the
-        learning rate that was used.
-
-        A training loop that reports divergence (:class:`~sqc.runtime.training.TrainingDiverged`, raised by
-        the built-in fine-tuner) leaves the records as they were; the run is retried at a tenth of the
-        learning rate, ``DIVERGENCE_RETRIES`` attempts in all, and each failed attempt is said in a
-        note. (A user's ``--finetune`` loop chooses its own rate, so sqc does not watch it.)"""
-        from sqc.runtime.training import Constraints, TrainingDiverged
-
+        learning rate that was used (lower than ``lr`` when training diverged and was retried, see
+        :func:`~sqc.runtime.training.train_with_retries`; each retry is said in a note)."""
         if self._finetune is None:
             raise PipelineError(
                 "this pass needs training: give data= with x_train/y_train or finetune= (or loaders=)"
             )
-        for attempt in range(1, DIVERGENCE_RETRIES + 1):
-            try:
-                with Constraints(model, self.device):
-                    self._finetune(model.graph_module, epochs, lr)
-                return lr
-            except TrainingDiverged as diverged:
-                then = f"retrying at lr {lr / 10:g}" if attempt < DIVERGENCE_RETRIES else "giving up"
-                self.note(f"fine-tuning diverged at lr {lr:g} ({diverged}); weights restored, {then}")
-                if attempt < DIVERGENCE_RETRIES:
-                    lr /= 10
-        raise PipelineError(
-            f"fine-tuning diverged at every learning rate down to {lr:g}; lower the pass's lr"
-        )
+        return train_with_retries(self._finetune, model, epochs, lr, self.device, self.note)
 
     def note(self, message: str, done: int | None = None, total: int | None = None) -> None:
         """Report progress of long work to the user (a no-op when nobody listens); counted work says

@@ -81,6 +81,10 @@ class Executor:
         return self.kind if self.kind == "serial" else f"{self.kind} ({self.workers or 'all'} workers)"
 
 
+DEFAULT_EXECUTOR = Executor()
+"""What a run uses unless told otherwise: a local process pool over every CPU (frozen, so shared)."""
+
+
 def callable_name(fn: object) -> str:
     """``pkg.module:qualname`` of a callable, for messages that must say which one is meant."""
     module = getattr(fn, "__module__", None) or type(fn).__module__

@@ -16,19 +16,26 @@ function — around the IR's GraphModule:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from sqc.errors import PipelineError
 from sqc.ir.records import CompressedModel, TensorState
 from sqc.runtime.devices import CPU, constants_on
 
+TrainFn = Callable[[torch.nn.Module, int, float], None]
+"""``fn(module, epochs, lr)``: trains in place (a user's ``fn(model, epochs)`` ignores ``lr``)."""
+
+DIVERGENCE_RETRIES = 3
+"""Fine-tuning attempts, each at a tenth of the previous learning rate, before a pass gives up."""
+
 
 class TrainingDiverged(Exception):
-    """Raised by a fine-tuning loop whose loss ran away; :meth:`PassContext.finetune` restores the
+    """Raised by a fine-tuning loop whose loss ran away; :func:`train_with_retries` restores the
     records and retries at a tenth of the learning rate."""
 
 
@@ -220,3 +227,32 @@ def training(model: CompressedModel, device: str | torch.device | None = None) -
 
     with Constraints(model, resolve_device(device)):
         yield model.graph_module
+
+
+def train_with_retries(
+    train: TrainFn,
+    model: CompressedModel,
+    epochs: int,
+    lr: float,
+    device: torch.device | None = None,
+    note: Callable[[str], None] | None = None,
+) -> float:
+    """Run ``train`` on the model's module in place while its masks and shared weights stay intact
+    (:class:`Constraints`); returns the learning rate that was used.
+
+    A training loop that reports divergence (:class:`TrainingDiverged`, raised by the built-in
+    fine-tuner) leaves the records as they were; the run is retried at a tenth of the learning rate,
+    ``DIVERGENCE_RETRIES`` attempts in all, and each failed attempt is said through ``note``. (A user's
+    ``--finetune`` loop chooses its own rate, so sqc does not watch it.)"""
+    for attempt in range(1, DIVERGENCE_RETRIES + 1):
+        try:
+            with Constraints(model, device):
+                train(model.graph_module, epochs, lr)
+            return lr
+        except TrainingDiverged as diverged:
+            then = f"retrying at lr {lr / 10:g}" if attempt < DIVERGENCE_RETRIES else "giving up"
+            if note is not None:
+                note(f"fine-tuning diverged at lr {lr:g} ({diverged}); weights restored, {then}")
+            if attempt < DIVERGENCE_RETRIES:
+                lr /= 10
+    raise PipelineError(f"fine-tuning diverged at every learning rate down to {lr:g}; lower the pass's lr")
