@@ -55,6 +55,9 @@ from sqc.models import LeNet5, get_model  # noqa: E402
 from sqc.runtime.data import Dataset  # noqa: E402
 
 sys.path.append(str(REPO))
+sys.path.append(str(REPO / "tests" / "models_pkg"))  # sqc_mnist_eval: the measures, tested by the suite
+from sqc_mnist_eval import error_pct  # noqa: E402
+
 from benchmarks.mnist import load_mnist  # noqa: E402
 from benchmarks.provenance import git_state  # noqa: E402
 
@@ -138,15 +141,6 @@ def imagenet_part(ratio: float, runs: int, tmp: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def error_pct(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    module.eval()
-    wrong = 0
-    with torch.no_grad():
-        for start in range(0, x.shape[0], 1000):
-            wrong += int((module(x[start : start + 1000]).argmax(1) != y[start : start + 1000]).sum())
-    return round(100.0 * wrong / x.shape[0], 2)
-
-
 def mnist_part(ratio: float, epochs: int, runs: int, tmp: Path, quick: bool) -> dict[str, Any]:
     x_train, y_train = load_mnist("train")
     x_test, y_test = load_mnist("test")
@@ -165,7 +159,7 @@ def mnist_part(ratio: float, epochs: int, runs: int, tmp: Path, quick: bool) -> 
     base_info = describe_ir(trace(base), "lenet5")["totals"]
     results: dict[str, Any] = {
         "fp32": {
-            "error_pct": error_pct(base, x_test, y_test),
+            "error_pct": round(error_pct(base, x_test, y_test), 2),
             "params": base_info["params"],
             "macs": base_info["macs"],
             "bytes": 4 * base_info["params"],
@@ -187,7 +181,7 @@ def mnist_part(ratio: float, epochs: int, runs: int, tmp: Path, quick: bool) -> 
         results["variants"][name] = {
             "pipeline": artifact.pipeline,
             "seconds": round(seconds, 1),
-            "error_pct": error_pct(module, x_test, y_test),
+            "error_pct": round(error_pct(module, x_test, y_test), 2),
             **info,
             "ratio_vs_fp32": round(4 * base_info["params"] / info["file_bytes"], 1),
         }

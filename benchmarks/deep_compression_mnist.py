@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 import sqc
 from sqc.compiler.pipeline import Pipeline, recipe_settings
@@ -52,6 +51,18 @@ REPO = HERE.parent
 RECIPES = HERE / "recipes"
 RESULTS = HERE / "results"
 sys.path.append(str(REPO))  # for examples.lenet and benchmarks.*; appended so the installed sqc stays first
+sys.path.append(str(REPO / "tests" / "models_pkg"))  # sqc_mnist_eval: the measures, tested by the suite
+
+from sqc_mnist_eval import (  # noqa: E402
+    FOLDS,
+    VALIDATION,
+    aggregate,
+    changed_predictions,
+    error_pct,
+    fold_split,
+    int_list,
+    nll,
+)
 
 from benchmarks.mnist import load_mnist  # noqa: E402
 from benchmarks.provenance import git_state  # noqa: E402
@@ -79,8 +90,6 @@ NETWORKS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_RECIPES = ("lenet300", "lenet5", "lenet300_max", "lenet5_max")
-VALIDATION = 5_000  # training images held out in --validate mode (one fold)
-FOLDS = 60_000 // VALIDATION
 SEED = 0
 
 
@@ -99,65 +108,14 @@ def datasets(validate: bool, fold: int = FOLDS - 1) -> tuple[Dataset, str]:
     another, so recipes are compared over several folds."""
     x_train, y_train = load_mnist("train")
     if validate:
-        low, high = fold * VALIDATION, (fold + 1) * VALIDATION
-        keep = torch.cat([torch.arange(0, low), torch.arange(high, x_train.shape[0])])
-        data = Dataset(x_train[low:high], y_train[low:high], x_train[keep], y_train[keep])
+        data = fold_split(x_train, y_train, fold)
+        low = fold * VALIDATION
         return data, (
-            f"validation: training images {low:,}-{high - 1:,} held out (fold {fold}; "
-            f"fine-tuning on the other {keep.numel():,})"
+            f"validation: training images {low:,}-{low + VALIDATION - 1:,} held out (fold {fold}; "
+            f"fine-tuning on the other {data.x_train.shape[0]:,})"
         )
     x_test, y_test = load_mnist("test")
     return Dataset(x_test, y_test, x_train, y_train), "MNIST test set (fine-tuning on all 60,000)"
-
-
-def logits_of(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The module's outputs for ``x`` in eval mode, 1,000 samples at a time to bound memory; the
-    metrics below are all computed from them."""
-    module.eval()
-    with torch.no_grad():
-        return torch.cat([module(x[start : start + 1000]) for start in range(0, x.shape[0], 1000)])
-
-
-def error_pct(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return 100.0 * int((logits_of(module, x).argmax(1) != y).sum()) / x.shape[0]
-
-
-def int_list(text: str) -> list[int]:
-    """``"11,3,7"`` -> ``[11, 3, 7]`` (argparse type for --fold and --seed)."""
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas") from None
-
-
-def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each recipe's means over its runs (folds x seeds): the error change, the predictions changed and
-    the ratio. One run of a recipe says little about it; the spread between bases is the larger part."""
-    rows = []
-    for recipe in dict.fromkeys(r["recipe"] for r in results):
-        runs = [r for r in results if r["recipe"] == recipe]
-        rows.append(
-            {
-                "recipe": recipe,
-                "runs": len(runs),
-                "evaluated": runs[0]["evaluated"],
-                "mean_delta_points": round(sum(r["delta_points"] for r in runs) / len(runs), 4),
-                "mean_changed_predictions": round(sum(r["changed_predictions"] for r in runs) / len(runs), 2),
-                "mean_ratio": round(sum(r["ratio"] for r in runs) / len(runs), 2),
-            }
-        )
-    return rows
-
-
-def changed_predictions(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> int:
-    """How many top-1 predictions differ between two models: a direct, low-noise measure of how much
-    compression changed the network (an error difference mixes it with the luck of the fp32 model)."""
-    return int((logits_of(a, x).argmax(1) != logits_of(b, x).argmax(1)).sum())
-
-
-def nll(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Mean cross-entropy: a less noisy companion to the error count when comparing recipes."""
-    return float(F.cross_entropy(logits_of(module, x).double(), y))
 
 
 def base_network(
@@ -203,9 +161,7 @@ def held_out(data: Dataset, fold: int = FOLDS - 1) -> Dataset:
     """``data``'s training images with ``fold``'s 5,000 as the validation split (what an automatic
     recipe decides on), the rest to fine-tune on."""
     assert data.x_train is not None and data.y_train is not None
-    low, high = fold * VALIDATION, (fold + 1) * VALIDATION
-    keep = torch.cat([torch.arange(0, low), torch.arange(high, data.x_train.shape[0])])
-    return Dataset(data.x_train[low:high], data.y_train[low:high], data.x_train[keep], data.y_train[keep])
+    return fold_split(data.x_train, data.y_train, fold)
 
 
 def run_recipe(

@@ -2,15 +2,17 @@
 
 Fake results shaped like the real JSON files (trimmed to the keys the table reads, real values), one
 malformed and one missing: the table must say so in those rows and still render the others, and
-``--write`` must touch nothing outside its markers.
+``--write`` must touch nothing outside its markers. The script is a benchmark tool, run here as
+``make bench`` runs it (its command line, in a process of its own), not imported.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,12 +20,24 @@ import pytest
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "summary.py"
 
 
-def load_summary() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_summary", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def summary(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python benchmarks/summary.py ARGS`` (standard library only: it starts in a fraction of a second)."""
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        timeout=120,
+    )
+
+
+def render(results: Path) -> str:
+    """The section the script prints for ``results`` (what ``--write`` puts between the markers)."""
+    run = summary("--results", str(results))
+    assert run.returncode == 0, run.stderr
+    return run.stdout
 
 
 GIT = {"commit": "e5494e5", "tree_sources_modified": False, "sqc_imported_from": "/tmp/sqc-pin2/sqc"}
@@ -307,7 +321,7 @@ def rows(section: str) -> dict[str, list[str]]:
 
 
 def test_rows_carry_the_figure_the_same_run_baseline_the_ratio_and_the_target(results: Path) -> None:
-    table = rows(load_summary().render(results))
+    table = rows(render(results))
     assert list(table) == [
         "huffman",
         "lenet",
@@ -398,14 +412,14 @@ def test_rows_carry_the_figure_the_same_run_baseline_the_ratio_and_the_target(re
 def test_a_json_of_the_wrong_shape_gives_its_row_not_an_exception(results: Path) -> None:
     (results / "scale.json").write_text(json.dumps({"summary": {"cli_wall_s": "fast"}}))
     (results / "lenet.json").write_text("[1, 2]")
-    table = rows(load_summary().render(results))
+    table = rows(render(results))
     assert table["scale"][1].startswith("**unreadable** `results/scale.json`: KeyError")
     assert table["lenet"][1].startswith("**unreadable** `results/lenet.json`: TypeError: top level is list")
     assert "**met**" in table["coding"][5]  # the others still render
 
 
 def test_machines_are_listed_once_each_with_their_benchmarks(results: Path) -> None:
-    section = load_summary().render(results)
+    section = render(results)
     assert "- Linux-x86_64, 2 cores, Python 3.11.7, torch 2.13.0+cpu: lenet, mnist" in section
     assert "- Linux-x86_64, 2 cores, torch 2.13.0+cpu: executors, channels" in section
 
@@ -428,29 +442,28 @@ the hand-written tables
 
 
 def test_write_inserts_the_markers_once_and_leaves_every_other_byte(results: Path, tmp_path: Path) -> None:
-    summary = load_summary()
     readme = tmp_path / "README.md"
     original = README.encode("latin-1")
     readme.write_bytes(original)
     readme.chmod(0o644)
     args = ["--results", str(results), "--readme", str(readme), "--write"]
 
-    assert summary.main(args) == 0
+    assert summary(*args).returncode == 0
     first = readme.read_bytes()
     head, rest = first.split(b"<!-- summary:begin -->\n")
     section, tail = rest.split(b"<!-- summary:end -->\n")
     anchor = original.index(b"## Results:")
     assert head + tail == original[:anchor] + b"\n" + original[anchor:]
     assert head.endswith(b"|---|---|\n\n") and tail.startswith(b"\n## Results:")
-    assert section.decode() == summary.render(results)
+    assert section.decode() == render(results)
     assert readme.stat().st_mode & 0o777 == 0o644  # the rename kept the mode, not mkstemp's 0600
 
-    assert summary.main(args) == 0  # idempotent
+    assert summary(*args).returncode == 0  # idempotent
     assert readme.read_bytes() == first
 
     # new results: only the section between the markers changes
     (results / "c_target.json").write_text((results / "lenet.json").read_text())
-    assert summary.main(args) == 0
+    assert summary(*args).returncode == 0
     second = readme.read_bytes()
     assert second != first
     head2, rest2 = second.split(b"<!-- summary:begin -->\n")
@@ -459,12 +472,12 @@ def test_write_inserts_the_markers_once_and_leaves_every_other_byte(results: Pat
 
 
 def test_write_refuses_a_readme_without_markers_or_anchor(results: Path, tmp_path: Path) -> None:
-    summary = load_summary()
     readme = tmp_path / "README.md"
     for text in (
         "# no anchor here\n",
         "x\n<!-- summary:end -->\n## Results: 2026-11-22, sqc at commit e5494e5\n",
     ):
         readme.write_text(text)
-        assert summary.main(["--results", str(results), "--readme", str(readme), "--write"]) == 1
+        refused = summary("--results", str(results), "--readme", str(readme), "--write")
+        assert refused.returncode == 1 and "not updated" in refused.stderr
         assert readme.read_text() == text

@@ -4,8 +4,9 @@
   numpy for many; both must read exactly what the plain reference (``rans_reference``) reads, valid or
   damaged, down to the error message.
 * A small valid stream can stand for many decisions; the few-lane path keeps such a file cheap.
-* atheris (3.0.0) leaks the result of every instrumented comparison; the harness plugs it, and the
-  plug must be right (one reference too many) or stay out of the way.
+* atheris (3.0.0) leaks the result of every instrumented comparison; the harness
+  (``tests/fuzz/harness.py``) plugs it, and the plug must be right (one reference too many) or stay
+  out of the way.
 """
 
 from __future__ import annotations
@@ -157,21 +158,20 @@ def test_the_atheris_comparison_leak_plug(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys
-        sys.path[:0] = [{str(tmp_path)!r}, {str(ROOT / "benchmarks")!r}]
-        sys.path.append({str(ROOT)!r})
+        sys.path[:0] = [{str(tmp_path)!r}, {str(ROOT / "tests" / "fuzz")!r}]
         import atheris, numpy as np
         with atheris.instrument_imports(include=["compares"]):
             import compares
-        import fuzz_container
+        import harness
 
         a, b = np.arange(100), np.arange(100)[::-1].copy()
         result = compares.less(a, b)
         leaked = sys.getrefcount(result) - 2
-        plugged = fuzz_container.plug_trace_cmp_leak()
+        plugged = harness.plug_trace_cmp_leak()
         result = compares.less(a, b)
         assert sys.getrefcount(result) == 2, sys.getrefcount(result)
         assert result.tolist() == (a < b).tolist() and compares.less(1, 2) is True
-        assert plugged == (leaked == 1) and fuzz_container.plug_trace_cmp_leak() == plugged
+        assert plugged == (leaked == 1) and harness.plug_trace_cmp_leak() == plugged
         print("leaked", leaked, "plugged", plugged)
         """
     )
