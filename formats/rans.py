@@ -639,6 +639,10 @@ def encode(
         mask_modes = list(MASK_MODES) if flat is not None else [0]
     else:
         chosen, mask_modes = mode & 3, [mode >> 2]
+    if _native is not None and len(mask_modes) == 2:  # both mask models in one call: the values coded once
+        data, mask_words, mask_mode = _native.encode_masked(lanes, numel, cols, width, chosen, flat, sym)
+        index = 4 * lanes + 2 * mask_words
+        return Coded(data, index, len(data) - index, chosen, mask_mode)
     best: Coded | None = None
     for mask_mode in mask_modes:  # the shorter stream (ties: the lower mode)
         if _native is not None:
