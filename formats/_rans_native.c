@@ -260,12 +260,13 @@ static int distinct_columns(const uint64_t *col, uint32_t lanes, uint64_t cols)
  * round. Probabilities are a table refreshed after the round (so the counts may change at once); column
  * statistics change at once when lanes never share a column, else after the round. `mask` is read
  * (encoding) or written (decoding). */
-static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t model, uint8_t *mask)
+static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t model, uint8_t *mask,
+                      coder_t *also)
 {
     mask_scratch_t m = {0};
-    uint64_t counts[MASK_CONTEXTS][2] = {{0}};
-    uint32_t ptab[MASK_CONTEXTS];
-    uint8_t dirty[MASK_CONTEXTS] = {0};
+    uint64_t counts[MASK_CONTEXTS][2] = {{0}}, counts1[DENSITY_CONTEXTS][2] = {{0}};
+    uint32_t ptab[MASK_CONTEXTS], ptab1[DENSITY_CONTEXTS];
+    uint8_t dirty[MASK_CONTEXTS] = {0}, dirty1[DENSITY_CONTEXTS] = {0}, touched1[DENSITY_CONTEXTS];
     uint8_t *touched = NULL;
     uint64_t longest = 0, t, all_kept = 0, all_seen = 0;
     uint32_t j, i;
@@ -292,6 +293,9 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
     for (i = 0; i < MASK_CONTEXTS; i++) {
         ptab[i] = kt_p1(0, 0);
     }
+    for (i = 0; i < DENSITY_CONTEXTS; i++) {
+        ptab1[i] = kt_p1(0, 0);
+    }
     for (j = 0; j <= lanes; j++) {
         m.start[j] = lane_start(numel, lanes, j);
     }
@@ -303,7 +307,7 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
 #ifdef HAVE_RECIP
     /* model 1's divisors row_seen + 16 <= cols + 16 and col_seen + 16 <= rows + 16, as reciprocals (a
      * table of the larger; none, and hardware division, past the exactness limit or without memory) */
-    if (model && cols + DENSITY_PRIOR < RECIP_LIMIT && numel / cols + DENSITY_PRIOR < RECIP_LIMIT) {
+    if ((model || also) && cols + DENSITY_PRIOR < RECIP_LIMIT && numel / cols + DENSITY_PRIOR < RECIP_LIMIT) {
         uint64_t most = (numel / cols > cols ? numel / cols : cols) + DENSITY_PRIOR, d;
         m.recip = malloc((most + 1u) * sizeof *m.recip);
         for (d = 0; m.recip && d <= most; d++) {
@@ -321,7 +325,7 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
         coder_t io = *c;
         distinct = distinct_columns(lane_col, lanes, cols);
         for (t = 0; t < longest; t++) {
-            uint32_t n = 0, nt = 0;
+            uint32_t n = 0, nt = 0, nt1 = 0;
             /* model 1: the tensor's density so far (the decisions of earlier rounds), 16-bit, >= 1 */
             uint64_t g = ((all_kept + 1u) << 16) / (all_seen + 2u);
             g = g ? g : 1u;
@@ -336,20 +340,31 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
                     continue;
                 }
                 r = col ? run[j] : 0u;
-                if (model) {
-                    if (!col) {
-                        row_kept[j] = row_seen[j] = 0;
-                    }
+                if (!col) {
+                    row_kept[j] = row_seen[j] = 0;
+                }
+                if (model || also) {
+                    uint32_t dctx;
 #ifdef HAVE_RECIP
                     if (recip) {
-                        ctx = density_context_recip(row_kept[j], recip[row_seen[j] + DENSITY_PRIOR], col_kept[col],
-                                                    recip[col_seen[col] + DENSITY_PRIOR], g, gc, r);
+                        dctx = density_context_recip(row_kept[j], recip[row_seen[j] + DENSITY_PRIOR], col_kept[col],
+                                                     recip[col_seen[col] + DENSITY_PRIOR], g, gc, r);
                     } else
 #endif
                     {
-                        ctx = density_context(row_kept[j], row_seen[j], col_kept[col], col_seen[col], g, r);
+                        dctx = density_context(row_kept[j], row_seen[j], col_kept[col], col_seen[col], g, r);
                     }
-                } else {
+                    if (also) { /* encoding model 1 alongside model 0: record its probability too */
+                        int known = mask[pos] != 0;
+                        also->probs[also->nprobs++] = (uint16_t)ptab1[dctx];
+                        counts1[dctx][known]++;
+                        touched1[nt1] = (uint8_t)dctx;
+                        nt1 += !dirty1[dctx];
+                        dirty1[dctx] = 1;
+                    }
+                    ctx = dctx;
+                }
+                if (!model) {
                     ctx = run_ctx[r < RUN_LUT_SIZE - 1u ? r : RUN_LUT_SIZE - 1u] +
                           column_bucket(col_kept[col], col_seen[col]);
                 }
@@ -388,6 +403,11 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
                 uint32_t ctx = touched[i];
                 ptab[ctx] = kt_p1(counts[ctx][0] + counts[ctx][1], counts[ctx][1]);
                 dirty[ctx] = 0;
+            }
+            for (i = 0; i < nt1; i++) {
+                uint32_t ctx = touched1[i];
+                ptab1[ctx] = kt_p1(counts1[ctx][0] + counts1[ctx][1], counts1[ctx][1]);
+                dirty1[ctx] = 0;
             }
         }
         c->next = io.next;
@@ -774,7 +794,7 @@ static PyObject *py_mask_decode(PyObject *self, PyObject *args)
         c.words = (const uint8_t *)data.buf + 4u * lanes;
         c.nwords = ((uint64_t)data.len - 4u * lanes) / 2u;
         Py_BEGIN_ALLOW_THREADS
-        status = mask_phase(&c, numel, cols, (uint32_t)lanes, (uint32_t)model, mask.buf);
+        status = mask_phase(&c, numel, cols, (uint32_t)lanes, (uint32_t)model, mask.buf, NULL);
         Py_END_ALLOW_THREADS
         if (status) {
             status = raise_status(status, 0);
@@ -904,22 +924,27 @@ static int encode_core(encoding_t *e, uint64_t numel, uint64_t cols, uint32_t la
     if (!status) {
         status = reverse_values(e->probs_v, e->xv, numel, lanes, width, mask, symbols, count, &e->ev);
     }
-    for (m = 0; m < 2u && !status; m++) {
-        if (!(models >> m & 1u)) {
-            continue;
+    for (m = 0; m < 2u; m++) {
+        if (models >> m & 1u) {
+            e->probs_m[m] = malloc((numel ? numel : 1u) * sizeof *e->probs_m[m]);
+            e->x[m] = malloc(lanes * sizeof *e->x[m]);
+            if (!e->probs_m[m] || !e->x[m]) {
+                return ERR_NOMEM;
+            }
         }
-        e->probs_m[m] = malloc((numel ? numel : 1u) * sizeof *e->probs_m[m]);
-        e->x[m] = malloc(lanes * sizeof *e->x[m]);
-        if (!e->probs_m[m] || !e->x[m]) {
-            return ERR_NOMEM;
-        }
+    }
+    if (!status && models) { /* both models: one pass over the mask records both (encoding: read only) */
+        coder_t c1 = {0};
         memset(&c, 0, sizeof c);
-        c.probs = e->probs_m[m];
-        status = mask_phase(&c, numel, cols, lanes, m, (uint8_t *)mask); /* encoding: read only */
-        if (!status && c.nprobs != numel) {
+        c.probs = e->probs_m[models & 1u ? 0 : 1];
+        c1.probs = e->probs_m[1];
+        status = mask_phase(&c, numel, cols, lanes, models == 2u, (uint8_t *)mask, models == 3u ? &c1 : NULL);
+        if (!status && (c.nprobs != numel || (models == 3u && c1.nprobs != numel))) {
             status = ERR_SHAPE;
         }
-        if (!status) {
+    }
+    for (m = 0; m < 2u && !status; m++) {
+        if (models >> m & 1u) {
             memcpy(e->x[m], e->xv, lanes * sizeof *e->xv);
             reverse_mask(e->probs_m[m], e->x[m], numel, lanes, e->start, mask, &e->em[m]);
         }
