@@ -18,9 +18,10 @@
  *       both phases with known decisions (their probabilities recorded), then the rANS pass in reverse.
  *   encode_masked(lanes, numel, cols, width, value_mode, mask, symbols) -> (stream, mask words, mask model)
  *       encode's stream for each mask model, the shorter kept (ties: model 0), the value phase coded once.
- *   value_counts(lanes, numel, cols, width, mode, mask, symbols, pairs)
- *       the final (n0, n1) of every value context in `mode` into the writable int64 buffer `pairs`, from
- *       which rans._value_cost sums a mode's cost (in Python, with math.lgamma, for the same floats).
+ *   value_counts(lanes, numel, cols, width, mask, symbols, pairs0, pairs1, pairs2, pairs3)
+ *       the final (n0, n1) of every value context in each mode m whose writable int64 buffer pairs<m> is
+ *       given (None: skipped), in one pass, from which rans._value_costs sums a mode's cost (in Python,
+ *       with math.lgamma, for the same floats).
  *
  * A corrupt stream raises StreamError (a ValueError) with the message the Python decoder raises as
  * SqcFormatError. The heavy loops run without the GIL. Memory: a decoder allocates per-lane arrays,
@@ -619,15 +620,16 @@ done:
     return status;
 }
 
-/* The value phase's final counts in `mode` (n0, n1 of every slot), without coding: what the encoder's
- * mode choice (rans._value_cost) sums its cost from. The same lanes and contexts as value_phase. */
-static int value_counts(uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t width, uint32_t mode,
-                        const uint8_t *mask, const int64_t *symbols, uint64_t count, int64_t *pairs)
+/* The value phase's final counts (n0, n1 of every slot) in each value mode m whose table pairs[m] is given,
+ * without coding: what the encoder's mode choice (rans._value_costs) sums its cost from. The same lanes and
+ * contexts as value_phase; one pass over the symbols for every mode asked for. */
+static int value_counts(uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t width, const uint8_t *mask,
+                        const int64_t *symbols, uint64_t count, int64_t *const pairs[4])
 {
     value_scratch_t v = {0};
-    uint32_t ctx_bits = mode < width ? mode : width;
-    uint64_t none = mode ? (1u << ctx_bits) : 0u, row_len = cols ? cols : 1u, k;
-    uint32_t j, level;
+    uint64_t row_len = cols ? cols : 1u, k;
+    uint32_t j, level, m;
+    int rows = pairs[1] || pairs[2] || pairs[3];
     if (!value_lanes_alloc(&v, lanes)) {
         value_free(&v);
         return ERR_NOMEM;
@@ -638,18 +640,29 @@ static int value_counts(uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t 
     }
     for (j = 0; j < lanes; j++) {
         for (k = v.first[j]; k < v.first[j] + v.per_lane[j]; k++) {
-            uint64_t sym = (uint64_t)symbols[k], base = 0, node = 1u;
-            if (mode) {
-                uint64_t row = row_of(next_kept(&v, j, mask), row_len);
-                base = (v.prev_row[j] == row ? v.prev_sym[j] >> (width - ctx_bits) : none) << width;
-                v.prev_row[j] = row;
-                v.prev_sym[j] = sym;
+            uint64_t sym = (uint64_t)symbols[k], row = 0;
+            int same = 0;
+            if (rows) {
+                row = row_of(next_kept(&v, j, mask), row_len);
+                same = v.prev_row[j] == row;
             }
-            for (level = 0; level < width; level++) {
-                uint64_t bit = (sym >> (width - 1u - level)) & 1u;
-                pairs[2u * (base + node) + bit]++;
-                node = 2u * node + bit;
+            for (m = 0; m < 4u; m++) {
+                uint32_t ctx_bits = m < width ? m : width;
+                uint64_t base = 0, node = 1u;
+                if (!pairs[m]) {
+                    continue;
+                }
+                if (m) {
+                    base = (same ? v.prev_sym[j] >> (width - ctx_bits) : (uint64_t)1u << ctx_bits) << width;
+                }
+                for (level = 0; level < width; level++) {
+                    uint64_t bit = (sym >> (width - 1u - level)) & 1u;
+                    pairs[m][2u * (base + node) + bit]++;
+                    node = 2u * node + bit;
+                }
             }
+            v.prev_row[j] = row;
+            v.prev_sym[j] = sym;
         }
     }
     value_free(&v);
@@ -1023,40 +1036,56 @@ static PyObject *py_encode_masked(PyObject *self, PyObject *args)
 }
 static PyObject *py_value_counts(PyObject *self, PyObject *args)
 {
-    Py_buffer symbols, pairs, mask = {0};
-    PyObject *mask_obj;
-    unsigned long long lanes, numel, cols, width, mode;
-    uint64_t slots;
+    Py_buffer symbols, mask = {0}, pairs[4] = {{0}};
+    PyObject *mask_obj, *pairs_obj[4];
+    int64_t *tables[4] = {NULL, NULL, NULL, NULL};
+    unsigned long long lanes, numel, cols, width;
+    uint32_t m;
     int status;
     (void)self;
-    if (!PyArg_ParseTuple(args, "KKKKKOy*w*", &lanes, &numel, &cols, &width, &mode, &mask_obj, &symbols,
-                          &pairs)) {
+    if (!PyArg_ParseTuple(args, "KKKKOy*OOOO", &lanes, &numel, &cols, &width, &mask_obj, &symbols, &pairs_obj[0],
+                          &pairs_obj[1], &pairs_obj[2], &pairs_obj[3])) {
         return NULL;
     }
     status = check_geometry(lanes, numel, cols);
     if (!status && mask_obj != Py_None && PyObject_GetBuffer(mask_obj, &mask, PyBUF_SIMPLE)) {
         status = -1;
     }
-    if (!status) {
-        uint32_t m = mode < width ? (uint32_t)mode : (uint32_t)width;
-        slots = ((mode ? (1u << m) : 0u) + 1u) << width;
-        if (width < 1u || width > 16u || mode > 3u || (uint64_t)symbols.len % 8u ||
-            (uint64_t)pairs.len != 16u * slots || (mask.buf && (uint64_t)mask.len != numel)) {
-            PyErr_SetString(PyExc_ValueError, "bad width, mode or buffer sizes");
+    if (!status && (width < 1u || width > 16u || (uint64_t)symbols.len % 8u ||
+                    (mask.buf && (uint64_t)mask.len != numel))) {
+        PyErr_SetString(PyExc_ValueError, "bad width or buffer sizes");
+        status = -1;
+    }
+    for (m = 0; m < 4u && !status; m++) {
+        uint32_t bits = m < width ? m : (uint32_t)width;
+        uint64_t slots = ((m ? (1u << bits) : 0u) + 1u) << width;
+        if (pairs_obj[m] == Py_None) {
+            continue;
+        }
+        if (PyObject_GetBuffer(pairs_obj[m], &pairs[m], PyBUF_WRITABLE)) {
             status = -1;
+        } else if ((uint64_t)pairs[m].len != 16u * slots) {
+            PyErr_SetString(PyExc_ValueError, "bad pairs buffer size");
+            status = -1;
+        } else {
+            tables[m] = pairs[m].buf;
         }
     }
     if (!status) {
         Py_BEGIN_ALLOW_THREADS
-        status = value_counts(numel, cols, (uint32_t)lanes, (uint32_t)width, (uint32_t)mode, mask.buf,
-                              symbols.buf, (uint64_t)symbols.len / 8u, pairs.buf);
+        status = value_counts(numel, cols, (uint32_t)lanes, (uint32_t)width, mask.buf, symbols.buf,
+                              (uint64_t)symbols.len / 8u, tables);
         Py_END_ALLOW_THREADS
         if (status) {
             status = raise_status(status, 0);
         }
     }
     PyBuffer_Release(&symbols);
-    PyBuffer_Release(&pairs);
+    for (m = 0; m < 4u; m++) {
+        if (pairs[m].buf) {
+            PyBuffer_Release(&pairs[m]);
+        }
+    }
     if (mask.buf) {
         PyBuffer_Release(&mask);
     }
@@ -1156,7 +1185,8 @@ static PyObject *py_rdo_pick(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"value_counts", py_value_counts, METH_VARARGS,
-     "value_counts(lanes, numel, cols, width, mode, mask, symbols, pairs): the value phase's final counts."},
+     "value_counts(lanes, numel, cols, width, mask, symbols, pairs0, pairs1, pairs2, pairs3): the value "
+     "phase's final counts in each value mode whose table is given (None: skipped)."},
     {"mask_decode", py_mask_decode, METH_VARARGS,
      "mask_decode(data, lanes, numel, cols, model, x, mask) -> words read: the mask phase (model 0 or 1)."},
     {"values_decode", py_values_decode, METH_VARARGS,
