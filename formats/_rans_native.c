@@ -178,10 +178,17 @@ typedef struct {
 
 /* One decision of probability p (of a 1) in lane j. Decoding returns the bit read, or -1 when the
  * stream has no word left; encoding records p and returns `bit`. */
-static inline int code_bit(coder_t *c, uint32_t j, uint32_t p, int bit)
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
+/* code_bit with the side known at compile time (`decoding` a constant where it is inlined) */
+static ALWAYS_INLINE int code_bit_as(coder_t *c, uint32_t j, uint32_t p, int bit, const int decoding)
 {
     uint32_t x, f0, s;
-    if (!c->decoding) {
+    if (!decoding) {
         c->probs[c->nprobs++] = (uint16_t)p;
         return bit;
     }
@@ -206,6 +213,11 @@ static inline int code_bit(coder_t *c, uint32_t j, uint32_t p, int bit)
     }
     c->x[j] = x;
     return bit;
+}
+
+static inline int code_bit(coder_t *c, uint32_t j, uint32_t p, int bit)
+{
+    return code_bit_as(c, j, p, bit, c->decoding);
 }
 
 /* ---------------------------------------------------------------------------------- mask phase */
@@ -261,8 +273,8 @@ static int distinct_columns(const uint64_t *col, uint32_t lanes, uint64_t cols)
  * round. Probabilities are a table refreshed after the round (so the counts may change at once); column
  * statistics change at once when lanes never share a column, else after the round. `mask` is read
  * (encoding) or written (decoding). */
-static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t model, uint8_t *mask,
-                      coder_t *also)
+static ALWAYS_INLINE int mask_phase_as(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t model,
+                                       uint8_t *mask, coder_t *also, const int decoding)
 {
     mask_scratch_t m = {0};
     uint64_t counts[MASK_CONTEXTS][2] = {{0}}, counts1[DENSITY_CONTEXTS][2] = {{0}};
@@ -369,12 +381,12 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
                     ctx = run_ctx[r < RUN_LUT_SIZE - 1u ? r : RUN_LUT_SIZE - 1u] +
                           column_bucket(col_kept[col], col_seen[col]);
                 }
-                bit = code_bit(&io, j, ptab[ctx], io.decoding ? 0 : mask[pos] != 0); /* decoding: unread */
+                bit = code_bit_as(&io, j, ptab[ctx], decoding ? 0 : mask[pos] != 0, decoding); /* decoding: unread */
                 if (bit < 0) {
                     status = ERR_EARLY;
                     goto done;
                 }
-                if (io.decoding) {
+                if (decoding) {
                     mask[pos] = (uint8_t)bit;
                 }
                 counts[ctx][bit]++;
@@ -418,6 +430,21 @@ done:
     free(touched);
     mask_free(&m);
     return status;
+}
+
+/* mask_phase specialised by side and model (constants in each copy: the hot loop keeps no test of them) */
+static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t model, uint8_t *mask,
+                      coder_t *also)
+{
+    if (c->decoding) {
+        return model ? mask_phase_as(c, numel, cols, lanes, 1, mask, NULL, 1)
+                     : mask_phase_as(c, numel, cols, lanes, 0, mask, NULL, 1);
+    }
+    if (also) {
+        return mask_phase_as(c, numel, cols, lanes, 0, mask, also, 0);
+    }
+    return model ? mask_phase_as(c, numel, cols, lanes, 1, mask, NULL, 0)
+                 : mask_phase_as(c, numel, cols, lanes, 0, mask, NULL, 0);
 }
 
 /* --------------------------------------------------------------------------------- value phase */
