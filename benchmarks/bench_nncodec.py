@@ -501,8 +501,12 @@ def summarize(points: list[dict[str, Any]], reference_metric: float, pruned: boo
     cpu = "encode_cpu_s" in point and "encode_cpu_s" in anchor
     if cpu:  # CPU time: what each side's encoder costs, whatever else the shared machine is running
         out["encode_cpu_ratio"] = point["encode_cpu_s"] / anchor["encode_cpu_s"]
-    # sqc's encode includes tracing the model and verifying the IR after each pass; its passes alone:
-    out["sqc"]["passes_s"] = sum(point.get("pass_s", {}).values())
+    # sqc's encode includes tracing the model and verifying the IR after each pass; its passes alone
+    # (the prune pass left out where encode_s leaves it out: points that record prune_cpu_s):
+    left_out = ":prune" if "prune_cpu_s" in point else None
+    out["sqc"]["passes_s"] = sum(
+        s for k, s in point.get("pass_s", {}).items() if left_out is None or not k.endswith(left_out)
+    )
     out["passes_encode_ratio"] = out["sqc"]["passes_s"] / anchor["encode_s"]
     out["decode_ratio"] = point["decode_s"] / anchor["decode_s"]
     if "decode_cpu_s" in point and "decode_cpu_s" in anchor:
