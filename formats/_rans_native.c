@@ -1132,7 +1132,7 @@ static PyObject *py_value_counts(PyObject *self, PyObject *args)
  * weight), so on x86-64 the choices are SSE2 masks (compilers turn ternaries back into branches). Both
  * versions compute the same values: clamping x to [qmin, qmax] first and flooring the clamped value gives
  * floor(x) for x in [qmin, qmax), qmin below and qmax above (the truncation stays in range of int64_t). */
-#if defined(__SSE2__)
+#if defined(__SSE2__) && (defined(__x86_64__) || defined(_M_X64)) /* _mm_cvt*si64: 64-bit only */
 #include <emmintrin.h>
 
 static void rdo_pick(const double *x, uint64_t n, const double *weighted, int64_t qmin, int64_t qmax,
