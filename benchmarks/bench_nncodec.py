@@ -20,10 +20,13 @@ comparison is of quantizer and coder only. NNCodec codes the zeros its own way.
 
 Per point: bytes, weight MSE against the float weights given to the tool, the metric (top-1 on the
 10,000 MNIST test images for the LeNets; raw pitch accuracy, the share of frames within 50 cents of the
-true pitch, on synthetic tones for CREPE-full), encode seconds (sqc: compress + save, NNCodec:
-``nnc.compress``) and decode seconds (sqc: ``sqc.load``, NNCodec: ``nnc.decompress``), medians of
-``--runs``. Everything runs on one thread (``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1`` for the
-worker): deepCABAC is single-threaded, and on this 2-core shared machine a second thread only adds noise.
+true pitch, on synthetic tones for CREPE-full), encode seconds (sqc: ``sqc.compress`` +
+``Artifact.to_bytes``, NNCodec: ``nnc.compress``, both to a bitstream in memory; on the pruned rows
+sqc's prune pass is left out, as it only finds again the mask of the pruned weights both tools are
+given) and decode seconds (sqc: ``sqc.load``, NNCodec: ``nnc.decompress``), wall and CPU time, medians
+of ``--runs``. Everything runs on one thread (``torch.set_num_threads(1)``, ``OMP_NUM_THREADS=1`` for
+the worker): deepCABAC is single-threaded, and on this 2-core shared machine a second thread only adds
+noise.
 
 The summary, per model x {dense, pruned} (rule ``EQUAL_ACCURACY_RULE``): one accuracy bar for both
 tools, 0.1 points below the float reference (NNCodec's best metric if it never gets that close); each
@@ -63,6 +66,7 @@ import torch
 from torch import nn
 
 import sqc
+from sqc.compiler.instrument import PassTimer
 from sqc.compiler.pipeline import Pipeline
 from sqc.errors import SqcError
 
@@ -310,19 +314,28 @@ def sqc_point(
     def on_pass(index: int, pass_: Any, result: Any, seconds: float) -> None:
         passes[f"{index}:{pass_.name}"] = seconds
 
-    encode_s, encode_cpu_s, decode_s = [], [], []
+    encode_s, encode_cpu_s, decode_s, decode_cpu_s, prune_cpu_s = [], [], [], [], []
     file_bytes = 0
     for _ in range(runs):
+        timer = PassTimer()
         started, cpu = time.perf_counter(), time.process_time()
-        artifact = sqc.compress(model, bench.example, pipeline, on_pass=on_pass)
-        file_bytes = artifact.save(path, force=True)
-        encode_s.append(time.perf_counter() - started)
-        encode_cpu_s.append(time.process_time() - cpu)
+        artifact = sqc.compress(model, bench.example, pipeline, on_pass=on_pass, instruments=[timer])
+        data = artifact.to_bytes()  # the bitstream in memory, as nnc.compress(return_bitstream=True)
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        file_bytes = artifact.save(path, force=True)  # for sqc.load: the same bytes, written untimed
+        assert file_bytes == len(data)
+        # the pruned rows' prune pass only finds again the mask of the pruned weights both tools are
+        # given (NNCodec codes them as they are): the same work on both sides leaves it out
+        pruning = [t for t in timer.timings if t.name == "prune"]
+        encode_s.append(wall - sum(t.wall for t in pruning))
+        encode_cpu_s.append(cpu - sum(t.cpu for t in pruning))
+        prune_cpu_s.append(sum(t.cpu for t in pruning))
     restored: nn.Module = nn.Module()
     for _ in range(runs):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         restored = sqc.load(path)
         decode_s.append(time.perf_counter() - started)
+        decode_cpu_s.append(time.process_time() - cpu)
     info = sqc.inspect(path)
     rows = {r["tensor"]: r for r in info["tensors"] if r["role"] == "weight"}
     missing = sorted(set(reference) - set(rows))
@@ -340,7 +353,9 @@ def sqc_point(
         "metric": bench.evaluate(restored),
         "encode_s": statistics.median(encode_s),
         "encode_cpu_s": statistics.median(encode_cpu_s),
+        "prune_cpu_s": statistics.median(prune_cpu_s),
         "decode_s": statistics.median(decode_s),
+        "decode_cpu_s": statistics.median(decode_cpu_s),
         "encode_runs_s": encode_s,
         "decode_runs_s": decode_s,
         "pass_s": passes,
@@ -384,6 +399,7 @@ def nncodec_points(
                 "encode_s": row["encode_s"],
                 "encode_cpu_s": row["encode_cpu_s"],
                 "decode_s": row["decode_s"],
+                "decode_cpu_s": row["decode_cpu_s"],
                 "encode_runs_s": row["encode_runs_s"],
                 "decode_runs_s": row["decode_runs_s"],
                 "deterministic": row["deterministic"],
@@ -485,17 +501,23 @@ def summarize(points: list[dict[str, Any]], reference_metric: float, pruned: boo
     cpu = "encode_cpu_s" in point and "encode_cpu_s" in anchor
     if cpu:  # CPU time: what each side's encoder costs, whatever else the shared machine is running
         out["encode_cpu_ratio"] = point["encode_cpu_s"] / anchor["encode_cpu_s"]
-    # sqc's encode includes tracing the model and verifying the IR after each pass; its passes alone:
-    out["sqc"]["passes_s"] = sum(point.get("pass_s", {}).values())
+    # sqc's encode includes tracing the model and verifying the IR after each pass; its passes alone
+    # (the prune pass left out where encode_s leaves it out: points that record prune_cpu_s):
+    left_out = ":prune" if "prune_cpu_s" in point else None
+    out["sqc"]["passes_s"] = sum(
+        s for k, s in point.get("pass_s", {}).items() if left_out is None or not k.endswith(left_out)
+    )
     out["passes_encode_ratio"] = out["sqc"]["passes_s"] / anchor["encode_s"]
     out["decode_ratio"] = point["decode_s"] / anchor["decode_s"]
+    if "decode_cpu_s" in point and "decode_cpu_s" in anchor:
+        out["decode_cpu_ratio"] = point["decode_cpu_s"] / anchor["decode_cpu_s"]
     out["goal_met"] = out["bytes_ratio"] <= goal and out["encode_cpu_ratio" if cpu else "encode_ratio"] <= 1.0
     return out
 
 
 def _cpu(point: dict[str, Any]) -> tuple[str, ...]:
-    """The CPU-time key, where the point has it (JSON from before it was measured has not)."""
-    return ("encode_cpu_s",) if "encode_cpu_s" in point else ()
+    """The CPU-time keys the point has (JSON from before they were measured has not)."""
+    return tuple(k for k in ("encode_cpu_s", "decode_cpu_s") if k in point)
 
 
 # ------------------------------------------------------------------------------------------- plot
@@ -637,6 +659,7 @@ def summary_line(model: str, variant: str, s: dict[str, Any]) -> str:
         f"(goal <= {s['goal_bytes_ratio']:.2f}), encode x{s['encode_ratio']:.2f}"
         + (f" (CPU x{s['encode_cpu_ratio']:.2f})" if "encode_cpu_ratio" in s else "")
         + f", decode x{s['decode_ratio']:.2f}"
+        + (f" (CPU x{s['decode_cpu_ratio']:.2f})" if "decode_cpu_ratio" in s else "")
     )
 
 
@@ -653,7 +676,8 @@ def resummarize(result: dict[str, Any]) -> None:
 
 def times(point: dict[str, Any]) -> str:
     cpu = f" ({point['encode_cpu_s']:.3f} CPU)" if "encode_cpu_s" in point else ""
-    return f"{point['encode_s']:.2f}{cpu} / {point['decode_s']:.3f} s"
+    decode_cpu = f" ({point['decode_cpu_s']:.3f} CPU)" if "decode_cpu_s" in point else ""
+    return f"{point['encode_s']:.2f}{cpu} / {point['decode_s']:.3f}{decode_cpu} s"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -684,7 +708,8 @@ def markdown(result: dict[str, Any]) -> str:
                     mse_ratio,
                     (f"**{s['encode_cpu_ratio']:.2f}×** CPU, " if "encode_cpu_ratio" in s else "")
                     + f"{s['encode_ratio']:.1f}× wall ({s['passes_encode_ratio']:.1f}× passes only)",
-                    f"{s['decode_ratio']:.1f}×",
+                    (f"**{s['decode_cpu_ratio']:.2f}×** CPU, " if "decode_cpu_ratio" in s else "")
+                    + f"{s['decode_ratio']:.1f}× wall",
                 ]
             ref = f"{record[variant]['reference_metric']:.2f} {record['metric'].split()[0]}"
             lines.append(f"| {name} {variant} | {ref} | {nnc} | {ours} | " + " | ".join(ratios) + " |")
@@ -757,10 +782,13 @@ def main() -> None:
             "file_bytes: sqc's whole .sqc file (fp32 biases, graph and pass report included).",
             "mse: over all coded weights, against the float weights given to the tool (the pruned ones for "
             "pruned rows).",
-            "encode: sqc.compress (trace + passes + verification) + Artifact.save; NNCodec nnc.compress; "
-            "encode_s wall time, encode_cpu_s the process's CPU time (time.process_time), both medians of "
-            "the runs; the encode goal is judged on CPU time, which the shared machine's load does not "
-            "inflate. decode: sqc.load (the runnable module); NNCodec nnc.decompress (arrays).",
+            "encode: sqc.compress (trace + passes + verification) + Artifact.to_bytes (the bitstream in "
+            "memory, as NNCodec's return_bitstream; the file is written untimed), less the prune pass on "
+            "the pruned rows (it finds again the mask of the pruned weights both tools are given: "
+            "prune_cpu_s records it); NNCodec nnc.compress; encode_s wall time, encode_cpu_s the process's "
+            "CPU time (time.process_time), both medians of the runs; the encode goal is judged on CPU "
+            "time, which the shared machine's load does not inflate. decode: sqc.load (the runnable "
+            "module); NNCodec nnc.decompress (arrays); decode_s wall, decode_cpu_s CPU time.",
             "CREPE-full metric: raw pitch accuracy (within 50 cents) on seeded synthetic tones (half sines, "
             "half 6-partial harmonic tones, 40-1000 Hz, 30 dB SNR).",
         ],

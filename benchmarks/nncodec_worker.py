@@ -13,8 +13,8 @@ calls NNCodec's public entry points exactly as a user would, with NNCodec's ship
 Input: an ``.npz`` of float32 tensors (name -> array). NNCodec treats every tensor of two or more
 dimensions as a weight (coded at ``qp``); the bench passes only those, so the byte count is the
 weights' bitstream alone. Output: one JSON line per qp on stdout (bitstream bytes, median encode and
-decode seconds over ``--runs``, whether every run produced the same bitstream) and the decoded tensors
-as ``qp<qp>.npz`` in ``--out``.
+decode seconds, wall and CPU, over ``--runs``, whether every run produced the same bitstream) and the
+decoded tensors as ``qp<qp>.npz`` in ``--out``.
 
 Run: ``.venv-nncodec/bin/python benchmarks/nncodec_worker.py --weights W.npz --out DIR --qp -38 --qp -30``
 """
@@ -49,7 +49,7 @@ def import_nnc() -> Any:
 
 def code(nnc: Any, weights: dict[str, np.ndarray], qp: int, runs: int) -> tuple[dict[str, Any], dict]:
     """Encode and decode ``weights`` at ``qp`` ``runs`` times; the figures and the decoded tensors."""
-    encode_s, encode_cpu_s, decode_s, streams = [], [], [], set()
+    encode_s, encode_cpu_s, decode_s, decode_cpu_s, streams = [], [], [], [], set()
     decoded: dict[str, np.ndarray] = {}
     for _ in range(runs):
         started, cpu = time.perf_counter(), time.process_time()
@@ -57,15 +57,17 @@ def code(nnc: Any, weights: dict[str, np.ndarray], qp: int, runs: int) -> tuple[
         encode_s.append(time.perf_counter() - started)
         encode_cpu_s.append(time.process_time() - cpu)
         streams.add(bytes(bitstream))
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         decoded = nnc.decompress(bytearray(bitstream))
         decode_s.append(time.perf_counter() - started)
+        decode_cpu_s.append(time.process_time() - cpu)
     return {
         "qp": qp,
         "bytes": len(next(iter(streams))),
         "encode_s": statistics.median(encode_s),
         "encode_cpu_s": statistics.median(encode_cpu_s),
         "decode_s": statistics.median(decode_s),
+        "decode_cpu_s": statistics.median(decode_cpu_s),
         "encode_runs_s": encode_s,
         "decode_runs_s": decode_s,
         "deterministic": len(streams) == 1,

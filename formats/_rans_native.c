@@ -6,7 +6,7 @@
  * loops cost a few nanoseconds per decision. This file computes exactly what formats/rans.py and
  * formats/rans_reference.py compute (tests compare bytes, symbols and errors); the Python module does
  * the argument checks, the stream-length and initial-state checks, the final checks and the mode
- * choice, and calls three functions here:
+ * choice, and calls the functions here:
  *
  *   mask_decode(data, lanes, numel, cols, model, x, mask) -> words read
  *       the mask phase: every position's kept/pruned decision into the writable byte buffer `mask`
@@ -16,9 +16,12 @@
  *       mask (or None for a dense tensor), `next_word` the first word the phase reads.
  *   encode(lanes, numel, cols, width, mode, mask, symbols) -> (stream bytes, words read by the mask phase)
  *       both phases with known decisions (their probabilities recorded), then the rANS pass in reverse.
- *   value_counts(lanes, numel, cols, width, mode, mask, symbols, pairs)
- *       the final (n0, n1) of every value context in `mode` into the writable int64 buffer `pairs`, from
- *       which rans._value_cost sums a mode's cost (in Python, with math.lgamma, for the same floats).
+ *   encode_masked(lanes, numel, cols, width, value_mode, mask, symbols) -> (stream, mask words, mask model)
+ *       encode's stream for each mask model, the shorter kept (ties: model 0), the value phase coded once.
+ *   value_counts(lanes, numel, cols, width, mask, symbols, pairs0, pairs1, pairs2, pairs3)
+ *       the final (n0, n1) of every value context in each mode m whose writable int64 buffer pairs<m> is
+ *       given (None: skipped), in one pass, from which rans._value_costs sums a mode's cost (in Python,
+ *       with math.lgamma, for the same floats).
  *
  * A corrupt stream raises StreamError (a ValueError) with the message the Python decoder raises as
  * SqcFormatError. The heavy loops run without the GIL. Memory: a decoder allocates per-lane arrays,
@@ -125,6 +128,36 @@ static inline uint32_t density_context(uint64_t rk, uint64_t rs, uint64_t ck, ui
     return 2u * density_bucket(div_u64(rp * cp, g)) + (r != 0);
 }
 
+/* Exact division by multiplication (Lemire, Kaser, Kurz, "Faster remainder by direct computation", 2019,
+ * theorem 1): with c = ceil(2^64 / d), floor(n * c / 2^64) = floor(n / d) for every n < 2^N when
+ * N + ceil(log2 d) <= 64. Mask model 1 divides three times a position by divisors that repeat (the seen
+ * counts + 16, the tensor's density g once per round); a multiply is several times cheaper than a divide.
+ * recip(1) is 0 and stands for "n itself" (c would be 2^64). */
+#if defined(__SIZEOF_INT128__)
+#define HAVE_RECIP 1
+static inline uint64_t recip_of(uint64_t d)
+{
+    return d > 1u ? UINT64_MAX / d + 1u : 0u;
+}
+
+static inline uint64_t div_recip(uint64_t n, uint64_t c)
+{
+    return c ? (uint64_t)(((unsigned __int128)n * c) >> 64) : n;
+}
+
+/* density_context with the divisions by reciprocals: rc = recip_of(rs + 16), cc = recip_of(cs + 16),
+ * gc = recip_of(g). Exact when rs + 16 and cs + 16 are below 2^24 (numerators below 2^16 times the
+ * divisor: N <= 16 + 24) and g < 2^16 (the product rp * cp is below 2^33). */
+static inline uint32_t density_context_recip(uint64_t rk, uint64_t rc, uint64_t ck, uint64_t cc, uint64_t g,
+                                             uint64_t gc, uint64_t r)
+{
+    uint64_t rp = div_recip((rk << 16) + DENSITY_PRIOR * g, rc);
+    uint64_t cp = div_recip((ck << 16) + DENSITY_PRIOR * g, cc);
+    return 2u * density_bucket(div_recip(rp * cp, gc)) + (r != 0);
+}
+#define RECIP_LIMIT (1u << 24)
+#endif
+
 static inline uint64_t lane_start(uint64_t numel, uint32_t lanes, uint32_t j)
 {
     return (uint64_t)j * numel / lanes; /* j <= 4096 and numel <= 2^34: no overflow */
@@ -145,10 +178,17 @@ typedef struct {
 
 /* One decision of probability p (of a 1) in lane j. Decoding returns the bit read, or -1 when the
  * stream has no word left; encoding records p and returns `bit`. */
-static inline int code_bit(coder_t *c, uint32_t j, uint32_t p, int bit)
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
+/* code_bit with the side known at compile time (`decoding` a constant where it is inlined) */
+static ALWAYS_INLINE int code_bit_as(coder_t *c, uint32_t j, uint32_t p, int bit, const int decoding)
 {
     uint32_t x, f0, s;
-    if (!c->decoding) {
+    if (!decoding) {
         c->probs[c->nprobs++] = (uint16_t)p;
         return bit;
     }
@@ -175,12 +215,17 @@ static inline int code_bit(coder_t *c, uint32_t j, uint32_t p, int bit)
     return bit;
 }
 
+static inline int code_bit(coder_t *c, uint32_t j, uint32_t p, int bit)
+{
+    return code_bit_as(c, j, p, bit, c->decoding);
+}
+
 /* ---------------------------------------------------------------------------------- mask phase */
 
 /* Scratch of the mask phase: per column and per lane, and the round's deferred column updates (only
  * when two lanes can meet in one column within a round). */
 typedef struct {
-    uint64_t *col_kept, *col_seen, *run, *row_kept, *row_seen, *col, *start, *bcol;
+    uint64_t *col_kept, *col_seen, *run, *row_kept, *row_seen, *col, *start, *bcol, *recip;
     uint8_t *bbit;
 } mask_scratch_t;
 
@@ -195,6 +240,7 @@ static void mask_free(mask_scratch_t *m)
     free(m->start);
     free(m->bcol);
     free(m->bbit);
+    free(m->recip);
 }
 
 /* Whether no two lanes start in the same column: then they never meet in one (they advance together),
@@ -227,12 +273,13 @@ static int distinct_columns(const uint64_t *col, uint32_t lanes, uint64_t cols)
  * round. Probabilities are a table refreshed after the round (so the counts may change at once); column
  * statistics change at once when lanes never share a column, else after the round. `mask` is read
  * (encoding) or written (decoding). */
-static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t model, uint8_t *mask)
+static ALWAYS_INLINE int mask_phase_as(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t model,
+                                       uint8_t *mask, coder_t *also, const int decoding)
 {
     mask_scratch_t m = {0};
-    uint64_t counts[MASK_CONTEXTS][2] = {{0}};
-    uint32_t ptab[MASK_CONTEXTS];
-    uint32_t contexts = model ? DENSITY_CONTEXTS : MASK_CONTEXTS;
+    uint64_t counts[MASK_CONTEXTS][2] = {{0}}, counts1[DENSITY_CONTEXTS][2] = {{0}};
+    uint32_t ptab[MASK_CONTEXTS], ptab1[DENSITY_CONTEXTS];
+    uint8_t dirty[MASK_CONTEXTS] = {0}, dirty1[DENSITY_CONTEXTS] = {0}, touched1[DENSITY_CONTEXTS];
     uint8_t *touched = NULL;
     uint64_t longest = 0, t, all_kept = 0, all_seen = 0;
     uint32_t j, i;
@@ -259,6 +306,9 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
     for (i = 0; i < MASK_CONTEXTS; i++) {
         ptab[i] = kt_p1(0, 0);
     }
+    for (i = 0; i < DENSITY_CONTEXTS; i++) {
+        ptab1[i] = kt_p1(0, 0);
+    }
     for (j = 0; j <= lanes; j++) {
         m.start[j] = lane_start(numel, lanes, j);
     }
@@ -267,19 +317,34 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
         longest = len > longest ? len : longest;
         m.col[j] = m.start[j] % cols;
     }
+#ifdef HAVE_RECIP
+    /* model 1's divisors row_seen + 16 <= cols + 16 and col_seen + 16 <= rows + 16, as reciprocals (a
+     * table of the larger; none, and hardware division, past the exactness limit or without memory) */
+    if ((model || also) && cols + DENSITY_PRIOR < RECIP_LIMIT && numel / cols + DENSITY_PRIOR < RECIP_LIMIT) {
+        uint64_t most = (numel / cols > cols ? numel / cols : cols) + DENSITY_PRIOR, d;
+        m.recip = malloc((most + 1u) * sizeof *m.recip);
+        for (d = 0; m.recip && d <= most; d++) {
+            m.recip[d] = recip_of(d);
+        }
+    }
+#endif
     {
         /* locals the compiler can keep in registers (byte stores may alias anything reachable) */
         uint64_t *restrict col_kept = m.col_kept, *restrict col_seen = m.col_seen, *restrict run = m.run;
         uint64_t *restrict row_kept = m.row_kept, *restrict row_seen = m.row_seen;
         uint64_t *restrict lane_col = m.col, *restrict start = m.start, *restrict bcol = m.bcol;
+        const uint64_t *restrict recip = m.recip;
         uint8_t *restrict bbit = m.bbit;
         coder_t io = *c;
         distinct = distinct_columns(lane_col, lanes, cols);
         for (t = 0; t < longest; t++) {
-            uint32_t n = 0;
+            uint32_t n = 0, nt = 0, nt1 = 0;
             /* model 1: the tensor's density so far (the decisions of earlier rounds), 16-bit, >= 1 */
             uint64_t g = ((all_kept + 1u) << 16) / (all_seen + 2u);
             g = g ? g : 1u;
+#ifdef HAVE_RECIP
+            uint64_t gc = recip ? recip_of(g) : 0u;
+#endif
             for (j = 0; j < lanes; j++) {
                 uint64_t pos = start[j] + t, col = lane_col[j], r;
                 uint32_t ctx;
@@ -288,25 +353,46 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
                     continue;
                 }
                 r = col ? run[j] : 0u;
-                if (model) {
-                    if (!col) {
-                        row_kept[j] = row_seen[j] = 0;
+                if (!col) {
+                    row_kept[j] = row_seen[j] = 0;
+                }
+                if (model || also) {
+                    uint32_t dctx;
+#ifdef HAVE_RECIP
+                    if (recip) {
+                        dctx = density_context_recip(row_kept[j], recip[row_seen[j] + DENSITY_PRIOR], col_kept[col],
+                                                     recip[col_seen[col] + DENSITY_PRIOR], g, gc, r);
+                    } else
+#endif
+                    {
+                        dctx = density_context(row_kept[j], row_seen[j], col_kept[col], col_seen[col], g, r);
                     }
-                    ctx = density_context(row_kept[j], row_seen[j], col_kept[col], col_seen[col], g, r);
-                } else {
+                    if (also) { /* encoding model 1 alongside model 0: record its probability too */
+                        int known = mask[pos] != 0;
+                        also->probs[also->nprobs++] = (uint16_t)ptab1[dctx];
+                        counts1[dctx][known]++;
+                        touched1[nt1] = (uint8_t)dctx;
+                        nt1 += !dirty1[dctx];
+                        dirty1[dctx] = 1;
+                    }
+                    ctx = dctx;
+                }
+                if (!model) {
                     ctx = run_ctx[r < RUN_LUT_SIZE - 1u ? r : RUN_LUT_SIZE - 1u] +
                           column_bucket(col_kept[col], col_seen[col]);
                 }
-                bit = code_bit(&io, j, ptab[ctx], io.decoding ? 0 : mask[pos] != 0); /* decoding: unread */
+                bit = code_bit_as(&io, j, ptab[ctx], decoding ? 0 : mask[pos] != 0, decoding); /* decoding: unread */
                 if (bit < 0) {
                     status = ERR_EARLY;
                     goto done;
                 }
-                if (io.decoding) {
+                if (decoding) {
                     mask[pos] = (uint8_t)bit;
                 }
                 counts[ctx][bit]++;
-                touched[n] = (uint8_t)ctx;
+                touched[nt] = (uint8_t)ctx; /* each context once: the round's lanes share a few */
+                nt += !dirty[ctx];
+                dirty[ctx] = 1;
                 if (distinct) {
                     col_seen[col]++;
                     col_kept[col] += (uint64_t)bit;
@@ -326,17 +412,15 @@ static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes,
                 col_seen[bcol[i]]++;
                 col_kept[bcol[i]] += bbit[i];
             }
-            /* the probabilities the next round reads: of the contexts the round touched, or all of them
-             * when that is fewer divisions */
-            if (n >= contexts) {
-                for (i = 0; i < contexts; i++) {
-                    ptab[i] = kt_p1(counts[i][0] + counts[i][1], counts[i][1]);
-                }
-            } else {
-                for (i = 0; i < n; i++) {
-                    uint32_t ctx = touched[i];
-                    ptab[ctx] = kt_p1(counts[ctx][0] + counts[ctx][1], counts[ctx][1]);
-                }
+            for (i = 0; i < nt; i++) { /* the probabilities the next round reads: of the contexts touched */
+                uint32_t ctx = touched[i];
+                ptab[ctx] = kt_p1(counts[ctx][0] + counts[ctx][1], counts[ctx][1]);
+                dirty[ctx] = 0;
+            }
+            for (i = 0; i < nt1; i++) {
+                uint32_t ctx = touched1[i];
+                ptab1[ctx] = kt_p1(counts1[ctx][0] + counts1[ctx][1], counts1[ctx][1]);
+                dirty1[ctx] = 0;
             }
         }
         c->next = io.next;
@@ -346,6 +430,21 @@ done:
     free(touched);
     mask_free(&m);
     return status;
+}
+
+/* mask_phase specialised by side and model (constants in each copy: the hot loop keeps no test of them) */
+static int mask_phase(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t model, uint8_t *mask,
+                      coder_t *also)
+{
+    if (c->decoding) {
+        return model ? mask_phase_as(c, numel, cols, lanes, 1, mask, NULL, 1)
+                     : mask_phase_as(c, numel, cols, lanes, 0, mask, NULL, 1);
+    }
+    if (also) {
+        return mask_phase_as(c, numel, cols, lanes, 0, mask, also, 0);
+    }
+    return model ? mask_phase_as(c, numel, cols, lanes, 1, mask, NULL, 0)
+                 : mask_phase_as(c, numel, cols, lanes, 0, mask, NULL, 0);
 }
 
 /* --------------------------------------------------------------------------------- value phase */
@@ -548,15 +647,16 @@ done:
     return status;
 }
 
-/* The value phase's final counts in `mode` (n0, n1 of every slot), without coding: what the encoder's
- * mode choice (rans._value_cost) sums its cost from. The same lanes and contexts as value_phase. */
-static int value_counts(uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t width, uint32_t mode,
-                        const uint8_t *mask, const int64_t *symbols, uint64_t count, int64_t *pairs)
+/* The value phase's final counts (n0, n1 of every slot) in each value mode m whose table pairs[m] is given,
+ * without coding: what the encoder's mode choice (rans._value_costs) sums its cost from. The same lanes and
+ * contexts as value_phase; one pass over the symbols for every mode asked for. */
+static int value_counts(uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t width, const uint8_t *mask,
+                        const int64_t *symbols, uint64_t count, int64_t *const pairs[4])
 {
     value_scratch_t v = {0};
-    uint32_t ctx_bits = mode < width ? mode : width;
-    uint64_t none = mode ? (1u << ctx_bits) : 0u, row_len = cols ? cols : 1u, k;
-    uint32_t j, level;
+    uint64_t row_len = cols ? cols : 1u, k;
+    uint32_t j, level, m;
+    int rows = pairs[1] || pairs[2] || pairs[3];
     if (!value_lanes_alloc(&v, lanes)) {
         value_free(&v);
         return ERR_NOMEM;
@@ -567,18 +667,29 @@ static int value_counts(uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t 
     }
     for (j = 0; j < lanes; j++) {
         for (k = v.first[j]; k < v.first[j] + v.per_lane[j]; k++) {
-            uint64_t sym = (uint64_t)symbols[k], base = 0, node = 1u;
-            if (mode) {
-                uint64_t row = row_of(next_kept(&v, j, mask), row_len);
-                base = (v.prev_row[j] == row ? v.prev_sym[j] >> (width - ctx_bits) : none) << width;
-                v.prev_row[j] = row;
-                v.prev_sym[j] = sym;
+            uint64_t sym = (uint64_t)symbols[k], row = 0;
+            int same = 0;
+            if (rows) {
+                row = row_of(next_kept(&v, j, mask), row_len);
+                same = v.prev_row[j] == row;
             }
-            for (level = 0; level < width; level++) {
-                uint64_t bit = (sym >> (width - 1u - level)) & 1u;
-                pairs[2u * (base + node) + bit]++;
-                node = 2u * node + bit;
+            for (m = 0; m < 4u; m++) {
+                uint32_t ctx_bits = m < width ? m : width;
+                uint64_t base = 0, node = 1u;
+                if (!pairs[m]) {
+                    continue;
+                }
+                if (m) {
+                    base = (same ? v.prev_sym[j] >> (width - ctx_bits) : (uint64_t)1u << ctx_bits) << width;
+                }
+                for (level = 0; level < width; level++) {
+                    uint64_t bit = (sym >> (width - 1u - level)) & 1u;
+                    pairs[m][2u * (base + node) + bit]++;
+                    node = 2u * node + bit;
+                }
             }
+            v.prev_row[j] = row;
+            v.prev_sym[j] = sym;
         }
     }
     value_free(&v);
@@ -599,16 +710,15 @@ static inline void rans_push(uint32_t *x, uint32_t p, int bit, uint16_t *out, ui
     *x = ((v / f) << 16) + v % f + start;
 }
 
-/* The stream of the decisions whose probabilities `probs[0..n)` the forward pass recorded: the same
- * loops in reverse (rounds, levels and lanes backwards). Each decision emits at most one word and is
- * read before its word is written, so the words overwrite `probs` from the end: the stream's words
- * are probs[n - emitted .. n). Returns the words the mask phase reads. */
-static int rans_reverse(uint16_t *probs, uint64_t n, uint32_t *x, uint64_t numel, uint32_t lanes, uint32_t width,
-                        const uint8_t *mask, const int64_t *symbols, uint64_t count, uint64_t *emitted,
-                        uint64_t *mask_words)
+/* The value phase in reverse (encoding): its decisions, whose probabilities `probs[0..count * width)` the
+ * forward pass recorded, pushed rounds, levels and lanes backwards from states ONE. Each decision emits at
+ * most one word and is read before its word is written, so the words overwrite `probs` from the end: they
+ * are probs[count * width - emitted ..), in stream order. */
+static int reverse_values(uint16_t *probs, uint32_t *x, uint64_t numel, uint32_t lanes, uint32_t width,
+                          const uint8_t *mask, const int64_t *symbols, uint64_t count, uint64_t *emitted)
 {
     value_scratch_t v = {0};
-    uint64_t i = n, rounds = 0, t, longest = 0;
+    uint64_t n = count * width, i = n, rounds = 0, t;
     uint32_t j, level;
     int a;
     *emitted = 0;
@@ -623,7 +733,6 @@ static int rans_reverse(uint16_t *probs, uint64_t n, uint32_t *x, uint64_t numel
     for (j = 0; j < lanes; j++) {
         x[j] = ONE;
         rounds = v.per_lane[j] > rounds ? v.per_lane[j] : rounds;
-        longest = v.start[j + 1u] - v.start[j] > longest ? v.start[j + 1u] - v.start[j] : longest;
     }
     for (t = rounds; t-- > 0;) {
         int active = 0;
@@ -641,20 +750,30 @@ static int rans_reverse(uint16_t *probs, uint64_t n, uint32_t *x, uint64_t numel
             }
         }
     }
-    *mask_words = *emitted;
-    if (mask) {
-        for (t = longest; t-- > 0;) {
-            for (j = lanes; j-- > 0;) {
-                uint64_t pos = v.start[j] + t;
-                if (pos < v.start[j + 1u]) {
-                    rans_push(&x[j], probs[--i], mask[pos] != 0, probs, emitted, n);
-                }
+    value_free(&v);
+    return i == 0 ? OK : ERR_SHAPE;
+}
+
+/* The mask phase in reverse, from the states `x` the value phase left (`start`: the lanes' bounds):
+ * `probs[0..numel)` as recorded, the words overwriting them from the end as in reverse_values. */
+static void reverse_mask(uint16_t *probs, uint32_t *x, uint64_t numel, uint32_t lanes, const uint64_t *start,
+                         const uint8_t *mask, uint64_t *emitted)
+{
+    uint64_t i = numel, t, longest = 0;
+    uint32_t j;
+    *emitted = 0;
+    for (j = 0; j < lanes; j++) {
+        uint64_t len = start[j + 1u] - start[j];
+        longest = len > longest ? len : longest;
+    }
+    for (t = longest; t-- > 0;) {
+        for (j = lanes; j-- > 0;) {
+            uint64_t pos = start[j] + t;
+            if (pos < start[j + 1u]) {
+                rans_push(&x[j], probs[--i], mask[pos] != 0, probs, emitted, numel);
             }
         }
     }
-    *mask_words = *emitted - *mask_words;
-    value_free(&v);
-    return i == 0 ? OK : ERR_SHAPE;
 }
 
 /* ------------------------------------------------------------------------------ Python bindings */
@@ -715,7 +834,7 @@ static PyObject *py_mask_decode(PyObject *self, PyObject *args)
         c.words = (const uint8_t *)data.buf + 4u * lanes;
         c.nwords = ((uint64_t)data.len - 4u * lanes) / 2u;
         Py_BEGIN_ALLOW_THREADS
-        status = mask_phase(&c, numel, cols, (uint32_t)lanes, (uint32_t)model, mask.buf);
+        status = mask_phase(&c, numel, cols, (uint32_t)lanes, (uint32_t)model, mask.buf, NULL);
         Py_END_ALLOW_THREADS
         if (status) {
             status = raise_status(status, 0);
@@ -773,10 +892,11 @@ static PyObject *py_values_decode(PyObject *self, PyObject *args)
     return status ? NULL : PyLong_FromUnsignedLongLong(c.next);
 }
 
-/* The stream: the lane states (u32) then the words (u16), little-endian. */
-static PyObject *stream_bytes(const uint32_t *x, uint32_t lanes, const uint16_t *words, uint64_t n)
+/* The stream: the lane states (u32), then the mask phase's words and the value phase's (u16), little-endian. */
+static PyObject *stream_bytes(const uint32_t *x, uint32_t lanes, const uint16_t *mask_words, uint64_t nm,
+                              const uint16_t *value_words, uint64_t nv)
 {
-    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4u * (uint64_t)lanes + 2u * n));
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(4u * (uint64_t)lanes + 2u * (nm + nv)));
     uint8_t *b;
     uint64_t i;
     if (!out) {
@@ -789,23 +909,100 @@ static PyObject *stream_bytes(const uint32_t *x, uint32_t lanes, const uint16_t 
         *b++ = (uint8_t)(x[i] >> 16);
         *b++ = (uint8_t)(x[i] >> 24);
     }
-    for (i = 0; i < n; i++) {
-        *b++ = (uint8_t)words[i];
-        *b++ = (uint8_t)(words[i] >> 8);
+    for (i = 0; i < nm; i++) {
+        *b++ = (uint8_t)mask_words[i];
+        *b++ = (uint8_t)(mask_words[i] >> 8);
+    }
+    for (i = 0; i < nv; i++) {
+        *b++ = (uint8_t)value_words[i];
+        *b++ = (uint8_t)(value_words[i] >> 8);
     }
     return out;
 }
 
-static PyObject *py_encode(PyObject *self, PyObject *args)
+/* One encoding: the value phase's probabilities and states, and those of each mask model asked for (the
+ * mask phase codes first, so it is pushed last, from the states the value phase left: the value phase is
+ * coded once whatever the mask models tried). */
+typedef struct {
+    uint16_t *probs_v, *probs_m[2];
+    uint32_t *xv, *x[2];
+    uint64_t *start, ev, em[2];
+} encoding_t;
+
+static void encoding_free(encoding_t *e)
+{
+    free(e->probs_v);
+    free(e->probs_m[0]);
+    free(e->probs_m[1]);
+    free(e->xv);
+    free(e->x[0]);
+    free(e->x[1]);
+    free(e->start);
+}
+
+/* Encode the values (value mode `mode`) and, for each mask model in `models` (bit m: model m), the mask. */
+static int encode_core(encoding_t *e, uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t width, uint32_t mode,
+                       const uint8_t *mask, int64_t *symbols, uint64_t count, uint32_t models)
+{
+    coder_t c = {0};
+    uint32_t m, j;
+    int status;
+    e->probs_v = malloc((count * width > 0u ? count * width : 1u) * sizeof *e->probs_v);
+    e->xv = malloc(lanes * sizeof *e->xv);
+    e->start = malloc(((size_t)lanes + 1u) * sizeof *e->start);
+    if (!e->probs_v || !e->xv || !e->start) {
+        return ERR_NOMEM;
+    }
+    for (j = 0; j <= lanes; j++) {
+        e->start[j] = lane_start(numel, lanes, j);
+    }
+    c.probs = e->probs_v;
+    status = value_phase(&c, numel, cols, lanes, width, mode, UINT64_MAX, mask, symbols, count);
+    if (!status && c.nprobs != count * width) {
+        status = ERR_SHAPE;
+    }
+    if (!status) {
+        status = reverse_values(e->probs_v, e->xv, numel, lanes, width, mask, symbols, count, &e->ev);
+    }
+    for (m = 0; m < 2u; m++) {
+        if (models >> m & 1u) {
+            e->probs_m[m] = malloc((numel ? numel : 1u) * sizeof *e->probs_m[m]);
+            e->x[m] = malloc(lanes * sizeof *e->x[m]);
+            if (!e->probs_m[m] || !e->x[m]) {
+                return ERR_NOMEM;
+            }
+        }
+    }
+    if (!status && models) { /* both models: one pass over the mask records both (encoding: read only) */
+        coder_t c1 = {0};
+        memset(&c, 0, sizeof c);
+        c.probs = e->probs_m[models & 1u ? 0 : 1];
+        c1.probs = e->probs_m[1];
+        status = mask_phase(&c, numel, cols, lanes, models == 2u, (uint8_t *)mask, models == 3u ? &c1 : NULL);
+        if (!status && (c.nprobs != numel || (models == 3u && c1.nprobs != numel))) {
+            status = ERR_SHAPE;
+        }
+    }
+    for (m = 0; m < 2u && !status; m++) {
+        if (models >> m & 1u) {
+            memcpy(e->x[m], e->xv, lanes * sizeof *e->xv);
+            reverse_mask(e->probs_m[m], e->x[m], numel, lanes, e->start, mask, &e->em[m]);
+        }
+    }
+    return status;
+}
+
+/* encode(...) and encode_masked(...): parse, check, encode (models: the mask models to try, 0 when
+ * dense), and return (stream, words of the mask phase[, mask model]) of the shortest, ties to model 0. */
+static PyObject *encode_call(PyObject *args, int both)
 {
     Py_buffer symbols, mask = {0};
     PyObject *mask_obj, *result = NULL, *stream;
     unsigned long long lanes, numel, cols, width, mode;
-    uint64_t count, decisions, emitted = 0, mask_words = 0;
-    coder_t c = {0};
-    uint32_t *x = NULL;
+    uint64_t count;
+    encoding_t e = {0};
+    uint32_t models, m = 0;
     int status;
-    (void)self;
     if (!PyArg_ParseTuple(args, "KKKKKOy*", &lanes, &numel, &cols, &width, &mode, &mask_obj, &symbols)) {
         return NULL;
     }
@@ -814,49 +1011,38 @@ static PyObject *py_encode(PyObject *self, PyObject *args)
         status = -1;
     }
     count = (uint64_t)symbols.len / 8u;
-    if (!status && (width < 1u || width > 16u || mode > 7u || (mode > 3u && !mask.buf) || (uint64_t)symbols.len % 8u ||
-                    (mask.buf && (uint64_t)mask.len != numel))) {
+    if (!status && (width < 1u || width > 16u || mode > (both ? 3u : 7u) || (mode > 3u && !mask.buf) ||
+                    (both && !mask.buf) || (uint64_t)symbols.len % 8u || (mask.buf && (uint64_t)mask.len != numel))) {
         PyErr_SetString(PyExc_ValueError, "bad width, mode or buffer sizes");
         status = -1;
     }
     if (!status) {
-        decisions = (mask.buf ? numel : 0u) + count * width;
-        c.probs = malloc((decisions ? decisions : 1u) * sizeof *c.probs);
-        x = malloc(lanes * sizeof *x);
-        if (!c.probs || !x) {
-            PyErr_NoMemory();
-            status = -1;
-        }
-    }
-    if (!status) {
+        models = both ? 3u : (mask.buf ? 1u << (mode >> 2) : 0u);
         Py_BEGIN_ALLOW_THREADS
-        if (mask.buf) {
-            status = mask_phase(&c, numel, cols, (uint32_t)lanes, (uint32_t)(mode >> 2), mask.buf);
-        }
-        if (!status) {
-            status = value_phase(&c, numel, cols, (uint32_t)lanes, (uint32_t)width, (uint32_t)(mode & 3u),
-                                 UINT64_MAX, mask.buf, symbols.buf, count);
-        }
-        if (!status && c.nprobs != decisions) {
-            status = ERR_SHAPE;
-        }
-        if (!status) {
-            status = rans_reverse(c.probs, decisions, x, numel, (uint32_t)lanes, (uint32_t)width, mask.buf,
-                                  symbols.buf, count, &emitted, &mask_words);
-        }
+        status = encode_core(&e, numel, cols, (uint32_t)lanes, (uint32_t)width, (uint32_t)(mode & 3u), mask.buf,
+                             symbols.buf, count, models);
         Py_END_ALLOW_THREADS
         if (status) {
             status = raise_status(status, 0);
         }
     }
     if (!status) {
-        stream = stream_bytes(x, (uint32_t)lanes, c.probs + (decisions - emitted), emitted);
+        const uint32_t *x = e.xv;
+        const uint16_t *mask_words = NULL;
+        uint64_t nm = 0;
+        if (mask.buf) {
+            m = both ? (e.em[1] < e.em[0]) : (uint32_t)(mode >> 2);
+            x = e.x[m];
+            nm = e.em[m];
+            mask_words = e.probs_m[m] + (numel - nm);
+        }
+        stream = stream_bytes(x, (uint32_t)lanes, mask_words, nm, e.probs_v + (count * width - e.ev), e.ev);
         if (stream) {
-            result = Py_BuildValue("(NK)", stream, (unsigned long long)mask_words);
+            result = both ? Py_BuildValue("(NKI)", stream, (unsigned long long)nm, (unsigned int)m)
+                          : Py_BuildValue("(NK)", stream, (unsigned long long)nm);
         }
     }
-    free(c.probs);
-    free(x);
+    encoding_free(&e);
     PyBuffer_Release(&symbols);
     if (mask.buf) {
         PyBuffer_Release(&mask);
@@ -864,42 +1050,69 @@ static PyObject *py_encode(PyObject *self, PyObject *args)
     return result;
 }
 
+static PyObject *py_encode(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return encode_call(args, 0);
+}
+
+static PyObject *py_encode_masked(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return encode_call(args, 1);
+}
 static PyObject *py_value_counts(PyObject *self, PyObject *args)
 {
-    Py_buffer symbols, pairs, mask = {0};
-    PyObject *mask_obj;
-    unsigned long long lanes, numel, cols, width, mode;
-    uint64_t slots;
+    Py_buffer symbols, mask = {0}, pairs[4] = {{0}};
+    PyObject *mask_obj, *pairs_obj[4];
+    int64_t *tables[4] = {NULL, NULL, NULL, NULL};
+    unsigned long long lanes, numel, cols, width;
+    uint32_t m;
     int status;
     (void)self;
-    if (!PyArg_ParseTuple(args, "KKKKKOy*w*", &lanes, &numel, &cols, &width, &mode, &mask_obj, &symbols,
-                          &pairs)) {
+    if (!PyArg_ParseTuple(args, "KKKKOy*OOOO", &lanes, &numel, &cols, &width, &mask_obj, &symbols, &pairs_obj[0],
+                          &pairs_obj[1], &pairs_obj[2], &pairs_obj[3])) {
         return NULL;
     }
     status = check_geometry(lanes, numel, cols);
     if (!status && mask_obj != Py_None && PyObject_GetBuffer(mask_obj, &mask, PyBUF_SIMPLE)) {
         status = -1;
     }
-    if (!status) {
-        uint32_t m = mode < width ? (uint32_t)mode : (uint32_t)width;
-        slots = ((mode ? (1u << m) : 0u) + 1u) << width;
-        if (width < 1u || width > 16u || mode > 3u || (uint64_t)symbols.len % 8u ||
-            (uint64_t)pairs.len != 16u * slots || (mask.buf && (uint64_t)mask.len != numel)) {
-            PyErr_SetString(PyExc_ValueError, "bad width, mode or buffer sizes");
+    if (!status && (width < 1u || width > 16u || (uint64_t)symbols.len % 8u ||
+                    (mask.buf && (uint64_t)mask.len != numel))) {
+        PyErr_SetString(PyExc_ValueError, "bad width or buffer sizes");
+        status = -1;
+    }
+    for (m = 0; m < 4u && !status; m++) {
+        uint32_t bits = m < width ? m : (uint32_t)width;
+        uint64_t slots = ((m ? (1u << bits) : 0u) + 1u) << width;
+        if (pairs_obj[m] == Py_None) {
+            continue;
+        }
+        if (PyObject_GetBuffer(pairs_obj[m], &pairs[m], PyBUF_WRITABLE)) {
             status = -1;
+        } else if ((uint64_t)pairs[m].len != 16u * slots) {
+            PyErr_SetString(PyExc_ValueError, "bad pairs buffer size");
+            status = -1;
+        } else {
+            tables[m] = pairs[m].buf;
         }
     }
     if (!status) {
         Py_BEGIN_ALLOW_THREADS
-        status = value_counts(numel, cols, (uint32_t)lanes, (uint32_t)width, (uint32_t)mode, mask.buf,
-                              symbols.buf, (uint64_t)symbols.len / 8u, pairs.buf);
+        status = value_counts(numel, cols, (uint32_t)lanes, (uint32_t)width, mask.buf, symbols.buf,
+                              (uint64_t)symbols.len / 8u, tables);
         Py_END_ALLOW_THREADS
         if (status) {
             status = raise_status(status, 0);
         }
     }
     PyBuffer_Release(&symbols);
-    PyBuffer_Release(&pairs);
+    for (m = 0; m < 4u; m++) {
+        if (pairs[m].buf) {
+            PyBuffer_Release(&pairs[m]);
+        }
+    }
     if (mask.buf) {
         PyBuffer_Release(&mask);
     }
@@ -913,43 +1126,59 @@ static PyObject *py_value_counts(PyObject *self, PyObject *args)
  * floor(x), floor(x) + 1 (both saturated to qmin..qmax) and 0 under J(q) = (x - q)^2 + weighted[q - qmin],
  * ties to the lower level, then to the non-zero one; the histogram of the choices is added to hist. The
  * same operations, in the same order, as the numpy path (built with -ffp-contract=off: no fused
- * multiply-add), so both choose the same levels. */
+ * multiply-add), so both choose the same levels.
+ *
+ * Every comparison here is data: as branches they mispredict about every other weight (13-20 ns a
+ * weight), so on x86-64 the choices are SSE2 masks (compilers turn ternaries back into branches). Both
+ * versions compute the same values: clamping x to [qmin, qmax] first and flooring the clamped value gives
+ * floor(x) for x in [qmin, qmax), qmin below and qmax above (the truncation stays in range of int64_t). */
+#if defined(__SSE2__) && (defined(__x86_64__) || defined(_M_X64)) /* _mm_cvt*si64: 64-bit only */
+#include <emmintrin.h>
+
 static void rdo_pick(const double *x, uint64_t n, const double *weighted, int64_t qmin, int64_t qmax,
                      double *levels, int64_t *hist)
 {
-    const double zero_rate = weighted[-qmin];
+    const __m128d lo = _mm_set_sd((double)qmin), hi = _mm_set_sd((double)qmax), one = _mm_set_sd(1.0);
+    const __m128d zero_rate = _mm_set_sd(weighted[-qmin]);
+    for (uint64_t i = 0; i < n; i++) {
+        __m128d v = _mm_load_sd(x + i);
+        __m128d c = _mm_min_sd(_mm_max_sd(v, lo), hi);
+        __m128d t = _mm_cvtsi64_sd(c, _mm_cvttsd_si64(c)); /* truncation, then floor for negatives */
+        __m128d low = _mm_sub_sd(t, _mm_and_pd(_mm_cmpgt_sd(t, c), one));
+        __m128d high = _mm_min_sd(_mm_add_sd(low, one), hi);
+        __m128d dl = _mm_sub_sd(v, low), dh = _mm_sub_sd(v, high);
+        __m128d jl = _mm_add_sd(_mm_mul_sd(dl, dl), _mm_load_sd(weighted + (_mm_cvttsd_si64(low) - qmin)));
+        __m128d jh = _mm_add_sd(_mm_mul_sd(dh, dh), _mm_load_sd(weighted + (_mm_cvttsd_si64(high) - qmin)));
+        __m128d up = _mm_cmplt_sd(jh, jl);
+        __m128d best = _mm_or_pd(_mm_and_pd(up, high), _mm_andnot_pd(up, low));
+        __m128d bj = _mm_or_pd(_mm_and_pd(up, jh), _mm_andnot_pd(up, jl));
+        __m128d zero = _mm_cmplt_sd(_mm_add_sd(_mm_mul_sd(v, v), zero_rate), bj);
+        best = _mm_andnot_pd(zero, best); /* +0.0 where zero wins */
+        _mm_store_sd(levels + i, best);
+        hist[_mm_cvttsd_si64(best) - qmin]++;
+    }
+}
+#else
+static void rdo_pick(const double *x, uint64_t n, const double *weighted, int64_t qmin, int64_t qmax,
+                     double *levels, int64_t *hist)
+{
+    const double zero_rate = weighted[-qmin], lo = (double)qmin, hi = (double)qmax;
     for (uint64_t i = 0; i < n; i++) {
         double v = x[i];
-        double low;
-        if (v < (double)qmin) { /* also keeps the conversion below in range */
-            low = (double)qmin;
-        } else if (v >= (double)qmax) {
-            low = (double)qmax;
-        } else {
-            low = (double)(int64_t)v; /* truncation, then floor for negatives: floor() is a call */
-            low -= low > v ? 1.0 : 0.0;
-        }
-        if (low < (double)qmin) {
-            low = (double)qmin;
-        } else if (low > (double)qmax) {
-            low = (double)qmax;
-        }
-        double high = low + 1.0 > (double)qmax ? (double)qmax : low + 1.0;
+        double c = v < lo ? lo : (v > hi ? hi : v);
+        double t = (double)(int64_t)c; /* truncation, then floor for negatives: floor() is a call */
+        double low = t > c ? t - 1.0 : t;
+        double high = low + 1.0 > hi ? hi : low + 1.0;
         double dl = v - low, dh = v - high;
         double jl = dl * dl + weighted[(int64_t)low - qmin];
         double jh = dh * dh + weighted[(int64_t)high - qmin];
-        double best = low, bj = jl;
-        if (jh < jl) {
-            best = high;
-            bj = jh;
-        }
-        if (v * v + zero_rate < bj) {
-            best = 0.0;
-        }
+        double best = jh < jl ? high : low, bj = jh < jl ? jh : jl;
+        best = v * v + zero_rate < bj ? 0.0 : best;
         levels[i] = best;
         hist[(int64_t)best - qmin]++;
     }
 }
+#endif
 
 static PyObject *py_rdo_pick(PyObject *self, PyObject *args)
 {
@@ -983,7 +1212,8 @@ static PyObject *py_rdo_pick(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"value_counts", py_value_counts, METH_VARARGS,
-     "value_counts(lanes, numel, cols, width, mode, mask, symbols, pairs): the value phase's final counts."},
+     "value_counts(lanes, numel, cols, width, mask, symbols, pairs0, pairs1, pairs2, pairs3): the value "
+     "phase's final counts in each value mode whose table is given (None: skipped)."},
     {"mask_decode", py_mask_decode, METH_VARARGS,
      "mask_decode(data, lanes, numel, cols, model, x, mask) -> words read: the mask phase (model 0 or 1)."},
     {"values_decode", py_values_decode, METH_VARARGS,
@@ -993,6 +1223,9 @@ static PyMethodDef methods[] = {
     {"encode", py_encode, METH_VARARGS,
      "encode(lanes, numel, cols, width, mode, mask, symbols) -> (stream, words read by the mask phase); "
      "mode = value mode | mask model << 2."},
+    {"encode_masked", py_encode_masked, METH_VARARGS,
+     "encode_masked(lanes, numel, cols, width, value_mode, mask, symbols) -> (stream, words read by the mask "
+     "phase, mask model): both mask models, the shorter stream (ties: model 0)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -458,58 +458,64 @@ def _value_pairs(
     cols: int,
     lanes: int,
     width: int,
-    mode: int,
-) -> npt.NDArray[np.int64]:
-    """The value phase's final ``(n0, n1)`` of every slot in ``mode`` (shape ``(slots, 2)``), without
-    coding: by the C core, or one ``bincount`` per level in numpy."""
-    slots = _value_slots(width, mode)
+    modes: list[int],
+) -> list[npt.NDArray[np.int64]]:
+    """The value phase's final ``(n0, n1)`` of every slot in each of ``modes`` (shape ``(slots, 2)``),
+    without coding: by the C core (one pass for all the modes), or one ``bincount`` per level in numpy."""
+    tables = [np.zeros((_value_slots(width, mode), 2), dtype=np.int64) for mode in modes]
     if _native is not None:
-        pairs = np.zeros((slots, 2), dtype=np.int64)
-        _native.value_counts(lanes, numel, cols, width, mode, mask, symbols, pairs)
-        return pairs
+        given: list[np.ndarray | None] = [None] * len(VALUE_MODES)
+        for mode, table in zip(modes, tables, strict=True):
+            given[mode] = table
+        _native.value_counts(lanes, numel, cols, width, mask, symbols, *given)
+        return tables
     positions = np.arange(numel, dtype=np.int64) if mask is None else np.flatnonzero(mask)
     start, _ = _bands(numel, lanes)
     lane_of = np.searchsorted(start, positions, side="right") - 1
     rows = positions // max(cols, 1)
-    ctx = np.zeros(symbols.size, dtype=np.int64)
-    if mode:
-        bits = min(mode, width)
-        same = np.zeros(symbols.size, dtype=bool)
-        same[1:] = (lane_of[1:] == lane_of[:-1]) & (rows[1:] == rows[:-1])
-        prev = np.concatenate(([0], symbols[:-1] >> (width - bits)))
-        ctx = np.where(same, prev, 1 << bits)
-    pairs = np.zeros(2 * slots, dtype=np.int64)
-    for level in range(width):  # the levels' nodes are disjoint: each slot is counted at one level
-        node = (symbols >> (width - level)) | (1 << level)
-        bit = (symbols >> (width - 1 - level)) & 1
-        pairs += np.bincount(((ctx << width) + node) * 2 + bit, minlength=2 * slots)
-    return pairs.reshape(slots, 2)
+    for mode, table in zip(modes, tables, strict=True):
+        ctx = np.zeros(symbols.size, dtype=np.int64)
+        if mode:
+            bits = min(mode, width)
+            same = np.zeros(symbols.size, dtype=bool)
+            same[1:] = (lane_of[1:] == lane_of[:-1]) & (rows[1:] == rows[:-1])
+            prev = np.concatenate(([0], symbols[:-1] >> (width - bits)))
+            ctx = np.where(same, prev, 1 << bits)
+        pairs = table.reshape(-1)
+        for level in range(width):  # the levels' nodes are disjoint: each slot is counted at one level
+            node = (symbols >> (width - level)) | (1 << level)
+            bit = (symbols >> (width - 1 - level)) & 1
+            pairs += np.bincount(((ctx << width) + node) * 2 + bit, minlength=pairs.size)
+    return tables
 
 
-def _value_cost(
+def _value_costs(
     mask: npt.NDArray[np.bool_] | None,
     symbols: np.ndarray,
     numel: int,
     cols: int,
     lanes: int,
     width: int,
-    mode: int,
-) -> float:
-    """Bits the value phase would take in ``mode``, from the final counts of every tree node (the
-    adaptive estimator's cost depends only on them, up to the lockstep delay): how the encoder picks a
-    mode without running the coder once per mode. Summed level by level in slot order, as the reference
-    does, so that the floats (and so the chosen mode, even on a near tie) are the same."""
+    modes: list[int],
+) -> list[float]:
+    """Bits the value phase would take in each of ``modes``, from the final counts of every tree node
+    (the adaptive estimator's cost depends only on them, up to the lockstep delay): how the encoder picks
+    a mode without running the coder once per mode. Summed level by level in slot order, as the
+    reference does, so that the floats (and so the chosen mode, even on a near tie) are the same."""
     if symbols.size == 0:
-        return 0.0
-    table = _value_pairs(mask, symbols, numel, cols, lanes, width, mode).reshape(-1, 1 << width, 2)
-    total = 0.0
+        return [0.0] * len(modes)
+    costs = []
     half = math.lgamma(0.5)
-    for level in range(width):
-        part = table[:, 1 << level : 2 << level].reshape(-1, 2)
-        used = part[(part[:, 0] + part[:, 1]) > 0]
-        for a, b in zip(used[:, 0].tolist(), used[:, 1].tolist(), strict=True):
-            total += math.lgamma(a + b + 1) + 2 * half - math.lgamma(a + 0.5) - math.lgamma(b + 0.5)
-    return total / math.log(2)
+    for pairs in _value_pairs(mask, symbols, numel, cols, lanes, width, modes):
+        table = pairs.reshape(-1, 1 << width, 2)
+        total = 0.0
+        for level in range(width):
+            part = table[:, 1 << level : 2 << level].reshape(-1, 2)
+            used = part[(part[:, 0] + part[:, 1]) > 0]
+            for a, b in zip(used[:, 0].tolist(), used[:, 1].tolist(), strict=True):
+                total += math.lgamma(a + b + 1) + 2 * half - math.lgamma(a + 0.5) - math.lgamma(b + 0.5)
+        costs.append(total / math.log(2))
+    return costs
 
 
 # ------------------------------------------------------------------------------------- rANS engine
@@ -635,10 +641,15 @@ def encode(
         raise ValueError("a dense tensor needs one symbol per position")
     if mode is None:
         modes = [m for m in VALUE_MODES if m <= width]
-        chosen = min(modes, key=lambda m: (_value_cost(flat, sym, numel, cols, lanes, width, m), m))
+        costs = dict(zip(modes, _value_costs(flat, sym, numel, cols, lanes, width, modes), strict=True))
+        chosen = min(modes, key=lambda m: (costs[m], m))
         mask_modes = list(MASK_MODES) if flat is not None else [0]
     else:
         chosen, mask_modes = mode & 3, [mode >> 2]
+    if _native is not None and len(mask_modes) == 2:  # both mask models in one call: the values coded once
+        data, mask_words, mask_mode = _native.encode_masked(lanes, numel, cols, width, chosen, flat, sym)
+        index = 4 * lanes + 2 * mask_words
+        return Coded(data, index, len(data) - index, chosen, mask_mode)
     best: Coded | None = None
     for mask_mode in mask_modes:  # the shorter stream (ties: the lower mode)
         if _native is not None:
