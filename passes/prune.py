@@ -260,14 +260,39 @@ def magnitude_threshold(group: list[TensorState], sparsity: float) -> float:
     return _kth_smallest(magnitudes, round(sparsity * magnitudes.size))
 
 
+SELECT_CHUNK = 1 << 20
+"""Magnitudes moved per step when the zeros are taken out before the selection (bounded extra memory)."""
+
+
 def _kth_smallest(magnitudes: np.ndarray, drop: int) -> float:
-    """The ``drop``-th smallest of ``magnitudes`` (which it reorders), or -1 when nothing is dropped."""
+    """The ``drop``-th smallest of ``magnitudes`` (which it reorders), or -1 when nothing is dropped.
+
+    The zeros (weights pruned before) are counted and moved out of the way first: selection among many
+    equal values is numpy's slow case (a 90 %-pruned LeNet-5 pool: ~40 ms instead of ~2 ms), and the
+    answer is 0 when the zeros alone reach ``drop``, else the right order statistic of the rest."""
     if not drop:
         return -1.0
+    nonzero = _nonzero_to_front(magnitudes)
+    zeros = magnitudes.size - nonzero
+    if drop <= zeros:
+        return 0.0
     # selection in place on our own copy: O(n), no index tensor (kthvalue needs one) and no second
     # copy (np.partition returns one: +392 MiB and ~1 s on a 100M-weight layer)
-    magnitudes.partition(drop - 1)
-    return float(magnitudes[drop - 1])
+    rest = magnitudes[:nonzero]
+    rest.partition(drop - zeros - 1)
+    return float(rest[drop - zeros - 1])
+
+
+def _nonzero_to_front(magnitudes: np.ndarray) -> int:
+    """Move the non-zero entries to the front, in order, chunk by chunk (the write position never passes
+    the read position, so in place); return how many there are."""
+    written = 0
+    for start in range(0, magnitudes.size, SELECT_CHUNK):
+        part = magnitudes[start : start + SELECT_CHUNK]
+        kept = part[part != 0]
+        magnitudes[written : written + kept.size] = kept
+        written += kept.size
+    return written
 
 
 def apply_threshold(state: TensorState, threshold: float) -> tuple[bool, float]:

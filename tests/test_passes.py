@@ -452,3 +452,29 @@ def test_options_built_in_python_are_validated_too():
 
     with pytest.raises(PipelineError, match="sparsity"):
         Prune(sparsity=float("nan"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=3000),
+    st.floats(min_value=0.0, max_value=1.0),
+    st.floats(min_value=0.0, max_value=1.0),
+    st.integers(min_value=0, max_value=2**31 - 1),
+)
+def test_kth_smallest_is_the_order_statistic_with_the_zeros_set_aside(
+    size: int, zero_share: float, drop_share: float, seed: int
+) -> None:
+    """The pruning threshold takes the zeros (earlier pruning) out before selecting: the same value as
+    sorting, whether the zeros alone reach the count or not, also across chunk boundaries."""
+    rng = np.random.default_rng(seed)
+    magnitudes = np.abs(rng.standard_normal(size)).astype(np.float32)
+    magnitudes[rng.random(size) < zero_share] = 0.0
+    magnitudes[rng.random(size) < 0.1] = 0.5  # ties away from zero too
+    drop = round(drop_share * size)
+    expected = -1.0 if drop == 0 else float(np.sort(magnitudes)[drop - 1])
+    saved = prune_module.SELECT_CHUNK
+    prune_module.SELECT_CHUNK = 97  # many chunks on small arrays
+    try:
+        assert prune_module._kth_smallest(magnitudes.copy(), drop) == expected
+    finally:
+        prune_module.SELECT_CHUNK = saved
