@@ -57,7 +57,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -725,6 +725,9 @@ def main() -> None:
         "--template", action="append", help="an sqc pipeline template (repeat); replaces TEMPLATES"
     )
     parser.add_argument("--crepe-tones", type=int, default=200, help="synthetic tones for CREPE's RPA")
+    parser.add_argument(
+        "--qps", default="", help="comma-separated qp values for both tools (default: each model's sweep)"
+    )
     parser.add_argument("--nncodec-python", type=Path, default=NNCODEC_PYTHON, help="NNCodec's interpreter")
     parser.add_argument("--out", type=Path, default=RESULTS / "nncodec.json")
     parser.add_argument(
@@ -754,8 +757,11 @@ def main() -> None:
     models, points = {}, []
     started = time.perf_counter()
     for name in chosen:
+        bench = catalogue[name]()
+        if args.qps:
+            bench = replace(bench, qps=tuple(int(q) for q in args.qps.split(",")))
         models[name], model_points = run_model(
-            name, catalogue[name](), templates, args.nncodec_python, args.runs, skipped
+            name, bench, templates, args.nncodec_python, args.runs, skipped
         )
         points += model_points
     result = {
