@@ -125,7 +125,7 @@ class Auto(Pass):
     share_rounds: int = 3
     share_epochs: int = 1
     share_lr: float = 0.001
-    reserve: float = 0.25
+    reserve: float = 0.1
     margin: float = 1.0
     statistic: Literal["auto", "confidences", "outcomes", "metric"] = "auto"
     allocation: Literal["auto", "curves", "global", "lamp"] = "auto"
