@@ -222,3 +222,83 @@ def test_the_chosen_probe_is_restored_exactly_biases_included() -> None:
     measured = record.stats["metric_reference"] - record.stats["metric_after"]
     assert any(abs(measured - d) < 1e-3 for d in drops)  # one of the probes, reproduced
     assert accuracy(artifact.module()) == pytest.approx(record.stats["metric_after"])
+
+
+class Jittery:
+    """An evaluation made up from the model's sparsity ``s`` (its share of zero weights), where the right
+    answer is known: 4,000 examples, nothing truly lost up to ``s = 0.6`` and 1 point per 0.02 beyond
+    (examples the model gets right with certainty become wrong with certainty). But any change of the
+    model flips 120 borderline predictions, half each way: top-1 is unchanged on average, yet its paired
+    standard error (0.27 points) is above the tolerance, while those examples' probabilities of the
+    right label move by 0.02."""
+
+    examples, borderline = 4000, 120
+
+    def __init__(self) -> None:
+        self.right = torch.ones(self.examples, dtype=torch.float64)  # most examples: right, certainly
+        self.right[: self.borderline] = 0.0  # the borderline ones: half right (0.51), half wrong (0.49)
+        self.right[: self.borderline // 2] = 1.0
+        self.confidence = self.right.clone()
+        self.confidence[: self.borderline] = torch.where(self.right[: self.borderline] > 0, 0.51, 0.49)
+
+    @staticmethod
+    def sparsity(module: nn.Module) -> float:
+        weights = [p for n, p in module.named_parameters() if n.endswith("weight")]
+        return sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+
+    def _state(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.sparsity(module)
+        right, confidence = self.right.clone(), self.confidence.clone()
+        if s > 0:  # the borderline examples all flip: as many become right as wrong
+            right[: self.borderline] = 1 - right[: self.borderline]
+            confidence[: self.borderline] = 1 - confidence[: self.borderline]
+        lost = round(max(0.0, s - 0.6) / 0.02 * 0.01 * self.examples)
+        right[self.examples - lost :] = 0.0
+        confidence[self.examples - lost :] = 0.0
+        return right, confidence
+
+    def outcomes(self, module: nn.Module) -> torch.Tensor:
+        return self._state(module)[0]
+
+    def confidences(self, module: nn.Module) -> torch.Tensor:
+        return self._state(module)[1]
+
+    def __call__(self, module: nn.Module) -> float:
+        return float(self.outcomes(module).mean())
+
+
+def test_auto_certifies_the_tolerance_on_confidences_where_top1_flips_are_noise() -> None:
+    """Decided on the probabilities of the right label (what the built-in top-1 gives as
+    ``confidences``), auto prunes exactly as far as nothing is truly lost (0.6); decided on the top-1
+    outcomes, the borderline flips' standard error alone is beyond the tolerance at every sparsity, so
+    no probe can be certified: that was LeNet-5 backing off to sparsity 0.7."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 10, bias=False))
+    with torch.no_grad():  # distinct magnitudes: a global sparsity prunes exactly its share
+        model[0].weight.copy_((torch.randperm(200).float() + 1).reshape(10, 20) / 200)
+    options = "sparsities=0.3;0.45;0.6;0.7;0.8 bits=8;6 rounds=4 share_rounds=1"
+    runs = {}
+    for statistic in ("auto", "outcomes"):
+        artifact = sqc.compress(
+            model,
+            [(1, 20)],
+            f"auto{{{options} statistic={statistic}}}",
+            evaluate=Jittery(),
+            finetune=lambda module, epochs: None,
+            tolerance=0.002,
+            executor="serial",
+        )
+        runs[statistic] = artifact.report[0]
+    decided = runs["auto"]
+    assert decided.stats["decided_by"] == "confidences"
+    assert decided.layers["0.weight"]["target"] == 0.6  # as far as nothing is lost, and no further
+    probes = [p.split(":") for p in str(decided.stats["prune_probes"]).split(";")]
+    # where nothing is lost, the confidences' margins are far below the budget
+    assert all(float(p[3]) < 0.0002 for p in probes if float(p[0]) <= 0.6)
+    assert any(float(p[0]) == 0.7 and float(p[1]) > 0.002 for p in probes)  # measured beyond, refused
+
+    on_top1 = runs["outcomes"]
+    assert on_top1.stats["decided_by"] == "outcomes"
+    margins = [float(p.split(":")[3]) for p in str(on_top1.stats["prune_probes"]).split(";")]
+    assert min(margins) > 0.0025  # sqrt(120) / 4000: one standard error is more than the tolerance
+    assert any("no prune probe stayed within" in d for d in on_top1.diagnostics)

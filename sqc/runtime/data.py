@@ -251,6 +251,21 @@ class Top1:
     def outcomes(self, model: nn.Module) -> torch.Tensor:
         """Per sample, 1.0 where the model is right (the metric is their mean): what a paired
         comparison of two models needs (``auto``'s confidence margin)."""
+        return self._per_sample(model, lambda logits, labels: (logits.argmax(-1) == labels).double())
+
+    def confidences(self, model: nn.Module) -> torch.Tensor:
+        """Per sample, the probability the model gives the right label (softmax of its outputs): a
+        smooth stand-in for :meth:`outcomes` whose paired changes are far less noisy (a network that
+        moves a borderline sample across the decision boundary changes it by a fraction, not by 1),
+        which is what ``auto`` decides on (see ``sqc.passes.auto.paired``)."""
+        return self._per_sample(
+            model, lambda logits, labels: logits.double().softmax(-1).gather(-1, labels[:, None])[:, 0]
+        )
+
+    def _per_sample(
+        self, model: nn.Module, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """``score(logits, labels)`` of every sample, in float64 on the CPU, in batches."""
         model.eval()
         device = module_device(model)  # batches follow the module (see sqc.runtime.devices)
         parts = []
@@ -258,8 +273,8 @@ class Top1:
             for start in range(0, self.x.shape[0], self.batch_size):
                 logits = model(self.x[start : start + self.batch_size].to(device))
                 labels = self.y[start : start + self.batch_size].to(device)
-                parts.append((logits.argmax(-1) == labels).cpu())
-        return torch.cat(parts).to(torch.float64) if parts else torch.zeros(0, dtype=torch.float64)
+                parts.append(score(logits, labels).cpu().to(torch.float64))
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
 
 def top1(data: Dataset, samples: int | None = None, batch_size: int = 1000) -> Evaluator:
