@@ -140,6 +140,12 @@ static inline uint64_t recip_of(uint64_t d)
     return d > 1u ? UINT64_MAX / d + 1u : 0u;
 }
 
+/* n div d for c = recip_of(d), d > 1 */
+static inline uint64_t mulhi(uint64_t n, uint64_t c)
+{
+    return (uint64_t)(((unsigned __int128)n * c) >> 64);
+}
+
 static inline uint64_t div_recip(uint64_t n, uint64_t c)
 {
     return c ? (uint64_t)(((unsigned __int128)n * c) >> 64) : n;
@@ -325,7 +331,7 @@ static ALWAYS_INLINE int mask_phase_as(coder_t *c, uint64_t numel, uint64_t cols
         uint64_t gc = 0, gc_of = 0; /* recip_of(gc_of) */
         for (t = 0; t < longest; t++) {
             uint32_t nt1 = 0;
-            uint64_t seen0 = 0, seen1 = 0, ccol = 0, cseen = 0, ckept = 0;
+            uint64_t seen0 = 0, seen1 = 0, ccol = 0, cseen = 0, ckept = 0, cp = 0, cp_col = UINT64_MAX;
             /* model 1: the tensor's density so far (the decisions of earlier rounds), 16-bit, >= 1 */
             uint64_t g = div_u64((all_kept + 1u) << 16, all_seen + 2u);
             g = g ? g : 1u;
@@ -346,9 +352,13 @@ static ALWAYS_INLINE int mask_phase_as(coder_t *c, uint64_t numel, uint64_t cols
                 row_seen[j] = rs;
                 if (model || also) {
 #ifdef HAVE_RECIP
-                    if (recip) {
-                        ctx = density_context_recip(rk, recip[rs + DENSITY_PRIOR], col_kept[col],
-                                                    recip[col_seen[col] + DENSITY_PRIOR], g, gc, r);
+                    if (recip) { /* density_context_recip, the column's estimate shared by its lanes */
+                        uint64_t rp = mulhi(((rk << 16) + DENSITY_PRIOR * g), recip[rs + DENSITY_PRIOR]);
+                        if (col != cp_col) {
+                            cp = mulhi((col_kept[col] << 16) + DENSITY_PRIOR * g, recip[col_seen[col] + DENSITY_PRIOR]);
+                            cp_col = col;
+                        }
+                        ctx = 2u * density_bucket(div_recip(rp * cp, gc)) + (r != 0);
                     } else
 #endif
                     {
