@@ -649,16 +649,26 @@ def _decode_context(
     numel = state.numel
     where = slice(None) if mask is None else mask
     if values_only:
-        out = np.zeros(numel, dtype=np.float32)  # pruned positions: +0.0, as decode() gives
-        if state.codebook is not None:
-            out[where] = state.codebook.numpy()[symbols]
-            return torch.from_numpy(out).reshape(state.shape)
         fmt = state.fmt
-        assert fmt is not None
-        symbols += fmt.qmin  # in place; |code| < 2^24: exact in float32, as fmt.dequantize converts it
-        out[where] = symbols
-        values = torch.from_numpy(out).reshape(state.shape)  # fmt.dequantize's product (0 stays +0.0)
-        return values.mul_(fmt.scale(state.shape).to(torch.float32))
+        if state.codebook is not None:
+            kept = state.codebook.numpy()[symbols]
+        else:
+            assert fmt is not None
+            symbols += fmt.qmin  # in place; |code| < 2^24: exact in float32, as fmt.dequantize converts it
+            kept = symbols.astype(np.float32)
+            step = fmt.scale(state.shape).to(torch.float32)
+            if step.numel() == 1:  # fmt.dequantize's float32 product, on the kept values only
+                kept *= step.numpy().reshape(())
+                fmt = None
+        if mask is None:
+            out = kept
+        else:
+            out = np.zeros(numel, dtype=np.float32)  # pruned positions: +0.0, as decode() gives
+            out[mask] = kept
+        values = torch.from_numpy(out).reshape(state.shape)
+        if fmt is not None and state.codebook is None:  # per channel: the product over the whole tensor
+            values.mul_(fmt.scale(state.shape).to(torch.float32))  # (0 * step stays +0.0)
+        return values
     codes = symbols
     if state.codebook is None:  # in place: the symbols can be tens of millions of int64
         codes += state.fmt.qmin  # type: ignore[union-attr]
