@@ -332,6 +332,8 @@ static ALWAYS_INLINE int mask_phase_as(coder_t *c, uint64_t numel, uint64_t cols
         for (t = 0; t < longest; t++) {
             uint32_t nt1 = 0;
             uint64_t seen0 = 0, seen1 = 0, ccol = 0, cseen = 0, ckept = 0, cp = 0, cp_col = UINT64_MAX;
+            uint64_t cb_col = UINT64_MAX;
+            uint32_t cb = 0;
             /* model 1: the tensor's density so far (the decisions of earlier rounds), 16-bit, >= 1 */
             uint64_t g = div_u64((all_kept + 1u) << 16, all_seen + 2u);
             g = g ? g : 1u;
@@ -368,9 +370,12 @@ static ALWAYS_INLINE int mask_phase_as(coder_t *c, uint64_t numel, uint64_t cols
                         dctxs[j] = (uint8_t)ctx;
                     }
                 }
-                if (!model) {
-                    ctx = run_ctx[r < RUN_LUT_SIZE - 1u ? r : RUN_LUT_SIZE - 1u] +
-                          column_bucket(col_kept[col], col_seen[col]);
+                if (!model) { /* the column's bucket, like model 1's estimate, shared by its lanes */
+                    if (col != cb_col) {
+                        cb = column_bucket(col_kept[col], col_seen[col]);
+                        cb_col = col;
+                    }
+                    ctx = run_ctx[r < RUN_LUT_SIZE - 1u ? r : RUN_LUT_SIZE - 1u] + cb;
                 }
                 ctxs[j] = (uint8_t)ctx;
             }
