@@ -140,6 +140,12 @@ static inline uint64_t recip_of(uint64_t d)
     return d > 1u ? UINT64_MAX / d + 1u : 0u;
 }
 
+/* n div d for c = recip_of(d), d > 1 */
+static inline uint64_t mulhi(uint64_t n, uint64_t c)
+{
+    return (uint64_t)(((unsigned __int128)n * c) >> 64);
+}
+
 static inline uint64_t div_recip(uint64_t n, uint64_t c)
 {
     return c ? (uint64_t)(((unsigned __int128)n * c) >> 64) : n;
@@ -157,6 +163,20 @@ static inline uint32_t density_context_recip(uint64_t rk, uint64_t rc, uint64_t 
 }
 #define RECIP_LIMIT (1u << 24)
 #endif
+
+/* count trailing zeros of x != 0 */
+static inline uint32_t ctz64(uint64_t x)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    return (uint32_t)__builtin_ctzll(x);
+#else
+    uint32_t n = 0;
+    for (; !(x & 1u); x >>= 1) {
+        n++;
+    }
+    return n;
+#endif
+}
 
 static inline uint64_t lane_start(uint64_t numel, uint32_t lanes, uint32_t j)
 {
@@ -222,11 +242,11 @@ static inline int code_bit(coder_t *c, uint32_t j, uint32_t p, int bit)
 
 /* ---------------------------------------------------------------------------------- mask phase */
 
-/* Scratch of the mask phase: per column and per lane, and the round's deferred column updates (only
- * when two lanes can meet in one column within a round). */
+/* Scratch of the mask phase: per column and per lane (each lane's context of the round in `ctx`, and
+ * of mask model 1 in `ctx1` when encoding both models). */
 typedef struct {
-    uint64_t *col_kept, *col_seen, *run, *row_kept, *row_seen, *col, *start, *bcol, *recip;
-    uint8_t *bbit;
+    uint64_t *col_kept, *col_seen, *run, *row_kept, *row_seen, *col, *start, *recip;
+    uint8_t *ctx, *ctx1;
 } mask_scratch_t;
 
 static void mask_free(mask_scratch_t *m)
@@ -238,52 +258,26 @@ static void mask_free(mask_scratch_t *m)
     free(m->row_seen);
     free(m->col);
     free(m->start);
-    free(m->bcol);
-    free(m->bbit);
+    free(m->ctx);
+    free(m->ctx1);
     free(m->recip);
-}
-
-/* Whether no two lanes start in the same column: then they never meet in one (they advance together),
- * and a lane may update its column's statistics at once instead of after the round. */
-static int distinct_columns(const uint64_t *col, uint32_t lanes, uint64_t cols)
-{
-    uint8_t *seen;
-    uint32_t j;
-    int distinct = 1;
-    if (lanes == 1u) {
-        return 1;
-    }
-    if (cols < lanes) {
-        return 0;
-    }
-    seen = calloc(cols, 1);
-    if (!seen) {
-        return 0; /* the deferred path is always correct */
-    }
-    for (j = 0; j < lanes && distinct; j++) {
-        distinct = !seen[col[j]];
-        seen[col[j]] = 1;
-    }
-    free(seen);
-    return distinct;
 }
 
 /* Every position's kept decision, round by round (round t = position start_j + t of each lane that has
  * one), each lane reading the probabilities and column statistics as they were at the start of the
- * round. Probabilities are a table refreshed after the round (so the counts may change at once); column
- * statistics change at once when lanes never share a column, else after the round. `mask` is read
- * (encoding) or written (decoding). */
+ * round. Each round computes every lane's context first and then decides and updates (so the counts
+ * and the column statistics may change at once); probabilities are a table refreshed after the round.
+ * `mask` is read (encoding) or written (decoding). */
 static ALWAYS_INLINE int mask_phase_as(coder_t *c, uint64_t numel, uint64_t cols, uint32_t lanes, uint32_t model,
                                        uint8_t *mask, coder_t *also, const int decoding)
 {
     mask_scratch_t m = {0};
     uint64_t counts[MASK_CONTEXTS][2] = {{0}}, counts1[DENSITY_CONTEXTS][2] = {{0}};
     uint32_t ptab[MASK_CONTEXTS], ptab1[DENSITY_CONTEXTS];
-    uint8_t dirty[MASK_CONTEXTS] = {0}, dirty1[DENSITY_CONTEXTS] = {0}, touched1[DENSITY_CONTEXTS];
-    uint8_t *touched = NULL;
+    uint8_t dirty1[DENSITY_CONTEXTS] = {0}, touched1[DENSITY_CONTEXTS];
     uint64_t longest = 0, t, all_kept = 0, all_seen = 0;
     uint32_t j, i;
-    int status = OK, distinct;
+    int status = OK;
     if (numel == 0) {
         return OK;
     }
@@ -294,12 +288,10 @@ static ALWAYS_INLINE int mask_phase_as(coder_t *c, uint64_t numel, uint64_t cols
     m.row_seen = calloc(lanes, sizeof *m.row_seen);
     m.col = calloc(lanes, sizeof *m.col);
     m.start = calloc((size_t)lanes + 1u, sizeof *m.start);
-    m.bcol = calloc(lanes, sizeof *m.bcol);
-    m.bbit = calloc(lanes, sizeof *m.bbit);
-    touched = calloc(lanes, 1);
-    if (!m.col_kept || !m.col_seen || !m.run || !m.row_kept || !m.row_seen || !m.col || !m.start || !m.bcol ||
-        !m.bbit || !touched) {
-        free(touched);
+    m.ctx = calloc(lanes, 1);
+    m.ctx1 = calloc(lanes, 1);
+    if (!m.col_kept || !m.col_seen || !m.run || !m.row_kept || !m.row_seen || !m.col || !m.start || !m.ctx ||
+        !m.ctx1) {
         mask_free(&m);
         return ERR_NOMEM;
     }
@@ -332,55 +324,78 @@ static ALWAYS_INLINE int mask_phase_as(coder_t *c, uint64_t numel, uint64_t cols
         /* locals the compiler can keep in registers (byte stores may alias anything reachable) */
         uint64_t *restrict col_kept = m.col_kept, *restrict col_seen = m.col_seen, *restrict run = m.run;
         uint64_t *restrict row_kept = m.row_kept, *restrict row_seen = m.row_seen;
-        uint64_t *restrict lane_col = m.col, *restrict start = m.start, *restrict bcol = m.bcol;
+        uint64_t *restrict lane_col = m.col, *restrict start = m.start;
         const uint64_t *restrict recip = m.recip;
-        uint8_t *restrict bbit = m.bbit;
+        uint8_t *restrict ctxs = m.ctx, *restrict dctxs = m.ctx1;
         coder_t io = *c;
-        distinct = distinct_columns(lane_col, lanes, cols);
+        uint64_t gc = 0, gc_of = 0; /* recip_of(gc_of) */
         for (t = 0; t < longest; t++) {
-            uint32_t n = 0, nt = 0, nt1 = 0;
+            uint32_t nt1 = 0;
+            uint64_t seen0 = 0, seen1 = 0, ccol = 0, cseen = 0, ckept = 0, cp = 0, cp_col = UINT64_MAX;
+            uint64_t cb_col = UINT64_MAX;
+            uint32_t cb = 0;
             /* model 1: the tensor's density so far (the decisions of earlier rounds), 16-bit, >= 1 */
-            uint64_t g = ((all_kept + 1u) << 16) / (all_seen + 2u);
+            uint64_t g = div_u64((all_kept + 1u) << 16, all_seen + 2u);
             g = g ? g : 1u;
 #ifdef HAVE_RECIP
-            uint64_t gc = recip ? recip_of(g) : 0u;
+            if (recip && g != gc_of) { /* g settles as the tensor goes on: its reciprocal mostly stays */
+                gc = recip_of(g);
+                gc_of = g;
+            }
 #endif
+            /* first every lane's context (independent within a round: all read the statistics as the
+             * round found them), then the decisions and the updates: one lane's long context arithmetic
+             * does not wait on the previous lane's decision, and no update needs deferring */
             for (j = 0; j < lanes; j++) {
-                uint64_t pos = start[j] + t, col = lane_col[j], r;
-                uint32_t ctx;
+                uint64_t col = lane_col[j], live = 0u - (uint64_t)(col != 0u), r = run[j] & live;
+                uint64_t rk = row_kept[j] & live, rs = row_seen[j] & live;
+                uint32_t ctx = 0;
+                row_kept[j] = rk; /* a row starts: its statistics start again */
+                row_seen[j] = rs;
+                if (model || also) {
+#ifdef HAVE_RECIP
+                    if (recip) { /* density_context_recip, the column's estimate shared by its lanes */
+                        uint64_t rp = mulhi(((rk << 16) + DENSITY_PRIOR * g), recip[rs + DENSITY_PRIOR]);
+                        if (col != cp_col) {
+                            cp = mulhi((col_kept[col] << 16) + DENSITY_PRIOR * g, recip[col_seen[col] + DENSITY_PRIOR]);
+                            cp_col = col;
+                        }
+                        ctx = 2u * density_bucket(div_recip(rp * cp, gc)) + (r != 0);
+                    } else
+#endif
+                    {
+                        ctx = density_context(rk, rs, col_kept[col], col_seen[col], g, r);
+                    }
+                    if (also) {
+                        dctxs[j] = (uint8_t)ctx;
+                    }
+                }
+                if (!model) { /* the column's bucket, like model 1's estimate, shared by its lanes */
+                    if (col != cb_col) {
+                        cb = column_bucket(col_kept[col], col_seen[col]);
+                        cb_col = col;
+                    }
+                    ctx = run_ctx[r < RUN_LUT_SIZE - 1u ? r : RUN_LUT_SIZE - 1u] + cb;
+                }
+                ctxs[j] = (uint8_t)ctx;
+            }
+            for (j = 0; j < lanes; j++) {
+                uint64_t pos = start[j] + t, col = lane_col[j], r = run[j];
+                uint32_t ctx = ctxs[j];
                 int bit;
                 if (pos >= start[j + 1u]) {
                     continue;
                 }
-                r = col ? run[j] : 0u;
-                if (!col) {
-                    row_kept[j] = row_seen[j] = 0;
+                if (also) { /* encoding model 1 alongside model 0: record its probability too */
+                    uint32_t dctx = dctxs[j];
+                    int known = mask[pos] != 0;
+                    also->probs[also->nprobs++] = (uint16_t)ptab1[dctx];
+                    counts1[dctx][known]++;
+                    touched1[nt1] = (uint8_t)dctx;
+                    nt1 += !dirty1[dctx];
+                    dirty1[dctx] = 1;
                 }
-                if (model || also) {
-                    uint32_t dctx;
-#ifdef HAVE_RECIP
-                    if (recip) {
-                        dctx = density_context_recip(row_kept[j], recip[row_seen[j] + DENSITY_PRIOR], col_kept[col],
-                                                     recip[col_seen[col] + DENSITY_PRIOR], g, gc, r);
-                    } else
-#endif
-                    {
-                        dctx = density_context(row_kept[j], row_seen[j], col_kept[col], col_seen[col], g, r);
-                    }
-                    if (also) { /* encoding model 1 alongside model 0: record its probability too */
-                        int known = mask[pos] != 0;
-                        also->probs[also->nprobs++] = (uint16_t)ptab1[dctx];
-                        counts1[dctx][known]++;
-                        touched1[nt1] = (uint8_t)dctx;
-                        nt1 += !dirty1[dctx];
-                        dirty1[dctx] = 1;
-                    }
-                    ctx = dctx;
-                }
-                if (!model) {
-                    ctx = run_ctx[r < RUN_LUT_SIZE - 1u ? r : RUN_LUT_SIZE - 1u] +
-                          column_bucket(col_kept[col], col_seen[col]);
-                }
+                r = col ? r : 0u;
                 bit = code_bit_as(&io, j, ptab[ctx], decoding ? 0 : mask[pos] != 0, decoding); /* decoding: unread */
                 if (bit < 0) {
                     status = ERR_EARLY;
@@ -390,17 +405,16 @@ static ALWAYS_INLINE int mask_phase_as(coder_t *c, uint64_t numel, uint64_t cols
                     mask[pos] = (uint8_t)bit;
                 }
                 counts[ctx][bit]++;
-                touched[nt] = (uint8_t)ctx; /* each context once: the round's lanes share a few */
-                nt += !dirty[ctx];
-                dirty[ctx] = 1;
-                if (distinct) {
-                    col_seen[col]++;
-                    col_kept[col] += (uint64_t)bit;
-                } else {
-                    bcol[n] = col;
-                    bbit[n] = (uint8_t)bit;
+                seen0 |= ctx < 64u ? (uint64_t)1u << (ctx & 63u) : 0u; /* the round's contexts, as bits */
+                seen1 |= ctx < 64u ? 0u : (uint64_t)1u << (ctx & 63u);
+                if (col != ccol) { /* the lanes in one column (often all of them) add up in registers */
+                    col_seen[ccol] += cseen;
+                    col_kept[ccol] += ckept;
+                    ccol = col;
+                    cseen = ckept = 0;
                 }
-                n++;
+                cseen++;
+                ckept += (uint64_t)bit;
                 run[j] = (r + 1u) & ((uint64_t)bit - 1u); /* 0 after a kept position */
                 row_kept[j] += (uint64_t)bit;
                 row_seen[j]++;
@@ -408,14 +422,16 @@ static ALWAYS_INLINE int mask_phase_as(coder_t *c, uint64_t numel, uint64_t cols
                 all_seen++;
                 lane_col[j] = col + 1u == cols ? 0u : col + 1u;
             }
-            for (i = 0; !distinct && i < n; i++) { /* deferred column updates (lanes sharing columns) */
-                col_seen[bcol[i]]++;
-                col_kept[bcol[i]] += bbit[i];
-            }
-            for (i = 0; i < nt; i++) { /* the probabilities the next round reads: of the contexts touched */
-                uint32_t ctx = touched[i];
+            col_seen[ccol] += cseen;
+            col_kept[ccol] += ckept;
+            while (seen0 | seen1) { /* the probabilities the next round reads: of the contexts touched */
+                uint32_t ctx = seen0 ? (uint32_t)ctz64(seen0) : 64u + (uint32_t)ctz64(seen1);
+                if (seen0) {
+                    seen0 &= seen0 - 1u;
+                } else {
+                    seen1 &= seen1 - 1u;
+                }
                 ptab[ctx] = kt_p1(counts[ctx][0] + counts[ctx][1], counts[ctx][1]);
-                dirty[ctx] = 0;
             }
             for (i = 0; i < nt1; i++) {
                 uint32_t ctx = touched1[i];
@@ -427,7 +443,6 @@ static ALWAYS_INLINE int mask_phase_as(coder_t *c, uint64_t numel, uint64_t cols
         c->nprobs = io.nprobs;
     }
 done:
-    free(touched);
     mask_free(&m);
     return status;
 }

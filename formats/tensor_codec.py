@@ -562,9 +562,9 @@ def _decode(
     if flags & CONTEXT_CODED:
         if flags & (VALUES_HUFFMAN | INDEX_HUFFMAN) or not flags & WANTS_RANS:
             raise r.fail(f"inconsistent context-coded layout flags {flags:#x}")
-        _decode_context(r, state, flags, alphabet, width, info)
+        values_out = _decode_context(r, state, flags, alphabet, width, info, values_only)
         info.header += (r.pos - head) - info.index - info.values
-        return state, info, None
+        return state, info, values_out
     if flags & SPARSE:
         bits = r.u8()
         if bits not in INDEX_BITS:
@@ -628,8 +628,11 @@ def _code_dtype(state: TensorState) -> np.dtype:
 
 
 def _decode_context(
-    r: Reader, state: TensorState, flags: int, alphabet: int, width: int, info: Breakdown
-) -> None:
+    r: Reader, state: TensorState, flags: int, alphabet: int, width: int, info: Breakdown, values_only: bool
+) -> torch.Tensor | None:
+    """Decode a context-coded section into ``state`` (codes and mask), or with ``values_only`` straight
+    to the float32 values ``state.decode()`` would give (then returned; ``state`` gets neither): no code
+    tensor of the whole size, no mask kept, nothing zeroed twice (a pruned position is 0 already)."""
     mode = r.u8()
     stream = r.sized("rans stream")
     r.expect_end()
@@ -639,22 +642,43 @@ def _decode_context(
         )
     except SqcFormatError as exc:
         raise SqcFormatError(f"{stream.what} of tensor {state.name}: {exc}", stream.base) from None
-    numel = state.numel
-    codes = symbols
-    if state.codebook is None:  # in place: the symbols can be tens of millions of int64
-        codes += state.fmt.qmin  # type: ignore[union-attr]
-    full = np.zeros(numel, dtype=_code_dtype(state))
-    if mask is None:
-        full[:] = codes
-    else:
-        full[mask] = codes
-    state.codes = torch.from_numpy(full).reshape(state.shape)
-    if mask is not None:
-        state.set_mask(torch.from_numpy(mask))
     info.index, info.values = index, len(stream.data) - index
     info.kept = int(symbols.size)
     info.layout = "sparse" if mask is not None else "dense"
     info.streams = {"values": "rans"} | ({"index": "rans"} if mask is not None else {})
+    numel = state.numel
+    where = slice(None) if mask is None else mask
+    if values_only:
+        fmt = state.fmt
+        if state.codebook is not None:
+            kept = state.codebook.numpy()[symbols]
+        else:
+            assert fmt is not None
+            symbols += fmt.qmin  # in place; |code| < 2^24: exact in float32, as fmt.dequantize converts it
+            kept = symbols.astype(np.float32)
+            step = fmt.scale(state.shape).to(torch.float32)
+            if step.numel() == 1:  # fmt.dequantize's float32 product, on the kept values only
+                kept *= step.numpy().reshape(())
+                fmt = None
+        if mask is None:
+            out = kept
+        else:
+            out = np.zeros(numel, dtype=np.float32)  # pruned positions: +0.0, as decode() gives
+            out[mask] = kept
+        values = torch.from_numpy(out).reshape(state.shape)
+        if fmt is not None and state.codebook is None:  # per channel: the product over the whole tensor
+            values.mul_(fmt.scale(state.shape).to(torch.float32))  # (0 * step stays +0.0)
+        return values
+    codes = symbols
+    if state.codebook is None:  # in place: the symbols can be tens of millions of int64
+        codes += state.fmt.qmin  # type: ignore[union-attr]
+    full = np.zeros(numel, dtype=_code_dtype(state))
+    full[where] = codes
+    state.codes = torch.from_numpy(full).reshape(state.shape)
+    if mask is not None:
+        # not set_mask: the codes at pruned positions are already the zeros it would write
+        state.mask = torch.from_numpy(mask).reshape(state.shape)
+    return None
 
 
 def encode_float_deltas(values: np.ndarray) -> bytes | None:
