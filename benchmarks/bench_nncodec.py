@@ -760,6 +760,8 @@ def main() -> None:
         bench = catalogue[name]()
         if args.qps:
             bench = replace(bench, qps=tuple(int(q) for q in args.qps.split(",")))
+        if args.template:  # the templates given replace a model's own short list too
+            bench = replace(bench, templates=None)
         models[name], model_points = run_model(
             name, bench, templates, args.nncodec_python, args.runs, skipped
         )
