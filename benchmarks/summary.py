@@ -210,9 +210,11 @@ def mnist_auto(d: Json) -> Figures:
         ratio.append(f"{name}: {share:.2f}× the hand ratio")
         ok = share >= AUTO_OF_HAND and round(auto["mean_delta_points"], 6) <= MNIST_DELTA_POINTS
         target.append(f"{name}: {met(ok)}")
+    decided = sorted({r["decided_on"] for r in d.get("results", []) if r.get("decided_on")})
     return (
         f"the automatic recipe (`auto`, no per-layer numbers) beside the hand recipe, error on "
-        f"{d['evaluation']}, means over seeds",
+        f"{d['evaluation']}, means over seeds"
+        + (f"; `auto` decides on {', '.join(decided)}" if decided else ""),
         "<br>".join(sqc),
         "<br>".join(base),
         "<br>".join(ratio),
