@@ -418,9 +418,9 @@ class _Writer:
         self.roms.append(f"SQC_ROM({ap}, {carrier}, {name}, {flat.size}) = {{\n    {body}\n}};")
         return name, width
 
-    def counted_rom(self, name: str, values: np.ndarray, signed: bool = True) -> str:
+    def counted_rom(self, name: str, values: np.ndarray, bits: int | None = None, signed: bool = True) -> str:
         """A ROM of a non-weight table whose bits count in the report's other ROM."""
-        rom, width = self.rom(name, values, signed=signed)
+        rom, width = self.rom(name, values, bits=bits, signed=signed)
         self.other_bits += width * max(1, int(np.asarray(values).size))
         return rom
 
@@ -493,25 +493,21 @@ class _Writer:
         elif isinstance(op, Clamp):
             body.append(f"    sqc::clamp<{out.numel}>(x0, y, {op.lo}, {op.hi});")
         elif isinstance(op, PRelu):
-            mult, width = self.rom(f"{base}_mult", op.mult, signed=True)
-            self.other_bits += width * int(op.mult.size)
+            mult = self.counted_rom(f"{base}_mult", op.mult)
             body.append(f"    sqc::prelu<{op.channels}, {op.inner}>(x0, y, {mult}, {op.shift});")
         elif isinstance(op, Pool):
-            names = []
             # one type for the four window tables (the kernel takes them as one template type)
             top = max(int(np.max(getattr(op, key))) for key in ("ys", "ye", "xs", "xe"))
-            for key in ("ys", "ye", "xs", "xe"):
-                table, width = self.rom(
+            names = [
+                self.counted_rom(
                     f"{base}_{key}", getattr(op, key), bits=max(1, top.bit_length()), signed=False
                 )
-                self.other_bits += width * int(getattr(op, key).size)
-                names.append(table)
+                for key in ("ys", "ye", "xs", "xe")
+            ]
             if op.divisor is None:
                 div, avg = self.rom(f"{base}_div", np.zeros(1), signed=False)[0], "false"
             else:
-                div, width = self.rom(f"{base}_div", op.divisor, signed=False)
-                self.other_bits += width * int(op.divisor.size)
-                avg = "true"
+                div, avg = self.counted_rom(f"{base}_div", op.divisor, signed=False), "true"
             dims = ", ".join(str(v) for v in (op.channels, *op.in_hw, *op.out_hw))
             body.append(f"    sqc::pool<{dims}, {avg}>(x0, y, {', '.join(names)}, {div});")
         elif isinstance(op, Add):
@@ -527,12 +523,10 @@ class _Writer:
                 body.append(f"    sqc::cat_part<{op.outer}, {inner}, {total}, {start}>(x{k}, y, {shift});")
                 start += inner
         elif isinstance(op, Lut):
-            table, width = self.rom(f"{base}_lut", op.table, bits=p.act_bits, signed=True)
-            self.other_bits += width * int(op.table.size)
+            table = self.counted_rom(f"{base}_lut", op.table, bits=p.act_bits)
             body.append(f"    sqc::lut<{out.numel}>(x0, y, {table});")
         elif isinstance(op, Softmax):
-            table, width = self.rom(f"{base}_exp", op.exp_table, signed=False)
-            self.other_bits += width * int(op.exp_table.size)
+            table = self.counted_rom(f"{base}_exp", op.exp_table, signed=False)
             body.append(f"    sqc::softmax<{op.rows}, {op.cols}>(x0, y, {table}, {out.fmt.frac});")
         elif isinstance(op, Pad):
             dims = ", ".join(str(v) for v in (op.channels, *op.in_hw, *op.pads))
