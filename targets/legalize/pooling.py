@@ -78,7 +78,7 @@ class PoolOps(WalkBase):
             elif a["count_include_pad"]:
                 counts = [k[0] * k[1]] * (oh * ow)
             else:
-                counts = [(r[1] - r[0]) * (q[1] - q[0]) for r in rows for q in cols]
+                counts = _window_areas(rows, cols)
             divisor = np.array(counts, dtype=np.int64)
         self._pool(node, x, kind, rows, cols, divisor)
 
@@ -107,7 +107,7 @@ class PoolOps(WalkBase):
         kind: Literal["max", "avg"] = "max" if "max" in op else "avg"
         divisor = None
         if kind == "avg":
-            divisor = np.array([(r[1] - r[0]) * (q[1] - q[0]) for r in rows for q in cols], dtype=np.int64)
+            divisor = np.array(_window_areas(rows, cols), dtype=np.int64)
         self._pool(node, x, kind, rows, cols, divisor)
 
     op_adaptive_avg_pool1d = op_adaptive_avg_pool2d
@@ -144,3 +144,9 @@ class PoolOps(WalkBase):
         else:
             x = Tensor(x.name, (outer, 1, size), x.fmt, x.slot)  # the same codes seen as (rows, 1, size)
         self._pool(node, x, "avg", [(0, 1)], [(0, size)], np.array([size], dtype=np.int64))
+
+
+def _window_areas(rows: list[tuple[int, int]], cols: list[tuple[int, int]]) -> list[int]:
+    """How many input positions each output's window covers (row-major over the outputs): the divisor
+    of an average that leaves padding out."""
+    return [(r[1] - r[0]) * (q[1] - q[0]) for r in rows for q in cols]
