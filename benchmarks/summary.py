@@ -463,6 +463,11 @@ def nncodec(d: Json) -> Figures:
             decode = f"decode {s['decode_ratio']:.1f}×"
             if "decode_cpu_ratio" in s:
                 decode = f"decode {s['decode_cpu_ratio']:.2f}× CPU ({s['decode_ratio']:.1f}× wall)"
+            if "decode_tensors_cpu_ratio" in s:
+                decode = (
+                    f"decode {s['decode_tensors_cpu_ratio']:.2f}× CPU tensors "
+                    f"({s['decode_cpu_ratio']:.2f}× with the module)"
+                )
             ratio.append(f"{label}: bytes {s['bytes_ratio']:.3f}×{strict}, {encode}, {decode}{at_mse}")
             target.append(f"{label}: {met(s['goal_met'])}")
     return (

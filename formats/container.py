@@ -650,6 +650,34 @@ def read_module(path: Path) -> fx.GraphModule:
 
 def module_from_bytes(data: bytes | memoryview, where: str) -> fx.GraphModule:
     """:func:`read_module` of a file's bytes (``where`` names it in errors)."""
+    layout, value = _value_reader(data, where)
+    module, _ = _module_from_layout(layout, where, value)
+    return module
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a ``.sqc`` file by name, decoded to float values, without building the module:
+    what ``torch.nn.Module.load_state_dict`` takes (a tied name maps to the same tensor as the name it
+    is tied to). Why apart from :func:`read_module`: a user who has the architecture loads the weights
+    into it, and the decoder's own cost is measured without fx's code generation. Validation and errors
+    are those of :func:`read` for everything but the graph, which this does not read."""
+    data = _read_bytes(path)
+    with without_cycle_collection():
+        return state_dict_from_bytes(data, str(path))
+
+
+def state_dict_from_bytes(data: bytes | memoryview, where: str) -> dict[str, torch.Tensor]:
+    """:func:`read_state_dict` of a file's bytes (``where`` names it in errors)."""
+    layout, value = _value_reader(data, where)
+    tensors = {name: value(name) for name in layout.tensors}
+    for alias, name in layout.meta.get("aliases", []):
+        tensors[alias] = tensors[name]
+    return tensors
+
+
+def _value_reader(data: bytes | memoryview, where: str) -> tuple[Layout, Callable[[str], torch.Tensor]]:
+    """The validated layout of a file's bytes, its tensors left coded, and a function decoding one of
+    them by name straight to float values (:func:`~sqc.formats.tensor_codec.decode_values`)."""
     view = memoryview(data)
     try:
         layout = read_layout(data, decode_tensors=False)
@@ -664,8 +692,7 @@ def module_from_bytes(data: bytes | memoryview, where: str) -> fx.GraphModule:
         except SqcFormatError as exc:
             raise _located(exc, where) from None
 
-    module, _ = _module_from_layout(layout, where, value)
-    return module
+    return layout, value
 
 
 def model_from_layout(layout: Layout, where: str) -> CompressedModel:

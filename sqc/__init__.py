@@ -6,6 +6,7 @@ The Python API (the CLI is a thin layer over it)::
     artifact = sqc.compress(model, example_inputs, pipeline="prune,quant,huffman")
     artifact.save("model.sqc")
     restored = sqc.load("model.sqc")     # a runnable torch.fx.GraphModule
+    weights = sqc.load_state_dict("model.sqc")  # or only its tensors, for a model you have
     table = sqc.inspect("model.sqc")     # where every byte goes
     sim = sqc.simulate("model.sqc", x, calib="data.npz")  # the C/HLS targets' integer outputs
 """
@@ -45,8 +46,17 @@ def _map_checkout_subpackages() -> None:
 
 _map_checkout_subpackages()
 
-from sqc.app.api import Artifact, compress, inspect, load, simulate  # noqa: E402
+from sqc.app.api import Artifact, compress, inspect, load, load_state_dict, simulate  # noqa: E402
 from sqc.errors import SqcError, SqcFormatError  # noqa: E402
 from sqc.version import __version__ as __version__  # noqa: E402
 
-__all__ = ["Artifact", "SqcError", "SqcFormatError", "compress", "inspect", "load", "simulate"]
+__all__ = [
+    "Artifact",
+    "SqcError",
+    "SqcFormatError",
+    "compress",
+    "inspect",
+    "load",
+    "load_state_dict",
+    "simulate",
+]

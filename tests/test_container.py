@@ -186,6 +186,65 @@ def test_module_reader_agrees_with_the_ir_reader(path: Path):
             assert torch.equal(bits(value), bits(expected[name])), name
 
 
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("*.sqc")), ids=lambda p: p.name)
+def test_state_dict_reader_agrees_with_the_ir_reader(path: Path):
+    """``sqc.load_state_dict`` reads no graph: on every corpus file it refuses only what the IR reader
+    refuses, and where that one accepts, gives the same names (aliases included) and values."""
+    data = path.read_bytes()
+    ir = _outcome(lambda: container.model_from_layout(container.read_layout(data), "x"))
+    tensors = _outcome(lambda: container.state_dict_from_bytes(data, "x"))
+    if tensors == "refused":
+        assert ir == "refused"
+    if ir != "refused":
+        expected = dict(ir.graph_module.state_dict())
+        assert set(tensors) >= set(expected)
+        for name, value in expected.items():
+            bits = (lambda t: t.view(torch.int32)) if value.dtype == torch.float32 else (lambda t: t)
+            assert torch.equal(bits(tensors[name]), bits(value)), name
+
+
+def test_state_dict_loads_into_the_users_model_with_ties_kept(tmp_path: Path):
+    """The decoded tensors go into a fresh instance of the architecture by ``load_state_dict``: its
+    outputs are ``sqc.load``'s, and a tied pair is one tensor."""
+    import sqc
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(40, 8)
+            self.mix = torch.nn.Linear(8, 8)
+            self.head = torch.nn.Linear(8, 40, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.mix(self.embed(ids))))
+
+    torch.manual_seed(0)
+    path = tmp_path / "tied.sqc"
+    artifact = sqc.compress(Tied().eval(), ["1,5:int64"], "prune{sparsity=0.5},quant{bits=6},rans")
+    artifact.save(path)
+    tensors = sqc.load_state_dict(path)
+    assert tensors["head.weight"] is tensors["embed.weight"]
+    fresh = Tied().eval()
+    fresh.load_state_dict(tensors)
+    ids = torch.randint(0, 40, (3, 5))
+    with torch.no_grad():
+        assert torch.equal(fresh(ids), sqc.load(path)(ids))
+    kernels = torch.cat([tensors["embed.weight"].flatten(), tensors["mix.weight"].flatten()])
+    assert float((kernels == 0).float().mean()) == pytest.approx(0.5, abs=0.02)  # pruned globally
+
+
+def test_state_dict_reader_names_the_file_at_fault(tmp_path: Path, firenet):
+    import sqc
+
+    path = tmp_path / "broken.sqc"
+    data = bytearray(container.serialize(compressed(firenet, "prune,quant,huffman", (1, 3, 16, 16))))
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(SqcFormatError, match=r"broken\.sqc"):
+        sqc.load_state_dict(path)
+
+
 def test_tensor_payload_truncated_anywhere_is_a_format_error():
     values = torch.randn(20, 30)
     state = _state(values, (20, 30), "shared", values.abs() > 1.0, "huffman", 4)

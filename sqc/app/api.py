@@ -369,6 +369,15 @@ def load(path: str | Path) -> fx.GraphModule:
     return module
 
 
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The decoded tensors of a ``.sqc`` file by name, without building a module: for a model whose
+    architecture the user has (``model.load_state_dict(sqc.load_state_dict("m.sqc"))``). Tied names
+    map to one tensor. The file is validated as by :func:`load`, except its graph, which is not read."""
+    from sqc.formats.container import read_state_dict
+
+    return read_state_dict(Path(path))
+
+
 def inspect(target: str | Path | Artifact, **model_options: Any) -> dict[str, Any]:
     """Where every byte goes (``.sqc``), or parameters, bytes and FLOPs per layer (a model file)."""
     from sqc.app.inspection import inspect_container, inspect_model
