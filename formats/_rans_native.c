@@ -14,6 +14,8 @@
  *   values_decode(data, lanes, numel, cols, width, alphabet, mode, x, next_word, mask, out) -> words read
  *       the value phase: the kept symbols into the writable int64 buffer `out`; `mask` is the decoded
  *       mask (or None for a dense tensor), `next_word` the first word the phase reads.
+ *   scatter_table(mask, symbols, table, out)
+ *       a sparse tensor's float32 values: out[i] = table[symbols[k]] at the k-th set position i of mask.
  *   encode(lanes, numel, cols, width, mode, mask, symbols) -> (stream bytes, words read by the mask phase)
  *       both phases with known decisions (their probabilities recorded), then the rANS pass in reverse.
  *   encode_masked(lanes, numel, cols, width, value_mode, mask, symbols) -> (stream, mask words, mask model)
@@ -822,6 +824,61 @@ static int check_geometry(uint64_t lanes, uint64_t numel, uint64_t cols)
     return 0;
 }
 
+/* scatter_table(mask, symbols, table, out): out[i] = table[symbols[k]] at the k-th position i where mask[i]
+ * is set (out's other positions are left as they are: zeros from the caller). Why: the decoded values of
+ * a sparse tensor straight from the symbols, without a kept-values array and a boolean-mask assignment
+ * (numpy's costs 0.65 ms on LeNet-5's fc1, this 0.1). The table holds each symbol's float32 value. */
+static PyObject *py_scatter_table(PyObject *self, PyObject *args)
+{
+    Py_buffer mask, symbols, table, out;
+    int status = 0;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*", &mask, &symbols, &table, &out)) {
+        return NULL;
+    }
+    if ((uint64_t)out.len != 4u * (uint64_t)mask.len || symbols.len % 8 || table.len % 4) {
+        PyErr_SetString(PyExc_ValueError, "scatter_table: bad buffer sizes");
+        status = -1;
+    } else {
+        const uint8_t *m = mask.buf;
+        const int64_t *sym = symbols.buf;
+        const float *tab = table.buf;
+        float *o = out.buf;
+        uint64_t i, k = 0, n = (uint64_t)mask.len, nsym = (uint64_t)symbols.len / 8u, ntab = (uint64_t)table.len / 4u;
+        Py_BEGIN_ALLOW_THREADS
+        for (i = 0; i < nsym; i++) { /* every symbol indexes the table: then the loop below need not check */
+            if ((uint64_t)sym[i] >= ntab) {
+                status = -1;
+                break;
+            }
+        }
+        for (i = 0; !status && i < n; i++) {
+            if (m[i]) {
+                if (k >= nsym) {
+                    status = -1;
+                    break;
+                }
+                o[i] = tab[sym[k++]];
+            }
+        }
+        if (k != nsym) {
+            status = -1;
+        }
+        Py_END_ALLOW_THREADS
+        if (status) {
+            PyErr_SetString(PyExc_ValueError, "scatter_table: symbols do not match the mask or the table");
+        }
+    }
+    PyBuffer_Release(&mask);
+    PyBuffer_Release(&symbols);
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&out);
+    if (status) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_mask_decode(PyObject *self, PyObject *args)
 {
     Py_buffer data, x, mask;
@@ -1231,6 +1288,8 @@ static PyMethodDef methods[] = {
      "phase's final counts in each value mode whose table is given (None: skipped)."},
     {"mask_decode", py_mask_decode, METH_VARARGS,
      "mask_decode(data, lanes, numel, cols, model, x, mask) -> words read: the mask phase (model 0 or 1)."},
+    {"scatter_table", py_scatter_table, METH_VARARGS,
+     "scatter_table(mask, symbols, table, out): out[i] = table[symbols[k]] at the k-th set position i of mask."},
     {"values_decode", py_values_decode, METH_VARARGS,
      "values_decode(data, lanes, numel, cols, width, alphabet, mode, x, next_word, mask, out) -> words read."},
     {"rdo_pick", py_rdo_pick, METH_VARARGS,

@@ -686,6 +686,21 @@ def _encode_python(
     return data, sum(reads[: len(mask_rounds)])
 
 
+def scatter(
+    mask: npt.NDArray[np.bool_], symbols: npt.NDArray[np.int64], table: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """A sparse tensor's float32 values from :func:`decode`'s mask and symbols: ``table[symbol]`` at the
+    kept positions in order, ``+0.0`` elsewhere (the C core's ``scatter_table`` where built; the
+    symbols were checked against the alphabet, which the table covers)."""
+    out = np.zeros(mask.size, dtype=np.float32)
+    table = np.ascontiguousarray(table, dtype=np.float32)
+    if _native is not None:
+        _native.scatter_table(mask, np.ascontiguousarray(symbols, dtype=np.int64), table, out)
+    else:
+        out[mask] = table[symbols]
+    return out
+
+
 def decode(
     data: bytes | memoryview,
     shape: tuple[int, ...],

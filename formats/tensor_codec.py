@@ -650,25 +650,21 @@ def _decode_context(
     where = slice(None) if mask is None else mask
     if values_only:
         fmt = state.fmt
-        if state.codebook is not None:
-            kept = state.codebook.numpy()[symbols]
-        else:
-            assert fmt is not None
-            symbols += fmt.qmin  # in place; |code| < 2^24: exact in float32, as fmt.dequantize converts it
-            kept = symbols.astype(np.float32)
-            step = fmt.scale(state.shape).to(torch.float32)
-            if step.numel() == 1:  # fmt.dequantize's float32 product, on the kept values only
-                kept *= step.numpy().reshape(())
-                fmt = None
+        table = _value_table(state, alphabet, symbols.size)
+        if table is not None:  # each symbol's value, computed once: the same float32 operations
+            out = table[symbols] if mask is None else rans.scatter(mask, symbols, table)
+            return torch.from_numpy(out).reshape(state.shape)
+        assert fmt is not None
+        symbols += fmt.qmin  # in place; |code| < 2^24: exact in float32, as fmt.dequantize converts it
+        kept = symbols.astype(np.float32)
         if mask is None:
             out = kept
         else:
             out = np.zeros(numel, dtype=np.float32)  # pruned positions: +0.0, as decode() gives
             out[mask] = kept
         values = torch.from_numpy(out).reshape(state.shape)
-        if fmt is not None and state.codebook is None:  # per channel: the product over the whole tensor
-            values.mul_(fmt.scale(state.shape).to(torch.float32))  # (0 * step stays +0.0)
-        return values
+        # per channel, or fewer values than symbols: the product over the whole tensor (0 * step is +0.0)
+        return values.mul_(fmt.scale(state.shape).to(torch.float32))
     codes = symbols
     if state.codebook is None:  # in place: the symbols can be tens of millions of int64
         codes += state.fmt.qmin  # type: ignore[union-attr]
@@ -679,6 +675,20 @@ def _decode_context(
         # not set_mask: the codes at pruned positions are already the zeros it would write
         state.mask = torch.from_numpy(mask).reshape(state.shape)
     return None
+
+
+def _value_table(state: TensorState, alphabet: int, kept: int) -> np.ndarray | None:
+    """The float32 value of every symbol below ``alphabet``, as ``state.decode()`` computes it: the
+    codebook, or for per-tensor fixed point ``float32(symbol + qmin) * float32(step)``; None for per-channel
+    fixed point, and where the alphabet outnumbers the ``kept`` symbols (a table would cost more)."""
+    if state.codebook is not None:
+        return state.codebook.numpy()
+    fmt = state.fmt
+    assert fmt is not None
+    step = fmt.scale(state.shape).to(torch.float32)
+    if step.numel() != 1 or alphabet > kept:
+        return None
+    return (np.arange(alphabet, dtype=np.int64) + fmt.qmin).astype(np.float32) * step.numpy().reshape(())
 
 
 def encode_float_deltas(values: np.ndarray) -> bytes | None:
