@@ -486,15 +486,25 @@ def paired(model: CompressedModel, ctx: PassContext, signal: Signal) -> tuple[fl
     allocations far below what the network tolerates (LeNet-5 stopped at sparsity 0.7 in two of three
     seeds). The probability of the right label moves by fractions where top-1 flips, and with the rest
     of the examples: its paired drop has a standard error 2-3 times smaller on the LeNets and rises
-    smoothly with the sparsity, so ``drop + margin * error`` can certify the tolerance."""
+    smoothly with the sparsity, so ``drop + margin * error`` can certify the tolerance.
+
+    Outcomes count one disagreement more than they saw (add-one, as Agresti and Coull's interval for a
+    rate): a probe that changed none of ``n`` examples otherwise has an error of 0, and is certified
+    however few ``n`` are, whereas its rate is only known to be below about ``1/n``. The floor is that
+    of one whole outcome (the largest per-example value), ``unit / n``."""
     if signal.start is None:
         return signal.entry - ctx.evaluate(model), 0.0
     now = per_example(model, ctx, signal.kind)
     if now.shape != signal.start.shape:
         raise PipelineError(f"the evaluation gave {now.numel()} {signal.kind}, then {signal.start.numel()}")
     change = signal.start - now
-    error = float(change.std() / math.sqrt(change.numel())) if change.numel() > 1 else 0.0
-    return float(change.mean()), error
+    n = change.numel()
+    if n < 2:
+        return float(change.mean()), 0.0
+    squares = float(((change - change.mean()) ** 2).sum())
+    if signal.kind == "outcomes":  # one more example that changed by a whole right answer
+        squares += float(max(signal.start.abs().max(), now.abs().max())) ** 2
+    return float(change.mean()), math.sqrt(squares / (n - 1)) / math.sqrt(n)
 
 
 def monotone_drops(probes: list[Probe]) -> list[float]:

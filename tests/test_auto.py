@@ -302,3 +302,35 @@ def test_auto_certifies_the_tolerance_on_confidences_where_top1_flips_are_noise(
     margins = [float(p.split(":")[3]) for p in str(on_top1.stats["prune_probes"]).split(";")]
     assert min(margins) > 0.0025  # sqrt(120) / 4000: one standard error is more than the tolerance
     assert any("no prune probe stayed within" in d for d in on_top1.diagnostics)
+
+
+class Blind:
+    """Top-1 outcomes on 50 examples that no pruning changes: the evaluation sees nothing, and 50
+    examples cannot tell a rate of 1 % from 0 (one example is 2 %)."""
+
+    def outcomes(self, module: nn.Module) -> torch.Tensor:
+        return torch.ones(50, dtype=torch.float64)
+
+    def __call__(self, module: nn.Module) -> float:
+        return 1.0
+
+
+def test_outcomes_that_never_change_do_not_certify_a_tolerance_below_one_example() -> None:
+    """With no example changed the paired error is not 0 but that of one (1/50 here): a tolerance of
+    1 % on 50 examples is never certified, and the report says so instead of pruning to the end of
+    the sweep as if nothing could be lost."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 10, bias=False))
+    artifact = sqc.compress(
+        model,
+        [(1, 20)],
+        "auto{sparsities=0.3;0.6;0.9 bits=8;6 rounds=3 share_rounds=1 statistic=outcomes}",
+        evaluate=Blind(),
+        finetune=lambda module, epochs: None,
+        tolerance=0.01,
+        executor="serial",
+    )
+    record = artifact.report[0]
+    margins = [float(p.split(":")[3]) for p in str(record.stats["prune_probes"]).split(";")]
+    assert all(m == pytest.approx(1 / 50, rel=0.02) for m in margins)  # sqrt(1 / 49) / sqrt(50)
+    assert any("no prune probe stayed within" in d for d in record.diagnostics)
