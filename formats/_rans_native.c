@@ -852,13 +852,16 @@ static PyObject *py_scatter_table(PyObject *self, PyObject *args)
                 break;
             }
         }
-        for (i = 0; !status && i < n; i++) {
-            if (m[i]) {
-                if (k >= nsym) {
-                    status = -1;
-                    break;
-                }
-                o[i] = tab[sym[k++]];
+        if (!status && nsym) {
+            /* without a branch per position (a pruned mask's pattern is what a predictor cannot learn):
+             * every position reads the value of the next kept symbol and keeps it where the mask is set;
+             * k never passes the last symbol before the count is checked */
+            uint64_t last = nsym - 1u;
+            for (i = 0; i < n; i++) {
+                uint64_t bit = m[i] != 0, at = k < last ? k : last;
+                float v = tab[sym[at]];
+                o[i] = bit ? v : o[i];
+                k += bit;
             }
         }
         if (k != nsym) {

@@ -216,3 +216,30 @@ def test_both_writers_fall_back_at_the_cap() -> None:
     _, _, info = encode_tensor(within)
     assert info.streams["values"] == "rans"
     assert _rans_stream(within, None, False, varied.ravel(), 6, 64, True) is not None
+
+
+@needs_native
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.3, 1.0])
+def test_scatter_table_is_numpys_masked_assignment(density: float) -> None:
+    """``rans.scatter`` (the C core's branch-free walk) writes ``table[symbol]`` at the kept positions in
+    order and +0.0 elsewhere, bit for bit as numpy's boolean assignment."""
+    rng = np.random.default_rng(3)
+    mask = rng.random(1000) < density
+    symbols = rng.integers(0, 7, int(mask.sum()))
+    table = rng.standard_normal(7).astype(np.float32)
+    expected = np.zeros(1000, dtype=np.float32)
+    expected[mask] = table[symbols]
+    assert np.array_equal(rans.scatter(mask, symbols, table).view(np.int32), expected.view(np.int32))
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "symbols", [np.zeros(4, dtype=np.int64), np.zeros(6, dtype=np.int64), np.array([0, 0, 0, 0, 9])]
+)
+def test_scatter_table_refuses_symbols_that_do_not_fit(symbols: np.ndarray) -> None:
+    """Fewer or more symbols than kept positions, or a symbol past the table: an error, never a read
+    outside the buffers."""
+    with pytest.raises(ValueError, match="do not match"):
+        NATIVE.scatter_table(
+            np.ones(5, dtype=bool), symbols, np.zeros(2, dtype=np.float32), np.zeros(5, np.float32)
+        )
