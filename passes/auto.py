@@ -44,13 +44,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 
 from sqc.compiler.allocation import Choice, solve
-from sqc.compiler.pass_base import QUIET, Pass, PassContext, PassResult, Stat, check_range
+from sqc.compiler.pass_base import Pass, PassContext, PassResult, Stat, check_range
 from sqc.compiler.sensitivity import Analysis, Kind, Sweeper, parse_sweep, reference_metric
 from sqc.errors import PipelineError
 from sqc.ir.records import CompressedModel, Fields, TensorState, restore, snapshot
@@ -94,18 +94,19 @@ class Auto(Pass):
     """Prune and share every selected layer for ``--tolerance``, measured after retraining.
 
     ``rounds`` closed-loop probes per stage; a pruning probe runs the AGP schedule (``steps`` stages of
-    one epoch, at ``agp_lr``, default ``lr``) plus ``epochs`` of masked retraining at ``lr``.
-    ``allocation`` is how a pruning probe spreads its sparsity over the layers: ``global`` magnitude or
-    ``lamp`` scores at one pooled sparsity (searched over ``sparsities``), or ``curves``: the sensitivity
-    allocation; ``auto`` (default) is ``global`` when there is training and ``curves`` when there is not.
-    A sharing probe retrains the centroids for ``share_epochs`` at ``share_lr``. ``reserve`` is the part
-    of the tolerance the pruning search leaves for sharing. ``statistic`` is what a probe's drop is
-    measured on: ``confidences`` or ``outcomes`` (per example, paired against the starting network) or the
-    ``metric``; ``auto``: the first the evaluation gives. ``margin`` is how many paired standard errors a
-    probe's drop must stay below the budget by (0: the raw drop). ``sparsities`` (pooled sparsities, or
-    each layer's with ``curves``) and ``bits`` (each layer's) are the sweeps the allocation chooses from.
-    Needs an evaluation; training (``--data`` with ``x_train``, or ``--finetune``) when there is any is
-    used, and without it the probes are measured without retraining.
+    one epoch) plus ``epochs`` of masked retraining at ``lr``. ``allocation`` is how a pruning probe
+    spreads its sparsity over the layers: ``global`` magnitude or ``lamp`` scores at one pooled
+    sparsity (searched over ``sparsities``), or ``curves``: the sensitivity allocation; ``auto``
+    (default) is ``global`` when there is training and ``curves`` when there is not. A sharing probe
+    retrains the centroids for ``share_epochs`` at ``share_lr``. ``reserve`` is the part of the
+    tolerance the pruning search leaves for sharing. ``statistic`` is what a probe's drop is measured
+    on: ``confidences`` or ``outcomes`` (per example, paired against the starting network) or the
+    ``metric``; ``auto``: the first the evaluation gives. ``margin`` is how many paired standard errors
+    a probe's drop must stay below the budget by (0: the raw drop). ``sparsities`` (pooled
+    sparsities, or each layer's with ``curves``) and ``bits`` (each layer's) are the sweeps the
+    allocation chooses from. Needs an evaluation; training (``--data`` with ``x_train``, or
+    ``--finetune``) when there is any is used, and without it the probes are measured without
+    retraining.
     """
 
     name = "auto"
@@ -121,7 +122,6 @@ class Auto(Pass):
     steps: int = 3
     epochs: int = 2
     lr: float = 0.01
-    agp_lr: float | None = field(default=None, metadata=QUIET)
     share_rounds: int = 3
     share_epochs: int = 1
     share_lr: float = 0.001
@@ -141,18 +141,10 @@ class Auto(Pass):
         check_range("share_epochs", self.share_epochs, 0, 10_000)
         check_range("lr", self.lr, 0.0, 10.0, low_open=True)
         check_range("share_lr", self.share_lr, 0.0, 10.0, low_open=True)
-        if self.agp_lr is not None:
-            check_range("agp_lr", self.agp_lr, 0.0, 10.0, low_open=True)
         check_range("reserve", self.reserve, 0.0, 0.99)
         check_range("margin", self.margin, 0.0, 10.0)
         parse_sweep(self.sparsities, "sparsities", whole=False, low=0.0, high=0.9999)
         parse_sweep(self.bits, "bits", whole=True, low=1, high=16)
-
-    @property
-    def stage_lr(self) -> float:
-        """The learning rate of the AGP stages' epochs (the hand recipes prune at a higher one than
-        they fine-tune at: LeNet-300-100's 0.05 then 0.01)."""
-        return self.lr if self.agp_lr is None else self.agp_lr
 
     def run(self, model: CompressedModel, ctx: PassContext) -> PassResult:
         states = selected(model, self.layers, self.name)
@@ -180,7 +172,7 @@ class Auto(Pass):
                 schedule="agp",
                 steps=self.steps,
                 epochs=1,
-                lr=self.stage_lr,
+                lr=self.lr,
             )
             stages.run(model, ctx)
             if self.epochs:
@@ -359,7 +351,7 @@ class Auto(Pass):
             ctx.note(f"auto: prune probe ({scope} sparsity {sweep[index]:g})", len(probes), self.rounds)
             pooled = Prune(sparsity=sweep[index], scope=scope, layers=self.layers)
             if retrain:
-                replace(pooled, schedule="agp", steps=self.steps, epochs=1, lr=self.stage_lr).run(model, ctx)
+                replace(pooled, schedule="agp", steps=self.steps, epochs=1, lr=self.lr).run(model, ctx)
                 if self.epochs:
                     ctx.finetune(model, self.epochs, self.lr)
             else:

@@ -334,18 +334,3 @@ def test_outcomes_that_never_change_do_not_certify_a_tolerance_below_one_example
     margins = [float(p.split(":")[3]) for p in str(record.stats["prune_probes"]).split(";")]
     assert all(m == pytest.approx(1 / 50, rel=0.02) for m in margins)  # sqrt(1 / 49) / sqrt(50)
     assert any("no prune probe stayed within" in d for d in record.diagnostics)
-
-
-def test_agp_lr_is_quiet_until_set_and_checked() -> None:
-    """``agp_lr`` (the AGP stages' learning rate, ``lr`` unless given) leaves the text of existing
-    pipelines as it was, and is spelt out and range-checked when set."""
-    from sqc.compiler.pipeline import Pipeline
-    from sqc.errors import SqcError
-
-    plain = Pipeline.parse("auto").passes[0]
-    assert "agp_lr" not in plain.spec() and plain.stage_lr == plain.lr
-    tuned = Pipeline.parse("auto{agp_lr=0.05}").passes[0]
-    assert "agp_lr=0.05" in tuned.spec() and tuned.stage_lr == 0.05
-    assert Pipeline.parse(tuned.spec()).passes[0] == tuned
-    with pytest.raises(SqcError, match="agp_lr"):
-        Pipeline.parse("auto{agp_lr=0}")
