@@ -39,6 +39,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define ONE 65536u
 #define RUN_LUT_SIZE 64u
@@ -852,16 +855,38 @@ static PyObject *py_scatter_table(PyObject *self, PyObject *args)
                 break;
             }
         }
-        if (!status && nsym) {
-            /* without a branch per position (a pruned mask's pattern is what a predictor cannot learn):
-             * every position reads the value of the next kept symbol and keeps it where the mask is set;
-             * k never passes the last symbol before the count is checked */
-            uint64_t last = nsym - 1u;
-            for (i = 0; i < n; i++) {
-                uint64_t bit = m[i] != 0, at = k < last ? k : last;
-                float v = tab[sym[at]];
-                o[i] = bit ? v : o[i];
-                k += bit;
+        if (!status) {
+            i = 0;
+#if defined(__SSE2__)
+            /* sixteen positions at a time: the set ones as bits, visited lowest first (a pruned mask's
+             * pattern is what a branch predictor cannot learn, so no branch per position); k is checked
+             * before each use, and the count after */
+            {
+                const __m128i zero = _mm_setzero_si128();
+                for (; i + 16u <= n; i += 16u) {
+                    __m128i e = _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(const void *)(m + i)), zero);
+                    uint32_t z = 0xffffu ^ (uint32_t)_mm_movemask_epi8(e);
+                    for (; z && k < nsym; z &= z - 1u) {
+                        o[i + ctz64(z)] = tab[sym[k++]];
+                    }
+                    if (z) { /* more kept positions than symbols */
+                        status = -1;
+                        break;
+                    }
+                }
+            }
+#endif
+            /* the rest (all of it without SSE2) a position at a time (measured: a branch-free select
+             * here is twice as slow as the branch, the chain of dependent loads costing more than the
+             * mispredictions) */
+            for (; !status && i < n; i++) {
+                if (m[i]) {
+                    if (k >= nsym) {
+                        status = -1;
+                        break;
+                    }
+                    o[i] = tab[sym[k++]];
+                }
             }
         }
         if (k != nsym) {

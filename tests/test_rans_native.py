@@ -233,13 +233,16 @@ def test_scatter_table_is_numpys_masked_assignment(density: float) -> None:
 
 
 @needs_native
-@pytest.mark.parametrize(
-    "symbols", [np.zeros(4, dtype=np.int64), np.zeros(6, dtype=np.int64), np.array([0, 0, 0, 0, 9])]
-)
-def test_scatter_table_refuses_symbols_that_do_not_fit(symbols: np.ndarray) -> None:
+@pytest.mark.parametrize("size", [5, 40])  # the tail loop alone; sixteen at a time, then the tail
+@pytest.mark.parametrize("change", ["none", "fewer", "more", "outside"])
+def test_scatter_table_refuses_symbols_that_do_not_fit(size: int, change: str) -> None:
     """Fewer or more symbols than kept positions, or a symbol past the table: an error, never a read
     outside the buffers."""
+    count = {"none": 0, "fewer": size - 1, "more": size + 1, "outside": size}[change]
+    symbols = np.zeros(count, dtype=np.int64)
+    if change == "outside":
+        symbols[-1] = 9
     with pytest.raises(ValueError, match="do not match"):
         NATIVE.scatter_table(
-            np.ones(5, dtype=bool), symbols, np.zeros(2, dtype=np.float32), np.zeros(5, np.float32)
+            np.ones(size, dtype=bool), symbols, np.zeros(2, dtype=np.float32), np.zeros(size, np.float32)
         )
