@@ -39,7 +39,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__SSE2__)
+#if defined(__SSE2__) /* scatter_table and rdo_pick */
 #include <emmintrin.h>
 #endif
 
@@ -830,7 +830,7 @@ static int check_geometry(uint64_t lanes, uint64_t numel, uint64_t cols)
 /* scatter_table(mask, symbols, table, out): out[i] = table[symbols[k]] at the k-th position i where mask[i]
  * is set (out's other positions are left as they are: zeros from the caller). Why: the decoded values of
  * a sparse tensor straight from the symbols, without a kept-values array and a boolean-mask assignment
- * (numpy's costs 0.65 ms on LeNet-5's fc1, this 0.1). The table holds each symbol's float32 value. */
+ * (numpy's costs 0.70 ms on 400K positions at 10 % density, this 0.08). The table holds each symbol's float32 value. */
 static PyObject *py_scatter_table(PyObject *self, PyObject *args)
 {
     Py_buffer mask, symbols, table, out;
@@ -1233,7 +1233,6 @@ static PyObject *py_value_counts(PyObject *self, PyObject *args)
  * versions compute the same values: clamping x to [qmin, qmax] first and flooring the clamped value gives
  * floor(x) for x in [qmin, qmax), qmin below and qmax above (the truncation stays in range of int64_t). */
 #if defined(__SSE2__) && (defined(__x86_64__) || defined(_M_X64)) /* _mm_cvt*si64: 64-bit only */
-#include <emmintrin.h>
 
 static void rdo_pick(const double *x, uint64_t n, const double *weighted, int64_t qmin, int64_t qmax,
                      double *levels, int64_t *hist)
