@@ -650,11 +650,12 @@ def _decode_context(
     where = slice(None) if mask is None else mask
     if values_only:
         fmt = state.fmt
-        table = _value_table(state, alphabet, symbols.size)
+        step = None if state.codebook is not None or fmt is None else fmt.scale(state.shape).to(torch.float32)
+        table = _value_table(state, step, alphabet, symbols.size)
         if table is not None:  # each symbol's value, computed once: the same float32 operations
             out = table[symbols] if mask is None else rans.scatter(mask, symbols, table)
             return torch.from_numpy(out).reshape(state.shape)
-        assert fmt is not None
+        assert fmt is not None and step is not None
         symbols += fmt.qmin  # in place; |code| < 2^24: exact in float32, as fmt.dequantize converts it
         kept = symbols.astype(np.float32)
         if mask is None:
@@ -664,7 +665,7 @@ def _decode_context(
             out[mask] = kept
         values = torch.from_numpy(out).reshape(state.shape)
         # per channel, or fewer values than symbols: the product over the whole tensor (0 * step is +0.0)
-        return values.mul_(fmt.scale(state.shape).to(torch.float32))
+        return values.mul_(step)
     codes = symbols
     if state.codebook is None:  # in place: the symbols can be tens of millions of int64
         codes += state.fmt.qmin  # type: ignore[union-attr]
@@ -677,15 +678,17 @@ def _decode_context(
     return None
 
 
-def _value_table(state: TensorState, alphabet: int, kept: int) -> np.ndarray | None:
+def _value_table(
+    state: TensorState, step: torch.Tensor | None, alphabet: int, kept: int
+) -> np.ndarray | None:
     """The float32 value of every symbol below ``alphabet``, as ``state.decode()`` computes it: the
-    codebook, or for per-tensor fixed point ``float32(symbol + qmin) * float32(step)``; None for per-channel
-    fixed point, and where the alphabet outnumbers the ``kept`` symbols (a table would cost more)."""
+    codebook, or for per-tensor fixed point (float32 ``step``) ``float32(symbol + qmin) * step``; None for
+    per-channel fixed point, and where the alphabet outnumbers the ``kept`` symbols (a table would cost
+    more)."""
     if state.codebook is not None:
         return state.codebook.numpy()
     fmt = state.fmt
-    assert fmt is not None
-    step = fmt.scale(state.shape).to(torch.float32)
+    assert fmt is not None and step is not None
     if step.numel() != 1 or alphabet > kept:
         return None
     return (np.arange(alphabet, dtype=np.int64) + fmt.qmin).astype(np.float32) * step.numpy().reshape(())
