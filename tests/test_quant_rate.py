@@ -60,14 +60,15 @@ def test_qp_record_prunes_its_zero_levels_and_fits_its_step(
     seed: int, qp: int, rdo: float, pruned: bool
 ) -> None:
     """After ``quant{qp}`` a record decodes to ``code * step`` exactly; a pruned record's mask keeps only
-    its non-zero levels, an unpruned one gets that mask when at least half the levels are zero; and the
-    stored step (the least-squares fit when closer) never has more error than the qp step itself."""
+    its non-zero levels, an unpruned one gets that mask when at least half the levels are zero; and with
+    ``fit=mse`` the stored step (the least-squares fit when closer) never has more error than the qp step
+    itself."""
     gen = torch.Generator().manual_seed(seed)
     values = torch.randn(16, 30, generator=gen) * 0.1
     mask = torch.rand(16, 30, generator=gen) > 0.8 if pruned else None
     state = TensorState("w", (16, 30), "weight", dense=values.clone())  # type: ignore[arg-type]
     state.set_mask(mask)
-    quant_record(state, qp, rdo)
+    quant_record(state, qp, rdo, "mse")
     assert state.codes is not None and state.fmt is not None
     nonzero = state.codes != 0
     if mask is not None:
@@ -103,14 +104,16 @@ def test_scaled_format_limits() -> None:
     st.sampled_from([0.0, 0.1, 0.5]),
     st.booleans(),
     st.sampled_from(["raw", "huffman", "rans"]),
+    st.booleans(),
 )
 def test_scaled_tensor_round_trips_through_the_codec(
-    seed: int, qp: int, rdo: float, pruned: bool, coder: str
+    seed: int, qp: int, rdo: float, pruned: bool, coder: str, per_channel: bool
 ) -> None:
     gen = torch.Generator().manual_seed(seed)
     values = torch.randn(12, 20, generator=gen) * 0.1
     mask = torch.rand(12, 20, generator=gen) > 0.7 if pruned else None
-    fmt, codes = quantize_step(values, qp_step(qp), mask, rdo, "w")
+    fmt, codes = quantize_step(values, qp_step(qp), mask, rdo, "w", per_channel=per_channel)
+    assert fmt.per_channel == per_channel
     state = TensorState("w", (12, 20), "weight", codes=codes, fmt=fmt, coder=coder)  # type: ignore[arg-type]
     state.set_mask(mask)
     codec, payload, _ = encode_tensor(state)
@@ -208,9 +211,82 @@ def test_qp_pipeline_is_smaller_than_bits_at_equal_error_and_writes_format_1_4(t
     assert mse_qp < mse_bits and size_qp < size_bits
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**31 - 1),
+    st.integers(min_value=-30, max_value=-10),
+    st.sampled_from([0.0, 0.1, 1.0]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_gain_fit_keeps_each_slice_s_projection_on_the_original(
+    seed: int, qp: int, rdo: float, pruned: bool, per_channel: bool
+) -> None:
+    """``fit=gain`` changes only the step, never the codes, and scales them so that the quantized
+    weights' projection on the original weights is the original (to the 8 significant bits of a
+    scaled step): per tensor, or per output channel with ``per_channel``."""
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.distributions.Laplace(0.0, 0.05).sample((16, 40))
+    values = values * (torch.rand(16, 1, generator=gen) + 0.2)  # channels of different scales
+    mask = torch.rand(16, 40, generator=gen) > 0.6 if pruned else None
+    if mask is not None:
+        values = values * mask
+    fmt, codes = quantize_step(values, qp_step(qp), mask, rdo, "w", "gain", per_channel)
+    _, mse_codes = quantize_step(values, qp_step(qp), mask, rdo, "w", "mse", per_channel)
+    assert torch.equal(codes, mse_codes)
+    decoded = fmt.dequantize(codes).to(torch.float64)
+    w = values.to(torch.float64)
+    slices = [(decoded, w)] if not per_channel else list(zip(decoded, w, strict=True))
+    for got, want in slices:
+        if bool(got.any()):
+            assert float((got * want).sum() / (want * want).sum()) == pytest.approx(1.0, abs=2**-7)
+
+
+def test_gain_fit_keeps_a_network_s_output_scale_where_least_squares_shrinks_it() -> None:
+    """Rounding most small weights to zero takes their share out of every layer's output; with the
+    least-squares step a stack of layers passes that loss on, layer after layer, and with ``fit=gain``
+    it does not (the mechanism that cost CREPE-full its pitch accuracy at qp -1, where frozen batch-norm
+    statistics and fixed biases turn an attenuated signal into wrong activations)."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(3):
+        layer = nn.Linear(128, 128, bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(torch.distributions.Laplace(0.0, 0.125).sample((128, 128)))
+        layers += [layer, nn.ReLU()]
+    model = nn.Sequential(*layers).eval()
+    x = torch.randn(512, 128)
+    with torch.no_grad():
+        reference = model(x)
+
+    def output_scale(fit: str) -> float:
+        quantized = sqc.compress(model, [(1, 128)], f"quant{{qp=-8 rdo=0 fit={fit}}},rans").module()
+        with torch.no_grad():
+            got = quantized(x)
+        return float((got * reference).sum() / (reference * reference).sum())
+
+    weights = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert float((weights.abs() < qp_step(-8) / 2).float().mean()) > 0.6  # most weights round to zero
+    assert output_scale("mse") < 0.7  # the least-squares step attenuates the output by a third
+    assert output_scale("gain") == pytest.approx(1.0, abs=0.05)
+
+
+def test_qp_with_channel_granularity_stores_a_step_per_channel(tmp_path) -> None:
+    model = Mlp()
+    artifact = sqc.compress(model, [(1, 64)], "quant{qp=-20 granularity=channel},rans")
+    state = artifact.model.tensors["fc1.weight"]
+    assert state.fmt is not None and len(state.fmt.steps) == state.shape[0] and state.fmt.per_channel
+    path = tmp_path / "m.sqc"
+    artifact.save(path)
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        assert torch.equal(sqc.load(path)(x), artifact.module()(x))
+    assert "granularity=channel" in artifact.report[0].spec
+
+
 def test_qp_options_are_checked() -> None:
-    with pytest.raises(PipelineError, match="granularity"):
-        sqc.compress(Mlp(), [(1, 64)], "quant{qp=-20 granularity=channel}")
+    with pytest.raises(PipelineError, match="fit"):
+        sqc.compress(Mlp(), [(1, 64)], "quant{qp=-20 fit=median}")
     with pytest.raises(PipelineError, match="qp"):
         sqc.compress(Mlp(), [(1, 64)], "quant{qp=99}")
     with pytest.raises(SqcError, match="raise qp"):

@@ -109,7 +109,13 @@ def lower_and_check(
 @needs_cc
 @pytest.mark.parametrize("arch", ["LeNet300", "LeNet5"])
 @pytest.mark.parametrize(
-    "pipeline", ["prune,share,huffman", "prune,quant,huffman", "prune,quant{qp=-26 rdo=0.2},huffman"]
+    "pipeline",
+    [
+        "prune,share,huffman",
+        "prune,quant,huffman",
+        "prune,quant{qp=-26 rdo=0.2},huffman",
+        "prune,quant{qp=-26 granularity=channel},rans",  # a scaled step per output channel
+    ],
 )
 def test_lenet_bit_exact_on_mnist(arch: str, pipeline: str, tmp_path: Path) -> None:
     x, _ = mnist()

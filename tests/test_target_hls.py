@@ -142,7 +142,9 @@ def test_lenet_csim_bit_exact(arch: str, samples: int, options: dict[str, str], 
 
 @needs_csim
 @pytest.mark.skipif(CC is None, reason="no system C compiler (cc) for the C target")
-@pytest.mark.parametrize("quant", ["quant", "quant{qp=-24}"])  # power-of-two and scaled steps
+@pytest.mark.parametrize(  # power-of-two and scaled steps, per tensor and per channel
+    "quant", ["quant", "quant{qp=-24}", "quant{qp=-24 granularity=channel}"]
+)
 def test_firenet_csim_bit_exact(firenet: nn.Module, quant: str, tmp_path: Path) -> None:
     """Every op kind (folded BatchNorm, PReLU, residual add, Fire concat, grouped/dilated conv, conv1d,
     pooling, tables, product, padding, softmax) with fixed-point codes in ROM, stream interface."""
