@@ -97,6 +97,7 @@ TEMPLATES: tuple[str, ...] = (
     "quant{qp=$Q,rdo=0.01},rans",
     "quant{qp=$Q,rdo=0.03},rans",
     "quant{qp=$Q},rans",
+    "quant{qp=$Q,rdo=0.01,fit=mse},rans",  # the least-squares step: the least weight MSE
 )
 PRUNE = "prune{sparsity=0.9,scope=global}"
 WITHIN_POINTS = 0.1  # "accuracy within 0.1 points of float"
@@ -263,6 +264,9 @@ def benches(crepe_tones: int) -> dict[str, Callable[[], Bench]]:
                 "quant{bits=$B},rans",
                 "quant{qp=$Q,rdo=0},rans",
                 "quant{qp=$Q},rans",
+                "quant{qp=$Q,rdo=0,granularity=channel},rans",
+                "quant{qp=$Q,rdo=0.01,granularity=channel},rans",
+                "quant{qp=$Q,rdo=0,fit=mse},rans",
             ),
         ),
     }
