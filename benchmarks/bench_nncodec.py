@@ -463,6 +463,11 @@ def interpolated_bytes(points: list[dict[str, Any]], target_mse: float) -> float
     return None
 
 
+def smallest(point: dict[str, Any]) -> tuple[float, float]:
+    """The order in which an equal-accuracy point is chosen: fewest bytes, then the better metric."""
+    return (point["bytes"], -point["metric"])
+
+
 def summarize(points: list[dict[str, Any]], reference_metric: float, pruned: bool) -> dict[str, Any]:
     """The equal-accuracy comparison of one model x {dense, pruned} (``EQUAL_ACCURACY_RULE``)."""
     nnc = [p for p in points if p["tool"] == "NNCodec"]
@@ -485,7 +490,7 @@ def summarize(points: list[dict[str, Any]], reference_metric: float, pruned: boo
         "bar": bar,
     }
     if strict:
-        best = min(strict, key=lambda p: p["bytes"])
+        best = min(strict, key=smallest)
         out["strict"] = {
             "pipeline": best["pipeline"],
             "bytes": best["bytes"],
@@ -509,7 +514,7 @@ def summarize(points: list[dict[str, Any]], reference_metric: float, pruned: boo
         out["note"] = f"no sqc point reaches {bar:.2f}"
         out["goal_met"] = False
         return out
-    point = min(reaching, key=lambda p: p["bytes"])
+    point = min(reaching, key=smallest)
     out["sqc"] = {
         k: point[k]
         for k in (
