@@ -41,10 +41,13 @@ from sqc.runtime.executors import Executor, Stopwatch, callable_name, local_work
 Kind = Literal["prune", "share", "quant"]
 DEFAULT_SPARSITIES = "0.5;0.6;0.7;0.8;0.9;0.95;0.97"
 DEFAULT_BITS = "8;6;5;4;3;2"
-DEFAULT_QPS = "-24;-20;-16;-14;-12;-10;-8;-6;-4"
+DEFAULT_QPS = "-24;-20;-16;-14;-12;-10;-8;-6;-4;-2;0;2;4"
 """``quant{qp=auto}`` sweep, relative to each layer's scale: ``qp = offset + round(4 log2 std)`` (the
 standard deviation of its kept weights), so that one sweep suits layers of any magnitude: offset -24 is a
-step of std/64 (~8 bits a weight), -4 a step of std/2 (~1.5 bits)."""
+step of std/64 (~8 bits a weight), -4 a step of std/2 (~1.5 bits), 4 a step of 2 std. The coarse end is
+for pruned layers: their kept weights all lie away from zero, so steps far coarser than a dense layer
+takes still keep most of them (90 %-pruned LeNet-5's fc1 keeps its accuracy at offset +3; with the sweep
+ending at -4, ``qp=auto`` could not go past it and gave 30 KB where 26 KB held the same test accuracy)."""
 JSON_FORMAT = "sqc-sensitivity/1"
 ANALYSIS = "sensitivity"
 """The key of the analysis in the pass context (passes that keep the weights list it in ``preserves``)."""
