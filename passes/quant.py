@@ -279,7 +279,8 @@ def quant_record(
     """Quantize one record's weights in place at step ``2**(qp/4)`` (the caller syncs the module).
 
     Levels that come out zero are pruned positions afterwards (:func:`zeros_pruned`): the values do
-    not change, only how the coder is told where the zeros are."""
+    not change, only how the coder is told where the zeros are. ``fit`` and ``per_channel`` say how the
+    stored step is refitted to the codes (:func:`quantize_step`)."""
     values = state.decode()
     fmt, codes = quantize_step(values, qp_step(qp), state.mask, rdo, state.name, fit, per_channel)
     mask = zeros_pruned(codes, state.mask)
