@@ -220,8 +220,11 @@ def _auto_quant(pass_: Quant, model: CompressedModel, ctx: PassContext) -> PassR
 
 
 def _step_stats(state: TensorState, qp: int) -> dict[str, Stat]:
+    """The layer's qp, its stored step (the smallest and largest with a step per channel) and code width."""
     assert state.fmt is not None
-    return {"qp": qp, "step": state.fmt.steps[0], "code_bits": state.fmt.bits}
+    steps = state.fmt.steps
+    spread: dict[str, Stat] = {"step_max": max(steps)} if len(steps) > 1 else {}
+    return {"qp": qp, "step": min(steps), **spread, "code_bits": state.fmt.bits}
 
 
 def codebook_error(state: TensorState, old: torch.Tensor) -> float:

@@ -282,6 +282,9 @@ def test_qp_with_channel_granularity_stores_a_step_per_channel(tmp_path) -> None
     with torch.no_grad():
         assert torch.equal(sqc.load(path)(x), artifact.module()(x))
     assert "granularity=channel" in artifact.report[0].spec
+    layer = artifact.report[0].layers["fc1.weight"]
+    assert layer["step"] == pytest.approx(min(state.fmt.steps), rel=1e-5)  # the report keeps 6 digits
+    assert layer["step_max"] == pytest.approx(max(state.fmt.steps), rel=1e-5)
 
 
 def test_qp_options_are_checked() -> None:
